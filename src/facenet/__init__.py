@@ -1,0 +1,1 @@
+"""facenet: face recognition with FaceNet embeddings (Schroff, Kalenichenko, Philbin, 2015)."""

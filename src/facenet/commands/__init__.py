@@ -1,0 +1,1 @@
+"""Sub-commands of the ``facenet`` CLI; each module has ``register(subparsers)`` (see ``facenet.cli``)."""

@@ -1,0 +1,119 @@
+"""One model file = weights + everything needed to use them.
+
+Format: a safetensors file whose header metadata holds a JSON ``ModelInfo``
+under the key ``facenet``. safetensors never unpickles, so a model file from a
+stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from facenet.errors import ModelFileError
+from facenet.fileio import atomic_write
+from facenet.models import EmbeddingModel, create_model
+
+STANDARDISATIONS = ("fixed", "prewhiten", "unit")
+DEFAULT_THRESHOLD = 1.1  # squared L2; replaced by the calibrated one once a model is evaluated
+
+
+@dataclass
+class ModelInfo:
+    """Metadata stored with the weights; thresholds depend on the model, so they live here."""
+
+    arch: str
+    embedding_size: int
+    input_size: int = 160
+    standardisation: str = "fixed"
+    threshold: float = DEFAULT_THRESHOLD
+    num_classes: int | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelInfo":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        info = cls(**{k: v for k, v in data.items() if k in known})
+        if info.standardisation not in STANDARDISATIONS:
+            raise ModelFileError(f"unknown standardisation {info.standardisation!r} in model file")
+        return info
+
+    @property
+    def model_id(self) -> str:
+        """A short identity of the weights (galleries refuse embeddings from another model)."""
+        return str(self.provenance.get("weights_sha256", ""))[:16]
+
+
+def model_info_for(model: EmbeddingModel, **overrides) -> ModelInfo:
+    info = ModelInfo(arch=model.arch, embedding_size=model.embedding_size, input_size=model.input_size,
+                     num_classes=model.logits.out_features if model.logits is not None else None)
+    return dataclasses.replace(info, **overrides)
+
+
+def save_model(model: EmbeddingModel, path: str | os.PathLike, info: ModelInfo | None = None) -> ModelInfo:
+    """Write ``model`` and its metadata atomically (owner-readable only); returns the stored info."""
+    import hashlib
+
+    info = info or model_info_for(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].numpy().tobytes())
+    info = dataclasses.replace(info, provenance={**info.provenance, "weights_sha256": digest.hexdigest()})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"facenet": info.to_json()}))
+    return info
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """The metadata alone, without building the model."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a facenet model file ({exc})") from None
+    if "facenet" not in meta:
+        raise ModelFileError(f"{path}: safetensors file without facenet metadata; "
+                             "convert bare state dicts with `facenet convert`")
+    try:
+        return ModelInfo.from_json(meta["facenet"])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: corrupt facenet metadata ({exc})") from None
+
+
+def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingModel, ModelInfo]:
+    """Build the architecture named in the file and load its weights strictly; model in eval mode."""
+    path = _existing(path)
+    info = read_model_info(path)
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: cannot read weights ({exc})") from None
+    model = create_model(info.arch, embedding_size=info.embedding_size, num_classes=info.num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: weights do not match architecture {info.arch!r}: "
+                             f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), info
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    return path
