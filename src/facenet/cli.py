@@ -1,7 +1,7 @@
 """The ``facenet`` command: one entry point, one sub-command module per job.
 
-Each module in ``facenet.commands`` exposes ``register(subparsers)``, adding its
-sub-command(s) with ``set_defaults(func=...)``. Project errors are printed as
+Each module in ``facenet.commands`` is found automatically and exposes
+``register(subparsers)``, adding its sub-command(s) with ``set_defaults(func=...)``. Project errors are printed as
 one line with exit code 2; nothing the user did wrong ends in a traceback.
 """
 
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
 from facenet.errors import FaceNetError
-
-COMMAND_MODULES = [
-    "facenet.commands.core",
-]
 
 EXIT_ERROR = 2
 
@@ -26,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Face recognition with FaceNet embeddings: verify, identify, cluster, train, evaluate.")
     parser.add_argument("--version", action="version", version=f"facenet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    import facenet.commands
+
+    for module in pkgutil.iter_modules(facenet.commands.__path__):
+        importlib.import_module(f"facenet.commands.{module.name}").register(sub)
     return parser
 
 
