@@ -1,0 +1,70 @@
+"""The small public API: load a model, embed photos, compare embeddings, verify two faces."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from facenet.data.images import ImageSource
+from facenet.embedder import FaceEmbedder, load_embedder, squared_distance
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of comparing two faces; ``distance`` and ``threshold`` are squared L2."""
+
+    distance: float
+    threshold: float
+    same: bool
+
+
+def load_model(path: str | os.PathLike | None = None, device: str = "cpu", detector=None) -> FaceEmbedder:
+    """Load a model file as an embedder; without ``path``, the model ``facenet demo`` trained.
+
+    ``detector`` is a detector name (e.g. ``"mtcnn"``) or object used to find faces in whole
+    photos; ``None`` treats every image as an already-cropped face.
+    """
+    if isinstance(detector, str):
+        from facenet.align import get_detector
+
+        detector = get_detector(detector)
+    return load_embedder(path, device=device, detector=detector)
+
+
+@lru_cache(maxsize=2)
+def _cached_model(path: str | None) -> FaceEmbedder:
+    return load_model(path)
+
+
+def _resolve(model: FaceEmbedder | str | os.PathLike | None) -> FaceEmbedder:
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return _cached_model(None if model is None else os.fspath(model))
+    return model
+
+
+def embed(images: ImageSource | Sequence[ImageSource], model: FaceEmbedder | str | None = None,
+          batch_size: int = 32) -> np.ndarray:
+    """Unit embeddings, one row per image; a single image gives a single row (shape (1, d))."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    return _resolve(model).embed(images, batch_size=batch_size)
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    """Squared L2 distance (range [0, 4] for unit embeddings) between rows of ``a`` and ``b``."""
+    d = squared_distance(a, b)
+    return float(d) if np.ndim(d) == 0 else d
+
+
+def verify(a: ImageSource, b: ImageSource, model: FaceEmbedder | str | None = None,
+           threshold: float | None = None) -> Verification:
+    """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes."""
+    embedder = _resolve(model)
+    ea, eb = embedder.embed([a, b])
+    limit = embedder.threshold if threshold is None else float(threshold)
+    d = float(squared_distance(ea, eb))
+    return Verification(distance=d, threshold=limit, same=d < limit)
