@@ -1,0 +1,127 @@
+"""`facenet embed` and `facenet verify`: the two everyday jobs on photos."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from facenet.errors import BadImageError, FaceNetError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"}
+EXIT_DIFFERENT = 1
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options every command that embeds photos shares."""
+    parser.add_argument("--model", help="model file (default: the model `facenet demo` trained, or $FACENET_MODEL)")
+    parser.add_argument("--detector", default=None,
+                        help="face detector for whole photos: mtcnn, yunet, dlib, center "
+                             "(default: mtcnn when available)")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="inputs are already face crops: no detection, just resize to the model input")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def embedder_from_args(args: argparse.Namespace):
+    from facenet.embedder import load_embedder
+
+    detector = None
+    if not args.no_detect:
+        from facenet.align import default_detector_name, get_detector
+
+        detector = get_detector(args.detector or default_detector_name())
+    return load_embedder(args.model, device=args.device, detector=detector)
+
+
+def expand_image_paths(inputs: list[str]) -> list[Path]:
+    """Files as given; directories expand to the images below them, sorted."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise BadImageError(f"no images found in folder {path}")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise BadImageError(f"no such file or folder: {path}")
+    return paths
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from facenet.fileio import atomic_write
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".csv"):
+        raise FaceNetError(f"--out must end in .npy or .csv, not {out.name!r}")
+    paths = expand_image_paths(args.paths)
+    embedder = embedder_from_args(args)
+    rows, names = [], []
+    for path in tqdm(paths, desc="embedding", unit="img", disable=None):
+        if args.all_faces and embedder.detector is not None:
+            from facenet.align import extract_faces
+            from facenet.data.images import load_image
+
+            faces = extract_faces(load_image(path), embedder.detector, size=embedder.info.input_size,
+                                  margin=embedder.margin, which="all", source=str(path))
+            rows.append(embedder.embed_crops([face.crop for face in faces]))
+            names.extend(f"{path}#face{i}" for i in range(len(faces)))
+        else:
+            rows.append(embedder.embed([path]))
+            names.append(str(path))
+    matrix = np.concatenate(rows).astype(np.float32)
+    if out.suffix == ".npy":
+        atomic_write(out, lambda tmp: np.save(tmp.open("wb"), matrix))
+        atomic_write(out.with_suffix(".paths.txt"), lambda tmp: tmp.write_text("\n".join(names) + "\n"))
+        print(f"wrote {len(names)} embeddings of {matrix.shape[1]} dims to {out} (row order in "
+              f"{out.with_suffix('.paths.txt')})")
+    else:
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w") as fh:
+                fh.write("image," + ",".join(f"e{i}" for i in range(matrix.shape[1])) + "\n")
+                for name, row in zip(names, matrix):
+                    fh.write(_csv_field(name) + "," + ",".join(f"{v:.7g}" for v in row) + "\n")
+
+        atomic_write(out, write_csv)
+        print(f"wrote {len(names)} embeddings of {matrix.shape[1]} dims to {out}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from facenet.api import verify
+
+    embedder = embedder_from_args(args)
+    result = verify(args.a, args.b, model=embedder, threshold=args.threshold)
+    print(f"distance  {result.distance:.4f}  (squared L2)")
+    print(f"threshold {result.threshold:.4f}")
+    print("SAME" if result.same else "DIFFERENT")
+    return 0 if result.same else EXIT_DIFFERENT
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def register(sub) -> None:
+    p = sub.add_parser("embed", help="embed photos into unit vectors (.npy or .csv)",
+                       description="Embed each photo (or each image in a folder) into a unit vector.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="output file: .npy (rows in input order) or .csv")
+    p.add_argument("--all-faces", action="store_true", help="embed every face found, not only the largest")
+    add_model_options(p)
+    p.set_defaults(func=run_embed)
+
+    p = sub.add_parser("verify", help="are two photos the same person? (exit 0 same, 1 different, 2 error)",
+                       description="Compare two photos: prints the squared L2 distance, the threshold, and "
+                                   "SAME or DIFFERENT. Exit code 0 = same, 1 = different, 2 = error.")
+    p.add_argument("a", help="first photo")
+    p.add_argument("b", help="second photo")
+    p.add_argument("--threshold", type=float, help="squared-L2 threshold (default: the model's calibrated one)")
+    add_model_options(p)
+    p.set_defaults(func=run_verify)
