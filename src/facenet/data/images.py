@@ -1,0 +1,214 @@
+"""Image decoding and standardisation: anything image-like in, H,W,3 uint8 RGB out.
+
+Decoding is strict on purpose: a truncated, empty, oversized or non-image input raises
+``BadImageError`` naming the source, instead of yielding a half-grey face that silently
+poisons an embedding.
+
+Choices:
+- Transparency (RGBA, LA, palette with a transparent colour) is composited over **black**,
+  so whatever colour data hides under fully transparent pixels never reaches the model.
+- 16-bit greyscale (``I;16``/``I``) is scaled to 8 bit by ``round(v / 257)`` (65535 -> 255);
+  Pillow's own ``convert("RGB")`` clips instead of scaling.
+- EXIF orientation is applied (``ImageOps.exif_transpose``), so phone photos come out upright.
+- Animated images (GIF, WebP, ...) give their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facenet.errors import BadImageError, DataError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+STANDARDISATIONS = ("fixed", "prewhiten", "unit")
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what Pillow's decoders raise on bad data
+
+ImageLike = Any  # str | os.PathLike | bytes | PIL.Image.Image | np.ndarray
+
+
+def load_image(src: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``src`` (path, bytes, PIL image or numpy array) to an H,W,3 uint8 RGB array.
+
+    ``max_pixels`` refuses larger images before decoding them (decompression bombs); raise it
+    for genuinely huge photos. Raises ``BadImageError`` for anything that is not a usable image.
+    """
+    if isinstance(src, np.ndarray):
+        return _from_array(src, "<array>")
+    if isinstance(src, Image.Image):
+        return _from_pil(src, "<PIL image>", max_pixels)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        name = "<bytes>"
+        data = bytes(src)
+    elif isinstance(src, (str, os.PathLike)):
+        name = str(src)
+        data = _read_file(Path(src))
+    else:
+        raise BadImageError(f"cannot read an image from a {type(src).__name__}; "
+                            "pass a file path, bytes, a PIL image or an H,W,3 numpy array")
+    if not data:
+        raise BadImageError(f"{name}: empty file; re-download or re-export the image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _from_pil(img, name, max_pixels)
+    except UnidentifiedImageError:
+        raise BadImageError(f"{name}: not a recognised image format; "
+                            "use JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImageError(f"{name}: image is too large to decode safely; "
+                            f"shrink it or raise max_pixels (now {max_pixels})") from None
+    except _DECODE_ERRORS as exc:
+        raise BadImageError(f"{name}: corrupt image header ({exc}); re-download or re-export it") from None
+
+
+def load_images(srcs: Iterable[ImageLike], workers: int = 4,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
+    """``load_image`` over many inputs with a thread pool (Pillow decodes without the GIL); keeps order."""
+    srcs = list(srcs)
+    if workers <= 1 or len(srcs) <= 1:
+        return [load_image(s, max_pixels) for s in srcs]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: load_image(s, max_pixels), srcs))
+
+
+def fit_to_input(image: ImageLike, size: int) -> np.ndarray:
+    """Centre-crop an (already face-cropped) image to a square and resize it to ``size`` x ``size``.
+
+    Resizing uses Pillow's bilinear filter, which widens its support when shrinking and so
+    averages like area sampling: no aliasing on big inputs, smooth upsampling on small ones.
+    """
+    if size < 1:
+        raise DataError(f"input size must be a positive number of pixels, got {size}")
+    array = load_image(image)
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = array[top:top + side, left:left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR))
+
+
+def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack same-size H,W,3 uint8 crops into an N,3,H,W uint8 tensor."""
+    if len(images) == 0:
+        raise BadImageError("no images to batch; pass at least one H,W,3 uint8 crop")
+    shapes = {np.shape(im) for im in images}
+    if len(shapes) != 1:
+        raise BadImageError(f"crops in a batch must share one size, got {sorted(shapes)}; "
+                            "resize them first (fit_to_input)")
+    (shape,) = shapes
+    if len(shape) != 3 or shape[2] != 3:
+        raise BadImageError(f"crops must be H,W,3 RGB arrays, got shape {shape}; decode them with load_image")
+    stacked = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+
+def standardise(batch: torch.Tensor | np.ndarray, method: str = "fixed") -> torch.Tensor:
+    """Map pixel values 0..255 to the network's input range; returns float32 N,3,H,W.
+
+    ``batch`` is a torch tensor N,3,H,W (uint8 or float, values 0..255) or a numpy N,H,W,3 uint8
+    array. Methods: ``"fixed"`` (x - 127.5) / 128, what the published weights expect;
+    ``"prewhiten"`` per image (x - mean) / max(std, 1/sqrt(numel)) as in Sandberg's facenet;
+    ``"unit"`` x / 255.
+    """
+    if method not in STANDARDISATIONS:
+        raise DataError(f"unknown standardisation {method!r}; choose one of {', '.join(STANDARDISATIONS)}")
+    if isinstance(batch, np.ndarray):
+        if batch.ndim != 4 or batch.shape[3] != 3:
+            raise BadImageError(f"numpy batch must be N,H,W,3, got shape {batch.shape}")
+        batch = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise BadImageError(f"tensor batch must be N,3,H,W, got shape {tuple(batch.shape)}")
+    x = batch.to(torch.float32)
+    if method == "fixed":
+        return (x - 127.5) / 128.0
+    if method == "unit":
+        return x / 255.0
+    flat = x.reshape(x.shape[0], -1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    std = flat.std(dim=1, unbiased=False)
+    std = torch.clamp(std, min=1.0 / flat.shape[1] ** 0.5).view(-1, 1, 1, 1)
+    return (x - mean) / std
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise BadImageError(f"{path}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot read ({exc.strerror or exc}); check permissions") from None
+
+
+def _from_pil(img: Image.Image, name: str, max_pixels: int) -> np.ndarray:
+    w, h = img.size
+    if w * h > max_pixels:
+        raise BadImageError(f"{name}: {w}x{h} image exceeds the {max_pixels}-pixel limit; "
+                            "shrink it or raise max_pixels")
+    if w == 0 or h == 0:
+        raise BadImageError(f"{name}: image has zero size ({w}x{h})")
+    try:
+        img.seek(0)
+        img.load()  # decode now so truncated data fails here (LOAD_TRUNCATED_IMAGES is False)
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except _DECODE_ERRORS as exc:
+        raise BadImageError(f"{name}: corrupt or truncated image ({exc}); re-download or re-export it") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "I" or mode.startswith("I;16"):  # 16-bit greyscale PNG/TIFF
+        return _from_array(np.clip(np.asarray(img), 0, 65535).astype(np.uint16), "<decoded>")
+    if mode == "F":
+        return _from_array(np.asarray(img), "<decoded>")
+    if (mode == "P" and "transparency" in img.info) or mode in ("PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGBA":
+        return _from_array(np.asarray(img), "<decoded>")
+    return np.asarray(img.convert("RGB"))
+
+
+def _from_array(array: np.ndarray, name: str) -> np.ndarray:
+    """Validate and convert a numpy image (H,W / H,W,1 / H,W,3 / H,W,4; uint8, uint16 or float 0..1)."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise BadImageError(f"{name}: array of shape {array.shape} is not an image; "
+                            "expected H,W (grey), H,W,3 (RGB) or H,W,4 (RGBA)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise BadImageError(f"{name}: image has zero size ({array.shape[1]}x{array.shape[0]})")
+    array = _to_uint8(array, name)
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.shape[2] == 4:
+        alpha = array[:, :, 3:4].astype(np.uint16)
+        return ((array[:, :, :3] * alpha + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise BadImageError(f"{name}: float image contains NaN or infinity")
+        if array.min() < -1e-3 or array.max() > 1 + 1e-3:
+            raise BadImageError(f"{name}: float images must hold values in [0, 1] "
+                                f"(got {array.min():.3g}..{array.max():.3g}); divide 0..255 data by 255")
+        return np.rint(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    raise BadImageError(f"{name}: unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")
