@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from facenet.data.images import ImageSource
+from facenet.data.images import ImageLike
 from facenet.embedder import FaceEmbedder, load_embedder, squared_distance
 
 
@@ -46,7 +46,7 @@ def _resolve(model: FaceEmbedder | str | os.PathLike | None) -> FaceEmbedder:
     return model
 
 
-def embed(images: ImageSource | Sequence[ImageSource], model: FaceEmbedder | str | None = None,
+def embed(images: ImageLike | Sequence[ImageLike], model: FaceEmbedder | str | None = None,
           batch_size: int = 32) -> np.ndarray:
     """Unit embeddings, one row per image; a single image gives a single row (shape (1, d))."""
     if not isinstance(images, (list, tuple)):
@@ -60,7 +60,7 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
     return float(d) if np.ndim(d) == 0 else d
 
 
-def verify(a: ImageSource, b: ImageSource, model: FaceEmbedder | str | None = None,
+def verify(a: ImageLike, b: ImageLike, model: FaceEmbedder | str | None = None,
            threshold: float | None = None) -> Verification:
     """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes."""
     embedder = _resolve(model)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from facenet.data.images import ImageSource, fit_to_input, load_image, standardise, to_batch
+from facenet.data.images import ImageLike, fit_to_input, load_image, standardise, to_batch
 from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
@@ -53,7 +53,7 @@ class FaceEmbedder:
     def name(self) -> str:
         return f"{self.info.arch}-{self.info.embedding_size}d-{self.info.model_id or 'untracked'}"
 
-    def face_crop(self, image: ImageSource) -> np.ndarray:
+    def face_crop(self, image: ImageLike) -> np.ndarray:
         """The model-sized face crop of one image (the largest face when a detector is set)."""
         pixels = load_image(image)
         if self.detector is None:
@@ -74,7 +74,7 @@ class FaceEmbedder:
                 out[start:start + len(batch)] = self.model(x).float().cpu().numpy()
         return out
 
-    def embed(self, images: Sequence[ImageSource], batch_size: int = 32) -> np.ndarray:
+    def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or arrays): one unit row per image."""
         return self.embed_crops([self.face_crop(image) for image in images], batch_size=batch_size)
 
@@ -97,5 +97,5 @@ def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum((a - b) ** 2, axis=-1)
 
 
-def _describe(image: ImageSource) -> str:
+def _describe(image: ImageLike) -> str:
     return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
