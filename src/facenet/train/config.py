@@ -1,0 +1,91 @@
+"""Everything that defines a training run; stored beside its checkpoints so a run can be resumed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from facenet.errors import TrainingError
+
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+LOSSES = ("triplet", "softmax", "both")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None              # folder-per-identity dataset; None = synthetic identities
+    out: str = "runs/facenet"
+    arch: str = "mobilefacenet"
+    embedding_size: int = 128
+    image_size: int = 160
+    standardisation: str = "fixed"
+    loss: str = "triplet"                # triplet | softmax | both
+    miner: str = "semihard"
+    margin: float = 0.2
+    softmax_weight: float = 1.0
+    centre_loss_weight: float = 0.0
+    identities_per_batch: int = 16       # P
+    faces_per_identity: int = 8          # K
+    steps: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    lr_step_every: int = 0               # for the "step" schedule: divide lr by 10 this often
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dropout: float = 0.0
+    augment_flip: bool = True
+    augment_crop: bool = True
+    augment_colour: float = 0.2          # max relative brightness/contrast/saturation jitter; 0 = off
+    augment_occlusion: float = 0.0       # probability of a random synthetic occlusion
+    holdout_identities: float = 0.1      # fraction of identities kept out of training for verification
+    min_images_per_identity: int = 1
+    eval_every: int = 200
+    eval_max_images: int = 2000
+    checkpoint_every: int = 100
+    log_every: int = 10
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    synthetic_identities: int = 400      # used when data is None
+    synthetic_images_per_identity: int = 20
+    collapse_patience: int = 20          # consecutive steps of collapsed embeddings before stopping
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.lr_schedule in SCHEDULES, f"lr schedule must be one of {SCHEDULES}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.identities_per_batch >= 2, "need at least 2 identities per batch (negatives)"),
+            (self.faces_per_identity >= 2 or self.loss == "softmax", "triplets need >= 2 faces per identity"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.lr > 0, "learning rate must be positive"),
+            (0 <= self.holdout_identities < 1, "holdout fraction must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(f"invalid training configuration: {message}")
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        return self.identities_per_batch * self.faces_per_identity
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "TrainConfig":
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise TrainingError(f"{run_dir} is not a training run (no config.json); start it without --resume")
+        return cls.from_json(path.read_text())
