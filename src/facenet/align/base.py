@@ -1,0 +1,116 @@
+"""Detector interface shared by every backend, and the registry that builds them by name.
+
+Landmark convention (all backends): five (x, y) points in *image* coordinates (pixels of the
+image passed to ``detect``), in this order:
+
+    0 left eye, 1 right eye, 2 nose tip, 3 left mouth corner, 4 right mouth corner
+
+where "left" means image-left (the subject's right eye in an ordinary, unmirrored photo).
+This is MTCNN's native order; backends that number points from the subject's view remap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from facenet.errors import FaceNetError
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face: box corners (x1, y1, x2, y2), detector score, and (5, 2) landmarks (see module doc)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray = field(repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "box", tuple(float(v) for v in self.box))
+        object.__setattr__(self, "score", float(self.score))
+        object.__setattr__(self, "landmarks", np.asarray(self.landmarks, dtype=np.float64).reshape(5, 2))
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Anything with ``name`` and ``detect(image) -> list[Detection]`` (best score first)."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Find faces in an H,W,3 uint8 RGB image."""
+        ...
+
+
+# name -> "module:factory"; modules import lazily so a missing optional backend costs nothing.
+_BACKENDS: dict[str, str] = {
+    "mtcnn": "facenet.align.mtcnn:MTCNNDetector",
+    "yunet": "facenet.align.yunet:YuNetDetector",
+    "dlib": "facenet.align.dlib_hog:DlibDetector",
+    "center": "facenet.align.center:CenterDetector",
+}
+
+
+def list_detectors() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_detector(name: str, **options) -> Detector:
+    """Build the detector backend ``name`` ("mtcnn", "yunet", "dlib", "center") with its options."""
+    try:
+        target = _BACKENDS[name]
+    except KeyError:
+        raise FaceNetError(f"unknown face detector {name!r}; choose one of {', '.join(_BACKENDS)}") from None
+    module, attr = target.split(":")
+    factory: Callable[..., Detector] = getattr(importlib.import_module(module), attr)
+    return factory(**options)
+
+
+def default_detector_name() -> str:
+    """The detector used when none is named: MTCNN when its weights are installed, else the centre crop.
+
+    MTCNN's weights come from the ``facenet-pytorch`` wheel (installed ``--no-deps``), so a plain
+    ``pip install`` works offline; the centre crop is the fallback that never fails, for data that
+    is already cropped around the face (LFW-style).
+    """
+    from facenet.align.mtcnn import find_weights
+
+    try:
+        find_weights()
+    except FaceNetError:
+        return "center"
+    return "mtcnn"
+
+
+def sort_by_score(detections: list[Detection]) -> list[Detection]:
+    return sorted(detections, key=lambda d: d.score, reverse=True)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Detectors accept H,W,3 uint8 RGB only; say so instead of failing deep inside a backend."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise FaceNetError(f"face detectors need an H,W,3 uint8 RGB array, got a {desc}; "
+                           "decode files with facenet.data.images.load_image first")
+    return image

@@ -1,0 +1,125 @@
+"""MTCNN: our cascade against facenet-pytorch's own ``detect_face`` run on the same real photos.
+
+facenet-pytorch imports torchvision (absent here) only for ``batched_nms`` and ``to_tensor``;
+the test stubs those two with a brute-force IoU NMS written here, imports the reference
+module straight from the installed wheel, and compares boxes, scores and landmarks.
+"""
+
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from facenet.align import get_detector
+from facenet.align.mtcnn import find_weights, nms
+from facenet.data.images import load_image
+from facenet.errors import FaceNetError
+
+LFW_SAMPLES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001.jpg",
+               "Serena_Williams/Serena_Williams_0001.jpg", "George_W_Bush/George_W_Bush_0010.jpg"]
+
+
+def _brute_force_batched_nms(boxes, scores, idxs, iou_threshold):
+    """torchvision semantics: IoU on continuous corners, per group, kept indices by decreasing score."""
+    keep = []
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    removed = set()
+    for a, i in enumerate(order):
+        if i in removed:
+            continue
+        keep.append(i)
+        for j in order[a + 1:]:
+            if j in removed or idxs[i] != idxs[j]:
+                continue
+            bi, bj = boxes[i], boxes[j]
+            iw = (torch.minimum(bi[2], bj[2]) - torch.maximum(bi[0], bj[0])).clamp(min=0)
+            ih = (torch.minimum(bi[3], bj[3]) - torch.maximum(bi[1], bj[1])).clamp(min=0)
+            inter = iw * ih
+            union = (bi[2] - bi[0]) * (bi[3] - bi[1]) + (bj[2] - bj[0]) * (bj[3] - bj[1]) - inter
+            if inter / union > iou_threshold:
+                removed.add(j)
+    return torch.as_tensor(keep, dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def reference_detect_face():
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None:
+        pytest.skip("facenet-pytorch not installed")
+    stubs = {name: types.ModuleType(name) for name in
+             ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+              "torchvision.ops", "torchvision.ops.boxes")}
+    stubs["torchvision.ops.boxes"].batched_nms = _brute_force_batched_nms
+    stubs["torchvision.transforms"].functional = stubs["torchvision.transforms.functional"]
+    saved = {k: sys.modules.get(k) for k in stubs}
+    sys.modules.update(stubs)
+    try:
+        path = f"{spec.submodule_search_locations[0]}/models/utils/detect_face.py"
+        mod_spec = importlib.util.spec_from_file_location("_reference_detect_face", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return module.detect_face
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    try:
+        return get_detector("mtcnn")
+    except FaceNetError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("rel", LFW_SAMPLES)
+def test_matches_facenet_pytorch_reference(rel, lfw_dir, mtcnn, reference_detect_face):
+    image = load_image(lfw_dir / "images" / rel)
+    with torch.no_grad():
+        ref_boxes, ref_points = reference_detect_face(image, 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet,
+                                                      [0.6, 0.7, 0.7], 0.709, torch.device("cpu"))
+    ref_boxes, ref_points = np.asarray(ref_boxes[0], dtype=float), np.asarray(ref_points[0], dtype=float)
+    ours = mtcnn.detect(image)
+    assert len(ours) == len(ref_boxes) >= 1
+    order = np.argsort(-ref_boxes[:, 4], kind="stable")
+    for det, i in zip(ours, order):
+        np.testing.assert_allclose(det.box, ref_boxes[i, :4], atol=0.5)
+        np.testing.assert_allclose(det.score, ref_boxes[i, 4], atol=1e-4)
+        np.testing.assert_allclose(det.landmarks, ref_points[i], atol=0.5)
+
+
+def test_nms_against_brute_force():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 100, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 40, (60, 2))], axis=1)
+    scores = rng.uniform(size=60)
+    keep = nms(boxes, scores, 0.4)
+    # Brute force with the same inclusive-pixel IoU: every dropped box overlaps a better kept one.
+    def iou(a, b):
+        iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+        ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+        area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
+        return iw * ih / (area(a) + area(b) - iw * ih)
+    kept = set(keep.tolist())
+    assert list(keep) == sorted(keep, key=lambda i: -scores[i])
+    for i in range(60):
+        blockers = [k for k in kept if k != i and scores[k] > scores[i] and iou(boxes[k], boxes[i]) > 0.4]
+        assert (i in kept) == (not blockers)
+
+
+def test_missing_weights_names_install_command(tmp_path):
+    with pytest.raises(FaceNetError, match="pip install --no-deps facenet-pytorch==2.5.3"):
+        find_weights(tmp_path)
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path):
+    for name in ("pnet.pt", "rnet.pt", "onet.pt"):
+        (tmp_path / name).write_bytes(b"not a torch file")
+    with pytest.raises(FaceNetError, match="pnet.pt"):
+        get_detector("mtcnn", weights=tmp_path)
