@@ -1,0 +1,1 @@
+"""Third-party face models behind the project's embedder interface, for comparison."""

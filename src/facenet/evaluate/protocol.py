@@ -1,0 +1,162 @@
+"""Run a pairs protocol end to end: read the pairs, embed each image once, score the folds."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from facenet.data.images import load_image
+from facenet.errors import DataError, FaceNetError
+from facenet.evaluate.metrics import DISTANCES, FoldMetrics, kfold_metrics
+from facenet.evaluate.pairs import read_pairs
+from facenet.fileio import atomic_write_bytes
+
+FLIPS = ("none", "sum", "concat")
+
+
+@dataclass
+class EvaluationResult:
+    model: str
+    pairs_file: str
+    settings: dict
+    n_pairs: int
+    n_missing: int                  # pairs naming images that do not exist (left out)
+    n_failed: int                   # pairs left out because the embedder failed on one of their images
+    metrics: FoldMetrics
+    labels: np.ndarray              # is_same per scored pair, aligned with metrics.distances
+    n_fallbacks: int | None = None  # images where the embedder's detector fell back to a fixed box, if it says
+    timings: dict = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)   # the missing / failed image paths
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics.accuracy.mean())
+
+    @property
+    def accuracy_std(self) -> float:
+        return float(self.metrics.accuracy.std())
+
+    @property
+    def threshold(self) -> float:
+        """The mean of the per-fold best thresholds: a calibrated threshold for this model."""
+        return float(self.metrics.thresholds.mean())
+
+    def summary(self) -> dict:
+        m = self.metrics
+        return {
+            "model": self.model, "pairs_file": self.pairs_file, "settings": self.settings,
+            "n_pairs": self.n_pairs, "n_missing": self.n_missing, "n_failed": self.n_failed,
+            "n_fallbacks": self.n_fallbacks, "accuracy_mean": self.accuracy, "accuracy_std": self.accuracy_std,
+            "val_mean": float(m.val.mean()), "val_std": float(m.val.std()), "far_mean": float(m.far.mean()),
+            "far_target": m.far_target, "auc": m.roc.auc, "eer": m.roc.eer, "threshold": self.threshold,
+            "folds": [{"fold": i + 1, "accuracy": float(a), "threshold": float(t), "val": float(v), "far": float(f)}
+                      for i, (a, t, v, f) in enumerate(zip(m.accuracy, m.thresholds, m.val, m.far))],
+            "timings": self.timings, "missing_images": self.missing,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary(), indent=2)
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+
+    def table(self) -> str:
+        m = self.metrics
+        lines = [f"{'fold':>4}  {'accuracy':>8}  {'threshold':>9}  {'VAL':>6}  {'FAR':>7}"]
+        lines += [f"{i + 1:>4}  {a:8.4f}  {t:9.4f}  {v:6.4f}  {f:7.5f}"
+                  for i, (a, t, v, f) in enumerate(zip(m.accuracy, m.thresholds, m.val, m.far))]
+        lines += [
+            "",
+            f"model      {self.model}   ({self.n_pairs} pairs scored, {self.n_missing} missing, {self.n_failed} failed"
+            + (f", {self.n_fallbacks} images without a detected face" if self.n_fallbacks is not None else "") + ")",
+            f"accuracy   {100 * self.accuracy:.2f}% +- {100 * self.accuracy_std:.2f}",
+            f"VAL        {100 * m.val.mean():.2f}% +- {100 * m.val.std():.2f} @ FAR = {100 * m.far.mean():.3f}% "
+            f"(target {100 * m.far_target:g}%)",
+            f"AUC        {m.roc.auc:.4f}",
+            f"EER        {100 * m.roc.eer:.2f}%",
+            f"threshold  {self.threshold:.4f}  (mean of per-fold best thresholds, {self.settings['distance']})",
+        ]
+        return "\n".join(lines)
+
+
+def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os.PathLike, flip: str = "none",
+                   distance: str = "euclidean", subtract_mean: bool = False, batch_size: int = 32,
+                   progress: bool = True, folds: int | None = None, ext: str = "jpg",
+                   far_target: float = 1e-3) -> EvaluationResult:
+    """Evaluate ``embedder`` (any object with ``embed(images, batch_size)``) on a pairs protocol.
+
+    ``flip`` adds horizontal-flip test-time augmentation: "sum" adds the two embeddings,
+    "concat" joins them; both are re-normalised to unit rows.
+    """
+    if flip not in FLIPS:
+        raise DataError(f"unknown flip mode {flip!r}; choose one of {', '.join(FLIPS)}")
+    if distance not in DISTANCES:
+        raise DataError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+    pair_set = read_pairs(pairs_file, images_dir, ext=ext, folds=folds)
+    paths = sorted({p for pair in pair_set.pairs for p in (pair.path1, pair.path2)})
+
+    start = time.perf_counter()
+    embeddings, failed = _embed_all(embedder, paths, flip, batch_size, progress)
+    embed_seconds = time.perf_counter() - start
+
+    scored = [p for p in pair_set.pairs if p.path1 in embeddings and p.path2 in embeddings]
+    if not scored:
+        raise DataError(f"no pair of {pairs_file} could be scored (all images missing or failed)")
+    same = np.array([p.same for p in scored])
+    start = time.perf_counter()
+    metrics = kfold_metrics(np.stack([embeddings[p.path1] for p in scored]),
+                            np.stack([embeddings[p.path2] for p in scored]),
+                            same, np.array([p.fold for p in scored]), distance=distance,
+                            subtract_mean=subtract_mean, far_target=far_target)
+    metrics_seconds = time.perf_counter() - start
+
+    missing_paths = sorted({str(q) for p in pair_set.missing for q in (p.path1, p.path2) if not q.is_file()})
+    return EvaluationResult(
+        model=getattr(embedder, "name", type(embedder).__name__), pairs_file=str(pairs_file),
+        settings={"flip": flip, "distance": distance, "subtract_mean": subtract_mean, "n_folds": pair_set.n_folds,
+                  "images_dir": str(images_dir)},
+        n_pairs=len(scored), n_missing=len(pair_set.missing), n_failed=len(pair_set.pairs) - len(scored),
+        metrics=metrics, labels=same, n_fallbacks=getattr(embedder, "fallbacks", None), missing=missing_paths + sorted(str(p) for p in failed),
+        timings={"embed_seconds": round(embed_seconds, 3), "images": len(paths),
+                 "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
+                 "metrics_seconds": round(metrics_seconds, 3)})
+
+
+def _embed_all(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool):
+    """Embed every image once -> ({path: embedding}, [paths the embedder failed on])."""
+    embeddings: dict[Path, np.ndarray] = {}
+    failed: list[Path] = []
+    with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i:i + batch_size]
+            try:
+                rows = _embed(embedder, chunk, flip, batch_size)
+            except FaceNetError:  # find the culprit(s); the rest of the chunk still counts
+                rows = []
+                for path in chunk:
+                    try:
+                        rows.append(_embed(embedder, [path], flip, batch_size)[0])
+                    except FaceNetError:
+                        failed.append(path)
+                        rows.append(None)
+            for path, row in zip(chunk, rows):
+                if row is not None:
+                    embeddings[path] = row
+            bar.update(len(chunk))
+    return embeddings, failed
+
+
+def _embed(embedder, paths: list[Path], flip: str, batch_size: int) -> np.ndarray:
+    if flip == "none":
+        return embedder.embed([str(p) for p in paths], batch_size=batch_size)
+    images = [load_image(p) for p in paths]
+    plain = embedder.embed(images, batch_size=batch_size)
+    flipped = embedder.embed([np.ascontiguousarray(im[:, ::-1]) for im in images], batch_size=batch_size)
+    joined = plain + flipped if flip == "sum" else np.concatenate([plain, flipped], axis=1)
+    return (joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)).astype(np.float32)
