@@ -1,0 +1,259 @@
+"""Triplet miners: pick (anchor, positive, negative) index triplets from a labelled batch.
+
+A miner only *selects*; the loss (``facenet.losses.triplet``) consumes the indices. Selection
+is not differentiated, so every miner runs under ``torch.no_grad`` on a squared-L2 distance
+matrix computed once, and is fully vectorised (no Python loop over pairs or anchors).
+
+Every miner has the signature ``mine(embeddings, labels, margin, dists=None) -> (a, p, n)``
+(LongTensors on the embeddings' device); ``dists`` lets a caller that already holds the
+distance matrix pass it in. ``get_miner(name)`` looks one up in ``MINERS``.
+
+Vocabulary, with d = squared L2 and margin m (the paper's alpha):
+  * semi-hard negative: d(a,p) < d(a,n) < d(a,p) + m  (violates the margin, but is farther than p)
+  * hard negative:      d(a,n) <= d(a,p)
+  * active triplet:     d(a,p) - d(a,n) + m > 0      (non-zero loss)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from facenet.errors import FaceNetError
+
+Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# Budget of (anchor, positive, negative) cells batch-all materialises at once: N^3 booleans for
+# the paper's 1,800-face batch would be 5.8 GB, chunking over anchors keeps it near 64 MB.
+_ALL_CHUNK_CELLS = 1 << 26
+
+
+def pairwise_sq_dists(embeddings: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances between all rows, (N, N), clamped at 0; differentiable.
+
+    Uses ||x||^2 + ||y||^2 - 2 x.y (one matmul) rather than differences of rows: for unit
+    float32 embeddings the cancellation error is ~1e-6 in absolute terms (distances span
+    [0, 4]), a thousand times below any margin in use, while the exact per-pair form would cost
+    N^2 * d memory. The diagonal is therefore ~1e-7 instead of exactly 0; miners never pair a
+    row with itself. Pass float64 embeddings where exact ties matter (the tests do).
+    """
+    sq = (embeddings * embeddings).sum(dim=1)
+    return (sq[:, None] + sq[None, :] - 2.0 * embeddings @ embeddings.T).clamp_min(0.0)
+
+
+def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive mask without the diagonal, negative mask), both (N, N) bool."""
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & ~eye, ~same
+
+
+def _prepare(embeddings: torch.Tensor, labels: torch.Tensor, dists: torch.Tensor | None):
+    labels = torch.as_tensor(labels, device=embeddings.device)
+    if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
+        raise FaceNetError(
+            f"miner needs embeddings (N, d) and labels (N,); got {tuple(embeddings.shape)} and "
+            f"{tuple(labels.shape)}: pass one label per embedding row")
+    d = pairwise_sq_dists(embeddings.detach()) if dists is None else dists.detach()
+    return d, labels
+
+
+def _sorted_negatives(d: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each anchor's negative distances in ascending order (non-negatives pushed to +inf) and
+    the column each sorted entry came from. Sorting once per anchor turns every per-pair
+    question ("nearest negative beyond d(a,p)", "negatives closer than d(a,p) + m") into a
+    binary search, O(N^2 log N) instead of an (pairs x N) mask."""
+    return d.masked_fill(~neg, float("inf")).sort(dim=1, stable=True)
+
+
+def _empty(device) -> Triplets:
+    e = torch.empty(0, dtype=torch.long, device=device)
+    return e, e.clone(), e.clone()
+
+
+@torch.no_grad()
+def semihard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+             dists: torch.Tensor | None = None, fallback: str = "closest_hard") -> Triplets:
+    """The paper's mining: every anchor-positive pair, each with one semi-hard negative.
+
+    For each ordered pair (a, p), a != p, same label, the negative is the *hardest semi-hard*
+    one: the smallest d(a,n) with d(a,p) < d(a,n) < d(a,p) + m (as TensorFlow's
+    ``triplet_semihard_loss`` used by FaceNet re-implementations).
+
+    When a pair has no semi-hard negative, ``fallback`` decides:
+      * ``"closest_hard"`` (default): the largest d(a,n) <= d(a,p), i.e. the hard negative
+        nearest to the semi-hard band. Such a pair is violated, so dropping it would waste a
+        signal, while the *hardest* negative is what the paper warns collapses training early.
+        (TF's semihard loss makes the same choice when every negative is hard.)
+      * ``"drop"``: skip the pair (the paper's strict definition).
+    A pair whose negatives are all easy (d(a,n) >= d(a,p) + m) is always dropped: its loss is 0.
+    """
+    if fallback not in ("closest_hard", "drop"):
+        raise FaceNetError(f"unknown semihard fallback {fallback!r}: use 'closest_hard' or 'drop'")
+    d, labels = _prepare(embeddings, labels, dists)
+    pos, neg = _masks(labels)
+    vals, cols = _sorted_negatives(d, neg)
+    # first sorted position with d(a,n) > d(a,p): the hardest semi-hard candidate
+    first_beyond = torch.searchsorted(vals, d, right=True)
+    a, p = pos.nonzero(as_tuple=True)
+    k = first_beyond[a, p]
+    d_ap = d[a, p]
+    n_cols = vals.shape[1]
+    cand = vals[a, k.clamp_max(n_cols - 1)]
+    is_semi = (k < n_cols) & (cand < d_ap + margin)  # +inf (no negative) never passes
+    chosen = k
+    keep = is_semi
+    if fallback == "closest_hard":
+        has_hard = k > 0  # sorted entries before k are real negatives with d(a,n) <= d(a,p)
+        chosen = torch.where(is_semi, k, k - 1)
+        keep = is_semi | has_hard
+    a, p, chosen = a[keep], p[keep], chosen[keep]
+    return a, p, cols[a, chosen]
+
+
+@torch.no_grad()
+def hard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+         dists: torch.Tensor | None = None) -> Triplets:
+    """Batch-hard (Hermans et al. 2017): per anchor, its farthest positive and nearest negative.
+
+    Anchors without a positive or without a negative in the batch are skipped; ``margin`` is
+    unused (kept for the common signature).
+    """
+    d, labels = _prepare(embeddings, labels, dists)
+    pos, neg = _masks(labels)
+    p = d.masked_fill(~pos, -1.0).argmax(dim=1)
+    n = d.masked_fill(~neg, float("inf")).argmin(dim=1)
+    a = (pos.any(dim=1) & neg.any(dim=1)).nonzero(as_tuple=True)[0]
+    return a, p[a], n[a]
+
+
+@torch.no_grad()
+def batch_all(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+              dists: torch.Tensor | None = None) -> Triplets:
+    """Batch-all: every valid triplet with non-zero loss, d(a,p) - d(a,n) + m > 0.
+
+    Sorted by (a, p, n). Chunked over anchors so the N x N x N mask never exists at once; the
+    output itself can still be large (up to N * K * (N - K) triplets) early in training.
+    """
+    d, labels = _prepare(embeddings, labels, dists)
+    pos, neg = _masks(labels)
+    n_rows = len(labels)
+    if n_rows == 0:
+        return _empty(d.device)
+    step = max(1, _ALL_CHUNK_CELLS // (n_rows * n_rows))
+    out = []
+    for s in range(0, n_rows, step):
+        rows = slice(s, s + step)
+        dr = d[rows]
+        valid = pos[rows][:, :, None] & neg[rows][:, None, :]
+        valid &= dr[:, :, None] - dr[:, None, :] + margin > 0
+        a, p, n = valid.nonzero(as_tuple=True)
+        out.append((a + s, p, n))
+    return tuple(torch.cat(t) for t in zip(*out))  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def sandberg(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+             dists: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Triplets:
+    """davidsandberg/facenet's ``select_triplets``: per anchor-positive pair, a *random* negative
+    among those with d(a,n) - d(a,p) < m (so hard negatives are allowed too).
+
+    Pairs with no such negative are dropped. Differences from the original: every ordered
+    pair (a, p) is used (Sandberg takes a < p only) and the choice is drawn on the device from
+    ``generator`` (pass one on the embeddings' device for reproducible selection).
+    """
+    d, labels = _prepare(embeddings, labels, dists)
+    pos, neg = _masks(labels)
+    vals, cols = _sorted_negatives(d, neg)
+    a, p = pos.nonzero(as_tuple=True)
+    # negatives strictly closer than d(a,p) + m are a prefix of the sorted row
+    count = torch.searchsorted(vals, d + margin, right=False)[a, p]
+    keep = count > 0
+    a, p, count = a[keep], p[keep], count[keep]
+    u = torch.rand(len(a), generator=generator, device=d.device, dtype=torch.float64)
+    pick = (u * count).long().clamp_max(count - 1)
+    return a, p, cols[a, pick]
+
+
+MINERS: dict[str, Callable[..., Triplets]] = {
+    "semihard": semihard,
+    "hard": hard,
+    "all": batch_all,
+    "sandberg": sandberg,
+}
+
+
+def get_miner(name: str) -> Callable[..., Triplets]:
+    """The miner function registered under ``name`` (see ``MINERS``)."""
+    try:
+        return MINERS[name]
+    except KeyError:
+        raise FaceNetError(f"unknown miner {name!r}: choose one of {', '.join(MINERS)}") from None
+
+
+def miner_accepts(miner: Callable[..., Triplets], option: str) -> bool:
+    """Whether ``miner`` takes keyword ``option`` (e.g. ``generator``), so callers pass it only then."""
+    return option in inspect.signature(miner).parameters
+
+
+@torch.no_grad()
+def active_fraction(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+                    dists: torch.Tensor | None = None) -> float:
+    """Fraction of *all* valid triplets in the batch with non-zero loss (Hermans et al.'s
+    training monitor: it falls as the embedding learns; 0.0 when the batch has no triplet)."""
+    d, labels = _prepare(embeddings, labels, dists)
+    pos, neg = _masks(labels)
+    total = int((pos.sum(dim=1) * neg.sum(dim=1)).sum())
+    if total == 0:
+        return 0.0
+    return len(batch_all(embeddings, labels, margin, dists=d)[0]) / total
+
+
+class OfflineBatch(NamedTuple):
+    """Images to load (dataset indices, each once) and triplets as positions into them."""
+
+    images: torch.Tensor
+    a: torch.Tensor
+    p: torch.Tensor
+    n: torch.Tensor
+
+
+def mine_offline(embed_fn: Callable[[torch.Tensor], torch.Tensor], pool: Sequence[int] | torch.Tensor,
+                 labels: Sequence[int] | torch.Tensor, miner: str = "semihard", margin: float = 0.2,
+                 triplets_per_batch: int = 600, generator: torch.Generator | None = None
+                 ) -> Iterator[OfflineBatch]:
+    """The paper's offline option: mine triplets over a pool larger than one batch.
+
+    ``pool`` holds dataset indices, ``labels`` their identities (same order); ``embed_fn``
+    maps a LongTensor of dataset indices to their embeddings with the *current* weights (the
+    trainer chunks and runs it in eval mode; it is called here under no_grad). The pool is
+    mined once with the named miner; the triplets are shuffled with ``generator`` and yielded
+    ``triplets_per_batch`` at a time.
+
+    How the trainer uses it: every N steps, draw a pool (e.g. a PKSampler batch with a large P),
+    then for each ``OfflineBatch`` load ``images``, run them through the model *with* gradients
+    to get ``emb``, and call ``triplet_loss(emb, batch.a, batch.p, batch.n, margin)``. Because
+    the weights move while the pool's triplets are consumed, they go stale; keep N small.
+    """
+    pool = torch.as_tensor(pool, dtype=torch.long)
+    labels = torch.as_tensor(labels)
+    if len(pool) != len(labels):
+        raise FaceNetError(f"offline mining got {len(pool)} pool indices but {len(labels)} labels; "
+                           "pass one label per pool image")
+    if triplets_per_batch < 1:
+        raise FaceNetError("triplets_per_batch must be at least 1")
+    mine = get_miner(miner)
+    with torch.no_grad():
+        emb = embed_fn(pool)
+    options = {"generator": generator} if miner_accepts(mine, "generator") else {}
+    a, p, n = (t.cpu() for t in mine(emb, labels.to(emb.device), margin, **options))
+    device = generator.device if generator is not None else "cpu"
+    order = torch.randperm(len(a), generator=generator, device=device).cpu()
+    for s in range(0, len(order), triplets_per_batch):
+        sel = order[s:s + triplets_per_batch]
+        positions, inverse = torch.unique(torch.cat([a[sel], p[sel], n[sel]]), return_inverse=True)
+        k = len(sel)
+        yield OfflineBatch(pool[positions], inverse[:k], inverse[k:2 * k], inverse[2 * k:])

@@ -1,0 +1,70 @@
+"""The FaceNet triplet loss on squared L2 distances: max(d(a,p) - d(a,n) + margin, 0)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facenet.errors import FaceNetError
+from facenet.losses.miners import get_miner, miner_accepts, pairwise_sq_dists
+
+
+def triplet_loss(embeddings: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
+                 margin: float = 0.2, dists: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, float]:
+    """Mean hinge loss over the *active* triplets (positive loss), and the active fraction.
+
+    Averaging over active triplets only (pytorch-metric-learning's AvgNonZeroReducer) keeps the
+    gradient from shrinking as more triplets become easy. With no active triplet the loss is
+    a zero that still belongs to the graph (``backward`` works) and the fraction is 0.0.
+
+    Distances are taken from ``dists`` (a differentiable ``pairwise_sq_dists`` matrix, cheapest
+    when there are many triplets) or, without it, computed exactly from the rows.
+    """
+    if dists is None:
+        d_ap = (embeddings[a] - embeddings[p]).pow(2).sum(dim=1)
+        d_an = (embeddings[a] - embeddings[n]).pow(2).sum(dim=1)
+    else:
+        d_ap, d_an = dists[a, p], dists[a, n]
+    losses = torch.relu(d_ap - d_an + margin)
+    active = losses > 0
+    num_active = int(active.sum())
+    if num_active == 0:
+        return embeddings.sum() * 0.0, 0.0
+    return losses.sum() / num_active, num_active / len(losses)
+
+
+class TripletLoss(nn.Module):
+    """Miner + triplet loss in one call: ``loss, stats = TripletLoss()(embeddings, labels)``.
+
+    ``stats`` (plain floats, for logging): num_triplets, active_fraction (of the mined
+    triplets), d_ap and d_an (mean distances over the mined triplets; NaN when none).
+    The distance matrix is computed once and shared by mining and the loss.
+    """
+
+    def __init__(self, miner: str = "semihard", margin: float = 0.2,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if margin <= 0:
+            raise FaceNetError(f"triplet margin must be positive, got {margin}")
+        self.miner_name = miner
+        self.mine = get_miner(miner)
+        self.margin = margin
+        self.options = {"generator": generator} if miner_accepts(self.mine, "generator") else {}
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        dists = pairwise_sq_dists(embeddings)
+        a, p, n = self.mine(embeddings, labels, self.margin, dists=dists, **self.options)
+        loss, active = triplet_loss(embeddings, a, p, n, self.margin, dists=dists)
+        with torch.no_grad():
+            stats = {
+                "num_triplets": float(len(a)),
+                "active_fraction": active,
+                "d_ap": dists[a, p].mean().item() if len(a) else float("nan"),
+                "d_an": dists[a, n].mean().item() if len(a) else float("nan"),
+            }
+        return loss, stats
+
+    def extra_repr(self) -> str:
+        return f"miner={self.miner_name!r}, margin={self.margin}"
