@@ -158,3 +158,15 @@ def test_cli_reports_malformed_pairs_file_as_one_line(tmp_path, capsys):
     bad.write_text("A 1 2 3 4\n")
     assert cli.main(["evaluate", "--model", "dlib", "--pairs", str(bad), "--images", str(tmp_path)]) == 2
     assert "p.txt:1:" in capsys.readouterr().err
+
+
+def test_cache_resumes_without_re_embedding(lfw_like, tmp_path):
+    pairs, images = lfw_like
+    cache = tmp_path / "emb.npz"
+    first = evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, cache=cache)
+    again = FakeEmbedder()
+    second = evaluate_pairs(again, pairs, images, ext="png", progress=False, cache=cache, distance="cosine")
+    assert again.calls == 0 and (cache.stat().st_mode & 0o777) == 0o600
+    np.testing.assert_allclose(second.labels, first.labels)
+    with pytest.raises(DataError, match="flip=sum"):
+        evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, cache=cache, flip="sum")

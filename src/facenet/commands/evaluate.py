@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--far", type=float, default=1e-3, help="target FAR for VAL (default: 1e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default: 32)")
     p.add_argument("--device", default="cpu", help="torch device for model files (default: cpu)")
+    p.add_argument("--cache", type=Path,
+                   help="keep embeddings in this .npz file: an interrupted run resumes, a re-run embeds nothing")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plots", type=Path, help="write roc.png and distances.png into this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,7 +43,8 @@ def handle(args: argparse.Namespace) -> int:
 
     result = evaluate_pairs(_embedder(args), args.pairs, args.images, flip=args.flip, distance=args.distance,
                             subtract_mean=args.subtract_mean, batch_size=args.batch_size,
-                            progress=not args.no_progress, folds=args.folds, ext=args.ext, far_target=args.far)
+                            progress=not args.no_progress, folds=args.folds, ext=args.ext, far_target=args.far,
+                            cache=args.cache)
     print(result.table())
     if args.json:
         result.save_json(args.json)

@@ -15,9 +15,10 @@ from facenet.data.images import load_image
 from facenet.errors import DataError, FaceNetError
 from facenet.evaluate.metrics import DISTANCES, FoldMetrics, kfold_metrics
 from facenet.evaluate.pairs import read_pairs
-from facenet.fileio import atomic_write_bytes
+from facenet.fileio import atomic_write, atomic_write_bytes
 
 FLIPS = ("none", "sum", "concat")
+CACHE_EVERY = 512  # images between cache saves: a killed run loses at most this much work
 
 
 @dataclass
@@ -88,11 +89,13 @@ class EvaluationResult:
 def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os.PathLike, flip: str = "none",
                    distance: str = "euclidean", subtract_mean: bool = False, batch_size: int = 32,
                    progress: bool = True, folds: int | None = None, ext: str = "jpg",
-                   far_target: float = 1e-3) -> EvaluationResult:
+                   far_target: float = 1e-3, cache: str | os.PathLike | None = None) -> EvaluationResult:
     """Evaluate ``embedder`` (any object with ``embed(images, batch_size)``) on a pairs protocol.
 
     ``flip`` adds horizontal-flip test-time augmentation: "sum" adds the two embeddings,
-    "concat" joins them; both are re-normalised to unit rows.
+    "concat" joins them; both are re-normalised to unit rows. ``cache`` (an .npz file) keeps
+    the embeddings made so far, so an interrupted run resumes where it stopped and a re-run
+    with another distance or fold setting embeds nothing.
     """
     if flip not in FLIPS:
         raise DataError(f"unknown flip mode {flip!r}; choose one of {', '.join(FLIPS)}")
@@ -102,7 +105,7 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
     paths = sorted({p for pair in pair_set.pairs for p in (pair.path1, pair.path2)})
 
     start = time.perf_counter()
-    embeddings, failed = _embed_all(embedder, paths, flip, batch_size, progress)
+    embeddings, failed = _embed_all(embedder, paths, flip, batch_size, progress, cache)
     embed_seconds = time.perf_counter() - start
 
     scored = [p for p in pair_set.pairs if p.path1 in embeddings and p.path2 in embeddings]
@@ -128,13 +131,17 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
                  "metrics_seconds": round(metrics_seconds, 3)})
 
 
-def _embed_all(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool):
+def _embed_all(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool, cache):
     """Embed every image once -> ({path: embedding}, [paths the embedder failed on])."""
-    embeddings: dict[Path, np.ndarray] = {}
+    key = f"{getattr(embedder, 'name', type(embedder).__name__)} flip={flip}"
+    embeddings = _load_cache(cache, key) if cache else {}
+    todo = [p for p in paths if p not in embeddings]
     failed: list[Path] = []
-    with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
-        for i in range(0, len(paths), batch_size):
-            chunk = paths[i:i + batch_size]
+    saved = 0
+    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc="embedding", unit="img",
+              disable=not progress) as bar:
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
             try:
                 rows = _embed(embedder, chunk, flip, batch_size)
             except FaceNetError:  # find the culprit(s); the rest of the chunk still counts
@@ -149,7 +156,39 @@ def _embed_all(embedder, paths: list[Path], flip: str, batch_size: int, progress
                 if row is not None:
                     embeddings[path] = row
             bar.update(len(chunk))
+            if cache and i + len(chunk) - saved >= CACHE_EVERY:
+                _save_cache(cache, key, embeddings)
+                saved = i + len(chunk)
+    if cache and todo:
+        _save_cache(cache, key, embeddings)
     return embeddings, failed
+
+
+def _load_cache(cache: str | os.PathLike, key: str) -> dict[Path, np.ndarray]:
+    if not Path(cache).is_file():
+        return {}
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            stored_key, paths, rows = str(data["key"]), data["paths"], data["embeddings"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"embedding cache {cache} is unreadable ({exc}); delete it to start afresh") from exc
+    if stored_key != key:
+        raise DataError(f"embedding cache {cache} holds '{stored_key}', not '{key}'; "
+                        "use another cache file for this model / flip setting")
+    return {Path(p): row for p, row in zip(paths, rows)}
+
+
+def _save_cache(cache: str | os.PathLike, key: str, embeddings: dict[Path, np.ndarray]) -> None:
+    """Embeddings are personal data: written atomically, owner-only (facenet.fileio)."""
+    if not embeddings:
+        return
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, key=np.array(key), paths=np.array([str(p) for p in embeddings]),
+                     embeddings=np.stack(list(embeddings.values())))
+
+    atomic_write(cache, write)
 
 
 def _embed(embedder, paths: list[Path], flip: str, batch_size: int) -> np.ndarray:
