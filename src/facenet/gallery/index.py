@@ -1,0 +1,125 @@
+"""Vector search over the gallery's faces with FAISS.
+
+Distances are squared L2 (FAISS's L2 indexes return squared distances, which is the project's unit).
+
+* ``exact``: ``IndexFlatL2`` behind an id map; exact, supports removal directly.
+* ``hnsw``: ``IndexHNSWFlat`` (graph, approximate, stores full vectors so its distances are exact
+  for the candidates it returns). HNSW cannot delete, so removed ids go into a filter set that
+  searches over-fetch past; once removed faces exceed a quarter of the index it is rebuilt from the
+  live vectors. Removal is therefore visible on the very next query.
+* ``ivf``: ``IndexIVFFlat`` trained once on the faces present when it is built (needs at least
+  ``IVF_MIN_TRAIN`` faces, otherwise exact search is used); later faces go to the trained lists
+  without retraining; removal is direct.
+* ``auto``: exact below ``AUTO_THRESHOLD`` faces, HNSW above; an exact index that grows past the
+  threshold is rebuilt as HNSW.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from facenet.errors import GalleryError
+
+KINDS = ("auto", "exact", "hnsw", "ivf")
+AUTO_THRESHOLD = 50_000
+IVF_MIN_TRAIN = 1_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+REBUILD_FRACTION = 0.25
+
+
+class FaceIndex:
+    """Face ids -> vectors; ``search`` returns (squared distances, face ids), nearest first."""
+
+    def __init__(self, dim: int, kind: str = "auto", ef_search: int = HNSW_EF_SEARCH):
+        if kind not in KINDS:
+            raise GalleryError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+        self.dim, self.requested, self.ef_search = dim, kind, ef_search
+        self._removed: set[int] = set()
+        self._build(np.empty(0, np.int64), np.empty((0, dim), np.float32))
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def __len__(self) -> int:
+        return self._index.ntotal - len(self._removed)
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the whole content (used on open and after many removals)."""
+        self._build(np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, np.int64)
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if self.requested == "auto" and self._kind == "exact" and len(self) + len(ids) > AUTO_THRESHOLD:
+            old_ids, old_vectors = self._live()
+            self._build(np.concatenate([old_ids, ids]), np.concatenate([old_vectors, vectors]))
+            return
+        self._index.add_with_ids(vectors, ids)
+
+    def remove(self, ids) -> None:
+        ids = np.asarray(list(ids), np.int64)
+        if self._kind != "hnsw":
+            self._index.remove_ids(ids)
+            return
+        self._removed.update(ids.tolist())
+        if len(self._removed) > REBUILD_FRACTION * max(self._index.ntotal, 1):
+            self._build(*self._live())
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest live faces per query; missing slots have id -1 and distance inf."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        k = max(1, min(k, len(self)))
+        fetch = min(k + len(self._removed), self._index.ntotal) if self._index.ntotal else 1
+        dist, ids = self._index.search(queries, fetch)
+        if self._removed:
+            keep = ~np.isin(ids, np.fromiter(self._removed, np.int64, len(self._removed)))
+            dist, ids = _compact(dist, ids, keep, k)
+        dist, ids = dist[:, :k], ids[:, :k]
+        dist = np.where(ids < 0, np.inf, np.maximum(dist, 0.0))
+        return dist.astype(np.float32), ids
+
+    def _build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        kind = self.requested
+        if kind == "auto":
+            kind = "hnsw" if len(ids) > AUTO_THRESHOLD else "exact"
+        if kind == "ivf" and len(ids) < IVF_MIN_TRAIN:
+            kind = "exact"
+        if kind == "exact":
+            index = faiss.IndexIDMap2(faiss.IndexFlatL2(self.dim))
+        elif kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            inner.hnsw.efSearch = self.ef_search
+            index = faiss.IndexIDMap2(inner)
+        else:
+            nlist = int(np.clip(4 * np.sqrt(len(ids)), 1, len(ids) // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, nlist)
+            index.train(vectors)
+            index.nprobe = max(1, nlist // 16)
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        self._index, self._kind, self._removed = index, kind, set()
+
+    def _live(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and vectors still present (exact and HNSW keep full vectors behind an id map)."""
+        n = self._index.ntotal
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        vectors = self._index.index.reconstruct_n(0, n) if n else np.empty((0, self.dim), np.float32)
+        if self._removed:
+            keep = ~np.isin(ids, np.fromiter(self._removed, np.int64, len(self._removed)))
+            ids, vectors = ids[keep], vectors[keep]
+        return ids, vectors
+
+
+def _compact(dist: np.ndarray, ids: np.ndarray, keep: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, move kept entries to the front (order preserved), padding with -1 / inf."""
+    out_d = np.full((len(ids), k), np.inf, np.float32)
+    out_i = np.full((len(ids), k), -1, np.int64)
+    for row in range(len(ids)):
+        d, i = dist[row][keep[row]][:k], ids[row][keep[row]][:k]
+        out_d[row, :len(d)], out_i[row, :len(i)] = d, i
+    return out_d, out_i
