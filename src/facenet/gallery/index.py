@@ -99,7 +99,7 @@ class FaceIndex:
             nlist = int(np.clip(4 * np.sqrt(len(ids)), 1, len(ids) // 39))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, nlist)
             index.train(vectors)
-            index.nprobe = max(1, nlist // 16)
+            index.nprobe = min(nlist, max(16, nlist // 16))
         if len(ids):
             index.add_with_ids(vectors, ids)
         self._index, self._kind, self._removed = index, kind, set()

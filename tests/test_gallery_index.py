@@ -1,0 +1,74 @@
+import faiss
+import numpy as np
+import pytest
+
+from facenet.errors import GalleryError
+from facenet.gallery import index as index_mod
+from facenet.gallery.index import FaceIndex
+
+
+def unit(rng, n, d=32):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(vectors, ids, queries, k):
+    d = ((queries[:, None] - vectors[None]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), ids[order]
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_search_and_removal_match_brute_force(kind):
+    rng = np.random.default_rng(0)
+    vectors, queries = unit(rng, 2000), unit(rng, 30)
+    ids = np.arange(10, 2010, dtype=np.int64)
+    idx = FaceIndex(32, kind, ef_search=256)
+    idx.rebuild(ids[:1500], vectors[:1500])
+    idx.add(ids[1500:], vectors[1500:])  # incremental, no retraining
+    assert idx.kind == kind and len(idx) == 2000
+    gone = set(rng.choice(ids, 300, replace=False).tolist())
+    idx.remove(gone)
+    keep = np.array([i not in gone for i in ids])
+    ref_d, ref_i = brute(vectors[keep], ids[keep], queries, 5)
+    dist, got = idx.search(queries, 5)
+    assert not set(got.ravel().tolist()) & gone
+    recall = np.mean(got[:, 0] == ref_i[:, 0])
+    assert recall >= (1.0 if kind == "exact" else 0.85)
+    exact_rows = got[:, 0] == ref_i[:, 0]
+    np.testing.assert_allclose(dist[exact_rows, 0], ref_d[exact_rows, 0], atol=1e-4)  # squared L2
+
+
+def test_hnsw_rebuilds_after_many_removals_and_pads_short_results():
+    rng = np.random.default_rng(1)
+    v = unit(rng, 40)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(np.arange(40), v)
+    idx.remove(range(5))
+    assert idx._removed  # filtered, not yet rebuilt
+    idx.remove(range(5, 30))
+    assert not idx._removed and idx._index.ntotal == 10  # rebuilt from live vectors
+    dist, got = idx.search(v[35:36], 20)
+    assert sorted(got[0].tolist()) == list(range(30, 40))
+    assert got[0, 0] == 35 and dist[0, 0] == pytest.approx(0, abs=1e-6)
+
+
+def test_auto_switches_to_hnsw_past_threshold(monkeypatch):
+    monkeypatch.setattr(index_mod, "AUTO_THRESHOLD", 50)
+    rng = np.random.default_rng(2)
+    v = unit(rng, 80)
+    idx = FaceIndex(32, "auto")
+    idx.rebuild(np.arange(30), v[:30])
+    assert idx.kind == "exact"
+    idx.add(np.arange(30, 80), v[30:])
+    assert idx.kind == "hnsw" and len(idx) == 80
+    assert isinstance(faiss.downcast_index(idx._index.index), faiss.IndexHNSWFlat)
+    _, got = idx.search(v, 1)
+    assert (got[:, 0] == np.arange(80)).mean() > 0.95
+
+
+def test_small_ivf_falls_back_to_exact_and_unknown_kind_is_an_error():
+    idx = FaceIndex(32, "ivf")
+    assert idx.kind == "exact"
+    with pytest.raises(GalleryError, match="unknown index kind"):
+        FaceIndex(32, "annoy")
