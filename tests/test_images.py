@@ -43,7 +43,9 @@ def test_paths_bytes_pil_and_arrays_agree(tmp_path, rgb):
     path.write_bytes(encode(rgb, "PNG"))
     for src in (path, str(path), path.read_bytes(), Image.open(path), rgb, rgb / 255.0,
                 rgb.astype(np.uint16) * 257):
-        np.testing.assert_array_equal(load_image(src), rgb)
+        out = load_image(src)
+        np.testing.assert_array_equal(out, rgb)
+        assert out.flags.writeable  # callers may augment in place
 
 
 def test_greyscale_pgm_becomes_three_equal_channels():
@@ -176,7 +178,7 @@ def test_fit_to_input_centre_crops_then_resizes():
     same = fit_to_input(img, 60)
     np.testing.assert_array_equal(same, img[:, 20:80])
     small = fit_to_input(img, 16)
-    assert small.shape == (16, 16, 3)
+    assert small.shape == (16, 16, 3) and small.flags.writeable
     assert (small == [0, 255, 0]).all()  # no red/blue borders survive the centre crop
     # Downscaling averages (area-like): a 1-pixel checkerboard becomes mid grey, not aliased.
     checker = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)

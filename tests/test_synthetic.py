@@ -18,7 +18,7 @@ def test_same_seed_same_pixels_and_other_seed_differs():
     c = SyntheticFaces(5, seed=4, size=SIZE, occlusion_prob=0.5)
     for identity, index in [(0, 0), (2, 7), (4, 1)]:
         img = a.render(identity, index)
-        assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
+        assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 and img.flags.writeable
         np.testing.assert_array_equal(img, b.render(identity, index))
         assert np.abs(img.astype(int) - c.render(identity, index)).mean() > 10
     assert a.traits(1) != c.traits(1)

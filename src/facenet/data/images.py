@@ -40,6 +40,7 @@ def load_image(src: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
     ``max_pixels`` refuses larger images before decoding them (decompression bombs); raise it
     for genuinely huge photos. Raises ``BadImageError`` for anything that is not a usable image.
+    An array that is already H,W,3 uint8 is returned as it is (no copy).
     """
     if isinstance(src, np.ndarray):
         return _from_array(src, "<array>")
@@ -94,7 +95,7 @@ def fit_to_input(image: ImageLike, size: int) -> np.ndarray:
     square = array[top:top + side, left:left + side]
     if side == size:
         return np.ascontiguousarray(square)
-    return np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(square).resize((size, size), Image.BILINEAR))
 
 
 def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -178,7 +179,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         mode = "RGBA"
     if mode == "RGBA":
         return _from_array(np.asarray(img), "<decoded>")
-    return np.asarray(img.convert("RGB"))
+    return np.array(img.convert("RGB"))
 
 
 def _from_array(array: np.ndarray, name: str) -> np.ndarray:

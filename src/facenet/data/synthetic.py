@@ -134,7 +134,7 @@ class SyntheticFaces:
         if r.random() < 0.25:
             buf = io.BytesIO()
             Image.fromarray(out).save(buf, "JPEG", quality=int(r.integers(25, 85)))
-            out = np.asarray(Image.open(buf).convert("RGB"))
+            out = np.array(Image.open(buf).convert("RGB"))
         return out
 
     def _check(self, identity: int) -> None:
