@@ -96,3 +96,17 @@ def test_pair_distances():
 def test_single_fold_is_refused():
     with pytest.raises(DataError, match="--folds"):
         kfold_metrics(np.zeros((4, 2)), np.ones((4, 2)), np.array([1, 0, 1, 0], bool), np.zeros(4))
+
+
+def test_plots_write_pngs(tmp_path):
+    from PIL import Image
+
+    from facenet.evaluate.plots import plot_distance_histogram, plot_roc
+
+    d, same = _random_pairs(seed=4)
+    r = roc(d, same)
+    plot_roc({"a": (r.fpr, r.tpr), "b": (r.fpr, np.sqrt(r.tpr))}, tmp_path / "roc.png")
+    plot_distance_histogram(d, same, 1.1, tmp_path / "sub" / "hist.png")
+    for name in ("roc.png", "sub/hist.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100

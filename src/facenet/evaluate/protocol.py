@@ -31,7 +31,7 @@ class EvaluationResult:
     n_failed: int                   # pairs left out because the embedder failed on one of their images
     metrics: FoldMetrics
     labels: np.ndarray              # is_same per scored pair, aligned with metrics.distances
-    n_fallbacks: int | None = None  # images where the embedder's detector fell back to a fixed box, if it says
+    n_fallbacks: int | None = None  # images (embedded in this run) where the embedder's detector found no face
     timings: dict = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)   # the missing / failed image paths
 
@@ -121,11 +121,12 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
 
     missing_paths = sorted({str(q) for p in pair_set.missing for q in (p.path1, p.path2) if not q.is_file()})
     return EvaluationResult(
-        model=getattr(embedder, "name", type(embedder).__name__), pairs_file=str(pairs_file),
+        model=embedder.name, pairs_file=str(pairs_file),
         settings={"flip": flip, "distance": distance, "subtract_mean": subtract_mean, "n_folds": pair_set.n_folds,
                   "images_dir": str(images_dir)},
         n_pairs=len(scored), n_missing=len(pair_set.missing), n_failed=len(pair_set.pairs) - len(scored),
-        metrics=metrics, labels=same, n_fallbacks=getattr(embedder, "fallbacks", None), missing=missing_paths + sorted(str(p) for p in failed),
+        metrics=metrics, labels=same, n_fallbacks=getattr(embedder, "fallbacks", None),
+        missing=missing_paths + sorted(str(p) for p in failed),
         timings={"embed_seconds": round(embed_seconds, 3), "images": len(paths),
                  "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
                  "metrics_seconds": round(metrics_seconds, 3)})
@@ -133,7 +134,7 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
 
 def _embed_all(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool, cache):
     """Embed every image once -> ({path: embedding}, [paths the embedder failed on])."""
-    key = f"{getattr(embedder, 'name', type(embedder).__name__)} flip={flip}"
+    key = f"{embedder.name} flip={flip}"
     embeddings = _load_cache(cache, key) if cache else {}
     todo = [p for p in paths if p not in embeddings]
     failed: list[Path] = []
