@@ -268,9 +268,15 @@ class Gallery:
 
     def _sync(self) -> None:
         """Bring the in-memory index up to date with commits made by other connections."""
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        if self._index is not None and version == self._data_version:
-            return
+        self._conn.execute("BEGIN")  # one read snapshot: names and faces must agree
+        try:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if self._index is None or version != self._data_version:
+                self._reload(version)
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _reload(self, version: int) -> None:
         self._data_version = version
         self._names = dict(self._conn.execute("SELECT id, name FROM people").fetchall())
         if self._index is None:
