@@ -21,7 +21,7 @@ from facenet.errors import ModelFileError
 from facenet.fileio import atomic_write
 from facenet.models import EmbeddingModel, create_model
 
-STANDARDISATIONS = ("fixed", "prewhiten", "unit")
+from facenet.data.images import STANDARDISATIONS  # noqa: E402  (one list of methods)
 DEFAULT_THRESHOLD = 1.1  # squared L2; replaced by the calibrated one once a model is evaluated
 
 

@@ -1,0 +1,85 @@
+"""`facenet train`: learn an embedding from a folder of identities (or synthetic ones)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from facenet.train.config import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+
+# (option, config field, type, help); defaults come from TrainConfig so there is one source of truth.
+OPTIONS = [
+    ("--arch", "arch", str, "architecture (see `facenet models`)"),
+    ("--embedding-size", "embedding_size", int, "embedding dimensions"),
+    ("--image-size", "image_size", int, "face crop size in pixels"),
+    ("--loss", "loss", str, f"one of {', '.join(LOSSES)}"),
+    ("--miner", "miner", str, "triplet miner: semihard (the paper's), hard, all, sandberg"),
+    ("--margin", "margin", float, "triplet margin alpha on squared L2 distances"),
+    ("--softmax-weight", "softmax_weight", float, "weight of the softmax loss with --loss softmax/both"),
+    ("--centre-loss", "centre_loss_weight", float, "weight of the centre loss (0 = off)"),
+    ("--identities-per-batch", "identities_per_batch", int, "P: identities in each batch"),
+    ("--faces-per-identity", "faces_per_identity", int, "K: faces of each identity in a batch"),
+    ("--steps", "steps", int, "training steps (batches)"),
+    ("--optimizer", "optimizer", str, f"one of {', '.join(OPTIMIZERS)} (adagrad is the paper's)"),
+    ("--lr", "lr", float, "learning rate"),
+    ("--lr-schedule", "lr_schedule", str, f"one of {', '.join(SCHEDULES)}"),
+    ("--lr-step-every", "lr_step_every", int, "with --lr-schedule step: divide the rate by 10 this often"),
+    ("--warmup-steps", "warmup_steps", int, "linear learning-rate warm-up steps"),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    ("--dropout", "dropout", float, "dropout before the bottleneck layer"),
+    ("--colour-jitter", "augment_colour", float, "max relative brightness/contrast/saturation change (0 = off)"),
+    ("--occlusion", "augment_occlusion", float, "probability of a synthetic occluder per face"),
+    ("--holdout", "holdout_identities", float, "fraction of identities held out for verification checks"),
+    ("--min-images", "min_images_per_identity", int, "ignore identities with fewer images"),
+    ("--eval-every", "eval_every", int, "steps between held-out verification checks"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
+    ("--workers", "workers", int, "data-loading processes"),
+    ("--seed", "seed", int, "random seed (recorded in the run)"),
+    ("--device", "device", str, "auto, cpu or cuda"),
+    ("--synthetic-identities", "synthetic_identities", int, "identities to generate when DATA_DIR is omitted"),
+    ("--synthetic-images", "synthetic_images_per_identity", int, "images per synthetic identity"),
+]
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {field: getattr(args, field) for _, field, _, _ in OPTIONS if getattr(args, field) is not None}
+    if args.resume:
+        stored = TrainConfig.load(args.out)
+        return dataclasses.replace(stored, **{k: v for k, v in values.items()
+                                              if k in ("steps", "device", "workers")})
+    return TrainConfig(data=args.data, out=args.out, augment_flip=not args.no_flip,
+                       augment_crop=not args.no_crop, **values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from facenet.train.loop import train
+
+    result = train(config_from_args(args), resume=args.resume)
+    print(f"model written to {result.model_path}")
+    if result.final_accuracy is not None:
+        start = f"{result.initial_accuracy:.4f}" if result.initial_accuracy is not None else "n/a"
+        print(f"held-out verification accuracy: {start} at start -> {result.final_accuracy:.4f} "
+              f"(threshold {result.threshold:.3f}, squared L2)")
+    return 0
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    for flag, field, kind, text in OPTIONS:
+        parser.add_argument(flag, dest=field, type=kind, default=None,
+                            help=f"{text} (default: {getattr(defaults, field)})")
+    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    parser.add_argument("--no-crop", action="store_true", help="no random shift/scale/rotation jitter")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train an embedding model with the triplet loss (and/or softmax)",
+        description="Train a FaceNet embedding on a folder with one sub-folder of face crops per identity "
+                    "(or on synthetic identities when DATA_DIR is omitted). Writes config.json, metrics.csv, "
+                    "checkpoint.pt and model.safetensors to --out. Under torchrun, trains data-parallel.")
+    p.add_argument("data", nargs="?", metavar="DATA_DIR", help="folder of identities (default: synthetic faces)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the final model")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_training_options(p)
+    p.set_defaults(func=run_train)

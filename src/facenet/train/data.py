@@ -1,0 +1,131 @@
+"""What the training loop reads: labelled face images, split by identity, served as whole batches.
+
+A *source* is any object with ``labels`` (int64 array, one per image),
+``num_identities`` and ``image(i) -> H,W,3 uint8``. A folder of identities and the
+synthetic generator both become one; ``StepBatches`` turns a source plus the P x K
+sampler and augmentation into the batch of any training step, computed from
+(seed, step) alone so that data loading needs no state to resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from facenet.data.sampler import PKSampler
+from facenet.errors import DataError
+from facenet.train.augment import Augmentation
+
+
+class FolderSource:
+    """A folder-per-identity dataset restricted to some of its images."""
+
+    def __init__(self, dataset, indices: np.ndarray | None = None):
+        self.dataset = dataset
+        all_labels = np.asarray(dataset.labels, dtype=np.int64)
+        self.indices = np.arange(len(all_labels)) if indices is None else np.asarray(indices)
+        _, self.labels = np.unique(all_labels[self.indices], return_inverse=True)
+        self.num_identities = int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.dataset[int(self.indices[i])][0]
+
+
+class SyntheticSource:
+    """Identities ``first .. first + count - 1`` of the synthetic generator, ``per_identity`` images each."""
+
+    def __init__(self, faces, first: int, count: int, per_identity: int):
+        self.faces, self.first, self.per_identity = faces, first, per_identity
+        self.labels = np.repeat(np.arange(count, dtype=np.int64), per_identity)
+        self.num_identities = count
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.faces.render(self.first + int(i) // self.per_identity, int(i) % self.per_identity)
+
+
+def split_identities(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (training, held-out) images; held-out identities never appear in training."""
+    identities = np.unique(labels)
+    rng = np.random.default_rng([seed, 7])
+    held = rng.permutation(identities)[:int(round(len(identities) * fraction))]
+    mask = np.isin(labels, held)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def build_sources(config):
+    """(training source, held-out source or None) for a run's configuration."""
+    if config.data is None:
+        from facenet.data.synthetic import SyntheticFaces
+
+        held = int(round(config.synthetic_identities * config.holdout_identities))
+        train_ids = config.synthetic_identities - held
+        faces = SyntheticFaces(config.synthetic_identities, seed=config.seed, size=config.image_size,
+                               occlusion_prob=config.augment_occlusion)
+        per = config.synthetic_images_per_identity
+        return (SyntheticSource(faces, 0, train_ids, per),
+                SyntheticSource(faces, train_ids, held, per) if held >= 2 else None)
+    from facenet.data.folder import FolderDataset
+
+    dataset = FolderDataset(config.data, min_images=config.min_images_per_identity)
+    train_idx, held_idx = split_identities(np.asarray(dataset.labels), config.holdout_identities, config.seed)
+    held = FolderSource(dataset, held_idx) if len(held_idx) else None
+    if held is not None and held.num_identities < 2:
+        held = None
+    return FolderSource(dataset, train_idx), held
+
+
+class StepBatches(Dataset):
+    """Item ``step`` is that step's whole global batch: (uint8 N,3,H,W images, int64 labels)."""
+
+    def __init__(self, source, sampler: PKSampler, augment: Augmentation, seed: int):
+        if len(sampler) == 0:
+            raise DataError("the training set is too small for one P x K batch")
+        self.source, self.sampler, self.augment, self.seed = source, sampler, augment, seed
+
+    def __len__(self) -> int:  # steps are unbounded; the loop decides when to stop
+        return 2**62
+
+    def indices(self, step: int) -> list[int]:
+        epoch, i = divmod(step, len(self.sampler))
+        return self.sampler.batch(epoch, i)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = self.indices(step)
+        crops = [self.augment(self.source.image(i), np.random.default_rng([self.seed, step, pos]))
+                 for pos, i in enumerate(indices)]
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+        return images, torch.as_tensor(self.source.labels[indices], dtype=torch.int64)
+
+
+@dataclass
+class HeldOutPairs:
+    """Verification pairs over held-out images: every positive pair (capped) and as many negatives."""
+
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+
+
+def held_out_pairs(labels: np.ndarray, max_pairs: int, seed: int, n_folds: int = 10) -> HeldOutPairs:
+    rng = np.random.default_rng([seed, 11])
+    i, j = np.triu_indices(len(labels), k=1)
+    is_same = labels[i] == labels[j]
+    pos = np.flatnonzero(is_same)
+    neg = np.flatnonzero(~is_same)
+    n = min(len(pos), len(neg), max_pairs // 2)
+    if n < n_folds:
+        raise DataError("too few held-out images for a verification check; add identities or images")
+    chosen = np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)])
+    same = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
+    folds = rng.permutation(np.arange(2 * n) % n_folds)
+    return HeldOutPairs(i[chosen], j[chosen], same, folds)

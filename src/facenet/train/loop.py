@@ -1,0 +1,286 @@
+"""The training loop, readable top to bottom: batch -> embed -> mine -> loss -> step -> check -> save.
+
+One process or many (``torchrun``): each rank embeds its slice of the global
+P x K batch, the slices are gathered so every rank mines the same triplets over
+the whole batch, and gradients are averaged. Checkpoints are atomic and hold
+all state, so ``resume=True`` continues a killed run to the exact same end.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from facenet.data.images import standardise
+from facenet.data.sampler import PKSampler
+from facenet.errors import TrainingError
+from facenet.fileio import atomic_write
+from facenet.losses import FaceLoss
+from facenet.models import EmbeddingModel, create_model, l2_normalize
+from facenet.models.modelfile import ModelInfo, model_info_for, save_model
+from facenet.seeding import seed_everything
+from facenet.train import distributed
+from facenet.train.augment import Augmentation
+from facenet.train.checkpoint import load_checkpoint, save_checkpoint
+from facenet.train.config import TrainConfig
+from facenet.train.data import StepBatches, build_sources, held_out_pairs
+
+METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "active_fraction",
+                  "num_triplets", "d_ap", "d_an", "lr", "images_per_s", "val_accuracy", "val_threshold"]
+MODEL_NAME = "model.safetensors"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    steps: int
+    initial_accuracy: float | None = None
+    final_accuracy: float | None = None
+    threshold: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) the run in ``config.out``; returns where the model went and how it did."""
+    config.validate()
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(config, resume, progress, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.Context) -> TrainResult:
+    run_dir = Path(config.out)
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if not resume and (run_dir / "checkpoint.pt").exists():
+        raise TrainingError(f"{run_dir} already holds a training run; continue it with --resume "
+                            "or choose another --out")
+    if config.batch_size % ctx.world_size:
+        raise TrainingError(f"the batch of {config.batch_size} faces does not split evenly over "
+                            f"{ctx.world_size} processes")
+    if ctx.is_main:
+        atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config.to_json()))
+
+    seed_everything(config.seed)
+    train_source, held_source = build_sources(config)
+    model = create_model(config.arch, embedding_size=config.embedding_size, dropout=config.dropout)
+    model.input_size = config.image_size
+    model = distributed.sync_batchnorm(model, ctx).to(ctx.device)
+    generator = torch.Generator()
+    loss_fn = FaceLoss(config.embedding_size, num_classes=train_source.num_identities,
+                       triplet_weight=0.0 if config.loss == "softmax" else 1.0,
+                       softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
+                       centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
+                       generator=generator).to(ctx.device)
+    optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+
+    start = 0
+    history: list[dict] = []
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        loss_fn.load_state_dict(checkpoint["loss"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        start = int(checkpoint["step"])
+        history = [dict(row) for row in checkpoint["history"]]
+    else:
+        distributed.broadcast_parameters(model, ctx)
+
+    sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
+                        seed=config.seed)
+    augment = Augmentation(config.image_size, crop=config.augment_crop, flip=config.augment_flip,
+                           colour=config.augment_colour, occlusion=config.augment_occlusion)
+    batches = StepBatches(train_source, sampler, augment, config.seed)
+    loader = DataLoader(batches, batch_size=None, sampler=range(start, config.steps),
+                        num_workers=config.workers, persistent_workers=False,
+                        prefetch_factor=2 if config.workers else None)
+    metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=start, enabled=ctx.is_main)
+    pairs = held_out_pairs(held_source.labels, 6000, config.seed) if held_source is not None else None
+
+    def validate() -> tuple[float, float] | None:
+        if pairs is None:
+            return None
+        return _verification(model, held_source, pairs, config, ctx)
+
+    initial = history[0].get("val_accuracy") if history else None
+    if start == 0:
+        checked = validate()
+        initial = checked[0] if checked else None
+        history = [{"step": 0, "val_accuracy": initial}]
+        if ctx.is_main and checked:
+            metrics.write({"step": 0, "val_accuracy": checked[0], "val_threshold": checked[1]})
+
+    bar = _progress(progress and ctx.is_main, start, config.steps)
+    per_rank = config.batch_size // ctx.world_size
+    collapsed = 0
+    last_check = None
+    tick = time.perf_counter()
+    for step, (images, labels) in zip(range(start, config.steps), loader):
+        model.train()
+        loss_fn.train()
+        generator.manual_seed(config.seed * 1_000_003 + step)
+        local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device)
+        prelogits = distributed.gather_with_grad(model.prelogits(standardise(local, config.standardisation)), ctx)
+        loss, stats = loss_fn(prelogits, labels.to(ctx.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(model, ctx)
+        optimizer.step()
+        schedule.step()
+
+        collapsed = collapsed + 1 if _is_collapsed(prelogits) else 0
+        if collapsed >= config.collapse_patience:
+            raise TrainingError(f"embeddings collapsed at step {step + 1}: every face maps to the same point. "
+                                "Lower the learning rate (--lr), use the semihard miner, or add softmax "
+                                "(--loss both)")
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
+
+        done = step + 1
+        row = {"step": done, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **stats}
+        now = time.perf_counter()
+        row["images_per_s"] = config.batch_size / max(now - tick, 1e-9)
+        tick = now
+        if done % config.eval_every == 0 or done == config.steps:
+            last_check = validate()
+            if last_check:
+                row["val_accuracy"], row["val_threshold"] = last_check
+                history.append({"step": done, "val_accuracy": last_check[0]})
+        if done % config.log_every == 0 or "val_accuracy" in row or done == config.steps:
+            metrics.write(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
+                            img_s=f"{row['images_per_s']:.0f}",
+                            val=f"{history[-1]['val_accuracy']:.3f}" if history[-1].get("val_accuracy") else "-")
+        if ctx.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
+            save_checkpoint(run_dir, {
+                "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "step": done,
+                "history": history})
+    if bar is not None:
+        bar.close()
+
+    final_accuracy = history[-1].get("val_accuracy") if len(history) > 1 else None
+    threshold = last_check[1] if last_check else None
+    model_path = run_dir / MODEL_NAME
+    if ctx.is_main:
+        _save_final(model, config, train_source, model_path, threshold, final_accuracy)
+    return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
+
+
+def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":  # the paper's choice
+        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=True)
+
+
+def _lr_factor(config: TrainConfig):
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
+        if config.lr_schedule == "step" and config.lr_step_every:
+            return 0.1 ** (step // config.lr_step_every)
+        return 1.0
+
+    return factor
+
+
+def _is_collapsed(prelogits: torch.Tensor) -> bool:
+    """All embeddings (nearly) identical: the triplet loss then sits at the margin and learns nothing."""
+    with torch.no_grad():
+        embeddings = l2_normalize(prelogits.detach())
+        return bool(embeddings.var(dim=0).sum() < 1e-6)
+
+
+@torch.no_grad()
+def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig,
+                 device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Embed some of a source's images as inference would see them (no augmentation)."""
+    from facenet.data.images import fit_to_input
+
+    model.eval()
+    out = []
+    for s in range(0, len(indices), batch_size):
+        crops = np.stack([fit_to_input(source.image(int(i)), config.image_size) for i in indices[s:s + batch_size]])
+        x = standardise(torch.from_numpy(crops).permute(0, 3, 1, 2), config.standardisation).to(device)
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float, float]:
+    """10-fold verification accuracy on held-out identities, and the threshold fitted on all pairs."""
+    from facenet.evaluate.metrics import best_threshold, kfold_metrics
+
+    used = np.unique(np.concatenate([pairs.first, pairs.second]))
+    emb = embed_source(model, source, used, config, ctx.device)
+    row = {index: r for r, index in enumerate(used)}
+    e1 = emb[[row[i] for i in pairs.first]]
+    e2 = emb[[row[i] for i in pairs.second]]
+    result = kfold_metrics(e1, e2, pairs.same, pairs.folds)
+    threshold, _ = best_threshold(np.sum((e1 - e2) ** 2, axis=1), pairs.same)
+    return float(result.accuracy.mean()), float(threshold)
+
+
+def _save_final(model, config: TrainConfig, source, path: Path, threshold, accuracy) -> ModelInfo:
+    clean = create_model(config.arch, embedding_size=config.embedding_size)
+    clean.load_state_dict(model.state_dict())
+    clean.input_size = config.image_size
+    provenance = {"trained_by": "facenet train", "data": config.data or "synthetic",
+                  "identities": int(source.num_identities), "images": int(len(source)), "steps": config.steps,
+                  "seed": config.seed, "loss": config.loss, "miner": config.miner,
+                  "held_out_accuracy": accuracy}
+    info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance)
+    if threshold is not None:
+        info = dataclasses.replace(info, threshold=threshold)
+    return save_model(clean, path, info)
+
+
+class _MetricsLog:
+    """metrics.csv, cut back to the checkpoint on resume so it matches an uninterrupted run."""
+
+    def __init__(self, path: Path, keep_until: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        rows = []
+        if keep_until and path.exists():
+            with path.open() as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, METRICS_FIELDS, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _progress(enabled: bool, start: int, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
