@@ -1,0 +1,170 @@
+"""`facenet gallery enroll|list|remove|export|import` and `facenet identify`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from facenet.commands.core import add_model_options, embedder_from_args, expand_image_paths
+from facenet.errors import FaceNetError, GalleryError
+
+EXIT_UNIDENTIFIED = 1
+
+
+def default_gallery_path() -> Path:
+    """``$XDG_DATA_HOME/facenet/gallery.db`` (``~/.local/share/facenet/gallery.db`` by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "facenet" / "gallery.db"
+
+
+def _gallery_path(args: argparse.Namespace) -> Path:
+    return Path(args.gallery) if args.gallery else default_gallery_path()
+
+
+def _open_existing(args: argparse.Namespace):
+    from facenet.gallery import Gallery
+
+    return Gallery.open(_gallery_path(args), create=False)
+
+
+def embed_photos(embedder, paths: list[Path], skip_errors: bool) -> tuple[np.ndarray, list[Path], list[str]]:
+    """Embed photo by photo with progress; with ``skip_errors`` a photo without a usable face is reported, not fatal.
+
+    Returns (embeddings, the paths embedded, one error line per skipped photo).
+    """
+    from tqdm import tqdm
+
+    rows, done, errors = [], [], []
+    for path in tqdm(paths, desc="embedding", unit="img", disable=None, file=sys.stderr):
+        try:
+            rows.append(embedder.embed([path]))
+            done.append(path)
+        except FaceNetError as exc:
+            if not skip_errors:
+                raise
+            errors.append(f"{path}: {exc}")
+    matrix = np.concatenate(rows) if rows else np.empty((0, embedder.embedding_size), np.float32)
+    return matrix, done, errors
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    from facenet.gallery import Gallery
+
+    paths = expand_image_paths(args.photos)
+    embedder = embedder_from_args(args)
+    emb, _, _ = embed_photos(embedder, paths, skip_errors=False)  # all photos or none
+    with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, storage=args.storage) as g:
+        person = g.enroll(args.name, emb, [p.name for p in paths])
+    print(f"enrolled {len(paths)} photo(s) of {person.name} ({person.faces} in total) in {_gallery_path(args)}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _open_existing(args) as g:
+        people = g.people()
+        print(f"# gallery {g.path}: model {g.model_id}, {g.embedding_size}-D {g.storage}, "
+              f"{len(people)} people, {sum(p.faces for p in people)} faces")
+        for person in people:
+            print(f"{person.name}\t{person.faces}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    with _open_existing(args) as g:
+        faces = g.remove(args.name)
+    print(f"removed {args.name} and {faces} face(s) from {_gallery_path(args)}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with _open_existing(args) as g:
+        g.export(args.file)
+    print(f"exported gallery {_gallery_path(args)} to {args.file}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from facenet.gallery import Gallery
+
+    with Gallery.open(args.file, create=False) as src:
+        model_id, size, storage = src.model_id, src.embedding_size, src.storage
+    with Gallery.open(_gallery_path(args), model_id, size, storage=storage) as g:
+        faces = g.import_(args.file, merge=args.merge)
+    print(f"imported {faces} face(s) from {args.file} into {_gallery_path(args)}")
+    return 0
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    from facenet.gallery import Gallery
+
+    if args.top_k < 1:
+        raise GalleryError("--top-k must be at least 1")
+    paths = expand_image_paths(args.photos)
+    embedder = embedder_from_args(args)
+    threshold = embedder.threshold if args.threshold is None else args.threshold
+    with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, create=False) as g:
+        emb, done, errors = embed_photos(embedder, paths, skip_errors=True)
+        results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
+    for path, matches in zip(done, results):
+        shown = ", ".join(f"{m.name} {m.distance:.3f}" for m in matches) or "unknown"
+        print(f"{path}: {shown}")
+    for line in errors:
+        print(f"facenet identify: error: {line}", file=sys.stderr)
+    if errors:
+        return 2
+    return 0 if all(results) else EXIT_UNIDENTIFIED
+
+
+def register(sub) -> None:
+    gallery_help = "gallery file (default: $XDG_DATA_HOME/facenet/gallery.db, i.e. ~/.local/share/facenet/gallery.db)"
+    p = sub.add_parser("gallery", help="enrol, list, remove, export and import known people",
+                       description="The persistent gallery of known people (one SQLite file, owner-only).")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    v = verbs.add_parser("enroll", help="add photos of a person (creates the person if new)",
+                         description="Embed the photos and add them to NAME in one step: all of them or none.")
+    v.add_argument("name", metavar="NAME", help="the person's name")
+    v.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (or folders) of this person, one face each")
+    v.add_argument("--storage", choices=("float32", "int8"), default="float32",
+                   help="how a new gallery stores embeddings: float32, or int8 (1 byte per dimension)")
+    v.add_argument("--gallery", help=gallery_help)
+    add_model_options(v)
+    v.set_defaults(func=run_enroll)
+
+    v = verbs.add_parser("list", help="who is enrolled, with their number of faces")
+    v.add_argument("--gallery", help=gallery_help)
+    v.set_defaults(func=run_list)
+
+    v = verbs.add_parser("remove", help="delete a person and all their faces for good",
+                         description="Delete NAME, their faces and embeddings; the bytes are wiped from the file.")
+    v.add_argument("name", metavar="NAME")
+    v.add_argument("--gallery", help=gallery_help)
+    v.set_defaults(func=run_remove)
+
+    v = verbs.add_parser("export", help="write a compact copy of the gallery to FILE")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--gallery", help=gallery_help)
+    v.set_defaults(func=run_export)
+
+    v = verbs.add_parser("import", help="add everyone from an exported gallery FILE (same model)",
+                         description="Merge an exported gallery into this one; names already present are an "
+                                     "error unless --merge adds their faces to the existing people.")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--merge", action="store_true", help="add faces to people with the same name")
+    v.add_argument("--gallery", help=gallery_help)
+    v.set_defaults(func=run_import)
+
+    p = sub.add_parser("identify", help="who is in these photos? (top-k people from the gallery, or unknown)",
+                       description="For each photo, the nearest enrolled people within the threshold, with their "
+                                   "squared-L2 distances, or 'unknown'. Exit 0 all identified, 1 some unknown, "
+                                   "2 error.")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")
+    p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
+    p.add_argument("--threshold", type=float, help="squared-L2 threshold (default: the model's calibrated one)")
+    p.add_argument("--gallery", help=gallery_help)
+    add_model_options(p)
+    p.set_defaults(func=run_identify)

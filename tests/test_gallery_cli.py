@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facenet.cli import main
+from facenet.commands import cluster as cluster_cmd
+from facenet.commands import gallery as gallery_cmd
+from facenet.errors import NoFaceError
+from facenet.gallery import Gallery
+
+D = 8
+COLOURS = {"red": 0, "green": 1, "blue": 2}
+
+
+class FakeEmbedder:
+    """Stands in for a model: the photo's colour decides the identity; grey photos have no face."""
+
+    name, embedding_size, threshold = "fake-model", D, 0.5
+
+    def embed(self, images):
+        out = []
+        for path in images:
+            rgb = np.asarray(Image.open(path).convert("RGB"), np.float32).mean((0, 1))
+            if np.ptp(rgb) < 10:
+                raise NoFaceError(f"no face found in {path}")
+            v = np.zeros(D, np.float32)
+            v[int(rgb.argmax())] = 1.0
+            v[3 + int(rgb.argmin())] = 0.1
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+
+@pytest.fixture
+def photos(tmp_path, monkeypatch):
+    monkeypatch.setattr(gallery_cmd, "embedder_from_args", lambda args: FakeEmbedder())
+    monkeypatch.setattr(cluster_cmd, "embedder_from_args", lambda args: FakeEmbedder())
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    made = {}
+    for name, colour in [("r1", (250, 10, 10)), ("r2", (240, 30, 20)), ("g1", (10, 250, 10)),
+                         ("b1", (10, 10, 250)), ("grey", (128, 128, 128))]:
+        made[name] = tmp_path / "photos" / f"{name}.png"
+        made[name].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32), colour).save(made[name])
+    return made
+
+
+def test_enroll_identify_list_remove_via_cli(photos, tmp_path, capsys):
+    default = tmp_path / "xdg" / "facenet" / "gallery.db"
+    assert main(["gallery", "enroll", "Red Person", str(photos["r1"]), str(photos["r2"])]) == 0
+    assert main(["gallery", "enroll", "green", str(photos["g1"])]) == 0
+    assert default.is_file()
+    capsys.readouterr()
+    assert main(["identify", str(photos["r1"]), str(photos["b1"])]) == 1  # blue is unknown
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{photos['r1']}: Red Person 0.000")
+    assert out[1] == f"{photos['b1']}: unknown"
+    assert main(["gallery", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "Red Person\t2" in listing and "green\t1" in listing and "fake-model" in listing
+    assert main(["gallery", "remove", "Red Person"]) == 0
+    assert main(["identify", str(photos["r1"])]) == 1
+    assert capsys.readouterr().out.strip().endswith("unknown")
+
+
+def test_enroll_with_a_faceless_photo_writes_nothing(photos, tmp_path, capsys):
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "x", str(photos["r1"]), str(photos["grey"]), "--gallery", str(g)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no face found" in err[0]
+    assert not g.exists()
+
+
+def test_export_import_and_errors(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src, dst, exported = tmp_path / "src.db", tmp_path / "dst.db", tmp_path / "export.db"
+    with Gallery.open(src, "m", D) as g:
+        g.enroll("a", x[:2], ["1", "2"])
+        g.enroll("b", x[2:], ["3"])
+    assert main(["gallery", "export", str(exported), "--gallery", str(src)]) == 0
+    assert main(["gallery", "import", str(exported), "--gallery", str(dst)]) == 0
+    assert main(["gallery", "import", str(exported), "--gallery", str(dst)]) == 2
+    assert "--merge" in capsys.readouterr().err
+    assert main(["gallery", "import", str(exported), "--gallery", str(dst), "--merge"]) == 0
+    with Gallery.open(dst, "m", D) as g:
+        assert {p.name: p.faces for p in g.people()} == {"a": 4, "b": 2}
+    capsys.readouterr()
+    assert main(["gallery", "list", "--gallery", str(tmp_path / "missing.db")]) == 2
+    assert main(["gallery", "remove", "nobody", "--gallery", str(src)]) == 2
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a gallery at all" * 20)
+    assert main(["gallery", "list", "--gallery", str(junk)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("facenet gallery: error:") for line in err)
+    assert junk.read_bytes() == b"not a gallery at all" * 20
+
+
+def test_cluster_command_writes_manifest(photos, tmp_path, capsys):
+    out = tmp_path / "clusters"
+    assert main(["cluster", str(photos["r1"].parent), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["clusters"] == {"0": [str(photos["r1"]), str(photos["r2"])]}
+    assert sorted(manifest["unclustered"]) == sorted([str(photos["b1"]), str(photos["g1"])])
+    assert "grey.png" in capsys.readouterr().err  # skipped, reported
+    assert (out / "cluster_0.png").is_file() and (out / "unclustered.png").is_file()
