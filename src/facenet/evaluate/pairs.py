@@ -74,10 +74,9 @@ def read_pairs(pairs_file: str | os.PathLike, images_dir: str | os.PathLike, ext
                  for (n1, i1, n2, i2, matched), f in zip(parsed, fold_of)]
     if folds is not None:
         all_pairs, n_folds = resplit(all_pairs, folds), folds
-    exists: dict[Path, bool] = {}
-    ok = lambda p: exists.setdefault(p, p.is_file())  # noqa: E731 - stat each image once
-    usable = [p for p in all_pairs if ok(p.path1) and ok(p.path2)]
-    missing = [p for p in all_pairs if not (ok(p.path1) and ok(p.path2))]
+    present = {path for path in {q for p in all_pairs for q in (p.path1, p.path2)} if path.is_file()}
+    usable = [p for p in all_pairs if p.path1 in present and p.path2 in present]
+    missing = [p for p in all_pairs if not (p.path1 in present and p.path2 in present)]
     return PairSet(usable, missing, n_folds)
 
 
