@@ -44,6 +44,12 @@ class FaceIndex:
     def kind(self) -> str:
         return self._kind
 
+    def set_ef_search(self, ef: int) -> None:
+        """HNSW breadth of search: higher = better recall, slower (no effect on other kinds)."""
+        self.ef_search = ef
+        if self._kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = ef
+
     def __len__(self) -> int:
         return self._index.ntotal - len(self._removed)
 
