@@ -88,18 +88,19 @@ def get_detector(name: str, **options) -> Detector:
 
 
 def default_detector_name() -> str:
-    """The detector used when none is named: MTCNN when its weights are installed, else the centre crop.
+    """The detector used when none is named: the first of mtcnn, yunet, dlib that can be built here.
 
-    MTCNN's weights come from the ``facenet-pytorch`` wheel (installed ``--no-deps``), so a plain
-    ``pip install`` works offline; the centre crop is the fallback that never fails, for data that
-    is already cropped around the face (LFW-style).
+    MTCNN is preferred (the detector the published FaceNet crops were made with; its weights come
+    offline from the ``facenet-pytorch`` wheel). When nothing is available "mtcnn" is returned, so
+    that building it raises the error that says what to install. The centre crop is never chosen
+    silently: on ordinary photos it would crop background.
     """
-    from facenet.align.mtcnn import find_weights
-
-    try:
-        find_weights()
-    except FaceNetError:
-        return "center"
+    for name in ("mtcnn", "yunet", "dlib"):
+        try:
+            get_detector(name)
+        except FaceNetError:
+            continue
+        return name
     return "mtcnn"
 
 

@@ -92,15 +92,21 @@ def extract_faces(image: ImageLike, detector: Detector, size: int = 160, margin:
 
     Raises ``NoFaceError`` naming ``source`` (or the file path) when the detector finds nothing.
     """
-    if mode not in MODES:
-        raise FaceNetError(f"unknown alignment mode {mode!r}; choose one of {', '.join(MODES)}")
     if source is None:
         source = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
     pixels = load_image(image)
-    chosen = select_faces(detector.detect(pixels), pixels.shape, which)
-    if not chosen:
+    faces = cut_faces(pixels, detector.detect(pixels), size, margin, mode, which)
+    if not faces:
         raise NoFaceError(f"{source}: no face found by the {getattr(detector, 'name', 'face')} detector; "
                           "use a photo with a visible, roughly frontal face, or the 'center' detector "
                           "for images that are already cropped around the face")
+    return faces
+
+
+def cut_faces(pixels: np.ndarray, detections: list[Detection], size: int = 160, margin: int = 32,
+              mode: str = "crop", which: str = "largest") -> list[AlignedFace]:
+    """Select among ``detections`` and crop or align each chosen face (empty list when there are none)."""
+    if mode not in MODES:
+        raise FaceNetError(f"unknown alignment mode {mode!r}; choose one of {', '.join(MODES)}")
     cut = crop_face if mode == "crop" else align_face
-    return [AlignedFace(cut(pixels, d, size, margin), d) for d in chosen]
+    return [AlignedFace(cut(pixels, d, size, margin), d) for d in select_faces(detections, pixels.shape, which)]

@@ -1,0 +1,164 @@
+"""Align a whole folder-per-identity dataset: SRC/<person>/<image> -> DST/<person>/<image stem>.png.
+
+Resumable: an image whose output already exists is skipped, and every output is written
+atomically (facenet.fileio), so a killed run leaves no half-written file and simply continues
+when started again. Images where no face was found are retried on a rerun (they leave no output).
+Source files are only ever read. A JSON report lists images with no face, several faces, or
+unreadable data.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from facenet.align.base import get_detector
+from facenet.align.crop import MODES, WHICH, cut_faces
+from facenet.data.images import load_image
+from facenet.errors import DataError, FaceNetError
+from facenet.fileio import atomic_write, atomic_write_bytes
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+REPORT_NAME = "align_report.json"
+
+
+@dataclass
+class AlignSettings:
+    detector: str = "mtcnn"
+    detector_options: dict = field(default_factory=dict)
+    size: int = 160
+    margin: int = 32
+    mode: str = "crop"
+    which: str = "largest"
+    fallback: str | None = None  # "center": centre crop when no face is found
+
+
+@dataclass
+class AlignReport:
+    images: int = 0
+    aligned: int = 0
+    skipped: int = 0  # outputs already present (resumed run)
+    faces_written: int = 0
+    fallback_center: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+    several_faces: dict[str, int] = field(default_factory=dict)
+    bad_image: dict[str, str] = field(default_factory=dict)
+
+
+def find_images(src: Path) -> list[Path]:
+    """Image files one level down (one sub-folder per identity), sorted."""
+    return sorted(p for p in src.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def output_path(src: Path, dst: Path, image: Path, index: int | None = None) -> Path:
+    stem = image.stem if index is None else f"{image.stem}_{index}"
+    return dst / image.parent.relative_to(src) / f"{stem}.png"
+
+
+def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: AlignSettings, workers: int = 1,
+                  report_path: str | os.PathLike | None = None, progress: bool = True) -> AlignReport:
+    """Align every image under ``src`` into ``dst``; returns (and writes as JSON) the report."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    _check_folders(src, dst, settings)
+    images = find_images(src)
+    report = AlignReport(images=len(images))
+    todo = []
+    for image in images:
+        if output_path(src, dst, image).exists() or output_path(src, dst, image, 0).exists():
+            report.skipped += 1
+        else:
+            todo.append(image)
+    jobs = [(str(src), str(dst), str(image)) for image in todo]
+    bar = tqdm(total=len(jobs), desc="align", unit="img", disable=not progress)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            _init_worker(settings, threads=0)
+            results = map(_align_one, jobs)
+        else:
+            # spawn, not fork: forking a process whose torch/OpenMP thread pools exist can deadlock
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(settings, 1))
+            results = pool.map(_align_one, jobs, chunksize=8)
+        for rel, status, detail in results:
+            _record(report, rel, status, detail)
+            bar.update()
+    finally:
+        bar.close()
+        if workers > 1 and len(jobs) > 1:
+            pool.shutdown(cancel_futures=True)
+        report_file = Path(report_path) if report_path else dst / REPORT_NAME
+        atomic_write_bytes(report_file, json.dumps(asdict(report), indent=2).encode())
+    return report
+
+
+def _check_folders(src: Path, dst: Path, settings: AlignSettings) -> None:
+    if not src.is_dir():
+        raise DataError(f"{src}: not a folder; give a dataset folder with one sub-folder per person")
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise DataError(f"output folder {dst} overlaps the source {src}; choose a separate folder "
+                        "(sources are never overwritten)")
+    if settings.mode not in MODES or settings.which not in WHICH:
+        raise FaceNetError(f"mode must be one of {MODES} and which one of {WHICH}")
+    if settings.fallback not in (None, "center"):
+        raise FaceNetError(f"unknown fallback {settings.fallback!r}; the only fallback is 'center'")
+    get_detector(settings.detector, **settings.detector_options)  # fail now, not in every worker
+
+
+_state: dict = {}  # per process: settings and its own detectors
+
+
+def _init_worker(settings: AlignSettings, threads: int) -> None:
+    if threads:  # one torch/OpenCV thread per worker process: the processes are the parallelism
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    _state.update(settings=settings, detector=get_detector(settings.detector, **settings.detector_options),
+                  center=get_detector("center"))
+
+
+def _align_one(job: tuple[str, str, str]) -> tuple[str, str, object]:
+    """Align one image; returns (relative path, status, detail). Never raises for bad input."""
+    src, dst, image = map(Path, job)
+    s: AlignSettings = _state["settings"]
+    rel = str(image.relative_to(src))
+    try:
+        pixels = load_image(image)
+        detections = _state["detector"].detect(pixels)
+        status, detail = ("several", len(detections)) if len(detections) > 1 else ("ok", 1)
+        if not detections:
+            if s.fallback != "center":
+                return rel, "no_face", None
+            detections, status = _state["center"].detect(pixels), "fallback"
+        faces = cut_faces(pixels, detections, s.size, s.margin, s.mode, s.which)
+    except FaceNetError as exc:
+        return rel, "bad_image", str(exc)
+    for i, face in enumerate(faces):
+        out = output_path(src, dst, image, i if len(faces) > 1 else None)
+        atomic_write(out, lambda tmp, crop=face.image: Image.fromarray(np.ascontiguousarray(crop)).save(tmp, "PNG"))
+    return rel, status, (detail, len(faces))
+
+
+def _record(report: AlignReport, rel: str, status: str, detail) -> None:
+    if status == "no_face":
+        report.no_face.append(rel)
+        return
+    if status == "bad_image":
+        report.bad_image[rel] = detail
+        return
+    found, written = detail
+    report.aligned += 1
+    report.faces_written += written
+    if status == "fallback":
+        report.fallback_center.append(rel)
+    elif status == "several":
+        report.several_faces[rel] = found
