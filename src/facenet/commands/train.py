@@ -31,6 +31,8 @@ OPTIONS = [
     ("--occlusion", "augment_occlusion", float, "probability of a synthetic occluder per face"),
     ("--holdout", "holdout_identities", float, "fraction of identities held out for verification checks"),
     ("--min-images", "min_images_per_identity", int, "ignore identities with fewer images"),
+    ("--exclude-identities", "exclude_identities", str,
+     "file naming identities (one per line) to keep out of training, e.g. a test fold's people"),
     ("--eval-every", "eval_every", int, "steps between held-out verification checks"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
     ("--workers", "workers", int, "data-loading processes"),

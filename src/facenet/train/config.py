@@ -44,6 +44,7 @@ class TrainConfig:
     augment_occlusion: float = 0.0       # probability of a random synthetic occlusion
     holdout_identities: float = 0.1      # fraction of identities kept out of training for verification
     min_images_per_identity: int = 1
+    exclude_identities: str | None = None  # file with one identity (folder name) per line, never trained on
     eval_every: int = 200
     eval_max_images: int = 2000
     checkpoint_every: int = 100

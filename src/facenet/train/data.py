@@ -76,11 +76,24 @@ def build_sources(config):
     from facenet.data.folder import FolderDataset
 
     dataset = FolderDataset(config.data, min_images=config.min_images_per_identity)
-    train_idx, held_idx = split_identities(np.asarray(dataset.labels), config.holdout_identities, config.seed)
+    labels = np.asarray(dataset.labels)
+    train_idx, held_idx = split_identities(labels, config.holdout_identities, config.seed)
+    if config.exclude_identities:
+        excluded = np.isin(labels, _identity_labels(dataset.classes, config.exclude_identities))
+        train_idx, held_idx = train_idx[~excluded[train_idx]], held_idx[~excluded[held_idx]]
     held = FolderSource(dataset, held_idx) if len(held_idx) else None
     if held is not None and held.num_identities < 2:
         held = None
     return FolderSource(dataset, train_idx), held
+
+
+def _identity_labels(classes: list[str], names_file: str) -> np.ndarray:
+    """Labels of the identities named in ``names_file`` (e.g. the test fold's people)."""
+    try:
+        names = {line.strip() for line in open(names_file, encoding="utf-8") if line.strip()}
+    except OSError as exc:
+        raise DataError(f"cannot read the identities to exclude: {exc}") from None
+    return np.flatnonzero(np.isin(np.asarray(classes), sorted(names)))
 
 
 class StepBatches(Dataset):
