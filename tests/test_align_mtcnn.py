@@ -23,24 +23,19 @@ LFW_SAMPLES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001
 
 
 def _brute_force_batched_nms(boxes, scores, idxs, iou_threshold):
-    """torchvision semantics: IoU on continuous corners, per group, kept indices by decreasing score."""
+    """torchvision semantics: IoU of continuous corners, within a group, kept indices by decreasing score."""
+    b, g = boxes.double().numpy(), idxs.numpy()
+    iw = (np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])).clip(min=0)
+    ih = (np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])).clip(min=0)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iou = iw * ih / (area[:, None] + area[None, :] - iw * ih)
+    suppress = (iou > iou_threshold) & (g[:, None] == g[None, :])
+    removed = np.zeros(len(b), bool)
     keep = []
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    removed = set()
-    for a, i in enumerate(order):
-        if i in removed:
-            continue
-        keep.append(i)
-        for j in order[a + 1:]:
-            if j in removed or idxs[i] != idxs[j]:
-                continue
-            bi, bj = boxes[i], boxes[j]
-            iw = (torch.minimum(bi[2], bj[2]) - torch.maximum(bi[0], bj[0])).clamp(min=0)
-            ih = (torch.minimum(bi[3], bj[3]) - torch.maximum(bi[1], bj[1])).clamp(min=0)
-            inter = iw * ih
-            union = (bi[2] - bi[0]) * (bi[3] - bi[1]) + (bj[2] - bj[0]) * (bj[3] - bj[1]) - inter
-            if inter / union > iou_threshold:
-                removed.add(j)
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        if not removed[i]:
+            keep.append(i)
+            removed |= suppress[i]
     return torch.as_tensor(keep, dtype=torch.long)
 
 
