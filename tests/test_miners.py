@@ -85,8 +85,7 @@ def test_hard_matches_brute_force(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_batch_all_matches_brute_force(seed, monkeypatch):
-    monkeypatch.setattr(miners, "_ALL_CHUNK_CELLS", 24 * 24 * 5)  # exercise several chunks
+def test_batch_all_matches_brute_force(seed):
     e, labels = make_batch(seed)
     d, pairs, negs = brute(e, labels)
     want = [(a, p, n) for a, p in pairs for n in negs[a] if d[a][p] - d[a][n] + MARGIN > 0]
@@ -123,6 +122,9 @@ def test_edge_cases_and_registry():
     for name in miners.MINERS:
         for labels in (torch.zeros(6, dtype=torch.long), torch.arange(6)):  # no negatives / positives
             assert all(len(t) == 0 for t in get_miner(name)(e, labels, MARGIN))
+        for n in (0, 1):
+            assert all(len(t) == 0 for t in get_miner(name)(e[:n], torch.zeros(n, dtype=torch.long)))
+    assert active_fraction(e, torch.zeros(6, dtype=torch.long)) == 0.0
     with pytest.raises(FaceNetError, match="unknown miner"):
         get_miner("hardest")
     with pytest.raises(FaceNetError, match="labels"):

@@ -26,11 +26,6 @@ from facenet.errors import FaceNetError
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-# Budget of (anchor, positive, negative) cells batch-all materialises at once: N^3 booleans for
-# the paper's 1,800-face batch would be 5.8 GB, chunking over anchors keeps it near 64 MB.
-_ALL_CHUNK_CELLS = 1 << 26
-
-
 def pairwise_sq_dists(embeddings: torch.Tensor) -> torch.Tensor:
     """Squared L2 distances between all rows, (N, N), clamped at 0; differentiable.
 
@@ -65,13 +60,21 @@ def _sorted_negatives(d: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor,
     """Each anchor's negative distances in ascending order (non-negatives pushed to +inf) and
     the column each sorted entry came from. Sorting once per anchor turns every per-pair
     question ("nearest negative beyond d(a,p)", "negatives closer than d(a,p) + m") into a
-    binary search, O(N^2 log N) instead of an (pairs x N) mask."""
+    binary search: O(N^2 log N) in all, instead of a (pairs x N) or N^3 mask."""
     return d.masked_fill(~neg, float("inf")).sort(dim=1, stable=True)
 
 
-def _empty(device) -> Triplets:
-    e = torch.empty(0, dtype=torch.long, device=device)
-    return e, e.clone(), e.clone()
+def _search_pairs(vals: torch.Tensor, d: torch.Tensor, pos: torch.Tensor, shift: float, right: bool):
+    """Every positive pair (a, p), row-major, and where d(a,p) + shift falls in a's sorted
+    negatives (``searchsorted`` semantics). Queries go in as an (N, max positives) table so
+    the search costs one lookup per pair, not one per matrix cell."""
+    a, p = pos.nonzero(as_tuple=True)
+    counts = pos.sum(dim=1)
+    rank = torch.arange(len(a), device=d.device) - (counts.cumsum(0) - counts)[a]
+    table = torch.full((len(d), int(counts.max()) if len(a) else 0), float("inf"),
+                       dtype=d.dtype, device=d.device)
+    table[a, rank] = d[a, p] + shift
+    return a, p, torch.searchsorted(vals, table, right=right)[a, rank]
 
 
 @torch.no_grad()
@@ -96,20 +99,16 @@ def semihard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
     d, labels = _prepare(embeddings, labels, dists)
     pos, neg = _masks(labels)
     vals, cols = _sorted_negatives(d, neg)
-    # first sorted position with d(a,n) > d(a,p): the hardest semi-hard candidate
-    first_beyond = torch.searchsorted(vals, d, right=True)
-    a, p = pos.nonzero(as_tuple=True)
-    k = first_beyond[a, p]
-    d_ap = d[a, p]
+    # k = first sorted position with d(a,n) > d(a,p): the hardest semi-hard candidate
+    a, p, k = _search_pairs(vals, d, pos, 0.0, right=True)
     n_cols = vals.shape[1]
     cand = vals[a, k.clamp_max(n_cols - 1)]
-    is_semi = (k < n_cols) & (cand < d_ap + margin)  # +inf (no negative) never passes
-    chosen = k
-    keep = is_semi
+    is_semi = (k < n_cols) & (cand < d[a, p] + margin)  # +inf (no such negative) never passes
+    chosen, keep = k, is_semi
     if fallback == "closest_hard":
-        has_hard = k > 0  # sorted entries before k are real negatives with d(a,n) <= d(a,p)
+        # sorted entries before k are real negatives with d(a,n) <= d(a,p); k - 1 is the largest
         chosen = torch.where(is_semi, k, k - 1)
-        keep = is_semi | has_hard
+        keep = is_semi | (k > 0)
     a, p, chosen = a[keep], p[keep], chosen[keep]
     return a, p, cols[a, chosen]
 
@@ -123,6 +122,9 @@ def hard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
     unused (kept for the common signature).
     """
     d, labels = _prepare(embeddings, labels, dists)
+    if len(d) == 0:
+        none = torch.empty(0, dtype=torch.long, device=d.device)
+        return none, none, none
     pos, neg = _masks(labels)
     p = d.masked_fill(~pos, -1.0).argmax(dim=1)
     n = d.masked_fill(~neg, float("inf")).argmin(dim=1)
@@ -130,29 +132,31 @@ def hard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
     return a, p[a], n[a]
 
 
+def _active_counts(d: torch.Tensor, labels: torch.Tensor, margin: float):
+    """Sorted negatives, every positive pair, and its number of negatives with d(a,n) < d(a,p) + m
+    (a prefix of the sorted row; the same as d(a,p) - d(a,n) + m > 0 up to rounding)."""
+    pos, neg = _masks(labels)
+    vals, cols = _sorted_negatives(d, neg)
+    a, p, count = _search_pairs(vals, d, pos, margin, right=False)
+    return cols, a, p, count, neg
+
+
 @torch.no_grad()
 def batch_all(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
               dists: torch.Tensor | None = None) -> Triplets:
     """Batch-all: every valid triplet with non-zero loss, d(a,p) - d(a,n) + m > 0.
 
-    Sorted by (a, p, n). Chunked over anchors so the N x N x N mask never exists at once; the
-    output itself can still be large (up to N * K * (N - K) triplets) early in training.
+    Grouped by pair (a, p) in row-major order, negatives nearest first. Work and memory are
+    O(N^2 log N + output); the output itself can be large early in training (up to
+    N * (K-1) * (N-K) triplets, 123 M for the paper's 45 x 40 batch).
     """
     d, labels = _prepare(embeddings, labels, dists)
-    pos, neg = _masks(labels)
-    n_rows = len(labels)
-    if n_rows == 0:
-        return _empty(d.device)
-    step = max(1, _ALL_CHUNK_CELLS // (n_rows * n_rows))
-    out = []
-    for s in range(0, n_rows, step):
-        rows = slice(s, s + step)
-        dr = d[rows]
-        valid = pos[rows][:, :, None] & neg[rows][:, None, :]
-        valid &= dr[:, :, None] - dr[:, None, :] + margin > 0
-        a, p, n = valid.nonzero(as_tuple=True)
-        out.append((a + s, p, n))
-    return tuple(torch.cat(t) for t in zip(*out))  # type: ignore[return-value]
+    cols, a, p, count, _ = _active_counts(d, labels, margin)
+    starts = count.cumsum(0) - count
+    total = int(count.sum())
+    a, p = a.repeat_interleave(count), p.repeat_interleave(count)
+    offset = torch.arange(total, device=d.device) - starts.repeat_interleave(count)
+    return a, p, cols[a, offset]
 
 
 @torch.no_grad()
@@ -166,11 +170,7 @@ def sandberg(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
     ``generator`` (pass one on the embeddings' device for reproducible selection).
     """
     d, labels = _prepare(embeddings, labels, dists)
-    pos, neg = _masks(labels)
-    vals, cols = _sorted_negatives(d, neg)
-    a, p = pos.nonzero(as_tuple=True)
-    # negatives strictly closer than d(a,p) + m are a prefix of the sorted row
-    count = torch.searchsorted(vals, d + margin, right=False)[a, p]
+    cols, a, p, count, _ = _active_counts(d, labels, margin)
     keep = count > 0
     a, p, count = a[keep], p[keep], count[keep]
     u = torch.rand(len(a), generator=generator, device=d.device, dtype=torch.float64)
@@ -203,13 +203,12 @@ def miner_accepts(miner: Callable[..., Triplets], option: str) -> bool:
 def active_fraction(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
                     dists: torch.Tensor | None = None) -> float:
     """Fraction of *all* valid triplets in the batch with non-zero loss (Hermans et al.'s
-    training monitor: it falls as the embedding learns; 0.0 when the batch has no triplet)."""
+    training monitor: it falls as the embedding learns; 0.0 when the batch has no triplet).
+    Counts without materialising the triplets."""
     d, labels = _prepare(embeddings, labels, dists)
-    pos, neg = _masks(labels)
-    total = int((pos.sum(dim=1) * neg.sum(dim=1)).sum())
-    if total == 0:
-        return 0.0
-    return len(batch_all(embeddings, labels, margin, dists=d)[0]) / total
+    _, a, _, count, neg = _active_counts(d, labels, margin)
+    total = int(neg.sum(dim=1)[a].sum())
+    return int(count.sum()) / total if total else 0.0
 
 
 class OfflineBatch(NamedTuple):

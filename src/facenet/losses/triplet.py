@@ -39,7 +39,7 @@ class TripletLoss(nn.Module):
 
     ``stats`` (plain floats, for logging): num_triplets, active_fraction (of the mined
     triplets), d_ap and d_an (mean distances over the mined triplets; NaN when none).
-    The distance matrix is computed once and shared by mining and the loss.
+    The distance matrix is computed once and shared by mining and (for many triplets) the loss.
     """
 
     def __init__(self, miner: str = "semihard", margin: float = 0.2,
@@ -56,7 +56,10 @@ class TripletLoss(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         dists = pairwise_sq_dists(embeddings)
         a, p, n = self.mine(embeddings, labels, self.margin, dists=dists, **self.options)
-        loss, active = triplet_loss(embeddings, a, p, n, self.margin, dists=dists)
+        # few triplets: exact row differences, backward O(T d); many: gather from the matrix,
+        # backward O(N^2 d); the switch is where the row gather would outgrow the matrix
+        rows = len(a) * embeddings.shape[1] <= dists.numel()
+        loss, active = triplet_loss(embeddings, a, p, n, self.margin, dists=None if rows else dists)
         with torch.no_grad():
             stats = {
                 "num_triplets": float(len(a)),
