@@ -75,6 +75,7 @@ def test_real_dataset_outputs_report_and_untouched_sources(real_tree, tmp_path, 
     (dst / "bob/b1.png").unlink()
     again = align_dataset(real_tree, dst, yunet_settings, progress=False)
     assert again.skipped == 2 and again.aligned == 1 and (dst / "bob/b1.png").exists()
+    assert again.several_faces == {"bob/two.png": 2}  # remembered from the first run
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.exists() and p.name != "b1.png")
     assert snapshot(real_tree) == before
 

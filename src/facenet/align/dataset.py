@@ -69,11 +69,18 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
     src, dst = Path(src).resolve(), Path(dst).resolve()
     _check_folders(src, dst, settings)
     images = find_images(src)
+    report_file = Path(report_path) if report_path else dst / REPORT_NAME
     report = AlignReport(images=len(images))
+    earlier = _read_report(report_file)
     todo = []
     for image in images:
         if output_path(src, dst, image).exists() or output_path(src, dst, image, 0).exists():
             report.skipped += 1
+            rel = str(image.relative_to(src))  # keep what the earlier run noted about this image
+            if rel in earlier.several_faces:
+                report.several_faces[rel] = earlier.several_faces[rel]
+            if rel in earlier.fallback_center:
+                report.fallback_center.append(rel)
         else:
             todo.append(image)
     jobs = [(str(src), str(dst), str(image)) for image in todo]
@@ -94,9 +101,17 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
         bar.close()
         if workers > 1 and len(jobs) > 1:
             pool.shutdown(cancel_futures=True)
-        report_file = Path(report_path) if report_path else dst / REPORT_NAME
         atomic_write_bytes(report_file, json.dumps(asdict(report), indent=2).encode())
     return report
+
+
+def _read_report(path: Path) -> AlignReport:
+    """The report of an earlier run into the same folder, or an empty one if absent or unreadable."""
+    try:
+        saved = json.loads(path.read_text())
+        return AlignReport(several_faces=dict(saved["several_faces"]), fallback_center=list(saved["fallback_center"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return AlignReport()
 
 
 def _check_folders(src: Path, dst: Path, settings: AlignSettings) -> None:
