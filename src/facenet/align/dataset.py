@@ -85,6 +85,7 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
             todo.append(image)
     jobs = [(str(src), str(dst), str(image)) for image in todo]
     bar = tqdm(total=len(jobs), desc="align", unit="img", disable=not progress)
+    pool = None
     try:
         if workers <= 1 or len(jobs) <= 1:
             _init_worker(settings, threads=0)
@@ -99,7 +100,7 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
             bar.update()
     finally:
         bar.close()
-        if workers > 1 and len(jobs) > 1:
+        if pool:
             pool.shutdown(cancel_futures=True)
         atomic_write_bytes(report_file, json.dumps(asdict(report), indent=2).encode())
     return report
