@@ -1,0 +1,155 @@
+"""Training: learning happens, a killed run resumes bit-for-bit, 2 processes match 1, collapse is caught."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facenet.errors import TrainingError
+from facenet.train.config import TrainConfig
+from facenet.train.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(out, **overrides) -> TrainConfig:
+    base = dict(out=str(out), arch="nns", image_size=32, identities_per_batch=4, faces_per_identity=3, steps=8,
+                lr=3e-3, eval_every=4, checkpoint_every=1, log_every=1, workers=0, synthetic_identities=16,
+                synthetic_images_per_identity=6, holdout_identities=0.25, device="cpu", seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic in this process and in child processes
+    yield
+    torch.set_num_threads(threads)
+
+
+def losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "metrics.csv") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r["loss"]]
+
+
+def test_training_learns_on_synthetic_faces(tmp_path):
+    result = train(tiny_config(tmp_path / "run", steps=60, eval_every=60, synthetic_identities=40,
+                               identities_per_batch=8, faces_per_identity=4, image_size=48), progress=False)
+    assert result.final_accuracy > result.initial_accuracy + 0.08, result.history
+    model_file = tmp_path / "run" / "model.safetensors"
+    assert model_file.stat().st_mode & 0o777 == 0o600
+    from facenet.models.modelfile import read_model_info
+
+    info = read_model_info(model_file)
+    assert info.input_size == 48 and info.provenance["steps"] == 60
+    assert 0 < info.threshold < 4
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    reference = tiny_config(tmp_path / "reference")
+    train(reference, progress=False)
+
+    killed = tiny_config(tmp_path / "killed")
+    child = textwrap.dedent(f"""
+        import torch, time
+        torch.set_num_threads(1)
+        from facenet.train.config import TrainConfig
+        from facenet.train.loop import train
+        config = TrainConfig.from_json(open({str(tmp_path / 'config.json')!r}).read())
+        train(config, progress=False)
+    """)
+    (tmp_path / "config.json").write_text(killed.to_json())
+    proc = subprocess.Popen([sys.executable, "-c", child], env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and len(losses(tmp_path / "killed")) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_done = len(losses(tmp_path / "killed"))
+    assert 0 < steps_done < killed.steps, "the child should be killed mid-run"
+
+    train(killed, resume=True, progress=False)
+    assert losses(tmp_path / "killed") == losses(tmp_path / "reference")
+    a = load_file(tmp_path / "reference" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_starting_over_an_existing_run_is_refused(tmp_path):
+    config = tiny_config(tmp_path / "run", steps=2)
+    train(config, progress=False)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(config, progress=False)
+
+
+def test_two_processes_follow_the_single_process_trajectory(tmp_path):
+    # SGD: its update is linear in the gradient, so float noise is not amplified as Adam's is near g = 0
+    settings = dict(steps=4, eval_every=100, holdout_identities=0.0, optimizer="sgd", lr=0.05)
+    train(tiny_config(tmp_path / "single", **settings), progress=False)
+    (tmp_path / "config.json").write_text(tiny_config(tmp_path / "ddp", **settings).to_json())
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(1)
+        from facenet.train.config import TrainConfig
+        from facenet.train.loop import train
+        train(TrainConfig.from_json(open({str(tmp_path / 'config.json')!r}).read()), progress=False)
+    """))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29517", str(script)], check=True, env=env, timeout=600, capture_output=True)
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert len(single) == len(ddp) == 4
+    np.testing.assert_allclose(ddp, single, rtol=1e-4, atol=1e-5)
+    a = load_file(tmp_path / "single" / "model.safetensors")
+    b = load_file(tmp_path / "ddp" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+
+
+def test_embedding_collapse_stops_training(tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    monkeypatch.setattr(loop, "_is_collapsed", lambda prelogits: True)
+    with pytest.raises(TrainingError, match="collapsed"):
+        train(tiny_config(tmp_path / "run", collapse_patience=2), progress=False)
+
+
+def test_collapse_detector_sees_identical_embeddings():
+    from facenet.train.loop import _is_collapsed
+
+    assert _is_collapsed(torch.ones(8, 16))
+    assert not _is_collapsed(torch.randn(8, 16))
+
+
+def test_excluded_identities_never_reach_training(tmp_path):
+    from facenet.train.data import build_sources
+
+    root = tmp_path / "data"
+    for person in ("ann", "bob", "cid", "dan"):
+        (root / person).mkdir(parents=True)
+        for i in range(3):
+            from PIL import Image
+
+            Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(root / person / f"{i}.png")
+    (tmp_path / "exclude.txt").write_text("bob\ncid\n")
+    config = tiny_config(tmp_path / "run", data=str(root), holdout_identities=0.0,
+                         exclude_identities=str(tmp_path / "exclude.txt"))
+    train_source, held = build_sources(config)
+    names = {Path(train_source.dataset.samples[i][0]).parent.name for i in train_source.indices}
+    assert names == {"ann", "dan"} and held is None
