@@ -26,6 +26,7 @@ from facenet.errors import FaceNetError
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
+
 def pairwise_sq_dists(embeddings: torch.Tensor) -> torch.Tensor:
     """Squared L2 distances between all rows, (N, N), clamped at 0; differentiable.
 
