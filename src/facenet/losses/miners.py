@@ -167,14 +167,16 @@ def sandberg(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
     among those with d(a,n) - d(a,p) < m (so hard negatives are allowed too).
 
     Pairs with no such negative are dropped. Differences from the original: every ordered
-    pair (a, p) is used (Sandberg takes a < p only) and the choice is drawn on the device from
-    ``generator`` (pass one on the embeddings' device for reproducible selection).
+    pair (a, p) is used (Sandberg takes a < p only) and the choice is drawn, vectorised, from
+    ``generator`` (seed it for reproducible selection; it may live on the CPU or the device).
     """
     d, labels = _prepare(embeddings, labels, dists)
     cols, a, p, count, _ = _active_counts(d, labels, margin)
     keep = count > 0
     a, p, count = a[keep], p[keep], count[keep]
-    u = torch.rand(len(a), generator=generator, device=d.device, dtype=torch.float64)
+    # drawn where the generator lives (a CPU generator works with CUDA embeddings too)
+    u = torch.rand(len(a), generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else d.device).to(d.device)
     pick = (u * count).long().clamp_max(count - 1)
     return a, p, cols[a, pick]
 
