@@ -34,22 +34,29 @@ def subset(lfw: Path, limit: int | None) -> list[Path]:
     return files
 
 
-def run(name: str, images: list, ) -> dict:
-    detector = get_detector(name)
-    detector.detect(images[0])  # warm-up (lazy allocations) outside the clock
-    found = none = several = centred = 0
-    start = time.perf_counter()
-    for image in images:
-        dets = detector.detect(image)
-        found += bool(dets)
-        none += not dets
-        several += len(dets) > 1
-        if dets:
-            cx, cy = select_faces(dets, image.shape, "largest")[0].center
-            centred += (cx - 125) ** 2 + (cy - 125) ** 2 <= 30 ** 2
-    seconds = time.perf_counter() - start
-    return {"detector": name, "images": len(images), "found": found, "none": none, "several": several,
-            "centred": centred, "seconds": seconds, "images_per_s": len(images) / seconds}
+def run(detectors: dict, images: list, chunk: int = 50) -> list[dict]:
+    """All backends over the same images, interleaved chunk by chunk so that load from other
+    processes on a shared machine falls on every backend alike (fair speed ratios)."""
+    rows = {name: dict(detector=name, images=len(images), found=0, none=0, several=0, centred=0, seconds=0.0)
+            for name in detectors}
+    for d in detectors.values():
+        d.detect(images[0])  # warm-up (lazy allocations) outside the clock
+    for k in range(0, len(images), chunk):
+        for name, detector in detectors.items():
+            r = rows[name]
+            start = time.perf_counter()
+            results = [detector.detect(image) for image in images[k:k + chunk]]
+            r["seconds"] += time.perf_counter() - start
+            for image, dets in zip(images[k:k + chunk], results):
+                r["found"] += bool(dets)
+                r["none"] += not dets
+                r["several"] += len(dets) > 1
+                if dets:
+                    cx, cy = select_faces(dets, image.shape, "largest")[0].center
+                    r["centred"] += (cx - 125) ** 2 + (cy - 125) ** 2 <= 30 ** 2
+    for r in rows.values():
+        r["images_per_s"] = r["images"] / r["seconds"]
+    return list(rows.values())
 
 
 def main() -> int:
@@ -67,18 +74,15 @@ def main() -> int:
         print(f"no LFW images under {args.lfw}", file=sys.stderr)
         return 2
     images = [load_image(f) for f in files]
-    rows = []
+    detectors = {}
     for name in args.detectors.split(","):
         try:
-            rows.append(run(name, images))
+            detectors[name] = get_detector(name)
         except FaceNetError as exc:
             print(f"{name}: skipped ({exc})", file=sys.stderr)
-            continue
-        r = rows[-1]
-        print(f"{name:7s} found {r['found']:6d}/{r['images']}  none {r['none']:5d}  several {r['several']:5d}  "
-              f"centred {r['centred']:6d}  {r['images_per_s']:7.1f} img/s", flush=True)
+    rows = run(detectors, images)
     peer = next((r for r in rows if r["detector"] == "yunet"), None)
-    print(f"\n{'detector':8s} {'found %':>8s} {'none':>6s} {'several':>8s} {'centred %':>10s} {'img/s':>8s} {'vs yunet':>9s}")
+    print(f"{len(images)} LFW images, {args.threads} threads\n{'detector':8s} {'found %':>8s} {'none':>6s} {'several':>8s} {'centred %':>10s} {'img/s':>8s} {'vs yunet':>9s}")
     for r in rows:
         ratio = f"{r['images_per_s'] / peer['images_per_s']:.3f}x" if peer else "-"
         print(f"{r['detector']:8s} {100 * r['found'] / r['images']:8.2f} {r['none']:6d} {r['several']:8d} "
