@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from facenet.data.images import ImageLike, fit_to_input, load_image, standardise, to_batch
+from facenet.data.images import ImageLike, fit_to_input, load_image, load_images, standardise, to_batch
 from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
@@ -31,15 +31,23 @@ def default_model_path() -> Path:
 
 
 class FaceEmbedder:
-    """A loaded model plus the preprocessing its weights expect."""
+    """A loaded model plus the preprocessing its weights expect.
 
-    def __init__(self, model: EmbeddingModel, info: ModelInfo, device: str | torch.device = "cpu",
-                 detector=None, margin: int = 32):
-        self.model = model.to(device).eval()
+    ``backend`` runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime), ``"auto"`` (ONNX Runtime
+    on CPU, else PyTorch) or a ready backend object from ``facenet.backends`` (then ``model`` may be
+    ``None``, as for an exported ``.onnx`` file).
+    """
+
+    def __init__(self, model: EmbeddingModel | None, info: ModelInfo, device: str | torch.device = "cpu",
+                 detector=None, margin: int = 32, backend="torch"):
+        from facenet.backends import make_backend
+
+        self.model = model.to(device).eval() if model is not None else None
         self.info = info
         self.device = torch.device(device)
         self.detector = detector
         self.margin = margin
+        self.backend = make_backend(backend, model, info, device) if isinstance(backend, str) else backend
 
     @property
     def embedding_size(self) -> int:
@@ -55,39 +63,56 @@ class FaceEmbedder:
 
     def face_crop(self, image: ImageLike) -> np.ndarray:
         """The model-sized face crop of one image (the largest face when a detector is set)."""
-        pixels = load_image(image)
+        return self._crop(load_image(image), _describe(image))
+
+    def _crop(self, pixels: np.ndarray, source: str) -> np.ndarray:
         if self.detector is None:
             return fit_to_input(pixels, self.info.input_size)
         from facenet.align import extract_faces
 
         faces = extract_faces(pixels, self.detector, size=self.info.input_size, margin=self.margin,
-                              which="largest", source=_describe(image))
+                              which="largest", source=source)
         return faces[0].crop
 
     def embed_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed ready model-sized crops (H,W,3 uint8); rows are unit float32 vectors."""
         out = np.empty((len(crops), self.embedding_size), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(crops), batch_size):
-                batch = to_batch(list(crops[start:start + batch_size])).to(self.device)
-                x = standardise(batch, self.info.standardisation)
-                out[start:start + len(batch)] = self.model(x).float().cpu().numpy()
+        for start in range(0, len(crops), batch_size):
+            batch = to_batch(list(crops[start:start + batch_size]))
+            out[start:start + len(batch)] = self.backend(standardise(batch, self.info.standardisation))
         return out
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-        """Embed photos (paths, bytes, PIL images or arrays): one unit row per image."""
-        return self.embed_crops([self.face_crop(image) for image in images], batch_size=batch_size)
+        """Embed photos (paths, bytes, PIL images or arrays): one unit row per image.
+
+        Images are decoded by a thread pool (Pillow releases the GIL), then cropped in order.
+        """
+        pixels = load_images(images)
+        crops = [self._crop(p, _describe(image)) for p, image in zip(pixels, images)]
+        return self.embed_crops(crops, batch_size=batch_size)
 
 
 def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cpu",
-                  detector=None, margin: int = 32) -> FaceEmbedder:
-    """Load a model file (default: the one ``facenet demo`` trained) as an embedder."""
+                  detector=None, margin: int = 32, backend: str = "torch") -> FaceEmbedder:
+    """Load a model file (default: the one ``facenet demo`` trained) as an embedder.
+
+    A ``.onnx`` file (from ``facenet export``) always runs on ONNX Runtime. With ``backend="auto"``
+    a safetensors model is exported once to ONNX beside the model file and run by ONNX Runtime.
+    """
+    from facenet.backends import make_backend
+
     path = Path(model_path) if model_path else default_model_path()
     if model_path is None and not path.is_file():
         raise ModelFileError(f"no model given and no default model at {path}; run `facenet demo` to train one, "
                              "pass --model FILE, or convert published weights with `facenet convert`")
+    if path.suffix.lower() == ".onnx":
+        from facenet.export import load_onnx
+
+        runner, info = load_onnx(path)
+        return FaceEmbedder(None, info, device="cpu", detector=detector, margin=margin, backend=runner)
     model, info = load_model_file(path, device=device)
-    return FaceEmbedder(model, info, device=device, detector=detector, margin=margin)
+    runner = make_backend(backend, model, info, device, model_path=path)
+    return FaceEmbedder(model, info, device=device, detector=detector, margin=margin, backend=runner)
 
 
 def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

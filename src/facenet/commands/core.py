@@ -22,6 +22,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-detect", action="store_true",
                         help="inputs are already face crops: no detection, just resize to the model input")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                        help="inference engine: onnx = ONNX Runtime (exported once, cached beside the model), "
+                             "torch = PyTorch, auto = ONNX Runtime on CPU, else PyTorch (default: auto)")
 
 
 def embedder_from_args(args: argparse.Namespace):
@@ -32,7 +35,7 @@ def embedder_from_args(args: argparse.Namespace):
         from facenet.align import default_detector_name, get_detector
 
         detector = get_detector(args.detector or default_detector_name())
-    return load_embedder(args.model, device=args.device, detector=detector)
+    return load_embedder(args.model, device=args.device, detector=detector, backend=args.backend)
 
 
 def expand_image_paths(inputs: list[str]) -> list[Path]:
