@@ -12,6 +12,11 @@ Distances are squared L2 (FAISS's L2 indexes return squared distances, which is 
   without retraining; removal is direct.
 * ``auto``: exact below ``AUTO_THRESHOLD`` faces, HNSW above; an exact index that grows past the
   threshold is rebuilt as HNSW.
+
+Default efSearch = 512, measured by ``benchmarks/bench_gallery.py --n 1000000 --threads 2`` (2 cores
+of an otherwise idle 16-core machine, random unit 128-D faces): queries that are noisy copies of an
+enrolled face reach recall@1 0.998 at p50 3.8 ms (ef 128: 0.894 at 0.8 ms); unstructured random
+queries only 0.55 (they have no meaningful nearest neighbour), NumPy brute force 181 ms.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ AUTO_THRESHOLD = 50_000
 IVF_MIN_TRAIN = 1_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH = 512
 REBUILD_FRACTION = 0.25
 
 
