@@ -19,8 +19,6 @@ import numpy as np
 
 from facenet.errors import FaceNetError
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-
 
 @dataclass(frozen=True)
 class Detection:
