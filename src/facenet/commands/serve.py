@@ -1,0 +1,74 @@
+"""`facenet serve`: the HTTP API and web page over one model and one gallery."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from facenet.commands.core import add_model_options, embedder_from_args
+from facenet.errors import FaceNetError
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from facenet.commands.gallery import default_gallery_path
+    from facenet.gallery import Gallery
+    from facenet.serve import Limits, create_app
+    from facenet.serve.security import API_KEY_ENV, load_api_key
+
+    if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_files < 1 or args.max_pending < 1:
+        raise FaceNetError("--max-upload-mb, --max-pixels, --max-files and --max-pending must be positive")
+    api_key = load_api_key(args.api_key_file)
+    embedder = embedder_from_args(args)
+    gallery = args.gallery or default_gallery_path()
+    with Gallery.open(gallery, embedder.name, embedder.embedding_size):  # a wrong gallery fails here, in one line
+        pass
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                    max_files=args.max_files, max_pending=args.max_pending)
+    app = create_app(embedder, gallery, api_key=api_key, limits=limits)
+    if api_key is None:
+        print(f"facenet serve: no API key (${API_KEY_ENV} or --api-key-file): enrolling and removing people "
+              "is disabled", file=sys.stderr)
+    if not _is_loopback(args.host):
+        print(f"facenet serve: listening on {args.host}, beyond this machine; the traffic is plain HTTP — put "
+              "a TLS proxy in front of it", file=sys.stderr)
+    print(f"facenet serve: model {embedder.name}, gallery {gallery}; page at http://{args.host}:{args.port}/ , "
+          f"API docs at /docs", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False,
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP API and web page: verify, identify, cluster, manage the gallery",
+                       description="Serve the model and the gallery over HTTP (FastAPI + uvicorn): a web page at /, "
+                                   "the API under /api (docs at /docs), /healthz and /readyz. Enrolling and "
+                                   "removing people need the API key ($FACENET_API_KEY or --api-key-file) in the "
+                                   "X-API-Key header; without a key they are refused.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--gallery", help="gallery file (default: $XDG_DATA_HOME/facenet/gallery.db); created if absent")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="file whose first line is the API key (default: $FACENET_API_KEY); 16+ characters")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest request body in MiB, all photos together (default 10)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest photo in pixels, checked before decoding (default 40000000)")
+    p.add_argument("--max-files", type=int, default=20, help="most photos in one request (default 20)")
+    p.add_argument("--max-pending", type=int, default=32,
+                   help="requests allowed to wait for the model; more are answered 503 + Retry-After (default 32)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="server log level (default info)")
+    add_model_options(p)
+    p.set_defaults(func=run_serve)

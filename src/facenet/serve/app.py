@@ -1,0 +1,483 @@
+"""The HTTP service: verify, embed, identify, cluster and the gallery over FastAPI, plus a web page.
+
+Build it with ``create_app(embedder, gallery_path, api_key, limits)`` and serve it with uvicorn
+(``facenet serve`` does both). Design:
+
+* The model arrives loaded; the gallery opens once at start-up (lifespan) and closes at shutdown.
+  Every enrolment is its own committed SQLite transaction, so stopping the server loses nothing
+  that was answered with 201.
+* All model and gallery work runs on **one** worker thread, off the event loop: SQLite connections
+  belong to the thread that opened them, one writer needs no locks, and PyTorch already spreads a
+  forward pass over the cores. At most ``Limits.max_pending`` requests may wait for that thread;
+  the next is answered 503 with ``Retry-After`` instead of queueing without bound.
+* Every error is RFC 9457 problem details (``application/problem+json``), never a traceback.
+  Nothing a request carries becomes a file path: names and file names are stored as data only.
+"""
+
+import asyncio
+import io
+import logging
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Request, Security, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException
+
+from facenet.data.images import DEFAULT_MAX_PIXELS, fit_to_input, load_image
+from facenet.embedder import FaceEmbedder, squared_distance
+from facenet.errors import BadImageError, FaceNetError, GalleryError, NoFaceError
+from facenet.serve.security import (API_KEY_HEADER, BodyLimitMiddleware, Problem, SecurityHeadersMiddleware,
+                                    check_api_key, problem_response)
+
+log = logging.getLogger("facenet.serve")
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_NAME_LENGTH = 100
+MAX_TOP_K = 50
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server."""
+
+    max_upload_bytes: int = 10 * 2**20  # whole request body, all photos together
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per photo, checked from the header before decoding
+    max_files: int = 20  # photos per request (enrol, cluster, embed)
+    max_pending: int = 32  # requests running or waiting for the worker; more are answered 503
+
+
+# -- response shapes (they also document the API at /docs) ---------------------------------------
+
+
+class Face(BaseModel):
+    box: list[float]  # x1, y1, x2, y2 in pixels of the uploaded photo
+    score: float | None  # detector confidence; None when photos are taken as face crops
+    used: bool  # the face that was embedded (the largest)
+
+
+class PhotoReport(BaseModel):
+    filename: str
+    width: int
+    height: int
+    faces: list[Face]
+
+
+class VerifyResult(BaseModel):
+    distance: float  # squared L2, in [0, 4]
+    threshold: float
+    same: bool
+    model: str
+    photos: list[PhotoReport]
+
+
+class EmbedResult(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    photos: list[PhotoReport]
+
+
+class MatchOut(BaseModel):
+    name: str
+    distance: float
+
+
+class IdentifyResult(BaseModel):
+    known: bool
+    matches: list[MatchOut]  # nearest first, within the threshold; empty = unknown
+    threshold: float
+    photo: PhotoReport
+
+
+class PersonOut(BaseModel):
+    name: str
+    faces: int
+    created: float  # Unix time of enrolment
+
+
+class PeopleResult(BaseModel):
+    model: str
+    people: list[PersonOut]
+
+
+class RemoveResult(BaseModel):
+    name: str
+    faces_removed: int
+
+
+class ClusterMember(BaseModel):
+    index: int  # position of the photo in the request
+    filename: str
+
+
+class Skipped(ClusterMember):
+    detail: str
+
+
+class ClusterResult(BaseModel):
+    threshold: float
+    clusters: list[list[ClusterMember]]  # largest first
+    unclustered: list[ClusterMember]
+    skipped: list[Skipped]  # photos without a usable face
+
+
+class Status(BaseModel):
+    status: str
+
+
+# -- the worker ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str  # cleaned for messages and gallery labels; never used as a path
+    data: bytes
+
+
+class Engine:
+    """The embedder and the gallery behind one worker thread (see the module docstring)."""
+
+    def __init__(self, embedder: FaceEmbedder, gallery_path: Path, limits: Limits):
+        self.embedder, self.gallery_path, self.limits = embedder, gallery_path, limits
+        self.gallery = None
+        self.pending = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-worker")
+        await self._call(self._open_gallery)
+
+    async def stop(self) -> None:
+        if self._executor is None:
+            return
+        if self.gallery is not None:
+            await self._call(self.gallery.close)
+            self.gallery = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    @property
+    def ready(self) -> bool:
+        return self.gallery is not None
+
+    async def run(self, fn, *args):
+        """Run ``fn(*args)`` on the worker, or answer 503 when too many requests already wait for it."""
+        if self.pending >= self.limits.max_pending:
+            raise Problem(503, f"the server is busy ({self.pending} requests in progress); retry in a moment",
+                          code="busy", headers={"Retry-After": "1"})
+        self.pending += 1
+        try:
+            return await self._call(fn, *args)
+        finally:
+            self.pending -= 1
+
+    async def _call(self, fn, *args):
+        if self._executor is None:
+            raise Problem(503, "the server is starting or stopping; retry in a moment", code="not_ready",
+                          headers={"Retry-After": "1"})
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open_gallery(self) -> None:
+        from facenet.gallery import Gallery
+
+        self.gallery = Gallery.open(self.gallery_path, self.embedder.name, self.embedder.embedding_size)
+
+    # -- photos -> crops -> embeddings (worker thread) --
+
+    def decode(self, upload: Upload) -> np.ndarray:
+        if not upload.data:
+            raise BadImageError(f"{upload.filename}: empty upload; choose a photo file")
+        try:  # the header alone gives the size: refuse huge photos before decoding a pixel
+            with Image.open(io.BytesIO(upload.data)) as probe:
+                width, height = probe.size
+        except Image.DecompressionBombError:
+            width = height = None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+            width = height = 0  # not readable; load_image below says why
+        if width is None or width * height > self.limits.max_pixels:
+            size = "over 179 million" if width is None else f"{width}x{height}"
+            raise Problem(413, f"{upload.filename}: a {size}-pixel photo is above this server's limit of "
+                               f"{self.limits.max_pixels} pixels; send a smaller photo", code="too_many_pixels")
+        try:
+            return load_image(upload.data, max_pixels=self.limits.max_pixels)
+        except BadImageError as exc:
+            raise BadImageError(str(exc).replace("<bytes>", upload.filename, 1)) from None
+
+    def analyse(self, upload: Upload) -> tuple[np.ndarray, dict]:
+        """The model-sized crop of the photo's largest face, and a report of every face found."""
+        pixels = self.decode(upload)
+        height, width = pixels.shape[:2]
+        size = self.embedder.info.input_size
+        detector = self.embedder.detector
+        if detector is None:  # the photo is a face crop: its central square is the face
+            side = min(height, width)
+            left, top = (width - side) // 2, (height - side) // 2
+            crop = fit_to_input(pixels, size)
+            faces = [{"box": [left, top, left + side, top + side], "score": None, "used": True}]
+        else:
+            from facenet.align import extract_faces
+
+            found = extract_faces(pixels, detector, size=size, margin=self.embedder.margin, which="all",
+                                  source=upload.filename)
+            chosen = max(found, key=lambda f: f.detection.area)  # the "largest" rule FaceEmbedder uses
+            crop = chosen.image
+            faces = [{"box": [round(v, 1) for v in f.detection.box], "score": round(f.detection.score, 4),
+                      "used": f is chosen} for f in found]
+        return crop, {"filename": upload.filename, "width": width, "height": height, "faces": faces}
+
+    def embed(self, uploads: list[Upload]) -> tuple[np.ndarray, list[dict]]:
+        analysed = [self.analyse(u) for u in uploads]
+        return self.embedder.embed_crops([a[0] for a in analysed]), [a[1] for a in analysed]
+
+    # -- the jobs behind the endpoints (worker thread) --
+
+    def verify(self, uploads: list[Upload], threshold: float | None) -> dict:
+        emb, reports = self.embed(uploads)
+        limit = self.embedder.threshold if threshold is None else threshold
+        distance = float(squared_distance(emb[0], emb[1]))
+        return {"distance": distance, "threshold": limit, "same": distance < limit, "model": self.embedder.name,
+                "photos": reports}
+
+    def embed_photos(self, uploads: list[Upload]) -> dict:
+        emb, reports = self.embed(uploads)
+        return {"model": self.embedder.name, "embeddings": emb.tolist(), "photos": reports}
+
+    def identify(self, upload: Upload, top_k: int, threshold: float | None) -> dict:
+        emb, reports = self.embed([upload])
+        limit = self.embedder.threshold if threshold is None else threshold
+        matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
+        return {"known": bool(matches), "threshold": limit, "photo": reports[0],
+                "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
+
+    def enrol(self, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
+        from facenet.gallery import Record
+
+        emb, _ = self.embed(uploads)  # every photo must have a face, or nothing is enrolled
+        try:
+            self.gallery.enroll_many([Record(name, emb, [u.filename for u in uploads])], merge=merge)
+        except GalleryError as exc:
+            if merge:
+                raise
+            raise Problem(409, f"{name!r} is already enrolled; send merge=true to add these photos to them",
+                          code="name_taken") from exc
+        person = next(p for p in self.gallery.people() if p.name == name)
+        return PersonOut(name=person.name, faces=person.faces, created=person.created)
+
+    def people(self) -> dict:
+        return {"model": self.gallery.model_id,
+                "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()]}
+
+    def remove(self, name: str) -> dict:
+        try:
+            return {"name": name, "faces_removed": self.gallery.remove(name)}
+        except GalleryError as exc:
+            raise Problem(404, f"no person named {name!r} in the gallery; GET /api/people lists who is enrolled",
+                          code="unknown_person") from exc
+
+    def cluster(self, uploads: list[Upload], threshold: float | None, method: str) -> dict:
+        from facenet.cluster import cluster_embeddings
+
+        crops, kept, skipped = [], [], []
+        for index, upload in enumerate(uploads):
+            try:
+                crops.append(self.analyse(upload)[0])
+                kept.append({"index": index, "filename": upload.filename})
+            except (BadImageError, NoFaceError) as exc:
+                skipped.append({"index": index, "filename": upload.filename, "detail": str(exc)})
+        limit = self.embedder.threshold if threshold is None else threshold
+        emb = self.embedder.embed_crops(crops) if crops else np.empty((0, self.embedder.embedding_size))
+        labels = cluster_embeddings(emb, method=method, threshold=limit)
+        clusters = [[m for m, lab in zip(kept, labels) if lab == c] for c in range(int(labels.max(initial=-1)) + 1)]
+        return {"threshold": limit, "clusters": clusters, "skipped": skipped,
+                "unclustered": [m for m, lab in zip(kept, labels) if lab < 0]}
+
+
+# -- request helpers -----------------------------------------------------------------------------
+
+
+def clean_label(text: str | None, default: str) -> str:
+    """A file name or person name as safe display text: no control characters, bounded length."""
+    text = "".join(ch for ch in (text or "") if unicodedata.category(ch)[0] != "C").strip()
+    return text[:200] or default
+
+
+async def read_uploads(files: list[StarletteUpload]) -> list[Upload]:
+    """Check each part is declared as an image (415 otherwise) and read its bytes."""
+    uploads = []
+    for number, part in enumerate(files, 1):
+        name = clean_label(part.filename, f"photo {number}")
+        kind = (part.content_type or "").split(";")[0].strip().lower()
+        if not kind.startswith("image/"):
+            raise Problem(415, f"{name}: uploads must be images (image/jpeg, image/png, ...), not "
+                               f"{kind or 'an undeclared type'}; with curl: -F 'photo=@face.jpg;type=image/jpeg'",
+                          code="not_an_image")
+        uploads.append(Upload(name, await part.read()))
+    return uploads
+
+
+def require_multipart(request: Request) -> None:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise Problem(415, f"send photos as multipart/form-data, not {kind or 'a body without Content-Type'}",
+                      code="not_multipart")
+
+
+def check_person_name(name: str) -> str:
+    cleaned = clean_label(name, "")
+    if not cleaned or cleaned != name.strip() or len(cleaned) > MAX_NAME_LENGTH:
+        raise Problem(422, f"a person's name must be 1 to {MAX_NAME_LENGTH} printable characters",
+                      code="bad_name")
+    return cleaned
+
+
+def check_count(files: list, low: int, high: int, what: str) -> None:
+    if not low <= len(files) <= high:
+        raise Problem(422, f"{what} needs {low} to {high} photos, got {len(files)}", code="photo_count")
+
+
+# -- the application -----------------------------------------------------------------------------
+
+
+def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | None = None,
+               limits: Limits = Limits()) -> FastAPI:
+    """The service over ``embedder`` (loaded) and the gallery at ``gallery_path`` (created if absent).
+
+    ``api_key`` guards enrol and remove; ``None`` disables them (401 with how to set a key).
+    """
+    engine = Engine(embedder, Path(gallery_path), limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await engine.start()
+        log.info("facenet service ready: model %s, gallery %s", embedder.name, gallery_path)
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="facenet", summary="Face verification, identification and clustering (FaceNet embeddings)",
+                  lifespan=lifespan)
+    app.state.engine = engine
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                              description="the server's API key (needed to enrol and remove people)")
+    multipart = [Depends(require_multipart)]
+    threshold_field = Form(ge=0.0, le=4.0, description="squared-L2 threshold (default: the model's)")
+
+    @app.exception_handler(Problem)
+    async def _problem(request, exc: Problem):
+        return problem_response(exc.status, exc.detail, exc.code, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc: HTTPException):
+        return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors())
+        return problem_response(422, f"invalid request ({fields})", "invalid_request")
+
+    @app.exception_handler(FaceNetError)
+    async def _facenet(request, exc: FaceNetError):
+        if isinstance(exc, NoFaceError):
+            return problem_response(422, str(exc), "no_face")
+        if isinstance(exc, BadImageError):
+            return problem_response(400, str(exc), "bad_image")
+        if isinstance(exc, GalleryError):
+            return problem_response(409, str(exc), "gallery")
+        log.error("facenet error in %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(500, "the server could not complete this request; its log says why", "internal")
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return problem_response(500, "unexpected server error; it has been logged", "internal")
+
+    @app.get("/healthz", response_model=Status, tags=["service"], summary="liveness: the process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Status, tags=["service"], summary="readiness: model and gallery loaded")
+    async def readyz():
+        if not engine.ready:
+            raise Problem(503, "the gallery is not open yet", code="not_ready", headers={"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.post("/api/verify", response_model=VerifyResult, dependencies=multipart, tags=["faces"],
+              summary="are the people in two photos the same person?")
+    async def verify(a: Annotated[UploadFile, File(description="first photo")],
+                     b: Annotated[UploadFile, File(description="second photo")],
+                     threshold: Annotated[float | None, threshold_field] = None):
+        return await engine.run(engine.verify, await read_uploads([a, b]), threshold)
+
+    @app.post("/api/embed", response_model=EmbedResult, dependencies=multipart, tags=["faces"],
+              summary="128-D unit embeddings of the largest face in each photo")
+    async def embed(photos: Annotated[list[UploadFile], File(description="one or more photos")]):
+        check_count(photos, 1, limits.max_files, "embedding")
+        return await engine.run(engine.embed_photos, await read_uploads(photos))
+
+    @app.post("/api/identify", response_model=IdentifyResult, dependencies=multipart, tags=["faces"],
+              summary="who is this? nearest enrolled people within the threshold, or unknown")
+    async def identify(photo: Annotated[UploadFile, File(description="a photo")],
+                       top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
+                       threshold: Annotated[float | None, threshold_field] = None):
+        return await engine.run(engine.identify, (await read_uploads([photo]))[0], top_k, threshold)
+
+    @app.post("/api/cluster", response_model=ClusterResult, dependencies=multipart, tags=["faces"],
+              summary="group photos by person")
+    async def cluster(photos: Annotated[list[UploadFile], File(description="photos to group")],
+                      threshold: Annotated[float | None, threshold_field] = None,
+                      method: Annotated[str, Form(pattern="^(agglomerative|dbscan|chinese_whispers)$")]
+                      = "agglomerative"):
+        check_count(photos, 1, limits.max_files, "clustering")
+        return await engine.run(engine.cluster, await read_uploads(photos), threshold, method)
+
+    @app.get("/api/people", response_model=PeopleResult, tags=["gallery"], summary="everyone enrolled")
+    async def people():
+        return await engine.run(engine.people)
+
+    @app.post("/api/people", response_model=PersonOut, status_code=201, tags=["gallery"],
+              summary="enrol a person (needs the API key)", openapi_extra=_ENROL_BODY)
+    async def enrol(request: Request, key: Annotated[str | None, Security(key_header)] = None):
+        check_api_key(api_key, key)  # before the body is read: strangers cannot make us parse uploads
+        require_multipart(request)
+        form = await request.form(max_files=limits.max_files, max_fields=10)
+        name = check_person_name(str(form.get("name") or ""))
+        photos = [p for p in form.getlist("photos") if isinstance(p, StarletteUpload)]
+        check_count(photos, 1, limits.max_files, "enrolment")
+        merge = str(form.get("merge") or "false").lower() in ("1", "true", "yes", "on")
+        return await engine.run(engine.enrol, name, await read_uploads(photos), merge)
+
+    @app.delete("/api/people/{name:path}", response_model=RemoveResult, tags=["gallery"],
+                summary="remove a person and all their faces (needs the API key)")
+    async def remove(name: str, key: Annotated[str | None, Security(key_header)] = None):
+        check_api_key(api_key, key)
+        return await engine.run(engine.remove, name)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+_ENROL_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["name", "photos"],
+    "properties": {
+        "name": {"type": "string", "maxLength": MAX_NAME_LENGTH, "description": "the person's name"},
+        "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": "photos of this person, one face each (all must have a face)"},
+        "merge": {"type": "boolean", "default": False,
+                  "description": "add the photos to a person already enrolled under this name"}}}}}}}

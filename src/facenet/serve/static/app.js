@@ -1,0 +1,147 @@
+// The facenet page: plain fetch + canvas, no framework, no network beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_SIDE = 360; // photos are drawn at most this wide/high
+
+// POST/GET/DELETE the API; resolves to the JSON body or throws an Error carrying the problem's detail.
+async function api(method, path, body, withKey) {
+  const headers = {};
+  if (withKey) headers["X-API-Key"] = $("api-key").value.trim();
+  const response = await fetch(path, { method, body, headers });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.detail || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function show(el, text, kind) {
+  el.textContent = text;
+  el.className = "result " + (kind || "");
+}
+
+// Draw the chosen photo on a canvas and outline the faces the server found (the used one in green).
+async function drawFaces(canvas, file, report) {
+  const bitmap = await createImageBitmap(file);
+  const scale = Math.min(1, MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  // Boxes are in pixels of the decoded photo (EXIF-rotated), which is what createImageBitmap draws.
+  const sx = canvas.width / report.width, sy = canvas.height / report.height;
+  for (const face of report.faces) {
+    const [x1, y1, x2, y2] = face.box;
+    ctx.lineWidth = face.used ? 3 : 1.5;
+    ctx.strokeStyle = face.used ? "#12b76a" : "#fdb022";
+    ctx.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
+  }
+  canvas.dataset.faces = String(report.faces.length);
+}
+
+async function busy(button, work) {
+  button.disabled = true;
+  try { await work(); } finally { button.disabled = false; }
+}
+
+$("verify-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const a = $("verify-a").files[0], b = $("verify-b").files[0];
+  const out = $("verify-result");
+  busy($("verify-go"), async () => {
+    show(out, "comparing…");
+    const form = new FormData();
+    form.append("a", a);
+    form.append("b", b);
+    try {
+      const r = await api("POST", "/api/verify", form);
+      await drawFaces($("verify-canvas-a"), a, r.photos[0]);
+      await drawFaces($("verify-canvas-b"), b, r.photos[1]);
+      const verdict = r.same ? "SAME person" : "DIFFERENT people";
+      show(out, `${verdict} — distance ${r.distance.toFixed(3)} (threshold ${r.threshold.toFixed(3)})`,
+           r.same ? "same" : "different");
+    } catch (err) { show(out, err.message, "error"); }
+  });
+});
+
+$("identify-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const photo = $("identify-photo").files[0];
+  const out = $("identify-result"), list = $("identify-matches");
+  busy($("identify-go"), async () => {
+    show(out, "searching…");
+    list.replaceChildren();
+    const form = new FormData();
+    form.append("photo", photo);
+    form.append("top_k", $("identify-k").value || "5");
+    try {
+      const r = await api("POST", "/api/identify", form);
+      await drawFaces($("identify-canvas"), photo, r.photo);
+      show(out, r.known ? `Best match: ${r.matches[0].name}` : "Unknown: nobody in the gallery is close enough",
+           r.known ? "known" : "unknown");
+      for (const m of r.matches) {
+        const item = document.createElement("li");
+        item.textContent = `${m.name} — distance ${m.distance.toFixed(3)}`;
+        list.append(item);
+      }
+    } catch (err) { show(out, err.message, "error"); }
+  });
+});
+
+async function refreshPeople() {
+  const body = $("people").querySelector("tbody");
+  try {
+    const r = await api("GET", "/api/people");
+    body.replaceChildren(...r.people.map((p) => {
+      const row = document.createElement("tr");
+      row.dataset.name = p.name;
+      for (const text of [p.name, String(p.faces), new Date(p.created * 1000).toLocaleString()]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      const button = document.createElement("button");
+      button.className = "remove";
+      button.type = "button";
+      button.textContent = "Remove";
+      button.addEventListener("click", () => removePerson(p.name));
+      const cell = document.createElement("td");
+      cell.append(button);
+      row.append(cell);
+      return row;
+    }));
+  } catch (err) { show($("gallery-result"), err.message, "error"); }
+}
+
+async function removePerson(name) {
+  if (!window.confirm(`Remove ${name} and all their faces?`)) return;
+  try {
+    const r = await api("DELETE", "/api/people/" + encodeURIComponent(name), undefined, true);
+    show($("gallery-result"), `Removed ${r.name} (${r.faces_removed} faces)`);
+  } catch (err) { show($("gallery-result"), err.message, "error"); }
+  await refreshPeople();
+}
+
+$("enrol-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const out = $("gallery-result");
+  busy($("enrol-go"), async () => {
+    const form = new FormData();
+    form.append("name", $("enrol-name").value);
+    for (const file of $("enrol-photos").files) form.append("photos", file);
+    form.append("merge", $("enrol-merge").checked ? "true" : "false");
+    try {
+      const r = await api("POST", "/api/people", form, true);
+      show(out, `Enrolled ${r.name} (${r.faces} faces)`);
+      $("enrol-form").reset();
+    } catch (err) { show(out, err.message, "error"); }
+    await refreshPeople();
+  });
+});
+
+(async () => {
+  try {
+    await api("GET", "/readyz");
+    $("status").textContent = "ready";
+  } catch (err) { $("status").textContent = "not ready: " + err.message; }
+  await refreshPeople();
+})();
