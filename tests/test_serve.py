@@ -1,0 +1,381 @@
+"""The HTTP service in process (FastAPI TestClient): answers agree with the library called directly,
+the guards (API key, sizes, content types) hold, and every error is problem details."""
+
+import io
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from facenet.align import Detection, crop_face  # noqa: E402
+from facenet.cluster import cluster_embeddings  # noqa: E402
+from facenet.data.synthetic import SyntheticFaces  # noqa: E402
+from facenet.embedder import FaceEmbedder, squared_distance  # noqa: E402
+from facenet.gallery import Gallery  # noqa: E402
+from facenet.models import create_model  # noqa: E402
+from facenet.models.modelfile import load_model_file, save_model  # noqa: E402
+from facenet.serve import Limits, create_app  # noqa: E402
+
+KEY = "test-key-0123456789abcdef"
+AUTH = {"X-API-Key": KEY}
+FACES = SyntheticFaces(6, seed=3, size=64)
+
+
+def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def photo(identity: int, index: int, fmt: str = "PNG") -> bytes:
+    return encode(FACES.render(identity, index), fmt)
+
+
+def part(data: bytes, name: str = "face.png", kind: str = "image/png"):
+    return (name, data, kind)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` (a few bytes of pixel data follow)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(create_model("nns", input_size=48), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedder(model_file):
+    model, info = load_model_file(model_file)
+    return FaceEmbedder(model, info, detector=None)
+
+
+@pytest.fixture
+def client(embedder, tmp_path):
+    with TestClient(create_app(embedder, tmp_path / "gallery.db", api_key=KEY)) as c:
+        yield c
+
+
+def assert_problem(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["type"] == "about:blank" and body["title"] and body["detail"]
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    if code:
+        assert body["code"] == code
+    return body
+
+
+# -- answers agree with the library -------------------------------------------------------------
+
+
+def test_verify_matches_direct_embedding(client, embedder):
+    a, b = photo(0, 0), photo(1, 0)
+    r = client.post("/api/verify", files={"a": part(a), "b": part(b, "b.png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = float(squared_distance(*embedder.embed([a, b])))
+    assert body["distance"] == pytest.approx(expected, abs=1e-5)
+    assert body["threshold"] == embedder.threshold and body["same"] == (expected < embedder.threshold)
+    assert body["model"] == embedder.name
+    assert [p["filename"] for p in body["photos"]] == ["face.png", "b.png"]
+    assert body["photos"][0]["faces"] == [{"box": [0, 0, 64, 64], "score": None, "used": True}]
+    # an explicit threshold below the distance flips the decision
+    r = client.post("/api/verify", files={"a": part(a), "b": part(b)}, data={"threshold": str(expected / 2)})
+    assert r.json()["same"] is False and r.json()["threshold"] == pytest.approx(expected / 2)
+
+
+def test_embed_rows_equal_the_embedder(client, embedder):
+    images = [photo(2, 0), photo(2, 1, "JPEG")]
+    r = client.post("/api/embed", files=[("photos", part(images[0])), ("photos", part(images[1], "b.jpg", "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    rows = np.array(r.json()["embeddings"], np.float32)
+    np.testing.assert_allclose(rows, embedder.embed(images), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+
+
+def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
+    enrolled = {"Ann": [photo(0, 0), photo(0, 1)], "Bob": [photo(1, 0)], "Cy": [photo(2, 0), photo(2, 2)]}
+    for name, images in enrolled.items():
+        files = [("photos", part(img, f"{name}{i}.png")) for i, img in enumerate(images)]
+        r = client.post("/api/people", data={"name": name}, files=files, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert r.json()["name"] == name and r.json()["faces"] == len(images)
+    listed = client.get("/api/people").json()["people"]
+    assert [(p["name"], p["faces"]) for p in listed] == [("Ann", 2), ("Bob", 1), ("Cy", 2)]
+
+    query = photo(0, 5)
+    q = embedder.embed([query])[0]
+    brute = sorted((float(squared_distance(embedder.embed(imgs), q).min()), name) for name, imgs in enrolled.items())
+    r = client.post("/api/identify", files={"photo": part(query)}, data={"top_k": "2", "threshold": "4"})
+    assert r.status_code == 200, r.text
+    got = [(m["distance"], m["name"]) for m in r.json()["matches"]]
+    assert [n for _, n in got] == [n for _, n in brute[:2]]
+    np.testing.assert_allclose([d for d, _ in got], [d for d, _ in brute[:2]], atol=1e-5)
+    # an enrolled photo finds its owner at distance ~0; a tiny threshold makes a new face unknown
+    r = client.post("/api/identify", files={"photo": part(enrolled["Bob"][0])}).json()
+    assert r["known"] and r["matches"][0]["name"] == "Bob" and r["matches"][0]["distance"] < 1e-6
+    r = client.post("/api/identify", files={"photo": part(photo(5, 0))}, data={"threshold": "0"}).json()
+    assert r == {**r, "known": False, "matches": []}
+
+    r = client.delete("/api/people/Ann", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"name": "Ann", "faces_removed": 2}
+    assert [p["name"] for p in client.get("/api/people").json()["people"]] == ["Bob", "Cy"]
+    r = client.post("/api/identify", files={"photo": part(enrolled["Ann"][0])}, data={"threshold": "4", "top_k": "5"})
+    assert "Ann" not in [m["name"] for m in r.json()["matches"]]
+
+
+def test_cluster_matches_direct_clustering(client, embedder):
+    images = [photo(i, j) for i in range(3) for j in range(3)]
+    emb = embedder.embed(images)
+    d = squared_distance(emb[:, None], emb[None])
+    threshold = float(np.median(d[np.triu_indices(len(images), 1)]))  # splits the photos non-trivially
+    files = [("photos", part(img, f"p{i}.png")) for i, img in enumerate(images)]
+    files.insert(4, ("photos", part(photo(0, 0)[:200], "broken.png")))  # reported, not fatal
+    r = client.post("/api/cluster", files=files, data={"threshold": str(threshold)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(s["index"], s["filename"]) for s in body["skipped"]] == [(4, "broken.png")]
+    expected = cluster_embeddings(emb, threshold=threshold)
+    got = np.full(len(images), -1)
+    for label, members in enumerate(body["clusters"]):
+        for m in members:
+            got[int(m["filename"][1:-4])] = label
+    assert got.tolist() == expected.tolist()
+    assert 1 <= len(body["clusters"]) < len(images)
+
+
+class _Boxes:
+    """A stub detector: fixed boxes (the real backends are tested in test_align*)."""
+
+    name = "stub"
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def detect(self, image):
+        marks = lambda b: np.tile([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2], (5, 1))  # noqa: E731
+        return [Detection(b, 0.9 - i * 0.1, marks(b)) for i, b in enumerate(self.boxes)]
+
+
+def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
+    model, info = load_model_file(model_file)
+    boxes = [(2, 2, 20, 20), (10, 12, 60, 62)]
+    detecting = FaceEmbedder(model, info, detector=_Boxes(boxes))
+    image = photo(3, 0)
+    with TestClient(create_app(detecting, tmp_path / "g.db", api_key=KEY)) as c:
+        body = c.post("/api/embed", files={"photos": part(image)}).json()
+        assert [f["box"] for f in body["photos"][0]["faces"]] == [list(map(float, b)) for b in boxes]
+        assert [f["used"] for f in body["photos"][0]["faces"]] == [False, True]
+        largest = Detection(boxes[1], 0.8, np.zeros((5, 2)))  # the reference crop: Sandberg's box crop
+        expected = detecting.embed_crops([crop_face(FACES.render(3, 0), largest, size=48, margin=32)])
+        np.testing.assert_allclose(body["embeddings"], expected, atol=1e-6)
+        detecting.detector = _Boxes([])
+        problem = assert_problem(c.post("/api/identify", files={"photo": part(image, "empty.png")}), 422, "no_face")
+        assert "empty.png" in problem["detail"]
+
+
+# -- guards -------------------------------------------------------------------------------------
+
+
+def test_mutations_need_the_right_key(client):
+    files = {"photos": part(photo(0, 0))}
+    assert_problem(client.post("/api/people", data={"name": "Ann"}, files=files), 401, "missing_api_key")
+    r = client.post("/api/people", data={"name": "Ann"}, files=files, headers={"X-API-Key": KEY[:-1] + "X"})
+    assert_problem(r, 401, "wrong_api_key")
+    assert r.headers["www-authenticate"] == "X-API-Key"
+    assert_problem(client.delete("/api/people/Ann"), 401)
+    assert client.get("/api/people").json()["people"] == []
+    assert client.post("/api/people", data={"name": "Ann"}, files=files, headers=AUTH).status_code == 201
+    assert_problem(client.delete("/api/people/Ann", headers={"X-API-Key": "nope"}), 401, "wrong_api_key")
+    assert [p["name"] for p in client.get("/api/people").json()["people"]] == ["Ann"]
+
+
+def test_without_a_key_mutations_are_refused_with_how_to(embedder, tmp_path):
+    with TestClient(create_app(embedder, tmp_path / "g.db", api_key=None)) as c:
+        body = assert_problem(c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))},
+                                     headers=AUTH), 401, "no_api_key")
+        assert "FACENET_API_KEY" in body["detail"] and "--api-key-file" in body["detail"]
+        assert c.get("/api/people").json()["people"] == []
+        assert c.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))}).status_code == 200
+
+
+def test_conflict_merge_and_unknown(client):
+    files = {"photos": part(photo(0, 0))}
+    assert client.post("/api/people", data={"name": "Ann"}, files=files, headers=AUTH).status_code == 201
+    assert_problem(client.post("/api/people", data={"name": "Ann"}, files=files, headers=AUTH), 409, "name_taken")
+    r = client.post("/api/people", data={"name": "Ann", "merge": "true"}, files=files, headers=AUTH)
+    assert r.status_code == 201 and r.json()["faces"] == 2
+    assert_problem(client.delete("/api/people/Nobody", headers=AUTH), 404, "unknown_person")
+
+
+def test_enrolment_is_all_or_nothing(client):
+    files = [("photos", part(photo(0, 0))), ("photos", part(b"not an image", "x.png"))]
+    assert_problem(client.post("/api/people", data={"name": "Ann"}, files=files, headers=AUTH), 400, "bad_image")
+    assert client.get("/api/people").json()["people"] == []
+
+
+@pytest.mark.parametrize("name", ["", "   ", "tab\there", "x" * 101])
+def test_bad_names_422(client, name):
+    r = client.post("/api/people", data={"name": name}, files={"photos": part(photo(0, 0))}, headers=AUTH)
+    assert_problem(r, 422, "bad_name")
+
+
+def test_names_are_data_never_paths(client, tmp_path):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    name = "../../etc/passwd; DROP TABLE people"
+    r = client.post("/api/people", data={"name": name}, files={"photos": part(photo(0, 0), "../../x.png")}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["name"] == name
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # only the gallery's own files
+    assert [p["name"] for p in client.get("/api/people").json()["people"]] == [name]
+    r = client.delete("/api/people/" + name.replace("/", "%2F").replace(" ", "%20"), headers=AUTH)
+    assert r.status_code == 200 and r.json()["name"] == name
+
+
+BAD_UPLOADS = {
+    "truncated jpeg": (part(photo(0, 0, "JPEG")[:300], "t.jpg", "image/jpeg"), 400, "bad_image"),
+    "not an image": (part(b"GIF89a" + b"\x00" * 40, "g.gif", "image/gif"), 400, "bad_image"),
+    "empty file": (part(b"", "e.png"), 400, "bad_image"),
+    "huge declared size": (part(png_header(100_000, 100_000), "bomb.png"), 413, "too_many_pixels"),
+    "over the pixel limit": (part(png_header(10_000, 5_000), "wide.png"), 413, "too_many_pixels"),
+    "wrong content type": (part(photo(0, 0), "f.txt", "text/plain"), 415, "not_an_image"),
+    "no content type": (part(photo(0, 0), "f.bin", ""), 415, "not_an_image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_malformed_uploads_are_4xx_problems(client, case):
+    upload, status, code = BAD_UPLOADS[case]
+    assert_problem(client.post("/api/identify", files={"photo": upload}), status, code)
+    assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0)), "b": upload}), status, code)
+
+
+def test_malformed_requests_are_4xx_problems(client):
+    assert_problem(client.post("/api/verify", json={"a": "x"}), 415, "not_multipart")
+    assert_problem(client.post("/api/verify", content=b""), 415, "not_multipart")
+    assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0))}), 422, "invalid_request")
+    r = client.post("/api/identify", files={"photo": part(photo(0, 0))}, data={"top_k": "0"})
+    assert_problem(r, 422, "invalid_request")
+    assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))},
+                               data={"threshold": "nan"}), 422)
+    assert_problem(client.post("/api/cluster", files={"photos": part(photo(0, 0))}, data={"method": "kmeans"}), 422)
+    assert_problem(client.get("/api/nothing"), 404)
+    assert_problem(client.put("/api/verify"), 405)
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_pixel_limit_checked_before_decoding(embedder, tmp_path):
+    with TestClient(create_app(embedder, tmp_path / "g.db", limits=Limits(max_pixels=60 * 60))) as c:
+        body = assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}), 413, "too_many_pixels")
+        assert "64x64" in body["detail"]
+
+
+def test_body_limit_by_header_and_by_bytes_read(embedder, tmp_path):
+    limit = 20_000
+    with TestClient(create_app(embedder, tmp_path / "g.db", limits=Limits(max_upload_bytes=limit))) as c:
+        big = part(np.random.default_rng(0).integers(0, 255, 3 * limit, dtype=np.uint8).tobytes(), "big.png")
+        assert_problem(c.post("/api/identify", files={"photo": big}), 413, "body_too_large")
+        r = c.post("/api/identify", headers={"content-length": str(10 * limit), "content-type": "multipart/form-data"})
+        assert_problem(r, 413, "body_too_large")
+
+        def chunks():  # no Content-Length: only counting the bytes can stop this
+            yield b"--x\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.png\"\r\n"
+            yield b"Content-Type: image/png\r\n\r\n"
+            for _ in range(10):
+                yield b"\0" * limit
+
+        r = c.post("/api/identify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+        assert "content-length" not in r.request.headers
+        assert_problem(r, 413, "body_too_large")
+        assert c.post("/api/identify", files={"photo": part(photo(0, 0))}).status_code == 200
+
+
+class _Gate(FaceEmbedder):
+    """An embedder whose forward pass waits for a gate, to hold the worker busy."""
+
+    def __init__(self, base: FaceEmbedder):
+        super().__init__(base.model, base.info)
+        self.gate = threading.Event()
+
+    def embed_crops(self, crops, batch_size=32):
+        assert self.gate.wait(30)
+        return super().embed_crops(crops, batch_size)
+
+
+def test_full_queue_answers_503_with_retry_after(embedder, tmp_path):
+    gated = _Gate(embedder)
+    app = create_app(gated, tmp_path / "g.db", limits=Limits(max_pending=1))
+    with TestClient(app) as c:
+        first = {}
+        worker = threading.Thread(target=lambda: first.update(r=c.post("/api/identify", files={"photo": part(photo(0, 0))})))
+        worker.start()
+        deadline = time.monotonic() + 20
+        while app.state.engine.pending < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = c.post("/api/identify", files={"photo": part(photo(0, 1))})
+        gated.gate.set()
+        worker.join(30)
+        assert_problem(r, 503, "busy")
+        assert r.headers["retry-after"] == "1"
+        assert first["r"].status_code == 200
+        assert c.post("/api/identify", files={"photo": part(photo(0, 1))}).status_code == 200
+
+
+def test_unexpected_errors_are_500_without_internals(embedder, tmp_path):
+    class Broken(FaceEmbedder):
+        def embed_crops(self, crops, batch_size=32):
+            raise RuntimeError("secret internal state /etc/shadow")
+
+    broken = Broken(embedder.model, embedder.info)
+    with TestClient(create_app(broken, tmp_path / "g.db"), raise_server_exceptions=False) as c:
+        r = c.post("/api/identify", files={"photo": part(photo(0, 0))})
+        body = assert_problem(r, 500, "internal")
+        assert "secret" not in r.text and "shadow" not in r.text and "RuntimeError" not in r.text
+        assert body["detail"]
+        assert c.get("/healthz").status_code == 200
+
+
+def test_readiness_follows_the_lifespan(embedder, tmp_path):
+    app = create_app(embedder, tmp_path / "g.db")
+    outside = TestClient(app)  # no `with`: the lifespan has not run, nothing is loaded
+    assert outside.get("/healthz").status_code == 200
+    assert_problem(outside.get("/readyz"), 503, "not_ready")
+    assert_problem(outside.get("/api/people"), 503, "not_ready")
+    with TestClient(app) as c:
+        assert c.get("/readyz").json() == {"status": "ready"}
+    with Gallery.open(tmp_path / "g.db", create=False) as g:  # created at start-up for this model
+        assert g.model_id == embedder.name and len(g) == 0
+
+
+def test_page_docs_and_headers(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "/static/app.js" in r.text and "http" not in r.text.split("<footer")[0]  # nothing from elsewhere
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    for asset in ("app.js", "style.css"):
+        text = client.get(f"/static/{asset}").text
+        assert "http://" not in text and "https://" not in text
+    spec = client.get("/openapi.json").json()
+    assert {"/api/verify", "/api/embed", "/api/identify", "/api/cluster", "/api/people", "/api/people/{name}",
+            "/healthz", "/readyz"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/api/people"]["post"]["requestBody"]["content"]
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    assert client.get("/docs").status_code == 200
