@@ -1,0 +1,216 @@
+"""Embedding throughput (img/s) per backend vs facenet-pytorch's InceptionResnetV1 in eager PyTorch.
+
+Rows: our Inception-ResNet-v1 on eager PyTorch, channels-last PyTorch, ONNX Runtime fp32, ONNX Runtime
+int8 (static QDQ quantisation calibrated on synthetic faces) and optionally ``torch.compile``; the
+small networks on PyTorch and ONNX Runtime. The peer gets the same weights (its state-dict keys are
+ours), so the table also shows each backend's max abs difference from the peer's embeddings (for
+int8: from our fp32 embeddings) on face-like inputs. Throughput is the best of repeated calls
+(the CPU may be shared), ratio = img/s / the peer's img/s at the same batch size.
+
+    .venv/bin/python benchmarks/bench_embedding.py --seconds 3 --batches 1,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facenet.backends import OnnxBackend, TorchBackend
+from facenet.data.images import standardise, to_batch
+from facenet.data.synthetic import SyntheticFaces
+from facenet.export import onnx_bytes
+from facenet.models import create_model
+from facenet.models.modelfile import model_info_for
+
+SMALL = {"mobilefacenet": 160, "nns": 64}
+
+
+def load_peer_module():
+    """facenet-pytorch's inception_resnet_v1.py from the installed wheel, without its package
+    (which imports torchvision) and with its download helper's `requests` stubbed (never used)."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "models" / "inception_resnet_v1.py"
+    stubs = {name: types.ModuleType(name) for name in (
+        "requests", "requests.adapters", "facenet_pytorch", "facenet_pytorch.models",
+        "facenet_pytorch.models.utils", "facenet_pytorch.models.utils.download")}
+    for module in stubs.values():
+        module.__path__ = []
+    stubs["requests.adapters"].HTTPAdapter = object
+    stubs["facenet_pytorch.models.utils.download"].download_url_to_file = None
+    saved = {name: sys.modules.get(name) for name in stubs}
+    sys.modules.update(stubs)
+    try:
+        module_spec = importlib.util.spec_from_file_location("facenet_pytorch.models.inception_resnet_v1", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    return module
+
+
+def realistic(model):
+    """Non-trivial BatchNorm statistics, so numerical differences between backends would show."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def faces(n: int, size: int, seed: int) -> torch.Tensor:
+    people = SyntheticFaces(n, seed=seed, size=size)
+    return standardise(to_batch([people.render(i, 0) for i in range(n)]))
+
+
+def throughput(run, x: torch.Tensor, seconds: float) -> float:
+    """Best img/s over repeated calls lasting ``seconds`` in all (after one warm-up call)."""
+    run(x)
+    best, spent, calls = float("inf"), 0.0, 0
+    while spent < seconds or calls < 2:
+        start = time.perf_counter()
+        run(x)
+        took = time.perf_counter() - start
+        best, spent, calls = min(best, took), spent + took, calls + 1
+    return len(x) / best
+
+
+def int8_onnx(data: bytes, calibration: torch.Tensor, workdir: Path) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on synthetic faces."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": calibration[i:i + 8].numpy()} for i in range(0, len(calibration), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = workdir / "fp32.onnx", workdir / "int8.onnx"
+    src.write_bytes(data)
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice goes to the root logger
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return dst
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,32", help="batch sizes (default 1,32)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per row and batch size (default 2)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX Runtime row (quantising takes ~1 min)")
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile row (compiling takes minutes)")
+    ap.add_argument("--small", default="mobilefacenet,nns", help="small networks to time ('' for none)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    probe = faces(8, 160, seed=1)
+
+    ours = realistic(create_model("inception_resnet_v1", embedding_size=512))
+    info = model_info_for(ours)
+    peer_module = load_peer_module()
+    rows = []  # (network, backend, {batch: img/s}, max abs diff, note)
+    peer_speed = {}
+    if peer_module is not None:
+        peer = peer_module.InceptionResnetV1(classify=False).eval()
+        peer.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("logits")})
+        with torch.inference_mode():
+            reference = peer(probe).numpy()
+        peer_run = lambda x: peer(x).numpy()  # noqa: E731
+
+        def peer_call(x):
+            with torch.inference_mode():
+                return peer_run(x)
+
+        peer_speed = {b: throughput(peer_call, faces(b, 160, 2), args.seconds) for b in batches}
+        rows.append(("facenet-pytorch IRv1 (peer)", "torch eager", peer_speed, 0.0, ""))
+    else:
+        with torch.inference_mode():
+            reference = ours(probe).numpy()
+        print("facenet-pytorch not installed: no peer row, ratios omitted")
+
+    data = onnx_bytes(ours, info)
+    candidates = [("torch eager", TorchBackend(ours)), ("torch channels_last", TorchBackend(_copy(ours), channels_last=True)),
+                  ("onnxruntime fp32", OnnxBackend(data))]
+    if not args.no_int8:
+        with tempfile.TemporaryDirectory() as tmp:
+            candidates.append(("onnxruntime int8", OnnxBackend(int8_onnx(data, faces(32, 160, 3), Path(tmp)))))
+    if args.compile:
+        candidates.append(("torch.compile", TorchBackend(_copy(ours), compile=True)))
+    for label, backend in candidates:
+        diff = float(np.abs(backend(probe) - reference).max())
+        speed = {b: throughput(backend, faces(b, 160, 2), args.seconds) for b in batches}
+        rows.append(("ours IRv1", label, speed, diff, "int8 vs fp32 embeddings" if "int8" in label else ""))
+
+    for arch in filter(None, args.small.split(",")):
+        size = SMALL.get(arch, 160)
+        model = realistic(create_model(arch))
+        small_info = model_info_for(model, input_size=size)
+        for label, backend in (("torch eager", TorchBackend(model)),
+                               ("onnxruntime fp32", OnnxBackend(onnx_bytes(model, small_info)))):
+            speed = {b: throughput(backend, faces(b, size, 2), args.seconds) for b in batches}
+            rows.append((f"ours {arch} ({size}px)", label, speed, float("nan"), ""))
+
+    print_table(rows, batches, peer_speed, args.threads)
+    return 0
+
+
+def _copy(model):
+    twin = create_model("inception_resnet_v1", embedding_size=model.embedding_size).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def machine_line(threads: int) -> str:
+    """CPU model, cores and load: the context every figure needs (the CPU may be shared)."""
+    import os
+    import platform
+
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (f"machine: {model}, {os.cpu_count()} logical CPUs, {threads} threads used, load average {load}; "
+            f"torch {torch.__version__}")
+
+
+def print_table(rows, batches, peer_speed, threads) -> None:
+    print(machine_line(threads))
+    head = f"{'network':30s} {'backend':22s}" + "".join(f" {'b=' + str(b) + ' img/s':>12s} {'ratio':>6s}"
+                                                        for b in batches) + f" {'max|diff|':>10s}"
+    print(head)
+    print("-" * len(head))
+    for network, backend, speed, diff, note in rows:
+        cells = ""
+        for b in batches:
+            ratio = f"{speed[b] / peer_speed[b]:.2f}" if b in peer_speed else "-"
+            cells += f" {speed[b]:12.1f} {ratio:>6s}"
+        shown = "-" if diff != diff else f"{diff:.1e}"
+        print(f"{network:30s} {backend:22s}{cells} {shown:>10s}" + (f"  ({note})" if note else ""))
+    print("ratio = img/s / facenet-pytorch InceptionResnetV1 eager img/s at the same batch, same run; "
+          "160x160 unless noted; max|diff| = max abs embedding difference from the peer on 8 face-like inputs")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
