@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const MAX_SIDE = 360; // photos are drawn at most this wide/high
+const MAX_SIDE = 360, MIN_SIDE = 160; // photos are drawn between these sizes (longest side)
 
 // POST/GET/DELETE the API; resolves to the JSON body or throws an Error carrying the problem's detail.
 async function api(method, path, body, withKey) {
@@ -22,7 +22,8 @@ function show(el, text, kind) {
 // Draw the chosen photo on a canvas and outline the faces the server found (the used one in green).
 async function drawFaces(canvas, file, report) {
   const bitmap = await createImageBitmap(file);
-  const scale = Math.min(1, MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+  const side = Math.max(bitmap.width, bitmap.height);
+  const scale = Math.min(MAX_SIDE / side, Math.max(1, MIN_SIDE / side)); // small crops are enlarged
   canvas.width = Math.round(bitmap.width * scale);
   canvas.height = Math.round(bitmap.height * scale);
   const ctx = canvas.getContext("2d");

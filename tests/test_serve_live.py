@@ -1,0 +1,275 @@
+"""The service as a real process on 127.0.0.1: a bounded burst of concurrent requests, a burst of
+malformed uploads, SIGTERM without losing an enrolment, and the web page in headless Chromium."""
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+httpx = pytest.importorskip("httpx")
+
+from facenet.data.synthetic import SyntheticFaces  # noqa: E402
+from facenet.gallery import Gallery  # noqa: E402
+from facenet.models import create_model  # noqa: E402
+from facenet.models.modelfile import save_model  # noqa: E402
+
+KEY = "live-test-key-0123456789"
+FACES = SyntheticFaces(8, seed=5, size=64)
+HOST = "127.0.0.1"  # loopback only
+
+
+def png(identity: int, index: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(FACES.render(identity, index)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`facenet serve` in a child process, on a free loopback port."""
+
+    def __init__(self, tmp: Path, model: Path, env_key: bool = False):
+        self.gallery = tmp / "gallery.db"
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        env = {**os.environ, "XDG_DATA_HOME": str(tmp / "xdg"), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "facenet.cli", "serve", "--host", HOST, "--port", str(self.port),
+               "--model", str(model), "--gallery", str(self.gallery), "--no-detect", "--log-level", "warning"]
+        if env_key:
+            env["FACENET_API_KEY"] = KEY
+        else:
+            env.pop("FACENET_API_KEY", None)
+            key_file = tmp / "key.txt"
+            key_file.write_text(KEY + "\n")
+            cmd += ["--api-key-file", str(key_file)]
+        self.log = tmp / "server.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"server not ready within 90 s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; uvicorn finishes, then re-raises the signal (-15)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(create_model("nns", input_size=48), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_file):
+    srv = Server(tmp_path_factory.mktemp("server"), model_file)
+    try:
+        yield srv
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM) and "Traceback" not in srv.log.read_text(), srv.log.read_text()
+
+
+async def burst(url: str, requests: list[dict], in_flight: int = 8, timeout: float = 60.0):
+    """Send ``requests`` (httpx.request kwargs) with at most ``in_flight`` open at once; (status, seconds) each."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(client, req):
+        async with gate:
+            start = time.perf_counter()
+            response = await client.request(**req)
+            return response.status_code, time.perf_counter() - start
+
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+        return await asyncio.gather(*(one(client, r) for r in requests))
+
+
+def test_concurrent_burst_has_no_server_errors(server):
+    enrol = httpx.post(server.url + "/api/people", data={"name": "Ann"}, headers={"X-API-Key": KEY},
+                       files=[("photos", ("a.png", png(0, 0), "image/png"))], timeout=30)
+    assert enrol.status_code == 201, enrol.text
+    photos = [png(i % 8, i // 8) for i in range(16)]
+    requests = []
+    for i in range(60):
+        a, b = photos[i % 16], photos[(i * 7 + 3) % 16]
+        if i % 2:
+            requests.append(dict(method="POST", url="/api/verify",
+                                 files={"a": ("a.png", a, "image/png"), "b": ("b.png", b, "image/png")}))
+        else:
+            requests.append(dict(method="POST", url="/api/identify", files={"photo": ("q.png", a, "image/png")}))
+    results = asyncio.run(burst(server.url, requests))
+    statuses = [s for s, _ in results]
+    assert statuses == [200] * len(requests), sorted(set(statuses))
+    latency = np.array([t for _, t in results]) * 1000
+    print(f"\n{len(requests)} requests at 8 in flight: p50 {np.percentile(latency, 50):.1f} ms, "
+          f"p99 {np.percentile(latency, 99):.1f} ms")
+
+
+def test_malformed_burst_is_all_4xx_and_server_stays_healthy(server):
+    jpeg = io.BytesIO()
+    Image.fromarray(FACES.render(1, 1)).save(jpeg, "JPEG")
+    bomb = _png_claiming(100_000, 100_000)
+    uploads = [("t.jpg", jpeg.getvalue()[:400], "image/jpeg"), ("bomb.png", bomb, "image/png"),
+               ("x.txt", b"hello", "text/plain"), ("e.png", b"", "image/png"), ("r.png", os.urandom(3000), "image/png")]
+    requests = []
+    for i in range(40):
+        name, data, kind = uploads[i % len(uploads)]
+        requests.append(dict(method="POST", url="/api/identify", files={"photo": (name, data, kind)}))
+    requests += [dict(method="POST", url="/api/verify", content=b""),  # empty body, no multipart
+                 dict(method="POST", url="/api/verify", json={"a": 1}),
+                 dict(method="POST", url="/api/people", files={"photos": ("a.png", png(0, 0), "image/png")})]
+    statuses = [s for s, _ in asyncio.run(burst(server.url, requests))]
+    assert all(400 <= s < 500 for s in statuses), statuses
+    assert {400, 401, 413, 415} <= set(statuses)
+    # a declared 11 MiB body is refused from its headers, before a byte of it is sent
+    with socket.create_connection((HOST, server.port), timeout=10) as conn:
+        conn.sendall(b"POST /api/identify HTTP/1.1\r\nHost: x\r\nContent-Length: 11534336\r\n"
+                     b"Content-Type: multipart/form-data; boundary=x\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 413 ")
+    assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+    ok = httpx.post(server.url + "/api/verify", timeout=30,
+                    files={"a": ("a.png", png(2, 0), "image/png"), "b": ("b.png", png(2, 1), "image/png")})
+    assert ok.status_code == 200
+
+
+def test_sigterm_keeps_committed_enrolments(tmp_path, model_file):
+    srv = Server(tmp_path, model_file, env_key=True)
+    try:
+        files = [("photos", (f"z{i}.png", png(3, i), "image/png")) for i in range(2)]
+        r = httpx.post(srv.url + "/api/people", data={"name": "Zoë"}, files=files, headers={"X-API-Key": KEY},
+                       timeout=30)
+        assert r.status_code == 201, r.text
+    finally:
+        code = srv.stop()
+    assert code in (0, -signal.SIGTERM) and "Traceback" not in srv.log.read_text(), srv.log.read_text()
+    with Gallery.open(srv.gallery, create=False) as g:
+        assert [(p.name, p.faces) for p in g.people()] == [("Zoë", 2)]
+    assert (srv.gallery.stat().st_mode & 0o777) == 0o600
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# -- the web page in a real browser -------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not CHROMIUM or not Path(CHROMEDRIVER).exists():
+        pytest.skip("headless browser test needs the Debian packages chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1100,1500"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # no Selenium Manager download
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    files = {}
+    for name, (i, j) in {"a": (4, 0), "b": (4, 1), "c": (5, 0)}.items():
+        files[name] = tmp_path / f"{name}.png"
+        files[name].write_bytes(png(i, j))
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "ready")
+
+    # verify: both photos drawn with their face box, distance and decision shown
+    browser.find_element(By.ID, "verify-a").send_keys(str(files["a"]))
+    browser.find_element(By.ID, "verify-b").send_keys(str(files["b"]))
+    browser.find_element(By.ID, "verify-go").click()
+    wait.until(lambda d: "distance" in d.find_element(By.ID, "verify-result").text)
+    verdict = browser.find_element(By.ID, "verify-result").text
+    expected = httpx.post(server.url + "/api/verify", timeout=30, files={
+        "a": ("a.png", files["a"].read_bytes(), "image/png"), "b": ("b.png", files["b"].read_bytes(), "image/png")}).json()
+    assert f"distance {expected['distance']:.3f}" in verdict
+    assert ("SAME" in verdict) == expected["same"]
+    for side in "ab":
+        canvas = browser.find_element(By.ID, f"verify-canvas-{side}")
+        assert canvas.get_attribute("data-faces") == "1" and int(canvas.get_attribute("width")) > 0
+
+    # enrol without a key: the server's message is shown, nothing is added
+    browser.find_element(By.ID, "enrol-name").send_keys("Page Person")
+    browser.find_element(By.ID, "enrol-photos").send_keys(f"{files['a']}\n{files['b']}")
+    browser.find_element(By.ID, "enrol-go").click()
+    wait.until(lambda d: "API key" in d.find_element(By.ID, "gallery-result").text)
+    # with the key: the person appears in the table
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
+    browser.find_element(By.ID, "enrol-go").click()
+    row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#people tr[data-name='Page Person']")))
+    assert row.find_elements(By.TAG_NAME, "td")[1].text == "2"
+
+    # identify: an enrolled photo finds its person first
+    browser.find_element(By.ID, "identify-photo").send_keys(str(files["a"]))
+    browser.find_element(By.ID, "identify-go").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#identify-matches li"))
+    assert browser.find_element(By.ID, "identify-result").text == "Best match: Page Person"
+    first = browser.find_elements(By.CSS_SELECTOR, "#identify-matches li")[0].text
+    assert first.startswith("Page Person — distance 0.000")
+    screenshot = tmp_path / "page.png"
+    browser.save_screenshot(str(screenshot))
+    assert Image.open(screenshot).size[0] > 0
+    if os.environ.get("FACENET_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["FACENET_SCREENSHOT"])
+
+    # remove (after the confirmation dialog): the row goes away
+    row.find_element(By.CSS_SELECTOR, "button.remove").click()
+    wait.until(ec.alert_is_present()).accept()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#people tr[data-name='Page Person']"))
+    assert "Removed Page Person (2 faces)" in browser.find_element(By.ID, "gallery-result").text
+    assert not [e for e in browser.get_log("browser") if e.get("source") == "javascript"]  # no script errors
