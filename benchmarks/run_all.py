@@ -28,7 +28,7 @@ def plan(scale: float, threads: int) -> dict[str, list[str]]:
         "embedding": ["bench_embedding.py", "--seconds", str(2 * scale), "--threads", str(threads)],
         "int8": ["bench_int8.py", "--pairs-per-fold", n(20)],
         "mining": ["bench_mining.py", "--repeats", n(3), "--threads", str(threads)],
-        "gallery": ["bench_gallery.py", "--n", n(100_000), "--queries", n(200), "--threads", str(threads)],
+        "gallery": ["bench_gallery.py", "--n", n(50_000), "--queries", n(200), "--threads", str(threads)],
         "detectors": ["bench_detectors.py", "--limit", n(100), "--threads", str(threads)],
     }
 
