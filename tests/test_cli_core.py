@@ -115,3 +115,24 @@ def test_every_subcommand_has_help(capsys):
     assert {"embed", "verify", "models", "train", "demo"} <= set(commands)
     for name, sub in commands.items():
         assert sub.format_help().strip(), name
+
+
+def test_whole_photos_go_through_the_detector(tmp_path, model_file, lfw_dir, capsys):
+    """Real LFW photos: the default detector finds the face; two faces side by side are reported."""
+    a = lfw_dir / "images" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+    b = lfw_dir / "images" / "Aaron_Peirsol" / "Aaron_Peirsol_0002.jpg"
+    assert main(["verify", str(a), str(b), "--model", str(model_file), "--backend", "torch"]) in (0, 1)
+    assert "distance" in capsys.readouterr().out
+    pair = tmp_path / "two.png"
+    Image.fromarray(np.concatenate([np.asarray(Image.open(a)), np.asarray(Image.open(b))], axis=1)).save(pair)
+    out = tmp_path / "faces.npy"
+    assert main(["embed", str(pair), "--out", str(out), "--model", str(model_file), "--backend", "torch"]) == 0
+    assert "2 faces found" in capsys.readouterr().err
+    assert np.load(out).shape == (1, 128)
+    assert main(["embed", str(pair), "--out", str(out), "--model", str(model_file), "--backend", "torch",
+                 "--all-faces"]) == 0
+    assert np.load(out).shape == (2, 128)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(blank)
+    assert main(["verify", str(blank), str(a), "--model", str(model_file), "--backend", "torch"]) == 2
+    assert "blank.png: no face found" in capsys.readouterr().err

@@ -65,6 +65,10 @@ def verify(a: ImageLike, b: ImageLike, model: FaceEmbedder | str | None = None,
     """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes."""
     embedder = _resolve(model)
     ea, eb = embedder.embed([a, b])
-    limit = embedder.threshold if threshold is None else float(threshold)
+    return compare(ea, eb, embedder.threshold if threshold is None else threshold)
+
+
+def compare(ea: np.ndarray, eb: np.ndarray, threshold: float) -> Verification:
+    """The verification decision for two embeddings: same person when closer than ``threshold``."""
     d = float(squared_distance(ea, eb))
-    return Verification(distance=d, threshold=limit, same=d < limit)
+    return Verification(distance=d, threshold=float(threshold), same=d < float(threshold))

@@ -20,7 +20,7 @@ from facenet.train.config import TrainConfig
 GALLERY_PEOPLE = 10
 
 
-def demo_config(out: str | Path, data: str | None = None, steps: int = 700, seed: int = 0) -> TrainConfig:
+def demo_config(out: str | Path, data: str | None = None, steps: int = 850, seed: int = 0) -> TrainConfig:
     """Settings measured to reach >= 95% held-out accuracy on synthetic faces within the demo's budget."""
     return TrainConfig(data=data, out=str(out), arch="nns", image_size=64, loss="triplet", miner="semihard",
                        identities_per_batch=16, faces_per_identity=8, steps=steps, optimizer="adam", lr=3e-3,
@@ -45,7 +45,7 @@ class DemoReport:
     seconds: float
 
 
-def run_demo(out: str | Path, data: str | None = None, steps: int = 700, seed: int = 0,
+def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: int = 0,
              install: bool = True, progress: bool = True, resume: bool = False) -> DemoReport:
     from facenet.embedder import default_model_path
     from facenet.evaluate.metrics import kfold_metrics

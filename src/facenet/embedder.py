@@ -63,16 +63,24 @@ class FaceEmbedder:
 
     def face_crop(self, image: ImageLike) -> np.ndarray:
         """The model-sized face crop of one image (the largest face when a detector is set)."""
-        return self._crop(load_image(image), _describe(image))
+        return self.find_faces(image)[0][0]
 
-    def _crop(self, pixels: np.ndarray, source: str) -> np.ndarray:
+    def find_faces(self, image: ImageLike, which: str = "largest", source: str | None = None
+                   ) -> tuple[list[np.ndarray], int]:
+        """Model-sized crops of the chosen face(s) — ``"largest"`` or ``"all"`` — and how many faces were seen.
+
+        Without a detector the image is taken as a face crop (one face). No face raises ``NoFaceError``.
+        """
+        source = source or _describe(image)
+        pixels = load_image(image)
         if self.detector is None:
-            return fit_to_input(pixels, self.info.input_size)
+            return [fit_to_input(pixels, self.info.input_size)], 1
         from facenet.align import extract_faces
 
         faces = extract_faces(pixels, self.detector, size=self.info.input_size, margin=self.margin,
-                              which="largest", source=source)
-        return faces[0].crop
+                              which="all", source=source)
+        chosen = faces if which == "all" else [max(faces, key=lambda face: face.detection.area)]
+        return [face.image for face in chosen], len(faces)
 
     def embed_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed ready model-sized crops (H,W,3 uint8); rows are unit float32 vectors."""
@@ -88,7 +96,7 @@ class FaceEmbedder:
         Images are decoded by a thread pool (Pillow releases the GIL), then cropped in order.
         """
         pixels = load_images(images)
-        crops = [self._crop(p, _describe(image)) for p, image in zip(pixels, images)]
+        crops = [self.find_faces(p, source=_describe(image))[0][0] for p, image in zip(pixels, images)]
         return self.embed_crops(crops, batch_size=batch_size)
 
 

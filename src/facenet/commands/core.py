@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,14 @@ from facenet.errors import BadImageError, FaceNetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"}
 EXIT_DIFFERENT = 1
+BATCH = 32
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options every command that embeds photos shares."""
-    parser.add_argument("--model", help="model file (default: the model `facenet demo` trained, or $FACENET_MODEL)")
+def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True) -> None:
+    """Options every command that embeds photos shares (``model_option=False``: the caller adds --model)."""
+    if model_option:
+        parser.add_argument("--model",
+                            help="model file (default: the model `facenet demo` trained, or $FACENET_MODEL)")
     parser.add_argument("--detector", default=None,
                         help="face detector for whole photos: mtcnn, yunet, dlib, center "
                              "(default: mtcnn when available)")
@@ -66,18 +70,13 @@ def run_embed(args: argparse.Namespace) -> int:
     paths = expand_image_paths(args.paths)
     embedder = embedder_from_args(args)
     rows, names = [], []
-    for path in tqdm(paths, desc="embedding", unit="img", disable=None):
-        if args.all_faces and embedder.detector is not None:
-            from facenet.align import extract_faces
-            from facenet.data.images import load_image
-
-            faces = extract_faces(load_image(path), embedder.detector, size=embedder.info.input_size,
-                                  margin=embedder.margin, which="all", source=str(path))
-            rows.append(embedder.embed_crops([face.crop for face in faces]))
-            names.extend(f"{path}#face{i}" for i in range(len(faces)))
-        else:
-            rows.append(embedder.embed([path]))
-            names.append(str(path))
+    for start in tqdm(range(0, len(paths), BATCH), desc="embedding", unit="batch", disable=None):
+        crops = []
+        for path in paths[start:start + BATCH]:
+            faces = photo_faces(embedder, path, "all" if args.all_faces else "largest")
+            crops.extend(faces)
+            names.extend([f"{path}#face{i}" for i in range(len(faces))] if args.all_faces else [str(path)])
+        rows.append(embedder.embed_crops(crops, batch_size=BATCH))
     matrix = np.concatenate(rows).astype(np.float32)
     if out.suffix == ".npy":
         atomic_write(out, lambda tmp: np.save(tmp.open("wb"), matrix))
@@ -96,11 +95,20 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def photo_faces(embedder, path, which: str = "largest") -> list[np.ndarray]:
+    """Face crops of one photo; says on stderr when several faces were found and which was used."""
+    crops, seen = embedder.find_faces(path, which=which)
+    if seen > 1 and which != "all":
+        print(f"{path}: {seen} faces found; using the largest (embed --all-faces embeds each)", file=sys.stderr)
+    return crops
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    from facenet.api import verify
+    from facenet.api import compare
 
     embedder = embedder_from_args(args)
-    result = verify(args.a, args.b, model=embedder, threshold=args.threshold)
+    ea, eb = embedder.embed_crops([photo_faces(embedder, args.a)[0], photo_faces(embedder, args.b)[0]])
+    result = compare(ea, eb, embedder.threshold if args.threshold is None else args.threshold)
     print(f"distance  {result.distance:.4f}  (squared L2)")
     print(f"threshold {result.threshold:.4f}")
     print("SAME" if result.same else "DIFFERENT")

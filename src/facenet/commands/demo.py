@@ -23,7 +23,7 @@ def register(sub) -> None:
                     "The model becomes the default for `facenet embed/verify/identify`.")
     p.add_argument("--out", default="facenet-demo", help="folder for the run, report and plots (default: facenet-demo)")
     p.add_argument("--data", help="a folder with one sub-folder of face crops per identity instead of synthetic faces")
-    p.add_argument("--steps", type=int, default=700, help="training steps (default: 700)")
+    p.add_argument("--steps", type=int, default=850, help="training steps (default: 850)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run in --out")
     p.add_argument("--no-install", action="store_true", help="do not make the trained model the default model")

@@ -9,6 +9,8 @@ DLIB_MODELS = ("dlib", "dlib-raw")
 
 
 def register(subparsers) -> None:
+    from facenet.commands.core import add_model_options
+
     p = subparsers.add_parser(
         "evaluate", help="k-fold verification accuracy, VAL@FAR, AUC and EER on a pairs file (e.g. LFW)",
         description="Embed every image named in a pairs file once, then run the LFW View 2 protocol: "
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
                    help="re-split the pairs into this many folds (needed for header-less files)")
     p.add_argument("--far", type=float, default=1e-3, help="target FAR for VAL (default: 1e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default: 32)")
-    p.add_argument("--device", default="cpu", help="torch device for model files (default: cpu)")
+    add_model_options(p, model_option=False)
     p.add_argument("--cache", type=Path,
                    help="keep embeddings in this .npz file: an interrupted run resumes, a re-run embeds nothing")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -62,10 +64,10 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _embedder(args: argparse.Namespace):
+    from facenet.commands.core import embedder_from_args
+
     if args.model in DLIB_MODELS:
         from facenet.baselines.dlib_model import DlibEmbedder
 
         return DlibEmbedder(normalize=args.model == "dlib")
-    from facenet.embedder import load_embedder
-
-    return load_embedder(args.model, device=args.device)
+    return embedder_from_args(args)

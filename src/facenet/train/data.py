@@ -38,18 +38,26 @@ class FolderSource:
 
 
 class SyntheticSource:
-    """Identities ``first .. first + count - 1`` of the synthetic generator, ``per_identity`` images each."""
+    """Identities ``first .. first + count - 1`` of the synthetic generator, ``per_identity`` images each.
+
+    Each image is rendered once and kept (about 12 KB at 64 px): rendering is deterministic, and
+    drawing every face anew at every step would cost as much CPU as training on it.
+    """
 
     def __init__(self, faces, first: int, count: int, per_identity: int):
         self.faces, self.first, self.per_identity = faces, first, per_identity
         self.labels = np.repeat(np.arange(count, dtype=np.int64), per_identity)
         self.num_identities = count
+        self._rendered: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, i: int) -> np.ndarray:
-        return self.faces.render(self.first + int(i) // self.per_identity, int(i) % self.per_identity)
+        i = int(i)
+        if i not in self._rendered:
+            self._rendered[i] = self.faces.render(self.first + i // self.per_identity, i % self.per_identity)
+        return self._rendered[i]
 
 
 def split_identities(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
