@@ -98,8 +98,10 @@ def test_starting_over_an_existing_run_is_refused(tmp_path):
 
 
 def test_two_processes_follow_the_single_process_trajectory(tmp_path):
-    # SGD: its update is linear in the gradient, so float noise is not amplified as Adam's is near g = 0
-    settings = dict(steps=4, eval_every=100, holdout_identities=0.0, optimizer="sgd", lr=0.05)
+    # SGD: its update is linear in the gradient, so float noise is not amplified as Adam's is near g = 0.
+    # Batch-hard mining: semihard's pick jumps where d(a,n) = d(a,p), so there float noise from the
+    # ranks' different summation order can flip one choice and the trajectories part by ~1e-4.
+    settings = dict(steps=4, eval_every=100, holdout_identities=0.0, optimizer="sgd", lr=0.01, miner="hard")
     train(tiny_config(tmp_path / "single", **settings), progress=False)
     (tmp_path / "config.json").write_text(tiny_config(tmp_path / "ddp", **settings).to_json())
     script = tmp_path / "ddp.py"
