@@ -155,3 +155,62 @@ def test_excluded_identities_never_reach_training(tmp_path):
     train_source, held = build_sources(config)
     names = {Path(train_source.dataset.samples[i][0]).parent.name for i in train_source.indices}
     assert names == {"ann", "dan"} and held is None
+
+
+def test_offline_mining_learns_and_resumes_exactly(tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    settings = dict(offline_every=3, offline_pool_batches=4, steps=7, eval_every=7)
+    reference = train(tiny_config(tmp_path / "reference", **settings), progress=False)
+    assert reference.final_accuracy is not None
+    assert all(r["num_triplets"] > 0 for r in _rows(tmp_path / "reference"))
+
+    calls = {"n": 0}
+    real = loop._is_collapsed
+
+    def crash_at_step_5(prelogits):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # a run stopped mid-way between two offline mining rounds
+        return real(prelogits)
+
+    monkeypatch.setattr(loop, "_is_collapsed", crash_at_step_5)
+    interrupted = tiny_config(tmp_path / "interrupted", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, progress=False)
+    monkeypatch.setattr(loop, "_is_collapsed", real)
+    train(interrupted, resume=True, progress=False)
+    assert losses(tmp_path / "interrupted") == losses(tmp_path / "reference")
+
+
+def test_offline_triplets_come_from_the_pool_and_follow_the_miner(tmp_path):
+    from facenet.losses.miners import pairwise_sq_dists
+    from facenet.models import create_model
+    from facenet.train.augment import Augmentation
+    from facenet.train.data import StepBatches, build_sources
+    from facenet.train.loop import embed_source
+    from facenet.train.offline import OfflineTriplets
+    from facenet.data.sampler import PKSampler
+
+    config = tiny_config(tmp_path / "run", offline_every=2, offline_pool_batches=3, miner="hard")
+    source, _ = build_sources(config)
+    batches = StepBatches(source, PKSampler(source.labels, 4, 3, seed=3), Augmentation(32), config.seed)
+    model = create_model("nns", input_size=32)
+    offline = OfflineTriplets(batches, config, torch.device("cpu"))
+    images, labels, (a, p, n) = offline.batch(0, model)
+    pool = np.unique(np.concatenate([batches.indices(i) for i in range(3)]))
+    assert set(offline.triplets.reshape(-1).tolist()) <= set(pool.tolist())
+    assert len(offline.triplets) == len(pool)  # batch-hard: one triplet per anchor
+    assert torch.all(labels[a] == labels[p]) and torch.all(labels[a] != labels[n])
+    emb = torch.from_numpy(embed_source(model, source, pool, config, torch.device("cpu")))
+    d = pairwise_sq_dists(emb)
+    row = {int(i): r for r, i in enumerate(pool)}
+    for anchor, positive, negative in offline.triplets.tolist():
+        same = source.labels[pool] == source.labels[anchor]
+        assert d[row[anchor], row[negative]] == pytest.approx(d[row[anchor]][torch.from_numpy(~same)].min().item())
+    assert offline.batch(1, model)[0].shape[0] > 0 and offline.mined_at == 0
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as fh:
+        return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(fh) if r["loss"]]

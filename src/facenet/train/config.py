@@ -25,6 +25,8 @@ class TrainConfig:
     loss: str = "triplet"                # triplet | softmax | both
     miner: str = "semihard"
     margin: float = 0.2
+    offline_every: int = 0               # > 0: mine a pool every N steps with the current weights (paper's option 1)
+    offline_pool_batches: int = 8        # the offline pool: this many P x K batches
     softmax_weight: float = 1.0
     centre_loss_weight: float = 0.0
     identities_per_batch: int = 16       # P
@@ -66,6 +68,8 @@ class TrainConfig:
             (self.steps >= 1, "steps must be >= 1"),
             (self.lr > 0, "learning rate must be positive"),
             (0 <= self.holdout_identities < 1, "holdout fraction must be in [0, 1)"),
+            (self.offline_every == 0 or self.loss == "triplet", "offline mining trains the triplet loss only"),
+            (self.offline_every >= 0 and self.offline_pool_batches >= 1, "offline settings must be positive"),
         ]
         for ok, message in checks:
             if not ok:

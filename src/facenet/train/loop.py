@@ -23,7 +23,7 @@ from facenet.data.images import standardise
 from facenet.data.sampler import PKSampler
 from facenet.errors import TrainingError
 from facenet.fileio import atomic_write
-from facenet.losses import FaceLoss
+from facenet.losses import FaceLoss, triplet_loss
 from facenet.models import EmbeddingModel, create_model, l2_normalize
 from facenet.models.modelfile import ModelInfo, model_info_for, save_model
 from facenet.seeding import seed_everything
@@ -32,6 +32,7 @@ from facenet.train.augment import Augmentation
 from facenet.train.checkpoint import load_checkpoint, save_checkpoint
 from facenet.train.config import TrainConfig
 from facenet.train.data import StepBatches, build_sources, held_out_pairs
+from facenet.train.offline import OfflineTriplets
 
 METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "active_fraction",
                   "num_triplets", "d_ap", "d_an", "lr", "images_per_s", "val_accuracy", "val_threshold"]
@@ -104,9 +105,15 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     augment = Augmentation(config.image_size, crop=config.augment_crop, flip=config.augment_flip,
                            colour=config.augment_colour, occlusion=config.augment_occlusion)
     batches = StepBatches(train_source, sampler, augment, config.seed)
-    loader = DataLoader(batches, batch_size=None, sampler=range(start, config.steps),
-                        num_workers=config.workers, persistent_workers=False,
-                        prefetch_factor=2 if config.workers else None)
+    offline = None
+    if config.offline_every:
+        if ctx.distributed:
+            raise TrainingError("offline mining runs in one process; drop --offline-every under torchrun")
+        offline = OfflineTriplets(batches, config, ctx.device, checkpoint.get("offline") if checkpoint else None)
+    else:
+        loader = iter(DataLoader(batches, batch_size=None, sampler=range(start, config.steps),
+                                 num_workers=config.workers, persistent_workers=False,
+                                 prefetch_factor=2 if config.workers else None))
     metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=start, enabled=ctx.is_main)
     pairs = held_out_pairs(held_source.labels, 6000, config.seed) if held_source is not None else None
 
@@ -124,25 +131,37 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             metrics.write({"step": 0, "val_accuracy": checked[0], "val_threshold": checked[1]})
 
     bar = _progress(progress and ctx.is_main, start, config.steps)
-    per_rank = config.batch_size // ctx.world_size
     collapsed = 0
     last_check = None
     tick = time.perf_counter()
-    for step, (images, labels) in zip(range(start, config.steps), loader):
+    for step in range(start, config.steps):
+        if offline is None:
+            images, labels = next(loader)
+        else:
+            images, labels, triplets = offline.batch(step, model)
         model.train()
         loss_fn.train()
         generator.manual_seed(config.seed * 1_000_003 + step)
-        local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device)
-        x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
-        prelogits = distributed.gather_with_grad(model.prelogits(x), ctx)
-        loss, stats = loss_fn(prelogits, labels.to(ctx.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(model, ctx)
-        optimizer.step()
+        if offline is not None and not len(triplets[0]):  # the pool had no informative triplet left
+            loss, stats, prelogits = torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
+        else:
+            per_rank = len(images) // ctx.world_size
+            local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device)
+            x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
+            prelogits = distributed.gather_with_grad(model.prelogits(x), ctx)
+            if offline is None:
+                loss, stats = loss_fn(prelogits, labels.to(ctx.device))
+            else:
+                loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
+                                            margin=config.margin)
+                stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.average_gradients(model, ctx)
+            optimizer.step()
         schedule.step()
 
-        collapsed = collapsed + 1 if _is_collapsed(prelogits) else 0
+        collapsed = collapsed + 1 if prelogits is not None and _is_collapsed(prelogits) else 0
         if collapsed >= config.collapse_patience:
             raise TrainingError(f"embeddings collapsed at step {step + 1}: every face maps to the same point. "
                                 "Lower the learning rate (--lr), use the semihard miner, or add softmax "
@@ -171,7 +190,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             save_checkpoint(run_dir, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "step": done,
-                "history": history})
+                "history": history, **({"offline": offline.state_dict()} if offline is not None else {})})
     if bar is not None:
         bar.close()
 
