@@ -275,10 +275,11 @@ def _save_final(model, config: TrainConfig, source, path: Path, threshold, accur
 
 
 class _MetricsLog:
-    """metrics.csv, cut back to the checkpoint on resume so it matches an uninterrupted run."""
+    """metrics.csv (cut back to the checkpoint on resume, so it matches an uninterrupted run),
+    mirrored to TensorBoard event files under ``tensorboard/`` when the tensorboard package is installed."""
 
     def __init__(self, path: Path, keep_until: int, enabled: bool):
-        self.path, self.enabled = path, enabled
+        self.path, self.enabled, self.board = path, enabled, None
         if not enabled:
             return
         rows = []
@@ -290,6 +291,11 @@ class _MetricsLog:
             writer = csv.DictWriter(fh, METRICS_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.board = SummaryWriter(str(path.parent / "tensorboard"), purge_step=keep_until + 1 if keep_until else None)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -297,6 +303,11 @@ class _MetricsLog:
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, METRICS_FIELDS, extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.board.add_scalar(key, value, row["step"])
+            self.board.flush()
 
 
 def _progress(enabled: bool, start: int, total: int):
