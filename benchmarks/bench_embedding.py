@@ -13,12 +13,9 @@ int8: from our fp32 embeddings) on face-like inputs. Throughput is the best of r
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
-import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -30,37 +27,9 @@ from facenet.data.synthetic import SyntheticFaces
 from facenet.export import onnx_bytes
 from facenet.models import create_model
 from facenet.models.modelfile import model_info_for
+from facenet.peers import peer_inception_resnet_v1
 
 SMALL = {"mobilefacenet": 160, "nns": 64}
-
-
-def load_peer_module():
-    """facenet-pytorch's inception_resnet_v1.py from the installed wheel, without its package
-    (which imports torchvision) and with its download helper's `requests` stubbed (never used)."""
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "models" / "inception_resnet_v1.py"
-    stubs = {name: types.ModuleType(name) for name in (
-        "requests", "requests.adapters", "facenet_pytorch", "facenet_pytorch.models",
-        "facenet_pytorch.models.utils", "facenet_pytorch.models.utils.download")}
-    for module in stubs.values():
-        module.__path__ = []
-    stubs["requests.adapters"].HTTPAdapter = object
-    stubs["facenet_pytorch.models.utils.download"].download_url_to_file = None
-    saved = {name: sys.modules.get(name) for name in stubs}
-    sys.modules.update(stubs)
-    try:
-        module_spec = importlib.util.spec_from_file_location("facenet_pytorch.models.inception_resnet_v1", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
-    return module
 
 
 def realistic(model):
@@ -124,7 +93,7 @@ def main(argv=None) -> int:
 
     ours = realistic(create_model("inception_resnet_v1", embedding_size=512))
     info = model_info_for(ours)
-    peer_module = load_peer_module()
+    peer_module = peer_inception_resnet_v1()
     rows = []  # (network, backend, {batch: img/s}, max abs diff, note)
     peer_speed = {}
     if peer_module is not None:

@@ -5,9 +5,6 @@ the test stubs those two with a brute-force IoU NMS written here, imports the re
 module straight from the installed wheel, and compares boxes, scores and landmarks.
 """
 
-import importlib.util
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from facenet.align import get_detector
 from facenet.align.mtcnn import find_weights, nms
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError
+from facenet.peers import load_peer_module
 
 LFW_SAMPLES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001.jpg",
                "Serena_Williams/Serena_Williams_0001.jpg", "George_W_Bush/George_W_Bush_0010.jpg"]
@@ -41,27 +39,11 @@ def _brute_force_batched_nms(boxes, scores, idxs, iou_threshold):
 
 @pytest.fixture(scope="module")
 def reference_detect_face():
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None:
+    module = load_peer_module("models/utils/detect_face.py", {
+        "torchvision": {}, "torchvision.transforms": {}, "torchvision.transforms.functional": {},
+        "torchvision.ops": {}, "torchvision.ops.boxes": {"batched_nms": _brute_force_batched_nms}})
+    if module is None:
         pytest.skip("facenet-pytorch not installed")
-    stubs = {name: types.ModuleType(name) for name in
-             ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-              "torchvision.ops", "torchvision.ops.boxes")}
-    stubs["torchvision.ops.boxes"].batched_nms = _brute_force_batched_nms
-    stubs["torchvision.transforms"].functional = stubs["torchvision.transforms.functional"]
-    saved = {k: sys.modules.get(k) for k in stubs}
-    sys.modules.update(stubs)
-    try:
-        path = f"{spec.submodule_search_locations[0]}/models/utils/detect_face.py"
-        mod_spec = importlib.util.spec_from_file_location("_reference_detect_face", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
     return module.detect_face
 
 

@@ -1,8 +1,5 @@
 """Backbones, registry, published-weight conversion and complexity figures."""
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from facenet.models import create_model, list_models
 from facenet.models.complexity import count_flops, count_parameters, describe_models
 from facenet.models.convert import convert_published_weights, load_published_weights
 from facenet.models.modelfile import load_model_file
+from facenet.peers import peer_inception_resnet_v1
 
 ARCHS = list_models()
 
@@ -24,32 +22,11 @@ def crop_size(model) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference_module(tmp_path_factory):
-    """facenet-pytorch's inception_resnet_v1.py, loaded from its file: the package itself imports
-    torchvision (unavailable), and the module's download helpers need `requests` — stubbed, never used."""
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None:
+def reference_module():
+    """facenet-pytorch's inception_resnet_v1.py, loaded from its file (see facenet.peers)."""
+    module = peer_inception_resnet_v1()
+    if module is None:
         pytest.skip("facenet-pytorch not installed")
-    path = Path(spec.submodule_search_locations[0]) / "models" / "inception_resnet_v1.py"
-    stubs = {name: types.ModuleType(name) for name in (
-        "requests", "requests.adapters", "facenet_pytorch", "facenet_pytorch.models",
-        "facenet_pytorch.models.utils", "facenet_pytorch.models.utils.download")}
-    for module in stubs.values():
-        module.__path__ = []
-    stubs["requests.adapters"].HTTPAdapter = object
-    stubs["facenet_pytorch.models.utils.download"].download_url_to_file = None
-    saved = {name: sys.modules.get(name) for name in stubs}
-    sys.modules.update(stubs)
-    try:
-        module_spec = importlib.util.spec_from_file_location("facenet_pytorch.models.inception_resnet_v1", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
     return module
 
 

@@ -7,14 +7,10 @@ points), the nose tip (30) and the mouth corners (48, 54). HOG finds near-fronta
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from facenet.align.base import Detection, check_image, sort_by_score
-from facenet.errors import FaceNetError
-
-INSTALL_HINT = "pip install dlib-bin face_recognition_models 'setuptools<81'  (or the project's [dlib] extra)"
+from facenet.baselines.dlib_model import load_dlib
 
 
 class DlibDetector:
@@ -23,14 +19,7 @@ class DlibDetector:
     name = "dlib"
 
     def __init__(self, upsample: int = 1):
-        try:
-            import dlib
-            with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
-                warnings.simplefilter("ignore")
-                import face_recognition_models
-        except ImportError as exc:
-            raise FaceNetError(f"the dlib detector needs dlib and face_recognition_models ({exc}); "
-                               f"install them with `{INSTALL_HINT}`") from None
+        dlib, face_recognition_models = load_dlib()
         self.upsample = upsample
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())

