@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW folder with pairs.txt and images/")
     ap.add_argument("--pairs-per-fold", type=int, default=30, help="pairs per fold (600 = all 6,000; default 30)")
+    ap.add_argument("--cache", type=Path,
+                    help="embeddings cache of `facenet evaluate --model dlib --cache FILE` (skips embedding)")
     args = ap.parse_args(argv)
     if not (args.lfw / "pairs.txt").is_file():
         print(f"skipped: LFW not found at {args.lfw}")
@@ -49,7 +51,12 @@ def main(argv=None) -> int:
     images = sorted({p for pair in pairs for p in (pair.path1, pair.path2)})
     row = {path: i for i, path in enumerate(images)}
     start = time.perf_counter()
-    embeddings = DlibEmbedder(normalize=True).embed(images)
+    if args.cache:
+        with np.load(args.cache, allow_pickle=False) as cache:
+            cached = dict(zip(cache["paths"].tolist(), cache["embeddings"]))
+        embeddings = np.stack([cached[str(path)] for path in images])
+    else:
+        embeddings = DlibEmbedder(normalize=True).embed(images)
     took = time.perf_counter() - start
     i1 = np.array([row[p.path1] for p in pairs])
     i2 = np.array([row[p.path2] for p in pairs])
