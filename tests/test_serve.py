@@ -378,4 +378,7 @@ def test_page_docs_and_headers(client):
             "/healthz", "/readyz"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/people"]["post"]["requestBody"]["content"]
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "https://" not in docs.text  # Swagger UI served locally: works offline
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert asset in docs.text and client.get(asset).status_code == 200

@@ -27,6 +27,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
@@ -34,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from facenet.data.images import DEFAULT_MAX_PIXELS, fit_to_input, load_image
 from facenet.embedder import FaceEmbedder, squared_distance
@@ -366,7 +368,7 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
             await engine.stop()
 
     app = FastAPI(title="facenet", summary="Face verification, identification and clustering (FaceNet embeddings)",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
@@ -469,7 +471,15 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
     async def page():
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        # Swagger UI from the swagger-ui-bundle wheel: /docs works offline, like the rest of the service
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="facenet API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="data:,")
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
 
 

@@ -136,7 +136,7 @@ async def _send_problem(send, status: int, detail: str) -> None:
 
 class SecurityHeadersMiddleware:
     """``nosniff``, no framing, no referrer on every answer; the strict CSP on everything but /docs
-    (Swagger UI loads its assets from a CDN, so /docs needs a network the page itself never does)."""
+    (Swagger UI's page starts itself with an inline script, which the strict policy forbids)."""
 
     def __init__(self, app):
         self.app = app
