@@ -72,7 +72,9 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
              title="Verification on held-out identities")
     plot_distance_histogram(metrics.distances, pairs.same, info.threshold, out / "distances.png",
                             title="Held-out pair distances (squared L2)")
-    ident_acc, rejection = _gallery_check(out / "gallery.db", info, embeddings, held.labels)
+    from facenet.embedder import FaceEmbedder
+
+    ident_acc, rejection = _gallery_check(out / "gallery.db", FaceEmbedder(model, info), embeddings, held.labels)
 
     if install:
         target = default_model_path()
@@ -88,23 +90,24 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     return report
 
 
-def _gallery_check(path: Path, info, embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Enrol one face of some held-out people; identify their other faces and reject strangers."""
     from facenet.gallery.store import Gallery
 
     path.unlink(missing_ok=True)
     people = np.unique(labels)
     known, strangers = people[:GALLERY_PEOPLE], people[GALLERY_PEOPLE:2 * GALLERY_PEOPLE]
-    with Gallery.open(path, model_id=info.model_id or info.arch, embedding_size=info.embedding_size) as gallery:
+    # the same model id as the CLI's, so `facenet identify --gallery <out>/gallery.db` can use this gallery
+    with Gallery.open(path, model_id=embedder.name, embedding_size=embedder.embedding_size) as gallery:
         queries, truth = [], []
         for person in known:
             faces = np.flatnonzero(labels == person)
             gallery.enroll(f"person_{person}", embeddings[faces[:1]], [f"held-out face {faces[0]}"])
             queries.extend(faces[1:])
             truth.extend([f"person_{person}"] * (len(faces) - 1))
-        matches = gallery.identify(embeddings[queries], k=1, threshold=info.threshold)
+        matches = gallery.identify(embeddings[queries], k=1, threshold=embedder.threshold)
         hits = [bool(m) and m[0].name == name for m, name in zip(matches, truth)]
-        unknown = gallery.identify(embeddings[np.isin(labels, strangers)], k=1, threshold=info.threshold)
+        unknown = gallery.identify(embeddings[np.isin(labels, strangers)], k=1, threshold=embedder.threshold)
     return float(np.mean(hits)), float(np.mean([not m for m in unknown]))
 
 
