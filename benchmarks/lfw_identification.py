@@ -32,7 +32,7 @@ import numpy as np
 from facenet.cluster import cluster_embeddings, clustering_scores
 from facenet.commands.core import add_model_options, embedder_from_args
 from facenet.errors import DataError, FaceNetError
-from facenet.evaluate.protocol import _embed_all
+from facenet.evaluate.protocol import embed_paths
 from facenet.fileio import atomic_write_bytes
 from facenet.gallery.store import Gallery, Record
 
@@ -112,7 +112,7 @@ def run(args) -> int:
     known, unknown = split_people(args.images, args.ext, args.min_images, args.limit_people)
     paths = [p for ps in known.values() for p in ps] + unknown
     start = time.perf_counter()
-    emb, failed = _embed_all(embedder, paths, "none", args.batch_size, True, args.cache)
+    emb, failed = embed_paths(embedder, paths, "none", args.batch_size, True, args.cache)
     embed_s = time.perf_counter() - start
     if failed:
         print(f"{len(failed)} images could not be embedded and are left out", file=sys.stderr)

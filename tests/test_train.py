@@ -214,3 +214,10 @@ def test_offline_triplets_come_from_the_pool_and_follow_the_miner(tmp_path):
 def _rows(run_dir):
     with open(run_dir / "metrics.csv") as fh:
         return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(fh) if r["loss"]]
+
+
+@pytest.mark.parametrize("bad", [dict(eval_every=0), dict(checkpoint_every=0), dict(identities_per_batch=1),
+                                 dict(offline_every=2, loss="both"), dict(optimizer="rmsprop")])
+def test_bad_configuration_is_a_clear_error(tmp_path, bad):
+    with pytest.raises(TrainingError, match="invalid training configuration"):
+        train(tiny_config(tmp_path / "run", **bad), progress=False)

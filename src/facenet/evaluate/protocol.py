@@ -105,7 +105,7 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
     paths = sorted({p for pair in pair_set.pairs for p in (pair.path1, pair.path2)})
 
     start = time.perf_counter()
-    embeddings, failed = _embed_all(embedder, paths, flip, batch_size, progress, cache)
+    embeddings, failed = embed_paths(embedder, paths, flip, batch_size, progress, cache)
     embed_seconds = time.perf_counter() - start
 
     scored = [p for p in pair_set.pairs if p.path1 in embeddings and p.path2 in embeddings]
@@ -132,8 +132,11 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
                  "metrics_seconds": round(metrics_seconds, 3)})
 
 
-def _embed_all(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool, cache):
-    """Embed every image once -> ({path: embedding}, [paths the embedder failed on])."""
+def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool, cache):
+    """Embed every image once -> ({path: embedding}, [paths the embedder failed on]).
+
+    ``cache`` (an .npz path or None) keeps finished embeddings, so an interrupted run resumes.
+    """
     key = f"{embedder.name} flip={flip}"
     embeddings = _load_cache(cache, key) if cache else {}
     todo = [p for p in paths if p not in embeddings]

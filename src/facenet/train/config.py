@@ -66,6 +66,8 @@ class TrainConfig:
             (self.identities_per_batch >= 2, "need at least 2 identities per batch (negatives)"),
             (self.faces_per_identity >= 2 or self.loss == "softmax", "triplets need >= 2 faces per identity"),
             (self.steps >= 1, "steps must be >= 1"),
+            (min(self.eval_every, self.checkpoint_every, self.log_every) >= 1,
+             "eval, checkpoint and log intervals must be >= 1 step"),
             (self.lr > 0, "learning rate must be positive"),
             (0 <= self.holdout_identities < 1, "holdout fraction must be in [0, 1)"),
             (self.offline_every == 0 or self.loss == "triplet", "offline mining trains the triplet loss only"),
