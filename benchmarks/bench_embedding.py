@@ -13,8 +13,6 @@ int8: from our fp32 embeddings) on face-like inputs. Throughput is the best of r
 from __future__ import annotations
 
 import argparse
-import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import torch
 from facenet.backends import OnnxBackend, TorchBackend
 from facenet.data.images import standardise, to_batch
 from facenet.data.synthetic import SyntheticFaces
-from facenet.export import onnx_bytes
+from facenet.export import onnx_bytes, quantize_int8
 from facenet.models import create_model
 from facenet.models.modelfile import model_info_for
 from facenet.peers import peer_inception_resnet_v1
@@ -57,25 +55,6 @@ def throughput(run, x: torch.Tensor, seconds: float) -> float:
         took = time.perf_counter() - start
         best, spent, calls = min(best, took), spent + took, calls + 1
     return len(x) / best
-
-
-def int8_onnx(data: bytes, calibration: torch.Tensor, workdir: Path) -> Path:
-    """Static int8 quantisation (QDQ, per-channel weights) calibrated on synthetic faces."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"images": calibration[i:i + 8].numpy()} for i in range(0, len(calibration), 8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    src, dst = workdir / "fp32.onnx", workdir / "int8.onnx"
-    src.write_bytes(data)
-    logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice goes to the root logger
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return dst
 
 
 def main(argv=None) -> int:
@@ -118,8 +97,9 @@ def main(argv=None) -> int:
     candidates = [("torch eager", TorchBackend(ours)), ("torch channels_last", TorchBackend(_copy(ours), channels_last=True)),
                   ("onnxruntime fp32", OnnxBackend(data))]
     if not args.no_int8:
-        with tempfile.TemporaryDirectory() as tmp:
-            candidates.append(("onnxruntime int8", OnnxBackend(int8_onnx(data, faces(32, 160, 3), Path(tmp)))))
+        people = SyntheticFaces(32, seed=3, size=160)
+        calibration = [people.render(i, 0) for i in range(32)]
+        candidates.append(("onnxruntime int8", OnnxBackend(quantize_int8(data, info, calibration))))
     if args.compile:
         candidates.append(("torch.compile", TorchBackend(_copy(ours), compile=True)))
     for label, backend in candidates:

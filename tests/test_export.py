@@ -109,3 +109,42 @@ def test_corrupt_or_foreign_onnx_is_a_model_file_error(nns_file, tmp_path, capsy
     Image.fromarray(crops(1, 32)[0]).save(photo)
     assert cli_main(["embed", str(photo), "--model", str(bare), "--no-detect", "--out", str(tmp_path / "e.npy")]) == 2
     assert "without facenet metadata" in capsys.readouterr().err
+
+
+def test_int8_export_is_smaller_close_to_fp32_and_self_describing(nns_file, tmp_path, capsys):
+    from PIL import Image
+
+    path, model, info = nns_file
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i, face in enumerate(crops(40, 32, seed=2)):
+        Image.fromarray(face).save(folder / f"{i}.png")
+    out = tmp_path / "nns.int8.onnx"
+    assert cli_main(["export", str(path), "--int8", "--calibration", str(folder), "--calibration-images", "20",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "largest change of a squared-L2 distance" in printed
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    int8 = load_embedder(out)
+    assert int8.info == info and int8.threshold == pytest.approx(0.93)
+    fp32_size = len(onnx_bytes(model, info))
+    assert out.stat().st_size < fp32_size / 2  # int8 weights
+    faces = crops(8, 32, seed=9)
+    e8 = int8.embed_crops(faces)
+    e32 = FaceEmbedder(model, info).embed_crops(faces)
+    assert np.allclose(np.linalg.norm(e8, axis=1), 1.0, atol=1e-3)
+    d8 = ((e8[:, None] - e8[None]) ** 2).sum(-1)
+    d32 = ((e32[:, None] - e32[None]) ** 2).sum(-1)
+    assert np.abs(d8 - d32).max() < 0.2  # quantisation noise, not a different model
+    assert np.corrcoef(d8.ravel(), d32.ravel())[0, 1] > 0.95
+
+
+def test_int8_calibration_needs_enough_crops(nns_file, tmp_path, capsys):
+    path, _, _ = nns_file
+    empty = tmp_path / "few"
+    empty.mkdir()
+    from PIL import Image
+
+    Image.fromarray(crops(1, 32)[0]).save(empty / "a.png")
+    assert cli_main(["export", str(path), "--int8", "--calibration", str(empty)]) == 2
+    assert "at least 16" in capsys.readouterr().err
