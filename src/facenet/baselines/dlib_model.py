@@ -48,7 +48,9 @@ class DlibEmbedder:
 
     embedding_size = 128
 
-    def __init__(self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1):
+    def __init__(self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1, detector=None):
+        """``detector``: a project detector (e.g. ``get_detector("mtcnn")``) whose box replaces dlib's
+        HOG box; dlib's 5-point landmarks and chip alignment then run inside it."""
         dlib, models = load_dlib()
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
@@ -57,7 +59,8 @@ class DlibEmbedder:
         self.normalize = normalize
         self.num_jitters = num_jitters
         self.upsample = upsample
-        self.name = "dlib_resnet_v1" if normalize else "dlib_resnet_v1_raw"
+        self.detector = detector
+        self.name = ("dlib_resnet_v1" if normalize else "dlib_resnet_v1_raw") + (f"+{detector.name}" if detector else "")
         # Raw: dlib's documented 0.6 Euclidean rule, squared. Normalised: the mean of the ten
         # per-fold best thresholds measured on LFW View 2 (0.1848; `facenet evaluate --model dlib`).
         self.threshold = 0.36 if not normalize else 0.185
@@ -78,11 +81,23 @@ class DlibEmbedder:
         return np.asarray(self._encoder.compute_face_descriptor(rgb, shape, self.num_jitters), dtype=np.float32)
 
     def _face_box(self, rgb: np.ndarray):
-        h, w = rgb.shape[:2]
-        cx, cy = w / 2, h / 2
-        boxes = self._detector(rgb, self.upsample)
-        if len(boxes):
-            return min(boxes, key=lambda b: (b.center().x - cx) ** 2 + (b.center().y - cy) ** 2)
+        box = self._detected_box(rgb)
+        if box is not None:
+            return box
         self.fallbacks += 1
+        h, w = rgb.shape[:2]
         half = FALLBACK_BOX_FRACTION * min(h, w) / 2
-        return self._dlib.rectangle(int(cx - half), int(cy - half), int(cx + half), int(cy + half))
+        return self._dlib.rectangle(int(w / 2 - half), int(h / 2 - half), int(w / 2 + half), int(h / 2 + half))
+
+    def _detected_box(self, rgb: np.ndarray):
+        """The face nearest the centre, from dlib's HOG or the configured detector; None if there is none."""
+        if self.detector is not None:
+            from facenet.align import select_faces
+
+            found = select_faces(self.detector.detect(rgb), rgb.shape, "central")
+            return self._dlib.rectangle(*(int(round(v)) for v in found[0].box)) if found else None
+        cx, cy = rgb.shape[1] / 2, rgb.shape[0] / 2
+        boxes = self._detector(rgb, self.upsample)
+        if not len(boxes):
+            return None
+        return min(boxes, key=lambda b: (b.center().x - cx) ** 2 + (b.center().y - cy) ** 2)

@@ -69,5 +69,10 @@ def _embedder(args: argparse.Namespace):
     if args.model in DLIB_MODELS:
         from facenet.baselines.dlib_model import DlibEmbedder
 
-        return DlibEmbedder(normalize=args.model == "dlib")
+        detector = None
+        if args.detector:  # dlib's descriptor and 5-point chip inside another detector's box
+            from facenet.align import get_detector
+
+            detector = get_detector(args.detector)
+        return DlibEmbedder(normalize=args.model == "dlib", detector=detector)
     return embedder_from_args(args)
