@@ -20,3 +20,14 @@ def lfw_dir(shared_data) -> Path:
     if not (path / "images").is_dir():
         pytest.skip(f"LFW not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """An untrained nns model file at 48 px: fast, and enough wherever the weights' quality does not matter."""
+    from facenet.models import create_model
+    from facenet.models.modelfile import save_model
+
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(create_model("nns", input_size=48), path)
+    return path

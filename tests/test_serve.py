@@ -21,8 +21,7 @@ from facenet.cluster import cluster_embeddings  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.embedder import FaceEmbedder, squared_distance  # noqa: E402
 from facenet.gallery import Gallery  # noqa: E402
-from facenet.models import create_model  # noqa: E402
-from facenet.models.modelfile import load_model_file, save_model  # noqa: E402
+from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import Limits, create_app  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
@@ -51,13 +50,6 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(create_model("nns", input_size=48), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ httpx = pytest.importorskip("httpx")
 
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.gallery import Gallery  # noqa: E402
-from facenet.models import create_model  # noqa: E402
-from facenet.models.modelfile import save_model  # noqa: E402
 
 KEY = "live-test-key-0123456789"
 FACES = SyntheticFaces(8, seed=5, size=64)
@@ -83,13 +81,6 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(create_model("nns", input_size=48), path)
-    return path
 
 
 @pytest.fixture(scope="module")
