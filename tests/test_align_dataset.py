@@ -1,7 +1,6 @@
 """``facenet align``: whole-dataset alignment, report, resume, workers, and source files left untouched."""
 
 import json
-import os
 import shutil
 
 import numpy as np

@@ -8,7 +8,6 @@ PyTorch port of the FaceNet models so their state dicts load unchanged.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
