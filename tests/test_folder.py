@@ -50,28 +50,6 @@ def test_min_images_drops_small_identities(tmp_path):
         FolderDataset(tmp_path, min_images=4)
 
 
-def test_split_identities_is_disjoint_complete_and_seeded(tmp_path):
-    ds = FolderDataset(make_tree(tmp_path, {f"p{i:02d}": 1 + i % 3 for i in range(10)}))
-    train, test = ds.split_identities(0.7, seed=1)
-    assert len(train.classes) == 7 and len(test.classes) == 3
-    assert not set(train.classes) & set(test.classes)
-    assert sorted(train.classes + test.classes) == ds.classes
-    assert len(train) + len(test) == len(ds)
-    for part in (train, test):
-        assert set(part.labels) == set(range(len(part.classes)))
-        for path, label in part.samples:
-            assert path.parent.name == part.classes[label]
-        np.testing.assert_array_equal(part.images_per_class, np.bincount(part.labels))
-    again, _ = ds.split_identities(0.7, seed=1)
-    assert again.classes == train.classes
-    others = {tuple(ds.split_identities(0.7, seed=s)[0].classes) for s in range(5)}
-    assert len(others) > 1
-    with pytest.raises(DataError):
-        ds.split_identities(1.0)
-    with pytest.raises(DataError, match="empty"):
-        ds.split_identities(0.01)
-
-
 def test_errors_for_missing_or_empty_datasets(tmp_path):
     with pytest.raises(DataError, match="not found"):
         FolderDataset(tmp_path / "missing")

@@ -55,26 +55,3 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
         return load_image(path), label
-
-    def split_identities(self, fraction: float, seed: int = 0) -> tuple["FolderDataset", "FolderDataset"]:
-        """Two datasets with disjoint identities, the first holding ``round(fraction * C)`` of them.
-
-        Which identities go where is a seeded random choice; labels are renumbered 0.. in each part.
-        """
-        if not 0.0 < fraction < 1.0:
-            raise DataError(f"split fraction must lie strictly between 0 and 1, got {fraction}")
-        n_first = int(round(fraction * len(self.classes)))
-        if not 0 < n_first < len(self.classes):
-            raise DataError(f"cannot split {len(self.classes)} identities at fraction {fraction}: "
-                            "a part would be empty; use more identities or another fraction")
-        order = np.random.default_rng(seed).permutation(len(self.classes))
-        return self._subset(np.sort(order[:n_first])), self._subset(np.sort(order[n_first:]))
-
-    def _subset(self, labels: np.ndarray) -> "FolderDataset":
-        part = object.__new__(FolderDataset)
-        part.root = self.root
-        by_label: list[list[Path]] = [[] for _ in self.classes]
-        for path, label in self.samples:
-            by_label[label].append(path)
-        part._set([self.classes[i] for i in labels], [by_label[i] for i in labels])
-        return part

@@ -231,19 +231,15 @@ def _is_collapsed(prelogits: torch.Tensor) -> bool:
         return bool(embeddings.var(dim=0).sum() < 1e-6)
 
 
-@torch.no_grad()
 def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig,
                  device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Embed some of a source's images as inference would see them (no augmentation)."""
+    """Embed some of a source's images as inference would see them: the inference embedder, no augmentation."""
     from facenet.data.images import fit_to_input
+    from facenet.embedder import FaceEmbedder
 
-    model.eval()
-    out = []
-    for s in range(0, len(indices), batch_size):
-        crops = np.stack([fit_to_input(source.image(int(i)), config.image_size) for i in indices[s:s + batch_size]])
-        x = standardise(torch.from_numpy(crops).permute(0, 3, 1, 2), config.standardisation).to(device)
-        out.append(model(x).float().cpu().numpy())
-    return np.concatenate(out)
+    embedder = FaceEmbedder(model, model_info_for(model, standardisation=config.standardisation), device=device)
+    crops = [fit_to_input(source.image(int(i)), config.image_size) for i in indices]
+    return embedder.embed_crops(crops, batch_size=batch_size)
 
 
 def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float, float]:
