@@ -22,17 +22,17 @@ class Verification:
     same: bool
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "cpu", detector=None) -> FaceEmbedder:
-    """Load a model file as an embedder; without ``path``, the model ``facenet demo`` trained.
+def load_model(path: str | os.PathLike | None = None, device: str = "cpu", detector=None, detect: bool = True,
+               backend: str = "auto", which: str | None = None) -> FaceEmbedder:
+    """Load a model file as an embedder; without ``path``, the installed pretrained default.
 
-    ``detector`` is a detector name (e.g. ``"mtcnn"``) or object used to find faces in whole
-    photos; ``None`` treats every image as an already-cropped face.
+    The same defaults as the command line: faces are found in whole photos by the detector the
+    model's recipe names (or ``detector``, a name such as ``"yunet"`` or a detector object) and
+    cut as the recipe says; ``detect=False`` takes every image as an already-cropped face.
+    ``backend``: ``"auto"`` (ONNX Runtime on CPU), ``"torch"`` or ``"onnx"``. ``which``:
+    ``"largest"`` or ``"central"`` face of a photo with several (default: the recipe's).
     """
-    if isinstance(detector, str):
-        from facenet.align import get_detector
-
-        detector = get_detector(detector)
-    return load_embedder(path, device=device, detector=detector)
+    return load_embedder(path, device=device, detector=detector, detect=detect, backend=backend, which=which)
 
 
 @lru_cache(maxsize=2)

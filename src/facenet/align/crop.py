@@ -1,11 +1,18 @@
-"""From detections to face crops: box crop (Sandberg's recipe) or 5-point similarity alignment.
+"""From detections to face crops: one ``Recipe`` per model says how its input crops are made.
 
-Reference settings: 160 px with margin 32 for evaluation (the published LFW crops); 182 px with
-margin 44 for training, followed by a random 160 px crop.
+Two ways to cut a face (``Recipe.mode``):
+- ``"crop"``: Sandberg's box crop — the detector's box grown by a margin, resized (aspect not kept).
+- ``"similarity"``: the five landmarks mapped onto a template by rotation + scale + shift.
+
+Margins are **relative**, so a 100-px face and a 1,000-px face give the same crop: in ``crop``
+mode the box grows by ``margin`` times its width/height in all (half on each side; 0.3 is about
+Sandberg's 32 px on LFW-sized faces); in ``similarity`` mode ``margin`` is the fraction of the
+output left around the template square.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -17,15 +24,62 @@ from facenet.align.base import Detection, Detector
 from facenet.data.images import ImageLike, load_image
 from facenet.errors import FaceNetError, NoFaceError
 
-# Five-point template (left eye, right eye, nose, left/right mouth corner) on the unit square:
-# the widely used ArcFace 112x112 template divided by 112, raised by 0.07 so that its eye line
-# sits at 0.39 of the square, where MTCNN's boxes put it (median over 100 LFW photos); a
-# similarity-aligned face is thus framed like a box crop of the same size and margin.
-TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                     [41.5493, 92.3655], [70.7299, 92.2041]]) / 112.0 - [0.0, 0.07]
+# Five-point templates (left eye, right eye, nose tip, left/right mouth corner) on the unit square.
+TEMPLATES = {
+    # The widely used ArcFace 112x112 template divided by 112, raised by 0.07 so that its eye line
+    # sits at 0.39 of the square, where MTCNN's boxes put it (median over 100 LFW photos); a
+    # similarity-aligned face is thus framed like a box crop of the same size and margin.
+    "facenet": np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                         [41.5493, 92.3655], [70.7299, 92.2041]]) / 112.0 - [0.0, 0.07],
+    # dlib's 150 px face chip (padding 0.25): where MTCNN's five landmarks fall inside the chips
+    # dlib's own 5-point shape predictor makes, mean over 370 LFW photos (scripts/measure_dlib_template.py).
+    "dlib": np.array([[47.89, 45.95], [102.11, 45.94], [74.80, 78.07], [51.24, 105.69], [98.90, 105.67]]) / 150.0,
+}
+TEMPLATE = TEMPLATES["facenet"]
 
 MODES = ("crop", "similarity")
 WHICH = ("largest", "central", "all")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model's input crop is made from a photo; stored in the model file and beside aligned data.
+
+    ``detector`` is the default detector (a user may name another); ``which`` picks the face of a
+    photo with several ("largest", or "central" as for LFW-style data where the labelled person
+    is in the middle); input size and standardisation are the model file's own fields.
+    """
+
+    detector: str = "mtcnn"
+    mode: str = "crop"
+    margin: float = 0.3
+    template: str = "facenet"
+    which: str = "largest"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise FaceNetError(f"unknown alignment mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.template not in TEMPLATES:
+            raise FaceNetError(f"unknown alignment template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
+        if self.which not in ("largest", "central"):
+            raise FaceNetError(f"a recipe picks the 'largest' or the 'central' face, not {self.which!r}")
+        limit = 3.0 if self.mode == "crop" else 0.9
+        if not 0.0 <= float(self.margin) <= limit:
+            raise FaceNetError(f"margin {self.margin} is out of range for {self.mode!r} (0 to {limit}): it is a "
+                               "fraction of the face size (e.g. 0.3), not a number of pixels")
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with some fields changed (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Recipe":
+        """The recipe stored in a model file or beside a dataset; the default one for files that predate recipes."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -36,22 +90,24 @@ class AlignedFace:
     detection: Detection
 
 
-def crop_face(image: np.ndarray, detection: Detection, size: int = 160, margin: int = 32) -> np.ndarray:
-    """Sandberg's ``align_dataset_mtcnn`` crop: box grown by margin/2 original pixels per side,
-    clipped to the image, truncated to integers, resized to size x size (bilinear; aspect not kept)."""
+def crop_face(image: np.ndarray, detection: Detection, size: int = 160, margin: float = 0.3) -> np.ndarray:
+    """Sandberg's ``align_dataset_mtcnn`` crop with a relative margin: the box grown by
+    ``margin / 2`` of its width (height) on each side, clipped to the image, truncated to
+    integers, resized to size x size (bilinear; aspect not kept)."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = detection.box
-    left, top = int(max(x1 - margin / 2, 0)), int(max(y1 - margin / 2, 0))
-    right, bottom = int(min(x2 + margin / 2, w)), int(min(y2 + margin / 2, h))
+    grow_x, grow_y = margin * (x2 - x1) / 2, margin * (y2 - y1) / 2
+    left, top = int(max(x1 - grow_x, 0)), int(max(y1 - grow_y, 0))
+    right, bottom = int(min(x2 + grow_x, w)), int(min(y2 + grow_y, h))
     if right <= left or bottom <= top:
         raise FaceNetError(f"face box {detection.box} lies outside the {w}x{h} image; nothing to crop")
     patch = Image.fromarray(np.ascontiguousarray(image[top:bottom, left:right]))
     return np.asarray(patch.resize((size, size), Image.BILINEAR))
 
 
-def template_points(size: int = 160, margin: int = 32) -> np.ndarray:
-    """TEMPLATE in output pixels: the unit square maps to the central (size - margin) square."""
-    return TEMPLATE * (size - margin) + margin / 2
+def template_points(size: int = 160, margin: float = 0.2, template: str = "facenet") -> np.ndarray:
+    """A template in output pixels: its unit square maps to the central ``(1 - margin) * size`` square."""
+    return TEMPLATES[template] * (size * (1 - margin)) + size * margin / 2
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -67,9 +123,10 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
 
 
-def align_face(image: np.ndarray, detection: Detection, size: int = 160, margin: int = 32) -> np.ndarray:
-    """Warp the face so its 5 landmarks fall on ``template_points(size, margin)``; outside is black."""
-    matrix = similarity_transform(detection.landmarks, template_points(size, margin))
+def align_face(image: np.ndarray, detection: Detection, size: int = 160, margin: float = 0.2,
+               template: str = "facenet") -> np.ndarray:
+    """Warp the face so its 5 landmarks fall on ``template_points(size, margin, template)``; outside is black."""
+    matrix = similarity_transform(detection.landmarks, template_points(size, margin, template))
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
@@ -86,16 +143,17 @@ def select_faces(detections: list[Detection], image_shape: tuple[int, ...], whic
     return [max(detections, key=lambda d: d.area - 2.0 * ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2))]
 
 
-def extract_faces(image: ImageLike, detector: Detector, size: int = 160, margin: int = 32, mode: str = "crop",
-                  which: str = "largest", source: str | None = None) -> list[AlignedFace]:
+def extract_faces(image: ImageLike, detector: Detector, size: int = 160, recipe: Recipe = Recipe(),
+                  which: str | None = None, source: str | None = None) -> list[AlignedFace]:
     """Detect, select and crop/align faces in one call; ``image`` is anything ``load_image`` reads.
 
-    Raises ``NoFaceError`` naming ``source`` (or the file path) when the detector finds nothing.
+    ``which`` overrides the recipe's choice ("all" keeps every face). Raises ``NoFaceError``
+    naming ``source`` (or the file path) when the detector finds nothing.
     """
     if source is None:
         source = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
     pixels = load_image(image)
-    faces = cut_faces(pixels, detector.detect(pixels), size, margin, mode, which)
+    faces = cut_faces(pixels, detector.detect(pixels), size, recipe, which)
     if not faces:
         raise NoFaceError(f"{source}: no face found by the {getattr(detector, 'name', 'face')} detector; "
                           "use a photo with a visible, roughly frontal face, or the 'center' detector "
@@ -103,10 +161,11 @@ def extract_faces(image: ImageLike, detector: Detector, size: int = 160, margin:
     return faces
 
 
-def cut_faces(pixels: np.ndarray, detections: list[Detection], size: int = 160, margin: int = 32,
-              mode: str = "crop", which: str = "largest") -> list[AlignedFace]:
-    """Select among ``detections`` and crop or align each chosen face (empty list when there are none)."""
-    if mode not in MODES:
-        raise FaceNetError(f"unknown alignment mode {mode!r}; choose one of {', '.join(MODES)}")
-    cut = crop_face if mode == "crop" else align_face
-    return [AlignedFace(cut(pixels, d, size, margin), d) for d in select_faces(detections, pixels.shape, which)]
+def cut_faces(pixels: np.ndarray, detections: list[Detection], size: int = 160, recipe: Recipe = Recipe(),
+              which: str | None = None) -> list[AlignedFace]:
+    """Select among ``detections`` (the recipe's choice unless ``which`` is given) and cut each chosen
+    face as the recipe says (empty list when there are none)."""
+    chosen = select_faces(detections, pixels.shape, which or recipe.which)
+    if recipe.mode == "crop":
+        return [AlignedFace(crop_face(pixels, d, size, recipe.margin), d) for d in chosen]
+    return [AlignedFace(align_face(pixels, d, size, recipe.margin, recipe.template), d) for d in chosen]

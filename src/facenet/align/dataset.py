@@ -4,7 +4,9 @@ Resumable: an image whose output already exists is skipped, and every output is 
 atomically (facenet.fileio), so a killed run leaves no half-written file and simply continues
 when started again. Images where no face was found are retried on a rerun (they leave no output).
 Source files are only ever read. A JSON report lists images with no face, several faces, or
-unreadable data.
+unreadable data, and ``recipe.json`` records how the crops were made (detector, mode, relative
+margin, template, face choice, size): ``facenet train`` copies it into the model file, so the
+model later cuts faces from photos exactly as its training data was cut.
 """
 
 from __future__ import annotations
@@ -21,24 +23,47 @@ from PIL import Image
 from tqdm import tqdm
 
 from facenet.align.base import get_detector
-from facenet.align.crop import MODES, WHICH, cut_faces
+from facenet.align.crop import WHICH, Recipe, cut_faces
 from facenet.data.images import load_image
 from facenet.errors import DataError, FaceNetError
 from facenet.fileio import atomic_write, atomic_write_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 REPORT_NAME = "align_report.json"
+RECIPE_NAME = "recipe.json"
 
 
 @dataclass
 class AlignSettings:
-    detector: str = "mtcnn"
-    detector_options: dict = field(default_factory=dict)
+    recipe: Recipe = field(default_factory=Recipe)
     size: int = 160
-    margin: int = 32
-    mode: str = "crop"
-    which: str = "largest"
+    which: str | None = None  # None: the recipe's choice; "all": every face
+    detector_options: dict = field(default_factory=dict)
     fallback: str | None = None  # "center": centre crop when no face is found
+
+
+def write_recipe(dst: Path, settings: AlignSettings) -> None:
+    """``DST/recipe.json``: how the crops were made; refuses to mix recipes in one folder."""
+    recipe = {**settings.recipe.to_dict(), "size": settings.size}
+    path = dst / RECIPE_NAME
+    earlier = read_recipe(dst)
+    if earlier is not None and earlier != recipe:
+        raise DataError(f"{dst} holds crops made with another recipe ({earlier}); align into a new folder "
+                        "or delete it first")
+    atomic_write_bytes(path, json.dumps(recipe, indent=2, sort_keys=True).encode())
+
+
+def read_recipe(folder: str | os.PathLike) -> dict | None:
+    """The recipe an aligned folder was made with (with its ``size``), or None for other folders."""
+    path = Path(folder) / RECIPE_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        Recipe.from_dict(data)  # validates
+        return data
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"{path} is unreadable ({exc}); delete it or re-align the folder") from None
 
 
 @dataclass
@@ -68,6 +93,7 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
     """Align every image under ``src`` into ``dst``; returns (and writes as JSON) the report."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     _check_folders(src, dst, settings)
+    write_recipe(dst, settings)
     images = find_images(src)
     report_file = Path(report_path) if report_path else dst / REPORT_NAME
     report = AlignReport(images=len(images))
@@ -121,11 +147,11 @@ def _check_folders(src: Path, dst: Path, settings: AlignSettings) -> None:
     if dst == src or src in dst.parents or dst in src.parents:
         raise DataError(f"output folder {dst} overlaps the source {src}; choose a separate folder "
                         "(sources are never overwritten)")
-    if settings.mode not in MODES or settings.which not in WHICH:
-        raise FaceNetError(f"mode must be one of {MODES} and which one of {WHICH}")
+    if settings.which not in (None, *WHICH):
+        raise FaceNetError(f"which must be one of {WHICH}")
     if settings.fallback not in (None, "center"):
         raise FaceNetError(f"unknown fallback {settings.fallback!r}; the only fallback is 'center'")
-    get_detector(settings.detector, **settings.detector_options)  # fail now, not in every worker
+    get_detector(settings.recipe.detector, **settings.detector_options)  # fail now, not in every worker
 
 
 _state: dict = {}  # per process: settings and its own detectors
@@ -138,7 +164,7 @@ def _init_worker(settings: AlignSettings, threads: int) -> None:
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-    _state.update(settings=settings, detector=get_detector(settings.detector, **settings.detector_options),
+    _state.update(settings=settings, detector=get_detector(settings.recipe.detector, **settings.detector_options),
                   center=get_detector("center"))
 
 
@@ -155,7 +181,7 @@ def _align_one(job: tuple[str, str, str]) -> tuple[str, str, object]:
             if s.fallback != "center":
                 return rel, "no_face", None
             detections, status = _state["center"].detect(pixels), "fallback"
-        faces = cut_faces(pixels, detections, s.size, s.margin, s.mode, s.which)
+        faces = cut_faces(pixels, detections, s.size, s.recipe, s.which)
     except FaceNetError as exc:
         return rel, "bad_image", str(exc)
     for i, face in enumerate(faces):

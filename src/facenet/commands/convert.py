@@ -1,4 +1,9 @@
-"""``facenet convert``: a published facenet-pytorch ``.pt`` state dict -> a facenet model file."""
+"""``facenet convert``: published weights -> a facenet model file.
+
+Two sources: dlib's face model (``dlib`` = the file in the installed ``face_recognition_models``
+wheel, or a path to ``dlib_face_recognition_resnet_model_v1.dat``) and facenet-pytorch ``.pt``
+state dicts of Inception-ResNet-v1.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,48 @@ import argparse
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert", help="convert published Inception-ResNet-v1 weights (.pt) to a facenet model file",
-        description="Read a facenet-pytorch state dict (e.g. 20180402-114759-vggface2.pt) without "
-                    "unpickling code, check it against Inception-ResNet-v1, and write a model file "
-                    "(safetensors + metadata, mode 0600).")
-    parser.add_argument("src", metavar="SRC.pt", help="published state dict")
-    parser.add_argument("dst", metavar="DST", help="model file to write (e.g. vggface2.safetensors)")
+        "convert", help="convert published weights (dlib's face model, facenet-pytorch .pt) to a model file",
+        description="Read published weights without running their code and write a facenet model file "
+                    "(safetensors + metadata, mode 0600). SRC 'dlib' (or a dlib .dat file): dlib's CC0 face "
+                    "ResNet, read in pure Python, with its preprocessing recipe and LFW-measured threshold. "
+                    "SRC.pt: a facenet-pytorch Inception-ResNet-v1 state dict (e.g. 20180402-114759-vggface2.pt).")
+    parser.add_argument("src", metavar="SRC", help="'dlib', a dlib .dat model file, or a facenet-pytorch .pt file")
+    parser.add_argument("dst", metavar="DST", nargs="?", default=None,
+                        help="model file to write (e.g. vggface2.safetensors); omit with --default")
+    parser.add_argument("--default", action="store_true",
+                        help="write it as the default model of every command (a different model already there is "
+                             "kept as default.previous.safetensors)")
     parser.add_argument("--embedding-size", type=int, default=None, metavar="D",
-                        help="keep the backbone but start a fresh head of this size (default: the file's)")
+                        help=".pt only: keep the backbone but start a fresh head of this size (default: the file's)")
     parser.add_argument("--standardisation", default="fixed",
-                        help="input standardisation the weights expect: fixed | prewhiten | unit "
+                        help=".pt only: input standardisation the weights expect: fixed | prewhiten | unit "
                              "(default: fixed, as published)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from facenet.embedder import default_model_path
+    from facenet.errors import FaceNetError
+    from facenet.models.modelfile import read_model_info
+
+    if (args.dst is None) == (not args.default):
+        raise FaceNetError("give either DST or --default (not both, not neither)")
+    if args.src == "dlib" or args.src.endswith(".dat"):
+        from facenet.models.pretrained import convert_dlib, install_default_model
+
+        src = None if args.src == "dlib" else args.src
+        if args.default:
+            dst = install_default_model(default_model_path(), replace=True, src=src)
+            info = read_model_info(dst)
+        else:
+            dst, info = args.dst, convert_dlib(args.dst, src)
+        print(f"wrote {dst}: {info.arch}, {info.embedding_size}-D, dlib's face model, id {info.model_id}")
+        return 0
     from facenet.models.convert import convert_published_weights
 
-    info = convert_published_weights(args.src, args.dst, args.embedding_size, args.standardisation)
+    dst = args.dst or default_model_path()
+    info = convert_published_weights(args.src, dst, args.embedding_size, args.standardisation)
     classes = f", {info.num_classes} classes" if info.num_classes else ""
-    print(f"wrote {args.dst}: {info.arch}, {info.embedding_size}-D{classes}, head {info.provenance['head']}, "
+    print(f"wrote {dst}: {info.arch}, {info.embedding_size}-D{classes}, head {info.provenance['head']}, "
           f"id {info.model_id}")
     return 0

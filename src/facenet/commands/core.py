@@ -19,10 +19,10 @@ def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True
     """Options every command that embeds photos shares (``model_option=False``: the caller adds --model)."""
     if model_option:
         parser.add_argument("--model",
-                            help="model file (default: the model `facenet demo` trained, or $FACENET_MODEL)")
+                            help="model file (default: $FACENET_MODEL, else the installed pretrained model)")
     parser.add_argument("--detector", default=None,
                         help="face detector for whole photos: mtcnn, yunet, dlib, center "
-                             "(default: mtcnn when available)")
+                             "(default: the one the model's recipe names, mtcnn for the pretrained model)")
     parser.add_argument("--no-detect", action="store_true",
                         help="inputs are already face crops: no detection, just resize to the model input")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -31,15 +31,12 @@ def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True
                              "torch = PyTorch, auto = ONNX Runtime on CPU, else PyTorch (default: auto)")
 
 
-def embedder_from_args(args: argparse.Namespace):
+def embedder_from_args(args: argparse.Namespace, which: str | None = None):
+    """The embedder the shared options describe; faces are cut with the model's own recipe."""
     from facenet.embedder import load_embedder
 
-    detector = None
-    if not args.no_detect:
-        from facenet.align import default_detector_name, get_detector
-
-        detector = get_detector(args.detector or default_detector_name())
-    return load_embedder(args.model, device=args.device, detector=detector, backend=args.backend)
+    return load_embedder(args.model, device=args.device, detector=args.detector, detect=not args.no_detect,
+                         backend=args.backend, which=which)
 
 
 def expand_image_paths(inputs: list[str]) -> list[Path]:
@@ -73,7 +70,7 @@ def run_embed(args: argparse.Namespace) -> int:
     for start in tqdm(range(0, len(paths), BATCH), desc="embedding", unit="batch", disable=None):
         crops = []
         for path in paths[start:start + BATCH]:
-            faces = photo_faces(embedder, path, "all" if args.all_faces else "largest")
+            faces = photo_faces(embedder, path, all_faces=args.all_faces)
             crops.extend(faces)
             names.extend([f"{path}#face{i}" for i in range(len(faces))] if args.all_faces else [str(path)])
         rows.append(embedder.embed_crops(crops, batch_size=BATCH))
@@ -95,12 +92,13 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def photo_faces(embedder, path, which: str = "largest") -> list[np.ndarray]:
+def photo_faces(embedder, path, all_faces: bool = False) -> list[np.ndarray]:
     """Face crops of one photo; says on stderr when several faces were found and which was used."""
-    crops, seen = embedder.find_faces(path, which=which)
-    if seen > 1 and which != "all":
-        print(f"{path}: {seen} faces found; using the largest (embed --all-faces embeds each)", file=sys.stderr)
-    return crops
+    found = embedder.find_faces(path, all_faces=all_faces)
+    if len(found.detections) > 1 and not all_faces:
+        print(f"{path}: {len(found.detections)} faces found; using the {embedder.recipe.which} one "
+              "(embed --all-faces embeds each)", file=sys.stderr)
+    return [face.image for face in found.faces]
 
 
 def run_verify(args: argparse.Namespace) -> int:

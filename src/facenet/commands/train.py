@@ -52,7 +52,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         stored = TrainConfig.load(args.out)
         return dataclasses.replace(stored, **{k: v for k, v in values.items()
                                               if k in ("steps", "device", "workers")})
-    return TrainConfig(data=args.data, out=args.out, augment_flip=not args.no_flip,
+    if args.init:  # fine-tuning: the model file decides what it is, unless told otherwise
+        from facenet.models.modelfile import read_model_info
+
+        info = read_model_info(args.init)
+        values = {"arch": info.arch, "embedding_size": info.embedding_size, "image_size": info.input_size,
+                  "standardisation": info.standardisation, **values}
+    return TrainConfig(data=args.data, out=args.out, init=args.init, augment_flip=not args.no_flip,
                        augment_crop=not args.no_crop, **values)
 
 
@@ -86,5 +92,8 @@ def register(sub) -> None:
     p.add_argument("data", nargs="?", metavar="DATA_DIR", help="folder of identities (default: synthetic faces)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the final model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init", metavar="MODEL", default=None,
+                   help="fine-tune: start from this model file's weights (its architecture, embedding size, "
+                        "input size and standardisation become the defaults), e.g. the installed default model")
     add_training_options(p)
     p.set_defaults(func=run_train)

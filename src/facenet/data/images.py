@@ -28,7 +28,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facenet.errors import BadImageError, DataError
 
 DEFAULT_MAX_PIXELS = 40_000_000
-STANDARDISATIONS = ("fixed", "prewhiten", "unit")
+STANDARDISATIONS = ("fixed", "prewhiten", "unit", "dlib")
+# dlib's input layer (input_rgb_image): per-channel mean RGB removed, then divided by 256.
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what Pillow's decoders raise on bad data
 
@@ -119,7 +121,7 @@ def standardise(batch: torch.Tensor | np.ndarray, method: str = "fixed") -> torc
     ``batch`` is a torch tensor N,3,H,W (uint8 or float, values 0..255) or a numpy N,H,W,3 uint8
     array. Methods: ``"fixed"`` (x - 127.5) / 128, what the published weights expect;
     ``"prewhiten"`` per image (x - mean) / max(std, 1/sqrt(numel)) as in Sandberg's facenet;
-    ``"unit"`` x / 255.
+    ``"unit"`` x / 255; ``"dlib"`` (x - DLIB_MEAN_RGB) / 256, what dlib's face ResNet expects.
     """
     if method not in STANDARDISATIONS:
         raise DataError(f"unknown standardisation {method!r}; choose one of {', '.join(STANDARDISATIONS)}")
@@ -134,6 +136,8 @@ def standardise(batch: torch.Tensor | np.ndarray, method: str = "fixed") -> torc
         return (x - 127.5) / 128.0
     if method == "unit":
         return x / 255.0
+    if method == "dlib":
+        return (x - torch.tensor(DLIB_MEAN_RGB).view(1, 3, 1, 1)) / 256.0
     flat = x.reshape(x.shape[0], -1)
     mean = flat.mean(dim=1).view(-1, 1, 1, 1)
     std = flat.std(dim=1, unbiased=False)

@@ -36,6 +36,7 @@ class ModelInfo:
     threshold: float = DEFAULT_THRESHOLD
     num_classes: int | None = None
     provenance: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # how input crops are made: facenet.align.Recipe fields
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -37,7 +37,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 from swagger_ui_bundle import swagger_ui_path
 
-from facenet.data.images import DEFAULT_MAX_PIXELS, fit_to_input, load_image
+from facenet.data.images import DEFAULT_MAX_PIXELS, load_image
 from facenet.embedder import FaceEmbedder, squared_distance
 from facenet.errors import BadImageError, FaceNetError, GalleryError, NoFaceError
 from facenet.serve.security import (API_KEY_HEADER, BodyLimitMiddleware, Problem, SecurityHeadersMiddleware,
@@ -216,26 +216,15 @@ class Engine:
             raise BadImageError(str(exc).replace("<bytes>", upload.filename, 1)) from None
 
     def analyse(self, upload: Upload) -> tuple[np.ndarray, dict]:
-        """The model-sized crop of the photo's largest face, and a report of every face found."""
+        """The model-sized crop of the photo's face (the model recipe's choice), and a report of every face found."""
         pixels = self.decode(upload)
         height, width = pixels.shape[:2]
-        size = self.embedder.info.input_size
-        detector = self.embedder.detector
-        if detector is None:  # the photo is a face crop: its central square is the face
-            side = min(height, width)
-            left, top = (width - side) // 2, (height - side) // 2
-            crop = fit_to_input(pixels, size)
-            faces = [{"box": [left, top, left + side, top + side], "score": None, "used": True}]
-        else:
-            from facenet.align import extract_faces
-
-            found = extract_faces(pixels, detector, size=size, margin=self.embedder.margin, which="all",
-                                  source=upload.filename)
-            chosen = max(found, key=lambda f: f.detection.area)  # the "largest" rule FaceEmbedder uses
-            crop = chosen.image
-            faces = [{"box": [round(v, 1) for v in f.detection.box], "score": round(f.detection.score, 4),
-                      "used": f is chosen} for f in found]
-        return crop, {"filename": upload.filename, "width": width, "height": height, "faces": faces}
+        found = self.embedder.find_faces(pixels, source=upload.filename)
+        used = found.faces[0].detection
+        detected = self.embedder.detector is not None
+        faces = [{"box": [round(v, 1) for v in d.box], "score": round(d.score, 4) if detected else None,
+                  "used": d is used} for d in found.detections]
+        return found.faces[0].image, {"filename": upload.filename, "width": width, "height": height, "faces": faces}
 
     def embed(self, uploads: list[Upload]) -> tuple[np.ndarray, list[dict]]:
         analysed = [self.analyse(u) for u in uploads]

@@ -17,6 +17,7 @@ LOSSES = ("triplet", "softmax", "both")
 @dataclass
 class TrainConfig:
     data: str | None = None              # folder-per-identity dataset; None = synthetic identities
+    init: str | None = None              # model file whose weights start the run (fine-tuning)
     out: str = "runs/facenet"
     arch: str = "mobilefacenet"
     embedding_size: int = 128

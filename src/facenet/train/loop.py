@@ -25,7 +25,7 @@ from facenet.errors import TrainingError
 from facenet.fileio import atomic_write
 from facenet.losses import FaceLoss, triplet_loss
 from facenet.models import EmbeddingModel, create_model, l2_normalize
-from facenet.models.modelfile import ModelInfo, model_info_for, save_model
+from facenet.models.modelfile import ModelInfo, load_model_file, model_info_for, read_model_info, save_model
 from facenet.seeding import seed_everything
 from facenet.train import distributed
 from facenet.train.augment import Augmentation
@@ -98,6 +98,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         start = int(checkpoint["step"])
         history = [dict(row) for row in checkpoint["history"]]
     else:
+        if config.init:
+            _load_init(model, config)
         distributed.broadcast_parameters(model, ctx)
 
     sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
@@ -256,6 +258,27 @@ def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float
     return float(result.accuracy.mean()), float(threshold)
 
 
+def _load_init(model, config: TrainConfig) -> None:
+    """Start from a model file's weights (fine-tuning); its head must match the run's embedding size."""
+    start, info = load_model_file(config.init)
+    if (info.arch, info.embedding_size) != (config.arch, config.embedding_size):
+        raise TrainingError(f"--init {config.init} is a {info.arch} with {info.embedding_size}-D embeddings, "
+                            f"but the run asks for {config.arch} with {config.embedding_size}-D; "
+                            "drop --arch/--embedding-size to take the file's")
+    state = {k: v for k, v in start.state_dict().items() if not k.startswith("logits.")}
+    model.load_state_dict(state, strict=False)
+
+
+def _recipe(config: TrainConfig) -> dict:
+    """How the training crops were made (``recipe.json`` of an aligned folder), else the --init model's."""
+    from facenet.align.dataset import read_recipe
+
+    recipe = read_recipe(config.data) if config.data else None
+    if recipe is not None:
+        return {k: v for k, v in recipe.items() if k != "size"}
+    return read_model_info(config.init).recipe if config.init else {}
+
+
 def _save_final(model, config: TrainConfig, source, path: Path, threshold, accuracy) -> ModelInfo:
     clean = create_model(config.arch, embedding_size=config.embedding_size)
     clean.load_state_dict(model.state_dict())
@@ -263,8 +286,9 @@ def _save_final(model, config: TrainConfig, source, path: Path, threshold, accur
     provenance = {"trained_by": "facenet train", "data": config.data or "synthetic",
                   "identities": int(source.num_identities), "images": int(len(source)), "steps": config.steps,
                   "seed": config.seed, "loss": config.loss, "miner": config.miner,
-                  "held_out_accuracy": accuracy}
-    info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance)
+                  "held_out_accuracy": accuracy, **({"init": config.init} if config.init else {})}
+    info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance,
+                          recipe=_recipe(config))
     if threshold is not None:
         info = dataclasses.replace(info, threshold=threshold)
     return save_model(clean, path, info)
