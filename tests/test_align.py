@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from facenet.align import Detection, get_detector
-from facenet.align.crop import (TEMPLATE, align_face, crop_face, extract_faces, select_faces,
+from facenet.align.crop import (TEMPLATE, Recipe, align_face, crop_face, cut_faces, extract_faces, select_faces,
                                 similarity_transform, template_points)
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError, NoFaceError
@@ -95,7 +95,7 @@ def test_extract_all_faces_in_score_order():
         def detect(self, image):
             return [Detection((10, 10, 60, 60), 0.8, np.zeros((5, 2))), Detection((100, 20, 200, 120), 0.9, np.zeros((5, 2)))]
 
-    crops = extract_faces(np.zeros((150, 250, 3), np.uint8), Fixed(), size=96, margin=16, which="all")
+    crops = extract_faces(np.zeros((150, 250, 3), np.uint8), Fixed(), size=96, recipe=Recipe(margin=0.2), which="all")
     assert [c.image.shape for c in crops] == [(96, 96, 3)] * 2
     assert [c.detection.score for c in crops] == [0.9, 0.8]
 
@@ -124,7 +124,9 @@ def test_unknown_backend_and_options():
     with pytest.raises(FaceNetError, match="largest"):
         select_faces([face], (100, 100, 3), "biggest")
     with pytest.raises(FaceNetError, match="similarity"):
-        extract_faces(np.zeros((100, 100, 3), np.uint8), get_detector("center"), mode="warp")
+        Recipe(mode="warp")
+    with pytest.raises(FaceNetError, match="not a number of pixels"):
+        Recipe(margin=32)
 
 
 def test_missing_yunet_model_says_where_to_get_it(tmp_path):
@@ -149,19 +151,34 @@ def test_crop_face_is_sandbergs_crop():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (200, 220, 3), dtype=np.uint8)
     det = Detection((50.7, 40.2, 150.9, 140.3), 1.0, np.zeros((5, 2)))
-    # margin/2 = 16 original pixels per side, then int(): x 34..166, y 24..156 -> 132 x 132
-    np.testing.assert_array_equal(crop_face(image, det, size=132, margin=32), image[24:156, 34:166])
+    # relative margin 32/100.2: 16 px per side in x, 15.98 in y, then int(): x 34..166, y 24..156 -> 132 x 132
+    np.testing.assert_array_equal(crop_face(image, det, size=132, margin=32 / 100.2), image[24:156, 34:166])
     edge = Detection((-30.0, 150.0, 100.0, 260.0), 1.0, np.zeros((5, 2)))  # clipped to the image
-    expected = np.asarray(Image.fromarray(image[134:200, 0:116]).resize((64, 64), Image.BILINEAR))
-    np.testing.assert_array_equal(crop_face(image, edge, size=64, margin=32), expected)
+    # margin 0.3 of 130 x 110: 19.5 / 16.5 px per side -> x 0..119, y 133..200
+    expected = np.asarray(Image.fromarray(image[133:200, 0:119]).resize((64, 64), Image.BILINEAR))
+    np.testing.assert_array_equal(crop_face(image, edge, size=64, margin=0.3), expected)
     with pytest.raises(FaceNetError, match="outside"):
         crop_face(image, Detection((300, 300, 400, 400), 1.0, np.zeros((5, 2))))
+
+
+@pytest.mark.parametrize("mode", ["crop", "similarity"])
+def test_margin_is_relative_so_a_bigger_photo_gives_the_same_crop(mode):
+    rng = np.random.default_rng(4)
+    small = cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8), (0, 0), 4)
+    big = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)  # the same scene at 4x the resolution
+    marks = TEMPLATE * 100 + 50
+    face = Detection((50, 50, 150, 150), 1.0, marks)
+    face4 = Detection((200, 200, 600, 600), 1.0, marks * 4 + 1.5)  # pixel centres move by 1.5 at 4x
+    recipe = Recipe(mode=mode, margin=0.3)
+    a = cut_faces(small, [face], 64, recipe)[0].image.astype(float)
+    b = cut_faces(big, [face4], 64, recipe)[0].image.astype(float)
+    assert np.abs(a - b).mean() < 2.0
 
 
 def test_similarity_transform_matches_opencv_on_noisy_points():
     rng = np.random.default_rng(2)
     src = rng.uniform(0, 300, (5, 2))
-    dst = template_points(160, 32) + rng.normal(0, 2, (5, 2))
+    dst = template_points(160, 0.2) + rng.normal(0, 2, (5, 2))
     ours = similarity_transform(src, dst)
     ref, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
     # LMedS on 5 points is not least squares; compare against the exact LS optimum via residuals instead
@@ -172,7 +189,7 @@ def test_similarity_transform_matches_opencv_on_noisy_points():
 
 def test_aligned_landmarks_land_on_template():
     """Draw 5 dots at landmarks of a rotated, scaled, shifted face; after alignment they sit on the template."""
-    size, margin = 160, 32
+    size, margin = 160, 0.2
     angle, scale, shift = np.deg2rad(23), 1.7, np.array([140.0, 90.0])
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     marks = template_points(size, margin) @ rot.T + shift

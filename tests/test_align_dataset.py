@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet.align.dataset import AlignSettings, align_dataset
+from facenet.align.crop import Recipe
+from facenet.align.dataset import AlignSettings, align_dataset, read_recipe
 from facenet.cli import main
 from facenet.errors import DataError, FaceNetError
 
@@ -49,7 +50,7 @@ def yunet_settings():
         get_detector("yunet")
     except FaceNetError as exc:
         pytest.skip(str(exc))
-    return AlignSettings(detector="yunet")
+    return AlignSettings(recipe=Recipe(detector="yunet"))
 
 
 def test_real_dataset_outputs_report_and_untouched_sources(real_tree, tmp_path, yunet_settings):
@@ -80,7 +81,7 @@ def test_real_dataset_outputs_report_and_untouched_sources(real_tree, tmp_path, 
 
 
 def test_fallback_and_all_faces(real_tree, tmp_path, yunet_settings):
-    settings = AlignSettings(detector="yunet", fallback="center", which="all", size=96, margin=16)
+    settings = AlignSettings(recipe=Recipe(detector="yunet", margin=0.2), fallback="center", which="all", size=96)
     report = align_dataset(real_tree, tmp_path / "dst", settings, progress=False)
     assert report.fallback_center == ["alice/grey.png"] and report.no_face == []
     assert (tmp_path / "dst/alice/grey.png").exists()
@@ -91,7 +92,7 @@ def test_fallback_and_all_faces(real_tree, tmp_path, yunet_settings):
 def test_workers_give_the_same_files(tmp_path):
     src = synthetic_tree(tmp_path / "src")
     before = snapshot(src)
-    settings = AlignSettings(detector="center", size=64, margin=8)
+    settings = AlignSettings(recipe=Recipe(detector="center", margin=0.1), size=64)
     one = align_dataset(src, tmp_path / "one", settings, workers=1, progress=False)
     two = align_dataset(src, tmp_path / "two", settings, workers=2, progress=False)
     assert one.aligned == two.aligned == 6
@@ -104,7 +105,7 @@ def test_workers_give_the_same_files(tmp_path):
 
 def test_refuses_overlapping_or_missing_folders(tmp_path):
     src = synthetic_tree(tmp_path / "src", people=1, per_person=1)
-    settings = AlignSettings(detector="center")
+    settings = AlignSettings(recipe=Recipe(detector="center"))
     for dst in (src, src / "aligned", tmp_path):
         with pytest.raises(DataError, match="overlaps"):
             align_dataset(src, dst, settings, progress=False)
@@ -119,3 +120,34 @@ def test_cli(tmp_path, capsys):
     assert Image.open(tmp_path / "dst/person_0/img_1.png").size == (48, 48)
     assert main(["align", str(tmp_path / "missing"), str(tmp_path / "d2"), "--detector", "center"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["crop", "similarity"])
+def test_trained_model_cuts_faces_like_its_training_data(tmp_path, mode):
+    """align writes its recipe, train copies it into the model file, and embedding a photo with that
+    model makes exactly the crop the training folder holds for the same photo."""
+    from facenet.embedder import load_embedder
+    from facenet.models.modelfile import read_model_info
+
+    src = synthetic_tree(tmp_path / "src", people=3, per_person=4)
+    dst = tmp_path / "aligned"
+    assert main(["align", str(src), str(dst), "--detector", "center", "--size", "48", "--mode", mode,
+                 "--margin", "0.15", "--quiet"]) == 0
+    assert read_recipe(dst) == {"detector": "center", "mode": mode, "margin": 0.15, "template": "facenet",
+                                "which": "largest", "size": 48}
+    run = tmp_path / "run"
+    assert main(["train", str(dst), "--out", str(run), "--arch", "nns", "--image-size", "48", "--steps", "2",
+                 "--identities-per-batch", "2", "--faces-per-identity", "2", "--holdout", "0",
+                 "--eval-every", "100", "--checkpoint-every", "100", "--workers", "0", "--device", "cpu"]) == 0
+    model = run / "model.safetensors"
+    assert read_model_info(model).recipe == {"detector": "center", "mode": mode, "margin": 0.15,
+                                             "template": "facenet", "which": "largest"}
+    embedder = load_embedder(model, backend="torch")  # detector and cut from the model's recipe
+    assert embedder.detector.name == "center"
+    for photo in sorted(src.glob("*/*.png"))[:4]:
+        crop = embedder.find_faces(photo).faces[0].image
+        held = np.asarray(Image.open(dst / photo.parent.name / photo.name))
+        np.testing.assert_array_equal(crop, held)
+    # a folder aligned with one recipe refuses crops made with another
+    with pytest.raises(DataError, match="another recipe"):
+        align_dataset(src, dst, AlignSettings(recipe=Recipe(detector="center", margin=0.4), size=48), progress=False)
