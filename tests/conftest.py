@@ -31,3 +31,17 @@ def model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(create_model("nns", input_size=48), path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_home(tmp_path_factory):
+    """Tests never read or write the user's own default model and gallery (~/.local/share/facenet)."""
+    saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "FACENET_MODEL")}
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data_home"))
+    os.environ.pop("FACENET_MODEL", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -40,7 +40,7 @@ def test_embed_npy_rows_are_unit_and_match_the_api(tmp_path, model_file, photos,
     rows = np.load(out)
     assert rows.shape == (3, 128)
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
-    api_rows = facenet.embed(photos, model=facenet.load_model(model_file))
+    api_rows = facenet.embed(photos, model=facenet.load_model(model_file, detect=False))
     np.testing.assert_allclose(rows, api_rows, atol=1e-6)
     assert (tmp_path / "emb.paths.txt").read_text().split() == [str(p) for p in photos]
     assert out.stat().st_mode & 0o777 == 0o600
@@ -100,11 +100,25 @@ def test_missing_paths_and_models_are_clear_errors(tmp_path, model_file, photos,
     assert ".npy or .csv" in capsys.readouterr().err
 
 
-def test_without_a_model_the_error_says_how_to_get_one(tmp_path, monkeypatch, photos, capsys):
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    monkeypatch.delenv("FACENET_MODEL", raising=False)
+def test_a_missing_model_named_by_the_environment_is_an_error(tmp_path, monkeypatch, photos, capsys):
+    monkeypatch.setenv("FACENET_MODEL", str(tmp_path / "gone.safetensors"))
     assert main(["verify", str(photos[0]), str(photos[1]), "--no-detect"]) == 2
-    assert "facenet demo" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "gone.safetensors" in err and "unset it" in err and not (tmp_path / "gone.safetensors").exists()
+
+
+def test_api_and_cli_share_their_defaults(model_file):
+    """Same model, same detector, same recipe: facenet.load_model() behaves as the commands do."""
+    import argparse
+
+    from facenet.commands.core import add_model_options, embedder_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    cli = embedder_from_args(parser.parse_args(["--model", str(model_file)]))
+    api = facenet.load_model(model_file)
+    assert api.detector is not None and api.detector.name == cli.detector.name == "mtcnn"
+    assert api.recipe == cli.recipe and api.backend.name == cli.backend.name
 
 
 def test_every_subcommand_has_help(capsys):

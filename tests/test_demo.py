@@ -1,4 +1,4 @@
-"""`facenet demo` end to end (a few steps): report, plots, installed default model, usable gallery."""
+"""`facenet demo` end to end (a few steps): report, plots, its own model (the default stays), usable gallery, twice."""
 
 import numpy as np
 
@@ -7,19 +7,22 @@ from facenet.demo import run_demo
 from facenet.gallery.store import Gallery
 
 
-def test_short_demo_writes_report_and_installs_a_usable_model(tmp_path, monkeypatch, capsys):
+def test_short_demo_writes_report_keeps_the_default_and_runs_twice(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.delenv("FACENET_MODEL", raising=False)
     report = run_demo(tmp_path / "demo", steps=8, progress=False)
+    assert report.model_path == tmp_path / "demo" / "run" / "model.safetensors"
 
     text = report.report_path.read_text()
     assert f"{report.accuracy:.1%}" in text and "VAL @ FAR=1e-3" in text
     assert (tmp_path / "demo" / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "demo" / "distances.png").stat().st_size > 0
     assert 0.0 <= report.identification_accuracy <= 1.0 and 0.5 <= report.auc <= 1.0
-    installed = tmp_path / "data" / "facenet" / "models" / "default.safetensors"
-    assert installed.read_bytes() == report.model_path.read_bytes()
-    assert installed.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "data" / "facenet" / "models" / "default.safetensors").exists()
+    assert report.model_path.stat().st_mode & 0o777 == 0o600
+    again = run_demo(tmp_path / "demo", steps=8, progress=False)  # the README's first line, run twice
+    assert again.model_path.read_bytes() == report.model_path.read_bytes() and again.accuracy == report.accuracy
+    assert "finished demo run" in capsys.readouterr().out
 
     from facenet.data.synthetic import SyntheticFaces
     from PIL import Image
@@ -27,10 +30,12 @@ def test_short_demo_writes_report_and_installs_a_usable_model(tmp_path, monkeypa
     photo = tmp_path / "face.png"
     Image.fromarray(SyntheticFaces(1, seed=5, size=64).render(0, 0)).save(photo)
     out = tmp_path / "e.npy"
-    assert main(["embed", str(photo), "--out", str(out), "--no-detect", "--backend", "torch"]) == 0  # default model
+    model = str(report.model_path)
+    assert main(["embed", str(photo), "--out", str(out), "--model", model, "--no-detect", "--backend", "torch"]) == 0
     assert np.isclose(np.linalg.norm(np.load(out)), 1, atol=1e-5)
     # the demo's gallery carries the same model id as the CLI's embedder, so the CLI can open it
     gallery = tmp_path / "demo" / "gallery.db"
-    assert main(["identify", str(photo), "--gallery", str(gallery), "--no-detect", "--backend", "torch"]) in (0, 1)
+    assert main(["identify", str(photo), "--gallery", str(gallery), "--model", model, "--no-detect",
+                 "--backend", "torch"]) in (0, 1)
     with Gallery.open(gallery) as g:
         assert len(g.people()) == 10

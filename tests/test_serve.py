@@ -176,8 +176,8 @@ def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
         body = c.post("/api/embed", files={"photos": part(image)}).json()
         assert [f["box"] for f in body["photos"][0]["faces"]] == [list(map(float, b)) for b in boxes]
         assert [f["used"] for f in body["photos"][0]["faces"]] == [False, True]
-        largest = Detection(boxes[1], 0.8, np.zeros((5, 2)))  # the reference crop: Sandberg's box crop
-        expected = detecting.embed_crops([crop_face(FACES.render(3, 0), largest, size=48, margin=32)])
+        largest = Detection(boxes[1], 0.8, np.zeros((5, 2)))  # the reference crop: the default recipe's box crop
+        expected = detecting.embed_crops([crop_face(FACES.render(3, 0), largest, size=48, margin=0.3)])
         np.testing.assert_allclose(body["embeddings"], expected, atol=1e-6)
         detecting.detector = _Boxes([])
         problem = assert_problem(c.post("/api/identify", files={"photo": part(image, "empty.png")}), 422, "no_face")
