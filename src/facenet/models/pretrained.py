@@ -24,7 +24,7 @@ from facenet.models.modelfile import ModelInfo, read_model_info, save_model
 DLIB_RECIPE = {"detector": "mtcnn", "mode": "similarity", "template": "dlib", "margin": 0.0, "which": "largest"}
 # Squared L2 between unit embeddings; the mean of the ten per-fold best thresholds of
 # `facenet evaluate` on LFW View 2 with DLIB_RECIPE (RESULTS.md).
-DLIB_THRESHOLD = 0.185
+DLIB_THRESHOLD = 0.1837
 INSTALL_HINT = 'pip install face_recognition_models "setuptools<81"'
 
 
