@@ -130,3 +130,37 @@ def test_default_model_is_installed_on_first_use_and_kept(dlib_env, tmp_path, mo
     assert main(["convert", "dlib", "--default"]) == 0
     assert read_model_info(path).arch == "dlib_resnet"
     assert read_model_info(path.with_name("default.previous.safetensors")).arch == "nns"
+
+
+def test_onnx_export_and_fine_tuning_start_from_the_converted_model(dlib_env, tmp_path, capsys):
+    from facenet.cli import main
+    from facenet.embedder import load_embedder
+    from facenet.models.modelfile import read_model_info
+
+    model_path = tmp_path / "dlib.safetensors"
+    assert main(["convert", "dlib", str(model_path)]) == 0
+    assert main(["export", str(model_path), "--format", "onnx", "--out", str(tmp_path / "dlib.onnx")]) == 0
+    onnx_embedder = load_embedder(tmp_path / "dlib.onnx", detect=False)
+    torch_embedder = load_embedder(model_path, detect=False, backend="torch")
+    assert onnx_embedder.recipe == torch_embedder.recipe  # the recipe travels in the graph's metadata
+    chips = _chips()
+    assert np.abs(onnx_embedder.embed_crops(chips) - torch_embedder.embed_crops(chips)).max() < 1e-4
+    # --init: the run takes the file's architecture, size, standardisation and recipe, and starts from its weights
+    from facenet.data.synthetic import SyntheticFaces
+    from PIL import Image
+
+    faces = SyntheticFaces(4, seed=2, size=150)
+    for person in range(4):
+        (tmp_path / "data" / f"p{person}").mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(faces.render(person, k)).save(tmp_path / "data" / f"p{person}" / f"{k}.png")
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), "--out", str(run), "--init", str(model_path), "--steps", "1",
+                 "--lr", "1e-9", "--identities-per-batch", "2", "--faces-per-identity", "2", "--holdout", "0",
+                 "--workers", "0", "--device", "cpu", "--no-crop", "--no-flip", "--colour-jitter", "0"]) == 0
+    info = read_model_info(run / "model.safetensors")
+    assert (info.arch, info.input_size, info.standardisation) == ("dlib_resnet", 150, "dlib")
+    assert info.recipe == read_model_info(model_path).recipe and info.provenance["init"] == str(model_path)
+    tuned = load_embedder(run / "model.safetensors", detect=False, backend="torch").embed_crops(chips)
+    # one step at a negligible learning rate: BatchNorm statistics stay frozen, so the function is unchanged
+    assert np.abs(tuned - torch_embedder.embed_crops(chips)).max() < 1e-4

@@ -94,6 +94,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="fine-tune: start from this model file's weights (its architecture, embedding size, "
-                        "input size and standardisation become the defaults), e.g. the installed default model")
+                        "input size, standardisation and recipe become the run's; its BatchNorm statistics stay "
+                        "fixed), e.g. the installed default model")
     add_training_options(p)
     p.set_defaults(func=run_train)

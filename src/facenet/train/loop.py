@@ -142,6 +142,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         else:
             images, labels, triplets = offline.batch(step, model)
         model.train()
+        if config.init:
+            freeze_norm_statistics(model)
         loss_fn.train()
         generator.manual_seed(config.seed * 1_000_003 + step)
         if offline is not None and not len(triplets[0]):  # the pool had no informative triplet left
@@ -256,6 +258,15 @@ def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float
     result = kfold_metrics(e1, e2, pairs.same, pairs.folds)
     threshold, _ = best_threshold(np.sum((e1 - e2) ** 2, axis=1), pairs.same)
     return float(result.accuracy.mean()), float(threshold)
+
+
+def freeze_norm_statistics(model: torch.nn.Module) -> None:
+    """Fine-tuning keeps a pretrained model's BatchNorm statistics: the layers normalise with the stored
+    running mean and variance (their scale and shift still learn). Batches of a user's few hundred faces
+    cannot re-estimate them, and the converted dlib network stores them folded into its scales."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def _load_init(model, config: TrainConfig) -> None:
