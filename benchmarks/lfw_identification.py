@@ -108,7 +108,7 @@ def run(args) -> int:
 
         embedder = DlibEmbedder()
     else:
-        embedder = embedder_from_args(args)
+        embedder = embedder_from_args(args, which="central")  # LFW labels the middle face
     known, unknown = split_people(args.images, args.ext, args.min_images, args.limit_people)
     paths = [p for ps in known.values() for p in ps] + unknown
     start = time.perf_counter()
