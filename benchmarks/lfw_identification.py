@@ -32,6 +32,7 @@ import numpy as np
 from facenet.cluster import cluster_embeddings, clustering_scores
 from facenet.commands.core import add_model_options, embedder_from_args
 from facenet.errors import DataError, FaceNetError
+from facenet.evaluate.calibrate import identification_threshold
 from facenet.evaluate.protocol import embed_paths
 from facenet.fileio import atomic_write_bytes
 from facenet.gallery.store import Gallery, Record
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, help=".npz file keeping the embeddings (resumable, reusable)")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--far", type=float, default=1e-2,
+                    help="stranger false-accept rate for the open-set threshold row (default: 1e-2, identify's)")
     add_model_options(ap, model_option=False)
     args = ap.parse_args(argv)
     try:
@@ -132,6 +135,9 @@ def run(args) -> int:
     best_dist = np.array([m[0].distance for m in matches])
     truth = np.array([t for _, t in queries])
     own = open_set(best_person, best_dist, truth, embedder.threshold)
+    far = None  # the open-set threshold from the model's FAR calibration (project models that have one)
+    if getattr(embedder, "info", None) is not None and embedder.info.far_thresholds:
+        far = open_set(best_person, best_dist, truth, identification_threshold(embedder, len(names), args.far))
     swept = open_set(best_person, best_dist, truth, best_threshold(best_person, best_dist, truth))
     closed = float((best_person == truth)[truth >= 0].mean())
 
@@ -148,7 +154,8 @@ def run(args) -> int:
               "known_people": len(names), "known_queries": int((truth >= 0).sum()),
               "unknown_queries": int((truth < 0).sum()), "failed_images": len(failed),
               "embed_seconds": round(embed_s, 1), "search_seconds": round(search_s, 3),
-              "closed_set_rank1": closed, "at_model_threshold": own, "at_best_threshold": swept,
+              "closed_set_rank1": closed, "at_model_threshold": own, "at_far_threshold": far, "far": args.far,
+              "at_best_threshold": swept,
               "clustering": {"photos": len(photos), "people": len(names), "threshold": embedder.threshold,
                              **clusters}}
     print(table(result))
@@ -163,8 +170,11 @@ def table(r: dict) -> str:
              f"{r['known_queries']} known + {r['unknown_queries']} unknown queries; closed-set rank-1 "
              f"{100 * r['closed_set_rank1']:.2f}%",
              "", f"{'threshold':<22} {'value':>7} {'rank-1 known':>12} {'unknown rejected':>16} {'overall':>8}"]
-    for label, key in (("model's", "at_model_threshold"), ("best (oracle sweep)", "at_best_threshold")):
+    for label, key in (("model's (verification)", "at_model_threshold"), (f"open-set, FAR {r['far']:g}", "at_far_threshold"),
+                       ("best (oracle sweep)", "at_best_threshold")):
         o = r[key]
+        if o is None:
+            continue
         lines.append(f"{label:<22} {o['threshold']:7.4f} {100 * o['rank1_known']:11.2f}% "
                      f"{100 * o['unknown_rejected']:15.2f}% {100 * o['overall']:7.2f}%")
     c = r["clustering"]

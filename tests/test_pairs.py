@@ -170,3 +170,39 @@ def test_cache_resumes_without_re_embedding(lfw_like, tmp_path):
     np.testing.assert_allclose(second.labels, first.labels)
     with pytest.raises(DataError, match="flip=sum"):
         evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, cache=cache, flip="sum")
+
+
+def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_path, model_file, capsys):
+    import shutil
+
+    from facenet.models.modelfile import read_model_info
+
+    pairs, images = lfw_like
+    model = tmp_path / "model.safetensors"
+    shutil.copy(model_file, model)
+    before = read_model_info(model)
+    out = tmp_path / "r.json"
+    assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images), "--ext",
+                     "png", "--no-detect", "--backend", "torch", "--no-progress", "--json", str(out),
+                     "--write-thresholds"]) == 0
+    after = read_model_info(model)
+    assert after.model_id == before.model_id  # the weights are untouched
+    assert after.threshold == pytest.approx(json.loads(out.read_text())["threshold"], abs=1e-4)
+    assert set(after.far_thresholds) == {"1e-02"}  # 24 images of 21 people: ~270 different-people pairs
+    assert "thresholds written" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--model", "dlib", "--pairs", str(pairs), "--images", str(images),
+                     "--ext", "png", "--write-thresholds"]) == 2
+
+
+def test_no_face_policy_is_the_same_for_every_model(lfw_like, tmp_path, model_file, capsys):
+    """Photos without a face: a centre crop (counted) by default, or their pairs are dropped."""
+    pairs, images = lfw_like
+    common = ["--pairs", str(pairs), "--images", str(images), "--ext", "png", "--no-progress",
+              "--detector", "mtcnn", "--backend", "torch"]  # no face in 8x8 grey squares
+    for policy, scored in ((None, 12), ("center", 12), ("drop", 0)):  # None: the default policy
+        code = cli.main(["evaluate", "--model", str(model_file), *common] + (["--on-no-face", policy] if policy else []))
+        text = capsys.readouterr()
+        if scored:
+            assert code == 0 and f"{scored} pairs scored" in text.out and "24 images without a detected face" in text.out
+        else:
+            assert code == 2 and "could be scored" in text.err

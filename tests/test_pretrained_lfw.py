@@ -32,3 +32,29 @@ def test_verify_command_answers_with_exit_codes(lfw_dir, capsys):
     assert "SAME" in capsys.readouterr().out
     assert main(["verify", *map(str, different[0])]) == 1
     assert "DIFFERENT" in capsys.readouterr().out
+
+
+def test_open_set_identification_rejects_strangers(lfw_dir, tmp_path):
+    """One photo enrolled for each of 20 people; their second photos are found, 20 strangers are not."""
+    import numpy as np
+
+    from facenet.evaluate.calibrate import identification_threshold
+    from facenet.gallery import Gallery
+
+    counts = dict(line.split("\t") for line in (lfw_dir / "lfw-names.txt").read_text().splitlines() if "\t" in line)
+    names = sorted(counts)
+    known = [n for n in names if int(counts[n]) >= 2][::40][:20]
+    strangers = [n for n in names if int(counts[n]) == 1][::100][:20]
+    photo = lambda name, i: lfw_dir / "images" / name / f"{name}_{i:04d}.jpg"  # noqa: E731
+    model = facenet.load_model(which="central")
+    enrolled = model.embed([photo(n, 1) for n in known])
+    queries = model.embed([photo(n, 2) for n in known] + [photo(n, 1) for n in strangers])
+    with Gallery.open(tmp_path / "g.db", model.name, model.embedding_size) as gallery:
+        for name, row in zip(known, enrolled):
+            gallery.enroll(name, row[None], [name])
+        threshold = identification_threshold(model, len(known))
+        assert threshold < model.threshold  # stricter than pair verification
+        found = gallery.identify(queries, k=1, threshold=threshold)
+    identified = sum(bool(m) and m[0].name == n for m, n in zip(found[:20], known))
+    rejected = sum(not m for m in found[20:])
+    assert identified >= 15 and rejected >= 19, (identified, rejected)

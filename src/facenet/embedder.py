@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from facenet.data.images import ImageLike, fit_to_input, load_image, load_images, standardise, to_batch
-from facenet.errors import ModelFileError
+from facenet.errors import ModelFileError, NoFaceError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
 
@@ -58,11 +58,13 @@ class FaceEmbedder:
     was trained or converted with. ``detector=None`` takes each image as a face crop.
     ``backend`` runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime), ``"auto"`` (ONNX Runtime
     on CPU, else PyTorch) or a ready backend object from ``facenet.backends`` (then ``model`` may be
-    ``None``, as for an exported ``.onnx`` file).
+    ``None``, as for an exported ``.onnx`` file). ``fallback_detector`` (e.g. the "center" detector)
+    is used for photos where ``detector`` finds no face, and counted in ``fallbacks``; without one,
+    such a photo raises ``NoFaceError``.
     """
 
     def __init__(self, model: EmbeddingModel | None, info: ModelInfo, device: str | torch.device = "cpu",
-                 detector=None, backend="torch", which: str | None = None):
+                 detector=None, backend="torch", which: str | None = None, fallback_detector=None):
         from facenet.align.crop import Recipe
         from facenet.backends import make_backend
 
@@ -71,6 +73,8 @@ class FaceEmbedder:
         self.recipe = Recipe.from_dict(info.recipe).replace(which=which)
         self.device = torch.device(device)
         self.detector = detector
+        self.fallback_detector = fallback_detector
+        self.fallbacks = 0
         self.backend = make_backend(backend, model, info, device) if isinstance(backend, str) else backend
 
     @property
@@ -101,8 +105,15 @@ class FaceEmbedder:
             box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
             face = AlignedFace(fit_to_input(pixels, self.info.input_size), Detection(box, float("nan"), np.zeros(10)))
             return FoundFaces([face], [face.detection])
-        faces = extract_faces(pixels, self.detector, size=self.info.input_size, recipe=self.recipe, which="all",
-                              source=source)
+        try:
+            faces = extract_faces(pixels, self.detector, size=self.info.input_size, recipe=self.recipe, which="all",
+                                  source=source)
+        except NoFaceError:
+            if self.fallback_detector is None:
+                raise
+            self.fallbacks += 1
+            faces = extract_faces(pixels, self.fallback_detector, size=self.info.input_size, recipe=self.recipe,
+                                  which="all", source=source)
         detections = [face.detection for face in faces]
         if all_faces:
             return FoundFaces(faces, detections)

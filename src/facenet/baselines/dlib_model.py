@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from facenet.data.images import load_image
-from facenet.errors import FaceNetError
+from facenet.errors import FaceNetError, NoFaceError
 
 INSTALL_HINT = 'pip install dlib-bin face_recognition_models "setuptools<81"'
 FALLBACK_BOX_FRACTION = 0.45
@@ -48,9 +48,11 @@ class DlibEmbedder:
 
     embedding_size = 128
 
-    def __init__(self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1, detector=None):
+    def __init__(self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1, detector=None,
+                 on_no_face: str = "center"):
         """``detector``: a project detector (e.g. ``get_detector("mtcnn")``) whose box replaces dlib's
-        HOG box; dlib's 5-point landmarks and chip alignment then run inside it."""
+        HOG box; dlib's 5-point landmarks and chip alignment then run inside it. ``on_no_face``:
+        "center" uses the centred fallback box (counted in ``fallbacks``), "drop" raises ``NoFaceError``."""
         dlib, models = load_dlib()
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
@@ -60,6 +62,7 @@ class DlibEmbedder:
         self.num_jitters = num_jitters
         self.upsample = upsample
         self.detector = detector
+        self.on_no_face = on_no_face
         self.name = ("dlib_resnet_v1" if normalize else "dlib_resnet_v1_raw") + (f"+{detector.name}" if detector else "")
         # Raw: dlib's documented 0.6 Euclidean rule, squared. Normalised: the mean of the ten
         # per-fold best thresholds measured on LFW View 2 (0.1848; `facenet evaluate --model dlib`).
@@ -84,6 +87,8 @@ class DlibEmbedder:
         box = self._detected_box(rgb)
         if box is not None:
             return box
+        if self.on_no_face == "drop":
+            raise NoFaceError("no face found by dlib's detector")
         self.fallbacks += 1
         h, w = rgb.shape[:2]
         half = FALLBACK_BOX_FRACTION * min(h, w) / 2

@@ -31,6 +31,13 @@ def register(subparsers) -> None:
                    help="re-split the pairs into this many folds (needed for header-less files)")
     p.add_argument("--far", type=float, default=1e-3, help="target FAR for VAL (default: 1e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default: 32)")
+    p.add_argument("--on-no-face", choices=("center", "drop"), default="center",
+                   help="photos where the detector finds no face: embed a centred crop (counted in the report) "
+                        "or drop their pairs; the same policy for every model, dlib included (default: center)")
+    p.add_argument("--write-thresholds", action="store_true",
+                   help="store the calibrated thresholds into the model file: the verification threshold (mean "
+                        "of the per-fold best) and thresholds at fixed FARs over every pair of different people "
+                        "among the images (for open-set identification)")
     add_model_options(p, model_option=False)
     p.add_argument("--cache", type=Path,
                    help="keep embeddings in this .npz file: an interrupted run resumes, a re-run embeds nothing")
@@ -48,6 +55,8 @@ def handle(args: argparse.Namespace) -> int:
                             progress=not args.no_progress, folds=args.folds, ext=args.ext, far_target=args.far,
                             cache=args.cache)
     print(result.table())
+    if args.write_thresholds:
+        _write_thresholds(args, result)
     if args.json:
         result.save_json(args.json)
         print(f"results written to {args.json}")
@@ -74,7 +83,35 @@ def _embedder(args: argparse.Namespace):
             from facenet.align import get_detector
 
             detector = get_detector(args.detector)
-        return DlibEmbedder(normalize=args.model == "dlib", detector=detector)
+        return DlibEmbedder(normalize=args.model == "dlib", detector=detector, on_no_face=args.on_no_face)
     # LFW-style data labels the person in the middle of the photo; the largest face is someone
     # else (or a ball) in about 3% of LFW images.
-    return embedder_from_args(args, which="central")
+    embedder = embedder_from_args(args, which="central")
+    if args.on_no_face == "center" and embedder.detector is not None:
+        from facenet.align import get_detector
+
+        embedder.fallback_detector = get_detector("center")
+    return embedder
+
+
+def _write_thresholds(args: argparse.Namespace, result) -> None:
+    """Rewrite the model file's metadata (weights untouched) with thresholds measured in this run."""
+    import dataclasses
+
+    import numpy as np
+
+    from facenet.errors import FaceNetError
+    from facenet.evaluate.calibrate import far_thresholds
+    from facenet.models.modelfile import load_model_file, save_model
+
+    if args.model in DLIB_MODELS or not args.model or Path(args.model).suffix == ".onnx":
+        raise FaceNetError("--write-thresholds needs a facenet model file (.safetensors) to write into")
+    paths = sorted(result.embeddings)
+    table = far_thresholds(np.stack([result.embeddings[p] for p in paths]), np.array([p.parent.name for p in paths]))
+    model, info = load_model_file(args.model)
+    info = dataclasses.replace(info, threshold=round(result.threshold, 4), far_thresholds=table,
+                               provenance={**info.provenance, "thresholds": f"facenet evaluate on {args.pairs.name} "
+                                           f"({len(paths)} images of {len({p.parent for p in paths})} people)"})
+    save_model(model, args.model, info)
+    far_text = ", ".join(f"FAR {k}: {v:.4f}" for k, v in table.items())
+    print(f"thresholds written to {args.model}: verification {info.threshold:.4f}; {far_text}")

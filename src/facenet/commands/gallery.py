@@ -104,9 +104,12 @@ def run_identify(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise GalleryError("--top-k must be at least 1")
     paths = expand_image_paths(args.photos)
+    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_threshold
+
     embedder = embedder_from_args(args)
-    threshold = embedder.threshold if args.threshold is None else args.threshold
     with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, create=False) as g:
+        threshold = args.threshold if args.threshold is not None else \
+            identification_threshold(embedder, len(g.people()), args.far or DEFAULT_OPENSET_FAR)
         emb, done, errors = embed_photos(embedder, paths, skip_errors=True)
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
     for path, matches in zip(done, results):
@@ -164,7 +167,10 @@ def register(sub) -> None:
                                    "2 error.")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")
     p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
-    p.add_argument("--threshold", type=float, help="squared-L2 threshold (default: the model's calibrated one)")
+    p.add_argument("--far", type=float, default=None,
+                   help="wanted chance that a stranger is taken for someone enrolled; sets the threshold from the "
+                        "model's FAR calibration and the number of people enrolled (default 1e-2)")
+    p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
     add_model_options(p)
     p.set_defaults(func=run_identify)

@@ -34,6 +34,7 @@ class EvaluationResult:
     n_fallbacks: int | None = None  # images (embedded in this run) where the embedder's detector found no face
     timings: dict = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)   # the missing / failed image paths
+    embeddings: dict = field(default_factory=dict, repr=False)  # image path -> embedding (not written to JSON)
 
     @property
     def accuracy(self) -> float:
@@ -129,7 +130,8 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
         missing=missing_paths + sorted(str(p) for p in failed),
         timings={"embed_seconds": round(embed_seconds, 3), "images": len(paths),
                  "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
-                 "metrics_seconds": round(metrics_seconds, 3)})
+                 "metrics_seconds": round(metrics_seconds, 3)},
+        embeddings=embeddings)
 
 
 def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool, cache):

@@ -37,6 +37,7 @@ class ModelInfo:
     num_classes: int | None = None
     provenance: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)  # how input crops are made: facenet.align.Recipe fields
+    far_thresholds: dict = field(default_factory=dict)  # "1e-03" -> squared L2 at that per-pair FAR (open-set use)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -25,6 +25,9 @@ DLIB_RECIPE = {"detector": "mtcnn", "mode": "similarity", "template": "dlib", "m
 # Squared L2 between unit embeddings; the mean of the ten per-fold best thresholds of
 # `facenet evaluate` on LFW View 2 with DLIB_RECIPE (RESULTS.md).
 DLIB_THRESHOLD = 0.1837
+# Per-pair FAR -> squared L2, over all 29.6M pairs of different people among the 7,701 LFW View 2
+# images embedded with DLIB_RECIPE (`facenet evaluate --write-thresholds`, RESULTS.md).
+DLIB_FAR_THRESHOLDS = {"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954}
 INSTALL_HINT = 'pip install face_recognition_models "setuptools<81"'
 
 
@@ -56,7 +59,7 @@ def convert_dlib(dst: str | os.PathLike, src: str | os.PathLike | None = None) -
     with open(src, "rb") as fh:
         source_sha = hashlib.file_digest(fh, "sha256").hexdigest()
     info = ModelInfo(arch="dlib_resnet", embedding_size=128, input_size=150, standardisation="dlib",
-                     threshold=DLIB_THRESHOLD, recipe=dict(DLIB_RECIPE),
+                     threshold=DLIB_THRESHOLD, far_thresholds=dict(DLIB_FAR_THRESHOLDS), recipe=dict(DLIB_RECIPE),
                      provenance={"source": src.name, "source_sha256": source_sha, "converted_by": "facenet convert",
                                  "trained_by": "Davis King (dlib), ~3M faces (FaceScrub, VGG, web photos)",
                                  "licence": "CC0 1.0 (public domain)", "threshold": "LFW View 2, 10-fold mean"})
@@ -86,4 +89,5 @@ def _is_converted_dlib(path: Path) -> bool:
         info = read_model_info(path)
     except ModelFileError:
         return False
-    return info.arch == "dlib_resnet" and info.threshold == DLIB_THRESHOLD and info.recipe == DLIB_RECIPE
+    return (info.arch == "dlib_resnet" and info.threshold == DLIB_THRESHOLD and info.recipe == DLIB_RECIPE
+            and info.far_thresholds == DLIB_FAR_THRESHOLDS)

@@ -245,7 +245,9 @@ class Engine:
 
     def identify(self, upload: Upload, top_k: int, threshold: float | None) -> dict:
         emb, reports = self.embed([upload])
-        limit = self.embedder.threshold if threshold is None else threshold
+        from facenet.evaluate.calibrate import identification_threshold
+
+        limit = identification_threshold(self.embedder, len(self.gallery.people())) if threshold is None else threshold
         matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
         return {"known": bool(matches), "threshold": limit, "photo": reports[0],
                 "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
