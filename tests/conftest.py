@@ -35,9 +35,11 @@ def model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def private_data_home(tmp_path_factory):
-    """Tests never read or write the user's own default model and gallery (~/.local/share/facenet)."""
-    saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "FACENET_MODEL")}
+    """Tests never read or write the user's own default model, gallery and caches (~/.local/share/facenet,
+    ~/.cache/facenet)."""
+    saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "FACENET_MODEL")}
     os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data_home"))
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache_home"))
     os.environ.pop("FACENET_MODEL", None)
     yield
     for key, value in saved.items():

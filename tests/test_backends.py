@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from facenet.backends import OnnxBackend, TorchBackend, make_backend, onnx_cache_path
+from facenet.backends import OnnxBackend, TorchBackend
+from facenet.export import make_backend, onnx_cache_path
 from facenet.data.images import fit_to_input, standardise, to_batch
 from facenet.embedder import load_embedder
 from facenet.errors import FaceNetError
@@ -27,18 +28,40 @@ def eager(model, x):
         return model(x).numpy()
 
 
-def test_auto_uses_onnx_runtime_on_cpu_and_caches_the_export(nns_file):
+def test_auto_uses_onnx_runtime_on_cpu_and_caches_the_export(nns_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path, model, info = nns_file
-    first = load_embedder(path, backend="auto")
+    path.parent.chmod(0o500)  # a read-only model folder: the cache lives elsewhere
+    try:
+        first = load_embedder(path, backend="auto", detect=False)
+    finally:
+        path.parent.chmod(0o700)
     assert isinstance(first.backend, OnnxBackend)
-    cache = onnx_cache_path(path, info)
-    assert cache.is_file() and info.model_id in cache.name
-    stamp = cache.stat().st_mtime_ns
-    second = load_embedder(path, backend="auto")
-    assert cache.stat().st_mtime_ns == stamp  # reused, not exported again
+    cache = onnx_cache_path(info)
+    assert cache.is_file() and cache.parent == tmp_path / "cache" / "facenet" / "onnx"
+    assert info.model_id in cache.name and "32px" in cache.name and not list(path.parent.glob("*.onnx"))
+    stamp = cache.read_bytes()
+    second = load_embedder(path, backend="auto", detect=False)
+    assert cache.read_bytes() == stamp  # reused, not exported again
     faces = crops(4, 32)
     assert np.abs(first.embed_crops(faces) - load_embedder(path, backend="torch").embed_crops(faces)).max() < 1e-4
     assert np.array_equal(first.embed_crops(faces), second.embed_crops(faces))
+
+
+def test_a_cached_export_of_other_weights_is_replaced(nns_file, tmp_path, monkeypatch):
+    """The cache is checked against the weights: a file under the right name holding another graph is not used."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path, model, info = nns_file
+    other = trained_looking("nns", 9)
+    other_path = tmp_path / "other.safetensors"
+    other_info = save_model(other, other_path, model_info_for(other, input_size=32))
+    wrong = load_embedder(other_path, backend="auto", detect=False)
+    onnx_cache_path(info).write_bytes(onnx_cache_path(other_info).read_bytes())  # a stale / mixed-up cache file
+    right = load_embedder(path, backend="auto", detect=False)
+    faces = crops(3, 32)
+    reference = load_embedder(path, backend="torch", detect=False).embed_crops(faces)
+    assert np.abs(right.embed_crops(faces) - reference).max() < 1e-4
+    assert np.abs(wrong.embed_crops(faces) - reference).max() > 1e-2
 
 
 def test_onnx_runtime_matches_torch_on_real_crops(lfw_dir, nns_file):
@@ -48,18 +71,19 @@ def test_onnx_runtime_matches_torch_on_real_crops(lfw_dir, nns_file):
     assert np.abs(make_backend("onnx", model, info)(x) - eager(model, x)).max() < 1e-4
 
 
-def test_auto_falls_back_to_torch_when_export_fails(nns_file, monkeypatch, caplog):
+def test_auto_falls_back_to_torch_when_export_fails(nns_file, monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     path, model, info = nns_file
 
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded")
 
     monkeypatch.setattr("facenet.export.onnx_bytes", broken)
-    with caplog.at_level(logging.WARNING, logger="facenet.backends"):
-        backend = make_backend("auto", model, info, model_path=path)
+    with caplog.at_level(logging.WARNING, logger="facenet.export"):
+        backend = make_backend("auto", model, info)
     assert isinstance(backend, TorchBackend) and "exporter exploded" in caplog.text
     with pytest.raises(FaceNetError, match="--backend torch"):
-        make_backend("onnx", model, info, model_path=path)
+        make_backend("onnx", model, info)
     with pytest.raises(FaceNetError, match="unknown backend"):
         make_backend("tensorrt", model, info)
 

@@ -5,27 +5,21 @@ one of these, so every command that embeds (embed, verify, evaluate, gallery, se
 same backend choice:
 
 - ``TorchBackend``: the PyTorch module, optionally channels-last and/or ``torch.compile``-d.
-- ``OnnxBackend``: ONNX Runtime on an exported graph (see ``facenet.export``); on this project's
-  CPU it ran Inception-ResNet-v1 about 2x faster than eager PyTorch at batch 32.
-- ``"auto"`` (``make_backend``): ONNX Runtime on a CPU device, exported once and cached next to
-  the model file; PyTorch on other devices or when export fails (with a warning).
+- ``OnnxBackend``: ONNX Runtime on an exported graph; on this project's CPU it ran
+  Inception-ResNet-v1 about 2x faster than eager PyTorch at batch 32.
+
+Choosing one by name, exporting when needed, lives in ``facenet.export.make_backend``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from facenet.errors import FaceNetError, ModelFileError
+from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
-from facenet.models.modelfile import ModelInfo
-
-BACKENDS = ("auto", "torch", "onnx")
-log = logging.getLogger(__name__)
 
 
 class TorchBackend:
@@ -78,41 +72,3 @@ class OnnxBackend:
     def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(torch.as_tensor(x).cpu().numpy(), dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
-
-
-def onnx_cache_path(model_path: Path, info: ModelInfo) -> Path:
-    """Where ``auto`` keeps the exported graph: beside the model, named by the weights' identity."""
-    return model_path.with_name(f"{model_path.stem}.{info.model_id or 'untracked'}.onnx")
-
-
-def make_backend(name: str, model: EmbeddingModel, info: ModelInfo, device: str | torch.device = "cpu",
-                 model_path: str | os.PathLike | None = None):
-    """The backend called ``name`` for ``model``; ``auto`` picks ONNX Runtime on CPU when it can."""
-    if name not in BACKENDS:
-        raise FaceNetError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    device = torch.device(device)
-    if name == "torch" or (name == "auto" and device.type != "cpu"):
-        return TorchBackend(model, device)
-    try:
-        return OnnxBackend(_exported(model, info, model_path))
-    except (FaceNetError, ImportError, OSError, RuntimeError) as exc:
-        if name == "onnx":
-            raise FaceNetError(f"cannot run {info.arch} with ONNX Runtime ({exc}); use --backend torch") from None
-        log.warning("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
-        return TorchBackend(model, device)
-
-
-def _exported(model: EmbeddingModel, info: ModelInfo, model_path: str | os.PathLike | None) -> str | bytes:
-    """The cached export beside the model file if there is one (written once), else bytes in memory."""
-    from facenet.export import export_onnx, onnx_bytes
-
-    if model_path is None or not info.model_id:
-        return onnx_bytes(model.cpu(), info)
-    cache = onnx_cache_path(Path(model_path), info)
-    if not cache.is_file():
-        try:
-            export_onnx(model.cpu(), info, cache)
-        except OSError as exc:  # read-only model folder: export in memory instead
-            log.info("cannot cache the ONNX export at %s (%s)", cache, exc)
-            return onnx_bytes(model.cpu(), info)
-    return str(cache)

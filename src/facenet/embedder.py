@@ -66,7 +66,7 @@ class FaceEmbedder:
     def __init__(self, model: EmbeddingModel | None, info: ModelInfo, device: str | torch.device = "cpu",
                  detector=None, backend="torch", which: str | None = None, fallback_detector=None):
         from facenet.align.crop import Recipe
-        from facenet.backends import make_backend
+        from facenet.export import make_backend
 
         self.model = model.to(device).eval() if model is not None else None
         self.info = info
@@ -155,9 +155,9 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
     Faces are found by ``detector`` (a name such as ``"mtcnn"``, or a detector object), by default
     the one the model's recipe names, and cut as the recipe says; ``detect=False`` takes every
     image as a ready face crop. A ``.onnx`` file (from ``facenet export``) always runs on ONNX
-    Runtime; with ``backend="auto"`` a safetensors model is exported once to ONNX and run by it.
+    Runtime; with ``backend="auto"`` a safetensors model is exported once (cached) and run by it.
     """
-    from facenet.backends import make_backend
+    from facenet.export import make_backend
 
     path = Path(model_path) if model_path else ensure_default_model()
     if path.suffix.lower() == ".onnx":
@@ -167,7 +167,7 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
         model, device = None, "cpu"
     else:
         model, info = load_model_file(path, device=device)
-        runner = make_backend(backend, model, info, device, model_path=path)
+        runner = make_backend(backend, model, info, device)
     if detect and (detector is None or isinstance(detector, str)):
         from facenet.align import get_detector
         from facenet.align.crop import Recipe

@@ -4,11 +4,16 @@ Input ``images``: standardised N,3,H,W float32 (N dynamic); output ``embeddings`
 The facenet ``ModelInfo`` JSON is stored in the graph's ``metadata_props`` under ``facenet``, so
 ``load_embedder("model.onnx")`` knows the architecture, input size, standardisation and threshold.
 Every export is checked against PyTorch before it is written.
+
+``make_backend(name, ...)`` picks the runner commands use: ``"auto"`` runs ONNX Runtime on a CPU,
+with the export cached under the user's cache folder (``$XDG_CACHE_HOME/facenet/onnx``), keyed
+by the weights' hash, input size and opset and checked against them when read back.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facenet.backends import OnnxBackend, TorchBackend
 from facenet.errors import FaceNetError, ModelFileError
 from facenet.fileio import atomic_write_bytes
 from facenet.models import EmbeddingModel
@@ -24,6 +30,69 @@ from facenet.models.modelfile import ModelInfo
 META_KEY = "facenet"
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-4  # max abs difference of unit-embedding components, ONNX Runtime vs PyTorch
+BACKENDS = ("auto", "torch", "onnx")
+CACHE_KEEP = 8  # exports kept in the cache folder; older ones (other weights) are removed
+log = logging.getLogger(__name__)
+
+
+def make_backend(name: str, model: EmbeddingModel, info: ModelInfo, device: str | torch.device = "cpu"):
+    """The runner called ``name`` for ``model``; ``auto`` picks ONNX Runtime on CPU when it can export."""
+    if name not in BACKENDS:
+        raise FaceNetError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if name == "torch" or (name == "auto" and device.type != "cpu"):
+        return TorchBackend(model, device)
+    try:
+        return OnnxBackend(cached_export(model, info))
+    except (FaceNetError, ImportError, OSError, RuntimeError) as exc:
+        if name == "onnx":
+            raise FaceNetError(f"cannot run {info.arch} with ONNX Runtime ({exc}); use --backend torch") from None
+        log.warning("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
+        return TorchBackend(model, device)
+
+
+def onnx_cache_path(info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
+    """Where the export of these weights at this input size and opset is cached."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    sha = info.provenance.get("weights_sha256", "")
+    return cache_home / "facenet" / "onnx" / f"{info.arch}-{sha[:32]}-{info.input_size}px-opset{opset}.onnx"
+
+
+def cached_export(model: EmbeddingModel, info: ModelInfo, opset: int = DEFAULT_OPSET) -> str | bytes:
+    """The checked export of ``model``: the cached file when it holds these weights, else a new export
+    (cached when possible; in memory, with a warning, when the cache folder cannot be written)."""
+    if not info.model_id:
+        return onnx_bytes(model.cpu(), info, opset)
+    path = onnx_cache_path(info, opset)
+    if path.is_file() and _holds(path, info):
+        os.utime(path)  # most recently used: kept by the pruning below
+        return str(path)
+    data = onnx_bytes(model.cpu(), info, opset)
+    check_onnx(model, data, info)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        log.warning("cannot cache the ONNX export in %s (%s); exporting again at every start", path.parent, exc)
+        return data
+    _prune(path.parent)
+    return str(path)
+
+
+def _holds(path: Path, info: ModelInfo) -> bool:
+    """Does the cached graph carry these weights and this input size (its metadata says)?"""
+    try:
+        cached = load_onnx(path)[1]
+    except ModelFileError:
+        return False
+    return (cached.provenance.get("weights_sha256") == info.provenance.get("weights_sha256")
+            and cached.input_size == info.input_size)
+
+
+def _prune(folder: Path) -> None:
+    exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in exports[CACHE_KEEP:]:
+        stale.unlink(missing_ok=True)
 
 
 def onnx_bytes(model: EmbeddingModel, info: ModelInfo, opset: int = DEFAULT_OPSET) -> bytes:
@@ -51,8 +120,6 @@ def check_onnx(model: EmbeddingModel, data: bytes | str | os.PathLike, info: Mod
 
     Raises ``FaceNetError`` above ``tolerance``: an export that changes embeddings must not be used.
     """
-    from facenet.backends import OnnxBackend, TorchBackend
-
     ort_run, torch_run = OnnxBackend(data), TorchBackend(model.cpu())
     worst = 0.0
     for x in _check_inputs(info):
@@ -111,7 +178,6 @@ def quantize_int8(data: bytes, info: ModelInfo, calibration: list[np.ndarray]) -
 
 def int8_distance_error(model: EmbeddingModel, data: bytes, info: ModelInfo, crops: list[np.ndarray]) -> float:
     """Largest change int8 makes to a squared-L2 distance between two of ``crops`` (range of d^2: [0, 4])."""
-    from facenet.backends import OnnxBackend, TorchBackend
     from facenet.data.images import standardise, to_batch
 
     x = standardise(to_batch(crops), info.standardisation)
@@ -134,8 +200,6 @@ def read_onnx_info(metadata: dict, source: str | os.PathLike) -> ModelInfo:
 
 def load_onnx(path: str | os.PathLike):
     """An ``OnnxBackend`` for an exported file and the ``ModelInfo`` it carries."""
-    from facenet.backends import OnnxBackend
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -144,12 +208,12 @@ def load_onnx(path: str | os.PathLike):
 
 
 def _check_inputs(info: ModelInfo) -> list[torch.Tensor]:
-    """A random batch of 1 and three rendered synthetic faces, standardised as the model expects."""
-    from facenet.data.images import standardise, to_batch
-    from facenet.data.synthetic import SyntheticFaces
+    """A batch of 1 of white noise and one of 3 smooth images (image-like statistics), standardised."""
+    from facenet.data.images import standardise
 
     size = info.input_size
-    noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    faces = SyntheticFaces(3, seed=0, size=size)
-    crops = to_batch([faces.render(i, 0) for i in range(3)])
-    return [noise, standardise(crops, info.standardisation)]
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 3, size, size, generator=generator)
+    coarse = torch.rand(3, 3, 8, 8, generator=generator) * 255
+    smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return [noise, standardise(smooth.clamp(0, 255).round(), info.standardisation)]
