@@ -206,3 +206,32 @@ def test_no_face_policy_is_the_same_for_every_model(lfw_like, tmp_path, model_fi
             assert code == 0 and f"{scored} pairs scored" in text.out and "24 images without a detected face" in text.out
         else:
             assert code == 2 and "could be scored" in text.err
+
+
+def test_occluded_protocol_occludes_the_second_photo_or_both(lfw_like, tmp_path, monkeypatch):
+    """--occlude draws on the second photo of each pair (or both), placed by the placement detector."""
+    import facenet.occlusion as occlusion
+
+    drawn = []
+
+    class Placer:  # one face in the middle of every 8x8 image
+        name = "placer"
+
+        def detect(self, image):
+            from facenet.align.base import Detection
+
+            return [Detection((1, 1, 7, 7), 1.0, [[2, 3], [6, 3], [4, 4], [3, 6], [5, 6]])]
+
+    def fake_occlude(pixels, landmarks, kind, seed, variant):
+        drawn.append(int(pixels[0, 0, 0]))
+        return pixels  # the image's value still indexes FakeEmbedder's table
+
+    monkeypatch.setattr(occlusion, "occlude", fake_occlude)
+    monkeypatch.setattr("facenet.align.get_detector", lambda name: Placer())
+    pairs, images = lfw_like
+    one = evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, occlude="mask")
+    assert sorted(drawn) == [2 * k + 1 for k in range(12)]  # every pair's second photo, once each
+    assert one.n_pairs == 12 and one.settings["occlude"] == "mask" and "mask" in one.model
+    drawn.clear()
+    evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, occlude="mask", occlude_side="both")
+    assert sorted(drawn) == list(range(24))

@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=None,
                    help="re-split the pairs into this many folds (needed for header-less files)")
     p.add_argument("--far", type=float, default=1e-3, help="target FAR for VAL (default: 1e-3)")
+    p.add_argument("--occlude", default=None, metavar="KIND",
+                   help="draw an occluder on the photos first: mask, cloth_mask, n95, sunglasses, scarf, hand, "
+                        "cap_shadow (placed from MTCNN's landmarks; see `facenet occlude`)")
+    p.add_argument("--occlude-side", choices=("one", "both"), default="one",
+                   help="occlude the second photo of each pair (a masked probe against a clean enrolment "
+                        "photo; default) or both photos")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default: 32)")
     p.add_argument("--on-no-face", choices=("center", "drop"), default="center",
                    help="photos where the detector finds no face: embed a centred crop (counted in the report) "
@@ -53,7 +59,7 @@ def handle(args: argparse.Namespace) -> int:
     result = evaluate_pairs(_embedder(args), args.pairs, args.images, flip=args.flip, distance=args.distance,
                             subtract_mean=args.subtract_mean, batch_size=args.batch_size,
                             progress=not args.no_progress, folds=args.folds, ext=args.ext, far_target=args.far,
-                            cache=args.cache)
+                            cache=args.cache, occlude=args.occlude, occlude_side=args.occlude_side)
     print(result.table())
     if args.write_thresholds:
         _write_thresholds(args, result)

@@ -18,6 +18,7 @@ from facenet.evaluate.pairs import read_pairs
 from facenet.fileio import atomic_write, atomic_write_bytes
 
 FLIPS = ("none", "sum", "concat")
+OCCLUDE_SIDES = ("one", "both")
 CACHE_EVERY = 512  # images between cache saves: a killed run loses at most this much work
 
 
@@ -90,13 +91,16 @@ class EvaluationResult:
 def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os.PathLike, flip: str = "none",
                    distance: str = "euclidean", subtract_mean: bool = False, batch_size: int = 32,
                    progress: bool = True, folds: int | None = None, ext: str = "jpg",
-                   far_target: float = 1e-3, cache: str | os.PathLike | None = None) -> EvaluationResult:
+                   far_target: float = 1e-3, cache: str | os.PathLike | None = None,
+                   occlude: str | None = None, occlude_side: str = "one") -> EvaluationResult:
     """Evaluate ``embedder`` (any object with ``embed(images, batch_size)``) on a pairs protocol.
 
     ``flip`` adds horizontal-flip test-time augmentation: "sum" adds the two embeddings,
     "concat" joins them; both are re-normalised to unit rows. ``cache`` (an .npz file) keeps
     the embeddings made so far, so an interrupted run resumes where it stopped and a re-run
-    with another distance or fold setting embeds nothing.
+    with another distance or fold setting embeds nothing. ``occlude`` (a ``facenet.occlusion``
+    kind) draws that occluder on the second photo of every pair (``occlude_side="one"``: a masked
+    probe against an unmasked enrolment photo) or on both photos (``"both"``).
     """
     if flip not in FLIPS:
         raise DataError(f"unknown flip mode {flip!r}; choose one of {', '.join(FLIPS)}")
@@ -106,25 +110,32 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
     paths = sorted({p for pair in pair_set.pairs for p in (pair.path1, pair.path2)})
 
     start = time.perf_counter()
-    embeddings, failed = embed_paths(embedder, paths, flip, batch_size, progress, cache)
+    if occlude is None:
+        embeddings, failed = embed_paths(embedder, paths, flip, batch_size, progress, cache)
+        left = right = embeddings
+    else:
+        left, right, failed = _embed_occluded(embedder, pair_set.pairs, occlude, occlude_side, flip, batch_size,
+                                              progress, cache)
+        embeddings = left
     embed_seconds = time.perf_counter() - start
 
-    scored = [p for p in pair_set.pairs if p.path1 in embeddings and p.path2 in embeddings]
+    scored = [p for p in pair_set.pairs if p.path1 in left and p.path2 in right]
     if not scored:
         raise DataError(f"no pair of {pairs_file} could be scored (all images missing or failed)")
     same = np.array([p.same for p in scored])
     start = time.perf_counter()
-    metrics = kfold_metrics(np.stack([embeddings[p.path1] for p in scored]),
-                            np.stack([embeddings[p.path2] for p in scored]),
+    metrics = kfold_metrics(np.stack([left[p.path1] for p in scored]),
+                            np.stack([right[p.path2] for p in scored]),
                             same, np.array([p.fold for p in scored]), distance=distance,
                             subtract_mean=subtract_mean, far_target=far_target)
     metrics_seconds = time.perf_counter() - start
 
     missing_paths = sorted({str(q) for p in pair_set.missing for q in (p.path1, p.path2) if not q.is_file()})
     return EvaluationResult(
-        model=embedder.name, pairs_file=str(pairs_file),
+        model=embedder.name + (f" + {occlude} on {occlude_side} side(s)" if occlude else ""), pairs_file=str(pairs_file),
         settings={"flip": flip, "distance": distance, "subtract_mean": subtract_mean, "n_folds": pair_set.n_folds,
-                  "images_dir": str(images_dir)},
+                  "images_dir": str(images_dir),
+                  **({"occlude": occlude, "occlude_side": occlude_side} if occlude else {})},
         n_pairs=len(scored), n_missing=len(pair_set.missing), n_failed=len(pair_set.pairs) - len(scored),
         metrics=metrics, labels=same, n_fallbacks=getattr(embedder, "fallbacks", None),
         missing=missing_paths + sorted(str(p) for p in failed),
@@ -132,6 +143,24 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
                  "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
                  "metrics_seconds": round(metrics_seconds, 3)},
         embeddings=embeddings)
+
+
+def _embed_occluded(embedder, pairs, kind: str, side: str, flip: str, batch_size: int, progress: bool, cache):
+    """(first photos' embeddings, second photos' embeddings, failures) with occluder ``kind`` drawn on the
+    second photo of each pair, or on both photos; occluded embeddings are cached beside ``cache``."""
+    from facenet.occlusion import OccludingEmbedder
+
+    if side not in OCCLUDE_SIDES:
+        raise DataError(f"unknown occlusion side {side!r}; choose one of {', '.join(OCCLUDE_SIDES)}")
+    occluding = OccludingEmbedder(embedder, kind)
+    occluded_cache = Path(cache).with_suffix(f".{kind}.npz") if cache else None
+    seconds = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs}) if side == "both" else \
+        sorted({p.path2 for p in pairs})
+    right, failed = embed_paths(occluding, seconds, flip, batch_size, progress, occluded_cache)
+    if side == "both":
+        return right, right, failed
+    left, failed_left = embed_paths(embedder, sorted({p.path1 for p in pairs}), flip, batch_size, progress, cache)
+    return left, right, failed + failed_left
 
 
 def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progress: bool, cache):
