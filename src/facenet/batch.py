@@ -106,7 +106,8 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
     """Yield ``(rows, embeddings)`` chunks of at most ``batch_size`` faces, in photo order.
 
     Failing photos go into ``report.skipped`` and the stream goes on. ``workers`` processes decode
-    and detect (default: none for a handful of photos, else the cores but one, at least one);
+    and detect on the CPU (default: none for a handful of photos or for a detector on an
+    accelerator, which then detects in this process; else the cores but one, at least one);
     no more than ``2 * batch_size`` photos are in flight at a time, so memory stays bounded
     whatever the number of photos.
     """
@@ -114,7 +115,9 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
         raise FaceNetError("--batch-size must be at least 1")
     report.photos += len(paths)
     if workers is None:
-        workers = 0 if len(paths) <= batch_size else max(1, (os.cpu_count() or 1) - 1)
+        on_accelerator = str(getattr(embedder.detector, "device", "cpu")) != "cpu"  # detect there, in this process
+        few = len(paths) <= batch_size
+        workers = 0 if few or on_accelerator else max(1, (os.cpu_count() or 1) - 1)
     rows: list[FaceRow] = []
     with progress_bar(len(paths), "embedding", unit="photo", enabled=progress) as bar:
         for path, result in _found_faces(embedder, paths, all_faces, workers, window=2 * batch_size):

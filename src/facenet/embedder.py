@@ -161,7 +161,7 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
         from facenet.align import get_detector
         from facenet.align.crop import Recipe
 
-        detector = get_detector(detector or Recipe.from_dict(info.recipe).detector)
+        detector = get_detector(detector or Recipe.from_dict(info.recipe).detector, device=str(device))
     return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
                         which=which)
 
