@@ -23,12 +23,31 @@ from facenet.models.modelfile import ModelInfo, load_model_file
 MODEL_ENV = "FACENET_MODEL"
 
 
+def models_dir() -> Path:
+    """Where installed models live: ``$XDG_DATA_HOME/facenet/models`` (``~/.local/share/facenet/models``)."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return data_home / "facenet" / "models"
+
+
 def default_model_path() -> Path:
     """The model commands use when ``--model`` is omitted: ``$FACENET_MODEL``, else the installed default."""
     if os.environ.get(MODEL_ENV):
         return Path(os.environ[MODEL_ENV])
-    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return data_home / "facenet" / "models" / "default.safetensors"
+    return models_dir() / "default.safetensors"
+
+
+def trained_on(info: ModelInfo) -> str:
+    """One line on where a model's weights come from, from its provenance (what a user must know to
+    trust its answers: a model trained on 40 synthetic people is not a face recogniser)."""
+    p = info.provenance
+    if p.get("trained_by") == "facenet train":
+        return (f"facenet train on {p.get('data', '?')} ({p.get('identities', '?')} identities, "
+                f"{p.get('images', '?')} images, {p.get('steps', '?')} steps, {p.get('loss', '?')} loss)")
+    if p.get("trained_by"):
+        return f"{p['trained_by']}; converted from {p.get('source', '?')}" if p.get("source") else p["trained_by"]
+    if p.get("source"):
+        return f"converted from {p['source']}"
+    return "unknown (no provenance recorded)"
 
 
 def ensure_default_model() -> Path:

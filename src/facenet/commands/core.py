@@ -206,6 +206,7 @@ def run_verify(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     ea, eb = embedder.embed_crops([photo_faces(embedder, args.a)[0], photo_faces(embedder, args.b)[0]])
     result = compare(ea, eb, embedder.threshold if args.threshold is None else args.threshold)
+    print(f"model     {embedder.name}")
     print(f"distance  {result.distance:.4f}  (squared L2)")
     print(f"threshold {result.threshold:.4f}")
     print("SAME" if result.same else "DIFFERENT")

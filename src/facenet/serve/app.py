@@ -98,7 +98,16 @@ class IdentifyResult(BaseModel):
     known: bool
     matches: list[MatchOut]  # nearest first, within the threshold; empty = unknown
     threshold: float
+    model: str
     photo: PhotoReport
+
+
+class ModelOut(BaseModel):
+    name: str  # as in every result's "model" field: architecture, embedding size, weights id
+    model_id: str  # what galleries record; "" for an untracked model
+    embedding_size: int
+    threshold: float  # squared L2; same person when the distance is below it
+    trained_on: str  # from the model file's provenance
 
 
 class PersonOut(BaseModel):
@@ -247,7 +256,7 @@ class Engine:
         emb, reports = self.embed([upload])
         limit = self.embedder.threshold if threshold is None else threshold
         matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
-        return {"known": bool(matches), "threshold": limit, "photo": reports[0],
+        return {"known": bool(matches), "threshold": limit, "model": self.embedder.name, "photo": reports[0],
                 "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
 
     def enrol(self, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
@@ -263,6 +272,14 @@ class Engine:
                           code="name_taken") from exc
         person = next(p for p in self.gallery.people() if p.name == name)
         return PersonOut(name=person.name, faces=person.faces, created=person.created)
+
+    def model(self) -> dict:
+        from facenet.embedder import trained_on
+
+        info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
+        return {"name": self.embedder.name, "model_id": info.model_id if info else "",
+                "embedding_size": self.embedder.embedding_size, "threshold": self.embedder.threshold,
+                "trained_on": trained_on(info) if info else "see its own documentation"}
 
     def people(self) -> dict:
         return {"model": self.gallery.model_id,
@@ -404,6 +421,11 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
         if not engine.ready:
             raise Problem(503, "the gallery is not open yet", code="not_ready", headers={"Retry-After": "1"})
         return {"status": "ready"}
+
+    @app.get("/api/model", response_model=ModelOut, tags=["service"],
+             summary="which model answers: name, id, threshold and what it was trained on")
+    async def model():
+        return engine.model()
 
     @app.post("/api/verify", response_model=VerifyResult, dependencies=multipart, tags=["faces"],
               summary="are the people in two photos the same person?")
