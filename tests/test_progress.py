@@ -41,3 +41,12 @@ def test_dataset_generation_in_a_log_prints_a_few_lines(tmp_path, capsys):
     write_dataset(tmp_path / "ds", num_identities=2, images_per_identity=3, size=48)
     err = capsys.readouterr().err
     assert "synthetic faces: 6/6 img (100%)" in err and "\r" not in err
+
+
+def test_plain_lines_carry_the_postfix_as_tqdm_does():
+    out = io.StringIO()
+    with progress_bar(10, "training", unit="step", file=out) as bar:
+        for step in range(10):
+            bar.update()
+            bar.set_postfix(loss=f"{1 / (step + 1):.3f}")
+    assert out.getvalue().splitlines()[-1].endswith("(loss=0.100)")

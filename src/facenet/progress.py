@@ -48,6 +48,7 @@ class PlainProgress:
         self._start_n, self._start = initial, time.monotonic()
         self._next = self._mark(initial) + 1
         self._closed = False
+        self._postfix = ""
 
     def _mark(self, n: int) -> int:
         return n * self.lines // self.total if self.total > 0 else 0
@@ -57,6 +58,10 @@ class PlainProgress:
         if self.lines and self.total > 0 and self._mark(self.n) >= self._next and self.n < self.total:
             self._next = self._mark(self.n) + 1
             self._print()
+
+    def set_postfix(self, **values) -> None:
+        """As tqdm's: ``loss=0.31`` etc., shown on the next line printed."""
+        self._postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
         if not self._closed and self.lines and self.n > self._start_n:
@@ -74,6 +79,8 @@ class PlainProgress:
             line += f", ETA {_clock((self.total - self.n) / rate)}"
         elif self.n >= self.total:
             line += f", {_clock(elapsed)} in all"
+        if self._postfix:
+            line += f" ({self._postfix})"
         print(line, file=self.file, flush=True)
 
     def __enter__(self):
