@@ -124,3 +124,17 @@ def test_the_stream_reads_only_a_batch_ahead():
                           workers=0, progress=False)
     rows, emb = next(stream)
     assert len(rows) == 4 and embedder.seen <= 8
+
+
+def test_the_python_api_decodes_a_batch_at_a_time(model_file, monkeypatch):
+    """facenet.embed over many photos never holds them all decoded at once."""
+    import facenet.embedder as embedder_module
+
+    decoded = []
+    real = embedder_module.load_images
+    monkeypatch.setattr(embedder_module, "load_images", lambda srcs, **kw: decoded.append(len(srcs)) or real(srcs))
+    model = embedder_module.load_embedder(model_file, detect=False, backend="torch")
+    photos = [np.full((48, 48, 3), i * 20, np.uint8) for i in range(10)]
+    rows = model.embed(photos, batch_size=4)
+    assert decoded == [4, 4, 2] and rows.shape == (10, 128)
+    np.testing.assert_allclose(rows, model.embed_crops(photos), atol=1e-5)

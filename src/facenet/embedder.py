@@ -141,11 +141,16 @@ class FaceEmbedder:
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or arrays): one unit row per image.
 
-        Images are decoded by a thread pool (Pillow releases the GIL), then cropped in order.
+        Images are decoded by a thread pool (Pillow releases the GIL) ``batch_size`` at a time, then
+        cropped and embedded, so memory holds one batch of photos however many are given.
         """
-        pixels = load_images(images)
-        crops = [self.find_faces(p, source=_describe(image)).faces[0].image for p, image in zip(pixels, images)]
-        return self.embed_crops(crops, batch_size=batch_size)
+        out = np.empty((len(images), self.embedding_size), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            crops = [self.find_faces(p, source=_describe(image)).faces[0].image
+                     for p, image in zip(load_images(chunk), chunk)]
+            out[start:start + len(chunk)] = self.embed_crops(crops, batch_size=batch_size)
+        return out
 
 
 @dataclass(frozen=True)
