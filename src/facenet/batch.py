@@ -115,7 +115,8 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
         raise FaceNetError("--batch-size must be at least 1")
     report.photos += len(paths)
     if workers is None:
-        on_accelerator = str(getattr(embedder.detector, "device", "cpu")) != "cpu"  # detect there, in this process
+        detector = getattr(embedder, "detector", None)
+        on_accelerator = str(getattr(detector, "device", "cpu")) != "cpu"  # detect there, in this process
         few = len(paths) <= batch_size
         workers = 0 if few or on_accelerator else max(1, (os.cpu_count() or 1) - 1)
     rows: list[FaceRow] = []
