@@ -20,7 +20,7 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -145,7 +145,7 @@ def collect(chunks: Iterator[tuple[list[FaceRow], np.ndarray]], embedding_size: 
     rows, blocks = [], []
     for chunk, emb in chunks:
         if keep_crop is not None:
-            chunk = [FaceRow(r.path, r.face, r.faces_found, r.box, r.score, keep_crop(r.crop)) for r in chunk]
+            chunk = [replace(r, crop=keep_crop(r.crop)) for r in chunk]
         rows.extend(chunk)
         blocks.append(emb)
     matrix = np.concatenate(blocks) if blocks else np.empty((0, embedding_size), np.float32)
