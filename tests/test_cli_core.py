@@ -42,7 +42,9 @@ def test_embed_npy_rows_are_unit_and_match_the_api(tmp_path, model_file, photos,
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
     api_rows = facenet.embed(photos, model=facenet.load_model(model_file, detect=False))
     np.testing.assert_allclose(rows, api_rows, atol=1e-6)
-    assert (tmp_path / "emb.paths.txt").read_text().split() == [str(p) for p in photos]
+    with open(tmp_path / "emb.rows.csv") as fh:
+        described = list(csv.DictReader(fh))
+    assert [r["image"] for r in described] == [str(p) for p in photos]
     assert out.stat().st_mode & 0o777 == 0o600
 
 
@@ -51,8 +53,9 @@ def test_embed_csv_and_folder_expansion(tmp_path, model_file, photos):
     assert main(["embed", str(photos[0].parent), "--out", str(out), "--model", str(model_file), "--no-detect"]) == 0
     with open(out) as fh:
         rows = list(csv.reader(fh))
-    assert rows[0][:2] == ["image", "e0"] and len(rows) == 4 and len(rows[1]) == 129
-    assert np.isclose(np.linalg.norm(np.array(rows[1][1:], float)), 1, atol=1e-5)
+    assert rows[0][:9] == ["image", "face", "faces", "x1", "y1", "x2", "y2", "score", "e0"]
+    assert len(rows) == 4 and len(rows[1]) == 8 + 128
+    assert np.isclose(np.linalg.norm(np.array(rows[1][8:], float)), 1, atol=1e-5)
 
 
 def test_verify_exit_codes_follow_the_decision(model_file, photos, capsys):
@@ -97,7 +100,7 @@ def test_missing_paths_and_models_are_clear_errors(tmp_path, model_file, photos,
     assert "model file not found" in capsys.readouterr().err
     assert main(["embed", str(photos[0]), "--out", str(tmp_path / "x.txt"), "--model", str(model_file),
                  "--no-detect"]) == 2
-    assert ".npy or .csv" in capsys.readouterr().err
+    assert ".npy, .csv, .json, .parquet" in capsys.readouterr().err
 
 
 def test_a_missing_model_named_by_the_environment_is_an_error(tmp_path, monkeypatch, photos, capsys):

@@ -88,7 +88,7 @@ def test_manifest_and_contact_sheets(tmp_path):
     assert manifest["clusters"] == {"0": [str(files[0]), str(files[1])], "1": [str(files[3])]}
     assert manifest["unclustered"] == [str(files[2])]
     sheet = Image.open(out / "cluster_0.png")
-    assert sheet.size == (40, 20)
+    assert sheet.size == (40, 20 + 14)  # tiles, each captioned with its file name
     assert sheet.getpixel((5, 5))[0] > 200 and sheet.getpixel((25, 5))[0] > 200  # two red tiles
     assert Image.open(out / "unclustered.png").getpixel((5, 5))[2] > 200  # blue
     assert sorted(p.name for p in out.iterdir()) == ["cluster_0.png", "cluster_1.png", "manifest.json",

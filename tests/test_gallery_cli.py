@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facenet.align import AlignedFace, Detection, Recipe
 from facenet.cli import main
 from facenet.commands import cluster as cluster_cmd
 from facenet.commands import gallery as gallery_cmd
+from facenet.embedder import FoundFaces
 from facenet.errors import NoFaceError
 from facenet.gallery import Gallery
 
@@ -18,13 +20,19 @@ class FakeEmbedder:
     """Stands in for a model: the photo's colour decides the identity; grey photos have no face."""
 
     name, embedding_size, threshold = "fake-model", D, 0.5
+    recipe = Recipe()
 
-    def embed(self, images):
+    def find_faces(self, path, all_faces=False, source=None):
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        if np.ptp(pixels.reshape(-1, 3).mean(0)) < 10:
+            raise NoFaceError(f"{path}: no face found")
+        face = AlignedFace(pixels, Detection((0, 0, pixels.shape[1], pixels.shape[0]), 0.99, np.zeros(10)))
+        return FoundFaces([face], [face.detection])
+
+    def embed_crops(self, crops, batch_size=32):
         out = []
-        for path in images:
-            rgb = np.asarray(Image.open(path).convert("RGB"), np.float32).mean((0, 1))
-            if np.ptp(rgb) < 10:
-                raise NoFaceError(f"no face found in {path}")
+        for crop in crops:
+            rgb = np.asarray(crop, np.float32).mean((0, 1))
             v = np.zeros(D, np.float32)
             v[int(rgb.argmax())] = 1.0
             v[3 + int(rgb.argmin())] = 0.1
@@ -64,12 +72,41 @@ def test_enroll_identify_list_remove_via_cli(photos, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("unknown")
 
 
-def test_enroll_with_a_faceless_photo_writes_nothing(photos, tmp_path, capsys):
+def test_enroll_skips_a_faceless_photo_unless_strict(photos, tmp_path, capsys):
     g = tmp_path / "g.db"
-    assert main(["gallery", "enroll", "x", str(photos["r1"]), str(photos["grey"]), "--gallery", str(g)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no face found" in err[0]
+    args = ["gallery", "enroll", "x", str(photos["r1"]), str(photos["grey"]), "--gallery", str(g)]
+    assert main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert f"skipped {photos['grey']}: no face found" in err and "nothing enrolled" in err
     assert not g.exists()
+    assert main(args) == 0
+    assert "1 of 2 photo(s) skipped" in capsys.readouterr().err
+    with Gallery.open(g, create=False) as gallery:
+        assert [(p.name, p.faces) for p in gallery.people()] == [("x", 1)]
+    assert main(["gallery", "enroll", "y", str(photos["grey"]), "--gallery", str(g)]) == 2
+
+
+def test_enroll_refuses_an_enrolled_name_unless_add(photos, tmp_path, capsys):
+    """As the API answers 409 unless merge=true: enrolling a name twice is a mistake until asked for."""
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "x", str(photos["r1"]), "--gallery", str(g)]) == 0
+    assert main(["gallery", "enroll", "x", str(photos["r2"]), "--gallery", str(g)]) == 2
+    assert "already in gallery" in capsys.readouterr().err
+    assert main(["gallery", "enroll", "x", str(photos["r2"]), "--gallery", str(g), "--add"]) == 0
+    with Gallery.open(g, create=False) as gallery:
+        assert [(p.name, p.faces) for p in gallery.people()] == [("x", 2)]
+
+
+def test_identify_skips_and_reports(photos, tmp_path, capsys):
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g)]) == 0
+    capsys.readouterr()
+    report = tmp_path / "skipped.json"
+    assert main(["identify", str(photos["r2"]), str(photos["grey"]), "--gallery", str(g),
+                 "--skipped-report", str(report)]) == 0
+    assert capsys.readouterr().out.startswith(f"{photos['r2']}: red")
+    assert json.loads(report.read_text())["skipped"] == [{"path": str(photos["grey"]), "reason": "no face found"}]
+    assert main(["identify", str(photos["r2"]), str(photos["grey"]), "--gallery", str(g), "--strict"]) == 2
 
 
 def test_export_import_and_errors(tmp_path, capsys):
@@ -105,4 +142,31 @@ def test_cluster_command_writes_manifest(photos, tmp_path, capsys):
     assert manifest["clusters"] == {"0": [str(photos["r1"]), str(photos["r2"])]}
     assert sorted(manifest["unclustered"]) == sorted([str(photos["b1"]), str(photos["g1"])])
     assert "grey.png" in capsys.readouterr().err  # skipped, reported
+    assert json.loads((out / "skipped.json").read_text())["skipped"][0]["path"] == str(photos["grey"])
     assert (out / "cluster_0.png").is_file() and (out / "unclustered.png").is_file()
+
+
+def test_cluster_sheets_show_the_face_crops_used(photos, tmp_path, monkeypatch, capsys):
+    """A two-person photo: the sheet shows the face that was clustered, not the whole photo."""
+    class LeftHalf(FakeEmbedder):
+        def find_faces(self, path, all_faces=False, source=None):
+            pixels = np.asarray(Image.open(path).convert("RGB"))
+            w = pixels.shape[1]
+            left = Detection((0, 0, w // 2, pixels.shape[0]), 0.9, np.zeros(10))
+            right = Detection((w // 2, 0, w, pixels.shape[0]), 0.8, np.zeros(10))
+            return FoundFaces([AlignedFace(np.ascontiguousarray(pixels[:, : w // 2]), left)], [left, right])
+
+    monkeypatch.setattr(cluster_cmd, "embedder_from_args", lambda args: LeftHalf())
+    half = np.zeros((32, 64, 3), np.uint8)
+    half[:, :32] = (250, 10, 10)
+    half[:, 32:] = (10, 10, 250)
+    for name in ("two_a.png", "two_b.png"):
+        Image.fromarray(half).save(tmp_path / name)
+    out = tmp_path / "clusters"
+    assert main(["cluster", str(tmp_path / "two_a.png"), str(tmp_path / "two_b.png"), "--out", str(out)]) == 0
+    sheet = np.asarray(Image.open(out / "cluster_0.png").convert("RGB"))
+    tile = sheet[:96, :96]
+    assert tile[..., 0].mean() > 200 and tile[..., 2].mean() < 50  # the red (left) face fills the tile
+    caption = sheet[96:, :96]
+    assert (caption < 100).any()  # the file name is written under it
+    assert "two_a.png: 2 faces found; using face 0" in capsys.readouterr().err

@@ -120,23 +120,28 @@ def clustering_scores(pred: Sequence[int], true: Sequence) -> dict[str, float]:
 
 
 def write_clusters(out_dir: str | os.PathLike, files: Sequence[str | os.PathLike], labels: Sequence[int],
-                   thumb: int = 96, columns: int = 8) -> dict:
+                   thumb: int = 96, columns: int = 8, crops: Sequence | None = None) -> dict:
     """Write ``manifest.json`` (cluster -> files, ``unclustered`` for -1) and one contact sheet per group.
 
-    Returns the manifest. Contact sheets are PNG grids of thumbnails (``cluster_<n>.png``,
-    ``unclustered.png``); they show faces, so they are written owner-only like every face file.
+    Returns the manifest. Contact sheets are PNG grids (``cluster_<n>.png``, ``unclustered.png``) of
+    the face crops that were clustered (``crops``, H,W,3 uint8, one per file) — not the whole photos,
+    where the face used may be one of several — each captioned with its file name. Without ``crops``
+    the photos themselves are shown. They show faces, so they are written owner-only like every face file.
     """
-    if len(files) != len(labels):
-        raise DataError(f"{len(files)} files but {len(labels)} labels")
+    if len(files) != len(labels) or (crops is not None and len(crops) != len(files)):
+        raise DataError(f"{len(files)} files but {len(labels)} labels"
+                        + (f" and {len(crops)} crops" if crops is not None else ""))
     out_dir = Path(out_dir)
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[int]] = {}
     for label in sorted(set(int(x) for x in labels), key=lambda x: (x < 0, x)):
         key = UNCLUSTERED if label < 0 else str(label)
-        groups[key] = [str(f) for f, lab in zip(files, labels) if int(lab) == label]
-    manifest = {"clusters": {k: v for k, v in groups.items() if k != UNCLUSTERED},
-                "unclustered": groups.get(UNCLUSTERED, [])}
+        groups[key] = [i for i, lab in enumerate(labels) if int(lab) == label]
+    names = {k: [str(files[i]) for i in members] for k, members in groups.items()}
+    manifest = {"clusters": {k: v for k, v in names.items() if k != UNCLUSTERED},
+                "unclustered": names.get(UNCLUSTERED, [])}
     for key, members in groups.items():
-        sheet = contact_sheet(members, thumb, columns)
+        tiles = [crops[i] if crops is not None else files[i] for i in members]
+        sheet = contact_sheet(tiles, thumb, columns, captions=[Path(files[i]).name for i in members])
         name = UNCLUSTERED if key == UNCLUSTERED else f"cluster_{key}"
         atomic_write(out_dir / f"{name}.png", lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
     text = json.dumps(manifest, indent=2)
@@ -144,18 +149,33 @@ def write_clusters(out_dir: str | os.PathLike, files: Sequence[str | os.PathLike
     return manifest
 
 
-def contact_sheet(files: Sequence[str | os.PathLike], thumb: int = 96, columns: int = 8):
-    """A Pillow grid of thumbnails (unreadable files become grey tiles)."""
-    from PIL import Image, ImageOps
+CAPTION = 14  # pixels of file name under each tile
 
-    columns = max(1, min(columns, len(files)))
-    rows = max(1, math.ceil(len(files) / columns))
-    sheet = Image.new("RGB", (columns * thumb, rows * thumb), "white")
-    for i, path in enumerate(files):
+
+def contact_sheet(images: Sequence, thumb: int = 96, columns: int = 8, captions: Sequence[str] | None = None):
+    """A Pillow grid of thumbnails of ``images`` (paths or H,W,3 uint8 arrays; unreadable files become grey
+    tiles), each with its caption (a file name, shortened to fit) underneath when ``captions`` is given."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    cell = thumb + (CAPTION if captions else 0)
+    sheet = Image.new("RGB", (columns * thumb, rows * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, image in enumerate(images):
+        x, y = (i % columns) * thumb, (i // columns) * cell
         try:
-            with Image.open(path) as img:
-                tile = ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (thumb, thumb))
+            if isinstance(image, np.ndarray):
+                tile = Image.fromarray(image).convert("RGB").resize((thumb, thumb), Image.BILINEAR)
+            else:
+                with Image.open(image) as img:
+                    tile = ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (thumb, thumb))
         except (OSError, ValueError):
             tile = Image.new("RGB", (thumb, thumb), "grey")
-        sheet.paste(tile, ((i % columns) * thumb, (i // columns) * thumb))
+        sheet.paste(tile, (x, y))
+        if captions:
+            text = captions[i]
+            while len(text) > 1 and draw.textlength(text, font_size=10) > thumb - 2:
+                text = text[:-2] + "…"
+            draw.text((x + 1, y + thumb + 1), text, fill="black", font_size=10)
     return sheet

@@ -23,12 +23,31 @@ from facenet.models.modelfile import ModelInfo, load_model_file
 MODEL_ENV = "FACENET_MODEL"
 
 
+def models_dir() -> Path:
+    """Where installed models live: ``$XDG_DATA_HOME/facenet/models`` (``~/.local/share/facenet/models``)."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return data_home / "facenet" / "models"
+
+
 def default_model_path() -> Path:
     """The model commands use when ``--model`` is omitted: ``$FACENET_MODEL``, else the installed default."""
     if os.environ.get(MODEL_ENV):
         return Path(os.environ[MODEL_ENV])
-    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return data_home / "facenet" / "models" / "default.safetensors"
+    return models_dir() / "default.safetensors"
+
+
+def trained_on(info: ModelInfo) -> str:
+    """One line on where a model's weights come from, from its provenance (what a user must know to
+    trust its answers: a model trained on 40 synthetic people is not a face recogniser)."""
+    p = info.provenance
+    if p.get("trained_by") == "facenet train":
+        return (f"facenet train on {p.get('data', '?')} ({p.get('identities', '?')} identities, "
+                f"{p.get('images', '?')} images, {p.get('steps', '?')} steps, {p.get('loss', '?')} loss)")
+    if p.get("trained_by"):
+        return f"{p['trained_by']}; converted from {p.get('source', '?')}" if p.get("source") else p["trained_by"]
+    if p.get("source"):
+        return f"converted from {p['source']}"
+    return "unknown (no provenance recorded)"
 
 
 def ensure_default_model() -> Path:
@@ -133,11 +152,16 @@ class FaceEmbedder:
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or arrays): one unit row per image.
 
-        Images are decoded by a thread pool (Pillow releases the GIL), then cropped in order.
+        Images are decoded by a thread pool (Pillow releases the GIL) ``batch_size`` at a time, then
+        cropped and embedded, so memory holds one batch of photos however many are given.
         """
-        pixels = load_images(images)
-        crops = [self.find_faces(p, source=_describe(image)).faces[0].image for p, image in zip(pixels, images)]
-        return self.embed_crops(crops, batch_size=batch_size)
+        out = np.empty((len(images), self.embedding_size), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            crops = [self.find_faces(p, source=_describe(image)).faces[0].image
+                     for p, image in zip(load_images(chunk), chunk)]
+            out[start:start + len(chunk)] = self.embed_crops(crops, batch_size=batch_size)
+        return out
 
 
 @dataclass(frozen=True)
@@ -172,7 +196,7 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
         from facenet.align import get_detector
         from facenet.align.crop import Recipe
 
-        detector = get_detector(detector or Recipe.from_dict(info.recipe).detector)
+        detector = get_detector(detector or Recipe.from_dict(info.recipe).detector, device=str(device))
     return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
                         which=which)
 

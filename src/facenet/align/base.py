@@ -12,6 +12,7 @@ This is MTCNN's native order; backends that number points from the subject's vie
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
@@ -74,14 +75,21 @@ def list_detectors() -> list[str]:
     return list(_BACKENDS)
 
 
-def get_detector(name: str, **options) -> Detector:
-    """Build the detector backend ``name`` ("mtcnn", "yunet", "dlib", "center") with its options."""
+def get_detector(name: str, device: str | None = None, **options) -> Detector:
+    """Build the detector backend ``name`` ("mtcnn", "yunet", "dlib", "center") with its options.
+
+    ``device`` (e.g. "cuda") goes to backends that can run there (MTCNN is torch) and is ignored by
+    those that cannot (OpenCV's YuNet, dlib's HOG, the centre crop run on the CPU), so that one
+    ``--device`` moves the whole pipeline, detector included.
+    """
     try:
         target = _BACKENDS[name]
     except KeyError:
         raise FaceNetError(f"unknown face detector {name!r}; choose one of {', '.join(_BACKENDS)}") from None
     module, attr = target.split(":")
     factory: Callable[..., Detector] = getattr(importlib.import_module(module), attr)
+    if device is not None and "device" in inspect.signature(factory).parameters:
+        options["device"] = device
     return factory(**options)
 
 

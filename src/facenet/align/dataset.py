@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from facenet.align.base import get_detector
 from facenet.align.crop import WHICH, Recipe, cut_faces
 from facenet.data.images import load_image
 from facenet.errors import DataError, FaceNetError
 from facenet.fileio import atomic_write, atomic_write_bytes
+from facenet.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 REPORT_NAME = "align_report.json"
@@ -110,7 +110,7 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
         else:
             todo.append(image)
     jobs = [(str(src), str(dst), str(image)) for image in todo]
-    bar = tqdm(total=len(jobs), desc="align", unit="img", disable=not progress)
+    bar = progress_bar(len(jobs), "align", unit="img", enabled=progress)
     pool = None
     try:
         if workers <= 1 or len(jobs) <= 1:

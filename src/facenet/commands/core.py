@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -56,49 +57,147 @@ def expand_image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def run_embed(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+OUTPUT_FORMATS = (".npy", ".csv", ".json", ".parquet")
+ROW_FIELDS = ("image", "face", "faces", "x1", "y1", "x2", "y2", "score")
 
+
+def add_batch_options(parser: argparse.ArgumentParser, report_default: str) -> None:
+    """The options of every command that embeds a collection (one policy for photos that fail)."""
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 2 if any photo is skipped (unreadable, or no face); by default skipped photos "
+                             "are reported and the rest is used, and only a run where nothing succeeded fails")
+    parser.add_argument("--skipped-report", metavar="FILE",
+                        help=f"JSON list of skipped photos with their reasons (default: {report_default})")
+    parser.add_argument("--batch-size", type=int, default=BATCH, metavar="N",
+                        help=f"faces embedded per network call (default {BATCH})")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes that decode and detect ahead of the network (default: none for a few "
+                             "photos, else the number of cores minus one, at least one)")
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from facenet.batch import BatchReport, embed_photos
     from facenet.fileio import atomic_write
 
     out = Path(args.out)
-    if out.suffix not in (".npy", ".csv"):
-        raise FaceNetError(f"--out must end in .npy or .csv, not {out.name!r}")
+    if out.suffix not in OUTPUT_FORMATS:
+        raise FaceNetError(f"--out must end in {', '.join(OUTPUT_FORMATS)}, not {out.name!r}")
+    if out.suffix == ".parquet":
+        _require_pyarrow()
     paths = expand_image_paths(args.paths)
     embedder = embedder_from_args(args)
-    rows, names = [], []
-    for start in tqdm(range(0, len(paths), BATCH), desc="embedding", unit="batch", disable=None):
-        crops = []
-        for path in paths[start:start + BATCH]:
-            faces = photo_faces(embedder, path, all_faces=args.all_faces)
-            crops.extend(faces)
-            names.extend([f"{path}#face{i}" for i in range(len(faces))] if args.all_faces else [str(path)])
-        rows.append(embedder.embed_crops(crops, batch_size=BATCH))
-    matrix = np.concatenate(rows).astype(np.float32)
-    if out.suffix == ".npy":
-        atomic_write(out, lambda tmp: np.save(tmp.open("wb"), matrix))
-        atomic_write(out.with_suffix(".paths.txt"), lambda tmp: tmp.write_text("\n".join(names) + "\n"))
-        print(f"wrote {len(names)} embeddings of {matrix.shape[1]} dims to {out} (row order in "
-              f"{out.with_suffix('.paths.txt')})")
-    else:
-        def write_csv(tmp: Path) -> None:
-            with tmp.open("w") as fh:
-                fh.write("image," + ",".join(f"e{i}" for i in range(matrix.shape[1])) + "\n")
-                for name, row in zip(names, matrix):
-                    fh.write(_csv_field(name) + "," + ",".join(f"{v:.7g}" for v in row) + "\n")
+    report = BatchReport("embed")
+    report_path = Path(args.skipped_report) if args.skipped_report else out.with_suffix(".skipped.json")
+    chunks = embed_photos(embedder, paths, report, all_faces=args.all_faces, batch_size=args.batch_size,
+                          workers=args.workers)
+    writer = {".npy": _write_npy, ".csv": _write_csv, ".json": _write_json, ".parquet": _write_parquet}[out.suffix]
+    written = {}
+    atomic_write(out, lambda tmp: written.update(n=writer(tmp, out, chunks, embedder.embedding_size)))
+    report.write(report_path)
+    described = f" (rows described in {out.with_suffix('.rows.csv')})" if out.suffix == ".npy" else ""
+    print(f"wrote {written['n']} embeddings of {embedder.embedding_size} dims from {report.embedded_photos} "
+          f"photo(s) to {out}{described}")
+    return report.finish(args.strict, report_path)
 
-        atomic_write(out, write_csv)
-        print(f"wrote {len(names)} embeddings of {matrix.shape[1]} dims to {out}")
-    return 0
+
+def _row_values(row) -> list:
+    """Where an embedding comes from: photo, face index, faces found, box, score (None without a detector)."""
+    score = None if row.score != row.score else round(row.score, 5)
+    return [row.path, row.face, row.faces_found, *(round(v, 1) for v in row.box), score]
+
+
+def _csv_values(row) -> list:
+    return ["" if v is None else v for v in _row_values(row)]
+
+
+def _write_npy(tmp: Path, out: Path, chunks, dims: int) -> int:
+    """The (N, d) matrix, plus OUT.rows.csv saying where each row comes from (same order)."""
+    from facenet.fileio import atomic_write
+
+    rows, blocks = [], []
+    for chunk, emb in chunks:  # only embeddings are kept: photos and crops are released chunk by chunk
+        rows.extend(_csv_values(r) for r in chunk)
+        blocks.append(emb)
+    matrix = np.concatenate(blocks) if blocks else np.empty((0, dims), np.float32)
+    with tmp.open("wb") as fh:
+        np.save(fh, matrix.astype(np.float32))
+
+    def write_rows(rows_tmp: Path) -> None:
+        with rows_tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(ROW_FIELDS)
+            writer.writerows(rows)
+
+    atomic_write(out.with_suffix(".rows.csv"), write_rows)
+    return len(rows)
+
+
+def _write_csv(tmp: Path, out: Path, chunks, dims: int) -> int:
+    n = 0
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*ROW_FIELDS, *(f"e{i}" for i in range(dims))])
+        for chunk, emb in chunks:
+            for row, vector in zip(chunk, emb):
+                writer.writerow([*_csv_values(row), *(f"{v:.7g}" for v in vector)])
+                n += 1
+    return n
+
+
+def _write_json(tmp: Path, out: Path, chunks, dims: int) -> int:
+    """One JSON array of objects, written as the rows come (never the whole list in memory)."""
+    import json
+
+    n = 0
+    with tmp.open("w") as fh:
+        fh.write("[")
+        for chunk, emb in chunks:
+            for row, vector in zip(chunk, emb):
+                image, face, faces, x1, y1, x2, y2, score = _row_values(row)
+                item = {"image": image, "face": face, "faces": faces, "box": [x1, y1, x2, y2], "score": score,
+                        "embedding": [float(f"{v:.7g}") for v in vector]}
+                fh.write(("," if n else "") + "\n" + json.dumps(item))
+                n += 1
+        fh.write("\n]\n")
+    return n
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise FaceNetError("Parquet output needs pyarrow, which is not installed: pip install 'facenet[parquet]' "
+                           "(or pyarrow itself), or write .npy, .csv or .json") from None
+
+
+def _write_parquet(tmp: Path, out: Path, chunks, dims: int) -> int:
+    """One row group per chunk; the embedding is a fixed-size list of float32."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("image", pa.string()), ("face", pa.int32()), ("faces", pa.int32()),
+                        ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
+                        ("score", pa.float32()), ("embedding", pa.list_(pa.float32(), dims))])
+    n = 0
+    with pq.ParquetWriter(str(tmp), schema) as writer:
+        for chunk, emb in chunks:
+            columns = list(zip(*(_row_values(r) for r in chunk)))
+            arrays = [pa.array(col, type=schema.field(i).type) for i, col in enumerate(columns)]
+            flat = pa.array(np.ascontiguousarray(emb, np.float32).reshape(-1))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, dims))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            n += len(chunk)
+    return n
 
 
 def photo_faces(embedder, path, all_faces: bool = False) -> list[np.ndarray]:
-    """Face crops of one photo; says on stderr when several faces were found and which was used."""
-    found = embedder.find_faces(path, all_faces=all_faces)
-    if len(found.detections) > 1 and not all_faces:
-        print(f"{path}: {len(found.detections)} faces found; using the {embedder.recipe.which} one "
-              "(embed --all-faces embeds each)", file=sys.stderr)
-    return [face.image for face in found.faces]
+    """Face crops of one photo (a failing photo raises); notes on stderr which face of several was used."""
+    from facenet.batch import face_rows, several_faces_note
+
+    rows = face_rows(embedder.find_faces(path, all_faces=all_faces, source=str(path)), path)
+    if not all_faces and (note := several_faces_note(rows[0], embedder.recipe.which)):
+        print(note, file=sys.stderr)
+    return [row.crop for row in rows]
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -107,22 +206,28 @@ def run_verify(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     ea, eb = embedder.embed_crops([photo_faces(embedder, args.a)[0], photo_faces(embedder, args.b)[0]])
     result = compare(ea, eb, embedder.threshold if args.threshold is None else args.threshold)
+    print(f"model     {embedder.name}")
     print(f"distance  {result.distance:.4f}  (squared L2)")
     print(f"threshold {result.threshold:.4f}")
     print("SAME" if result.same else "DIFFERENT")
     return 0 if result.same else EXIT_DIFFERENT
 
 
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
-
-
 def register(sub) -> None:
-    p = sub.add_parser("embed", help="embed photos into unit vectors (.npy or .csv)",
-                       description="Embed each photo (or each image in a folder) into a unit vector.")
+    p = sub.add_parser("embed", help="embed photos into unit vectors (.npy, .csv, .json or .parquet)",
+                       description="Embed each photo (or each image in a folder) into a unit vector. Every row "
+                                   "says where it comes from: the photo, the face's index among the faces the "
+                                   "detector found (detector order), how many it found, the face box "
+                                   "(x1, y1, x2, y2 in photo pixels) and the detector's score. Photos that cannot "
+                                   "be read or show no face are skipped and listed, with the reason, in "
+                                   "OUT.skipped.json; the others are written. Exit 0, or 2 when nothing could "
+                                   "be embedded (or, with --strict, when anything was skipped).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    p.add_argument("--out", required=True, help="output file: .npy (rows in input order) or .csv")
-    p.add_argument("--all-faces", action="store_true", help="embed every face found, not only the largest")
+    p.add_argument("--out", required=True,
+                   help="output file: .npy (matrix; where each row comes from in OUT.rows.csv), .csv, .json "
+                        "(array of objects) or .parquet (needs pyarrow)")
+    p.add_argument("--all-faces", action="store_true", help="embed every face found, not only the recipe's one")
+    add_batch_options(p, "OUT.skipped.json")
     add_model_options(p)
     p.set_defaults(func=run_embed)
 

@@ -7,10 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from facenet.commands.core import add_model_options, embedder_from_args, expand_image_paths
-from facenet.errors import FaceNetError, GalleryError
+from facenet.commands.core import add_batch_options, add_model_options, embedder_from_args, expand_image_paths
+from facenet.errors import GalleryError
 
 EXIT_UNIDENTIFIED = 1
 
@@ -31,35 +29,33 @@ def _open_existing(args: argparse.Namespace):
     return Gallery.open(_gallery_path(args), create=False)
 
 
-def embed_photos(embedder, paths: list[Path], skip_errors: bool) -> tuple[np.ndarray, list[Path], list[str]]:
-    """Embed photo by photo with progress; with ``skip_errors`` a photo without a usable face is reported, not fatal.
+def _embed_collection(args: argparse.Namespace, embedder, command: str):
+    """Rows and embeddings of the photos ``args`` names, with the batch report (same policy as ``embed``)."""
+    from facenet.batch import BatchReport, collect, embed_photos
 
-    Returns (embeddings, the paths embedded, one error line per skipped photo).
-    """
-    from tqdm import tqdm
-
-    rows, done, errors = [], [], []
-    for path in tqdm(paths, desc="embedding", unit="img", disable=None, file=sys.stderr):
-        try:
-            rows.append(embedder.embed([path]))
-            done.append(path)
-        except FaceNetError as exc:
-            if not skip_errors:
-                raise
-            errors.append(f"{path}: {exc}")
-    matrix = np.concatenate(rows) if rows else np.empty((0, embedder.embedding_size), np.float32)
-    return matrix, done, errors
+    report = BatchReport(command)
+    chunks = embed_photos(embedder, expand_image_paths(args.photos), report, batch_size=args.batch_size,
+                          workers=args.workers)
+    rows, emb = collect(chunks, embedder.embedding_size, keep_crop=lambda crop: None)
+    report_path = Path(args.skipped_report) if args.skipped_report else None
+    if report_path:
+        report.write(report_path)
+    return rows, emb, report, report_path
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    from facenet.gallery import Gallery
+    from facenet.gallery import Gallery, Record
 
-    paths = expand_image_paths(args.photos)
     embedder = embedder_from_args(args)
-    emb, _, _ = embed_photos(embedder, paths, skip_errors=False)  # all photos or none
+    rows, emb, report, report_path = _embed_collection(args, embedder, "gallery enroll")
+    status = report.finish(args.strict, report_path)
+    if status:  # nothing usable, or --strict with photos skipped: enrol nothing
+        print(f"facenet gallery enroll: nothing enrolled for {args.name}", file=sys.stderr)
+        return status
     with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, storage=args.storage) as g:
-        person = g.enroll(args.name, emb, [p.name for p in paths])
-    print(f"enrolled {len(paths)} photo(s) of {person.name} ({person.faces} in total) in {_gallery_path(args)}")
+        g.enroll_many([Record(args.name, emb, [Path(r.path).name for r in rows])], merge=args.add)
+        person = next(p for p in g.people() if p.name == args.name.strip())
+    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {_gallery_path(args)}")
     return 0
 
 
@@ -103,22 +99,21 @@ def run_identify(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise GalleryError("--top-k must be at least 1")
-    paths = expand_image_paths(args.photos)
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_threshold
 
     embedder = embedder_from_args(args)
     with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, create=False) as g:
         threshold = args.threshold if args.threshold is not None else \
             identification_threshold(embedder, len(g.people()), args.far or DEFAULT_OPENSET_FAR)
-        emb, done, errors = embed_photos(embedder, paths, skip_errors=True)
+        print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
+        rows, emb, report, report_path = _embed_collection(args, embedder, "identify")
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
-    for path, matches in zip(done, results):
+    for row, matches in zip(rows, results):
         shown = ", ".join(f"{m.name} {m.distance:.3f}" for m in matches) or "unknown"
-        print(f"{path}: {shown}")
-    for line in errors:
-        print(f"facenet identify: error: {line}", file=sys.stderr)
-    if errors:
-        return 2
+        print(f"{row.path}: {shown}")
+    status = report.finish(args.strict, report_path)
+    if status:
+        return status
     return 0 if all(results) else EXIT_UNIDENTIFIED
 
 
@@ -128,13 +123,18 @@ def register(sub) -> None:
                        description="The persistent gallery of known people (one SQLite file, owner-only).")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    v = verbs.add_parser("enroll", help="add photos of a person (creates the person if new)",
-                         description="Embed the photos and add them to NAME in one step: all of them or none.")
+    v = verbs.add_parser("enroll", help="enrol a new person from photos (--add: more photos of an enrolled one)",
+                         description="Embed the photos and enrol NAME with them in one step. A name already "
+                                     "enrolled is refused unless --add (as the API's merge=true) adds the photos to "
+                                     "that person. Photos that cannot be read or show no face are skipped and "
+                                     "reported; with --strict any skipped photo means nothing is enrolled.")
     v.add_argument("name", metavar="NAME", help="the person's name")
     v.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (or folders) of this person, one face each")
     v.add_argument("--storage", choices=("float32", "int8"), default="float32",
                    help="how a new gallery stores embeddings: float32, or int8 (1 byte per dimension)")
+    v.add_argument("--add", action="store_true", help="add the photos to a person already enrolled under NAME")
     v.add_argument("--gallery", help=gallery_help)
+    add_batch_options(v, "none; skipped photos are printed")
     add_model_options(v)
     v.set_defaults(func=run_enroll)
 
@@ -163,8 +163,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("identify", help="who is in these photos? (top-k people from the gallery, or unknown)",
                        description="For each photo, the nearest enrolled people within the threshold, with their "
-                                   "squared-L2 distances, or 'unknown'. Exit 0 all identified, 1 some unknown, "
-                                   "2 error.")
+                                   "squared-L2 distances, or 'unknown'. Photos that cannot be read or show no "
+                                   "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
+                                   "(no photo usable, or, with --strict, any skipped).")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")
     p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
     p.add_argument("--far", type=float, default=None,
@@ -172,5 +173,6 @@ def register(sub) -> None:
                         "model's FAR calibration and the number of people enrolled (default 1e-2)")
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
+    add_batch_options(p, "none; skipped photos are printed")
     add_model_options(p)
     p.set_defaults(func=run_identify)

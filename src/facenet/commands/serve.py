@@ -51,9 +51,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP API and web page: verify, identify, cluster, manage the gallery",
-                       description="Serve the model and the gallery over HTTP (FastAPI + uvicorn): a web page at /, "
-                                   "the API under /api (docs at /docs), /healthz and /readyz. Enrolling and "
+    p = sub.add_parser("serve", help="HTTP API (verify, identify, embed, cluster, gallery) and a web page "
+                                "(verify, identify, manage the gallery)",
+                       description="Serve the model and the gallery over HTTP (FastAPI + uvicorn): a web page at / "
+                                   "(verify two photos, identify, manage the gallery), the API under /api (also "
+                                   "embed and cluster; docs at /docs), /healthz and /readyz. Enrolling and "
                                    "removing people need the API key ($FACENET_API_KEY or --api-key-file) in the "
                                    "X-API-Key header; without a key they are refused.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")

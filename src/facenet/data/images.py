@@ -19,13 +19,15 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facenet.errors import BadImageError, DataError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_PIXELS = 40_000_000
 STANDARDISATIONS = ("fixed", "prewhiten", "unit", "dlib")
@@ -111,6 +113,8 @@ def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
     (shape,) = shapes
     if len(shape) != 3 or shape[2] != 3:
         raise BadImageError(f"crops must be H,W,3 RGB arrays, got shape {shape}; decode them with load_image")
+    import torch  # here, not at module level: decoding photos (and `facenet --help`) must not pay for torch
+
     stacked = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
 
@@ -123,6 +127,8 @@ def standardise(batch: torch.Tensor | np.ndarray, method: str = "fixed") -> torc
     ``"prewhiten"`` per image (x - mean) / max(std, 1/sqrt(numel)) as in Sandberg's facenet;
     ``"unit"`` x / 255; ``"dlib"`` (x - DLIB_MEAN_RGB) / 256, what dlib's face ResNet expects.
     """
+    import torch
+
     if method not in STANDARDISATIONS:
         raise DataError(f"unknown standardisation {method!r}; choose one of {', '.join(STANDARDISATIONS)}")
     if isinstance(batch, np.ndarray):

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from facenet.errors import DataError
 from facenet.fileio import atomic_path
+from facenet.progress import progress_bar
 
 _SUPERSAMPLE = 2
 _TRAIT_TAG, _IMAGE_TAG = 0x7A17, 0x1A6E  # keep the trait and image random streams apart
@@ -157,7 +157,7 @@ def write_dataset(out_dir: str | Path, num_identities: int, images_per_identity:
     out_dir = Path(out_dir)
     _remove_stale_temporaries(out_dir)
     total = num_identities * images_per_identity
-    with tqdm(total=total, desc="synthetic faces", unit="img", disable=None) as bar:
+    with progress_bar(total, "synthetic faces", unit="img") as bar:
         for identity in range(num_identities):
             folder = out_dir / f"id_{identity:05d}"
             for index in range(images_per_identity):

@@ -250,8 +250,8 @@ class Gallery:
             if fetch >= total or all(len(r) >= k for r in results):
                 break
             fetch = min(total, fetch * 4)
-        if threshold is not None:
-            results = [[m for m in r if m.distance <= threshold] for r in results]
+        if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
+            results = [[m for m in r if m.distance < threshold] for r in results]
         return results
 
     # -- internals -----------------------------------------------------------------------------

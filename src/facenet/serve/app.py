@@ -17,6 +17,7 @@ Build it with ``create_app(embedder, gallery_path, api_key, limits)`` and serve 
 import asyncio
 import io
 import logging
+import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ from swagger_ui_bundle import swagger_ui_path
 from facenet.data.images import DEFAULT_MAX_PIXELS, load_image
 from facenet.embedder import FaceEmbedder, squared_distance
 from facenet.errors import BadImageError, FaceNetError, GalleryError, NoFaceError
+from facenet.serve import openapi
 from facenet.serve.security import (API_KEY_HEADER, BodyLimitMiddleware, Problem, SecurityHeadersMiddleware,
                                     check_api_key, problem_response)
 
@@ -98,7 +100,16 @@ class IdentifyResult(BaseModel):
     known: bool
     matches: list[MatchOut]  # nearest first, within the threshold; empty = unknown
     threshold: float
+    model: str
     photo: PhotoReport
+
+
+class ModelOut(BaseModel):
+    name: str  # as in every result's "model" field: architecture, embedding size, weights id
+    model_id: str  # what galleries record; "" for an untracked model
+    embedding_size: int
+    threshold: float  # squared L2; same person when the distance is below it
+    trained_on: str  # from the model file's provenance
 
 
 class PersonOut(BaseModel):
@@ -249,7 +260,7 @@ class Engine:
 
         limit = identification_threshold(self.embedder, len(self.gallery.people())) if threshold is None else threshold
         matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
-        return {"known": bool(matches), "threshold": limit, "photo": reports[0],
+        return {"known": bool(matches), "threshold": limit, "model": self.embedder.name, "photo": reports[0],
                 "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
 
     def enrol(self, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
@@ -265,6 +276,14 @@ class Engine:
                           code="name_taken") from exc
         person = next(p for p in self.gallery.people() if p.name == name)
         return PersonOut(name=person.name, faces=person.faces, created=person.created)
+
+    def model(self) -> dict:
+        from facenet.embedder import trained_on
+
+        info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
+        return {"name": self.embedder.name, "model_id": info.model_id if info else "",
+                "embedding_size": self.embedder.embedding_size, "threshold": self.embedder.threshold,
+                "trained_on": trained_on(info) if info else "see its own documentation"}
 
     def people(self) -> dict:
         return {"model": self.gallery.model_id,
@@ -325,12 +344,24 @@ def require_multipart(request: Request) -> None:
                       code="not_multipart")
 
 
+# A person's name: 1 to MAX_NAME_LENGTH characters, no control characters, not blank. Written as a
+# pattern because the OpenAPI document states it too: clients and the server check the same rule.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+
+
 def check_person_name(name: str) -> str:
-    cleaned = clean_label(name, "")
-    if not cleaned or cleaned != name.strip() or len(cleaned) > MAX_NAME_LENGTH:
-        raise Problem(422, f"a person's name must be 1 to {MAX_NAME_LENGTH} printable characters",
-                      code="bad_name")
-    return cleaned
+    if len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name):
+        raise Problem(422, f"a person's name must be 1 to {MAX_NAME_LENGTH} characters, not blank, without "
+                           "control characters", code="bad_name")
+    return name.strip()
+
+
+def check_flag(value, name: str) -> bool:
+    """A boolean form field as the document states it: "true" or "false" (absent = false)."""
+    text = "false" if value is None else str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise Problem(422, f"{name} must be true or false", code="invalid_request")
+    return text == "true"
 
 
 def check_count(files: list, low: int, high: int, what: str) -> None:
@@ -407,6 +438,11 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
             raise Problem(503, "the gallery is not open yet", code="not_ready", headers={"Retry-After": "1"})
         return {"status": "ready"}
 
+    @app.get("/api/model", response_model=ModelOut, tags=["service"],
+             summary="which model answers: name, id, threshold and what it was trained on")
+    async def model():
+        return engine.model()
+
     @app.post("/api/verify", response_model=VerifyResult, dependencies=multipart, tags=["faces"],
               summary="are the people in two photos the same person?")
     async def verify(a: Annotated[UploadFile, File(description="first photo")],
@@ -445,11 +481,12 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
     async def enrol(request: Request, key: Annotated[str | None, Security(key_header)] = None):
         check_api_key(api_key, key)  # before the body is read: strangers cannot make us parse uploads
         require_multipart(request)
-        form = await request.form(max_files=limits.max_files, max_fields=10)
+        # as many parts as the document allows: name, merge and up to max_files photos
+        form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 2)
         name = check_person_name(str(form.get("name") or ""))
         photos = [p for p in form.getlist("photos") if isinstance(p, StarletteUpload)]
         check_count(photos, 1, limits.max_files, "enrolment")
-        merge = str(form.get("merge") or "false").lower() in ("1", "true", "yes", "on")
+        merge = check_flag(form.get("merge"), "merge")
         return await engine.run(engine.enrol, name, await read_uploads(photos), merge)
 
     @app.delete("/api/people/{name:path}", response_model=RemoveResult, tags=["gallery"],
@@ -469,6 +506,7 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="data:,")
 
+    openapi.install(app, limits.max_files)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
@@ -477,7 +515,8 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
 _ENROL_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["name", "photos"],
     "properties": {
-        "name": {"type": "string", "maxLength": MAX_NAME_LENGTH, "description": "the person's name"},
+        "name": {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": NAME_PATTERN,
+                 "description": "the person's name (no control characters, not blank)"},
         "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
                    "description": "photos of this person, one face each (all must have a face)"},
         "merge": {"type": "boolean", "default": False,

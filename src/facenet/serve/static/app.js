@@ -58,7 +58,7 @@ $("verify-form").addEventListener("submit", (event) => {
       await drawFaces($("verify-canvas-a"), a, r.photos[0]);
       await drawFaces($("verify-canvas-b"), b, r.photos[1]);
       const verdict = r.same ? "SAME person" : "DIFFERENT people";
-      show(out, `${verdict} — distance ${r.distance.toFixed(3)} (threshold ${r.threshold.toFixed(3)})`,
+      show(out, `${verdict} — distance ${r.distance.toFixed(3)} (threshold ${r.threshold.toFixed(3)}, model ${r.model})`,
            r.same ? "same" : "different");
     } catch (err) { show(out, err.message, "error"); }
   });
@@ -77,7 +77,8 @@ $("identify-form").addEventListener("submit", (event) => {
     try {
       const r = await api("POST", "/api/identify", form);
       await drawFaces($("identify-canvas"), photo, r.photo);
-      show(out, r.known ? `Best match: ${r.matches[0].name}` : "Unknown: nobody in the gallery is close enough",
+      const by = ` (model ${r.model})`;
+      show(out, (r.known ? `Best match: ${r.matches[0].name}` : "Unknown: nobody in the gallery is close enough") + by,
            r.known ? "known" : "unknown");
       for (const m of r.matches) {
         const item = document.createElement("li");
@@ -142,7 +143,8 @@ $("enrol-form").addEventListener("submit", (event) => {
 (async () => {
   try {
     await api("GET", "/readyz");
-    $("status").textContent = "ready";
+    const m = await api("GET", "/api/model");
+    $("status").textContent = `ready — model ${m.name} (threshold ${m.threshold.toFixed(3)}; trained on ${m.trained_on})`;
   } catch (err) { $("status").textContent = "not ready: " + err.message; }
   await refreshPeople();
 })();
