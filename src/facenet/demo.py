@@ -92,7 +92,7 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
 
 def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Enrol one face of some held-out people; identify their other faces and reject strangers."""
-    from facenet.gallery.store import Gallery
+    from facenet.gallery import Gallery
 
     path.unlink(missing_ok=True)
     people = np.unique(labels)
