@@ -275,9 +275,15 @@ class SQLStore:
 
     def decode(self, data: bytes, n: int) -> np.ndarray:
         """``n`` stored vectors, concatenated, -> float32 (n, d) unit rows."""
-        dtype = np.int8 if self.storage == "int8" else np.dtype("<f4")
-        values = np.frombuffer(data, dtype)
+        values = np.frombuffer(data, self.stored_dtype())
         if values.size != n * self.embedding_size:
             raise GalleryError(f"gallery {self.location} holds embeddings of the wrong size; restore it from an export")
-        values = values.reshape(n, self.embedding_size)
+        return self.from_stored(values.reshape(n, self.embedding_size))
+
+    def stored_dtype(self) -> np.dtype:
+        """How one vector component is stored: int8 codes or little-endian float32."""
+        return np.dtype(np.int8) if self.storage == "int8" else np.dtype("<f4")
+
+    def from_stored(self, values: np.ndarray) -> np.ndarray:
+        """Stored (n, d) components -> float32 unit rows."""
         return dequantize(values) if self.storage == "int8" else values.astype(np.float32)
