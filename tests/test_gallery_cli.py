@@ -106,3 +106,22 @@ def test_cluster_command_writes_manifest(photos, tmp_path, capsys):
     assert sorted(manifest["unclustered"]) == sorted([str(photos["b1"]), str(photos["g1"])])
     assert "grey.png" in capsys.readouterr().err  # skipped, reported
     assert (out / "cluster_0.png").is_file() and (out / "unclustered.png").is_file()
+
+
+def test_cli_on_a_postgresql_gallery_from_the_environment(photos, tmp_path, capsys, monkeypatch, pg_url):
+    url = pg_url.replace("postgres@", "postgres:not-a-real-pw@")  # trust auth ignores it; it must never be printed
+    monkeypatch.setenv("FACENET_GALLERY", url)
+    assert main(["gallery", "enroll", "Red Person", str(photos["r1"]), str(photos["r2"])]) == 0
+    assert main(["gallery", "enroll", "green", str(photos["g1"])]) == 0
+    assert not (tmp_path / "xdg").exists()  # nothing went to the default file
+    assert main(["identify", str(photos["r2"]), str(photos["b1"])]) == 1
+    out = capsys.readouterr().out
+    assert f"{photos['r2']}: Red Person 0.000" in out and f"{photos['b1']}: unknown" in out
+    assert main(["gallery", "remove", "green"]) == 0
+    assert main(["gallery", "list"]) == 0
+    assert main(["gallery", "export", str(tmp_path / "copy.db")]) == 0
+    out = capsys.readouterr().out
+    assert "Red Person\t2" in out and "green" not in out.split("# gallery")[-1].split("\n", 1)[1]
+    assert "not-a-real-pw" not in out and "***" in out
+    with Gallery.open(tmp_path / "copy.db", create=False) as copy:
+        assert {p.name: p.faces for p in copy.people()} == {"Red Person": 2}
