@@ -83,7 +83,6 @@ def test_changes_committed_out_of_order_are_not_skipped(pg_url):
     with Gallery.open(pg_url, "m1", D) as a, Gallery.open(pg_url, "m1", D) as b, \
             Gallery.open(pg_url, "m1", D) as reader:
         reader.sync()
-        release = threading.Event()
         second_done = threading.Event()
         with a.store._change() as (cur, seq):
             person = cur.execute("INSERT INTO people (name, created) VALUES (?, 0) RETURNING id", ("first",)).fetchone()
