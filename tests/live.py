@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from facenet.data.synthetic import SyntheticFaces
@@ -84,15 +85,54 @@ class Server:
 
 
 
-async def burst(url: str, requests: list[dict], in_flight: int = 8, timeout: float = 60.0):
-    """Send ``requests`` (httpx.request kwargs) with at most ``in_flight`` open at once; (status, seconds) each."""
+async def burst(url: str, requests: list[dict], in_flight: int = 8, timeout: float = 60.0,
+                tolerate_disconnect: bool = False):
+    """Send ``requests`` (httpx.request kwargs) with at most ``in_flight`` open at once; (status, seconds) each
+    (status 0: connection lost, only with ``tolerate_disconnect``)."""
     gate = asyncio.Semaphore(in_flight)
 
     async def one(client, req):
         async with gate:
             start = time.perf_counter()
-            response = await client.request(**req)
+            try:
+                response = await client.request(**req)
+            except httpx.TransportError:
+                if not tolerate_disconnect:
+                    raise
+                return 0, time.perf_counter() - start  # the server went away (a test killed it)
             return response.status_code, time.perf_counter() - start
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
         return await asyncio.gather(*(one(client, r) for r in requests))
+
+
+def enrol_request(name: str, photos: list[bytes], key: str = KEY) -> dict:
+    """httpx.request kwargs that enrol ``name`` with ``photos`` (PNG bytes); a taken name is an error."""
+    return dict(method="POST", url="/api/people", data={"name": name}, headers={"X-API-Key": key},
+                files=[("photos", (f"{name}-{i}.png", p, "image/png")) for i, p in enumerate(photos)])
+
+
+def identify_request(photo: bytes, top_k: int = 5, threshold: float = 4.0) -> dict:
+    return dict(method="POST", url="/api/identify", data={"top_k": str(top_k), "threshold": str(threshold)},
+                files={"photo": ("q.png", photo, "image/png")})
+
+
+def propagation_lag(servers: list[Server], people: list[tuple[str, bytes]], timeout: float = 10.0) -> np.ndarray:
+    """For each (name, photo): enrol on ``servers[i]``, then ask ``servers[i + 1]`` (round robin) until it names
+    that photo's person; seconds from the 201 (the commit) to the first such answer, which includes that one
+    identify request (embedding the photo, HTTP)."""
+    lags = []
+    with httpx.Client(timeout=60) as client:
+        for i, (name, photo) in enumerate(people):
+            writer, reader = servers[i % len(servers)], servers[(i + 1) % len(servers)]
+            r = client.request(**{**enrol_request(name, [photo]), "url": writer.url + "/api/people"})
+            assert r.status_code == 201, r.text
+            committed = time.perf_counter()
+            while True:
+                r = client.request(**{**identify_request(photo, 1, 1e-4), "url": reader.url + "/api/identify"})
+                assert r.status_code == 200, r.text
+                if [m["name"] for m in r.json()["matches"]] == [name]:
+                    break
+                assert time.perf_counter() - committed < timeout, f"{name} not visible on a second replica"
+            lags.append(time.perf_counter() - committed)
+    return np.array(lags)
