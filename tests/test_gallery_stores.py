@@ -86,7 +86,7 @@ def test_changes_committed_out_of_order_are_not_skipped(pg_url):
         second_done = threading.Event()
         with a.store._change() as (cur, seq):
             person = cur.execute("INSERT INTO people (name, created) VALUES (?, 0) RETURNING id", ("first",)).fetchone()
-            a.store._insert_faces(cur, person[0], a.store.encode(first), ["x"], 0.0, seq)
+            a.store._insert_faces(cur, [(person[0], a.store.encode(first)[0], "x")], 0.0, seq)
             writer = threading.Thread(target=lambda: (b.enroll("second", second), second_done.set()))
             writer.start()
             time.sleep(0.3)

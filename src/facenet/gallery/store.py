@@ -163,7 +163,7 @@ class SQLStore:
         """``enroll`` for embeddings already in this store's byte format (copies between stores)."""
         now = time.time()
         with self._change() as (cur, seq):
-            taken = []
+            taken, faces = [], []
             for name, blobs, sources in people:
                 row = cur.execute("INSERT INTO people (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
                                   "RETURNING id", (name, now)).fetchone()
@@ -172,16 +172,17 @@ class SQLStore:
                     if not merge:
                         continue
                     row = cur.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-                self._insert_faces(cur, row[0], blobs, sources, now, seq)
+                faces += [(row[0], blob, str(source)) for blob, source in zip(blobs, sources)]
             if taken and not merge:
                 raise GalleryError(f"{len(taken)} name(s) already in gallery {self.location}: "
                                    f"{', '.join(taken[:5])}; pass --merge to add their faces to them")
+            self._insert_faces(cur, faces, now, seq)
 
-    def _insert_faces(self, cur, person_id: int, blobs: list[bytes], sources: list[str], now: float,
-                      seq: int) -> None:
-        for blob, source in zip(blobs, sources):
+    def _insert_faces(self, cur, faces: list[tuple[int, bytes, str]], now: float, seq: int) -> None:
+        """Insert (person id, stored vector, source) rows stamped with change ``seq``."""
+        for person_id, blob, source in faces:
             face_id = cur.execute("INSERT INTO faces (person_id, source, created, seq) VALUES (?, ?, ?, ?) "
-                                  "RETURNING id", (person_id, str(source), now, seq)).fetchone()[0]
+                                  "RETURNING id", (person_id, source, now, seq)).fetchone()[0]
             cur.execute("INSERT INTO embeddings (face_id, vector) VALUES (?, ?)", (face_id, blob))
 
     def remove(self, name: str) -> int:
