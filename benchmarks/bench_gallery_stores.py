@@ -7,14 +7,14 @@ For each size N (random unit 128-D faces, 10 per person), both stores are filled
   rows, PostgreSQL binary COPY; for PostgreSQL also the naive row-by-row fetch, for comparison), then
   builds its FAISS index (the same code for both stores);
 * identify: single queries (noisy copies of enrolled faces) through ``Gallery.identify`` (each one
-  first asks the store's change feed whether anything changed), p50 / p99;
+  first asks the store's change feed whether anything changed — timed alone as "feed check"), p50 / p99;
 * enrolment: one person with one face per transaction, the index loaded and kept up to date, per
   second and p50.
 
 PostgreSQL is a throwaway cluster started here (durable settings: fsync, synchronous_commit and
 full_page_writes on, as SQLite's synchronous=FULL) on a loopback port, or ``--url`` for your own.
 
-    .venv/bin/python benchmarks/bench_gallery_stores.py --sizes 100000,1000000
+    .venv/bin/python benchmarks/bench_gallery_stores.py --sizes 100000,1000000 --index exact
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def fill(location: str, n: int, seed: int) -> tuple[float, np.ndarray]:
 
 def measure(location: str, vectors: np.ndarray, args, rng) -> dict[str, float]:
     out = {}
-    with Gallery.open(location, "bench", D) as g:
+    with Gallery.open(location, "bench", D, index=args.index) as g:
         t0 = time.perf_counter()
         changes = g.store.changes(None)
         out["load: fetch all faces (s)"] = time.perf_counter() - t0
@@ -88,6 +88,12 @@ def measure(location: str, vectors: np.ndarray, args, rng) -> dict[str, float]:
         g.sync()
         out["start-up: fetch + index build (s)"] = time.perf_counter() - t0
         out["index"] = g._index.kind
+        times = []
+        for _ in range(args.queries):
+            t0 = time.perf_counter()
+            g.sync()
+            times.append(time.perf_counter() - t0)
+        out["feed check, nothing new (ms)"] = float(np.percentile(np.array(times) * 1e3, 50))
 
         picks = rng.integers(0, len(vectors), args.queries)
         near = vectors[picks] + 0.06 * rng.standard_normal((args.queries, D), dtype=np.float32)
@@ -119,12 +125,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--enrolments", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--index", default="auto", choices=("auto", "exact", "hnsw", "ivf"),
+                    help="FAISS index of the replicas (the same for both stores; HNSW builds take minutes at 1M)")
     ap.add_argument("--url", help="an empty PostgreSQL database to use (default: start a throwaway cluster)")
     ap.add_argument("--dir", help="where to put the SQLite files and the cluster (default: a temporary folder)")
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"# CPU: {cpu_name()}; {args.threads} threads; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"# CPU: {cpu_name()}; {args.threads} threads; index {args.index}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     cluster = None if args.url else pgcluster.Cluster(DURABLE).start()
     results: dict[int, dict[str, dict]] = {}
     try:
