@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,18 +73,22 @@ def fill(location: str, n: int, seed: int) -> tuple[float, np.ndarray]:
 def measure(location: str, vectors: np.ndarray, args, rng) -> dict[str, float]:
     out = {}
     with Gallery.open(location, "bench", D, index=args.index) as g:
-        t0 = time.perf_counter()
-        changes = g.store.changes(None)
-        out["load: fetch all faces (s)"] = time.perf_counter() - t0
-        assert len(changes.ids) == len(vectors)
-        del changes
-        if location.startswith("postgresql://"):
-            t0 = time.perf_counter()
+        def fetch_all():
+            assert len(g.store.changes(None).ids) == len(vectors)
+
+        def fetch_rows():  # what the PostgreSQL store would do without COPY: the shared row-by-row SQL
             with g.store._read() as cur:
                 head = cur.execute("SELECT head FROM feed").fetchone()[0]
-                ids, _, _ = SQLStore._fetch_faces(g.store, cur, "f.seq <= ?", (head,))  # row by row
-            out["load: fetch row by row, no COPY (s)"] = time.perf_counter() - t0
-            assert len(ids) == len(vectors)
+                assert len(SQLStore._fetch_faces(g.store, cur, "f.seq <= ?", (head,))[0]) == len(vectors)
+
+        ways = {"load: fetch all faces, best of 3 (s)": fetch_all}
+        if location.startswith("postgresql://"):
+            ways["load: fetch row by row, no COPY, best of 3 (s)"] = fetch_rows
+        for _ in range(3):  # alternate, so that both see the same caches
+            for name, way in ways.items():
+                t0 = time.perf_counter()
+                way()
+                out[name] = min(out.get(name, np.inf), time.perf_counter() - t0)
         t0 = time.perf_counter()
         g.sync()
         out["start-up: fetch + index build (s)"] = time.perf_counter() - t0
@@ -130,6 +135,8 @@ def main() -> None:
     ap.add_argument("--url", help="an empty PostgreSQL database to use (default: start a throwaway cluster)")
     ap.add_argument("--dir", help="where to put the SQLite files and the cluster (default: a temporary folder)")
     args = ap.parse_args()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stopped early: still stop the cluster, delete the files
+        signal.signal(sig, lambda *_: sys.exit(f"{Path(__file__).name}: stopped"))
     faiss.omp_set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"# CPU: {cpu_name()}; {args.threads} threads; index {args.index}; load average before: {os.getloadavg()[0]:.2f}", flush=True)

@@ -58,7 +58,7 @@ class Cluster:
         if reason:
             raise RuntimeError(reason)
         self.bindir = find_bindir()
-        self.settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+        self.settings = {"fsync": "off", "full_page_writes": "off",  # fast, and survives a server crash
                          **(settings or {})}
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="facenet-pg-"))
@@ -72,16 +72,25 @@ class Cluster:
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
 
     def start(self) -> "Cluster":
-        data = self.dir / "data"
-        self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        return self.resume()
+
+    def resume(self) -> "Cluster":
+        """Start the server (again, after ``pause``) on the same port and data."""
         options = " ".join([f"-p {self.port}", f"-k {self.dir}", f"-c listen_addresses={HOST}"]
                            + [f"-c {k}={v}" for k, v in self.settings.items()])
-        self._run("pg_ctl", "-D", str(data), "-o", options, "-l", str(self.dir / "server.log"), "-w", "start")
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "server.log"), "-w",
+                  "start")
         return self
+
+    def pause(self) -> None:
+        """Stop the server as a crash would (immediate shutdown), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+            self.pause()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -150,6 +150,8 @@ class Gallery:
     def sync(self) -> int:
         """Bring the index up to date with the store's change feed (loading it all the first time); returns
         the feed position it now reflects."""
+        if self._index is not None and self.store.head() == self._seq:
+            return self._seq  # the common case, one cheap query
         changes = self.store.changes(self._seq)
         if self._index is None:
             self._index = FaceIndex(self.embedding_size, self._index_kind)

@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 CHANNEL = "facenet_gallery"
 POOL_SIZE = 4
 CONNECT_TIMEOUT_S = 10
+POOL_WAIT_S = 3  # a request waits this long for a connection before answering "unavailable"
 _SCHEMA_LOCK = 0x464E4554  # advisory lock key: one process creates or migrates the schema at a time
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _OUR_TABLES = ("facenet_schema", "meta", "people", "faces", "embeddings", "removed_faces", "feed")
@@ -99,9 +100,10 @@ class PostgresStore(SQLStore):
         with _errors(location), psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             meta = _prepare_schema(conn, location, model_id, embedding_size, create, storage)
         found = check_model(location, meta, model_id, embedding_size)
+        # no check on checkout (a round trip per request): after a server restart the first request on each
+        # broken connection fails (503) and the pool replaces that connection
         pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=False,
-                              check=ConnectionPool.check_connection, timeout=CONNECT_TIMEOUT_S,
-                              name="facenet-gallery")
+                              timeout=POOL_WAIT_S, name="facenet-gallery")
         with _errors(location):
             pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         return cls(url, pool, *found)
@@ -113,9 +115,16 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _read(self):
-        with _errors(self.location), self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            yield _Cursor(conn.cursor())
+        with _errors(self.location), self._pool.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield _Cursor(conn.cursor())
+            finally:
+                conn.execute("ROLLBACK")  # nothing to keep: ends the snapshot in the same round trip as COMMIT
+
+    def head(self) -> int:
+        with _errors(self.location), self._pool.connection() as conn:  # one statement, one round trip
+            return conn.execute("SELECT head FROM feed WHERE id = 1").fetchone()[0]
 
     @contextmanager
     def _write(self):
@@ -179,9 +188,9 @@ class PostgresStore(SQLStore):
         except psycopg.Error:
             if self._listener is not None:
                 self._listener.close()
-            self._listener = None  # reconnect next time; notifications may have been missed meanwhile
-            time.sleep(min(timeout, 1.0))
-            return True
+            self._listener = None  # reconnect next time, which answers True: notifications may have been missed
+            time.sleep(timeout)
+            return False
 
     def export(self, path: str | os.PathLike) -> None:
         """Write everyone to a new SQLite gallery file (owner-only), embeddings byte for byte."""
