@@ -88,14 +88,11 @@ class Gallery:
 
         With ``merge=False`` a name already in the gallery is an error (nothing is written).
         """
-        self.store.enroll(records, merge)
-        self._catch_up_if_loaded()
+        self.store.enroll(records, merge)  # the index learns of it from the feed, before the next search
 
     def remove(self, name: str) -> int:
         """Delete ``name`` with all their faces and embeddings; returns how many faces went."""
-        removed = self.store.remove(name)
-        self._catch_up_if_loaded()
-        return removed
+        return self.store.remove(name)  # likewise leaves the index on the next search
 
     def export(self, path: str | os.PathLike) -> None:
         """Write a self-contained gallery file (SQLite, owner-only) holding everyone in this gallery."""
@@ -171,10 +168,6 @@ class Gallery:
         return self._seq
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _catch_up_if_loaded(self) -> None:
-        if self._index is not None:
-            self.sync()
 
     def _best_people(self, dist: np.ndarray, ids: np.ndarray, k: int) -> list[Match]:
         best: dict[int, Match] = {}
