@@ -4,7 +4,7 @@ import numpy as np
 
 from facenet.cli import main
 from facenet.demo import run_demo
-from facenet.gallery.store import Gallery
+from facenet.gallery import Gallery
 
 
 def test_short_demo_writes_report_and_installs_a_usable_model(tmp_path, monkeypatch, capsys):
