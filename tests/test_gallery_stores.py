@@ -189,3 +189,34 @@ def test_sqlite_version_1_file_is_migrated_and_keeps_its_faces(tmp_path):
         g.enroll("new", unit(rng, 1))
         assert {p.name for p in g.people()} == {"old", "new"}
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_another_process_enrolling_in_between_is_seen(gallery_location):
+    """The same defect across real processes: a long-lived gallery that enrolled itself, a second process
+    (as `facenet gallery enroll` beside `facenet serve`) enrolling, then this one enrolling again."""
+    from test_gallery_crash import start_writer
+
+    rng = np.random.default_rng(7)
+    mine, more = unit(rng, 1, 128), unit(rng, 1, 128)
+    with Gallery.open(gallery_location, "model-x", 128) as g:
+        g.enroll("mine", mine)
+        assert g.identify(mine, k=1)[0][0].name == "mine"
+        child = start_writer(gallery_location, "other", 1, faces=3)
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        g.enroll("more", more)
+        theirs = next(r for r in g.records() if r.name == "other_0").embeddings
+        for face in theirs:
+            found = g.identify(face, k=1)[0][0]
+            assert found.name == "other_0" and found.distance == pytest.approx(0, abs=1e-5)
+        assert len(g._index) == 5
+
+
+def test_missing_server_binaries_give_a_clear_skip_reason(monkeypatch):
+    import pgcluster
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("FACENET_PG_BINDIR", "/nonexistent")
+    monkeypatch.setattr(pgcluster.glob, "glob", lambda pattern: [])
+    assert "initdb, pg_ctl) not found" in pgcluster.missing_reason()
+    assert "apt-get install postgresql-15" in pgcluster.missing_reason()
