@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from facenet.errors import GalleryError
-from facenet.gallery.index import FaceIndex
+from facenet.gallery.index import KINDS, FaceIndex
 from facenet.gallery.store import Match, Person, Record, SQLStore, open_store
 
 
@@ -44,7 +44,8 @@ class Gallery:
         needs both. ``storage`` ("float32" or "int8") only matters on creation; ``index`` is the FAISS
         index kind (see ``facenet.gallery.index``).
         """
-        FaceIndex(1, index)  # an unknown kind fails before anything is opened
+        if index not in KINDS:  # before anything is opened
+            raise GalleryError(f"unknown index kind {index!r}; choose one of {', '.join(KINDS)}")
         return cls(open_store(location, model_id, embedding_size, create, storage), index)
 
     @property
