@@ -73,7 +73,7 @@ class Cluster:
 
     def start(self) -> "Cluster":
         self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync")
+                  "--no-locale", "--no-sync")  # C locale: works whatever locales the machine has
         return self.resume()
 
     def resume(self) -> "Cluster":
