@@ -139,7 +139,8 @@ def main() -> None:
         signal.signal(sig, lambda *_: sys.exit(f"{Path(__file__).name}: stopped"))
     faiss.omp_set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"# CPU: {cpu_name()}; {args.threads} threads; index {args.index}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"# CPU: {cpu_name()}; {args.threads} threads; index {args.index}; "
+          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     cluster = None if args.url else pgcluster.Cluster(DURABLE).start()
     results: dict[int, dict[str, dict]] = {}
     try:

@@ -73,7 +73,8 @@ def main() -> None:
             for i in range(args.burst):
                 kind = kinds[i % len(kinds)]
                 if kind == "enrol":
-                    requests.append(enrol_request(f"b{i}", [photo(500 + i % 500, 1 + i // 500), photo(500 + i % 500, 9)]))
+                    person = 500 + i % 500
+                    requests.append(enrol_request(f"b{i}", [photo(person, 1 + i // 500), photo(person, 9)]))
                 elif kind == "remove":
                     requests.append(dict(method="DELETE", url=f"/api/people/lag{i // len(kinds)}",
                                          headers={"X-API-Key": KEY}))

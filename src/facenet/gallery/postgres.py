@@ -215,7 +215,8 @@ def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | Non
         if "facenet_schema" in present:
             version = conn.execute("SELECT max(version) FROM facenet_schema").fetchone()[0]
         elif present:
-            raise GalleryError(f"database {location} holds tables of another application ({', '.join(sorted(present))}) "
+            raise GalleryError(f"database {location} holds tables of another application "
+                               f"({', '.join(sorted(present))}) "
                                "and no facenet schema; it was left untouched — use a database of its own")
         elif not create:
             raise GalleryError(f"no gallery in database {location}; enrol someone first or pass the right --gallery")
@@ -245,8 +246,8 @@ def _errors(location: str):
     try:
         yield
     except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise GalleryUnavailableError(f"PostgreSQL gallery {location} cannot be reached or failed "
-                                      f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise GalleryUnavailableError(f"PostgreSQL gallery {location} cannot be reached or failed ({reason}); "
                                       "retry when the server is back") from exc
     except psycopg.Error as exc:
         raise GalleryError(f"PostgreSQL gallery {location} refused the request: {str(exc).strip()}") from exc
