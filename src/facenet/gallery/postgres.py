@@ -104,8 +104,12 @@ class PostgresStore(SQLStore):
         # broken connection fails (503) and the pool replaces that connection
         pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=False,
                               timeout=POOL_WAIT_S, name="facenet-gallery")
-        with _errors(location):
-            pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        try:
+            with _errors(location):
+                pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except BaseException:
+            pool.close()
+            raise
         return cls(url, pool, *found)
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ so writers commit in the order of their numbers, and a reader that has seen ``he
 snapshot has seen every change numbered up to ``n``: reading ``seq > last_seen`` can never skip a
 change another process committed in between (the defect of "load ids above the last one I saw",
 whose ids are handed out before commit). PostgreSQL also ``NOTIFY``s readers at each commit.
+A process that opens the gallery loads every face in one snapshot with the head it saw, then follows
+the feed. Tombstones are kept (16 bytes each, ids only), so a reader however far behind catches up.
 
 Both stores use the same SQL text with ``?`` placeholders; the PostgreSQL store rewrites them.
 """
