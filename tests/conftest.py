@@ -58,3 +58,9 @@ def gallery_location(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "gallery.db")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(autouse=True)
+def no_gallery_from_environment(monkeypatch):
+    """A developer's $FACENET_GALLERY (perhaps a real PostgreSQL database) is never used by the tests."""
+    monkeypatch.delenv("FACENET_GALLERY", raising=False)
