@@ -54,7 +54,7 @@ def main() -> None:
         path = Path(tmp) / "bench.db"
         vectors = np.empty((args.n, D), np.float32)
         g = Gallery.open(path, "bench", D, storage=args.storage, index=args.index)
-        g.identify(unit(rng, 1))  # build the (empty) index now, so enrolment keeps it up to date
+        g.sync()  # build the (empty) index now; enrolment then grows it chunk by chunk
         t0 = time.perf_counter()
         chunk = 10_000
         for start in range(0, args.n, chunk):
@@ -62,6 +62,7 @@ def main() -> None:
             vectors[start:start + len(x)] = x
             g.enroll_many(Record(f"p{(start + i) // 10}", x[i:i + 10], [""] * len(x[i:i + 10]))
                           for i in range(0, len(x), 10))
+            g.sync()  # the index catches up with each chunk, as a serving process would
         enrol_s = time.perf_counter() - t0
         print(f"enrolled {args.n:,} faces in {enrol_s:.1f} s ({args.n / enrol_s:,.0f} faces/s), "
               f"index {g._index.kind}, file {path.stat().st_size / 2**20:.0f} MiB", flush=True)

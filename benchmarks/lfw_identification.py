@@ -35,7 +35,7 @@ from facenet.errors import DataError, FaceNetError
 from facenet.evaluate.calibrate import identification_threshold
 from facenet.evaluate.protocol import embed_paths
 from facenet.fileio import atomic_write_bytes
-from facenet.gallery.store import Gallery, Record
+from facenet.gallery import Gallery, Record
 
 
 def split_people(images: Path, ext: str, min_images: int, limit_people: int | None):

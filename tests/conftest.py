@@ -47,3 +47,36 @@ def private_data_home(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server on a free loopback port (skips with the reason when none can start)."""
+    import pgcluster
+
+    reason = pgcluster.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed: pip install 'psycopg[binary]'")
+    with pgcluster.Cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a new, empty database on the test cluster."""
+    return pg_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gallery_location(request, tmp_path) -> str:
+    """Where a gallery lives, once per store: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "gallery.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(autouse=True)
+def no_gallery_from_environment(monkeypatch):
+    """A developer's $FACENET_GALLERY (perhaps a real PostgreSQL database) is never used by the tests."""
+    monkeypatch.delenv("FACENET_GALLERY", raising=False)

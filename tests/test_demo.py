@@ -4,7 +4,7 @@ import numpy as np
 
 from facenet.cli import main
 from facenet.demo import run_demo
-from facenet.gallery.store import Gallery
+from facenet.gallery import Gallery
 
 
 def test_short_demo_writes_report_keeps_the_default_and_runs_twice(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import pytest
 
 from facenet.errors import GalleryError
 from facenet.gallery import Gallery, Record
-from facenet.gallery.store import APPLICATION_ID
+from facenet.gallery.sqlite import APPLICATION_ID
 
 D = 16
 
@@ -35,7 +35,7 @@ def test_new_file_is_owner_only_and_recognised(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
 
 
@@ -162,7 +162,7 @@ def test_removed_bytes_leave_the_disk(tmp_path, rng, storage):
     with Gallery.open(path, "m1", D, storage=storage) as g:
         g.enroll("keep", unit(rng, 2), ["k1", "k2"])
         g.enroll("Zebediah Secretname", secret, ["s1", "s2", "s3"])
-        blobs = [bytes(r) for (r,) in g._conn.execute(
+        blobs = [bytes(r) for (r,) in g.store._conn.execute(
             "SELECT e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN people p ON p.id = f.person_id "
             "WHERE p.name = 'Zebediah Secretname'")]
         assert len(blobs) == 3

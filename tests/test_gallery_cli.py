@@ -170,3 +170,22 @@ def test_cluster_sheets_show_the_face_crops_used(photos, tmp_path, monkeypatch, 
     caption = sheet[96:, :96]
     assert (caption < 100).any()  # the file name is written under it
     assert "two_a.png: 2 faces found; using face 0" in capsys.readouterr().err
+
+
+def test_cli_on_a_postgresql_gallery_from_the_environment(photos, tmp_path, capsys, monkeypatch, pg_url):
+    url = pg_url.replace("postgres@", "postgres:not-a-real-pw@")  # trust auth ignores it; it must never be printed
+    monkeypatch.setenv("FACENET_GALLERY", url)
+    assert main(["gallery", "enroll", "Red Person", str(photos["r1"]), str(photos["r2"])]) == 0
+    assert main(["gallery", "enroll", "green", str(photos["g1"])]) == 0
+    assert not (tmp_path / "xdg").exists()  # nothing went to the default file
+    assert main(["identify", str(photos["r2"]), str(photos["b1"])]) == 1
+    out = capsys.readouterr().out
+    assert f"{photos['r2']}: Red Person 0.000" in out and f"{photos['b1']}: unknown" in out
+    assert main(["gallery", "remove", "green"]) == 0
+    assert main(["gallery", "list"]) == 0
+    assert main(["gallery", "export", str(tmp_path / "copy.db")]) == 0
+    out = capsys.readouterr().out
+    assert "Red Person\t2" in out and "green" not in out.split("# gallery")[-1].split("\n", 1)[1]
+    assert "not-a-real-pw" not in out and "***" in out
+    with Gallery.open(tmp_path / "copy.db", create=False) as copy:
+        assert {p.name: p.faces for p in copy.people()} == {"Red Person": 2}

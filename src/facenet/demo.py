@@ -110,7 +110,7 @@ def _trained_model(config: TrainConfig, fresh: bool, progress: bool) -> tuple[Pa
 
 def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Enrol one face of some held-out people; identify their other faces and reject strangers."""
-    from facenet.gallery.store import Gallery
+    from facenet.gallery import Gallery
 
     path.unlink(missing_ok=True)
     people = np.unique(labels)

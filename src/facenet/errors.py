@@ -31,3 +31,7 @@ class GalleryError(FaceNetError):
 
 class TrainingError(FaceNetError):
     """Training cannot go on (embedding collapse, bad configuration, unusable checkpoint)."""
+
+
+class GalleryUnavailableError(GalleryError):
+    """The gallery's database server cannot be reached right now; retrying later may succeed."""

@@ -13,20 +13,31 @@ from facenet.errors import GalleryError
 EXIT_UNIDENTIFIED = 1
 
 
+GALLERY_ENV = "FACENET_GALLERY"
+GALLERY_HELP = ("gallery: a file, or a PostgreSQL URL postgresql://user@host/db shared by several processes "
+                f"(default: ${GALLERY_ENV}, else $XDG_DATA_HOME/facenet/gallery.db, i.e. "
+                "~/.local/share/facenet/gallery.db)")
+
+
 def default_gallery_path() -> Path:
     """``$XDG_DATA_HOME/facenet/gallery.db`` (``~/.local/share/facenet/gallery.db`` by default)."""
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "facenet" / "gallery.db"
 
 
-def _gallery_path(args: argparse.Namespace) -> Path:
-    return Path(args.gallery) if args.gallery else default_gallery_path()
+def gallery_location(given: str | None) -> str:
+    """``--gallery`` as given, else ``$FACENET_GALLERY``, else the default file (a path or a PostgreSQL URL)."""
+    return given or os.environ.get(GALLERY_ENV) or str(default_gallery_path())
+
+
+def _open(args: argparse.Namespace, *model, **options):
+    from facenet.gallery import Gallery
+
+    return Gallery.open(gallery_location(args.gallery), *model, **options)
 
 
 def _open_existing(args: argparse.Namespace):
-    from facenet.gallery import Gallery
-
-    return Gallery.open(_gallery_path(args), create=False)
+    return _open(args, create=False)
 
 
 def _embed_collection(args: argparse.Namespace, embedder, command: str):
@@ -44,7 +55,7 @@ def _embed_collection(args: argparse.Namespace, embedder, command: str):
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    from facenet.gallery import Gallery, Record
+    from facenet.gallery import Record
 
     embedder = embedder_from_args(args)
     rows, emb, report, report_path = _embed_collection(args, embedder, "gallery enroll")
@@ -52,17 +63,17 @@ def run_enroll(args: argparse.Namespace) -> int:
     if status:  # nothing usable, or --strict with photos skipped: enrol nothing
         print(f"facenet gallery enroll: nothing enrolled for {args.name}", file=sys.stderr)
         return status
-    with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, storage=args.storage) as g:
+    with _open(args, embedder.name, embedder.embedding_size, storage=args.storage) as g:
         g.enroll_many([Record(args.name, emb, [Path(r.path).name for r in rows])], merge=args.add)
         person = next(p for p in g.people() if p.name == args.name.strip())
-    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {_gallery_path(args)}")
+    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location}")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         people = g.people()
-        print(f"# gallery {g.path}: model {g.model_id}, {g.embedding_size}-D {g.storage}, "
+        print(f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, "
               f"{len(people)} people, {sum(p.faces for p in people)} faces")
         for person in people:
             print(f"{person.name}\t{person.faces}")
@@ -72,14 +83,14 @@ def run_list(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         faces = g.remove(args.name)
-    print(f"removed {args.name} and {faces} face(s) from {_gallery_path(args)}")
+    print(f"removed {args.name} and {faces} face(s) from {g.location}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         g.export(args.file)
-    print(f"exported gallery {_gallery_path(args)} to {args.file}")
+    print(f"exported gallery {g.location} to {args.file}")
     return 0
 
 
@@ -88,21 +99,19 @@ def run_import(args: argparse.Namespace) -> int:
 
     with Gallery.open(args.file, create=False) as src:
         model_id, size, storage = src.model_id, src.embedding_size, src.storage
-    with Gallery.open(_gallery_path(args), model_id, size, storage=storage) as g:
+    with _open(args, model_id, size, storage=storage) as g:
         faces = g.import_(args.file, merge=args.merge)
-    print(f"imported {faces} face(s) from {args.file} into {_gallery_path(args)}")
+    print(f"imported {faces} face(s) from {args.file} into {g.location}")
     return 0
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    from facenet.gallery import Gallery
-
     if args.top_k < 1:
         raise GalleryError("--top-k must be at least 1")
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_threshold
 
     embedder = embedder_from_args(args)
-    with Gallery.open(_gallery_path(args), embedder.name, embedder.embedding_size, create=False) as g:
+    with _open(args, embedder.name, embedder.embedding_size, create=False) as g:
         threshold = args.threshold if args.threshold is not None else \
             identification_threshold(embedder, len(g.people()), args.far or DEFAULT_OPENSET_FAR)
         print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
@@ -118,9 +127,10 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    gallery_help = "gallery file (default: $XDG_DATA_HOME/facenet/gallery.db, i.e. ~/.local/share/facenet/gallery.db)"
+    gallery_help = GALLERY_HELP
     p = sub.add_parser("gallery", help="enrol, list, remove, export and import known people",
-                       description="The persistent gallery of known people (one SQLite file, owner-only).")
+                       description="The persistent gallery of known people: one SQLite file (owner-only), or a "
+                                   "PostgreSQL database that several processes share (--gallery postgresql://...).")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     v = verbs.add_parser("enroll", help="enrol a new person from photos (--add: more photos of an enrolled one)",
@@ -143,12 +153,12 @@ def register(sub) -> None:
     v.set_defaults(func=run_list)
 
     v = verbs.add_parser("remove", help="delete a person and all their faces for good",
-                         description="Delete NAME, their faces and embeddings; the bytes are wiped from the file.")
+                         description="Delete NAME, their faces and embeddings; in a gallery file the bytes are wiped.")
     v.add_argument("name", metavar="NAME")
     v.add_argument("--gallery", help=gallery_help)
     v.set_defaults(func=run_remove)
 
-    v = verbs.add_parser("export", help="write a compact copy of the gallery to FILE")
+    v = verbs.add_parser("export", help="write a compact copy of the gallery to FILE (a gallery file)")
     v.add_argument("file", metavar="FILE")
     v.add_argument("--gallery", help=gallery_help)
     v.set_defaults(func=run_export)

@@ -13,7 +13,7 @@ from facenet.errors import FaceNetError
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from facenet.commands.gallery import default_gallery_path
+    from facenet.commands.gallery import gallery_location
     from facenet.gallery import Gallery
     from facenet.serve import Limits, create_app
     from facenet.serve.security import API_KEY_ENV, load_api_key
@@ -22,9 +22,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise FaceNetError("--max-upload-mb, --max-pixels, --max-files and --max-pending must be positive")
     api_key = load_api_key(args.api_key_file)
     embedder = embedder_from_args(args)
-    gallery = args.gallery or default_gallery_path()
-    with Gallery.open(gallery, embedder.name, embedder.embedding_size):  # a wrong gallery fails here, in one line
-        pass
+    gallery = gallery_location(args.gallery)
+    with Gallery.open(gallery, embedder.name, embedder.embedding_size) as g:  # a wrong gallery fails here, in one line
+        shown = g.location  # a URL's password is never printed
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     max_files=args.max_files, max_pending=args.max_pending)
     app = create_app(embedder, gallery, api_key=api_key, limits=limits)
@@ -34,7 +34,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"facenet serve: listening on {args.host}, beyond this machine; the traffic is plain HTTP — put "
               "a TLS proxy in front of it", file=sys.stderr)
-    print(f"facenet serve: model {embedder.name}, gallery {gallery}; page at http://{args.host}:{args.port}/ , "
+    print(f"facenet serve: model {embedder.name}, gallery {shown}; page at http://{args.host}:{args.port}/ , "
           f"API docs at /docs", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False,
                 timeout_graceful_shutdown=30)
@@ -60,7 +60,9 @@ def register(sub) -> None:
                                    "X-API-Key header; without a key they are refused.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--gallery", help="gallery file (default: $XDG_DATA_HOME/facenet/gallery.db); created if absent")
+    p.add_argument("--gallery", help="gallery file, or postgresql://user@host/db to share one gallery between "
+                                     "several replicas (default: $FACENET_GALLERY, else "
+                                     "$XDG_DATA_HOME/facenet/gallery.db); created if absent")
     p.add_argument("--api-key-file", metavar="FILE",
                    help="file whose first line is the API key (default: $FACENET_API_KEY); 16+ characters")
     p.add_argument("--max-upload-mb", type=float, default=10.0,

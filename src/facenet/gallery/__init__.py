@@ -1,6 +1,7 @@
-"""Persistent gallery (SQLite) with vector search (FAISS): enrol, identify (open set), remove."""
+"""The gallery of known people: a store (SQLite file or PostgreSQL) under a FAISS index: enrol, identify, remove."""
 
+from facenet.gallery.gallery import Gallery
 from facenet.gallery.index import FaceIndex
-from facenet.gallery.store import Gallery, Match, Person, Record
+from facenet.gallery.store import Match, Person, Record, is_url
 
-__all__ = ["FaceIndex", "Gallery", "Match", "Person", "Record"]
+__all__ = ["FaceIndex", "Gallery", "Match", "Person", "Record", "is_url"]

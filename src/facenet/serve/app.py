@@ -1,15 +1,20 @@
 """The HTTP service: verify, embed, identify, cluster and the gallery over FastAPI, plus a web page.
 
-Build it with ``create_app(embedder, gallery_path, api_key, limits)`` and serve it with uvicorn
+Build it with ``create_app(embedder, gallery, api_key, limits)`` and serve it with uvicorn
 (``facenet serve`` does both). Design:
 
-* The model arrives loaded; the gallery opens once at start-up (lifespan) and closes at shutdown.
-  Every enrolment is its own committed SQLite transaction, so stopping the server loses nothing
-  that was answered with 201.
+* The model arrives loaded; the gallery (a file, or a PostgreSQL database shared with other replicas)
+  opens once at start-up (lifespan), loads every face into the search index before the server is
+  ready, and closes at shutdown. Every enrolment is its own committed transaction, so stopping (or
+  killing) the server loses nothing that was answered with 201 and leaves no half-enrolled person.
 * All model and gallery work runs on **one** worker thread, off the event loop: SQLite connections
   belong to the thread that opened them, one writer needs no locks, and PyTorch already spreads a
   forward pass over the cores. At most ``Limits.max_pending`` requests may wait for that thread;
   the next is answered 503 with ``Retry-After`` instead of queueing without bound.
+* Other processes' enrolments and removals reach this one through the gallery's change feed: each
+  identify catches up first, and a background task waits for changes (PostgreSQL LISTEN/NOTIFY; a
+  gallery file is polled every second) so the index is usually current before a request comes.
+  A database that cannot be reached is answered 503 with ``Retry-After``.
 * Every error is RFC 9457 problem details (``application/problem+json``), never a traceback.
   Nothing a request carries becomes a file path: names and file names are stored as data only.
 """
@@ -40,7 +45,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from facenet.data.images import DEFAULT_MAX_PIXELS, load_image
 from facenet.embedder import FaceEmbedder, squared_distance
-from facenet.errors import BadImageError, FaceNetError, GalleryError, NoFaceError
+from facenet.errors import BadImageError, FaceNetError, GalleryError, GalleryUnavailableError, NoFaceError
 from facenet.serve import openapi
 from facenet.serve.security import (API_KEY_HEADER, BodyLimitMiddleware, Problem, SecurityHeadersMiddleware,
                                     check_api_key, problem_response)
@@ -49,6 +54,7 @@ log = logging.getLogger("facenet.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_NAME_LENGTH = 100
 MAX_TOP_K = 50
+CHANGE_WAIT_S = 1.0  # longest wait for another process's change before the follower checks anyway
 
 
 @dataclass(frozen=True)
@@ -160,19 +166,29 @@ class Upload:
 class Engine:
     """The embedder and the gallery behind one worker thread (see the module docstring)."""
 
-    def __init__(self, embedder: FaceEmbedder, gallery_path: Path, limits: Limits):
-        self.embedder, self.gallery_path, self.limits = embedder, gallery_path, limits
+    def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits):
+        self.embedder, self.gallery_location, self.limits = embedder, gallery_location, limits
         self.gallery = None
         self.pending = 0
         self._executor: ThreadPoolExecutor | None = None
+        self._follower: asyncio.Task | None = None
+        self._listener: ThreadPoolExecutor | None = None  # blocks in wait_for_change, so never on the worker
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-worker")
         await self._call(self._open_gallery)
+        self._listener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-listener")
+        self._follower = asyncio.create_task(self._follow_changes())
 
     async def stop(self) -> None:
         if self._executor is None:
             return
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            # let the listener's current wait (at most CHANGE_WAIT_S) end before the gallery closes
+            await asyncio.get_running_loop().run_in_executor(None, self._listener.shutdown)
+            self._follower = self._listener = None
         if self.gallery is not None:
             await self._call(self.gallery.close)
             self.gallery = None
@@ -203,7 +219,19 @@ class Engine:
     def _open_gallery(self) -> None:
         from facenet.gallery import Gallery
 
-        self.gallery = Gallery.open(self.gallery_path, self.embedder.name, self.embedder.embedding_size)
+        gallery = Gallery.open(self.gallery_location, self.embedder.name, self.embedder.embedding_size)
+        gallery.sync()  # every face in the index before the first request
+        self.gallery = gallery
+
+    async def _follow_changes(self) -> None:
+        """Apply other processes' changes as they happen, between requests (on the worker thread)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if await loop.run_in_executor(self._listener, self.gallery.wait_for_change, CHANGE_WAIT_S):
+                try:
+                    await self._call(self.gallery.sync)
+                except FaceNetError as exc:
+                    log.warning("gallery catch-up failed (retrying): %s", exc)
 
     # -- photos -> crops -> embeddings (worker thread) --
 
@@ -270,7 +298,7 @@ class Engine:
         try:
             self.gallery.enroll_many([Record(name, emb, [u.filename for u in uploads])], merge=merge)
         except GalleryError as exc:
-            if merge:
+            if merge or isinstance(exc, GalleryUnavailableError):
                 raise
             raise Problem(409, f"{name!r} is already enrolled; send merge=true to add these photos to them",
                           code="name_taken") from exc
@@ -292,6 +320,8 @@ class Engine:
     def remove(self, name: str) -> dict:
         try:
             return {"name": name, "faces_removed": self.gallery.remove(name)}
+        except GalleryUnavailableError:
+            raise
         except GalleryError as exc:
             raise Problem(404, f"no person named {name!r} in the gallery; GET /api/people lists who is enrolled",
                           code="unknown_person") from exc
@@ -372,18 +402,19 @@ def check_count(files: list, low: int, high: int, what: str) -> None:
 # -- the application -----------------------------------------------------------------------------
 
 
-def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | None = None,
+def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None = None,
                limits: Limits = Limits()) -> FastAPI:
-    """The service over ``embedder`` (loaded) and the gallery at ``gallery_path`` (created if absent).
+    """The service over ``embedder`` (loaded) and the gallery at ``gallery`` (a file path or a PostgreSQL
+    URL; created if absent).
 
     ``api_key`` guards enrol and remove; ``None`` disables them (401 with how to set a key).
     """
-    engine = Engine(embedder, Path(gallery_path), limits)
+    engine = Engine(embedder, str(gallery), limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
-        log.info("facenet service ready: model %s, gallery %s", embedder.name, gallery_path)
+        log.info("facenet service ready: model %s, gallery %s", embedder.name, engine.gallery.location)
         try:
             yield
         finally:
@@ -418,6 +449,8 @@ def create_app(embedder: FaceEmbedder, gallery_path: str | Path, api_key: str | 
             return problem_response(422, str(exc), "no_face")
         if isinstance(exc, BadImageError):
             return problem_response(400, str(exc), "bad_image")
+        if isinstance(exc, GalleryUnavailableError):
+            return problem_response(503, str(exc), "gallery_unavailable", {"Retry-After": "2"})
         if isinstance(exc, GalleryError):
             return problem_response(409, str(exc), "gallery")
         log.error("facenet error in %s %s: %s", request.method, request.url.path, exc)

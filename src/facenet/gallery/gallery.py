@@ -1,0 +1,181 @@
+"""The gallery: a store (SQLite file or PostgreSQL server) with an in-memory FAISS index on top.
+
+Identification is open-set: ``identify(..., threshold=t)`` keeps only people whose distance is
+below ``t``; an empty result list means "unknown". A person with several photos is scored by
+the minimum squared-L2 distance over their faces (the nearest photo decides). Without a threshold
+the search is closed-set (always the k nearest people).
+
+Every process keeps its own index and brings it up to date from the store's change feed (see
+``facenet.gallery.store``) before it answers: one cheap query of the feed's head, and when another
+process (a CLI, another ``facenet serve`` replica) wrote since, the faces it added and the ids it
+removed — never skipping a change, whoever made it and in whatever order transactions overlapped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from facenet.errors import GalleryError
+from facenet.gallery.index import KINDS, FaceIndex
+from facenet.gallery.store import Match, Person, Record, SQLStore, open_store
+
+
+class Gallery:
+    """Enrol, list, remove and identify people; see the module docstring for the guarantees."""
+
+    def __init__(self, store: SQLStore, index: str = "auto"):
+        self.store = store
+        self._index_kind = index
+        self._index: FaceIndex | None = None  # built on the first query (or ``sync``), then kept in step
+        self._seq: int | None = None  # the feed position the index reflects
+        self._face_person: dict[int, int] = {}
+        self._names: dict[int, str] = {}
+
+    @classmethod
+    def open(cls, location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
+             create: bool = True, storage: str = "float32", index: str = "auto") -> "Gallery":
+        """Open (or create) the gallery at ``location`` for embeddings of model ``model_id``.
+
+        ``location`` is a file path (SQLite) or a ``postgresql://user@host/db`` URL. ``model_id``/
+        ``embedding_size`` of ``None`` accept whatever the gallery holds (listing, export); creating one
+        needs both. ``storage`` ("float32" or "int8") only matters on creation; ``index`` is the FAISS
+        index kind (see ``facenet.gallery.index``).
+        """
+        if index not in KINDS:  # before anything is opened
+            raise GalleryError(f"unknown index kind {index!r}; choose one of {', '.join(KINDS)}")
+        return cls(open_store(location, model_id, embedding_size, create, storage), index)
+
+    @property
+    def location(self) -> str:
+        """The file path or the URL (without password) of the store."""
+        return self.store.location
+
+    path = location  # the name older callers use
+
+    @property
+    def model_id(self) -> str:
+        return self.store.model_id
+
+    @property
+    def embedding_size(self) -> int:
+        return self.store.embedding_size
+
+    @property
+    def storage(self) -> str:
+        return self.store.storage
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def enroll(self, name: str, embeddings: np.ndarray, sources: Sequence[str] | None = None) -> Person:
+        """Add faces to ``name`` (created if new) in one transaction; returns the person's new totals."""
+        sources = [""] * len(np.atleast_2d(embeddings)) if sources is None else sources
+        self.enroll_many([Record(name, embeddings, sources)])
+        return self.store.people(name.strip())[0]
+
+    def enroll_many(self, records: Iterable[Record], merge: bool = True) -> None:
+        """Enrol several people in one transaction (bulk loads, imports): all of them or none.
+
+        With ``merge=False`` a name already in the gallery is an error (nothing is written).
+        """
+        self.store.enroll(records, merge)  # the index learns of it from the feed, before the next search
+
+    def remove(self, name: str) -> int:
+        """Delete ``name`` with all their faces and embeddings; returns how many faces went."""
+        return self.store.remove(name)  # likewise leaves the index on the next search
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write a self-contained gallery file (SQLite, owner-only) holding everyone in this gallery."""
+        self.store.export(path)
+
+    def import_(self, location: str | os.PathLike, merge: bool = False) -> int:
+        """Add every person of the gallery at ``location`` (same model required); returns faces added."""
+        with Gallery.open(location, self.model_id, self.embedding_size, create=False) as other:
+            records = list(other.records())
+        self.enroll_many(records, merge=merge)
+        return sum(len(r.embeddings) for r in records)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def people(self) -> list[Person]:
+        """Everyone enrolled, by name, with their number of faces."""
+        return self.store.people()
+
+    def records(self) -> Iterator[Record]:
+        """Each person's faces as float32 unit rows with their source labels."""
+        return self.store.records()
+
+    def __len__(self) -> int:
+        """Number of faces."""
+        return self.store.count()
+
+    def identify(self, queries: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
+        """For each query row, up to ``k`` people nearest first; ``[]`` means unknown (open set)."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if queries.ndim != 2 or queries.shape[1] != self.embedding_size:
+            raise GalleryError(f"queries must be (n, {self.embedding_size}) embeddings, got shape {queries.shape}")
+        self.sync()
+        total = len(self._index)
+        if total == 0 or k < 1:
+            return [[] for _ in queries]
+        fetch = min(total, 4 * k)
+        while True:
+            dist, ids = self._index.search(queries, fetch)
+            results = [self._best_people(d, i, k) for d, i in zip(dist, ids)]
+            if fetch >= total or all(len(r) >= k for r in results):
+                break
+            fetch = min(total, fetch * 4)
+        if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
+            results = [[m for m in r if m.distance < threshold] for r in results]
+        return results
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s until another process may have written (then ``sync``); safe to call from
+        a thread other than the one using the gallery."""
+        return self.store.wait_for_change(timeout)
+
+    def sync(self) -> int:
+        """Bring the index up to date with the store's change feed (loading it all the first time); returns
+        the feed position it now reflects."""
+        if self._index is not None and self.store.head() == self._seq:
+            return self._seq  # the common case, one cheap query
+        changes = self.store.changes(self._seq)
+        if self._index is None:
+            self._index = FaceIndex(self.embedding_size, self._index_kind)
+            self._index.rebuild(changes.ids, changes.vectors)
+            self._face_person = dict(zip(changes.ids.tolist(), changes.persons.tolist()))
+        else:
+            gone = [f for f in changes.removed.tolist() if f in self._face_person]
+            if gone:
+                self._index.remove(gone)
+                for face_id in gone:
+                    del self._face_person[face_id]
+            if len(changes.ids):
+                self._index.add(changes.ids, changes.vectors)
+                self._face_person.update(zip(changes.ids.tolist(), changes.persons.tolist()))
+        self._names.update(changes.names)
+        self._seq = changes.head
+        return self._seq
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _best_people(self, dist: np.ndarray, ids: np.ndarray, k: int) -> list[Match]:
+        best: dict[int, Match] = {}
+        for d, face_id in zip(dist.tolist(), ids.tolist()):
+            if face_id < 0:
+                continue
+            person = self._face_person[face_id]
+            if person not in best:  # rows are sorted, so the first face seen is the person's nearest
+                best[person] = Match(self._names[person], float(d), int(face_id))
+        return sorted(best.values(), key=lambda m: m.distance)[:k]

@@ -1,0 +1,114 @@
+"""A throwaway PostgreSQL cluster for tests and benchmarks: a temporary directory, a free loopback port,
+stopped and deleted afterwards. ``initdb``/``pg_ctl`` refuse to run as root, so as root the cluster runs
+as the ``postgres`` system user (which the Debian ``postgresql`` package creates)."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+HOST = "127.0.0.1"  # loopback only
+
+
+def find_bindir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` live: $FACENET_PG_BINDIR, PATH, or the newest /usr/lib/postgresql/*/bin."""
+    candidates = [os.environ.get("FACENET_PG_BINDIR")]
+    initdb = shutil.which("initdb")
+    candidates.append(str(Path(initdb).parent) if initdb else None)
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+    for directory in filter(None, candidates):
+        if (Path(directory) / "initdb").is_file() and (Path(directory) / "pg_ctl").is_file():
+            return Path(directory)
+    return None
+
+
+def missing_reason() -> str | None:
+    """Why no cluster can be started here, or None when one can."""
+    if find_bindir() is None:
+        return ("PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
+                "postgresql-15) or set FACENET_PG_BINDIR")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' system user to run the PostgreSQL server as"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """``with Cluster() as c: url = c.create_database()``; ``settings`` go to postgres -c."""
+
+    _names = itertools.count()
+
+    def __init__(self, settings: dict[str, str] | None = None):
+        reason = missing_reason()
+        if reason:
+            raise RuntimeError(reason)
+        self.bindir = find_bindir()
+        self.settings = {"fsync": "off", "full_page_writes": "off",  # fast, and survives a server crash
+                         **(settings or {})}
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="facenet-pg-"))
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([str(self.bindir / args[0]), *args[1:]], check=True, user=self.user, cwd=self.dir,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+
+    def start(self) -> "Cluster":
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-locale", "--no-sync")  # C locale: works whatever locales the machine has
+        return self.resume()
+
+    def resume(self) -> "Cluster":
+        """Start the server (again, after ``pause``) on the same port and data."""
+        options = " ".join([f"-p {self.port}", f"-k {self.dir}", f"-c listen_addresses={HOST}"]
+                           + [f"-c {k}={v}" for k, v in self.settings.items()])
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "server.log"), "-w",
+                  "start")
+        return self
+
+    def pause(self) -> None:
+        """Stop the server as a crash would (immediate shutdown), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
+    def stop(self) -> None:
+        try:
+            self.pause()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        import psycopg
+
+        name = f"facenet_{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
