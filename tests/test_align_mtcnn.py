@@ -100,3 +100,19 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
         (tmp_path / name).write_bytes(b"not a torch file")
     with pytest.raises(FaceNetError, match="pnet.pt"):
         get_detector("mtcnn", weights=tmp_path)
+
+
+def test_lower_thresholds_are_tried_only_when_nothing_is_found(monkeypatch):
+    """The masked-face retry: a second cascade at retry_thresholds runs only after an empty first pass."""
+    from facenet.align.mtcnn import MTCNNDetector
+
+    detector = MTCNNDetector()
+    calls = []
+    results = {detector.thresholds: [], detector.retry_thresholds: ["found"]}
+    monkeypatch.setattr(detector, "_cascade", lambda img, thresholds: calls.append(thresholds) or results[thresholds])
+    assert detector.detect(np.zeros((60, 60, 3), np.uint8)) == ["found"]
+    assert calls == [(0.6, 0.7, 0.7), (0.5, 0.4, 0.5)]
+    calls.clear()
+    results[detector.thresholds] = ["first"]
+    assert detector.detect(np.zeros((60, 60, 3), np.uint8)) == ["first"] and calls == [(0.6, 0.7, 0.7)]
+    assert MTCNNDetector(retry_thresholds=None).retry_thresholds is None

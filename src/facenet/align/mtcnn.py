@@ -7,6 +7,12 @@ The cascade reproduces facenet-pytorch's ``detect_face``: image pyramid with fac
 20 px minimum face, area-interpolated resizing, thresholds 0.6/0.7/0.7, NMS 0.5 per scale then
 0.7, and a final "min"-overlap NMS after O-Net. Sandberg's TF ``det*.npy`` files are not read:
 they are pickled dicts, and the project never unpickles weights.
+
+One addition: a photo where the standard thresholds find nothing is searched again with lower
+ones (``retry_thresholds``, 0.5/0.4/0.5). Faces behind masks lose the mouth and nose the
+refinement stages look for: on 1,194 real photos of masked people the retry raised MTCNN's
+detection rate from 79.9% to 87.5% (RESULTS.md); photos where a face is found at the standard
+thresholds are unaffected.
 """
 
 from __future__ import annotations
@@ -121,9 +127,11 @@ class MTCNNDetector:
 
     def __init__(self, weights: str | os.PathLike | None = None, min_face_size: int = 20,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu",
+                 retry_thresholds: tuple[float, float, float] | None = (0.5, 0.4, 0.5)):
         folder = find_weights(weights)
         self.min_face_size, self.thresholds, self.factor = min_face_size, tuple(thresholds), factor
+        self.retry_thresholds = tuple(retry_thresholds) if retry_thresholds else None
         self.device = torch.device(device)
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for net, file in zip((self.pnet, self.rnet, self.onet), WEIGHT_FILES):
@@ -150,12 +158,18 @@ class MTCNNDetector:
     def _detect(self, image: np.ndarray) -> list[Detection]:
         image = check_image(image)
         img = torch.from_numpy(image.astype(np.float32)).to(self.device).permute(2, 0, 1)[None]
-        boxes = self._propose(img)
+        found = self._cascade(img, self.thresholds)
+        if not found and self.retry_thresholds:
+            found = self._cascade(img, self.retry_thresholds)
+        return found
+
+    def _cascade(self, img: torch.Tensor, thresholds) -> list[Detection]:
+        boxes = self._propose(img, thresholds[0])
         if len(boxes):
-            boxes = self._refine(img, boxes)
+            boxes = self._refine(img, boxes, thresholds[1])
         if not len(boxes):
             return []
-        boxes, points = self._output(img, boxes)
+        boxes, points = self._output(img, boxes, thresholds[2])
         return [Detection(b[:4].tolist(), b[4], p) for b, p in zip(boxes, points)]
 
     def _scales(self, h: int, w: int) -> list[float]:
@@ -168,14 +182,14 @@ class MTCNNDetector:
             side *= self.factor
         return scales
 
-    def _propose(self, img: torch.Tensor) -> np.ndarray:
+    def _propose(self, img: torch.Tensor, threshold: float) -> np.ndarray:
         """Stage 1: P-Net over the pyramid -> squared candidate boxes (N, 5: x1 y1 x2 y2 score)."""
         h, w = img.shape[2:]
         found = []
         for scale in self._scales(h, w):
             reg, prob = self.pnet(_normalise(interpolate(img, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")))
             prob, reg = prob[0, 1].cpu().numpy(), reg[0].cpu().numpy()
-            ys, xs = np.nonzero(prob >= self.thresholds[0])
+            ys, xs = np.nonzero(prob >= threshold)
             if not len(ys):
                 continue
             cells = np.stack([xs, ys], axis=1).astype(np.float64)
@@ -190,22 +204,22 @@ class MTCNNDetector:
         boxes = np.concatenate([cand[:, :4] + cand[:, 5:9] * size, cand[:, 4:5]], axis=1)
         return _square(boxes)
 
-    def _refine(self, img: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
+    def _refine(self, img: torch.Tensor, boxes: np.ndarray, threshold: float) -> np.ndarray:
         """Stage 2: R-Net rescoring and box regression."""
         boxes, patches = _patches(img, boxes, 24)
         reg, prob = self.rnet(patches)
         score = prob[:, 1].cpu().numpy()
-        keep = score > self.thresholds[1]
+        keep = score > threshold
         boxes, reg = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1), reg.cpu().numpy()[keep]
         pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
         return _square(_regress(boxes[pick], reg[pick]))
 
-    def _output(self, img: torch.Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _output(self, img: torch.Tensor, boxes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """Stage 3: O-Net final score, box regression and landmarks."""
         boxes, patches = _patches(img, boxes, 48)
         reg, marks, prob = self.onet(patches)
         score = prob[:, 1].cpu().numpy()
-        keep = score > self.thresholds[2]
+        keep = score > threshold
         boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
         reg, marks = reg.cpu().numpy()[keep], marks.cpu().numpy()[keep].astype(np.float64)
         bw, bh = boxes[:, 2:3] - boxes[:, 0:1] + 1, boxes[:, 3:4] - boxes[:, 1:2] + 1
