@@ -72,3 +72,33 @@ def test_small_ivf_falls_back_to_exact_and_unknown_kind_is_an_error():
     assert idx.kind == "exact"
     with pytest.raises(GalleryError, match="unknown index kind"):
         FaceIndex(32, "annoy")
+
+
+def test_hnsw_search_after_removals_fetches_only_k(monkeypatch):
+    """Removed faces are skipped inside the graph search (an ID selector), not by over-fetching k + removed."""
+    rng = np.random.default_rng(4)
+    v = unit(rng, 400)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(np.arange(400), v)
+    idx.remove(range(0, 80))  # 20%: below the rebuild point, so the selector is used
+    asked = []
+    inner_search = idx._index.search
+    monkeypatch.setattr(idx._index, "search", lambda q, k, **kw: asked.append(k) or inner_search(q, k, **kw))
+    dist, got = idx.search(v[100:110], 5)
+    assert asked == [5] and not (set(got.ravel().tolist()) & set(range(80)))
+    assert (got[:, 0] == np.arange(100, 110)).all()
+
+
+def test_identify_with_fewer_people_than_k_searches_once(tmp_path, monkeypatch):
+    from facenet.gallery import Gallery
+
+    rng = np.random.default_rng(5)
+    with Gallery.open(tmp_path / "g.db", "m", 32) as gallery:
+        for person in range(3):
+            gallery.enroll(f"p{person}", unit(rng, 30), [f"f{i}" for i in range(30)])
+        gallery.sync()
+        asked = []
+        search = gallery._index.search
+        monkeypatch.setattr(gallery._index, "search", lambda q, k: asked.append(k) or search(q, k))
+        (matches,) = gallery.identify(unit(rng, 1), k=5)
+    assert len(matches) == 3 and asked == [20]  # before: 20 -> 80 -> 90 (the whole gallery)

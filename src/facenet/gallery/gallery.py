@@ -14,6 +14,7 @@ removed — never skipping a change, whoever made it and in whatever order trans
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ class Gallery:
         self._index: FaceIndex | None = None  # built on the first query (or ``sync``), then kept in step
         self._seq: int | None = None  # the feed position the index reflects
         self._face_person: dict[int, int] = {}
+        self._person_faces: Counter[int] = Counter()  # faces in the index per person: who can be found
         self._names: dict[int, str] = {}
 
     @classmethod
@@ -129,11 +131,12 @@ class Gallery:
         total = len(self._index)
         if total == 0 or k < 1:
             return [[] for _ in queries]
+        wanted = min(k, len(self._person_faces))  # with fewer people than k, all of them is a full answer
         fetch = min(total, 4 * k)
         while True:
             dist, ids = self._index.search(queries, fetch)
             results = [self._best_people(d, i, k) for d, i in zip(dist, ids)]
-            if fetch >= total or all(len(r) >= k for r in results):
+            if fetch >= total or all(len(r) >= wanted for r in results):
                 break
             fetch = min(total, fetch * 4)
         if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
@@ -155,15 +158,20 @@ class Gallery:
             self._index = FaceIndex(self.embedding_size, self._index_kind)
             self._index.rebuild(changes.ids, changes.vectors)
             self._face_person = dict(zip(changes.ids.tolist(), changes.persons.tolist()))
+            self._person_faces = Counter(self._face_person.values())
         else:
             gone = [f for f in changes.removed.tolist() if f in self._face_person]
             if gone:
                 self._index.remove(gone)
                 for face_id in gone:
-                    del self._face_person[face_id]
+                    person = self._face_person.pop(face_id)
+                    self._person_faces[person] -= 1
+                    if not self._person_faces[person]:
+                        del self._person_faces[person]
             if len(changes.ids):
                 self._index.add(changes.ids, changes.vectors)
                 self._face_person.update(zip(changes.ids.tolist(), changes.persons.tolist()))
+                self._person_faces.update(changes.persons.tolist())
         self._names.update(changes.names)
         self._seq = changes.head
         return self._seq

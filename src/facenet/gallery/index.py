@@ -4,9 +4,10 @@ Distances are squared L2 (FAISS's L2 indexes return squared distances, which is 
 
 * ``exact``: ``IndexFlatL2`` behind an id map; exact, supports removal directly.
 * ``hnsw``: ``IndexHNSWFlat`` (graph, approximate, stores full vectors so its distances are exact
-  for the candidates it returns). HNSW cannot delete, so removed ids go into a filter set that
-  searches over-fetch past; once removed faces exceed a quarter of the index it is rebuilt from the
-  live vectors. Removal is therefore visible on the very next query.
+  for the candidates it returns). HNSW cannot delete, so removed ids go into a set that the graph
+  search itself skips (a FAISS ID selector: no over-fetching, so the cost does not grow with the
+  removals); once removed faces exceed a quarter of the index it is rebuilt from the live vectors.
+  Removal is therefore visible on the very next query.
 * ``ivf``: ``IndexIVFFlat`` trained once on the faces present when it is built (needs at least
   ``IVF_MIN_TRAIN`` faces, otherwise exact search is used); later faces go to the trained lists
   without retraining; removal is direct.
@@ -52,6 +53,7 @@ class FaceIndex:
     def set_ef_search(self, ef: int) -> None:
         """HNSW breadth of search: higher = better recall, slower (no effect on other kinds)."""
         self.ef_search = ef
+        self._skip = None
         if self._kind == "hnsw":
             faiss.downcast_index(self._index.index).hnsw.efSearch = ef
 
@@ -77,6 +79,7 @@ class FaceIndex:
             self._index.remove_ids(ids)
             return
         self._removed.update(ids.tolist())
+        self._skip = None  # the selector is rebuilt on the next search
         if len(self._removed) > REBUILD_FRACTION * max(self._index.ntotal, 1):
             self._build(*self._live())
 
@@ -84,14 +87,21 @@ class FaceIndex:
         """k nearest live faces per query; missing slots have id -1 and distance inf."""
         queries = np.ascontiguousarray(queries, np.float32)
         k = max(1, min(k, len(self)))
-        fetch = min(k + len(self._removed), self._index.ntotal) if self._index.ntotal else 1
-        dist, ids = self._index.search(queries, fetch)
         if self._removed:
-            keep = ~np.isin(ids, np.fromiter(self._removed, np.int64, len(self._removed)))
-            dist, ids = _compact(dist, ids, keep, k)
-        dist, ids = dist[:, :k], ids[:, :k]
+            dist, ids = self._index.search(queries, k, params=self._skip_removed())
+        else:
+            dist, ids = self._index.search(queries, k)
         dist = np.where(ids < 0, np.inf, np.maximum(dist, 0.0))
         return dist.astype(np.float32), ids
+
+    def _skip_removed(self):
+        """HNSW search parameters whose selector skips the removed faces (built once per set of removals)."""
+        if self._skip is None:
+            removed = faiss.IDSelectorBatch(np.fromiter(self._removed, np.int64, len(self._removed)))
+            keep = faiss.IDSelectorNot(removed)
+            params = faiss.SearchParametersHNSW(sel=keep, efSearch=self.ef_search)
+            self._skip = (params, keep, removed)  # SWIG holds raw pointers: keep the Python objects alive
+        return self._skip[0]
 
     def _build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         kind = self.requested
@@ -113,7 +123,7 @@ class FaceIndex:
             index.nprobe = min(nlist, max(16, nlist // 16))
         if len(ids):
             index.add_with_ids(vectors, ids)
-        self._index, self._kind, self._removed = index, kind, set()
+        self._index, self._kind, self._removed, self._skip = index, kind, set(), None
 
     def _live(self) -> tuple[np.ndarray, np.ndarray]:
         """Ids and vectors still present (exact and HNSW keep full vectors behind an id map)."""
@@ -125,12 +135,3 @@ class FaceIndex:
             ids, vectors = ids[keep], vectors[keep]
         return ids, vectors
 
-
-def _compact(dist: np.ndarray, ids: np.ndarray, keep: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, move kept entries to the front (order preserved), padding with -1 / inf."""
-    out_d = np.full((len(ids), k), np.inf, np.float32)
-    out_i = np.full((len(ids), k), -1, np.int64)
-    for row in range(len(ids)):
-        d, i = dist[row][keep[row]][:k], ids[row][keep[row]][:k]
-        out_d[row, :len(d)], out_i[row, :len(i)] = d, i
-    return out_d, out_i
