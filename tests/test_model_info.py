@@ -12,7 +12,7 @@ from facenet.cli import main
 
 
 def test_models_lists_model_files_with_provenance_threshold_and_id(model_file, tmp_path, monkeypatch, capsys):
-    from facenet.embedder import models_dir
+    from facenet.paths import models_dir
     from facenet.models.modelfile import read_model_info
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))

@@ -19,21 +19,8 @@ from facenet.data.images import ImageLike, fit_to_input, load_image, load_images
 from facenet.errors import ModelFileError, NoFaceError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
+from facenet.paths import MODEL_ENV, default_model_path
 
-MODEL_ENV = "FACENET_MODEL"
-
-
-def models_dir() -> Path:
-    """Where installed models live: ``$XDG_DATA_HOME/facenet/models`` (``~/.local/share/facenet/models``)."""
-    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return data_home / "facenet" / "models"
-
-
-def default_model_path() -> Path:
-    """The model commands use when ``--model`` is omitted: ``$FACENET_MODEL``, else the installed default."""
-    if os.environ.get(MODEL_ENV):
-        return Path(os.environ[MODEL_ENV])
-    return models_dir() / "default.safetensors"
 
 
 def trained_on(info: ModelInfo) -> str:

@@ -53,9 +53,10 @@ def make_backend(name: str, model: EmbeddingModel, info: ModelInfo, device: str 
 
 def onnx_cache_path(info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
     """Where the export of these weights at this input size and opset is cached."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    from facenet.paths import cache_home
+
     sha = info.provenance.get("weights_sha256", "")
-    return cache_home / "facenet" / "onnx" / f"{info.arch}-{sha[:32]}-{info.input_size}px-opset{opset}.onnx"
+    return cache_home() / "onnx" / f"{info.arch}-{sha[:32]}-{info.input_size}px-opset{opset}.onnx"
 
 
 def cached_export(model: EmbeddingModel, info: ModelInfo, opset: int = DEFAULT_OPSET) -> str | bytes:

@@ -23,12 +23,11 @@ from PIL import Image
 
 from facenet.align.base import get_detector
 from facenet.align.crop import WHICH, Recipe, cut_faces
-from facenet.data.images import load_image
+from facenet.data.images import IMAGE_SUFFIXES, load_image
 from facenet.errors import DataError, FaceNetError
 from facenet.fileio import atomic_write, atomic_write_bytes
 from facenet.progress import progress_bar
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 REPORT_NAME = "align_report.json"
 RECIPE_NAME = "recipe.json"
 

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.embedder import default_model_path
+    from facenet.paths import default_model_path
     from facenet.errors import FaceNetError
     from facenet.models.modelfile import read_model_info
 

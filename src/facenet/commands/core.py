@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facenet.data.images import IMAGE_SUFFIXES
 from facenet.errors import BadImageError, FaceNetError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"}
 EXIT_DIFFERENT = 1
 BATCH = 32
 

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from facenet.commands.core import add_batch_options, add_model_options, embedder_from_args, expand_image_paths
 from facenet.errors import GalleryError
+from facenet.paths import GALLERY_ENV, gallery_location
 
 EXIT_UNIDENTIFIED = 1
 
 
-GALLERY_ENV = "FACENET_GALLERY"
 GALLERY_HELP = ("gallery: a file, or a PostgreSQL URL postgresql://user@host/db shared by several processes "
                 f"(default: ${GALLERY_ENV}, else $XDG_DATA_HOME/facenet/gallery.db, i.e. "
                 "~/.local/share/facenet/gallery.db)")
-
-
-def default_gallery_path() -> Path:
-    """``$XDG_DATA_HOME/facenet/gallery.db`` (``~/.local/share/facenet/gallery.db`` by default)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "facenet" / "gallery.db"
-
-
-def gallery_location(given: str | None) -> str:
-    """``--gallery`` as given, else ``$FACENET_GALLERY``, else the default file (a path or a PostgreSQL URL)."""
-    return given or os.environ.get(GALLERY_ENV) or str(default_gallery_path())
 
 
 def _open(args: argparse.Namespace, *model, **options):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 def model_files() -> list[tuple[str, Path]]:
     """(label, path): $FACENET_MODEL, the installed default, then the other model files in the models folder."""
-    from facenet.embedder import MODEL_ENV, models_dir
+    from facenet.paths import MODEL_ENV, models_dir
 
     env = os.environ.get(MODEL_ENV)
     installed = models_dir() / "default.safetensors"

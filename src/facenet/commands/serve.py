@@ -13,7 +13,7 @@ from facenet.errors import FaceNetError
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from facenet.commands.gallery import gallery_location
+    from facenet.paths import gallery_location
     from facenet.gallery import Gallery
     from facenet.serve import Limits, create_app
     from facenet.serve.security import API_KEY_ENV, load_api_key

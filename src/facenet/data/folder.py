@@ -8,10 +8,9 @@ from typing import Sequence
 import numpy as np
 import torch.utils.data
 
-from facenet.data.images import load_image
+from facenet.data.images import IMAGE_SUFFIXES, load_image
 from facenet.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -22,7 +21,7 @@ class FolderDataset(torch.utils.data.Dataset):
     other extensions are ignored; identities with fewer than ``min_images`` images are dropped.
     """
 
-    def __init__(self, root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, min_images: int = 1):
+    def __init__(self, root: str | Path, extensions: Sequence[str] = tuple(sorted(IMAGE_SUFFIXES)), min_images: int = 1):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset folder not found: {self.root}; "

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# The one list of file suffixes every command and dataset treats as images (what load_image decodes).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 STANDARDISATIONS = ("fixed", "prewhiten", "unit", "dlib")
 # dlib's input layer (input_rgb_image): per-channel mean RGB removed, then divided by 256.
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
