@@ -39,7 +39,7 @@ def test_auto_uses_onnx_runtime_on_cpu_and_caches_the_export(nns_file, tmp_path,
     assert isinstance(first.backend, OnnxBackend)
     cache = onnx_cache_path(info)
     assert cache.is_file() and cache.parent == tmp_path / "cache" / "facenet" / "onnx"
-    assert info.model_id in cache.name and "32px" in cache.name and not list(path.parent.glob("*.onnx"))
+    assert info.weights_id in cache.name and "32px" in cache.name and not list(path.parent.glob("*.onnx"))
     stamp = cache.read_bytes()
     second = load_embedder(path, backend="auto", detect=False)
     assert cache.read_bytes() == stamp  # reused, not exported again

@@ -45,14 +45,25 @@ def test_metadata_roundtrip(saved):
     assert (stored.arch, stored.embedding_size, stored.input_size, stored.num_classes) == ("mobilefacenet", 64, 160, 5)
     assert stored.threshold == 0.85 and stored.standardisation == "prewhiten"
     assert stored.provenance["data"] == "synthetic" and len(stored.provenance["weights_sha256"]) == 64
-    assert stored.model_id == stored.provenance["weights_sha256"][:16]
+    assert stored.weights_id == stored.provenance["weights_sha256"][:16]
     assert ModelInfo.from_json(stored.to_json()) == stored
+
+
+def test_model_id_changes_with_thresholds_weights_id_does_not(saved):
+    """A file that answers differently never keeps its id; galleries key on the weights alone."""
+    import dataclasses
+
+    info = saved[2]
+    for change in ({"threshold": info.threshold + 0.01}, {"far_thresholds": {"1e-03": 0.5}}):
+        other = dataclasses.replace(info, **change)
+        assert other.model_id != info.model_id and other.weights_id == info.weights_id
 
 
 def test_weights_hash_changes_with_weights(saved, tmp_path):
     model, _, info = saved
     other = create_model("mobilefacenet", embedding_size=64, num_classes=5)
-    assert save_model(other, tmp_path / "o.safetensors").model_id != info.model_id
+    saved_other = save_model(other, tmp_path / "o.safetensors")
+    assert saved_other.model_id != info.model_id and saved_other.weights_id != info.weights_id
 
 
 def test_missing_file(tmp_path):

@@ -186,7 +186,7 @@ def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_pat
                      "png", "--no-detect", "--backend", "torch", "--no-progress", "--json", str(out),
                      "--write-thresholds"]) == 0
     after = read_model_info(model)
-    assert after.model_id == before.model_id  # the weights are untouched
+    assert after.weights_id == before.weights_id and after.model_id != before.model_id  # new thresholds, same weights
     assert after.threshold == pytest.approx(json.loads(out.read_text())["threshold"], abs=1e-4)
     assert set(after.far_thresholds) == {"1e-02"}  # 24 images of 21 people: ~270 different-people pairs
     assert "thresholds written" in capsys.readouterr().out

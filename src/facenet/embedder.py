@@ -93,7 +93,8 @@ class FaceEmbedder:
 
     @property
     def name(self) -> str:
-        return f"{self.info.arch}-{self.info.embedding_size}d-{self.info.model_id or 'untracked'}"
+        """What galleries record: embeddings are comparable exactly when architecture, size and weights match."""
+        return f"{self.info.arch}-{self.info.embedding_size}d-{self.info.weights_id or 'untracked'}"
 
     def find_faces(self, image: ImageLike, all_faces: bool = False, source: str | None = None) -> FoundFaces:
         """The model-sized crop(s) of the recipe's face (or of every face) and every detection seen.

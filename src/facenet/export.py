@@ -62,7 +62,7 @@ def onnx_cache_path(info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
 def cached_export(model: EmbeddingModel, info: ModelInfo, opset: int = DEFAULT_OPSET) -> str | bytes:
     """The checked export of ``model``: the cached file when it holds these weights, else a new export
     (cached when possible; in memory, with a warning, when the cache folder cannot be written)."""
-    if not info.model_id:
+    if not info.weights_id:
         return onnx_bytes(model.cpu(), info, opset)
     path = onnx_cache_path(info, opset)
     if path.is_file() and _holds(path, info):

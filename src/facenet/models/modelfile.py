@@ -8,6 +8,7 @@ stranger cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -52,9 +53,19 @@ class ModelInfo:
         return info
 
     @property
-    def model_id(self) -> str:
-        """A short identity of the weights (galleries refuse embeddings from another model)."""
+    def weights_id(self) -> str:
+        """A short identity of the weights alone: what decides whether two embeddings are comparable
+        (galleries refuse embeddings of other weights; recalibrating thresholds keeps a gallery usable)."""
         return str(self.provenance.get("weights_sha256", ""))[:16]
+
+    @property
+    def model_id(self) -> str:
+        """A short identity of everything that decides answers: the weights and the thresholds. It
+        changes whenever either does, so two files that answer differently never share an id."""
+        if not self.weights_id:
+            return ""
+        decided = json.dumps([self.provenance["weights_sha256"], self.threshold, self.far_thresholds], sort_keys=True)
+        return hashlib.sha256(decided.encode()).hexdigest()[:16]
 
 
 def model_info_for(model: EmbeddingModel, **overrides) -> ModelInfo:
@@ -65,8 +76,6 @@ def model_info_for(model: EmbeddingModel, **overrides) -> ModelInfo:
 
 def save_model(model: EmbeddingModel, path: str | os.PathLike, info: ModelInfo | None = None) -> ModelInfo:
     """Write ``model`` and its metadata atomically (owner-readable only); returns the stored info."""
-    import hashlib
-
     info = info or model_info_for(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     digest = hashlib.sha256()

@@ -112,7 +112,7 @@ class IdentifyResult(BaseModel):
 
 class ModelOut(BaseModel):
     name: str  # as in every result's "model" field: architecture, embedding size, weights id
-    model_id: str  # what galleries record; "" for an untracked model
+    model_id: str  # weights + thresholds: changes when either does; "" for an untracked model
     embedding_size: int
     threshold: float  # squared L2; same person when the distance is below it
     trained_on: str  # from the model file's provenance
