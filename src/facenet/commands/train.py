@@ -37,6 +37,7 @@ OPTIONS = [
     ("--exclude-identities", "exclude_identities", str,
      "file naming identities (one per line) to keep out of training, e.g. a test fold's people"),
     ("--eval-every", "eval_every", int, "steps between held-out verification checks"),
+    ("--eval-images", "eval_max_images", int, "held-out images the checks use at most (a seeded sample)"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
     ("--workers", "workers", int, "data-loading processes"),
     ("--seed", "seed", int, "random seed (recorded in the run)"),

@@ -137,16 +137,60 @@ class HeldOutPairs:
     folds: np.ndarray
 
 
-def held_out_pairs(labels: np.ndarray, max_pairs: int, seed: int, n_folds: int = 10) -> HeldOutPairs:
+def held_out_pairs(labels: np.ndarray, max_pairs: int, seed: int, n_folds: int = 10,
+                   max_images: int | None = None) -> HeldOutPairs:
+    """Balanced verification pairs among held-out images: up to ``max_pairs // 2`` positive pairs and as
+    many negative ones, distinct, sampled without listing every pair (memory O(max_pairs), not O(images^2)).
+
+    ``max_images`` first keeps a seeded sample of that many images (the validation embeds only those).
+    """
     rng = np.random.default_rng([seed, 11])
-    i, j = np.triu_indices(len(labels), k=1)
-    is_same = labels[i] == labels[j]
-    pos = np.flatnonzero(is_same)
-    neg = np.flatnonzero(~is_same)
-    n = min(len(pos), len(neg), max_pairs // 2)
+    labels = np.asarray(labels)
+    pool = np.arange(len(labels))
+    if max_images is not None and len(pool) > max_images:
+        pool = np.sort(rng.choice(pool, max_images, replace=False))
+    order = pool[np.argsort(labels[pool], kind="stable")]
+    _, starts = np.unique(labels[order], return_index=True)
+    groups = [g for g in np.split(order, starts[1:]) if len(g) > 1]
+    positives_total = sum(len(g) * (len(g) - 1) // 2 for g in groups)
+    negatives_total = len(pool) * (len(pool) - 1) // 2 - positives_total
+    n = min(positives_total, negatives_total, max_pairs // 2)
     if n < n_folds:
         raise DataError("too few held-out images for a verification check; add identities or images")
-    chosen = np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)])
+    weights = np.array([len(g) * (len(g) - 1) / 2 for g in groups], dtype=np.float64)
+    positives = _distinct_pairs(rng, n, lambda size: _draw_positive(rng, groups, weights / weights.sum(), size),
+                                positives_total)
+    negatives = _distinct_pairs(rng, n, lambda size: _draw_negative(rng, pool, labels, size), negatives_total)
+    first = np.concatenate([positives[:, 0], negatives[:, 0]])
+    second = np.concatenate([positives[:, 1], negatives[:, 1]])
     same = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
     folds = rng.permutation(np.arange(2 * n) % n_folds)
-    return HeldOutPairs(i[chosen], j[chosen], same, folds)
+    return HeldOutPairs(first, second, same, folds)
+
+
+def _distinct_pairs(rng, n: int, draw, available: int) -> np.ndarray:
+    """``n`` distinct (i < j) pairs from ``draw(size)``, which proposes pairs of the wanted kind."""
+    chosen: dict[tuple[int, int], None] = {}
+    while len(chosen) < n:
+        for i, j in draw(max(64, 2 * (n - len(chosen)))).tolist():
+            chosen.setdefault((min(i, j), max(i, j)), None)
+            if len(chosen) == n:
+                break
+        if len(chosen) >= available:
+            break
+    return np.array(list(chosen), dtype=np.int64).reshape(-1, 2)
+
+
+def _draw_positive(rng, groups, probabilities, size: int) -> np.ndarray:
+    """Pairs of two different images of one identity, each identity drawn as often as it has pairs."""
+    picks = rng.choice(len(groups), size, p=probabilities)
+    out = np.empty((size, 2), np.int64)
+    for row, g in enumerate(picks):
+        out[row] = rng.choice(groups[g], 2, replace=False)
+    return out
+
+
+def _draw_negative(rng, pool, labels, size: int) -> np.ndarray:
+    """Pairs of images of different identities (uniform over such pairs, by rejection)."""
+    pairs = rng.choice(pool, (size, 2))
+    return pairs[labels[pairs[:, 0]] != labels[pairs[:, 1]]]

@@ -117,7 +117,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
                                  num_workers=config.workers, persistent_workers=False,
                                  prefetch_factor=2 if config.workers else None))
     metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=start, enabled=ctx.is_main)
-    pairs = held_out_pairs(held_source.labels, 6000, config.seed) if held_source is not None else None
+    pairs = held_out_pairs(held_source.labels, 6000, config.seed, max_images=config.eval_max_images) \
+        if held_source is not None else None
 
     def validate() -> tuple[float, float] | None:
         if pairs is None:
