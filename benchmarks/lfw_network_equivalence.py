@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 
@@ -43,13 +42,18 @@ def main(argv=None) -> int:
     pairs = [p for p in read_pairs(args.lfw / "pairs.txt", args.lfw / "images").pairs if p.fold < args.folds]
     paths = sorted({q for p in pairs for q in (p.path1, p.path2)})
     theirs, ours = {}, {}
-    for path in tqdm(paths, desc="dlib chips", unit="img"):
+    from facenet.progress import progress_bar
+
+    bar = progress_bar(len(paths), "dlib chips")
+    for path in paths:
+        bar.update()
         rgb = np.ascontiguousarray(load_image(path))
         shape = dlib_side._predictor(rgb, dlib_side._face_box(rgb))
         chip = np.asarray(dlib_side._dlib.get_face_chip(rgb, shape, 150, 0.25))
         theirs[path] = np.asarray(dlib_side._encoder.compute_face_descriptor(chip), np.float32)
         with torch.inference_mode():
             ours[path] = model(standardise(chip[None], "dlib"))[0].numpy()
+    bar.close()
     for table in (theirs,):
         for path, row in table.items():
             table[path] = row / np.linalg.norm(row)

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from facenet.data.images import load_image
 from facenet.errors import DataError, FaceNetError
 from facenet.evaluate.metrics import DISTANCES, FoldMetrics, kfold_metrics
 from facenet.evaluate.pairs import read_pairs
 from facenet.fileio import atomic_write, atomic_write_bytes
+from facenet.progress import progress_bar
 
 FLIPS = ("none", "sum", "concat")
 OCCLUDE_SIDES = ("one", "both")
@@ -173,8 +173,7 @@ def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progres
     todo = [p for p in paths if p not in embeddings]
     failed: list[Path] = []
     saved = 0
-    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc="embedding", unit="img",
-              disable=not progress) as bar:
+    with progress_bar(len(paths), "embedding", unit="img", initial=len(paths) - len(todo), enabled=progress) as bar:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
             try:
