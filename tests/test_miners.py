@@ -5,7 +5,7 @@ import torch
 
 from facenet.errors import FaceNetError
 from facenet.losses import miners
-from facenet.losses.miners import active_fraction, get_miner, mine_offline, pairwise_sq_dists
+from facenet.losses.miners import active_fraction, get_miner, pairwise_sq_dists
 
 MARGIN = 0.2
 
@@ -182,30 +182,3 @@ def test_semihard_is_pml_semihard_nearest_per_pair(seed):
     assert set(zip(oa.tolist(), op.tolist())) == set(nearest)
     for t in zip(oa.tolist(), op.tolist(), on.tolist()):
         assert d[t[0], t[2]].item() == nearest[t[:2]]
-
-
-# --- offline mining -------------------------------------------------------------------------
-
-def test_mine_offline_yields_pool_triplets_in_batches():
-    e, labels = make_batch(2, n=30)
-    pool = torch.arange(100, 130)  # dataset indices of the pool's images
-    calls = []
-
-    def embed_fn(idx):
-        calls.append(idx.clone())
-        assert not torch.is_grad_enabled()
-        return e[idx - 100]
-
-    want = {(100 + a, 100 + p, 100 + n) for a, p, n in zip(*(t.tolist() for t in miners.semihard(e, labels)))}
-    got = []
-    batches = list(mine_offline(embed_fn, pool, labels, "semihard", MARGIN, triplets_per_batch=16,
-                                generator=torch.Generator().manual_seed(0)))
-    assert len(calls) == 1 and torch.equal(calls[0], pool)
-    for b in batches:
-        assert len(b.a) <= 16 and len(torch.unique(b.images)) == len(b.images)
-        got += [(b.images[x].item(), b.images[y].item(), b.images[z].item())
-                for x, y, z in zip(b.a, b.p, b.n)]
-    assert len(got) == len(want) and set(got) == want
-    assert len(batches) == -(-len(want) // 16)
-    with pytest.raises(FaceNetError):
-        next(mine_offline(embed_fn, pool, labels[:5]))

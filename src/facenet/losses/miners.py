@@ -17,8 +17,7 @@ Vocabulary, with d = squared L2 and margin m (the paper's alpha):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
 
 import torch
 
@@ -212,50 +211,3 @@ def active_fraction(embeddings: torch.Tensor, labels: torch.Tensor, margin: floa
     _, a, _, count, neg = _active_counts(d, labels, margin)
     total = int(neg.sum(dim=1)[a].sum())
     return int(count.sum()) / total if total else 0.0
-
-
-class OfflineBatch(NamedTuple):
-    """Images to load (dataset indices, each once) and triplets as positions into them."""
-
-    images: torch.Tensor
-    a: torch.Tensor
-    p: torch.Tensor
-    n: torch.Tensor
-
-
-def mine_offline(embed_fn: Callable[[torch.Tensor], torch.Tensor], pool: Sequence[int] | torch.Tensor,
-                 labels: Sequence[int] | torch.Tensor, miner: str = "semihard", margin: float = 0.2,
-                 triplets_per_batch: int = 600, generator: torch.Generator | None = None
-                 ) -> Iterator[OfflineBatch]:
-    """The paper's offline option: mine triplets over a pool larger than one batch.
-
-    ``pool`` holds dataset indices, ``labels`` their identities (same order); ``embed_fn``
-    maps a LongTensor of dataset indices to their embeddings with the *current* weights (the
-    trainer chunks and runs it in eval mode; it is called here under no_grad). The pool is
-    mined once with the named miner; the triplets are shuffled with ``generator`` and yielded
-    ``triplets_per_batch`` at a time.
-
-    How the trainer uses it: every N steps, draw a pool (e.g. a PKSampler batch with a large P),
-    then for each ``OfflineBatch`` load ``images``, run them through the model *with* gradients
-    to get ``emb``, and call ``triplet_loss(emb, batch.a, batch.p, batch.n, margin)``. Because
-    the weights move while the pool's triplets are consumed, they go stale; keep N small.
-    """
-    pool = torch.as_tensor(pool, dtype=torch.long)
-    labels = torch.as_tensor(labels)
-    if len(pool) != len(labels):
-        raise FaceNetError(f"offline mining got {len(pool)} pool indices but {len(labels)} labels; "
-                           "pass one label per pool image")
-    if triplets_per_batch < 1:
-        raise FaceNetError("triplets_per_batch must be at least 1")
-    mine = get_miner(miner)
-    with torch.no_grad():
-        emb = embed_fn(pool)
-    options = {"generator": generator} if miner_accepts(mine, "generator") else {}
-    a, p, n = (t.cpu() for t in mine(emb, labels.to(emb.device), margin, **options))
-    device = generator.device if generator is not None else "cpu"
-    order = torch.randperm(len(a), generator=generator, device=device).cpu()
-    for s in range(0, len(order), triplets_per_batch):
-        sel = order[s:s + triplets_per_batch]
-        positions, inverse = torch.unique(torch.cat([a[sel], p[sel], n[sel]]), return_inverse=True)
-        k = len(sel)
-        yield OfflineBatch(pool[positions], inverse[:k], inverse[k:2 * k], inverse[2 * k:])
