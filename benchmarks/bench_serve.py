@@ -34,7 +34,7 @@ from facenet.data.synthetic import SyntheticFaces
 from facenet.embedder import load_embedder
 from facenet.models import create_model
 from facenet.models.modelfile import save_model
-from facenet.serve.app import Engine, Limits, Upload
+from facenet.serve.engine import Engine, Limits, Upload
 
 HOST = "127.0.0.1"
 KEY = "bench-key-0123456789abcdef"
