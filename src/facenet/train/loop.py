@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from facenet.data.images import standardise
 from facenet.data.sampler import PKSampler
@@ -28,11 +27,12 @@ from facenet.models import EmbeddingModel, create_model, l2_normalize
 from facenet.models.modelfile import ModelInfo, model_info_for, save_model
 from facenet.seeding import seed_everything
 from facenet.train import distributed
-from facenet.train.augment import Augmentation
 from facenet.train.checkpoint import load_checkpoint, save_checkpoint
 from facenet.train.config import TrainConfig
-from facenet.train.data import StepBatches, build_sources, held_out_pairs
+from facenet.train.data import (StepBatches, augment_seed, batch_augmentation, build_sources, face_augmentation,
+                                 held_out_pairs, loader_workers, step_loader)
 from facenet.train.offline import OfflineTriplets
+from facenet.train.precision import autocast, grad_scaler, resolve_precision
 
 METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "active_fraction",
                   "num_triplets", "d_ap", "d_an", "lr", "images_per_s", "val_accuracy", "val_threshold"]
@@ -84,8 +84,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
                        softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
                        centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
                        generator=generator).to(ctx.device)
-    optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()))
+    optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()), ctx.device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    precision = resolve_precision(config.precision, ctx.device)
+    scaler = grad_scaler(precision, ctx.device)
+    # compiling the bound method leaves the module (and so its state dict and checkpoints) as it is
+    embed = torch.compile(model.prelogits) if config.compile else model.prelogits
 
     start = 0
     history: list[dict] = []
@@ -94,6 +98,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         loss_fn.load_state_dict(checkpoint["loss"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
+        if "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
         torch.set_rng_state(checkpoint["torch_rng"])
         start = int(checkpoint["step"])
         history = [dict(row) for row in checkpoint["history"]]
@@ -102,18 +108,16 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
 
     sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
                         seed=config.seed)
-    augment = Augmentation(config.image_size, crop=config.augment_crop, flip=config.augment_flip,
-                           colour=config.augment_colour, occlusion=config.augment_occlusion)
-    batches = StepBatches(train_source, sampler, augment, config.seed)
+    batches = StepBatches(train_source, sampler, face_augmentation(config), config.seed)
+    device_augment = batch_augmentation(config)
     offline = None
     if config.offline_every:
         if ctx.distributed:
             raise TrainingError("offline mining runs in one process; drop --offline-every under torchrun")
         offline = OfflineTriplets(batches, config, ctx.device, checkpoint.get("offline") if checkpoint else None)
     else:
-        loader = iter(DataLoader(batches, batch_size=None, sampler=range(start, config.steps),
-                                 num_workers=config.workers, persistent_workers=False,
-                                 prefetch_factor=2 if config.workers else None))
+        loader = step_loader(batches, range(start, config.steps), loader_workers(config.workers),
+                             pin_memory=ctx.device.type == "cuda")
     metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=start, enabled=ctx.is_main)
     pairs = held_out_pairs(held_source.labels, 6000, config.seed) if held_source is not None else None
 
@@ -131,9 +135,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             metrics.write({"step": 0, "val_accuracy": checked[0], "val_threshold": checked[1]})
 
     bar = _progress(progress and ctx.is_main, start, config.steps)
-    collapsed = 0
+    collapsed = torch.zeros((), dtype=torch.long, device=ctx.device)  # consecutive collapsed steps, on the device
     last_check = None
-    tick = time.perf_counter()
+    tick, ticked_at = time.perf_counter(), start
+    stats: dict = {}
     for step in range(start, config.steps):
         if offline is None:
             images, labels = next(loader)
@@ -146,50 +151,63 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             loss, stats, prelogits = torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
         else:
             per_rank = len(images) // ctx.world_size
-            local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device)
+            local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device, non_blocking=True)
+            if device_augment is not None:
+                local = device_augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(images))
             x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
-            prelogits = distributed.gather_with_grad(model.prelogits(x), ctx)
+            with autocast(precision, ctx.device):  # the network only: losses and mining stay float32
+                prelogits = distributed.gather_with_grad(embed(x).float(), ctx)
             if offline is None:
-                loss, stats = loss_fn(prelogits, labels.to(ctx.device))
+                loss, stats = loss_fn(prelogits, labels.to(ctx.device, non_blocking=True))
             else:
                 loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
                                             margin=config.margin)
                 stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model, ctx)
-            optimizer.step()
+            scaler.scale(loss).backward()
+            distributed.average_gradients(model, ctx)  # before unscaling, so every rank sees the same inf/NaN
+            scaler.step(optimizer)
+            scaler.update()
         schedule.step()
+        collapsed = (collapsed + 1) * _is_collapsed(prelogits) if prelogits is not None else collapsed * 0
 
-        collapsed = collapsed + 1 if prelogits is not None and _is_collapsed(prelogits) else 0
-        if collapsed >= config.collapse_patience:
-            raise TrainingError(f"embeddings collapsed at step {step + 1}: every face maps to the same point. "
+        done = step + 1
+        logged = done % config.log_every == 0 or done == config.steps
+        evaluated = done % config.eval_every == 0 or done == config.steps
+        saved = done % config.checkpoint_every == 0 or done == config.steps
+        if bar is not None:
+            bar.update(1)
+        if not (logged or evaluated or saved):
+            # a GPU runs ahead of Python until the host reads a device value (loss.item() would wait for
+            # the step to finish); so the host reads them only at steps that log, check or save
+            continue
+        if int(collapsed) >= config.collapse_patience:
+            raise TrainingError(f"embeddings collapsed by step {done}: every face maps to the same point. "
                                 "Lower the learning rate (--lr), use the semihard miner, or add softmax "
                                 "(--loss both)")
         if not math.isfinite(loss.item()):
-            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
+            raise TrainingError(f"loss became {loss.item()} by step {done}; lower the learning rate")
 
-        done = step + 1
         row = {"step": done, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **stats}
         now = time.perf_counter()
-        row["images_per_s"] = config.batch_size / max(now - tick, 1e-9)
-        tick = now
-        if done % config.eval_every == 0 or done == config.steps:
+        row["images_per_s"] = config.batch_size * (done - ticked_at) / max(now - tick, 1e-9)
+        tick, ticked_at = now, done
+        if evaluated:
             last_check = validate()
             if last_check:
                 row["val_accuracy"], row["val_threshold"] = last_check
                 history.append({"step": done, "val_accuracy": last_check[0]})
-        if done % config.log_every == 0 or "val_accuracy" in row or done == config.steps:
+        if logged or "val_accuracy" in row:
             metrics.write(row)
         if bar is not None:
-            bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
                             img_s=f"{row['images_per_s']:.0f}",
                             val=f"{history[-1]['val_accuracy']:.3f}" if history[-1].get("val_accuracy") else "-")
-        if ctx.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
+        if ctx.is_main and saved:
             save_checkpoint(run_dir, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "step": done,
+                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "step": done,
                 "history": history, **({"offline": offline.state_dict()} if offline is not None else {})})
     if bar is not None:
         bar.close()
@@ -202,13 +220,15 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
 
 
-def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "adagrad":  # the paper's choice
+def _optimizer(config: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":  # the paper's choice; its fused kernel is CPU-only
         return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+    # on GPUs, one fused kernel updates every parameter (instead of several launches per tensor group)
+    fused = {"fused": True} if device.type == "cuda" else {}
     if config.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           nesterov=True)
+                           nesterov=True, **fused)
 
 
 def _lr_factor(config: TrainConfig):
@@ -224,11 +244,12 @@ def _lr_factor(config: TrainConfig):
     return factor
 
 
-def _is_collapsed(prelogits: torch.Tensor) -> bool:
-    """All embeddings (nearly) identical: the triplet loss then sits at the margin and learns nothing."""
+def _is_collapsed(prelogits: torch.Tensor) -> torch.Tensor:
+    """All embeddings (nearly) identical: the triplet loss then sits at the margin and learns nothing.
+    A 0-d bool tensor on the embeddings' device (reading it would make the host wait for the device)."""
     with torch.no_grad():
         embeddings = l2_normalize(prelogits.detach())
-        return bool(embeddings.var(dim=0).sum() < 1e-6)
+        return embeddings.var(dim=0).sum() < 1e-6
 
 
 def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig,
