@@ -1,5 +1,6 @@
 """Mixed precision: the network may run in bfloat16/float16, the mining and the losses may not."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,75 @@ def test_triplet_loss_module_upcasts_half_precision_embeddings():
     loss, _ = TripletLoss("semihard", MARGIN)(e.bfloat16(), labels)
     want, _ = TripletLoss("semihard", MARGIN)(e.bfloat16().float(), labels)
     assert loss.dtype == torch.float32 and torch.equal(loss, want)
+
+
+def _interrupt_at_call(monkeypatch, n):
+    """Make the run stop (as if killed) inside step ``n``, after its checkpoint of step n - 1."""
+    import facenet.train.loop as loop
+
+    real, calls = loop._is_collapsed, {"n": 0}
+
+    def stop(prelogits):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(prelogits)
+
+    monkeypatch.setattr(loop, "_is_collapsed", stop)
+    return lambda: monkeypatch.setattr(loop, "_is_collapsed", real)
+
+
+def _final_weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "model.safetensors")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_run_resumes_bit_for_bit(tmp_path, monkeypatch, precision):
+    import facenet.train.loop as loop
+    from facenet.train.checkpoint import load_checkpoint
+    from test_train import losses, tiny_config
+
+    # a scaler that doubles its scale every step, so a resume that lost its state would end elsewhere
+    monkeypatch.setattr(loop, "grad_scaler", lambda p, device: torch.amp.GradScaler(
+        device.type, init_scale=2.0**10, growth_interval=1, enabled=p == "fp16"))
+    settings = dict(precision=precision, steps=7, eval_every=7)
+    train_run = loop.train
+    train_run(tiny_config(tmp_path / "reference", **settings), progress=False)
+    restore = _interrupt_at_call(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tiny_config(tmp_path / "interrupted", **settings), progress=False)
+    restore()
+    assert load_checkpoint(tmp_path / "interrupted")["step"] == 4
+    train_run(tiny_config(tmp_path / "interrupted", **settings), resume=True, progress=False)
+
+    assert losses(tmp_path / "interrupted") == losses(tmp_path / "reference")
+    want, got = _final_weights(tmp_path / "reference"), _final_weights(tmp_path / "interrupted")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    scaler = load_checkpoint(tmp_path / "interrupted")["scaler"]
+    assert scaler == load_checkpoint(tmp_path / "reference")["scaler"]
+    if precision == "fp16":
+        assert scaler["scale"] > 2.0**10  # it grew: the state that had to survive the interruption
+
+
+def test_bf16_runs_the_network_in_bfloat16_from_the_same_start(tmp_path):
+    from facenet.train.loop import train
+    from test_train import losses, tiny_config
+
+    first = {p: losses(train(tiny_config(tmp_path / p, precision=p, steps=1), progress=False).run_dir)[0]
+             for p in ("fp32", "bf16")}
+    assert first["bf16"] != first["fp32"]  # autocast really changed the network's arithmetic ...
+    assert first["bf16"] == pytest.approx(first["fp32"], rel=0.05)  # ... by bfloat16's rounding, no more
+
+
+def test_auto_precision_is_fp32_on_cpu_and_an_unknown_one_is_refused(tmp_path):
+    from facenet.errors import TrainingError
+    from facenet.train.loop import train
+    from facenet.train.precision import resolve_precision
+    from test_train import tiny_config
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(TrainingError, match="precision must be one of"):
+        train(tiny_config(tmp_path / "run", precision="fp8"), progress=False)
