@@ -86,3 +86,106 @@ def test_batch_augmentation_flips_about_half_and_depends_only_on_seed_and_positi
 def test_per_face_augmentation_turned_off_only_fits_the_crop(face):
     plain = Augmentation(SIZE, crop=False, flip=False, colour=0.0, occlusion=0.0)
     np.testing.assert_array_equal(plain(face, np.random.default_rng(0)), face)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    """6 identities x 4 JPEG photos of different sizes (not square, not the input size)."""
+    root = tmp_path_factory.mktemp("faces")
+    people = SyntheticFaces(6, seed=2, size=96)
+    for person in range(6):
+        (root / f"p{person}").mkdir()
+        for i in range(4):
+            image = Image.fromarray(people.render(person, i)).resize((90 + 7 * i, 110))
+            image.save(root / f"p{person}" / f"{i}.jpg", quality=90)
+    return root
+
+
+def folder_config(tmp_path, data, **overrides):
+    from test_train import tiny_config
+
+    return tiny_config(tmp_path / "run", data=str(data), identities_per_batch=3, faces_per_identity=2,
+                       holdout_identities=0.0, **overrides)
+
+
+def test_cached_crops_give_the_batches_of_the_uncached_folder(tmp_path, jpeg_folder):
+    from facenet.data.sampler import PKSampler
+    from facenet.train.data import CachedCrops, StepBatches, build_sources, face_augmentation
+
+    config = folder_config(tmp_path, jpeg_folder, augment_occlusion=0.5)
+    plain, _ = build_sources(config)
+    cached, _ = build_sources(folder_config(tmp_path, jpeg_folder, cache_crops=True))
+    assert isinstance(cached, CachedCrops) and cached.crops.shape == (24, 32, 32, 3)
+    assert cached.crops.dtype == np.uint8
+    sampler = PKSampler(plain.labels, 3, 2, seed=config.seed)
+    want = StepBatches(plain, sampler, face_augmentation(config), config.seed)
+    got = StepBatches(cached, sampler, face_augmentation(config), config.seed)
+    for step in range(3):
+        assert torch.equal(got[step][0], want[step][0]) and torch.equal(got[step][1], want[step][1])
+
+
+def test_device_augmented_run_resumes_bit_for_bit(tmp_path, monkeypatch, jpeg_folder):
+    from facenet.train.loop import train
+    from test_precision import _final_weights, _interrupt_at_call
+    from test_train import losses
+
+    settings = dict(augment_on="device", augment_occlusion=0.3, cache_crops=True, steps=6, eval_every=6)
+    reference = folder_config(tmp_path / "a", jpeg_folder, **settings)
+    train(reference, progress=False)
+    interrupted = folder_config(tmp_path / "b", jpeg_folder, **settings)
+    restore = _interrupt_at_call(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, progress=False)
+    restore()
+    train(interrupted, resume=True, progress=False)
+    assert losses(tmp_path / "b" / "run") == losses(tmp_path / "a" / "run")
+    want, got = _final_weights(tmp_path / "a" / "run"), _final_weights(tmp_path / "b" / "run")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_device_augmentation_leaves_only_the_crop_to_the_workers(tmp_path, jpeg_folder):
+    from facenet.train.data import batch_augmentation, face_augmentation
+
+    on_device = folder_config(tmp_path, jpeg_folder, augment_on="device", augment_occlusion=0.2)
+    assert face_augmentation(on_device) == Augmentation(32, crop=False, flip=False, colour=0.0, occlusion=0.0)
+    assert batch_augmentation(on_device) == BatchAugmentation(crop=True, flip=True, colour=0.2, occlusion=0.2)
+    assert batch_augmentation(folder_config(tmp_path, jpeg_folder)) is None
+
+
+def test_loader_measurement_counts_the_images_it_delivers(tmp_path, jpeg_folder, monkeypatch):
+    import facenet.train.data as data
+
+    delivered = []
+    real = data.standardise
+    monkeypatch.setattr(data, "standardise", lambda x, method: delivered.append(len(x)) or real(x, method))
+    rate = data.measure_loader(folder_config(tmp_path, jpeg_folder, workers=1), torch.device("cpu"), steps=4)
+    assert delivered == [6] * 6  # 2 warm-up batches, 4 timed, of P x K = 3 x 2
+    assert rate["images_per_s"] > 0 and rate["workers"] == 1 and rate["steps"] == 4
+
+
+def test_workers_default_to_the_cores_left_by_the_training_process(monkeypatch):
+    import os
+
+    from facenet.train.data import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert loader_workers(-1) == 7 and loader_workers(0) == 0 and loader_workers(3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert loader_workers(-1) == 1
+
+
+def test_cli_speed_options_reach_the_configuration(tmp_path):
+    import argparse
+
+    from facenet.commands.train import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--out", str(tmp_path / "r"), "--precision", "bf16", "--augment-on", "device",
+                              "--cache", "--compile", "--workers", "3"])
+    config = config_from_args(args)
+    assert (config.precision, config.augment_on, config.cache_crops, config.compile, config.workers) == \
+        ("bf16", "device", True, True, 3)
+    default = config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "r")]))
+    assert (default.precision, default.augment_on, default.cache_crops, default.compile) == \
+        ("auto", "workers", False, False)
