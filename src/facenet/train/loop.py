@@ -74,22 +74,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
 
     seed_everything(config.seed)
     train_source, held_source = build_sources(config)
-    model = create_model(config.arch, embedding_size=config.embedding_size, dropout=config.dropout)
-    model.input_size = config.image_size
-    # channels_last: about 15% faster convolutions on CPUs and tensor cores alike
-    model = distributed.sync_batchnorm(model, ctx).to(ctx.device, memory_format=torch.channels_last)
-    generator = torch.Generator()
-    loss_fn = FaceLoss(config.embedding_size, num_classes=train_source.num_identities,
-                       triplet_weight=0.0 if config.loss == "softmax" else 1.0,
-                       softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
-                       centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
-                       generator=generator).to(ctx.device)
-    optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()), ctx.device)
+    trainer = TrainingStep.build(config, ctx, train_source.num_identities)
+    model, loss_fn, optimizer, scaler = trainer.model, trainer.loss_fn, trainer.optimizer, trainer.scaler
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    precision = resolve_precision(config.precision, ctx.device)
-    scaler = grad_scaler(precision, ctx.device)
-    # compiling the bound method leaves the module (and so its state dict and checkpoints) as it is
-    embed = torch.compile(model.prelogits) if config.compile else model.prelogits
 
     start = 0
     history: list[dict] = []
@@ -109,7 +96,6 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
                         seed=config.seed)
     batches = StepBatches(train_source, sampler, face_augmentation(config), config.seed)
-    device_augment = batch_augmentation(config)
     offline = None
     if config.offline_every:
         if ctx.distributed:
@@ -144,30 +130,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             images, labels = next(loader)
         else:
             images, labels, triplets = offline.batch(step, model)
-        model.train()
-        loss_fn.train()
-        generator.manual_seed(config.seed * 1_000_003 + step)
         if offline is not None and not len(triplets[0]):  # the pool had no informative triplet left
             loss, stats, prelogits = torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
         else:
-            per_rank = len(images) // ctx.world_size
-            local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device, non_blocking=True)
-            if device_augment is not None:
-                local = device_augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(images))
-            x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
-            with autocast(precision, ctx.device):  # the network only: losses and mining stay float32
-                prelogits = distributed.gather_with_grad(embed(x).float(), ctx)
-            if offline is None:
-                loss, stats = loss_fn(prelogits, labels.to(ctx.device, non_blocking=True))
-            else:
-                loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
-                                            margin=config.margin)
-                stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            distributed.average_gradients(model, ctx)  # before unscaling, so every rank sees the same inf/NaN
-            scaler.step(optimizer)
-            scaler.update()
+            loss, stats, prelogits = trainer(images, labels, step, triplets if offline is not None else None)
         schedule.step()
         collapsed = (collapsed + 1) * _is_collapsed(prelogits) if prelogits is not None else collapsed * 0
 
@@ -218,6 +184,71 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     if ctx.is_main:
         _save_final(model, config, train_source, model_path, threshold, final_accuracy)
     return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
+
+
+@dataclass
+class TrainingStep:
+    """One optimisation step on a batch the loader delivered: to the device -> (augmentation there) ->
+    standardise -> the network in the run's precision -> float32 losses and mining -> (scaled) backward
+    -> gradients averaged over ranks -> update. The loop calls it once a step; the training benchmark
+    times it alone on batches already in memory (the model's own speed, without the loader)."""
+
+    config: TrainConfig
+    ctx: distributed.Context
+    model: EmbeddingModel
+    loss_fn: FaceLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str
+    generator: torch.Generator
+
+    @classmethod
+    def build(cls, config: TrainConfig, ctx: distributed.Context, num_classes: int) -> "TrainingStep":
+        model = create_model(config.arch, embedding_size=config.embedding_size, dropout=config.dropout)
+        model.input_size = config.image_size
+        # channels_last: about 15% faster convolutions on CPUs and tensor cores alike
+        model = distributed.sync_batchnorm(model, ctx).to(ctx.device, memory_format=torch.channels_last)
+        generator = torch.Generator()
+        loss_fn = FaceLoss(config.embedding_size, num_classes=num_classes,
+                           triplet_weight=0.0 if config.loss == "softmax" else 1.0,
+                           softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
+                           centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
+                           generator=generator).to(ctx.device)
+        optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()), ctx.device)
+        precision = resolve_precision(config.precision, ctx.device)
+        return cls(config, ctx, model, loss_fn, optimizer, grad_scaler(precision, ctx.device), precision, generator)
+
+    def __post_init__(self):
+        # compiling the bound method leaves the module (and so its state dict and checkpoints) as it is
+        self.embed = torch.compile(self.model.prelogits) if self.config.compile else self.model.prelogits
+        self.augment = batch_augmentation(self.config)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, triplets=None):
+        """(loss, stats, prelogits) of step ``step`` on the global batch ``images`` (uint8 N,3,S,S); with
+        ``triplets`` (offline mining) the loss is on those, else the loss function mines its own."""
+        config, ctx = self.config, self.ctx
+        self.model.train()
+        self.loss_fn.train()
+        self.generator.manual_seed(config.seed * 1_000_003 + step)
+        per_rank = len(images) // ctx.world_size
+        local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device, non_blocking=True)
+        if self.augment is not None:
+            local = self.augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(images))
+        x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, ctx.device):  # the network only: losses and mining stay float32
+            prelogits = distributed.gather_with_grad(self.embed(x).float(), ctx)
+        if triplets is None:
+            loss, stats = self.loss_fn(prelogits, labels.to(ctx.device, non_blocking=True))
+        else:
+            loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
+                                        margin=config.margin)
+            stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.model, ctx)  # before unscaling, so every rank sees the same inf/NaN
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, stats, prelogits
 
 
 def _optimizer(config: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
