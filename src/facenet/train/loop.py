@@ -124,7 +124,6 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     collapsed = torch.zeros((), dtype=torch.long, device=ctx.device)  # consecutive collapsed steps, on the device
     last_check = None
     tick, ticked_at = time.perf_counter(), start
-    stats: dict = {}
     for step in range(start, config.steps):
         if offline is None:
             images, labels = next(loader)
