@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from facenet.data.images import standardise, to_batch
@@ -133,18 +134,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_steps(run, steps: int, warmup: int, seconds: float, device: torch.device) -> float:
-    """Seconds per step of ``run(i)``: ``warmup`` untimed calls, then at least ``steps`` calls and ``seconds``."""
-    for i in range(warmup):
-        run(i)
-    _sync(device)
-    start, done = time.perf_counter(), 0
-    while done < steps or time.perf_counter() - start < seconds:
-        run(warmup + done)
-        done += 1
-        if done >= steps:
+def median_step_seconds(runs: list, steps: int, warmup: int, seconds: float, device: torch.device) -> list[float]:
+    """Median seconds per call of each ``run(i)``, timed in turns (one call of each per round, at least
+    ``steps`` rounds and ``seconds``) after ``warmup`` untimed calls each: on a shared machine every
+    candidate then sees the same load, and the median ignores the steps another job slowed down."""
+    for run in runs:
+        for i in range(warmup):
+            run(i)
+    times = [[] for _ in runs]
+    start, rounds = time.perf_counter(), 0
+    while rounds < steps or time.perf_counter() - start < seconds:
+        for run, spent in zip(runs, times):
             _sync(device)
-    return (time.perf_counter() - start) / done
+            tick = time.perf_counter()
+            run(warmup + rounds)
+            _sync(device)
+            spent.append(time.perf_counter() - tick)
+        rounds += 1
+    return [float(np.median(spent)) for spent in times]
 
 
 def base_config(arch: str, batch: int, precision: str, device: torch.device, **options) -> TrainConfig:
@@ -152,13 +159,15 @@ def base_config(arch: str, batch: int, precision: str, device: torch.device, **o
                        precision=precision, device=device.type, holdout_identities=0.0, **options).validate()
 
 
-def model_only(config: TrainConfig, faces, device: torch.device, steps: int, warmup: int, seconds: float) -> float:
+def model_step(config: TrainConfig, faces, device: torch.device):
+    """One of our training steps on ``faces`` already on the device, as ``run(i)``."""
     images, labels = (t.to(device) for t in faces)
     step = TrainingStep.build(config, Context(device=device), num_classes=config.identities_per_batch)
-    return len(images) / timed_steps(lambda i: step(images, labels, i), steps, warmup, seconds, device)
+    return lambda i: step(images, labels, i)
 
 
-def peer_model_only(faces, device: torch.device, steps: int, warmup: int, seconds: float) -> float | None:
+def peer_step(faces, device: torch.device):
+    """One step of the peer's training loop, as ``run(i)``; None without facenet-pytorch."""
     module = peer_inception_resnet_v1()
     if module is None:
         return None
@@ -175,22 +184,20 @@ def peer_model_only(faces, device: torch.device, steps: int, warmup: int, second
         optimizer.zero_grad()
         loss.item()  # its training loop logs every batch's loss
 
-    return len(x) / timed_steps(step, steps, warmup, seconds, device)
+    return step
 
 
-def end_to_end(config: TrainConfig, data: Path, steps: int, warmup: int) -> float:
-    """``train()`` on ``data``: images/s over the steps after the warm-up, from its own metrics.csv."""
+def end_to_end(config: TrainConfig, data: Path, steps: int, warmup: int, window: int) -> float:
+    """``train()`` on ``data``: the median images/s of its ``window``-step log intervals after the
+    warm-up, from its own metrics.csv (a window includes waiting for the loader when it is slower)."""
     with tempfile.TemporaryDirectory() as out:
         run = TrainConfig(**{**vars(config), "data": str(data), "out": out, "steps": warmup + steps,
-                             "log_every": warmup, "eval_every": 10**9, "checkpoint_every": 10**9})
+                             "log_every": window, "eval_every": 10**9, "checkpoint_every": 10**9})
         train(run, progress=False)
         with open(Path(out) / "metrics.csv") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["images_per_s"] and int(r["step"]) > warmup]
-    seconds, previous = 0.0, warmup
-    for row in rows:  # each row's rate covers the steps since the previous row
-        seconds += config.batch_size * (int(row["step"]) - previous) / float(row["images_per_s"])
-        previous = int(row["step"])
-    return config.batch_size * steps / seconds
+            rates = [float(r["images_per_s"]) for r in csv.DictReader(fh)
+                     if r["images_per_s"] and int(r["step"]) > warmup and int(r["step"]) % window == 0]
+    return float(np.median(rates))
 
 
 def jpeg_folder(root: Path, identities: int = 64, per_identity: int = 8, size: int = 182) -> Path:
@@ -238,19 +245,24 @@ def main(argv=None) -> int:
         data = args.data or (LFW if LFW.is_dir() else jpeg_folder(Path(tmp) / "faces"))
         for arch in args.networks.split(","):
             faces = synthetic_faces(batch[arch] // K, SIZES[arch])
-            if arch == PEER:
-                rate = peer_model_only(faces, device, steps, warmup, args.seconds)
-                if rate is not None:
-                    rows.append((arch, batch[arch], "fp32", "facenet-pytorch", "peer, model only", rate))
+            runs, labels = [], []  # model-only candidates, timed in turns
+            peer = peer_step(faces, device) if arch == PEER else None
+            if peer is not None:
+                runs.append(peer)
+                labels.append(("fp32", "facenet-pytorch", "peer, model only", None))
             for precision in precisions:
                 for label, option in options:
                     config = base_config(arch, batch[arch], precision, device, workers=args.workers, **option)
-                    rate = model_only(config, faces, device, steps, warmup, args.seconds)
-                    rows.append((arch, batch[arch], precision, label, "model only", rate))
-                    if not args.no_end_to_end:
-                        fitting = max(steps, round(args.seconds * rate / batch[arch]))
-                        rows.append((arch, batch[arch], precision, label, "end to end",
-                                     end_to_end(config, data, fitting, warmup)))
+                    runs.append(model_step(config, faces, device))
+                    labels.append((precision, label, "model only", config))
+            seconds = median_step_seconds(runs, steps, warmup, args.seconds, device)
+            del runs
+            for (precision, label, measure, config), spent in zip(labels, seconds):
+                rows.append((arch, batch[arch], precision, label, measure, batch[arch] / spent))
+                if config is not None and not args.no_end_to_end:
+                    fitting = max(steps, round(args.seconds / spent))
+                    rows.append((arch, batch[arch], precision, label, "end to end",
+                                 end_to_end(config, data, fitting, warmup, window=5 if gpu else 1)))
             if not args.no_end_to_end:
                 for label, option in [("workers augment", {}), ("workers augment, --cache", {"cache_crops": True}),
                                       ("device augment", {"augment_on": "device"})]:
