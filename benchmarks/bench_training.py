@@ -10,7 +10,7 @@ Rows (every one runs the project's own training code, nothing re-implemented her
   * loader only: ``facenet.train.data.measure_loader``, the data path with no model (``facenet train --loader-only``).
   * peer (Inception-ResNet-v1 only): a plain fp32 eager training loop over facenet-pytorch's ``InceptionResnetV1``
     as its fine-tuning example runs it (classify=True, cross-entropy, Adam, NCHW, ``loss.item()`` every
-    batch), on the same faces, standardised and already on the device (model only).
+    batch), on the same faces, standardised and already on the device (model only), timed in turns with ours.
 
 %peak = FLOPs per training image x images/s / the device's peak for the row's precision. FLOPs per training
 image = 3 x the forward FLOPs that ``facenet.models.complexity`` counts (the backward pass costs about two
@@ -134,10 +134,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_step_seconds(runs: list, steps: int, warmup: int, seconds: float, device: torch.device) -> list[float]:
-    """Median seconds per call of each ``run(i)``, timed in turns (one call of each per round, at least
+def best_step_seconds(runs: list, steps: int, warmup: int, seconds: float, device: torch.device) -> list[float]:
+    """Best seconds per call of each ``run(i)``, timed in turns (one call of each per round, at least
     ``steps`` rounds and ``seconds``) after ``warmup`` untimed calls each: on a shared machine every
-    candidate then sees the same load, and the median ignores the steps another job slowed down."""
+    candidate then sees the same load, and the best call is the one other jobs slowed down least."""
     for run in runs:
         for i in range(warmup):
             run(i)
@@ -151,7 +151,7 @@ def median_step_seconds(runs: list, steps: int, warmup: int, seconds: float, dev
             _sync(device)
             spent.append(time.perf_counter() - tick)
         rounds += 1
-    return [float(np.median(spent)) for spent in times]
+    return [min(spent) for spent in times]
 
 
 def base_config(arch: str, batch: int, precision: str, device: torch.device, **options) -> TrainConfig:
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
                     config = base_config(arch, batch[arch], precision, device, workers=args.workers, **option)
                     runs.append(model_step(config, faces, device))
                     labels.append((precision, label, "model only", config))
-            seconds = median_step_seconds(runs, steps, warmup, args.seconds, device)
+            seconds = best_step_seconds(runs, steps, warmup, args.seconds, device)
             del runs
             for (precision, label, measure, config), spent in zip(labels, seconds):
                 rows.append((arch, batch[arch], precision, label, measure, batch[arch] / spent))
