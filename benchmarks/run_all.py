@@ -32,6 +32,7 @@ def plan(scale: float, threads: int) -> dict[str, list[str]]:
         "detectors": ["bench_detectors.py", "--limit", n(100), "--threads", str(threads)],
         "end_to_end": ["bench_end_to_end.py", "--limit", n(64), "--threads", str(threads)],
         "serve": ["bench_serve.py", "--requests", n(100)],
+        "training": ["bench_training.py", "--seconds", str(3 * scale), "--threads", str(threads)],
     }
 
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every benchmark's size (default 1)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: embedding,int8,mining,gallery,detectors,end_to_end,serve")
+    ap.add_argument("--only", default="", help="comma-separated subset of: embedding,int8,mining,gallery,detectors,end_to_end,serve,training")
     ap.add_argument("--list", action="store_true", help="print the commands without running them")
     args = ap.parse_args(argv)
 

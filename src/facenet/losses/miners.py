@@ -34,9 +34,20 @@ def pairwise_sq_dists(embeddings: torch.Tensor) -> torch.Tensor:
     [0, 4]), a thousand times below any margin in use, while the exact per-pair form would cost
     N^2 * d memory. The diagonal is therefore ~1e-7 instead of exactly 0; miners never pair a
     row with itself. Pass float64 embeddings where exact ties matter (the tests do).
+
+    Always at least float32, also inside a mixed-precision (autocast) region: a bfloat16 matmul
+    keeps 8 bits of mantissa, distances near 2 would move by ~0.01 (a twentieth of the margin)
+    and the semi-hard band, so the chosen triplets, would change with the training precision.
     """
-    sq = (embeddings * embeddings).sum(dim=1)
-    return (sq[:, None] + sq[None, :] - 2.0 * embeddings @ embeddings.T).clamp_min(0.0)
+    with torch.autocast(embeddings.device.type, enabled=False):
+        e = full_precision(embeddings)
+        sq = (e * e).sum(dim=1)
+        return (sq[:, None] + sq[None, :] - 2.0 * e @ e.T).clamp_min(0.0)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 when it is a half-precision tensor (float16, bfloat16), else unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facenet.errors import FaceNetError
+from facenet.losses.miners import full_precision
 from facenet.losses.triplet import TripletLoss
 from facenet.models.base import l2_normalize
 
@@ -92,6 +93,13 @@ class FaceLoss(nn.Module):
 
     def forward(self, prelogits: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        # The losses, and the mining inside the triplet part, run in float32 whatever precision
+        # the network ran in, so mixed-precision training selects the same triplets as float32.
+        with torch.autocast(prelogits.device.type, enabled=False):
+            return self._combine(full_precision(prelogits), labels)
+
+    def _combine(self, prelogits: torch.Tensor, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
         parts: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
         if self.triplet is not None:

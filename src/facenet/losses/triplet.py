@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from facenet.errors import FaceNetError
-from facenet.losses.miners import get_miner, miner_accepts, pairwise_sq_dists
+from facenet.losses.miners import full_precision, get_miner, miner_accepts, pairwise_sq_dists
 
 
 def triplet_loss(embeddings: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
@@ -54,6 +54,11 @@ class TripletLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.autocast(embeddings.device.type, enabled=False):  # float32 under mixed precision
+            return self._mine_and_score(full_precision(embeddings), labels)
+
+    def _mine_and_score(self, embeddings: torch.Tensor, labels: torch.Tensor
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
         dists = pairwise_sq_dists(embeddings)
         a, p, n = self.mine(embeddings, labels, self.margin, dists=dists, **self.options)
         # few triplets: exact row differences, backward O(T d); many: gather from the matrix,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from facenet.data.images import fit_to_input
 
@@ -67,3 +68,88 @@ def _occlude(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     else:
         out[int(size * rng.uniform(0.55, 0.68)):] = colour
     return out
+
+
+@dataclass(frozen=True)
+class BatchAugmentation:
+    """``Augmentation``'s jitter, flip, colour and occlusion as tensor ops on a whole batch.
+
+    It runs where the batch is (``--augment-on device``): on a GPU the loader's workers then only
+    decode and crop, which is what lets a few CPU cores feed a fast GPU. The random draws are the
+    same distributions as ``Augmentation``'s, taken from a CPU generator seeded per step, so the
+    result depends on (seed, step) alone (a resumed run sees the same pixels) and not on the device
+    or the number of processes: ``first`` and ``total`` place a rank's slice in the global batch.
+    Differences from the per-face path: values stay float (no rounding to uint8 in between) and
+    the jitter's borders repeat the edge pixel before reflecting (OpenCV's path reflects without it).
+    """
+
+    crop: bool = True
+    flip: bool = True
+    colour: float = 0.2
+    occlusion: float = 0.0
+
+    def __call__(self, images: torch.Tensor, seed: int, first: int = 0, total: int | None = None
+                 ) -> torch.Tensor:
+        """uint8 (or float 0..255) N,3,S,S -> float32 N,3,S,S in 0..255, on the images' device."""
+        n, size = len(images), images.shape[-1]
+        total = n if total is None else total
+        u = torch.rand(total, 14, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        u = u[first:first + n]
+        x = images.float()
+        if self.crop:
+            x = jitter_batch(x, scale=0.9 + 0.2 * u[:, 0], angle=-8 + 16 * u[:, 1],
+                             shift=(-0.06 + 0.12 * u[:, 2:4]) * size)
+        if self.flip:
+            x = torch.where(_per_image(u[:, 4] < 0.5, x), x.flip(3), x)
+        if self.colour > 0:
+            factors = 1 - self.colour + 2 * self.colour * u[:, 5:8]
+            x = colour_batch(x, *factors.T)
+        if self.occlusion > 0:
+            eyes = u[:, 9] < 0.5
+            top = (size * torch.where(eyes, 0.28 + 0.10 * u[:, 10], 0.55 + 0.13 * u[:, 10])).floor()
+            bottom = torch.where(eyes, top + int(size * 0.14), torch.full_like(top, size))
+            colours = (u[:, 11:14] * 256).floor()
+            x = occlude_batch(x, u[:, 8] < self.occlusion, top, bottom, colours)
+        return x
+
+
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-image values (N,) drawn on the CPU, shaped N,1,1,1 on ``like``'s device and dtype family."""
+    values = values.to(like.dtype) if values.is_floating_point() else values
+    return values.to(like.device, non_blocking=True).view(-1, 1, 1, 1)
+
+
+def jitter_batch(x: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-image similarity transforms about the centre, as ``cv2.getRotationMatrix2D(centre, angle,
+    scale)`` plus ``shift`` pixels and ``cv2.warpAffine`` (bilinear) would apply them to square images."""
+    size = x.shape[-1]
+    rad = torch.deg2rad(angle)
+    alpha, beta = scale * torch.cos(rad), scale * torch.sin(rad)
+    centre = size / 2
+    # OpenCV's forward map in pixel coordinates: dst = A src + t
+    t = torch.stack([(1 - alpha) * centre - beta * centre, beta * centre + (1 - alpha) * centre], 1) + shift
+    inv = torch.stack([torch.stack([alpha, -beta], 1), torch.stack([beta, alpha], 1)], 1) / (scale ** 2)[:, None, None]
+    # grid_sample's normalised coordinates (align_corners=False): pixel = k * u + o
+    k, o = size / 2, (size - 1) / 2
+    offset = (inv @ (o - t)[:, :, None])[:, :, 0] - o
+    theta = torch.cat([inv, (offset / k)[:, :, None]], 2).to(x.device, x.dtype, non_blocking=True)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def colour_batch(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                 saturation: torch.Tensor) -> torch.Tensor:
+    """``_colour``'s saturation, contrast and brightness change, per image, without the uint8 rounding."""
+    grey = x.mean(dim=1, keepdim=True)
+    x = grey + (x - grey) * _per_image(saturation, x)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * _per_image(contrast, x) + mean * _per_image(brightness, x)
+    return x.clamp(0, 255)
+
+
+def occlude_batch(x: torch.Tensor, apply: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor,
+                  colours: torch.Tensor) -> torch.Tensor:
+    """Rows ``top`` (inclusive) to ``bottom`` (exclusive) of the images where ``apply`` filled with a flat colour."""
+    rows = torch.arange(x.shape[2], device=x.device, dtype=x.dtype).view(1, 1, -1, 1)
+    band = (rows >= _per_image(top, x)) & (rows < _per_image(bottom, x)) & _per_image(apply, x)
+    return torch.where(band, colours.to(x.device, x.dtype, non_blocking=True)[:, :, None, None], x)

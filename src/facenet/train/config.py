@@ -12,6 +12,8 @@ from facenet.errors import TrainingError
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 LOSSES = ("triplet", "softmax", "both")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENT_ON = ("workers", "device")
 
 
 @dataclass
@@ -52,7 +54,11 @@ class TrainConfig:
     eval_max_images: int = 2000
     checkpoint_every: int = 100
     log_every: int = 10
-    workers: int = 2
+    workers: int = -1                    # data-loading processes; -1 = one per CPU core the training process leaves
+    cache_crops: bool = False            # decode every image once and keep the crops in RAM (uint8)
+    augment_on: str = "workers"          # workers (NumPy/OpenCV per face) | device (tensor ops on the whole batch)
+    precision: str = "auto"              # auto = bf16 on GPUs that have it, else fp32 | fp32 | bf16 | fp16
+    compile: bool = False                # torch.compile the network
     seed: int = 0
     device: str = "auto"
     synthetic_identities: int = 400      # used when data is None
@@ -73,6 +79,9 @@ class TrainConfig:
             (0 <= self.holdout_identities < 1, "holdout fraction must be in [0, 1)"),
             (self.offline_every == 0 or self.loss == "triplet", "offline mining trains the triplet loss only"),
             (self.offline_every >= 0 and self.offline_pool_batches >= 1, "offline settings must be positive"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.augment_on in AUGMENT_ON, f"augmentation runs on one of {AUGMENT_ON}"),
+            (self.workers >= -1, "workers must be -1 (sized to the machine), 0 (none) or more"),
         ]
         for ok, message in checks:
             if not ok:

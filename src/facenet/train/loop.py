@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from facenet.data.images import standardise
 from facenet.data.sampler import PKSampler
@@ -28,11 +28,12 @@ from facenet.models import EmbeddingModel, create_model, l2_normalize
 from facenet.models.modelfile import ModelInfo, load_model_file, model_info_for, read_model_info, save_model
 from facenet.seeding import seed_everything
 from facenet.train import distributed
-from facenet.train.augment import Augmentation
 from facenet.train.checkpoint import load_checkpoint, save_checkpoint
 from facenet.train.config import TrainConfig
-from facenet.train.data import StepBatches, build_sources, held_out_pairs
+from facenet.train.data import (StepBatches, augment_seed, batch_augmentation, build_sources, face_augmentation,
+                                 held_out_pairs, loader_workers, step_loader)
 from facenet.train.offline import OfflineTriplets
+from facenet.train.precision import autocast, grad_scaler, resolve_precision
 
 METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "active_fraction",
                   "num_triplets", "d_ap", "d_an", "lr", "images_per_s", "val_accuracy", "val_threshold"]
@@ -63,6 +64,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.Context) -> TrainResult:
     run_dir = Path(config.out)
     checkpoint = load_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None and ctx.is_main:
+        print(f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting from step 0",
+              file=sys.stderr)
+    if checkpoint is not None and int(checkpoint["step"]) >= config.steps and (run_dir / MODEL_NAME).exists():
+        return _finished(run_dir, config, checkpoint)
     if not resume and (run_dir / "checkpoint.pt").exists():
         raise TrainingError(f"{run_dir} already holds a training run; continue it with --resume "
                             "or choose another --out")
@@ -74,17 +80,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
 
     seed_everything(config.seed)
     train_source, held_source = build_sources(config)
-    model = create_model(config.arch, embedding_size=config.embedding_size, dropout=config.dropout)
-    model.input_size = config.image_size
-    # channels_last: about 15% faster convolutions on CPUs and tensor cores alike
-    model = distributed.sync_batchnorm(model, ctx).to(ctx.device, memory_format=torch.channels_last)
-    generator = torch.Generator()
-    loss_fn = FaceLoss(config.embedding_size, num_classes=train_source.num_identities,
-                       triplet_weight=0.0 if config.loss == "softmax" else 1.0,
-                       softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
-                       centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
-                       generator=generator).to(ctx.device)
-    optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()))
+    trainer = TrainingStep.build(config, ctx, train_source.num_identities)
+    model, loss_fn, optimizer, scaler = trainer.model, trainer.loss_fn, trainer.optimizer, trainer.scaler
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
 
     start = 0
@@ -94,6 +91,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         loss_fn.load_state_dict(checkpoint["loss"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
+        if "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
         torch.set_rng_state(checkpoint["torch_rng"])
         start = int(checkpoint["step"])
         history = [dict(row) for row in checkpoint["history"]]
@@ -104,23 +103,20 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
 
     sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
                         seed=config.seed)
-    augment = Augmentation(config.image_size, crop=config.augment_crop, flip=config.augment_flip,
-                           colour=config.augment_colour, occlusion=config.augment_occlusion)
-    batches = StepBatches(train_source, sampler, augment, config.seed)
+    batches = StepBatches(train_source, sampler, face_augmentation(config), config.seed)
     offline = None
     if config.offline_every:
         if ctx.distributed:
             raise TrainingError("offline mining runs in one process; drop --offline-every under torchrun")
         offline = OfflineTriplets(batches, config, ctx.device, checkpoint.get("offline") if checkpoint else None)
     else:
-        loader = iter(DataLoader(batches, batch_size=None, sampler=range(start, config.steps),
-                                 num_workers=config.workers, persistent_workers=False,
-                                 prefetch_factor=2 if config.workers else None))
+        loader = step_loader(batches, range(start, config.steps), loader_workers(config.workers),
+                             pin_memory=ctx.device.type == "cuda")
     metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=start, enabled=ctx.is_main)
     pairs = held_out_pairs(held_source.labels, 6000, config.seed, max_images=config.eval_max_images) \
         if held_source is not None else None
 
-    def validate() -> tuple[float, float] | None:
+    def validate() -> tuple[float, float, dict] | None:
         if pairs is None:
             return None
         return _verification(model, held_source, pairs, config, ctx)
@@ -134,86 +130,160 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             metrics.write({"step": 0, "val_accuracy": checked[0], "val_threshold": checked[1]})
 
     bar = _progress(progress and ctx.is_main, start, config.steps)
-    collapsed = 0
+    collapsed = torch.zeros((), dtype=torch.long, device=ctx.device)  # consecutive collapsed steps, on the device
     last_check = None
-    tick = time.perf_counter()
+    tick, ticked_at = time.perf_counter(), start
     for step in range(start, config.steps):
         if offline is None:
             images, labels = next(loader)
         else:
             images, labels, triplets = offline.batch(step, model)
-        model.train()
-        if config.init:
-            freeze_norm_statistics(model)
-        loss_fn.train()
-        generator.manual_seed(config.seed * 1_000_003 + step)
         if offline is not None and not len(triplets[0]):  # the pool had no informative triplet left
             loss, stats, prelogits = torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
         else:
-            per_rank = len(images) // ctx.world_size
-            local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device)
-            x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
-            prelogits = distributed.gather_with_grad(model.prelogits(x), ctx)
-            if offline is None:
-                loss, stats = loss_fn(prelogits, labels.to(ctx.device))
-            else:
-                loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
-                                            margin=config.margin)
-                stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model, ctx)
-            optimizer.step()
+            loss, stats, prelogits = trainer(images, labels, step, triplets if offline is not None else None)
         schedule.step()
+        collapsed = (collapsed + 1) * _is_collapsed(prelogits) if prelogits is not None else collapsed * 0
 
-        collapsed = collapsed + 1 if prelogits is not None and _is_collapsed(prelogits) else 0
-        if collapsed >= config.collapse_patience:
-            raise TrainingError(f"embeddings collapsed at step {step + 1}: every face maps to the same point. "
+        done = step + 1
+        logged = done % config.log_every == 0 or done == config.steps
+        evaluated = done % config.eval_every == 0 or done == config.steps
+        saved = done % config.checkpoint_every == 0 or done == config.steps
+        if bar is not None:
+            bar.update(1)
+        if not (logged or evaluated or saved):
+            # a GPU runs ahead of Python until the host reads a device value (loss.item() would wait for
+            # the step to finish); so the host reads them only at steps that log, check or save
+            continue
+        if int(collapsed) >= config.collapse_patience:
+            raise TrainingError(f"embeddings collapsed by step {done}: every face maps to the same point. "
                                 "Lower the learning rate (--lr), use the semihard miner, or add softmax "
                                 "(--loss both)")
         if not math.isfinite(loss.item()):
-            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
+            raise TrainingError(f"loss became {loss.item()} by step {done}; lower the learning rate")
 
-        done = step + 1
         row = {"step": done, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **stats}
         now = time.perf_counter()
-        row["images_per_s"] = config.batch_size / max(now - tick, 1e-9)
-        tick = now
-        if done % config.eval_every == 0 or done == config.steps:
+        row["images_per_s"] = config.batch_size * (done - ticked_at) / max(now - tick, 1e-9)
+        tick, ticked_at = now, done
+        if evaluated:
             last_check = validate()
             if last_check:
-                row["val_accuracy"], row["val_threshold"] = last_check
+                row["val_accuracy"], row["val_threshold"] = last_check[:2]
                 history.append({"step": done, "val_accuracy": last_check[0]})
-        if done % config.log_every == 0 or "val_accuracy" in row or done == config.steps:
+        if logged or "val_accuracy" in row:
             metrics.write(row)
         if bar is not None:
-            bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
                             img_s=f"{row['images_per_s']:.0f}",
                             val=f"{history[-1]['val_accuracy']:.3f}" if history[-1].get("val_accuracy") else "-")
-        if ctx.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
+        if ctx.is_main and saved:
             save_checkpoint(run_dir, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "step": done,
+                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "step": done,
                 "history": history, **({"offline": offline.state_dict()} if offline is not None else {})})
     if bar is not None:
         bar.close()
 
+    if last_check is None:  # resumed after its last step (stopped before the final model was written): the
+        last_check = validate()  # calibration is recomputed from the same weights, never left at a default
     final_accuracy = history[-1].get("val_accuracy") if len(history) > 1 else None
     threshold = last_check[1] if last_check else None
     model_path = run_dir / MODEL_NAME
     if ctx.is_main:
-        _save_final(model, config, train_source, model_path, threshold, final_accuracy)
+        _save_final(model, config, train_source, model_path, last_check, final_accuracy)
     return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
 
 
-def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "adagrad":  # the paper's choice
+def _finished(run_dir: Path, config: TrainConfig, checkpoint: dict) -> TrainResult:
+    """A run that already ended: its model file stays as it is (weights, thresholds and id)."""
+    model_path = run_dir / MODEL_NAME
+    info = read_model_info(model_path)
+    history = [dict(row) for row in checkpoint["history"]]
+    print(f"{run_dir} finished at step {config.steps}; its model {model_path} is left as it is "
+          "(raise --steps to train further)", file=sys.stderr)
+    final = history[-1].get("val_accuracy") if len(history) > 1 else None
+    return TrainResult(run_dir, model_path, config.steps, history[0].get("val_accuracy") if history else None,
+                       final, info.threshold, history)
+
+
+@dataclass
+class TrainingStep:
+    """One optimisation step on a batch the loader delivered: to the device -> (augmentation there) ->
+    standardise -> the network in the run's precision -> float32 losses and mining -> (scaled) backward
+    -> gradients averaged over ranks -> update. The loop calls it once a step; the training benchmark
+    times it alone on batches already in memory (the model's own speed, without the loader)."""
+
+    config: TrainConfig
+    ctx: distributed.Context
+    model: EmbeddingModel
+    loss_fn: FaceLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str
+    generator: torch.Generator
+
+    @classmethod
+    def build(cls, config: TrainConfig, ctx: distributed.Context, num_classes: int) -> "TrainingStep":
+        model = create_model(config.arch, embedding_size=config.embedding_size, dropout=config.dropout)
+        model.input_size = config.image_size
+        # channels_last: about 15% faster convolutions on CPUs and tensor cores alike
+        model = distributed.sync_batchnorm(model, ctx).to(ctx.device, memory_format=torch.channels_last)
+        generator = torch.Generator()
+        loss_fn = FaceLoss(config.embedding_size, num_classes=num_classes,
+                           triplet_weight=0.0 if config.loss == "softmax" else 1.0,
+                           softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
+                           centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
+                           generator=generator).to(ctx.device)
+        optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()), ctx.device)
+        precision = resolve_precision(config.precision, ctx.device)
+        return cls(config, ctx, model, loss_fn, optimizer, grad_scaler(precision, ctx.device), precision, generator)
+
+    def __post_init__(self):
+        # compiling the bound method leaves the module (and so its state dict and checkpoints) as it is
+        self.embed = torch.compile(self.model.prelogits) if self.config.compile else self.model.prelogits
+        self.augment = batch_augmentation(self.config)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, triplets=None):
+        """(loss, stats, prelogits) of step ``step`` on the global batch ``images`` (uint8 N,3,S,S); with
+        ``triplets`` (offline mining) the loss is on those, else the loss function mines its own."""
+        config, ctx = self.config, self.ctx
+        self.model.train()
+        if config.init:
+            freeze_norm_statistics(self.model)
+        self.loss_fn.train()
+        self.generator.manual_seed(config.seed * 1_000_003 + step)
+        per_rank = len(images) // ctx.world_size
+        local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device, non_blocking=True)
+        if self.augment is not None:
+            local = self.augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(images))
+        x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, ctx.device):  # the network only: losses and mining stay float32
+            prelogits = distributed.gather_with_grad(self.embed(x).float(), ctx)
+        if triplets is None:
+            loss, stats = self.loss_fn(prelogits, labels.to(ctx.device, non_blocking=True))
+        else:
+            loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
+                                        margin=config.margin)
+            stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.model, ctx)  # before unscaling, so every rank sees the same inf/NaN
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, stats, prelogits
+
+
+def _optimizer(config: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":  # the paper's choice; its fused kernel is CPU-only
         return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+    # on GPUs, one fused kernel updates every parameter (instead of several launches per tensor group)
+    fused = {"fused": True} if device.type == "cuda" else {}
     if config.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           nesterov=True)
+                           nesterov=True, **fused)
 
 
 def _lr_factor(config: TrainConfig):
@@ -229,11 +299,12 @@ def _lr_factor(config: TrainConfig):
     return factor
 
 
-def _is_collapsed(prelogits: torch.Tensor) -> bool:
-    """All embeddings (nearly) identical: the triplet loss then sits at the margin and learns nothing."""
+def _is_collapsed(prelogits: torch.Tensor) -> torch.Tensor:
+    """All embeddings (nearly) identical: the triplet loss then sits at the margin and learns nothing.
+    A 0-d bool tensor on the embeddings' device (reading it would make the host wait for the device)."""
     with torch.no_grad():
         embeddings = l2_normalize(prelogits.detach())
-        return bool(embeddings.var(dim=0).sum() < 1e-6)
+        return embeddings.var(dim=0).sum() < 1e-6
 
 
 def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig,
@@ -247,8 +318,10 @@ def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: Tra
     return embedder.embed_crops(crops, batch_size=batch_size)
 
 
-def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float, float]:
-    """10-fold verification accuracy on held-out identities, and the threshold fitted on all pairs."""
+def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float, float, dict]:
+    """10-fold verification accuracy on held-out identities, the threshold fitted on all pairs, and the
+    thresholds at fixed FARs over every pair of different held-out people among the images checked."""
+    from facenet.evaluate.calibrate import far_thresholds
     from facenet.evaluate.metrics import best_threshold, kfold_metrics
 
     used = np.unique(np.concatenate([pairs.first, pairs.second]))
@@ -258,7 +331,7 @@ def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float
     e2 = emb[[row[i] for i in pairs.second]]
     result = kfold_metrics(e1, e2, pairs.same, pairs.folds)
     threshold, _ = best_threshold(np.sum((e1 - e2) ** 2, axis=1), pairs.same)
-    return float(result.accuracy.mean()), float(threshold)
+    return float(result.accuracy.mean()), float(threshold), far_thresholds(emb, source.labels[used])
 
 
 def freeze_norm_statistics(model: torch.nn.Module) -> None:
@@ -291,7 +364,8 @@ def _recipe(config: TrainConfig) -> dict:
     return read_model_info(config.init).recipe if config.init else {}
 
 
-def _save_final(model, config: TrainConfig, source, path: Path, threshold, accuracy) -> ModelInfo:
+def _save_final(model, config: TrainConfig, source, path: Path, check, accuracy) -> ModelInfo:
+    """The final model file, with the last held-out check's thresholds (verification and FAR table)."""
     clean = create_model(config.arch, embedding_size=config.embedding_size)
     clean.load_state_dict(model.state_dict())
     clean.input_size = config.image_size
@@ -301,8 +375,8 @@ def _save_final(model, config: TrainConfig, source, path: Path, threshold, accur
                   "held_out_accuracy": accuracy, **({"init": config.init} if config.init else {})}
     info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance,
                           recipe=_recipe(config))
-    if threshold is not None:
-        info = dataclasses.replace(info, threshold=threshold)
+    if check is not None:
+        info = dataclasses.replace(info, threshold=check[1], far_thresholds=check[2])
     return save_model(clean, path, info)
 
 
