@@ -188,7 +188,7 @@ def test_offline_triplets_come_from_the_pool_and_follow_the_miner(tmp_path):
     from facenet.models import create_model
     from facenet.train.augment import Augmentation
     from facenet.train.data import StepBatches, build_sources
-    from facenet.train.loop import embed_source
+    from facenet.train.validate import embed_source
     from facenet.train.offline import OfflineTriplets
     from facenet.data.sampler import PKSampler
 

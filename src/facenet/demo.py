@@ -54,7 +54,7 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     from facenet.evaluate.plots import plot_distance_histogram, plot_roc
     from facenet.models.modelfile import load_model_file
     from facenet.train.data import build_sources, held_out_pairs
-    from facenet.train.loop import embed_source, train
+    from facenet.train.validate import embed_source
 
     start = time.perf_counter()
     out = Path(out)

@@ -21,8 +21,21 @@ import numpy as np
 
 from facenet.errors import GalleryError
 from facenet.gallery.index import KINDS, FaceIndex
-from facenet.gallery.store import Match, Person, Record, SQLStore, open_store
+from facenet.gallery.sqlite import SQLiteStore
+from facenet.gallery.store import STORAGES, Match, Person, Record, SQLStore, is_url
 
+
+
+def open_store(location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
+               create: bool = True, storage: str = "float32") -> "SQLStore":
+    """The store at ``location``: a ``postgresql://`` URL or a gallery file path (see ``Gallery.open``)."""
+    if storage not in STORAGES:
+        raise GalleryError(f"unknown storage {storage!r}; choose float32 or int8")
+    if is_url(location):
+        from facenet.gallery.postgres import PostgresStore  # psycopg only when a URL asks for it
+
+        return PostgresStore.open(location, model_id, embedding_size, create, storage)
+    return SQLiteStore.open(location, model_id, embedding_size, create, storage)
 
 class Gallery:
     """Enrol, list, remove and identify people; see the module docstring for the guarantees."""

@@ -82,20 +82,6 @@ def is_url(location) -> bool:
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
 
 
-def open_store(location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
-               create: bool = True, storage: str = "float32") -> "SQLStore":
-    """The store at ``location``: a ``postgresql://`` URL or a gallery file path (see ``Gallery.open``)."""
-    if storage not in STORAGES:
-        raise GalleryError(f"unknown storage {storage!r}; choose float32 or int8")
-    if is_url(location):
-        from facenet.gallery.postgres import PostgresStore
-
-        return PostgresStore.open(location, model_id, embedding_size, create, storage)
-    from facenet.gallery.sqlite import SQLiteStore
-
-    return SQLiteStore.open(location, model_id, embedding_size, create, storage)
-
-
 def check_model(location: str, meta: dict, model_id: str | None, embedding_size: int | None) -> tuple[str, int, str]:
     """The (model id, embedding size, storage) a store records, refusing another model's gallery."""
     try:

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from facenet.data.images import standardise
@@ -33,6 +32,7 @@ from facenet.train.config import TrainConfig
 from facenet.train.data import (StepBatches, augment_seed, batch_augmentation, build_sources, face_augmentation,
                                  held_out_pairs, loader_workers, step_loader)
 from facenet.train.offline import OfflineTriplets
+from facenet.train.validate import verification
 from facenet.train.precision import autocast, grad_scaler, resolve_precision
 
 METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "active_fraction",
@@ -119,7 +119,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     def validate() -> tuple[float, float, dict] | None:
         if pairs is None:
             return None
-        return _verification(model, held_source, pairs, config, ctx)
+        return verification(model, held_source, pairs, config, ctx.device)
 
     initial = history[0].get("val_accuracy") if history else None
     if start == 0:
@@ -305,33 +305,6 @@ def _is_collapsed(prelogits: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         embeddings = l2_normalize(prelogits.detach())
         return embeddings.var(dim=0).sum() < 1e-6
-
-
-def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig,
-                 device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Embed some of a source's images as inference would see them: the inference embedder, no augmentation."""
-    from facenet.data.images import fit_to_input
-    from facenet.embedder import FaceEmbedder
-
-    embedder = FaceEmbedder(model, model_info_for(model, standardisation=config.standardisation), device=device)
-    crops = [fit_to_input(source.image(int(i)), config.image_size) for i in indices]
-    return embedder.embed_crops(crops, batch_size=batch_size)
-
-
-def _verification(model, source, pairs, config: TrainConfig, ctx) -> tuple[float, float, dict]:
-    """10-fold verification accuracy on held-out identities, the threshold fitted on all pairs, and the
-    thresholds at fixed FARs over every pair of different held-out people among the images checked."""
-    from facenet.evaluate.calibrate import far_thresholds
-    from facenet.evaluate.metrics import best_threshold, kfold_metrics
-
-    used = np.unique(np.concatenate([pairs.first, pairs.second]))
-    emb = embed_source(model, source, used, config, ctx.device)
-    row = {index: r for r, index in enumerate(used)}
-    e1 = emb[[row[i] for i in pairs.first]]
-    e2 = emb[[row[i] for i in pairs.second]]
-    result = kfold_metrics(e1, e2, pairs.same, pairs.folds)
-    threshold, _ = best_threshold(np.sum((e1 - e2) ** 2, axis=1), pairs.same)
-    return float(result.accuracy.mean()), float(threshold), far_thresholds(emb, source.labels[used])
 
 
 def freeze_norm_statistics(model: torch.nn.Module) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from facenet.losses import get_miner
 from facenet.train.data import StepBatches
+from facenet.train.validate import embed_source
 
 
 class OfflineTriplets:
@@ -47,8 +48,6 @@ class OfflineTriplets:
         return images, labels, (positions[:, 0], positions[:, 1], positions[:, 2])
 
     def _mine(self, step: int, model) -> None:
-        from facenet.train.loop import embed_source
-
         pool = np.unique(np.concatenate([self.batches.indices(step + i)
                                          for i in range(self.config.offline_pool_batches)]))
         embeddings = torch.from_numpy(embed_source(model, self.batches.source, pool, self.config, self.device))
