@@ -63,3 +63,22 @@ def test_other_options_are_refused_on_resume_not_dropped(finished, tmp_path, cap
 
         TrainConfig.load(tmp_path / "nothing")
     assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+
+
+def test_weight_decay_spares_batchnorm_and_biases(tmp_path):
+    import torch
+
+    from facenet.models import create_model
+    from facenet.train.config import TrainConfig
+    from facenet.train.loop import _optimizer
+
+    model = create_model("nns", input_size=32)
+    for name, decay in (("adamw", 5e-4), ("sgd", 1e-3), ("adagrad", 2e-4)):
+        opt = _optimizer(TrainConfig(optimizer=name, weight_decay=decay), model.parameters(), torch.device("cpu"))
+        by_decay = {g["weight_decay"]: g["params"] for g in opt.param_groups}
+        assert set(by_decay) == {decay, 0.0}
+        assert all(p.ndim > 1 for p in by_decay[decay]) and all(p.ndim == 1 for p in by_decay[0.0])
+        norm_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+        assert norm_params <= {id(p) for p in by_decay[0.0]}
+    assert isinstance(_optimizer(TrainConfig(), model.parameters(), torch.device("cpu")), torch.optim.AdamW)
+    assert TrainConfig.from_json('{"optimizer": "adam"}').optimizer == "adamw"  # runs started before the rename

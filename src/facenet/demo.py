@@ -25,7 +25,7 @@ GALLERY_PEOPLE = 10
 def demo_config(out: str | Path, data: str | None = None, steps: int = 850, seed: int = 0) -> TrainConfig:
     """Settings measured to reach >= 95% held-out accuracy on synthetic faces within the demo's budget."""
     return TrainConfig(data=data, out=str(out), arch="nns", image_size=64, loss="triplet", miner="semihard",
-                       identities_per_batch=16, faces_per_identity=8, steps=steps, optimizer="adam", lr=3e-3,
+                       identities_per_batch=16, faces_per_identity=8, steps=steps, optimizer="adamw", lr=3e-3,
                        lr_schedule="cosine", eval_every=max(steps // 4, 1), checkpoint_every=100,
                        synthetic_identities=400, synthetic_images_per_identity=20, holdout_identities=0.1,
                        workers=1, seed=seed, device="cpu")

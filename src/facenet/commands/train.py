@@ -23,7 +23,8 @@ OPTIONS = [
     ("--identities-per-batch", "identities_per_batch", int, "P: identities in each batch"),
     ("--faces-per-identity", "faces_per_identity", int, "K: faces of each identity in a batch"),
     ("--steps", "steps", int, "training steps (batches)"),
-    ("--optimizer", "optimizer", str, f"one of {', '.join(OPTIMIZERS)} (adagrad is the paper's)"),
+    ("--optimizer", "optimizer", str, f"one of {', '.join(OPTIMIZERS)} (adagrad is the paper's; adamw: Adam with "
+     "decoupled weight decay); --weight-decay applies to weights, not to BatchNorm parameters or biases"),
     ("--lr", "lr", float, "learning rate"),
     ("--lr-schedule", "lr_schedule", str, f"one of {', '.join(SCHEDULES)}"),
     ("--lr-step-every", "lr_step_every", int, "with --lr-schedule step: divide the rate by 10 this often"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from facenet.errors import TrainingError
 
-OPTIMIZERS = ("adagrad", "adam", "sgd")
+OPTIMIZERS = ("adagrad", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 LOSSES = ("triplet", "softmax", "both")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -35,7 +35,7 @@ class TrainConfig:
     identities_per_batch: int = 16       # P
     faces_per_identity: int = 8          # K
     steps: int = 1000
-    optimizer: str = "adam"
+    optimizer: str = "adamw"              # decoupled weight decay, none on BatchNorm weights and biases
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     lr_step_every: int = 0               # for the "step" schedule: divide lr by 10 this often
@@ -98,7 +98,10 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+        values = {k: v for k, v in json.loads(text).items() if k in known}
+        if values.get("optimizer") == "adam":  # runs started before the name said what it is (AdamW)
+            values["optimizer"] = "adamw"
+        return cls(**values)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainConfig":

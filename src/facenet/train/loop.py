@@ -276,14 +276,18 @@ class TrainingStep:
 
 
 def _optimizer(config: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    """The run's optimizer; weight decay applies to weight matrices and filters only, never to BatchNorm
+    scales and shifts or biases (decaying those pulls normalised activations towards zero, not complexity)."""
+    params = list(params)
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if config.optimizer == "adagrad":  # the paper's choice; its fused kernel is CPU-only
-        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adagrad(groups, lr=config.lr)
     # on GPUs, one fused kernel updates every parameter (instead of several launches per tensor group)
     fused = {"fused": True} if device.type == "cuda" else {}
-    if config.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           nesterov=True, **fused)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, **fused)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, **fused)
 
 
 def _lr_factor(config: TrainConfig):
