@@ -111,6 +111,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the final model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--loader-only", action="store_true",
-                   help="measure the data loader alone (images/s, no model) with these options, then exit")
+                   help="measure the data loader alone (images/s, no model) with these options, then exit "
+                        "(nothing is written to --out)")
     add_training_options(p)
     p.set_defaults(func=run_train)
