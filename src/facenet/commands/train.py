@@ -140,6 +140,7 @@ def register(sub) -> None:
                         "input size, standardisation and recipe become the run's; its BatchNorm statistics stay "
                         "fixed), e.g. the installed default model")
     p.add_argument("--loader-only", action="store_true",
-                   help="measure the data loader alone (images/s, no model) with these options, then exit")
+                   help="measure the data loader alone (images/s, no model) with these options, then exit "
+                        "(nothing is written to --out)")
     add_training_options(p)
     p.set_defaults(func=run_train)
