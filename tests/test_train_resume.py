@@ -82,3 +82,11 @@ def test_weight_decay_spares_batchnorm_and_biases(tmp_path):
         assert norm_params <= {id(p) for p in by_decay[0.0]}
     assert isinstance(_optimizer(TrainConfig(), model.parameters(), torch.device("cpu")), torch.optim.AdamW)
     assert TrainConfig.from_json('{"optimizer": "adam"}').optimizer == "adamw"  # runs started before the rename
+
+
+def test_training_progress_in_a_log_is_a_few_plain_lines(tmp_path, capsys):
+    """Not a terminal (CI, a log file): at most about a dozen lines, no carriage-return bar redraws."""
+    assert main(["train", "--out", str(tmp_path / "run"), *RUN, "--steps", "30", "--eval-every", "30"]) == 0
+    err = capsys.readouterr().err
+    training = [line for line in err.splitlines() if line.startswith("training")]
+    assert 1 <= len(training) <= 12 and "\r" not in err

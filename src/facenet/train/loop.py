@@ -394,8 +394,9 @@ class _MetricsLog:
 
 
 def _progress(enabled: bool, start: int, total: int):
+    """A bar on a terminal, a few plain lines in a log (facenet.progress), nothing when disabled."""
     if not enabled:
         return None
-    from tqdm import tqdm
+    from facenet.progress import progress_bar
 
-    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+    return progress_bar(total, "training", unit="step", initial=start)
