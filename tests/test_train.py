@@ -113,8 +113,9 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path):
         train(TrainConfig.from_json(open({str(tmp_path / 'config.json')!r}).read()), progress=False)
     """))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    "29517", str(script)], check=True, env=env, timeout=600, capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29517", str(script)], check=True, env=env, timeout=600, capture_output=True)
+    assert b"deprecated" not in run.stderr  # no deprecated collectives (torch.distributed.nn.functional)
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert len(single) == len(ddp) == 4
     np.testing.assert_allclose(ddp, single, rtol=1e-4, atol=1e-5)

@@ -189,3 +189,38 @@ def test_cli_speed_options_reach_the_configuration(tmp_path):
     default = config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "r")]))
     assert (default.precision, default.augment_on, default.cache_crops, default.compile) == \
         ("auto", "workers", False, False)
+
+
+def test_each_rank_decodes_only_its_share_of_the_global_batch():
+    """Data-parallel loading: the ranks' shards, put together, are the one-process batch, and each rank
+    reads only its own faces (W times less decoding and augmentation than the whole batch)."""
+    from facenet.data.sampler import PKSampler
+    from facenet.train.augment import Augmentation
+    from facenet.train.config import TrainConfig
+    from facenet.train.data import StepBatches, build_sources
+
+    config = TrainConfig(arch="nns", image_size=32, synthetic_identities=12, synthetic_images_per_identity=4,
+                         holdout_identities=0.0, seed=1)
+    source, _ = build_sources(config)
+    reads = []
+
+    class Counting:
+        labels, num_identities = source.labels, source.num_identities
+
+        def __len__(self):
+            return len(source)
+
+        def image(self, i):
+            reads.append(i)
+            return source.image(i)
+
+    sampler = PKSampler(source.labels, 4, 2, seed=1)
+    whole_images, whole_labels = StepBatches(Counting(), sampler, Augmentation(32), 1)[3]
+    assert len(reads) == 8
+    shards = []
+    for rank in range(2):
+        reads.clear()
+        images, labels = StepBatches(Counting(), sampler, Augmentation(32), 1, shard=(rank, 2))[3]
+        assert len(reads) == 4 and torch.equal(labels, whole_labels)
+        shards.append(images)
+    assert torch.equal(torch.cat(shards), whole_images)

@@ -149,12 +149,20 @@ def _identity_labels(classes: list[str], names_file: str) -> np.ndarray:
 
 
 class StepBatches(Dataset):
-    """Item ``step`` is that step's whole global batch: (uint8 N,3,H,W images, int64 labels)."""
+    """Item ``step`` is that step's batch: (uint8 images, int64 labels of the whole global batch).
 
-    def __init__(self, source, sampler: PKSampler, augment: Augmentation, seed: int):
+    With ``shard=(rank, world_size)`` (data-parallel training) the images are only this rank's
+    consecutive share of the global batch: each process decodes and augments its own faces, W times
+    less work than all of them, and every face gets the augmentation it would get in one process
+    (its seed is its place in the global batch). The labels stay global: mining runs on the
+    all-gathered embeddings.
+    """
+
+    def __init__(self, source, sampler: PKSampler, augment: Augmentation, seed: int, shard: tuple[int, int] = (0, 1)):
         if len(sampler) == 0:
             raise DataError("the training set is too small for one P x K batch")
         self.source, self.sampler, self.augment, self.seed = source, sampler, augment, seed
+        self.rank, self.world_size = shard
 
     def __len__(self) -> int:  # steps are unbounded; the loop decides when to stop
         return 2**62
@@ -165,8 +173,10 @@ class StepBatches(Dataset):
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         indices = self.indices(step)
-        crops = [self.augment(self.source.image(i), np.random.default_rng([self.seed, step, pos]))
-                 for pos, i in enumerate(indices)]
+        per_rank = len(indices) // self.world_size
+        mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        crops = [self.augment(self.source.image(indices[pos]), np.random.default_rng([self.seed, step, pos]))
+                 for pos in mine]
         images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
         return images, torch.as_tensor(self.source.labels[indices], dtype=torch.int64)
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -62,7 +61,44 @@ def gather_with_grad(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     """Concatenate every rank's rows in rank order, differentiably (the identity on one process)."""
     if not ctx.distributed:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _AllGather.apply(x)
+
+
+class _AllGather(torch.autograd.Function):
+    """Every rank's equal-sized rows, concatenated; backward: the summed gradient of this rank's rows.
+
+    (torch.distributed.nn.functional did this, and is deprecated; the functional collectives that
+    replace it are private API. Plain collectives keep the project on public API.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rows = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * rows:(dist.get_rank() + 1) * rows]
+
+
+class _AllReduce(torch.autograd.Function):
+    """The sum over ranks; its gradient is the sum over ranks of the gradients (public-API collectives)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def average_gradients(model: nn.Module, ctx: Context) -> None:
@@ -110,7 +146,7 @@ class CpuSyncBatchNorm(_BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        stats = dist_fn.all_reduce(stats)
+        stats = _AllReduce.apply(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

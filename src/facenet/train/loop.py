@@ -94,6 +94,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         if "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        if "cuda_rng" in checkpoint and torch.cuda.is_available():  # dropout etc. on the GPU resume exactly too
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
         start = int(checkpoint["step"])
         history = [dict(row) for row in checkpoint["history"]]
     else:
@@ -103,7 +105,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
 
     sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
                         seed=config.seed)
-    batches = StepBatches(train_source, sampler, face_augmentation(config), config.seed)
+    batches = StepBatches(train_source, sampler, face_augmentation(config), config.seed,
+                          shard=(ctx.rank, ctx.world_size))
     offline = None
     if config.offline_every:
         if ctx.distributed:
@@ -117,7 +120,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         if held_source is not None else None
 
     def validate() -> tuple[float, float, dict] | None:
-        if pairs is None:
+        if pairs is None or not ctx.is_main:  # only the main process records and saves what it finds
             return None
         return verification(model, held_source, pairs, config, ctx.device)
 
@@ -181,6 +184,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             save_checkpoint(run_dir, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
                 "step": done,
                 "history": history, **({"offline": offline.state_dict()} if offline is not None else {})})
     if bar is not None:
@@ -254,10 +258,12 @@ class TrainingStep:
             freeze_norm_statistics(self.model)
         self.loss_fn.train()
         self.generator.manual_seed(config.seed * 1_000_003 + step)
-        per_rank = len(images) // ctx.world_size
-        local = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank].to(ctx.device, non_blocking=True)
+        per_rank = len(labels) // ctx.world_size  # the loader hands each rank its share (StepBatches' shard)
+        if len(images) != per_rank:  # a whole global batch (one process, offline mining, the benchmark)
+            images = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
+        local = images.to(ctx.device, non_blocking=True)
         if self.augment is not None:
-            local = self.augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(images))
+            local = self.augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(labels))
         x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, ctx.device):  # the network only: losses and mining stay float32
             prelogits = distributed.gather_with_grad(self.embed(x).float(), ctx)
