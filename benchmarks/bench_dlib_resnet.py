@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
-LFW = HERE.parent.parent / "shared" / "data" / "lfw" / "images"
 
 
 def best_rate(run, items, repeats: int = 3) -> float:
@@ -62,19 +60,16 @@ def main(argv=None) -> int:
     from facenet.export import onnx_bytes, quantize_int8
     from facenet.models.modelfile import load_model_file
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=Path, default=LFW, help="LFW images folder (default: ../shared/data/lfw/images)")
-    ap.add_argument("--chips", type=int, default=64, help="chips per timed pass (default 64)")
-    ap.add_argument("--photos", type=int, default=100, help="photos per timed pass (default 100)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if not args.images.is_dir():
-        print(f"no LFW images at {args.images}; pass --images", file=sys.stderr)
-        return 2
     sys.path.insert(0, str(HERE))
     from bench_embedding import machine_line
-    from bench_end_to_end import lfw_sample
+    from bench_end_to_end import lfw_sample, parse_lfw_args
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chips", type=int, default=64, help="chips per timed pass (default 64)")
+    ap.add_argument("--photos", type=int, default=100, help="photos per timed pass (default 100)")
+    args = parse_lfw_args(ap, argv)
+    if args is None:
+        return 2
 
     photos = lfw_sample(args.images, args.photos + 64)
     chips = dlib_chips(photos[: args.chips + 64])

@@ -28,6 +28,18 @@ def lfw_sample(root: Path, limit: int) -> list[Path]:
     return photos[::step][:limit]
 
 
+def parse_lfw_args(ap: argparse.ArgumentParser, argv) -> argparse.Namespace | None:
+    """Add --images and --threads, parse, apply the thread count; None (said on stderr) without LFW."""
+    ap.add_argument("--images", type=Path, default=LFW, help="LFW images folder (default: ../shared/data/lfw/images)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.images.is_dir():
+        print(f"no LFW images at {args.images}; pass --images", file=sys.stderr)
+        return None
+    return args
+
+
 def timed(embedder, photos: list[Path], batch: int) -> float:
     embedder.embed(photos[:2])  # warm-up: lazy model loads, ONNX export
     start = time.perf_counter()
@@ -45,14 +57,10 @@ def main(argv=None) -> int:
     from facenet.models.modelfile import save_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=Path, default=LFW, help="LFW images folder (default: ../shared/data/lfw/images)")
     ap.add_argument("--limit", type=int, default=100, help="photos to embed (default 100)")
     ap.add_argument("--batch", type=int, default=32, help="photos per embed() call (default 32)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if not args.images.is_dir():
-        print(f"no LFW images at {args.images}; pass --images", file=sys.stderr)
+    args = parse_lfw_args(ap, argv)
+    if args is None:
         return 2
     sys.path.insert(0, str(HERE))
     from bench_embedding import machine_line

@@ -13,18 +13,7 @@ from facenet.errors import GalleryError, GalleryUnavailableError
 from facenet.gallery import Gallery, Record
 from facenet.gallery.quantize import dequantize, quantize
 
-D = 16
-
-
-def unit(rng, n, d=D):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def brute_identify(people: dict, q: np.ndarray, k: int):
-    """Independent reference: per-person min squared L2 over all faces, by NumPy."""
-    scores = sorted((float(((e - q) ** 2).sum(1).min()), name) for name, e in people.items())
-    return [name for _, name in scores[:k]], [d for d, _ in scores[:k]]
+from test_gallery import D, brute_identify, unit  # one brute-force reference for both gallery test files
 
 
 def assert_brute(gallery, people, queries, k=3, atol=1e-4):
