@@ -1,6 +1,5 @@
 """Mixed precision: the network may run in bfloat16/float16, the mining and the losses may not."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -36,8 +36,6 @@ def test_verify_command_answers_with_exit_codes(lfw_dir, capsys):
 
 def test_open_set_identification_rejects_strangers(lfw_dir, tmp_path):
     """One photo enrolled for each of 20 people; their second photos are found, 20 strangers are not."""
-    import numpy as np
-
     from facenet.evaluate.calibrate import identification_threshold
     from facenet.gallery import Gallery
 
