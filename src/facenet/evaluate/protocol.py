@@ -132,7 +132,8 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
 
     missing_paths = sorted({str(q) for p in pair_set.missing for q in (p.path1, p.path2) if not q.is_file()})
     return EvaluationResult(
-        model=embedder.name + (f" + {occlude} on {occlude_side} side(s)" if occlude else ""), pairs_file=str(pairs_file),
+        model=embedder.name + (f" + {occlude} on {'both photos' if occlude_side == 'both' else 'one photo'} of each pair"
+                               if occlude else ""), pairs_file=str(pairs_file),
         settings={"flip": flip, "distance": distance, "subtract_mean": subtract_mean, "n_folds": pair_set.n_folds,
                   "images_dir": str(images_dir),
                   **({"occlude": occlude, "occlude_side": occlude_side} if occlude else {})},
