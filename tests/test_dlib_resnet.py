@@ -129,7 +129,18 @@ def test_default_model_is_installed_on_first_use_and_kept(dlib_env, tmp_path, mo
     save_model(make("nns", input_size=48), path)
     assert main(["convert", "dlib", "--default"]) == 0
     assert read_model_info(path).arch == "dlib_resnet"
-    assert read_model_info(path.with_name("default.previous.safetensors")).arch == "nns"
+    previous = path.with_name("default.previous.safetensors")
+    assert read_model_info(previous).arch == "nns"
+    # an older conversion (other thresholds) is simply replaced: nothing of the user's is in it
+    import dataclasses
+
+    from facenet.models.modelfile import load_model_file
+
+    model, info = load_model_file(path)
+    save_model(model, path, dataclasses.replace(info, threshold=0.5))
+    previous.unlink()
+    assert main(["convert", "dlib", "--default"]) == 0
+    assert read_model_info(path).threshold != 0.5 and not previous.exists()
 
 
 def test_onnx_export_and_fine_tuning_start_from_the_converted_model(dlib_env, tmp_path, capsys):

@@ -78,10 +78,20 @@ def install_default_model(path: str | os.PathLike, replace: bool = False, src: s
             return path
         if src is None and _is_converted_dlib(path):
             return path
-        shutil.move(path, path.with_name(path.stem + ".previous.safetensors"))
+        if not _is_a_dlib_conversion(path):  # the user's own model: kept, not overwritten
+            shutil.move(path, path.with_name(path.stem + ".previous.safetensors"))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     convert_dlib(path, src)
     return path
+
+
+def _is_a_dlib_conversion(path: Path) -> bool:
+    """Made by ``convert_dlib`` (perhaps by an older facenet, with other thresholds): safe to replace."""
+    try:
+        info = read_model_info(path)
+    except ModelFileError:
+        return False
+    return info.arch == "dlib_resnet" and info.provenance.get("converted_by") == "facenet convert"
 
 
 def _is_converted_dlib(path: Path) -> bool:
