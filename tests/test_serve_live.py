@@ -139,7 +139,9 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
         files[name].write_bytes(png(i, j))
     wait = WebDriverWait(browser, 30)
     browser.get(server.url + "/")
-    wait.until(lambda d: d.find_element(By.ID, "status").text == "ready")
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("ready"))
+    model = httpx.get(server.url + "/api/model", timeout=30).json()
+    assert f"model {model['name']}" in browser.find_element(By.ID, "status").text  # the page says who answers
 
     # verify: both photos drawn with their face box, distance and decision shown
     browser.find_element(By.ID, "verify-a").send_keys(str(files["a"]))
@@ -170,7 +172,7 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
     browser.find_element(By.ID, "identify-photo").send_keys(str(files["a"]))
     browser.find_element(By.ID, "identify-go").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#identify-matches li"))
-    assert browser.find_element(By.ID, "identify-result").text == "Best match: Page Person"
+    assert browser.find_element(By.ID, "identify-result").text == f"Best match: Page Person (model {model['name']})"
     first = browser.find_elements(By.CSS_SELECTOR, "#identify-matches li")[0].text
     assert first.startswith("Page Person — distance 0.000")
     screenshot = tmp_path / "page.png"
