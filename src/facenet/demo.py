@@ -110,6 +110,7 @@ def _trained_model(config: TrainConfig, fresh: bool, progress: bool) -> tuple[Pa
 
 def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Enrol one face of some held-out people; identify their other faces and reject strangers."""
+    from facenet.evaluate.calibrate import identification_threshold
     from facenet.gallery import Gallery
 
     path.unlink(missing_ok=True)
@@ -123,9 +124,11 @@ def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndar
             gallery.enroll(f"person_{person}", embeddings[faces[:1]], [f"held-out face {faces[0]}"])
             queries.extend(faces[1:])
             truth.extend([f"person_{person}"] * (len(faces) - 1))
-        matches = gallery.identify(embeddings[queries], k=1, threshold=embedder.threshold)
+        # the open-set threshold `facenet identify` would use (FAR calibration from training, 10 people)
+        threshold = identification_threshold(embedder, len(known))
+        matches = gallery.identify(embeddings[queries], k=1, threshold=threshold)
         hits = [bool(m) and m[0].name == name for m, name in zip(matches, truth)]
-        unknown = gallery.identify(embeddings[np.isin(labels, strangers)], k=1, threshold=embedder.threshold)
+        unknown = gallery.identify(embeddings[np.isin(labels, strangers)], k=1, threshold=threshold)
     return float(np.mean(hits)), float(np.mean([not m for m in unknown]))
 
 
