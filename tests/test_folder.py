@@ -68,3 +68,14 @@ def test_reads_a_synthetic_dataset(tmp_path):
     ds = FolderDataset(root)
     assert ds.classes == ["id_00000", "id_00001", "id_00002"]
     assert ds[5][0].shape == (32, 32, 3) and ds[5][1] == 2
+
+
+def test_training_data_reads_every_suffix_the_commands_read(tmp_path):
+    """One list of image suffixes: a .gif in a training folder counts (it did not), as in embed and align."""
+    from facenet.align.dataset import find_images
+    from facenet.commands.core import expand_image_paths
+
+    root = make_tree(tmp_path / "data", {"ann": 2}, ext="gif")
+    make_tree(tmp_path / "more", {"ann": 1}, ext="webp")
+    assert len(FolderDataset(root)) == 2
+    assert len(find_images(root)) == 2 and len(expand_image_paths([str(root)])) == 2
