@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from facenet.data.images import ImageLike, fit_to_input, load_image, load_images, standardise, to_batch
-from facenet.errors import ModelFileError, NoFaceError
+from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
 from facenet.paths import MODEL_ENV, default_model_path
@@ -102,7 +102,8 @@ class FaceEmbedder:
         Without a detector the image is taken as a face crop: its central square is the one face.
         No face raises ``NoFaceError``.
         """
-        from facenet.align import AlignedFace, Detection, extract_faces
+        from facenet.align import AlignedFace, Detection, cut_faces
+        from facenet.align.crop import no_face
 
         source = source or _describe(image)
         pixels = load_image(image)
@@ -112,22 +113,15 @@ class FaceEmbedder:
             box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
             face = AlignedFace(fit_to_input(pixels, self.info.input_size), Detection(box, float("nan"), np.zeros(10)))
             return FoundFaces([face], [face.detection])
-        try:
-            faces = extract_faces(pixels, self.detector, size=self.info.input_size, recipe=self.recipe, which="all",
-                                  source=source)
-        except NoFaceError:
-            if self.fallback_detector is None:
-                raise
+        detections = self.detector.detect(pixels)
+        if not detections and self.fallback_detector is not None:
             self.fallbacks += 1
-            faces = extract_faces(pixels, self.fallback_detector, size=self.info.input_size, recipe=self.recipe,
-                                  which="all", source=source)
-        detections = [face.detection for face in faces]
-        if all_faces:
-            return FoundFaces(faces, detections)
-        from facenet.align import select_faces
-
-        (chosen,) = select_faces(detections, pixels.shape, self.recipe.which)
-        return FoundFaces([faces[detections.index(chosen)]], detections)
+            detections = self.fallback_detector.detect(pixels)
+        # only the chosen face is cut (every face with all_faces); the report keeps every detection
+        faces = cut_faces(pixels, detections, self.info.input_size, self.recipe, "all" if all_faces else None)
+        if not faces:
+            raise no_face(source, self.fallback_detector or self.detector)
+        return FoundFaces(faces, detections)
 
     def embed_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed ready model-sized crops (H,W,3 uint8); rows are unit float32 vectors."""

@@ -155,10 +155,15 @@ def extract_faces(image: ImageLike, detector: Detector, size: int = 160, recipe:
     pixels = load_image(image)
     faces = cut_faces(pixels, detector.detect(pixels), size, recipe, which)
     if not faces:
-        raise NoFaceError(f"{source}: no face found by the {getattr(detector, 'name', 'face')} detector; "
-                          "use a photo with a visible, roughly frontal face, or the 'center' detector "
-                          "for images that are already cropped around the face")
+        raise no_face(source, detector)
     return faces
+
+
+def no_face(source: str, detector: Detector) -> NoFaceError:
+    """The error for a photo where ``detector`` found nothing, naming the photo and what to do."""
+    return NoFaceError(f"{source}: no face found by the {getattr(detector, 'name', 'face')} detector; "
+                       "use a photo with a visible, roughly frontal face, or the 'center' detector "
+                       "for images that are already cropped around the face")
 
 
 def cut_faces(pixels: np.ndarray, detections: list[Detection], size: int = 160, recipe: Recipe = Recipe(),

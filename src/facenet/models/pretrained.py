@@ -76,28 +76,25 @@ def install_default_model(path: str | os.PathLike, replace: bool = False, src: s
     if path.is_file():
         if not replace:
             return path
-        if src is None and _is_converted_dlib(path):
+        installed = _dlib_conversion(path)
+        if src is None and installed == "current":
             return path
-        if not _is_a_dlib_conversion(path):  # the user's own model: kept, not overwritten
+        if installed is None:  # the user's own model: kept, not overwritten
             shutil.move(path, path.with_name(path.stem + ".previous.safetensors"))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     convert_dlib(path, src)
     return path
 
 
-def _is_a_dlib_conversion(path: Path) -> bool:
-    """Made by ``convert_dlib`` (perhaps by an older facenet, with other thresholds): safe to replace."""
+def _dlib_conversion(path: Path) -> str | None:
+    """"current" for the file ``convert_dlib`` writes today, "older" for one an earlier facenet wrote
+    (other thresholds or recipe: safe to replace), None for any other model."""
     try:
         info = read_model_info(path)
     except ModelFileError:
-        return False
-    return info.arch == "dlib_resnet" and info.provenance.get("converted_by") == "facenet convert"
-
-
-def _is_converted_dlib(path: Path) -> bool:
-    try:
-        info = read_model_info(path)
-    except ModelFileError:
-        return False
-    return (info.arch == "dlib_resnet" and info.threshold == DLIB_THRESHOLD and info.recipe == DLIB_RECIPE
-            and info.far_thresholds == DLIB_FAR_THRESHOLDS)
+        return None
+    if info.arch != "dlib_resnet" or info.provenance.get("converted_by") != "facenet convert":
+        return None
+    current = (info.threshold == DLIB_THRESHOLD and info.recipe == DLIB_RECIPE
+               and info.far_thresholds == DLIB_FAR_THRESHOLDS)
+    return "current" if current else "older"
