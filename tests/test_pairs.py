@@ -192,6 +192,9 @@ def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_pat
     assert "thresholds written" in capsys.readouterr().out
     assert cli.main(["evaluate", "--model", "dlib", "--pairs", str(pairs), "--images", str(images),
                      "--ext", "png", "--write-thresholds"]) == 2
+    assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images),
+                     "--ext", "png", "--write-thresholds", "--occlude", "mask"]) == 2
+    assert "without --occlude" in capsys.readouterr().err and read_model_info(model) == after
 
 
 def test_no_face_policy_is_the_same_for_every_model(lfw_like, tmp_path, model_file, capsys):

@@ -30,9 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=None,
                    help="re-split the pairs into this many folds (needed for header-less files)")
     p.add_argument("--far", type=float, default=1e-3, help="target FAR for VAL (default: 1e-3)")
-    p.add_argument("--occlude", default=None, metavar="KIND",
-                   help="draw an occluder on the photos first: mask, cloth_mask, n95, sunglasses, scarf, hand, "
-                        "cap_shadow (placed from MTCNN's landmarks; see `facenet occlude`)")
+    from facenet.occlusion import KINDS  # numpy and OpenCV only: cheap for --help
+
+    p.add_argument("--occlude", default=None, choices=KINDS, metavar="KIND",
+                   help=f"draw an occluder on the photos first: {', '.join(KINDS)} (placed from MTCNN's "
+                        "landmarks; see `facenet occlude`)")
     p.add_argument("--occlude-side", choices=("one", "both"), default="one",
                    help="occlude the second photo of each pair (a masked probe against a clean enrolment "
                         "photo; default) or both photos")
@@ -54,7 +56,14 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from facenet.errors import FaceNetError
     from facenet.evaluate.protocol import evaluate_pairs
+
+    if args.write_thresholds:  # checked before the evaluation, which can take an hour
+        if args.model in DLIB_MODELS or Path(args.model).suffix == ".onnx":
+            raise FaceNetError("--write-thresholds needs a facenet model file (.safetensors) to write into")
+        if args.occlude:  # thresholds fitted to occluded pairs would misjudge every ordinary photo
+            raise FaceNetError("--write-thresholds calibrates on unoccluded photos; run it without --occlude")
 
     result = evaluate_pairs(_embedder(args), args.pairs, args.images, flip=args.flip, distance=args.distance,
                             subtract_mean=args.subtract_mean, batch_size=args.batch_size,
@@ -106,12 +115,9 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
 
     import numpy as np
 
-    from facenet.errors import FaceNetError
     from facenet.evaluate.calibrate import far_thresholds
     from facenet.models.modelfile import load_model_file, save_model
 
-    if args.model in DLIB_MODELS or not args.model or Path(args.model).suffix == ".onnx":
-        raise FaceNetError("--write-thresholds needs a facenet model file (.safetensors) to write into")
     paths = sorted(result.embeddings)
     table = far_thresholds(np.stack([result.embeddings[p] for p in paths]), np.array([p.parent.name for p in paths]))
     model, info = load_model_file(args.model)
