@@ -92,14 +92,13 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
 
 def _trained_model(config: TrainConfig, fresh: bool, progress: bool) -> tuple[Path, float | None]:
     """The run's model: trained now, continued from its checkpoint, or the finished one already there."""
-    from facenet.train.config import TrainConfig as Config
     from facenet.train.loop import MODEL_NAME, train
 
     run_dir = Path(config.out)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     earlier = run_dir / "checkpoint.pt"
-    if earlier.exists() and Config.load(run_dir).to_json() != config.to_json():
+    if earlier.exists() and TrainConfig.load(run_dir).to_json() != config.to_json():
         from facenet.errors import TrainingError
 
         raise TrainingError(f"{run_dir} holds a demo run with other settings; use --fresh to start over "

@@ -269,15 +269,14 @@ def held_out_pairs(labels: np.ndarray, max_pairs: int, seed: int, n_folds: int =
     order = pool[np.argsort(labels[pool], kind="stable")]
     _, starts = np.unique(labels[order], return_index=True)
     groups = [g for g in np.split(order, starts[1:]) if len(g) > 1]
-    positives_total = sum(len(g) * (len(g) - 1) // 2 for g in groups)
+    pair_counts = np.array([len(g) * (len(g) - 1) // 2 for g in groups], dtype=np.int64)
+    positives_total = int(pair_counts.sum())
     negatives_total = len(pool) * (len(pool) - 1) // 2 - positives_total
-    n = min(positives_total, negatives_total, max_pairs // 2)
+    n = min(positives_total, negatives_total, max_pairs // 2)  # both kinds have at least n distinct pairs
     if n < n_folds:
         raise DataError("too few held-out images for a verification check; add identities or images")
-    weights = np.array([len(g) * (len(g) - 1) / 2 for g in groups], dtype=np.float64)
-    positives = _distinct_pairs(rng, n, lambda size: _draw_positive(rng, groups, weights / weights.sum(), size),
-                                positives_total)
-    negatives = _distinct_pairs(rng, n, lambda size: _draw_negative(rng, pool, labels, size), negatives_total)
+    positives = _distinct_pairs(n, lambda size: _draw_positive(rng, groups, pair_counts / positives_total, size))
+    negatives = _distinct_pairs(n, lambda size: _draw_negative(rng, pool, labels, size))
     first = np.concatenate([positives[:, 0], negatives[:, 0]])
     second = np.concatenate([positives[:, 1], negatives[:, 1]])
     same = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
@@ -285,16 +284,15 @@ def held_out_pairs(labels: np.ndarray, max_pairs: int, seed: int, n_folds: int =
     return HeldOutPairs(first, second, same, folds)
 
 
-def _distinct_pairs(rng, n: int, draw, available: int) -> np.ndarray:
-    """``n`` distinct (i < j) pairs from ``draw(size)``, which proposes pairs of the wanted kind."""
+def _distinct_pairs(n: int, draw) -> np.ndarray:
+    """``n`` distinct (i < j) pairs from ``draw(size)``, which proposes pairs of the wanted kind
+    (at least ``n`` distinct ones must exist)."""
     chosen: dict[tuple[int, int], None] = {}
     while len(chosen) < n:
         for i, j in draw(max(64, 2 * (n - len(chosen)))).tolist():
             chosen.setdefault((min(i, j), max(i, j)), None)
             if len(chosen) == n:
                 break
-        if len(chosen) >= available:
-            break
     return np.array(list(chosen), dtype=np.int64).reshape(-1, 2)
 
 
