@@ -250,8 +250,9 @@ class TrainingStep:
         self.augment = batch_augmentation(self.config)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, triplets=None):
-        """(loss, stats, prelogits) of step ``step`` on the global batch ``images`` (uint8 N,3,S,S); with
-        ``triplets`` (offline mining) the loss is on those, else the loss function mines its own."""
+        """(loss, stats, prelogits) of step ``step``: ``labels`` are the whole global batch's, ``images``
+        (uint8 N,3,S,S) this rank's share of it or the whole batch; with ``triplets`` (offline mining)
+        the loss is on those, else the loss function mines its own."""
         config, ctx = self.config, self.ctx
         self.model.train()
         if config.init:
