@@ -215,12 +215,12 @@ def test_each_rank_decodes_only_its_share_of_the_global_batch():
             return source.image(i)
 
     sampler = PKSampler(source.labels, 4, 2, seed=1)
-    whole_images, whole_labels = StepBatches(Counting(), sampler, Augmentation(32), 1)[3]
+    whole_images, whole_labels, _ = StepBatches(Counting(), sampler, Augmentation(32), 1)[3]
     assert len(reads) == 8
     shards = []
     for rank in range(2):
         reads.clear()
-        images, labels = StepBatches(Counting(), sampler, Augmentation(32), 1, shard=(rank, 2))[3]
+        images, labels, _ = StepBatches(Counting(), sampler, Augmentation(32), 1, shard=(rank, 2))[3]
         assert len(reads) == 4 and torch.equal(labels, whole_labels)
         shards.append(images)
     assert torch.equal(torch.cat(shards), whole_images)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from facenet.train.config import AUGMENT_ON, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from facenet.train.config import AUGMENT_ON, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TEACHER_MODES, TrainConfig
 
 # (option, config field, type, help); defaults come from TrainConfig so there is one source of truth.
 OPTIONS = [
     ("--arch", "arch", str, "architecture (see `facenet models`)"),
     ("--embedding-size", "embedding_size", int, "embedding dimensions"),
     ("--image-size", "image_size", int, "face crop size in pixels"),
-    ("--loss", "loss", str, f"one of {', '.join(LOSSES)}"),
+    ("--loss", "loss", str, f"one of {', '.join(LOSSES)} (none: the distillation term alone)"),
     ("--miner", "miner", str, "triplet miner: semihard (the paper's), hard, all, sandberg"),
     ("--margin", "margin", float, "triplet margin alpha on squared L2 distances"),
     ("--offline-every", "offline_every", int,
@@ -32,7 +32,19 @@ OPTIONS = [
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--dropout", "dropout", float, "dropout before the bottleneck layer"),
     ("--colour-jitter", "augment_colour", float, "max relative brightness/contrast/saturation change (0 = off)"),
-    ("--occlusion", "augment_occlusion", float, "probability of a synthetic occluder per face"),
+    ("--occlusion", "augment_occlusion", float,
+     "probability of an occluder per face: on similarity-aligned data a mask, sunglasses, scarf, hand or cap shadow "
+     "placed from the recipe's landmarks (the training looks, never the ones `facenet evaluate --occlude` draws), "
+     "else a flat band over the eyes or the lower face"),
+    ("--teacher", "teacher", str,
+     "knowledge distillation from dlib (the converted dlib network), dlib-cpp (dlib's own C++ pipeline), a model "
+     "file or an ONNX file; with --occlusion an online teacher embeds each view before its occluder is drawn"),
+    ("--teacher-mode", "teacher_mode", str,
+     f"one of {', '.join(TEACHER_MODES)}: online = the teacher (a model file) embeds every augmented view in the "
+     "step; cached = each photo once, kept in the cache folder for later runs; auto = online on a GPU"),
+    ("--distill-weight", "distill_weight", float, "weight of the distillation term"),
+    ("--unlabelled-per-batch", "unlabelled_per_batch", int,
+     "--unlabelled photos added to each batch (0 = half the P x K batch)"),
     ("--holdout", "holdout_identities", float, "fraction of identities held out for verification checks"),
     ("--min-images", "min_images_per_identity", int, "ignore identities with fewer images"),
     ("--exclude-identities", "exclude_identities", str,
@@ -63,8 +75,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         info = read_model_info(args.init)
         values = {"arch": info.arch, "embedding_size": info.embedding_size, "image_size": info.input_size,
                   "standardisation": info.standardisation, **values}
-    return TrainConfig(data=args.data, out=args.out, init=args.init, augment_flip=not args.no_flip,
-                       augment_crop=not args.no_crop, cache_crops=args.cache, compile=args.compile, **values)
+    return TrainConfig(data=args.data or None, out=args.out, init=args.init, augment_flip=not args.no_flip,
+                       augment_crop=not args.no_crop, cache_crops=args.cache, compile=args.compile,
+                       merge_names=args.merge_names, source_weights=args.source_weights,
+                       unlabelled=args.unlabelled, **values)
 
 
 RESUMABLE_CHANGES = ("steps", "device", "workers")  # what may differ when a run continues; the rest decides results
@@ -76,7 +90,10 @@ def _resumed_config(args: argparse.Namespace, values: dict) -> TrainConfig:
     from facenet.errors import TrainingError
 
     stored = TrainConfig.load(args.out)
-    asked = {**values, **({"data": args.data} if args.data else {}), **({"init": args.init} if args.init else {})}
+    asked = {**values, **({"data": args.data} if args.data else {}), **({"init": args.init} if args.init else {}),
+             **({"unlabelled": args.unlabelled} if args.unlabelled else {}),
+             **({"source_weights": args.source_weights} if args.source_weights else {}),
+             **({"merge_names": True} if args.merge_names else {})}
     refused = {k: v for k, v in asked.items() if k not in RESUMABLE_CHANGES and getattr(stored, k) != v}
     if refused:
         change = ", ".join(f"{k}={v!r} (the run has {getattr(stored, k)!r})" for k, v in sorted(refused.items()))
@@ -122,17 +139,35 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", action="store_true",
                         help="decode every image once and keep the face crops in RAM as uint8 (for datasets that "
                              "fit: LFW at 160 px takes 1 GB); workers then only augment")
+    parser.add_argument("--merge-names", action="store_true",
+                        help="with several DATA_DIRs: identity folders of the same name are one person (by default "
+                             "each folder's identities are its own, namespaced by the folder's name)")
+    parser.add_argument("--source-weights", type=_weights, default=None, metavar="W1,W2,...",
+                        help="with several DATA_DIRs: the share of each batch's identities drawn from each folder "
+                             "(default: every identity alike)")
+    parser.add_argument("--unlabelled", action="append", default=None, metavar="DIR",
+                        help="a folder of face photos without identities (any depth; repeatable): they feed the "
+                             "distillation term only (needs --teacher)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (minutes of compiling, then faster steps on GPUs)")
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 2,1,1; got {text!r}") from None
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train an embedding model with the triplet loss (and/or softmax)",
-        description="Train a FaceNet embedding on a folder with one sub-folder of face crops per identity "
-                    "(or on synthetic identities when DATA_DIR is omitted). Writes config.json, metrics.csv, "
-                    "checkpoint.pt and model.safetensors to --out. Under torchrun, trains data-parallel.")
-    p.add_argument("data", nargs="?", metavar="DATA_DIR", help="folder of identities (default: synthetic faces)")
+        description="Train a FaceNet embedding on folders with one sub-folder of face crops per identity "
+                    "(or on synthetic identities when DATA_DIR is omitted). Several DATA_DIRs train on all of them, "
+                    "each folder's identities kept apart (see --merge-names). Writes config.json, data.json (people "
+                    "and images per folder), metrics.csv, checkpoint.pt and model.safetensors to --out. Under "
+                    "torchrun, trains data-parallel.")
+    p.add_argument("data", nargs="*", metavar="DATA_DIR", help="folders of identities (default: synthetic faces)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the final model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--init", metavar="MODEL", default=None,

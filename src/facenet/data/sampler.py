@@ -39,7 +39,9 @@ class PKSampler(Sampler[list[int]]):
     """
 
     def __init__(self, labels: Sequence | np.ndarray, p: int, k: int, seed: int = 0,
-                 extra_negatives: int = 0):
+                 extra_negatives: int = 0, weights: Sequence[float] | np.ndarray | None = None):
+        """``weights`` (one per identity, in sorted label order): batch ``i`` then draws its P identities
+        with these relative chances (distinct within the batch) instead of walking a shuffled epoch."""
         if p < 2 or k < 2:
             raise DataError(f"a P x K batch needs p >= 2 identities and k >= 2 faces each; got "
                             f"p={p}, k={k}")
@@ -51,7 +53,17 @@ class PKSampler(Sampler[list[int]]):
         _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         order = np.argsort(inverse, kind="stable")
         groups = np.split(order, np.cumsum(counts)[:-1])
-        self.identities = [g for g in groups if len(g) >= 2]
+        usable = [len(g) >= 2 for g in groups]
+        self.identities = [g for g, ok in zip(groups, usable) if ok]
+        self.weights = None
+        if weights is not None:
+            weights = np.asarray(weights, np.float64)
+            if weights.shape != (len(groups),) or (weights < 0).any():
+                raise DataError(f"need {len(groups)} non-negative identity weights, got shape {weights.shape}")
+            kept = weights[np.asarray(usable)]
+            if np.count_nonzero(kept) < p:
+                raise DataError(f"fewer than p={p} identities with 2 or more images have a weight above 0")
+            self.weights = kept / kept.sum()
         self.singletons = np.sort(np.concatenate([g for g in groups if len(g) < 2] or [[]])).astype(np.int64)
         if len(self.identities) < p:
             raise DataError(f"only {len(self.identities)} identities have 2 or more images, fewer "
@@ -88,8 +100,10 @@ class PKSampler(Sampler[list[int]]):
         if not 0 <= i < len(self):
             raise DataError(f"batch {i} is outside the epoch's {len(self)} batches")
         rng = np.random.default_rng([self.seed, epoch, i])
+        chosen = (self._identity_order(epoch)[i * self.p:(i + 1) * self.p] if self.weights is None
+                  else rng.choice(len(self.identities), self.p, replace=False, p=self.weights))
         out = []
-        for ident in self._identity_order(epoch)[i * self.p:(i + 1) * self.p]:
+        for ident in chosen:
             images = self.identities[ident]
             if len(images) >= self.k:
                 out.append(rng.choice(images, self.k, replace=False))

@@ -18,21 +18,47 @@ from facenet.data.images import fit_to_input
 
 @dataclass(frozen=True)
 class Augmentation:
+    """What happens to one face in the loader. With ``landmarks`` (where the five landmarks sit in an
+    aligned crop of this size: the template of the data's recipe) the occluders are the landmark-placed
+    masks, sunglasses, scarves, hands and cap shadows of ``facenet.occlusion``, drawn in their *train*
+    looks (evaluation draws the others) before the jitter, so they move with the face; without, a
+    flat band over the eyes or the lower face stands in (synthetic faces, box crops)."""
+
     size: int
     crop: bool = True            # random shift/scale/rotation jitter (the reference's random 160 crop of 182)
     flip: bool = True
     colour: float = 0.2          # max relative brightness / contrast / saturation change
-    occlusion: float = 0.0       # probability of a synthetic occluder (band over eyes or lower face)
+    occlusion: float = 0.0       # probability of an occluder
+    landmarks: tuple | None = None  # ((x, y) x 5) in a size x size crop: landmark-placed occluders
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.views(image, rng)[0]
+
+    def views(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(the face as training sees it, the same view without its landmark-placed occluder): a teacher
+        embeds the second, so the student learns to give an occluded face its unoccluded embedding."""
         face = fit_to_input(image, self.size)
+        occluded = face
+        if self.landmarks is not None and self.occlusion > 0 and rng.random() < self.occlusion:
+            from facenet.occlusion import KINDS, occlude
+
+            kind = KINDS[int(rng.integers(len(KINDS)))]
+            occluded = occlude(face, np.asarray(self.landmarks), kind, seed=int(rng.integers(2**31)), variant="train")
+        if occluded is face:
+            return (view := self._rest(face, rng)), view
+        state = rng.bit_generator.state  # both views get the same jitter, flip and colour draws
+        view = self._rest(occluded, rng)
+        rng.bit_generator.state = state
+        return view, self._rest(face, rng)
+
+    def _rest(self, face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.crop:
             face = _jitter(face, rng)
         if self.flip and rng.random() < 0.5:
             face = face[:, ::-1]
         if self.colour > 0:
             face = _colour(face, rng, self.colour)
-        if self.occlusion > 0 and rng.random() < self.occlusion:
+        if self.landmarks is None and self.occlusion > 0 and rng.random() < self.occlusion:
             face = _occlude(face, rng)
         return np.ascontiguousarray(face)
 

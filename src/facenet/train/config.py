@@ -11,14 +11,22 @@ from facenet.errors import TrainingError
 
 OPTIMIZERS = ("adagrad", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
-LOSSES = ("triplet", "softmax", "both")
+LOSSES = ("triplet", "softmax", "both", "none")  # none: the distillation term alone (needs a teacher)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_ON = ("workers", "device")
+TEACHER_MODES = ("auto", "online", "cached")
 
 
 @dataclass
 class TrainConfig:
-    data: str | None = None              # folder-per-identity dataset; None = synthetic identities
+    data: list[str] | None = None        # folder(s)-per-identity datasets; None = synthetic identities
+    merge_names: bool = False            # identity folders named alike in several data folders are one person
+    source_weights: list[float] | None = None  # share of the batch identities drawn from each data folder
+    unlabelled: list[str] | None = None  # folders of photos without identities (distillation term only)
+    unlabelled_per_batch: int = 0        # unlabelled photos added to each batch; 0 = half the P x K batch
+    teacher: str | None = None           # dlib | dlib-cpp | a model file | an ONNX file (knowledge distillation)
+    teacher_mode: str = "auto"           # online (embeds every view in the step) | cached (each photo once) | auto
+    distill_weight: float = 1.0          # weight of the distillation term
     init: str | None = None              # model file whose weights start the run (fine-tuning)
     out: str = "runs/facenet"
     arch: str = "mobilefacenet"
@@ -82,6 +90,16 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.augment_on in AUGMENT_ON, f"augmentation runs on one of {AUGMENT_ON}"),
             (self.workers >= -1, "workers must be -1 (sized to the machine), 0 (none) or more"),
+            (self.teacher_mode in TEACHER_MODES, f"teacher mode must be one of {TEACHER_MODES}"),
+            (self.teacher is not None or self.loss != "none", "--loss none trains on a teacher's embeddings alone; "
+                                                              "name one with --teacher"),
+            (self.teacher is not None or not self.unlabelled, "unlabelled photos feed the distillation term only; "
+                                                              "name a teacher with --teacher"),
+            (self.teacher is None or self.offline_every == 0, "offline mining does not combine with a teacher"),
+            (self.distill_weight >= 0 and self.unlabelled_per_batch >= 0,
+             "distillation weight and unlabelled photos per batch must be >= 0"),
+            (self.data is not None or not (self.merge_names or self.source_weights or self.unlabelled),
+             "--merge-names, --source-weights and --unlabelled need data folders"),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,8 +107,19 @@ class TrainConfig:
         return self
 
     @property
-    def batch_size(self) -> int:
+    def labelled_batch_size(self) -> int:
         return self.identities_per_batch * self.faces_per_identity
+
+    @property
+    def unlabelled_batch_size(self) -> int:
+        if not self.unlabelled:
+            return 0
+        return self.unlabelled_per_batch or self.labelled_batch_size // 2
+
+    @property
+    def batch_size(self) -> int:
+        """Faces in a global batch: P x K labelled ones, then the unlabelled ones."""
+        return self.labelled_batch_size + self.unlabelled_batch_size
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -99,6 +128,8 @@ class TrainConfig:
     def from_json(cls, text: str) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in json.loads(text).items() if k in known}
+        if isinstance(values.get("data"), str):  # runs started when a run had one data folder
+            values["data"] = [values["data"]]
         if values.get("optimizer") == "adam":  # runs started before the name said what it is (AdamW)
             values["optimizer"] = "adamw"
         return cls(**values)

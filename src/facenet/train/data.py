@@ -9,6 +9,7 @@ sampler and augmentation into the batch of any training step, computed from
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,20 +26,46 @@ from facenet.train.augment import Augmentation, BatchAugmentation
 
 
 class FolderSource:
-    """A folder-per-identity dataset restricted to some of its images."""
+    """A folder-per-identity dataset restricted to some of its images; ``identity_weights`` (or None)
+    are the sampling weights of its identities (``--source-weights``)."""
 
-    def __init__(self, dataset, indices: np.ndarray | None = None):
+    def __init__(self, dataset, indices: np.ndarray | None = None, class_weights: np.ndarray | None = None):
         self.dataset = dataset
         all_labels = np.asarray(dataset.labels, dtype=np.int64)
         self.indices = np.arange(len(all_labels)) if indices is None else np.asarray(indices)
-        _, self.labels = np.unique(all_labels[self.indices], return_inverse=True)
+        classes, self.labels = np.unique(all_labels[self.indices], return_inverse=True)
         self.num_identities = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.identity_weights = class_weights[classes] if class_weights is not None else None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def image(self, i: int) -> np.ndarray:
         return self.dataset[int(self.indices[i])][0]
+
+    def path(self, i: int):
+        return self.dataset.path(int(self.indices[i]))
+
+
+class UnlabelledSource:
+    """Photos without identities (label -1): only a teacher says what they should embed to."""
+
+    def __init__(self, folders):
+        from facenet.data.folder import ImageFiles
+
+        self.files = ImageFiles(folders)
+        self.labels = np.full(len(self.files), -1, dtype=np.int64)
+        self.num_identities = 0
+        self.identity_weights = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.files[int(i)]
+
+    def path(self, i: int):
+        return self.files.path(int(i))
 
 
 class SyntheticSource:
@@ -52,6 +79,7 @@ class SyntheticSource:
         self.faces, self.first, self.per_identity = faces, first, per_identity
         self.labels = np.repeat(np.arange(count, dtype=np.int64), per_identity)
         self.num_identities = count
+        self.identity_weights = None
         self._rendered: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -76,6 +104,8 @@ class CachedCrops:
 
     def __init__(self, source, size: int, threads: int | None = None):
         self.labels, self.num_identities = source.labels, source.num_identities
+        self.identity_weights = getattr(source, "identity_weights", None)
+        self.path = getattr(source, "path", None)  # the files' names, for a teacher's cache
         need = len(source) * size * size * 3
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
         if free is not None and need > free // 2:
@@ -114,6 +144,59 @@ def build_sources(config):
     return train, held
 
 
+def build_unlabelled(config):
+    """The source of ``--unlabelled`` photos, or None."""
+    if not config.unlabelled:
+        return None
+    source = UnlabelledSource(config.unlabelled)
+    return CachedCrops(source, config.image_size) if config.cache_crops else source
+
+
+def data_summary(config) -> dict:
+    """People and images per data folder (and unlabelled photos): recorded in the run and its model file."""
+    if config.data is None:
+        return {"synthetic_identities": config.synthetic_identities,
+                "images_per_identity": config.synthetic_images_per_identity}
+    from facenet.data.folder import FolderDataset, ImageFiles
+
+    summary = FolderDataset(config.data, min_images=config.min_images_per_identity,
+                            merge_names=config.merge_names).summary()
+    if config.unlabelled:
+        summary["unlabelled"] = [{"folder": str(f), "images": len(ImageFiles([f]))} for f in config.unlabelled]
+    return summary
+
+
+def training_landmarks(config) -> tuple | None:
+    """Where the five landmarks sit in the run's input crops: the template of the data's recipe
+    (similarity-aligned folders), else None (no landmark-placed occluders can be drawn)."""
+    from facenet.align.crop import template_points
+
+    recipe = data_recipe(config)
+    if not recipe or recipe.get("mode") != "similarity":
+        return None
+    points = template_points(config.image_size, float(recipe["margin"]), recipe["template"])
+    return tuple(map(tuple, points.tolist()))
+
+
+def data_recipe(config) -> dict | None:
+    """The recipe (``recipe.json``) all the run's data folders were aligned with; None when they have none.
+    Folders aligned differently cannot train one model: a model file holds one recipe."""
+    from facenet.align.dataset import read_recipe
+
+    folders = list(config.data or []) + list(config.unlabelled or [])
+    recipes = {f: read_recipe(f) for f in folders}
+    found = {_recipe_key(r) for r in recipes.values() if r is not None}
+    if len(found) > 1 or (found and None in recipes.values()):
+        listing = "; ".join(f"{f}: {r}" for f, r in recipes.items())
+        raise DataError(f"the data folders were not all aligned with one recipe ({listing}); align them "
+                        "with the same `facenet align` options")
+    return next((r for r in recipes.values() if r is not None), None)
+
+
+def _recipe_key(recipe: dict) -> str:
+    return json.dumps({k: v for k, v in recipe.items() if k != "size"}, sort_keys=True)
+
+
 def _sources(config):
     if config.data is None:
         from facenet.data.synthetic import SyntheticFaces
@@ -127,7 +210,8 @@ def _sources(config):
                 SyntheticSource(faces, train_ids, held, per) if held >= 2 else None)
     from facenet.data.folder import FolderDataset
 
-    dataset = FolderDataset(config.data, min_images=config.min_images_per_identity)
+    dataset = FolderDataset(config.data, min_images=config.min_images_per_identity, merge_names=config.merge_names)
+    weights = dataset.class_weights(config.source_weights)
     labels = np.asarray(dataset.labels)
     train_idx, held_idx = split_identities(labels, config.holdout_identities, config.seed)
     if config.exclude_identities:
@@ -136,20 +220,35 @@ def _sources(config):
     held = FolderSource(dataset, held_idx) if len(held_idx) else None
     if held is not None and held.num_identities < 2:
         held = None
-    return FolderSource(dataset, train_idx), held
+    return FolderSource(dataset, train_idx, weights), held
 
 
 def _identity_labels(classes: list[str], names_file: str) -> np.ndarray:
-    """Labels of the identities named in ``names_file`` (e.g. the test fold's people)."""
+    """Labels of the identities named in ``names_file`` (e.g. the test fold's people, or the people of LFW).
+    A name matches an identity folder of that name in any data folder, or one namespaced ``folder/name``."""
     try:
         names = {line.strip() for line in open(names_file, encoding="utf-8") if line.strip()}
     except OSError as exc:
         raise DataError(f"cannot read the identities to exclude: {exc}") from None
-    return np.flatnonzero(np.isin(np.asarray(classes), sorted(names)))
+    return np.array([i for i, c in enumerate(classes) if c in names or c.rsplit("/", 1)[-1] in names], np.int64)
+
+
+@dataclass
+class TeacherFeed:
+    """What a teacher needs from the loader: ``targets`` (cached embeddings, one row per image of the
+    source, and of the unlabelled source) or ``clean_views`` (the views without their occluders, for a
+    teacher that embeds them in the step)."""
+
+    targets: np.ndarray | None = None
+    unlabelled_targets: np.ndarray | None = None
+    clean_views: bool = False
 
 
 class StepBatches(Dataset):
-    """Item ``step`` is that step's batch: (uint8 images, int64 labels of the whole global batch).
+    """Item ``step`` is that step's batch: (uint8 images, int64 labels of the whole global batch, teacher
+    input): P x K labelled faces, then ``unlabelled_count`` photos of ``unlabelled`` (label -1). The teacher
+    input is the cached teacher embeddings of the whole global batch, or this share's views without
+    occluders, or an empty tensor (see ``TeacherFeed``).
 
     With ``shard=(rank, world_size)`` (data-parallel training) the images are only this rank's
     consecutive share of the global batch: each process decodes and augments its own faces, W times
@@ -158,11 +257,14 @@ class StepBatches(Dataset):
     all-gathered embeddings.
     """
 
-    def __init__(self, source, sampler: PKSampler, augment: Augmentation, seed: int, shard: tuple[int, int] = (0, 1)):
+    def __init__(self, source, sampler: PKSampler, augment: Augmentation, seed: int, shard: tuple[int, int] = (0, 1),
+                 unlabelled=None, unlabelled_count: int = 0, teacher: TeacherFeed | None = None):
         if len(sampler) == 0:
             raise DataError("the training set is too small for one P x K batch")
         self.source, self.sampler, self.augment, self.seed = source, sampler, augment, seed
         self.rank, self.world_size = shard
+        self.unlabelled, self.unlabelled_count = unlabelled, unlabelled_count if unlabelled is not None else 0
+        self.teacher = teacher or TeacherFeed()
 
     def __len__(self) -> int:  # steps are unbounded; the loop decides when to stop
         return 2**62
@@ -171,14 +273,35 @@ class StepBatches(Dataset):
         epoch, i = divmod(step, len(self.sampler))
         return self.sampler.batch(epoch, i)
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = self.indices(step)
-        per_rank = len(indices) // self.world_size
+    def unlabelled_indices(self, step: int) -> np.ndarray:
+        if not self.unlabelled_count:
+            return np.empty(0, np.int64)
+        rng = np.random.default_rng([self.seed, step, 13])
+        n = len(self.unlabelled)
+        return rng.choice(n, self.unlabelled_count, replace=n < self.unlabelled_count)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        labelled, extra = self.indices(step), self.unlabelled_indices(step)
+        batch = [(self.source, i) for i in labelled] + [(self.unlabelled, i) for i in extra]
+        per_rank = len(batch) // self.world_size
         mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
-        crops = [self.augment(self.source.image(indices[pos]), np.random.default_rng([self.seed, step, pos]))
+        views = [self.augment.views(batch[pos][0].image(batch[pos][1]), np.random.default_rng([self.seed, step, pos]))
                  for pos in mine]
-        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-        return images, torch.as_tensor(self.source.labels[indices], dtype=torch.int64)
+        images = _tensor([v[0] for v in views])
+        labels = np.concatenate([self.source.labels[labelled], np.full(len(extra), -1)])
+        feed = self.teacher
+        if feed.targets is not None:
+            rows = [feed.targets[labelled]] + ([feed.unlabelled_targets[extra]] if len(extra) else [])
+            teacher = torch.from_numpy(np.concatenate(rows).astype(np.float32))
+        elif feed.clean_views:
+            teacher = _tensor([v[1] for v in views])
+        else:
+            teacher = torch.empty(0)
+        return images, torch.as_tensor(labels, dtype=torch.int64), teacher
+
+
+def _tensor(crops: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 
 def loader_workers(requested: int) -> int:
@@ -202,19 +325,23 @@ def step_loader(batches: StepBatches, steps: range, workers: int, pin_memory: bo
 
 
 def batch_augmentation(config) -> BatchAugmentation | None:
-    """The on-device augmentation when ``config.augment_on == "device"``, else None."""
+    """The on-device augmentation when ``config.augment_on == "device"``, else None. Landmark-placed
+    occluders are drawn by the workers (OpenCV) in both cases; the device only draws the flat band."""
     if config.augment_on != "device":
         return None
+    band = config.augment_occlusion if training_landmarks(config) is None else 0.0
     return BatchAugmentation(crop=config.augment_crop, flip=config.augment_flip, colour=config.augment_colour,
-                             occlusion=config.augment_occlusion)
+                             occlusion=band)
 
 
 def face_augmentation(config) -> Augmentation:
-    """What the loader's workers do to each face: everything, or only the crop when the device augments."""
+    """What the loader's workers do to each face: everything, or only the crop (and landmark-placed
+    occluders) when the device augments."""
     on_workers = config.augment_on == "workers"
+    landmarks = training_landmarks(config) if config.augment_occlusion > 0 else None
     return Augmentation(config.image_size, crop=config.augment_crop and on_workers,
                         flip=config.augment_flip and on_workers, colour=config.augment_colour if on_workers else 0.0,
-                        occlusion=config.augment_occlusion if on_workers else 0.0)
+                        occlusion=config.augment_occlusion if on_workers or landmarks else 0.0, landmarks=landmarks)
 
 
 def augment_seed(seed: int, step: int) -> int:
@@ -234,7 +361,7 @@ def measure_loader(config, device: torch.device, steps: int = 20, warmup: int = 
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        images, _ = next(loader)
+        images, _, _ = next(loader)
         images = images.to(device, non_blocking=True)
         if augment is not None:
             images = augment(images, augment_seed(config.seed, step))

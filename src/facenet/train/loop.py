@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -23,20 +24,23 @@ from facenet.data.sampler import PKSampler
 from facenet.errors import TrainingError
 from facenet.fileio import atomic_write
 from facenet.losses import FaceLoss, triplet_loss
+from facenet.losses.distill import distillation_loss
 from facenet.models import EmbeddingModel, create_model, l2_normalize
 from facenet.models.modelfile import ModelInfo, load_model_file, model_info_for, read_model_info, save_model
 from facenet.seeding import seed_everything
 from facenet.train import distributed
 from facenet.train.checkpoint import load_checkpoint, save_checkpoint
 from facenet.train.config import TrainConfig
-from facenet.train.data import (StepBatches, augment_seed, batch_augmentation, build_sources, face_augmentation,
-                                 held_out_pairs, loader_workers, step_loader)
+from facenet.train.data import (StepBatches, TeacherFeed, augment_seed, batch_augmentation, build_sources,
+                                 build_unlabelled, data_recipe, data_summary, face_augmentation, held_out_pairs,
+                                 loader_workers, step_loader)
 from facenet.train.offline import OfflineTriplets
 from facenet.train.validate import verification
 from facenet.train.precision import autocast, grad_scaler, resolve_precision
 
-METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "active_fraction",
-                  "num_triplets", "d_ap", "d_an", "lr", "images_per_s", "val_accuracy", "val_threshold"]
+METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "distill_agreement",
+                  "distill_relations", "active_fraction", "num_triplets", "d_ap", "d_an", "lr", "images_per_s",
+                  "val_accuracy", "val_threshold"]
 MODEL_NAME = "model.safetensors"
 
 
@@ -75,11 +79,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     if config.batch_size % ctx.world_size:
         raise TrainingError(f"the batch of {config.batch_size} faces does not split evenly over "
                             f"{ctx.world_size} processes")
+    summary = data_summary(config)
     if ctx.is_main:
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config.to_json()))
+        atomic_write(run_dir / "data.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
 
     seed_everything(config.seed)
     train_source, held_source = build_sources(config)
+    unlabelled = build_unlabelled(config)
     trainer = TrainingStep.build(config, ctx, train_source.num_identities)
     model, loss_fn, optimizer, scaler = trainer.model, trainer.loss_fn, trainer.optimizer, trainer.scaler
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
@@ -104,9 +111,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
         distributed.broadcast_parameters(model, ctx)
 
     sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
-                        seed=config.seed)
-    batches = StepBatches(train_source, sampler, face_augmentation(config), config.seed,
-                          shard=(ctx.rank, ctx.world_size))
+                        seed=config.seed, weights=train_source.identity_weights)
+    augment = face_augmentation(config)
+    batches = StepBatches(train_source, sampler, augment, config.seed, shard=(ctx.rank, ctx.world_size),
+                          unlabelled=unlabelled, unlabelled_count=config.unlabelled_batch_size,
+                          teacher=_teacher_feed(trainer, train_source, unlabelled, augment, progress and ctx.is_main))
     offline = None
     if config.offline_every:
         if ctx.distributed:
@@ -137,14 +146,16 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     last_check = None
     tick, ticked_at = time.perf_counter(), start
     for step in range(start, config.steps):
+        teacher_input = None
         if offline is None:
-            images, labels = next(loader)
+            images, labels, teacher_input = next(loader)
         else:
             images, labels, triplets = offline.batch(step, model)
         if offline is not None and not len(triplets[0]):  # the pool had no informative triplet left
             loss, stats, prelogits = torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
         else:
-            loss, stats, prelogits = trainer(images, labels, step, triplets if offline is not None else None)
+            loss, stats, prelogits = trainer(images, labels, step, triplets if offline is not None else None,
+                                             teacher_input)
         schedule.step()
         collapsed = (collapsed + 1) * _is_collapsed(prelogits) if prelogits is not None else collapsed * 0
 
@@ -196,7 +207,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     threshold = last_check[1] if last_check else None
     model_path = run_dir / MODEL_NAME
     if ctx.is_main:
-        _save_final(model, config, train_source, model_path, last_check, final_accuracy)
+        _save_final(model, config, train_source, summary, model_path, last_check, final_accuracy)
     return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
 
 
@@ -227,6 +238,8 @@ class TrainingStep:
     scaler: torch.amp.GradScaler
     precision: str
     generator: torch.Generator
+    teacher_mode: str | None = None  # online | cached | None (no teacher)
+    teacher: "OnlineTeacher | None" = None
 
     @classmethod
     def build(cls, config: TrainConfig, ctx: distributed.Context, num_classes: int) -> "TrainingStep":
@@ -242,17 +255,25 @@ class TrainingStep:
                            generator=generator).to(ctx.device)
         optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()), ctx.device)
         precision = resolve_precision(config.precision, ctx.device)
-        return cls(config, ctx, model, loss_fn, optimizer, grad_scaler(precision, ctx.device), precision, generator)
+        mode, teacher = None, None
+        if config.teacher:
+            from facenet.train.teacher import OnlineTeacher, resolve_mode, teacher_path
+
+            mode = resolve_mode(config.teacher, config.teacher_mode, ctx.device)
+            teacher = OnlineTeacher(teacher_path(config.teacher), ctx.device) if mode == "online" else None
+        return cls(config, ctx, model, loss_fn, optimizer, grad_scaler(precision, ctx.device), precision, generator,
+                   mode, teacher)
 
     def __post_init__(self):
         # compiling the bound method leaves the module (and so its state dict and checkpoints) as it is
         self.embed = torch.compile(self.model.prelogits) if self.config.compile else self.model.prelogits
         self.augment = batch_augmentation(self.config)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, triplets=None):
-        """(loss, stats, prelogits) of step ``step``: ``labels`` are the whole global batch's, ``images``
-        (uint8 N,3,S,S) this rank's share of it or the whole batch; with ``triplets`` (offline mining)
-        the loss is on those, else the loss function mines its own."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, triplets=None, teacher_input=None):
+        """(loss, stats, prelogits) of step ``step``: ``labels`` are the whole global batch's (-1: an
+        unlabelled photo), ``images`` (uint8 N,3,S,S) this rank's share of it or the whole batch; with
+        ``triplets`` (offline mining) the loss is on those, else the loss function mines its own.
+        ``teacher_input`` is what the loader made for the teacher (``facenet.train.data.TeacherFeed``)."""
         config, ctx = self.config, self.ctx
         self.model.train()
         if config.init:
@@ -262,24 +283,50 @@ class TrainingStep:
         per_rank = len(labels) // ctx.world_size  # the loader hands each rank its share (StepBatches' shard)
         if len(images) != per_rank:  # a whole global batch (one process, offline mining, the benchmark)
             images = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
-        local = images.to(ctx.device, non_blocking=True)
-        if self.augment is not None:
-            local = self.augment(local, augment_seed(config.seed, step), ctx.rank * per_rank, len(labels))
+        local = self._augmented(images, step, per_rank, len(labels))
         x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, ctx.device):  # the network only: losses and mining stay float32
             prelogits = distributed.gather_with_grad(self.embed(x).float(), ctx)
-        if triplets is None:
-            loss, stats = self.loss_fn(prelogits, labels.to(ctx.device, non_blocking=True))
-        else:
+        labels = labels.to(ctx.device, non_blocking=True)
+        if triplets is not None:
             loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
                                         margin=config.margin)
             stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
+        elif config.loss == "none":
+            loss, stats = prelogits.sum() * 0, {}
+        else:
+            known = labels >= 0  # unlabelled photos only meet the teacher
+            loss, stats = (self.loss_fn(prelogits, labels) if len(labels) == config.labelled_batch_size
+                           else self.loss_fn(prelogits[known], labels[known]))
+        if self.teacher_mode is not None:
+            distill, distill_stats = distillation_loss(l2_normalize(prelogits),
+                                                       self._teacher_embeddings(local, teacher_input, step, per_rank,
+                                                                                len(labels)))
+            loss = loss + config.distill_weight * distill
+            stats.update(distill_stats)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         distributed.average_gradients(self.model, ctx)  # before unscaling, so every rank sees the same inf/NaN
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss, stats, prelogits
+
+    def _augmented(self, images: torch.Tensor, step: int, per_rank: int, total: int) -> torch.Tensor:
+        """This rank's images on the device, after the on-device augmentation when the run has one."""
+        local = images.to(self.ctx.device, non_blocking=True)
+        if self.augment is None:
+            return local
+        return self.augment(local, augment_seed(self.config.seed, step), self.ctx.rank * per_rank, total)
+
+    def _teacher_embeddings(self, local: torch.Tensor, teacher_input, step: int, per_rank: int,
+                            total: int) -> torch.Tensor:
+        """The teacher's unit embeddings of the whole global batch: cached rows from the loader, or the
+        online teacher on this rank's views (those without occluders when the loader made them), gathered."""
+        if self.teacher_mode == "cached":
+            return teacher_input.to(self.ctx.device, non_blocking=True)
+        views = local if teacher_input is None or not teacher_input.numel() else \
+            self._augmented(teacher_input, step, per_rank, total)  # same seed: the same jitter, flip and colour
+        return distributed.gather_with_grad(self.teacher(views), self.ctx)
 
 
 def _optimizer(config: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
@@ -338,25 +385,45 @@ def _load_init(model, config: TrainConfig) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _recipe(config: TrainConfig) -> dict:
-    """How the training crops were made (``recipe.json`` of an aligned folder), else the --init model's."""
-    from facenet.align.dataset import read_recipe
+def _teacher_feed(trainer: TrainingStep, source, unlabelled, augment, progress: bool) -> TeacherFeed | None:
+    """What the loader hands the teacher: cached embeddings of every training photo (made now, or read from
+    the teacher's cache), or the views without occluders for an online teacher when occluders are drawn."""
+    config = trainer.config
+    if trainer.teacher_mode == "cached":
+        from facenet.train.teacher import cached_targets
 
-    recipe = read_recipe(config.data) if config.data else None
+        if getattr(source, "path", None) is None:
+            raise TrainingError("a cached teacher embeds the training photos' files; synthetic faces have none "
+                                "(use --teacher-mode online with a model file)")
+        targets = cached_targets(config.teacher, [source.path(i) for i in range(len(source))], progress)
+        extra = (cached_targets(config.teacher, [unlabelled.path(i) for i in range(len(unlabelled))], progress)
+                 if unlabelled is not None else None)
+        return TeacherFeed(targets=targets, unlabelled_targets=extra)
+    if trainer.teacher_mode == "online" and augment.landmarks is not None and augment.occlusion > 0:
+        return TeacherFeed(clean_views=True)
+    return None
+
+
+def _recipe(config: TrainConfig) -> dict:
+    """How the training crops were made (``recipe.json`` of the aligned folders), else the --init model's."""
+    recipe = data_recipe(config)
     if recipe is not None:
         return {k: v for k, v in recipe.items() if k != "size"}
     return read_model_info(config.init).recipe if config.init else {}
 
 
-def _save_final(model, config: TrainConfig, source, path: Path, check, accuracy) -> ModelInfo:
+def _save_final(model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy) -> ModelInfo:
     """The final model file, with the last held-out check's thresholds (verification and FAR table)."""
     clean = create_model(config.arch, embedding_size=config.embedding_size)
     clean.load_state_dict(model.state_dict())
     clean.input_size = config.image_size
-    provenance = {"trained_by": "facenet train", "data": config.data or "synthetic",
-                  "identities": int(source.num_identities), "images": int(len(source)), "steps": config.steps,
+    provenance = {"trained_by": "facenet train", "data": ", ".join(config.data) if config.data else "synthetic",
+                  "identities": int(source.num_identities), "images": int(len(source)), "data_summary": summary,
+                  "steps": config.steps,
                   "seed": config.seed, "loss": config.loss, "miner": config.miner,
-                  "held_out_accuracy": accuracy, **({"init": config.init} if config.init else {})}
+                  "held_out_accuracy": accuracy, **({"init": config.init} if config.init else {}),
+                  **({"teacher": config.teacher, "distill_weight": config.distill_weight} if config.teacher else {}),
+                  **({"occlusion": config.augment_occlusion} if config.augment_occlusion else {})}
     info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance,
                           recipe=_recipe(config))
     if check is not None:
