@@ -73,6 +73,11 @@ class TrainConfig:
     synthetic_images_per_identity: int = 20
     collapse_patience: int = 20          # consecutive steps of collapsed embeddings before stopping
 
+    def __post_init__(self):
+        for name in ("data", "unlabelled"):  # one folder may be given as a plain path
+            if isinstance(getattr(self, name), (str, Path)):
+                setattr(self, name, [str(getattr(self, name))])
+
     def validate(self) -> "TrainConfig":
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
