@@ -37,8 +37,8 @@ OPTIONS = [
      "placed from the recipe's landmarks (the training looks, never the ones `facenet evaluate --occlude` draws), "
      "else a flat band over the eyes or the lower face"),
     ("--teacher", "teacher", str,
-     "knowledge distillation from dlib (the converted dlib network), dlib-cpp (dlib's own C++ pipeline), a model "
-     "file or an ONNX file; with --occlusion an online teacher embeds each view before its occluder is drawn"),
+     "knowledge distillation from default (the installed default model), dlib (the converted dlib network), dlib-cpp "
+     "(dlib's own C++ pipeline), a model file or an ONNX file; with --occlusion an online teacher embeds each view before its occluder is drawn"),
     ("--teacher-mode", "teacher_mode", str,
      f"one of {', '.join(TEACHER_MODES)}: online = the teacher (a model file) embeds every augmented view in the "
      "step; cached = each photo once, kept in the cache folder for later runs; auto = online on a GPU"),
@@ -67,6 +67,10 @@ OPTIONS = [
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {field: getattr(args, field) for _, field, _, _ in OPTIONS if getattr(args, field) is not None}
+    if args.init == "default":  # the installed default model, by its file
+        from facenet.embedder import ensure_default_model
+
+        args.init = str(ensure_default_model())
     if args.resume:
         return _resumed_config(args, values)
     if args.init:  # fine-tuning: the model file decides what it is, unless told otherwise
@@ -171,7 +175,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the final model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--init", metavar="MODEL", default=None,
-                   help="fine-tune: start from this model file's weights (its architecture, embedding size, "
+                   help="fine-tune: start from this model file's weights ('default': the installed default model; "
+                        "its architecture, embedding size, "
                         "input size, standardisation and recipe become the run's; its BatchNorm statistics stay "
                         "fixed), e.g. the installed default model")
     p.add_argument("--loader-only", action="store_true",

@@ -31,10 +31,14 @@ CHUNK = 256  # photos embedded and committed to the cache at a time
 
 
 def teacher_path(spec: str) -> Path | None:
-    """The model file a teacher name stands for (``dlib``: the converted dlib network, installed on
-    first use), or None for ``dlib-cpp``."""
+    """The model file a teacher name stands for (``default``: the installed default model; ``dlib``: the
+    converted dlib network, made on first use), or None for ``dlib-cpp``."""
     if spec == "dlib-cpp":
         return None
+    if spec == "default":
+        from facenet.embedder import ensure_default_model
+
+        return ensure_default_model()
     if spec == "dlib":
         from facenet.models.pretrained import install_default_model
         from facenet.paths import models_dir
@@ -42,7 +46,7 @@ def teacher_path(spec: str) -> Path | None:
         return install_default_model(models_dir() / "dlib_resnet.safetensors", replace=True)
     path = Path(spec)
     if not path.is_file():
-        raise TrainingError(f"teacher {spec!r} is neither dlib, dlib-cpp nor a model file that exists")
+        raise TrainingError(f"teacher {spec!r} is neither default, dlib, dlib-cpp nor a model file that exists")
     return path
 
 
