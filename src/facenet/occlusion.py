@@ -268,8 +268,12 @@ class OccludingEmbedder:
             return pixels
         return occlude(pixels, faces[0].landmarks, self.kind, seed, self.variant)
 
+    def seed_for(self, image, position: int) -> int:
+        """A photo named by its path gets the same occluder whatever batch it comes in."""
+        if isinstance(image, str) or hasattr(image, "__fspath__"):
+            return zlib.crc32(f"{self.seed}:{image}".encode())
+        return self.seed + position
+
     def embed(self, images, batch_size: int = 32) -> np.ndarray:
-        # a photo named by its path gets the same occluder whatever batch it comes in
-        seeds = [zlib.crc32(f"{self.seed}:{image}".encode()) if isinstance(image, str) or hasattr(image, "__fspath__")
-                 else self.seed + i for i, image in enumerate(images)]
-        return self.embedder.embed([self.occluded(im, s) for im, s in zip(images, seeds)], batch_size=batch_size)
+        return self.embedder.embed([self.occluded(im, self.seed_for(im, i)) for i, im in enumerate(images)],
+                                   batch_size=batch_size)
