@@ -89,13 +89,13 @@ def main(argv=None) -> int:
                          "std": float(m.accuracy.std()), "val_at_1e-3": float(m.val.mean()), "auc": m.roc.auc})
             print(f"{kind:11s} {name}: {rows[-1]['accuracy']:.4f} +- {rows[-1]['std']:.4f}  VAL@1e-3 "
                   f"{rows[-1]['val_at_1e-3']:.4f}  ({len(scored)} pairs)", file=sys.stderr)
+        if args.json:  # after every occluder: a long run stopped early keeps what it measured
+            args.json.write_text(json.dumps({"side": args.side, "rows": rows}, indent=2))
     print(f"\nLFW View 2, occluder on {'both photos' if args.side == 'both' else 'the second photo'} of each pair\n")
     print("| occluder | " + " | ".join(args.model) + " |\n|---|" + "---|" * len(args.model))
     for kind in ["none"] + list(args.kinds):
         cells = [next(r for r in rows if r["occluder"] == kind and r["model"] == m) for m in args.model]
         print(f"| {kind} | " + " | ".join(f"{c['accuracy']:.4f} (VAL {c['val_at_1e-3']:.3f})" for c in cells) + " |")
-    if args.json:
-        args.json.write_text(json.dumps({"side": args.side, "rows": rows}, indent=2))
     return 0
 
 
