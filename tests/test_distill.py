@@ -79,6 +79,9 @@ def test_excluded_names_match_across_sources(two_sources, tmp_path):
     config = tiny_config(tmp_path / "run", data=[str(p) for p in two_sources], holdout_identities=0.0,
                          exclude_identities=str(names))
     source, _ = build_sources(config)
+    from facenet.train.data import data_summary
+
+    assert data_summary(config)["excluded"]["people"] == 2 and data_summary(config)["excluded"]["images"] == 4 + 3
     classes = source.dataset.classes
     kept = {classes[i] for i in np.unique(source.dataset.labels[source.indices])}
     assert "alpha/bob" not in kept and "beta/bob" not in kept and len(kept) == 8

@@ -159,8 +159,12 @@ def data_summary(config) -> dict:
                 "images_per_identity": config.synthetic_images_per_identity}
     from facenet.data.folder import FolderDataset, ImageFiles
 
-    summary = FolderDataset(config.data, min_images=config.min_images_per_identity,
-                            merge_names=config.merge_names).summary()
+    dataset = FolderDataset(config.data, min_images=config.min_images_per_identity, merge_names=config.merge_names)
+    summary = dataset.summary()
+    if config.exclude_identities:
+        excluded = _identity_labels(dataset.classes, config.exclude_identities)
+        summary["excluded"] = {"file": str(config.exclude_identities), "people": len(excluded),
+                               "images": int(dataset.images_per_class[excluded].sum())}
     if config.unlabelled:
         summary["unlabelled"] = [{"folder": str(f), "images": len(ImageFiles([f]))} for f in config.unlabelled]
     return summary
