@@ -27,17 +27,33 @@ from facenet.embedder import load_embedder
 from facenet.errors import FaceNetError
 from facenet.evaluate.metrics import kfold_metrics
 from facenet.evaluate.pairs import read_pairs
+from facenet.fileio import atomic_write
 from facenet.occlusion import KINDS, OccludingEmbedder
 
 
-def cut(cutter, images: list, describe) -> dict:
-    """{key: crop} for every image whose face the pipeline finds (no face: left out, as evaluate drops it)."""
+def cut(cutter, images, store: Path | None, tag: str) -> dict:
+    """{path: crop} for every photo whose face the pipeline finds (no face: left out, as evaluate drops it).
+    ``images`` yields (path, image); with ``store`` the crops are kept in ``store.<tag>.npz`` (owner-only:
+    faces) and read back by later runs with the same recipe, so other models cost only their embedding."""
+    saved = store.with_name(f"{store.name}.{tag}.npz") if store else None
+    key = json.dumps([cutter.info.recipe, cutter.info.input_size, tag], sort_keys=True)
+    if saved and saved.is_file():
+        with np.load(saved) as data:
+            if str(data["key"]) == key:
+                return {Path(p): c for p, c in zip(data["paths"], data["crops"])}
     crops = {}
-    for key, image in images:
+    for path, image in images:
         try:
-            crops[key] = cutter.find_faces(image, source=describe(key)).faces[0].image
+            crops[path] = cutter.find_faces(image, source=str(path)).faces[0].image
         except FaceNetError:
             pass
+    if saved:
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, key=np.array(key), paths=np.array([str(p) for p in crops]),
+                         crops=np.stack(list(crops.values())))
+
+        atomic_write(saved, write)
     return crops
 
 
@@ -46,13 +62,18 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=Path, default=Path("../shared/data/lfw/pairs.txt"))
     parser.add_argument("--images", type=Path, default=Path("../shared/data/lfw/images"))
     parser.add_argument("--model", action="append", required=True, help="model file or 'default' (repeatable)")
+    parser.add_argument("--clean-model", action="append", default=[],
+                        help="a model measured on the unoccluded pairs only (the 'none' row; repeatable)")
     parser.add_argument("--kinds", nargs="*", choices=KINDS, default=list(KINDS))
     parser.add_argument("--side", choices=("one", "both"), default="one")
     parser.add_argument("--folds", type=int, default=None, help="use only the first N folds (quick looks)")
+    parser.add_argument("--crops", type=Path, default=None,
+                        help="keep the cut crops in CROPS.<occluder>.npz for later runs (other models then cost only "
+                             "their embedding)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    models = {m: load_embedder(None if m == "default" else m, detect=False) for m in args.model}
+    models = {m: load_embedder(None if m == "default" else m, detect=False) for m in args.model + args.clean_model}
     first = next(iter(models.values()))
     for name, m in models.items():
         if (m.info.recipe, m.info.input_size) != (first.info.recipe, first.info.input_size):
@@ -65,7 +86,7 @@ def main(argv=None) -> int:
         pairs = [p for p in pairs if p.fold < args.folds]
     photos = sorted({q for p in pairs for q in (p.path1, p.path2)})
     start = time.perf_counter()
-    clean = cut(cutter, [(p, str(p)) for p in photos], str)
+    clean = cut(cutter, ((p, str(p)) for p in photos), args.crops, "none")
     print(f"clean crops: {len(clean)}/{len(photos)} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     clean_emb = {name: dict(zip(clean, m.embed_crops(list(clean.values())))) for name, m in models.items()}
     rows = []
@@ -76,11 +97,12 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             occluding = OccludingEmbedder(cutter, kind)
             targets = sorted({p.path2 for p in pairs} | ({p.path1 for p in pairs} if args.side == "both" else set()))
-            drawn = cut(cutter, [(p, occluding.occluded(str(p), occluding.seed_for(str(p), 0))) for p in targets], str)
+            drawn = cut(cutter, ((p, occluding.occluded(str(p), occluding.seed_for(str(p), 0))) for p in targets),
+                        args.crops, f"{kind}-{args.side}")
             print(f"{kind}: {len(drawn)}/{len(targets)} occluded faces found in {time.perf_counter() - start:.0f} s"
                   f" ({occluding.unplaced} photos without landmarks stay clean)", file=sys.stderr)
-            seconds = {name: dict(zip(drawn, m.embed_crops(list(drawn.values())))) for name, m in models.items()}
-        for name in models:
+            seconds = {name: dict(zip(drawn, models[name].embed_crops(list(drawn.values())))) for name in args.model}
+        for name in models if kind == "none" else args.model:
             lefts = seconds[name] if args.side == "both" and kind != "none" else clean_emb[name]
             scored = [p for p in pairs if p.path1 in lefts and p.path2 in seconds[name]]
             m = kfold_metrics(np.stack([lefts[p.path1] for p in scored]), np.stack([seconds[name][p.path2] for p in scored]),
@@ -92,10 +114,11 @@ def main(argv=None) -> int:
         if args.json:  # after every occluder: a long run stopped early keeps what it measured
             args.json.write_text(json.dumps({"side": args.side, "rows": rows}, indent=2))
     print(f"\nLFW View 2, occluder on {'both photos' if args.side == 'both' else 'the second photo'} of each pair\n")
-    print("| occluder | " + " | ".join(args.model) + " |\n|---|" + "---|" * len(args.model))
+    print("| occluder | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
     for kind in ["none"] + list(args.kinds):
-        cells = [next(r for r in rows if r["occluder"] == kind and r["model"] == m) for m in args.model]
-        print(f"| {kind} | " + " | ".join(f"{c['accuracy']:.4f} (VAL {c['val_at_1e-3']:.3f})" for c in cells) + " |")
+        cells = [next((r for r in rows if r["occluder"] == kind and r["model"] == m), None) for m in models]
+        print(f"| {kind} | " + " | ".join(f"{c['accuracy']:.4f} (VAL {c['val_at_1e-3']:.3f})" if c else "-"
+                                         for c in cells) + " |")
     return 0
 
 
