@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facenet.commands.core import add_batch_options, add_model_options, embedder_from_args, expand_image_paths
 from facenet.errors import GalleryError
+from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location
 
 EXIT_UNIDENTIFIED = 1
@@ -51,17 +52,18 @@ def run_enroll(args: argparse.Namespace) -> int:
     if status:  # nothing usable, or --strict with photos skipped: enrol nothing
         print(f"facenet gallery enroll: nothing enrolled for {args.name}", file=sys.stderr)
         return status
-    with _open(args, embedder.name, embedder.embedding_size, storage=args.storage) as g:
+    with _open(args, embedder.name, embedder.embedding_size, storage=args.storage, policy=args.policy) as g:
         g.enroll_many([Record(args.name, emb, [Path(r.path).name for r in rows])], merge=args.add)
         person = next(p for p in g.people() if p.name == args.name.strip())
-    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location}")
+    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location} "
+          f"(people scored by policy {g.policy})")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         people = g.people()
-        print(f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, "
+        print(f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, policy {g.policy}, "
               f"{len(people)} people, {sum(p.faces for p in people)} faces")
         for person in people:
             print(f"{person.name}\t{person.faces}")
@@ -130,6 +132,10 @@ def register(sub) -> None:
     v.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (or folders) of this person, one face each")
     v.add_argument("--storage", choices=("float32", "int8"), default="float32",
                    help="how a new gallery stores embeddings: float32, or int8 (1 byte per dimension)")
+    v.add_argument("--policy", metavar="POLICY",
+                   help=f"how a new gallery scores a person with several photos: {CHOICES} (default: "
+                        f"{DEFAULT_POLICY}; see the README). Recorded in the gallery: an existing gallery keeps its "
+                        "own, and asking it for another is an error")
     v.add_argument("--add", action="store_true", help="add the photos to a person already enrolled under NAME")
     v.add_argument("--gallery", help=gallery_help)
     add_batch_options(v, "none; skipped photos are printed")

@@ -113,13 +113,13 @@ def check_count(files: list, low: int, high: int, what: str) -> None:
 
 
 def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None = None,
-               limits: Limits = Limits()) -> FastAPI:
+               limits: Limits = Limits(), policy: str | None = None) -> FastAPI:
     """The service over ``embedder`` (loaded) and the gallery at ``gallery`` (a file path or a PostgreSQL
-    URL; created if absent).
+    URL; created if absent, scoring people by ``policy``, see ``facenet.gallery.policy``).
 
     ``api_key`` guards enrol and remove; ``None`` disables them (401 with how to set a key).
     """
-    engine = Engine(embedder, str(gallery), limits)
+    engine = Engine(embedder, str(gallery), limits, policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

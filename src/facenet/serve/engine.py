@@ -40,8 +40,8 @@ class Upload:
 class Engine:
     """The embedder and the gallery behind one worker thread (see the module docstring)."""
 
-    def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits):
-        self.embedder, self.gallery_location, self.limits = embedder, gallery_location, limits
+    def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits, policy: str | None = None):
+        self.embedder, self.gallery_location, self.limits, self.policy = embedder, gallery_location, limits, policy
         self.gallery = None
         self.pending = 0
         self._executor: ThreadPoolExecutor | None = None
@@ -93,7 +93,8 @@ class Engine:
     def _open_gallery(self) -> None:
         from facenet.gallery import Gallery
 
-        gallery = Gallery.open(self.gallery_location, self.embedder.name, self.embedder.embedding_size)
+        gallery = Gallery.open(self.gallery_location, self.embedder.name, self.embedder.embedding_size,
+                               policy=self.policy)
         gallery.sync()  # every face in the index before the first request
         self.gallery = gallery
 
@@ -188,7 +189,7 @@ class Engine:
                 "trained_on": trained_on(info) if info else "see its own documentation"}
 
     def people(self) -> dict:
-        return {"model": self.gallery.model_id,
+        return {"model": self.gallery.model_id, "policy": self.gallery.policy,
                 "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()]}
 
     def remove(self, name: str) -> dict:
