@@ -16,9 +16,19 @@ def unit(rng, n, d=D):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def brute_identify(people: dict, q: np.ndarray, k: int):
-    """Independent reference: per-person min squared L2 over all faces, by NumPy."""
-    scores = sorted((float(((e - q) ** 2).sum(1).min()), name) for name, e in people.items())
+def brute_score(faces: np.ndarray, q: np.ndarray, policy: str = "nearest") -> float:
+    """Independent reference for one person's score, by NumPy: min squared L2 over all faces, the mean of the
+    K smallest, or the squared L2 to the normalised mean face."""
+    if policy == "template":
+        mean = faces.astype(np.float64).mean(0)
+        return float(((mean / np.linalg.norm(mean) - q) ** 2).sum())
+    d = np.sort(((faces - q) ** 2).sum(1))
+    return float(d[:1 if policy == "nearest" else int(policy.rsplit("-", 1)[1])].mean())
+
+
+def brute_identify(people: dict, q: np.ndarray, k: int, policy: str = "nearest"):
+    """Independent reference: the k best-scored people (see ``brute_score``) and their scores."""
+    scores = sorted((brute_score(e, q, policy), name) for name, e in people.items())
     return [name for _, name in scores[:k]], [d for d, _ in scores[:k]]
 
 
