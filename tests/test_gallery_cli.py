@@ -97,6 +97,22 @@ def test_enroll_refuses_an_enrolled_name_unless_add(photos, tmp_path, capsys):
         assert [(p.name, p.faces) for p in gallery.people()] == [("x", 2)]
 
 
+def test_enroll_several_photos_under_a_policy(photos, tmp_path, capsys):
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "Red", str(photos["r1"]), str(photos["r2"]), "--policy", "mean-of-2",
+                 "--gallery", str(g)]) == 0
+    assert "enrolled 2 photo(s) of Red (2 in total)" in capsys.readouterr().out
+    assert main(["gallery", "list", "--gallery", str(g)]) == 0
+    assert "policy mean-of-2" in capsys.readouterr().out
+    assert main(["identify", str(photos["r1"]), "--gallery", str(g)]) == 0
+    # r1 itself is at 0 and r2 at 0.0198: the mean of the two, where nearest would say 0.000
+    assert capsys.readouterr().out.strip() == f"{photos['r1']}: Red 0.010"
+    assert main(["gallery", "enroll", "Red", str(photos["r2"]), "--add", "--policy", "template", "--gallery", str(g)]) == 2
+    assert "scores people by policy 'mean-of-2'" in capsys.readouterr().err
+    assert main(["gallery", "enroll", "x", str(photos["r1"]), "--policy", "closest", "--gallery", str(tmp_path / "n.db")]) == 2
+    assert "choose one of: nearest, mean-of-K" in capsys.readouterr().err and not (tmp_path / "n.db").exists()
+
+
 def test_identify_skips_and_reports(photos, tmp_path, capsys):
     g = tmp_path / "g.db"
     assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g)]) == 0

@@ -106,3 +106,32 @@ def test_a_gallery_written_before_policies_reads_as_nearest(tmp_path):
         assert g.policy == "nearest"
         queries = noisy_copies(rng, np.concatenate(list(people.values())), 5)
         assert_matches(g, people, queries, 2)
+
+
+class StubModel:
+    """Stands in for a model in ``facenet.enroll``: each photo (a path) maps to a fixed unit row."""
+
+    name, embedding_size = "stub", D
+
+    def __init__(self, rows: dict):
+        self.rows = rows
+
+    def embed(self, photos, batch_size=32):
+        return np.stack([self.rows[str(p)] for p in photos])
+
+
+def test_python_api_enrols_several_photos_at_once(tmp_path):
+    import facenet
+
+    rng = np.random.default_rng(2)
+    rows = {str(tmp_path / f"ann{i}.jpg"): v for i, v in enumerate(unit(rng, 3))}
+    model, path = StubModel(rows), tmp_path / "g.db"
+    person = facenet.enroll("Ann", list(rows), gallery=path, model=model, policy="template")
+    assert (person.name, person.faces) == ("Ann", 3)
+    with Gallery.open(path, create=False) as g:
+        assert g.policy == "template"
+        assert [r.sources for r in g.records()] == [["ann0.jpg", "ann1.jpg", "ann2.jpg"]]
+        (match,), = g.identify(unit(rng, 1), k=1)
+    with pytest.raises(GalleryError, match="already in gallery"):
+        facenet.enroll("Ann", list(rows)[:1], gallery=path, model=model, merge=False)
+    assert match.name == "Ann"

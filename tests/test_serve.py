@@ -134,6 +134,21 @@ def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
     assert "Ann" not in [m["name"] for m in r.json()["matches"]]
 
 
+def test_enrol_several_photos_at_once_under_the_template_policy(embedder, tmp_path):
+    images = [photo(3, i) for i in range(3)]
+    with TestClient(create_app(embedder, tmp_path / "g.db", api_key=KEY, policy="template")) as c:
+        files = [("photos", part(img, f"d{i}.png")) for i, img in enumerate(images)]
+        r = c.post("/api/people", data={"name": "Di"}, files=files, headers=AUTH)
+        assert r.status_code == 201 and r.json()["faces"] == 3, r.text
+        assert c.post("/api/people", data={"name": "Ed"}, files={"photos": part(photo(4, 0))}, headers=AUTH).status_code == 201
+        people = c.get("/api/people").json()
+        assert people["policy"] == "template" and [p["faces"] for p in people["people"]] == [3, 1]
+        r = c.post("/api/identify", files={"photo": part(photo(3, 4))}, data={"threshold": "4"}).json()
+    mean = embedder.embed(images).astype(np.float64).mean(0)
+    expected = float(((mean / np.linalg.norm(mean) - embedder.embed([photo(3, 4)])[0]) ** 2).sum())
+    assert r["matches"][0]["name"] == "Di" and r["matches"][0]["distance"] == pytest.approx(expected, abs=1e-5)
+
+
 def test_cluster_matches_direct_clustering(client, embedder):
     images = [photo(i, j) for i in range(3) for j in range(3)]
     emb = embedder.embed(images)
