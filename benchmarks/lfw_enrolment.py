@@ -13,9 +13,10 @@ Metrics per (photos enrolled, policy, probes):
 * rank-1: share of known probes whose top person is right (closed set, no threshold);
 * DIR@FAR=1%: the threshold that accepts 1% of the unknown probes (their top person's score), and the
   share of known probes whose top person is right AND within it (detection and identification rate);
-* FAR at the threshold ``facenet identify`` uses by default (the model's open-set threshold for this
-  many people, from its FAR table; the verification threshold for a model without one, e.g. dlib),
-  and at the same table's threshold for as many comparisons as there are enrolled faces.
+* FAR at the model's open-set thresholds (from its FAR table, for a wanted FAR of 1%; the verification
+  threshold for a model without one, e.g. dlib) for as many comparisons as there are enrolled people,
+  and as there are enrolled faces; ``identify_counts`` says which of the two ``facenet identify`` uses
+  under the policy (``Gallery.comparisons``).
 
 Every photo is embedded once: clean embeddings in ``--cache DIR/<model>.npz``, masked ones in
 ``<model>.mask.npz``. Photos where no face is found are embedded from a centred crop (as
@@ -75,14 +76,16 @@ class NoFaceLog:
         return np.stack(rows)
 
 
-def embed_counted(embedder, paths: list[Path], cache: Path, batch_size: int) -> tuple[dict, int]:
-    """({path: embedding}, photos among ``paths`` where no face was found), embedding only what the cache lacks."""
+def embed_counted(embedder, paths: list[Path], cache: Path, batch_size: int) -> tuple[dict, dict]:
+    """({path: embedding} for ``paths``, counts of photos embedded and where no face was found), embedding only
+    what the cache lacks."""
     log = cache.with_suffix(".noface.txt")
     emb, failed = embed_paths(NoFaceLog(embedder, log), paths, "none", batch_size, True, cache)
     if failed:  # the centre fallback always yields a crop; a photo that cannot even be read lands here
         print(f"{len(failed)} photos could not be embedded and are left out", file=sys.stderr)
     no_face = set(log.read_text().splitlines()) if log.exists() else set()
-    return emb, sum(str(p) in no_face for p in paths)
+    emb = {p: emb[p] for p in paths if p in emb}  # the cache may hold other photos too
+    return emb, {"photos": len(emb), "no_face": sum(str(p) in no_face for p in emb)}
 
 
 def load_embedders(args):
@@ -123,13 +126,15 @@ def evaluate(embedder, names, enrol_emb, probes: np.ndarray, truth: np.ndarray, 
             Gallery.open(Path(tmp) / "g.db", embedder.name, embedder.embedding_size, policy=policy) as gallery:
         gallery.enroll_many(records)
         matches = gallery.identify(probes, k=1)
+        comparisons = gallery.comparisons()
     index = {n: i for i, n in enumerate(names)}
     top_person = np.array([index[m[0].name] for m in matches])
     top_score = np.array([m[0].distance for m in matches])
     faces = sum(len(r.embeddings) for r in records)
-    thresholds = {"identify_threshold": identification_threshold(embedder, len(names)),
+    thresholds = {"people_threshold": identification_threshold(embedder, len(names)),
                   "faces_threshold": identification_threshold(embedder, faces)}
-    return {**rates(top_person, top_score, truth, thresholds), **thresholds}
+    return {**rates(top_person, top_score, truth, thresholds), **thresholds,
+            "identify_counts": "people" if comparisons == len(names) < faces else "faces"}
 
 
 def main(argv=None) -> int:
@@ -166,9 +171,9 @@ def run(args) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", embedder.name)
     known_probes = [p for ps in known.values() for p in ps[max(ENROLLED):]]
-    clean, clean_no_face = embed_counted(embedder, [p for ps in known.values() for p in ps] + unknown,
+    clean, clean_count = embed_counted(embedder, [p for ps in known.values() for p in ps] + unknown,
                                          args.cache / f"{stem}.npz", args.batch_size)
-    masked, masked_no_face = embed_counted(masking, known_probes + unknown, args.cache / f"{stem}.mask.npz",
+    masked, masked_count = embed_counted(masking, known_probes + unknown, args.cache / f"{stem}.mask.npz",
                                            args.batch_size)
 
     # a person takes part only when all five enrolment photos were embedded: the same people for 1, 3 and 5
@@ -176,8 +181,7 @@ def run(args) -> int:
     enrol_emb = [np.stack([clean[p] for p in known[n][:max(ENROLLED)]]) for n in names]
     result = {"model": embedder.name, "images_dir": str(args.images), "min_images": args.min_images,
               "limit_people": args.limit_people, "known_people": len(names),
-              "no_face": {"clean_photos": len(clean), "clean_no_face": clean_no_face,
-                          "masked_photos": len(masked), "masked_no_face": masked_no_face}, "rows": []}
+              "embedded": {"clean": clean_count, "masked": masked_count}, "rows": []}
     for probe_kind, emb in (("clean", clean), ("masked", masked)):
         queries = [(p, i) for i, n in enumerate(names) for p in known[n][max(ENROLLED):] if p in emb] + \
                   [(p, -1) for p in unknown if p in emb]
@@ -198,18 +202,21 @@ def run(args) -> int:
 
 
 def table(r: dict) -> str:
-    nf = r["no_face"]
+    clean, masked = r["embedded"]["clean"], r["embedded"]["masked"]
     lines = [f"{r['model']}: {r['known_people']} known people; clean probes {r['clean_probes']['known']} known + "
              f"{r['clean_probes']['unknown']} unknown, masked probes {r['masked_probes']['known']} + "
-             f"{r['masked_probes']['unknown']}; no face found (centre crop used) in {nf['clean_no_face']} of "
-             f"{nf['clean_photos']} clean and {nf['masked_no_face']} of {nf['masked_photos']} masked photos", "",
-             "| probes | enrolled | policy | rank-1 | DIR@FAR=1% (threshold) | FAR at identify's threshold | "
+             f"{r['masked_probes']['unknown']}; no face found (centre crop used) in {clean['no_face']} of "
+             f"{clean['photos']} clean and {masked['no_face']} of {masked['photos']} masked photos", "",
+             "| probes | enrolled | policy | rank-1 | DIR@FAR=1% (threshold) | FAR at the people-count threshold | "
              "FAR at the faces-count threshold |", "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
+        used = {row["identify_counts"]: "**"}  # bold: the threshold `facenet identify` uses under this policy
         lines.append(f"| {row['probes']} | {row['enrolled']} | {row['policy']} | {100 * row['rank1']:.2f}% | "
-                     f"{100 * row['dir']:.2f}% ({row['dir_threshold']:.4f}) | "
-                     f"{100 * row['far_at_identify_threshold']:.2f}% ({row['identify_threshold']:.4f}) | "
-                     f"{100 * row['far_at_faces_threshold']:.2f}% ({row['faces_threshold']:.4f}) |")
+                     f"{100 * row['dir']:.2f}% ({row['dir_threshold']:.4f}) | {used.get('people', '')}"
+                     f"{100 * row['far_at_people_threshold']:.2f}%{used.get('people', '')} "
+                     f"({row['people_threshold']:.4f}) | {used.get('faces', '')}"
+                     f"{100 * row['far_at_faces_threshold']:.2f}%{used.get('faces', '')} "
+                     f"({row['faces_threshold']:.4f}) |")
     return "\n".join(lines)
 
 

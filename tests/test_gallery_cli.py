@@ -107,10 +107,12 @@ def test_enroll_several_photos_under_a_policy(photos, tmp_path, capsys):
     assert main(["identify", str(photos["r1"]), "--gallery", str(g)]) == 0
     # r1 itself is at 0 and r2 at 0.0198: the mean of the two, where nearest would say 0.000
     assert capsys.readouterr().out.strip() == f"{photos['r1']}: Red 0.010"
-    assert main(["gallery", "enroll", "Red", str(photos["r2"]), "--add", "--policy", "template", "--gallery", str(g)]) == 2
+    more = ["gallery", "enroll", "Red", str(photos["r2"]), "--add", "--gallery", str(g)]
+    assert main([*more, "--policy", "template"]) == 2
     assert "scores people by policy 'mean-of-2'" in capsys.readouterr().err
-    assert main(["gallery", "enroll", "x", str(photos["r1"]), "--policy", "closest", "--gallery", str(tmp_path / "n.db")]) == 2
-    assert "choose one of: nearest, mean-of-K" in capsys.readouterr().err and not (tmp_path / "n.db").exists()
+    new = tmp_path / "n.db"
+    assert main(["gallery", "enroll", "x", str(photos["r1"]), "--policy", "closest", "--gallery", str(new)]) == 2
+    assert "choose one of: nearest, mean-of-K" in capsys.readouterr().err and not new.exists()
 
 
 def test_identify_skips_and_reports(photos, tmp_path, capsys):

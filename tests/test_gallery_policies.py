@@ -135,3 +135,11 @@ def test_python_api_enrols_several_photos_at_once(tmp_path):
     with pytest.raises(GalleryError, match="already in gallery"):
         facenet.enroll("Ann", list(rows)[:1], gallery=path, model=model, merge=False)
     assert match.name == "Ann"
+
+
+@pytest.mark.parametrize("policy, comparisons", [("nearest", 5), ("mean-of-2", 2), ("template", 5)])
+def test_open_set_threshold_counts_faces_or_people_as_the_policy_needs(tmp_path, policy, comparisons):
+    rng = np.random.default_rng(4)
+    with Gallery.open(tmp_path / "g.db", "m1", D, policy=policy) as g:
+        g.enroll_many([Record("a", unit(rng, 3), [""] * 3), Record("b", unit(rng, 2), [""] * 2)])
+        assert g.comparisons() == comparisons

@@ -103,7 +103,7 @@ def run_identify(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     with _open(args, embedder.name, embedder.embedding_size, create=False) as g:
         threshold = args.threshold if args.threshold is not None else \
-            identification_threshold(embedder, len(g.people()), args.far or DEFAULT_OPENSET_FAR)
+            identification_threshold(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
         print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
         rows, emb, report, report_path = _embed_collection(args, embedder, "identify")
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
@@ -174,7 +174,8 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
     p.add_argument("--far", type=float, default=None,
                    help="wanted chance that a stranger is taken for someone enrolled; sets the threshold from the "
-                        "model's FAR calibration and the number of people enrolled (default 1e-2)")
+                        "model's FAR calibration and the gallery's size (people, or faces, as its policy needs) "
+                        "(default 1e-2)")
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
     add_batch_options(p, "none; skipped photos are printed")

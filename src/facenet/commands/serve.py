@@ -35,8 +35,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"facenet serve: listening on {args.host}, beyond this machine; the traffic is plain HTTP — put "
               "a TLS proxy in front of it", file=sys.stderr)
-    print(f"facenet serve: model {embedder.name}, gallery {shown} (policy {policy}); page at http://{args.host}:{args.port}/ , "
-          f"API docs at /docs", file=sys.stderr)
+    print(f"facenet serve: model {embedder.name}, gallery {shown} (policy {policy}); "
+          f"page at http://{args.host}:{args.port}/ , API docs at /docs", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False,
                 timeout_graceful_shutdown=30)
     return 0

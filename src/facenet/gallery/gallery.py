@@ -155,6 +155,12 @@ class Gallery:
         """Number of faces."""
         return self.store.count()
 
+    def comparisons(self) -> int:
+        """What a stranger's query amounts to in single-photo comparisons under this gallery's policy: the
+        gallery size the open-set threshold is set for (``facenet.evaluate.calibrate.identification_threshold``)."""
+        people = self.people()
+        return self.scorer.comparisons(len(people), sum(p.faces for p in people))
+
     def identify(self, queries: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
         """For each query row, up to ``k`` people best-scored first; ``[]`` means unknown (open set)."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))

@@ -42,6 +42,17 @@ class Policy:
     def uses_template(self) -> bool:
         return self.name == "template"
 
+    def comparisons(self, people: int, faces: int) -> int:
+        """How many single-photo comparisons a stranger's best score counts as, for the open-set threshold
+        (``facenet.evaluate.calibrate.identification_threshold`` divides the wanted FAR by it).
+
+        ``nearest`` compares the stranger with every face. A ``template`` (the normalised mean of n photos)
+        lies nearer to strangers than one photo does: measured on LFW, counting every face keeps its
+        false-accept rate near the one asked for, counting people lets it grow with n. ``mean-of-K``
+        averages away the lucky face: one comparison per person (RESULTS.md, "Few photos per person").
+        """
+        return people if self.k > 1 else faces
+
     def score(self, face_distances: np.ndarray, template_distance: float | None = None) -> float:
         """The person's score from the distances to ALL their faces (and to their template)."""
         if self.uses_template:

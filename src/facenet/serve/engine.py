@@ -161,7 +161,7 @@ class Engine:
         emb, reports = self.embed([upload])
         from facenet.evaluate.calibrate import identification_threshold
 
-        limit = identification_threshold(self.embedder, len(self.gallery.people())) if threshold is None else threshold
+        limit = identification_threshold(self.embedder, self.gallery.comparisons()) if threshold is None else threshold
         matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
         return {"known": bool(matches), "threshold": limit, "model": self.embedder.name, "photo": reports[0],
                 "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
