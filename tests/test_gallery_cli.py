@@ -62,7 +62,7 @@ def test_enroll_identify_list_remove_via_cli(photos, tmp_path, capsys):
     capsys.readouterr()
     assert main(["identify", str(photos["r1"]), str(photos["b1"])]) == 1  # blue is unknown
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{photos['r1']}: Red Person 0.000")
+    assert out[0].startswith(f"{photos['r1']}: Red Person 0.005")  # to the template of r1 and r2 (the default)
     assert out[1] == f"{photos['b1']}: unknown"
     assert main(["gallery", "list"]) == 0
     listing = capsys.readouterr().out
@@ -198,7 +198,7 @@ def test_cli_on_a_postgresql_gallery_from_the_environment(photos, tmp_path, caps
     assert not (tmp_path / "xdg").exists()  # nothing went to the default file
     assert main(["identify", str(photos["r2"]), str(photos["b1"])]) == 1
     out = capsys.readouterr().out
-    assert f"{photos['r2']}: Red Person 0.000" in out and f"{photos['b1']}: unknown" in out
+    assert f"{photos['r2']}: Red Person 0.005" in out and f"{photos['b1']}: unknown" in out
     assert main(["gallery", "remove", "green"]) == 0
     assert main(["gallery", "list"]) == 0
     assert main(["gallery", "export", str(tmp_path / "copy.db")]) == 0

@@ -21,8 +21,10 @@ from facenet.cluster import cluster_embeddings  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.embedder import FaceEmbedder, squared_distance  # noqa: E402
 from facenet.gallery import Gallery  # noqa: E402
+from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import Limits, create_app  # noqa: E402
+from test_gallery import brute_score  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
@@ -115,7 +117,7 @@ def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
 
     query = photo(0, 5)
     q = embedder.embed([query])[0]
-    brute = sorted((float(squared_distance(embedder.embed(imgs), q).min()), name) for name, imgs in enrolled.items())
+    brute = sorted((brute_score(embedder.embed(imgs), q, DEFAULT_POLICY), name) for name, imgs in enrolled.items())
     r = client.post("/api/identify", files={"photo": part(query)}, data={"top_k": "2", "threshold": "4"})
     assert r.status_code == 200, r.text
     got = [(m["distance"], m["name"]) for m in r.json()["matches"]]

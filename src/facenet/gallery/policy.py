@@ -25,7 +25,7 @@ import numpy as np
 
 from facenet.errors import GalleryError
 
-DEFAULT_POLICY = "nearest"
+DEFAULT_POLICY = "template"
 LEGACY_POLICY = "nearest"  # galleries that predate policies scored people this way
 CHOICES = "nearest, mean-of-K (K >= 2, e.g. mean-of-3), template"
 _MEAN_OF = re.compile(r"mean-of-(\d+)")
