@@ -166,8 +166,9 @@ def register(sub) -> None:
     v.set_defaults(func=run_import)
 
     p = sub.add_parser("identify", help="who is in these photos? (top-k people from the gallery, or unknown)",
-                       description="For each photo, the nearest enrolled people within the threshold, with their "
-                                   "squared-L2 distances, or 'unknown'. Photos that cannot be read or show no "
+                       description="For each photo, the best-matching enrolled people within the threshold, with "
+                                   "their squared-L2 scores (by the gallery's policy: see `gallery enroll --policy`), "
+                                   "or 'unknown'. Photos that cannot be read or show no "
                                    "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
                                    "(no photo usable, or, with --strict, any skipped).")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")

@@ -200,7 +200,7 @@ def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None 
         return await engine.run(engine.embed_photos, await read_uploads(photos))
 
     @app.post("/api/identify", response_model=IdentifyResult, dependencies=multipart, tags=["faces"],
-              summary="who is this? nearest enrolled people within the threshold, or unknown")
+              summary="who is this? best-matching enrolled people within the threshold, or unknown")
     async def identify(photo: Annotated[UploadFile, File(description="a photo")],
                        top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
                        threshold: Annotated[float | None, threshold_field] = None):
