@@ -12,8 +12,10 @@ threshold applies to them as to a single distance.
 * ``template``: the distance to the person's template, the L2-normalised mean of their faces; one
   comparison per person, however many photos.
 
-Which is the default, and why, is measured on LFW (``benchmarks/lfw_enrolment.py``; RESULTS.md,
-"Few photos per person").
+The default is ``template``, measured on LFW (``benchmarks/lfw_enrolment.py``; RESULTS.md, "Few
+photos per person"): with 3 or 5 photos per person it identifies the most people at a 1% stranger
+false-accept rate, for our network and dlib's, with clean and with masked probes; closed-set rank-1
+hardly depends on the policy.
 """
 
 from __future__ import annotations
