@@ -132,7 +132,7 @@ def test_export_import_and_errors(tmp_path, capsys):
     x = rng.standard_normal((3, D)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     src, dst, exported = tmp_path / "src.db", tmp_path / "dst.db", tmp_path / "export.db"
-    with Gallery.open(src, "m", D) as g:
+    with Gallery.open(src, "m", D, policy="nearest") as g:
         g.enroll("a", x[:2], ["1", "2"])
         g.enroll("b", x[2:], ["3"])
     assert main(["gallery", "export", str(exported), "--gallery", str(src)]) == 0
@@ -142,6 +142,7 @@ def test_export_import_and_errors(tmp_path, capsys):
     assert main(["gallery", "import", str(exported), "--gallery", str(dst), "--merge"]) == 0
     with Gallery.open(dst, "m", D) as g:
         assert {p.name: p.faces for p in g.people()} == {"a": 4, "b": 2}
+        assert g.policy == "nearest"  # the new gallery scores people as the exported one did
     capsys.readouterr()
     assert main(["gallery", "list", "--gallery", str(tmp_path / "missing.db")]) == 2
     assert main(["gallery", "remove", "nobody", "--gallery", str(src)]) == 2

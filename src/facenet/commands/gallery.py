@@ -88,8 +88,12 @@ def run_import(args: argparse.Namespace) -> int:
     from facenet.gallery import Gallery
 
     with Gallery.open(args.file, create=False) as src:
-        model_id, size, storage = src.model_id, src.embedding_size, src.storage
-    with _open(args, model_id, size, storage=storage) as g:
+        model_id, size, storage, policy = src.model_id, src.embedding_size, src.storage, src.policy
+    try:
+        g = _open(args, model_id, size, create=False)
+    except GalleryError:  # none yet: a new one made like the file's (a real error comes back from this open too)
+        g = _open(args, model_id, size, storage=storage, policy=policy)
+    with g:
         faces = g.import_(args.file, merge=args.merge)
     print(f"imported {faces} face(s) from {args.file} into {g.location}")
     return 0
@@ -158,7 +162,8 @@ def register(sub) -> None:
     v.set_defaults(func=run_export)
 
     v = verbs.add_parser("import", help="add everyone from an exported gallery FILE (same model)",
-                         description="Merge an exported gallery into this one; names already present are an "
+                         description="Merge an exported gallery into this one (created like the file's, "
+                                     "storage and policy, if there is none); names already present are an "
                                      "error unless --merge adds their faces to the existing people.")
     v.add_argument("file", metavar="FILE")
     v.add_argument("--merge", action="store_true", help="add faces to people with the same name")
