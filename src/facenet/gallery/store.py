@@ -92,11 +92,6 @@ def check_model(location: str, meta: dict, model_id: str | None, embedding_size:
         stored_model, stored_size, stored_storage = meta["model_id"], int(meta["embedding_size"]), meta["storage"]
     except (KeyError, ValueError) as exc:
         raise GalleryError(f"gallery {location} has no valid model record; restore it from an export") from exc
-    stored_policy = parse_policy(meta.get("policy", LEGACY_POLICY)).name
-    if policy is not None and parse_policy(policy).name != stored_policy:
-        raise GalleryError(f"gallery {location} scores people by policy {stored_policy!r}, chosen when it was "
-                           f"created, not {parse_policy(policy).name!r}; leave the policy out to use it, or "
-                           "create another gallery")
     if model_id is not None and model_id != stored_model:
         raise GalleryError(f"gallery {location} holds embeddings of model {stored_model!r} but model {model_id!r} "
                            "is in use; embeddings of different models cannot be compared — use that model "
@@ -104,6 +99,11 @@ def check_model(location: str, meta: dict, model_id: str | None, embedding_size:
     if embedding_size is not None and int(embedding_size) != stored_size:
         raise GalleryError(f"gallery {location} holds {stored_size}-D embeddings but the model in use makes "
                            f"{embedding_size}-D ones; use another --gallery")
+    stored_policy = parse_policy(meta.get("policy", LEGACY_POLICY)).name
+    if policy is not None and parse_policy(policy).name != stored_policy:
+        raise GalleryError(f"gallery {location} scores people by policy {stored_policy!r}, chosen when it was "
+                           f"created, not {parse_policy(policy).name!r}; leave the policy out to use it, or "
+                           "create another gallery")
     return stored_model, stored_size, stored_storage, stored_policy
 
 
