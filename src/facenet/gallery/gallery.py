@@ -158,8 +158,8 @@ class Gallery:
     def comparisons(self) -> int:
         """What a stranger's query amounts to in single-photo comparisons under this gallery's policy: the
         gallery size the open-set threshold is set for (``facenet.evaluate.calibrate.identification_threshold``)."""
-        people = self.people()
-        return self.scorer.comparisons(len(people), sum(p.faces for p in people))
+        self.sync()  # counted from the index kept in step, not by a query over every person
+        return self.scorer.comparisons(len(self._person_faces), len(self._face_person))
 
     def identify(self, queries: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
         """For each query row, up to ``k`` people best-scored first; ``[]`` means unknown (open set)."""
