@@ -11,7 +11,9 @@ each candidate is then scored from ALL their faces, so a score never depends on 
 the search fetched. Fetching stops once the k-th best score is no larger than the farthest face
 fetched: everyone not yet seen has all their faces at least that far, so no policy could rank them
 higher (``nearest`` and ``mean-of-K`` scores are never below a person's nearest face). ``template``
-searches one template per person instead (exhaustively: there are fewer people than faces).
+searches one template per person instead, in a second index of the same kind, kept in step with the
+feed like the faces: a person who gains or loses faces gets a new template under a new key (HNSW
+cannot delete, it skips removed keys, so a key is never reused).
 
 Every process keeps its own index and brings it up to date from the store's change feed (see
 ``facenet.gallery.store``) before it answers: one cheap query of the feed's head, and when another
@@ -56,7 +58,10 @@ class Gallery:
         self.scorer = parse_policy(store.policy)
         self._index_kind = index
         self._index: FaceIndex | None = None  # built on the first query (or ``sync``), then kept in step
-        self._templates: FaceIndex | None = None  # policy "template": one vector per person, id = person id
+        self._templates: FaceIndex | None = None  # policy "template": one vector per person
+        self._template_of: dict[int, int] = {}  # person -> key of their current template in ``_templates``
+        self._template_owner: dict[int, int] = {}  # template key -> person
+        self._next_template_key = 0
         self._seq: int | None = None  # the feed position the index reflects
         self._face_person: dict[int, int] = {}
         self._person_faces: dict[int, set[int]] = {}  # faces in the index per person: who can be found, from what
@@ -171,7 +176,7 @@ class Gallery:
             return [[] for _ in queries]
         wanted = min(k, len(self._person_faces))  # with fewer people than k, all of them is a full answer
         if self.scorer.uses_template:
-            index, owner = self._templates, lambda person: person
+            index, owner = self._templates, self._template_owner.__getitem__
         else:
             index, owner = self._index, self._face_person.__getitem__
         total = len(index)
@@ -233,8 +238,8 @@ class Gallery:
             return []
         faces = [np.fromiter(self._person_faces[p], np.int64) for p in people]
         distances = _distances(query, self._index.vectors(np.concatenate(faces)))
-        to_template = _distances(query, self._templates.vectors(people)) if self.scorer.uses_template else \
-            [None] * len(people)
+        to_template = _distances(query, self._templates.vectors([self._template_of[p] for p in people])) \
+            if self.scorer.uses_template else [None] * len(people)
         matches, start = [], 0
         for person, ids, template_distance in zip(people, faces, to_template):
             mine = distances[start:start + len(ids)]
@@ -246,16 +251,22 @@ class Gallery:
     def _update_templates(self, people: set[int]) -> None:
         """Recompute the templates of ``people`` from their faces now in the index (dropped when none are)."""
         if self._templates is None:
-            self._templates = FaceIndex(self.embedding_size, "exact")
-        if not people:
-            return
-        self._templates.remove(sorted(people))  # an exact index: ids not present are simply not there
+            self._templates = FaceIndex(self.embedding_size, self._index_kind)
+        stale = [self._template_of.pop(p) for p in people if p in self._template_of]
+        if stale:
+            self._templates.remove(stale)
+            for key in stale:
+                del self._template_owner[key]
         present = [p for p in people if p in self._person_faces]
         if present:
             faces = [np.fromiter(self._person_faces[p], np.int64) for p in present]
-            owners = np.repeat(present, [len(f) for f in faces])
-            ids, vectors = templates(self._index.vectors(np.concatenate(faces)), owners)
-            self._templates.add(ids, vectors)
+            rows_of = np.repeat(present, [len(f) for f in faces])
+            owners, vectors = templates(self._index.vectors(np.concatenate(faces)), rows_of)
+            keys = np.arange(self._next_template_key, self._next_template_key + len(owners), dtype=np.int64)
+            self._next_template_key += len(owners)
+            self._template_of.update(zip(owners.tolist(), keys.tolist()))
+            self._template_owner.update(zip(keys.tolist(), owners.tolist()))
+            self._templates.add(keys, vectors)
 
 
 def _distances(query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
