@@ -38,11 +38,12 @@ from facenet.fileio import atomic_write_bytes
 from facenet.gallery import Gallery, Record
 
 
-def split_people(images: Path, ext: str, min_images: int, limit_people: int | None):
+def split_people(images: Path, ext: str, min_images: int, limit_people: int | None, enrolled: int = 1):
     """(known {name: [paths]}, unknown query paths): deterministic, from sorted names and files.
 
     ``limit_people`` keeps that many known people evenly spread over the sorted names; the unknown
-    queries (as many as the known queries) are spread evenly over the unknown people's photos.
+    queries (as many as the known queries: each known person's photos after their first ``enrolled``)
+    are spread evenly over the unknown people's photos.
     """
     people = {d.name: sorted(d.glob(f"*.{ext}")) for d in sorted(images.iterdir()) if d.is_dir()}
     known = {n: p for n, p in people.items() if len(p) >= min_images}
@@ -53,7 +54,7 @@ def split_people(images: Path, ext: str, min_images: int, limit_people: int | No
         known = {names[int(i * len(names) / limit_people)]: known[names[int(i * len(names) / limit_people)]]
                  for i in range(limit_people)}
     pool = [p for n, paths in people.items() if 0 < len(paths) < min_images for p in paths]
-    wanted = sum(len(p) - 1 for p in known.values())
+    wanted = sum(len(p) - enrolled for p in known.values())
     if wanted > len(pool):
         print(f"only {len(pool)} photos of unknown people for {wanted} known queries; using them all", file=sys.stderr)
     unknown = [pool[int(i * len(pool) / wanted)] for i in range(wanted)] if wanted < len(pool) else pool

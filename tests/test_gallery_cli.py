@@ -62,7 +62,7 @@ def test_enroll_identify_list_remove_via_cli(photos, tmp_path, capsys):
     capsys.readouterr()
     assert main(["identify", str(photos["r1"]), str(photos["b1"])]) == 1  # blue is unknown
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{photos['r1']}: Red Person 0.000")
+    assert out[0].startswith(f"{photos['r1']}: Red Person 0.005")  # to the template of r1 and r2 (the default)
     assert out[1] == f"{photos['b1']}: unknown"
     assert main(["gallery", "list"]) == 0
     listing = capsys.readouterr().out
@@ -97,6 +97,24 @@ def test_enroll_refuses_an_enrolled_name_unless_add(photos, tmp_path, capsys):
         assert [(p.name, p.faces) for p in gallery.people()] == [("x", 2)]
 
 
+def test_enroll_several_photos_under_a_policy(photos, tmp_path, capsys):
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "Red", str(photos["r1"]), str(photos["r2"]), "--policy", "mean-of-2",
+                 "--gallery", str(g)]) == 0
+    assert "enrolled 2 photo(s) of Red (2 in total)" in capsys.readouterr().out
+    assert main(["gallery", "list", "--gallery", str(g)]) == 0
+    assert "policy mean-of-2" in capsys.readouterr().out
+    assert main(["identify", str(photos["r1"]), "--gallery", str(g)]) == 0
+    # r1 itself is at 0 and r2 at 0.0198: the mean of the two, where nearest would say 0.000
+    assert capsys.readouterr().out.strip() == f"{photos['r1']}: Red 0.010"
+    more = ["gallery", "enroll", "Red", str(photos["r2"]), "--add", "--gallery", str(g)]
+    assert main([*more, "--policy", "template"]) == 2
+    assert "scores people by policy 'mean-of-2'" in capsys.readouterr().err
+    new = tmp_path / "n.db"
+    assert main(["gallery", "enroll", "x", str(photos["r1"]), "--policy", "closest", "--gallery", str(new)]) == 2
+    assert "choose one of: nearest, mean-of-K" in capsys.readouterr().err and not new.exists()
+
+
 def test_identify_skips_and_reports(photos, tmp_path, capsys):
     g = tmp_path / "g.db"
     assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g)]) == 0
@@ -114,7 +132,7 @@ def test_export_import_and_errors(tmp_path, capsys):
     x = rng.standard_normal((3, D)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     src, dst, exported = tmp_path / "src.db", tmp_path / "dst.db", tmp_path / "export.db"
-    with Gallery.open(src, "m", D) as g:
+    with Gallery.open(src, "m", D, policy="nearest") as g:
         g.enroll("a", x[:2], ["1", "2"])
         g.enroll("b", x[2:], ["3"])
     assert main(["gallery", "export", str(exported), "--gallery", str(src)]) == 0
@@ -124,6 +142,7 @@ def test_export_import_and_errors(tmp_path, capsys):
     assert main(["gallery", "import", str(exported), "--gallery", str(dst), "--merge"]) == 0
     with Gallery.open(dst, "m", D) as g:
         assert {p.name: p.faces for p in g.people()} == {"a": 4, "b": 2}
+        assert g.policy == "nearest"  # the new gallery scores people as the exported one did
     capsys.readouterr()
     assert main(["gallery", "list", "--gallery", str(tmp_path / "missing.db")]) == 2
     assert main(["gallery", "remove", "nobody", "--gallery", str(src)]) == 2
@@ -180,7 +199,7 @@ def test_cli_on_a_postgresql_gallery_from_the_environment(photos, tmp_path, caps
     assert not (tmp_path / "xdg").exists()  # nothing went to the default file
     assert main(["identify", str(photos["r2"]), str(photos["b1"])]) == 1
     out = capsys.readouterr().out
-    assert f"{photos['r2']}: Red Person 0.000" in out and f"{photos['b1']}: unknown" in out
+    assert f"{photos['r2']}: Red Person 0.005" in out and f"{photos['b1']}: unknown" in out
     assert main(["gallery", "remove", "green"]) == 0
     assert main(["gallery", "list"]) == 0
     assert main(["gallery", "export", str(tmp_path / "copy.db")]) == 0

@@ -93,7 +93,7 @@ def test_identify_with_fewer_people_than_k_searches_once(tmp_path, monkeypatch):
     from facenet.gallery import Gallery
 
     rng = np.random.default_rng(5)
-    with Gallery.open(tmp_path / "g.db", "m", 32) as gallery:
+    with Gallery.open(tmp_path / "g.db", "m", 32, policy="nearest") as gallery:  # it searches faces
         for person in range(3):
             gallery.enroll(f"p{person}", unit(rng, 30), [f"f{i}" for i in range(30)])
         gallery.sync()

@@ -18,40 +18,49 @@ from test_gallery import D, brute_identify, unit  # one brute-force reference fo
 
 def assert_brute(gallery, people, queries, k=3, atol=1e-4):
     for q, res in zip(queries, gallery.identify(queries, k=k)):
-        names, dists = brute_identify(people, q, k)
+        names, dists = brute_identify(people, q, k, gallery.policy)
         assert [m.name for m in res] == names
         np.testing.assert_allclose([m.distance for m in res], dists, atol=atol)
 
 
-@pytest.mark.parametrize("storage", ["float32", "int8"])
-def test_enrol_remove_identify_matches_brute_force_and_fresh_load(gallery_location, storage):
+@pytest.mark.parametrize("storage, policy", [("float32", "nearest"), ("int8", "nearest"), ("float32", "mean-of-3"),
+                                             ("int8", "template")])
+def test_enrol_remove_identify_matches_brute_force_and_fresh_load(gallery_location, storage, policy):
     rng = np.random.default_rng(0)
     people = {f"p{i}": unit(rng, int(rng.integers(1, 5))) for i in range(60)}
     queries = unit(rng, 25)
     atol = 1e-4
-    with Gallery.open(gallery_location, "m1", D, storage=storage, index="exact") as g:
+    with Gallery.open(gallery_location, "m1", D, storage=storage, index="exact", policy=policy) as g:
         g.enroll_many([Record(n, e, [f"{n}_{j}" for j in range(len(e))]) for n, e in list(people.items())[:30]])
         g.identify(queries[:1])  # the index is loaded; the rest arrives through the feed
         for name, emb in list(people.items())[30:]:
             g.enroll(name, emb, [f"{name}_{j}" for j in range(len(emb))])
+        more = unit(rng, 3)  # faces added to someone already enrolled: their score (and template) must follow
+        g.enroll("p5", more, ["p5_more"] * 3)
+        people["p5"] = np.concatenate([people["p5"], more])
         for name in ("p3", "p31", "p59"):
             assert g.remove(name) == len(people.pop(name))
         if storage == "int8":  # the reference searches what the gallery stores
             people = {n: dequantize(quantize(e)) for n, e in people.items()}
         assert_brute(g, people, queries, atol=atol)
     with Gallery.open(gallery_location, "m1", D, index="exact") as fresh:  # a first load (bulk fetch)
+        assert fresh.policy == policy  # recorded on creation, in the file or in PostgreSQL
         assert fresh.storage == storage and len(fresh) == sum(len(e) for e in people.values())
         assert {p.name: p.faces for p in fresh.people()} == {n: len(e) for n, e in people.items()}
         assert_brute(fresh, people, queries, atol=atol)
         records = {r.name: r for r in fresh.records()}
+    with pytest.raises(GalleryError, match=f"policy {policy!r}.*not 'mean-of-2'"):
+        Gallery.open(gallery_location, "m1", D, policy="mean-of-2")
         assert list(records["p0"].sources) == [f"p0_{j}" for j in range(len(people["p0"]))]
 
 
-def test_a_process_that_enrolled_itself_still_sees_what_others_enrolled(gallery_location):
-    """The review's defect: A enrols, B enrols, A enrols again; A must still find B's face."""
+@pytest.mark.parametrize("policy", ["nearest", "template"])
+def test_a_process_that_enrolled_itself_still_sees_what_others_enrolled(gallery_location, policy):
+    """The review's defect: A enrols, B enrols, A enrols again; A must still find B's face. With templates, A's
+    template of a person must follow the faces B adds to them."""
     rng = np.random.default_rng(1)
     a_faces, b_face, a_more = unit(rng, 2), unit(rng, 1), unit(rng, 1)
-    with Gallery.open(gallery_location, "m1", D) as a, Gallery.open(gallery_location, "m1", D) as b:
+    with Gallery.open(gallery_location, "m1", D, policy=policy) as a, Gallery.open(gallery_location, "m1", D) as b:
         a.enroll("a1", a_faces[:1])
         assert a.identify(a_faces[:1], k=1)[0][0].name == "a1"  # A has its index loaded
         b.enroll("from-b", b_face)
@@ -62,6 +71,9 @@ def test_a_process_that_enrolled_itself_still_sees_what_others_enrolled(gallery_
         a.remove("a2")
         assert {m.name for m in b.identify(a_more, k=3)[0]} == {"a1", "from-b"}  # removal reaches B's index
         assert len(b._index) == 2
+        b.enroll("a1", a_more)  # B adds a face to A's person
+        people = {"a1": np.concatenate([a_faces[:1], a_more]), "from-b": b_face}
+        assert_brute(a, people, np.concatenate([a_faces, a_more]), k=2)
 
 
 def test_changes_committed_out_of_order_are_not_skipped(pg_url):
@@ -187,7 +199,7 @@ def test_another_process_enrolling_in_between_is_seen(gallery_location):
 
     rng = np.random.default_rng(7)
     mine, more = unit(rng, 1, 128), unit(rng, 1, 128)
-    with Gallery.open(gallery_location, "model-x", 128) as g:
+    with Gallery.open(gallery_location, "model-x", 128, policy="nearest") as g:  # a face is at 0 from its owner
         g.enroll("mine", mine)
         assert g.identify(mine, k=1)[0][0].name == "mine"
         child = start_writer(gallery_location, "other", 1, faces=3)

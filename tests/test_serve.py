@@ -21,8 +21,10 @@ from facenet.cluster import cluster_embeddings  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.embedder import FaceEmbedder, squared_distance  # noqa: E402
 from facenet.gallery import Gallery  # noqa: E402
+from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import Limits, create_app  # noqa: E402
+from test_gallery import brute_score  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
@@ -115,7 +117,7 @@ def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
 
     query = photo(0, 5)
     q = embedder.embed([query])[0]
-    brute = sorted((float(squared_distance(embedder.embed(imgs), q).min()), name) for name, imgs in enrolled.items())
+    brute = sorted((brute_score(embedder.embed(imgs), q, DEFAULT_POLICY), name) for name, imgs in enrolled.items())
     r = client.post("/api/identify", files={"photo": part(query)}, data={"top_k": "2", "threshold": "4"})
     assert r.status_code == 200, r.text
     got = [(m["distance"], m["name"]) for m in r.json()["matches"]]
@@ -132,6 +134,22 @@ def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
     assert [p["name"] for p in client.get("/api/people").json()["people"]] == ["Bob", "Cy"]
     r = client.post("/api/identify", files={"photo": part(enrolled["Ann"][0])}, data={"threshold": "4", "top_k": "5"})
     assert "Ann" not in [m["name"] for m in r.json()["matches"]]
+
+
+def test_enrol_several_photos_at_once_under_the_template_policy(embedder, tmp_path):
+    images = [photo(3, i) for i in range(3)]
+    with TestClient(create_app(embedder, tmp_path / "g.db", api_key=KEY, policy="template")) as c:
+        files = [("photos", part(img, f"d{i}.png")) for i, img in enumerate(images)]
+        r = c.post("/api/people", data={"name": "Di"}, files=files, headers=AUTH)
+        assert r.status_code == 201 and r.json()["faces"] == 3, r.text
+        r = c.post("/api/people", data={"name": "Ed"}, files={"photos": part(photo(4, 0))}, headers=AUTH)
+        assert r.status_code == 201
+        people = c.get("/api/people").json()
+        assert people["policy"] == "template" and [p["faces"] for p in people["people"]] == [3, 1]
+        r = c.post("/api/identify", files={"photo": part(photo(3, 4))}, data={"threshold": "4"}).json()
+    mean = embedder.embed(images).astype(np.float64).mean(0)
+    expected = float(((mean / np.linalg.norm(mean) - embedder.embed([photo(3, 4)])[0]) ** 2).sum())
+    assert r["matches"][0]["name"] == "Di" and r["matches"][0]["distance"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_cluster_matches_direct_clustering(client, embedder):

@@ -20,7 +20,8 @@ from live import FACES, HOST, KEY, Server, burst, png  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_file):
-    srv = Server(tmp_path_factory.mktemp("server"), model_file)
+    # the nearest-face policy (through `facenet serve --policy`): an enrolled photo is at 0 from its person
+    srv = Server(tmp_path_factory.mktemp("server"), model_file, extra=("--policy", "nearest"))
     try:
         yield srv
     finally:
@@ -175,6 +176,7 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
     assert browser.find_element(By.ID, "identify-result").text == f"Best match: Page Person (model {model['name']})"
     first = browser.find_elements(By.CSS_SELECTOR, "#identify-matches li")[0].text
     assert first.startswith("Page Person — distance 0.000")
+    assert httpx.get(server.url + "/api/people", timeout=30).json()["policy"] == "nearest"
     screenshot = tmp_path / "page.png"
     browser.save_screenshot(str(screenshot))
     assert Image.open(screenshot).size[0] > 0

@@ -1,4 +1,4 @@
-"""The small public API: load a model, embed photos, compare embeddings, verify two faces."""
+"""The small public API: load a model, embed photos, compare embeddings, verify two faces, enrol a person."""
 
 from __future__ import annotations
 
@@ -66,6 +66,31 @@ def verify(a: ImageLike, b: ImageLike, model: FaceEmbedder | str | None = None,
     embedder = _resolve(model)
     ea, eb = embedder.embed([a, b])
     return compare(ea, eb, embedder.threshold if threshold is None else threshold)
+
+
+def enroll(name: str, photos: Sequence[ImageLike], gallery: str | os.PathLike | None = None,
+           model: FaceEmbedder | str | None = None, policy: str | None = None, merge: bool = True):
+    """Enrol ``name`` from several photos at once (every photo must show a face) in the gallery at ``gallery``
+    (default: the CLI's, ``facenet.paths.gallery_location``); returns the person with their face count.
+
+    A new gallery records ``policy`` (``facenet.gallery.policy``; ``None``: the default), which decides
+    how the person's photos are combined into one score when identifying. ``merge=False`` refuses a
+    name already enrolled.
+    """
+    from facenet.gallery import Gallery, Record
+    from facenet.paths import gallery_location
+
+    embedder = _resolve(model)
+    photos = list(photos) if isinstance(photos, (list, tuple)) else [photos]
+    rows = embedder.embed(photos)
+    with Gallery.open(gallery_location(gallery), embedder.name, embedder.embedding_size, policy=policy) as g:
+        g.enroll_many([Record(name, rows, [_label(p, i) for i, p in enumerate(photos)])], merge=merge)
+        return g.store.people(name.strip())[0]
+
+
+def _label(photo, number: int) -> str:
+    """A photo's source label in the gallery: its file name, never pixels."""
+    return os.path.basename(os.fspath(photo)) if isinstance(photo, (str, os.PathLike)) else f"photo {number + 1}"
 
 
 def compare(ea: np.ndarray, eb: np.ndarray, threshold: float) -> Verification:

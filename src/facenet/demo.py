@@ -138,7 +138,7 @@ def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndar
             unknown = gallery.identify(stranger_faces, k=1, threshold=threshold)
             return float(np.mean(hits)), float(np.mean([not m for m in unknown]))
 
-        openset = identification_threshold(embedder, len(known))
+        openset = identification_threshold(embedder, gallery.comparisons())  # as `facenet identify`
         return scores(embedder.threshold), (openset, *scores(openset))
 
 

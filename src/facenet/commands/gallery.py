@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facenet.commands.core import add_batch_options, add_model_options, embedder_from_args, expand_image_paths
 from facenet.errors import GalleryError
+from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location
 
 EXIT_UNIDENTIFIED = 1
@@ -51,17 +52,18 @@ def run_enroll(args: argparse.Namespace) -> int:
     if status:  # nothing usable, or --strict with photos skipped: enrol nothing
         print(f"facenet gallery enroll: nothing enrolled for {args.name}", file=sys.stderr)
         return status
-    with _open(args, embedder.name, embedder.embedding_size, storage=args.storage) as g:
+    with _open(args, embedder.name, embedder.embedding_size, storage=args.storage, policy=args.policy) as g:
         g.enroll_many([Record(args.name, emb, [Path(r.path).name for r in rows])], merge=args.add)
         person = next(p for p in g.people() if p.name == args.name.strip())
-    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location}")
+    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location} "
+          f"(people scored by policy {g.policy})")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         people = g.people()
-        print(f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, "
+        print(f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, policy {g.policy}, "
               f"{len(people)} people, {sum(p.faces for p in people)} faces")
         for person in people:
             print(f"{person.name}\t{person.faces}")
@@ -86,8 +88,12 @@ def run_import(args: argparse.Namespace) -> int:
     from facenet.gallery import Gallery
 
     with Gallery.open(args.file, create=False) as src:
-        model_id, size, storage = src.model_id, src.embedding_size, src.storage
-    with _open(args, model_id, size, storage=storage) as g:
+        model_id, size, storage, policy = src.model_id, src.embedding_size, src.storage, src.policy
+    try:
+        g = _open(args, model_id, size, create=False)
+    except GalleryError:  # none yet: a new one made like the file's (a real error comes back from this open too)
+        g = _open(args, model_id, size, storage=storage, policy=policy)
+    with g:
         faces = g.import_(args.file, merge=args.merge)
     print(f"imported {faces} face(s) from {args.file} into {g.location}")
     return 0
@@ -101,7 +107,7 @@ def run_identify(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     with _open(args, embedder.name, embedder.embedding_size, create=False) as g:
         threshold = args.threshold if args.threshold is not None else \
-            identification_threshold(embedder, len(g.people()), args.far or DEFAULT_OPENSET_FAR)
+            identification_threshold(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
         print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
         rows, emb, report, report_path = _embed_collection(args, embedder, "identify")
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
@@ -130,6 +136,10 @@ def register(sub) -> None:
     v.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (or folders) of this person, one face each")
     v.add_argument("--storage", choices=("float32", "int8"), default="float32",
                    help="how a new gallery stores embeddings: float32, or int8 (1 byte per dimension)")
+    v.add_argument("--policy", metavar="POLICY",
+                   help=f"how a new gallery scores a person with several photos: {CHOICES} (default: "
+                        f"{DEFAULT_POLICY}; see the README). Recorded in the gallery: an existing gallery keeps its "
+                        "own, and asking it for another is an error")
     v.add_argument("--add", action="store_true", help="add the photos to a person already enrolled under NAME")
     v.add_argument("--gallery", help=gallery_help)
     add_batch_options(v, "none; skipped photos are printed")
@@ -152,7 +162,8 @@ def register(sub) -> None:
     v.set_defaults(func=run_export)
 
     v = verbs.add_parser("import", help="add everyone from an exported gallery FILE (same model)",
-                         description="Merge an exported gallery into this one; names already present are an "
+                         description="Merge an exported gallery into this one (created like the file's, "
+                                     "storage and policy, if there is none); names already present are an "
                                      "error unless --merge adds their faces to the existing people.")
     v.add_argument("file", metavar="FILE")
     v.add_argument("--merge", action="store_true", help="add faces to people with the same name")
@@ -160,15 +171,17 @@ def register(sub) -> None:
     v.set_defaults(func=run_import)
 
     p = sub.add_parser("identify", help="who is in these photos? (top-k people from the gallery, or unknown)",
-                       description="For each photo, the nearest enrolled people within the threshold, with their "
-                                   "squared-L2 distances, or 'unknown'. Photos that cannot be read or show no "
+                       description="For each photo, the best-matching enrolled people within the threshold, with "
+                                   "their squared-L2 scores (by the gallery's policy: see `gallery enroll --policy`), "
+                                   "or 'unknown'. Photos that cannot be read or show no "
                                    "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
                                    "(no photo usable, or, with --strict, any skipped).")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")
     p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
     p.add_argument("--far", type=float, default=None,
                    help="wanted chance that a stranger is taken for someone enrolled; sets the threshold from the "
-                        "model's FAR calibration and the number of people enrolled (default 1e-2)")
+                        "model's FAR calibration and the gallery's size (people, or faces, as its policy needs) "
+                        "(default 1e-2)")
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
     add_batch_options(p, "none; skipped photos are printed")

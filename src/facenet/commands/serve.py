@@ -8,6 +8,7 @@ import sys
 
 from facenet.commands.core import add_model_options, embedder_from_args
 from facenet.errors import FaceNetError
+from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -23,19 +24,19 @@ def run_serve(args: argparse.Namespace) -> int:
     api_key = load_api_key(args.api_key_file)
     embedder = embedder_from_args(args)
     gallery = gallery_location(args.gallery)
-    with Gallery.open(gallery, embedder.name, embedder.embedding_size) as g:  # a wrong gallery fails here, in one line
-        shown = g.location  # a URL's password is never printed
+    with Gallery.open(gallery, embedder.name, embedder.embedding_size, policy=args.policy) as g:
+        shown, policy = g.location, g.policy  # a wrong gallery fails here, in one line; never a URL's password
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     max_files=args.max_files, max_pending=args.max_pending)
-    app = create_app(embedder, gallery, api_key=api_key, limits=limits)
+    app = create_app(embedder, gallery, api_key=api_key, limits=limits, policy=args.policy)
     if api_key is None:
         print(f"facenet serve: no API key (${API_KEY_ENV} or --api-key-file): enrolling and removing people "
               "is disabled", file=sys.stderr)
     if not _is_loopback(args.host):
         print(f"facenet serve: listening on {args.host}, beyond this machine; the traffic is plain HTTP — put "
               "a TLS proxy in front of it", file=sys.stderr)
-    print(f"facenet serve: model {embedder.name}, gallery {shown}; page at http://{args.host}:{args.port}/ , "
-          f"API docs at /docs", file=sys.stderr)
+    print(f"facenet serve: model {embedder.name}, gallery {shown} (policy {policy}); "
+          f"page at http://{args.host}:{args.port}/ , API docs at /docs", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False,
                 timeout_graceful_shutdown=30)
     return 0
@@ -63,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("--gallery", help="gallery file, or postgresql://user@host/db to share one gallery between "
                                      "several replicas (default: $FACENET_GALLERY, else "
                                      "$XDG_DATA_HOME/facenet/gallery.db); created if absent")
+    p.add_argument("--policy", metavar="POLICY",
+                   help=f"how a new gallery scores a person with several photos: {CHOICES} (default: "
+                        f"{DEFAULT_POLICY}); an existing gallery keeps its own, and asking it for another is an error")
     p.add_argument("--api-key-file", metavar="FILE",
                    help="file whose first line is the API key (default: $FACENET_API_KEY); 16+ characters")
     p.add_argument("--max-upload-mb", type=float, default=10.0,

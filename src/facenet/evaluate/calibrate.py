@@ -91,7 +91,8 @@ def openset_threshold(table: dict[str, float], far: float, people: int) -> tuple
 
 def identification_threshold(embedder, people: int, far: float = DEFAULT_OPENSET_FAR) -> float:
     """The open-set threshold of ``embedder`` for a gallery of ``people``: a stranger is accepted with
-    probability about ``far``. Embedders without a FAR calibration (``info.far_thresholds``) fall back
+    probability about ``far``. With several photos per person, pass what a stranger is compared with
+    under the gallery's policy (``Gallery.comparisons``: its faces, or its people). Embedders without a FAR calibration (``info.far_thresholds``) fall back
     to their verification threshold, with a warning: it accepts strangers far more often."""
     info = getattr(embedder, "info", None)
     if info is None or not info.far_thresholds:

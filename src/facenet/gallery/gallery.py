@@ -1,9 +1,19 @@
 """The gallery: a store (SQLite file or PostgreSQL server) with an in-memory FAISS index on top.
 
-Identification is open-set: ``identify(..., threshold=t)`` keeps only people whose distance is
-below ``t``; an empty result list means "unknown". A person with several photos is scored by
-the minimum squared-L2 distance over their faces (the nearest photo decides). Without a threshold
-the search is closed-set (always the k nearest people).
+Identification is open-set: ``identify(..., threshold=t)`` keeps only people whose score is
+below ``t``; an empty result list means "unknown". A person with several photos is scored by the
+gallery's policy, recorded when it was created (``facenet.gallery.policy``: nearest face, mean of
+the K nearest faces, or distance to the person's template). Without a threshold the search is
+closed-set (always the k best-scored people).
+
+Scores are exact: FAISS only proposes candidate people (those owning the faces nearest the query);
+each candidate is then scored from ALL their faces, so a score never depends on how many neighbours
+the search fetched. Fetching stops once the k-th best score is no larger than the farthest face
+fetched: everyone not yet seen has all their faces at least that far, so no policy could rank them
+higher (``nearest`` and ``mean-of-K`` scores are never below a person's nearest face). ``template``
+searches one template per person instead, in a second index of the same kind, kept in step with the
+feed like the faces: a person who gains or loses faces gets a new template under a new key (HNSW
+cannot delete, it skips removed keys, so a key is never reused).
 
 Every process keeps its own index and brings it up to date from the store's change feed (see
 ``facenet.gallery.store``) before it answers: one cheap query of the feed's head, and when another
@@ -14,54 +24,64 @@ removed — never skipping a change, whoever made it and in whatever order trans
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from facenet.errors import GalleryError
 from facenet.gallery.index import KINDS, FaceIndex
+from facenet.gallery.policy import parse_policy, templates
 from facenet.gallery.sqlite import SQLiteStore
 from facenet.gallery.store import STORAGES, Match, Person, Record, SQLStore, is_url
 
+_ROUNDING = 1e-5  # FAISS and NumPy may round the same float32 distance differently by this much
 
 
 def open_store(location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
-               create: bool = True, storage: str = "float32") -> "SQLStore":
+               create: bool = True, storage: str = "float32", policy: str | None = None) -> "SQLStore":
     """The store at ``location``: a ``postgresql://`` URL or a gallery file path (see ``Gallery.open``)."""
     if storage not in STORAGES:
         raise GalleryError(f"unknown storage {storage!r}; choose float32 or int8")
+    if policy is not None:
+        parse_policy(policy)  # a wrong name fails before anything is opened or created
     if is_url(location):
         from facenet.gallery.postgres import PostgresStore  # psycopg only when a URL asks for it
 
-        return PostgresStore.open(location, model_id, embedding_size, create, storage)
-    return SQLiteStore.open(location, model_id, embedding_size, create, storage)
+        return PostgresStore.open(location, model_id, embedding_size, create, storage, policy)
+    return SQLiteStore.open(location, model_id, embedding_size, create, storage, policy)
 
 class Gallery:
     """Enrol, list, remove and identify people; see the module docstring for the guarantees."""
 
     def __init__(self, store: SQLStore, index: str = "auto"):
         self.store = store
+        self.scorer = parse_policy(store.policy)
         self._index_kind = index
         self._index: FaceIndex | None = None  # built on the first query (or ``sync``), then kept in step
+        self._templates: FaceIndex | None = None  # policy "template": one vector per person
+        self._template_of: dict[int, int] = {}  # person -> key of their current template in ``_templates``
+        self._template_owner: dict[int, int] = {}  # template key -> person
+        self._next_template_key = 0
         self._seq: int | None = None  # the feed position the index reflects
         self._face_person: dict[int, int] = {}
-        self._person_faces: Counter[int] = Counter()  # faces in the index per person: who can be found
+        self._person_faces: dict[int, set[int]] = {}  # faces in the index per person: who can be found, from what
         self._names: dict[int, str] = {}
 
     @classmethod
     def open(cls, location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
-             create: bool = True, storage: str = "float32", index: str = "auto") -> "Gallery":
+             create: bool = True, storage: str = "float32", index: str = "auto",
+             policy: str | None = None) -> "Gallery":
         """Open (or create) the gallery at ``location`` for embeddings of model ``model_id``.
 
         ``location`` is a file path (SQLite) or a ``postgresql://user@host/db`` URL. ``model_id``/
         ``embedding_size`` of ``None`` accept whatever the gallery holds (listing, export); creating one
         needs both. ``storage`` ("float32" or "int8") only matters on creation; ``index`` is the FAISS
-        index kind (see ``facenet.gallery.index``).
+        index kind (see ``facenet.gallery.index``). ``policy`` (see ``facenet.gallery.policy``) is recorded
+        on creation (``None``: the default); opening a gallery with another policy than asked is an error.
         """
         if index not in KINDS:  # before anything is opened
             raise GalleryError(f"unknown index kind {index!r}; choose one of {', '.join(KINDS)}")
-        return cls(open_store(location, model_id, embedding_size, create, storage), index)
+        return cls(open_store(location, model_id, embedding_size, create, storage, policy), index)
 
     @property
     def location(self) -> str:
@@ -81,6 +101,11 @@ class Gallery:
     @property
     def storage(self) -> str:
         return self.store.storage
+
+    @property
+    def policy(self) -> str:
+        """How a person with several faces is scored (recorded in the gallery; ``facenet.gallery.policy``)."""
+        return self.scorer.name
 
     def close(self) -> None:
         self.store.close()
@@ -135,21 +160,33 @@ class Gallery:
         """Number of faces."""
         return self.store.count()
 
+    def comparisons(self) -> int:
+        """What a stranger's query amounts to in single-photo comparisons under this gallery's policy: the
+        gallery size the open-set threshold is set for (``facenet.evaluate.calibrate.identification_threshold``)."""
+        self.sync()  # counted from the index kept in step, not by a query over every person
+        return self.scorer.comparisons(len(self._person_faces), len(self._face_person))
+
     def identify(self, queries: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
-        """For each query row, up to ``k`` people nearest first; ``[]`` means unknown (open set)."""
+        """For each query row, up to ``k`` people best-scored first; ``[]`` means unknown (open set)."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.embedding_size:
             raise GalleryError(f"queries must be (n, {self.embedding_size}) embeddings, got shape {queries.shape}")
         self.sync()
-        total = len(self._index)
-        if total == 0 or k < 1:
+        if not self._person_faces or k < 1:
             return [[] for _ in queries]
         wanted = min(k, len(self._person_faces))  # with fewer people than k, all of them is a full answer
+        if self.scorer.uses_template:
+            index, owner = self._templates, self._template_owner.__getitem__
+        else:
+            index, owner = self._index, self._face_person.__getitem__
+        total = len(index)
         fetch = min(total, 4 * k)
         while True:
-            dist, ids = self._index.search(queries, fetch)
-            results = [self._best_people(d, i, k) for d, i in zip(dist, ids)]
-            if fetch >= total or all(len(r) >= wanted for r in results):
+            dist, ids = index.search(queries, fetch)
+            results = [self._score(q, list(dict.fromkeys(owner(i) for i in row.tolist() if i >= 0)))[:wanted]
+                       for q, row in zip(queries, ids)]
+            if fetch >= total or all(len(r) == wanted and r[-1].distance <= _farthest(d) + _ROUNDING
+                                     for r, d in zip(results, dist)):
                 break
             fetch = min(total, fetch * 4)
         if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
@@ -167,36 +204,77 @@ class Gallery:
         if self._index is not None and self.store.head() == self._seq:
             return self._seq  # the common case, one cheap query
         changes = self.store.changes(self._seq)
+        changed: set[int] = set()  # people who gained or lost faces: their templates are stale
         if self._index is None:
             self._index = FaceIndex(self.embedding_size, self._index_kind)
             self._index.rebuild(changes.ids, changes.vectors)
-            self._face_person = dict(zip(changes.ids.tolist(), changes.persons.tolist()))
-            self._person_faces = Counter(self._face_person.values())
         else:
             gone = [f for f in changes.removed.tolist() if f in self._face_person]
             if gone:
                 self._index.remove(gone)
                 for face_id in gone:
                     person = self._face_person.pop(face_id)
-                    self._person_faces[person] -= 1
+                    changed.add(person)
+                    self._person_faces[person].discard(face_id)
                     if not self._person_faces[person]:
                         del self._person_faces[person]
             if len(changes.ids):
                 self._index.add(changes.ids, changes.vectors)
-                self._face_person.update(zip(changes.ids.tolist(), changes.persons.tolist()))
-                self._person_faces.update(changes.persons.tolist())
+        for face_id, person in zip(changes.ids.tolist(), changes.persons.tolist()):
+            self._face_person[face_id] = person
+            self._person_faces.setdefault(person, set()).add(face_id)
+            changed.add(person)
+        if self.scorer.uses_template:
+            self._update_templates(changed)
         self._names.update(changes.names)
         self._seq = changes.head
         return self._seq
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _best_people(self, dist: np.ndarray, ids: np.ndarray, k: int) -> list[Match]:
-        best: dict[int, Match] = {}
-        for d, face_id in zip(dist.tolist(), ids.tolist()):
-            if face_id < 0:
-                continue
-            person = self._face_person[face_id]
-            if person not in best:  # rows are sorted, so the first face seen is the person's nearest
-                best[person] = Match(self._names[person], float(d), int(face_id))
-        return sorted(best.values(), key=lambda m: m.distance)[:k]
+    def _score(self, query: np.ndarray, people: list[int]) -> list[Match]:
+        """``people`` scored by the policy from all their faces (and templates), best first."""
+        if not people:
+            return []
+        faces = [np.fromiter(self._person_faces[p], np.int64) for p in people]
+        distances = _distances(query, self._index.vectors(np.concatenate(faces)))
+        to_template = _distances(query, self._templates.vectors([self._template_of[p] for p in people])) \
+            if self.scorer.uses_template else [None] * len(people)
+        matches, start = [], 0
+        for person, ids, template_distance in zip(people, faces, to_template):
+            mine = distances[start:start + len(ids)]
+            start += len(ids)
+            matches.append(Match(self._names[person], self.scorer.score(mine, template_distance),
+                                 int(ids[np.argmin(mine)])))
+        return sorted(matches, key=lambda m: m.distance)
+
+    def _update_templates(self, people: set[int]) -> None:
+        """Recompute the templates of ``people`` from their faces now in the index (dropped when none are)."""
+        if self._templates is None:
+            self._templates = FaceIndex(self.embedding_size, self._index_kind)
+        stale = [self._template_of.pop(p) for p in people if p in self._template_of]
+        if stale:
+            self._templates.remove(stale)
+            for key in stale:
+                del self._template_owner[key]
+        present = [p for p in people if p in self._person_faces]
+        if present:
+            faces = [np.fromiter(self._person_faces[p], np.int64) for p in present]
+            rows_of = np.repeat(present, [len(f) for f in faces])
+            owners, vectors = templates(self._index.vectors(np.concatenate(faces)), rows_of)
+            keys = np.arange(self._next_template_key, self._next_template_key + len(owners), dtype=np.int64)
+            self._next_template_key += len(owners)
+            self._template_of.update(zip(owners.tolist(), keys.tolist()))
+            self._template_owner.update(zip(keys.tolist(), owners.tolist()))
+            self._templates.add(keys, vectors)
+
+
+def _distances(query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Squared L2 from one query to each row."""
+    return np.square(vectors - query).sum(axis=1)
+
+
+def _farthest(dist: np.ndarray) -> float:
+    """The largest distance a search returned (missing slots are inf)."""
+    found = dist[np.isfinite(dist)]
+    return float(found.max()) if len(found) else np.inf

@@ -94,6 +94,13 @@ class FaceIndex:
         dist = np.where(ids < 0, np.inf, np.maximum(dist, 0.0))
         return dist.astype(np.float32), ids
 
+    def vectors(self, ids) -> np.ndarray:
+        """The stored vectors of live faces ``ids`` (a gallery scores a candidate person from all their faces)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return np.empty((0, self.dim), np.float32)
+        return self._index.reconstruct_batch(ids)
+
     def _skip_removed(self):
         """HNSW search parameters whose selector skips the removed faces (built once per set of removals)."""
         if self._skip is None:
@@ -121,6 +128,7 @@ class FaceIndex:
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, nlist)
             index.train(vectors)
             index.nprobe = min(nlist, max(16, nlist // 16))
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)  # vectors by id (``vectors``), removal kept
         if len(ids):
             index.add_with_ids(vectors, ids)
         self._index, self._kind, self._removed, self._skip = index, kind, set(), None

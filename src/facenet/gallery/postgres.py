@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from facenet.errors import GalleryError, GalleryUnavailableError
 from facenet.fileio import atomic_path
-from facenet.gallery.store import SQLStore, check_model
+from facenet.gallery.store import SQLStore, check_model, meta_rows
 
 SCHEMA_VERSION = 1
 CHANNEL = "facenet_gallery"
@@ -88,18 +88,19 @@ class _Cursor:
 
 
 class PostgresStore(SQLStore):
-    def __init__(self, url: str, pool: ConnectionPool, model_id: str, embedding_size: int, storage: str):
-        super().__init__(model_id, embedding_size, storage)
+    def __init__(self, url: str, pool: ConnectionPool, model_id: str, embedding_size: int, storage: str,
+                 policy: str):
+        super().__init__(model_id, embedding_size, storage, policy)
         self.location, self._url, self._pool = redact(url), url, pool
         self._listener: psycopg.Connection | None = None
 
     @classmethod
     def open(cls, url: str, model_id: str | None, embedding_size: int | None, create: bool,
-             storage: str) -> "PostgresStore":
+             storage: str, policy: str | None = None) -> "PostgresStore":
         location = redact(url)
         with _errors(location), psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            meta = _prepare_schema(conn, location, model_id, embedding_size, create, storage)
-        found = check_model(location, meta, model_id, embedding_size)
+            meta = _prepare_schema(conn, location, model_id, embedding_size, create, storage, policy)
+        found = check_model(location, meta, model_id, embedding_size, policy)
         # no check on checkout (a round trip per request): after a server restart the first request on each
         # broken connection fails (503) and the pool replaces that connection
         pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=False,
@@ -201,7 +202,7 @@ class PostgresStore(SQLStore):
         from facenet.gallery.sqlite import SQLiteStore
 
         with atomic_path(path) as tmp:
-            target = SQLiteStore.open(tmp, self.model_id, self.embedding_size, True, self.storage)
+            target = SQLiteStore.open(tmp, self.model_id, self.embedding_size, True, self.storage, self.policy)
             try:
                 target.write_encoded(list(self.encoded_people()), merge=False)
             finally:
@@ -209,7 +210,7 @@ class PostgresStore(SQLStore):
 
 
 def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | None, embedding_size: int | None,
-                    create: bool, storage: str) -> dict:
+                    create: bool, storage: str, policy: str | None) -> dict:
     """Create or migrate the schema (one process at a time) and return the ``meta`` table."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -239,8 +240,7 @@ def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | Non
             conn.execute("UPDATE facenet_schema SET version = %s", (SCHEMA_VERSION,))
         if version is None:
             conn.cursor().executemany("INSERT INTO meta (key, value) VALUES (%s, %s)",
-                                      [("model_id", model_id), ("embedding_size", str(embedding_size)),
-                                       ("storage", storage)])
+                                      meta_rows(model_id, embedding_size, storage, policy))
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from facenet.errors import GalleryError
 from facenet.fileio import atomic_path
-from facenet.gallery.store import SQLStore, check_model
+from facenet.gallery.store import SQLStore, check_model, meta_rows
 
 APPLICATION_ID = 0x464E4554  # "FNET"
 SCHEMA_VERSION = 2
@@ -51,20 +51,21 @@ INSERT INTO feed (id, head) VALUES (1, 0)
 
 
 class SQLiteStore(SQLStore):
-    def __init__(self, path: Path, conn: sqlite3.Connection, model_id: str, embedding_size: int, storage: str):
-        super().__init__(model_id, embedding_size, storage)
+    def __init__(self, path: Path, conn: sqlite3.Connection, model_id: str, embedding_size: int, storage: str,
+                 policy: str):
+        super().__init__(model_id, embedding_size, storage, policy)
         self.path, self.location, self._conn = path, str(path), conn
 
     @classmethod
     def open(cls, path: str | os.PathLike, model_id: str | None, embedding_size: int | None, create: bool,
-             storage: str) -> "SQLiteStore":
+             storage: str, policy: str | None = None) -> "SQLiteStore":
         path = Path(path).expanduser()
         if not path.exists() or path.stat().st_size == 0:
             if not create:
                 raise GalleryError(f"no gallery at {path}; enrol someone first or pass the right --gallery")
             if model_id is None or embedding_size is None:
                 raise GalleryError(f"no gallery at {path}; creating one needs a model (its id and embedding size)")
-            _create(path, model_id, int(embedding_size), storage)
+            _create(path, meta_rows(model_id, int(embedding_size), storage, policy))
         else:
             _check_header(path)
         conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
@@ -77,7 +78,7 @@ class SQLiteStore(SQLStore):
             except sqlite3.DatabaseError as exc:
                 raise GalleryError(f"gallery {path} is damaged and cannot be read ({exc}); "
                                    "restore it from an export") from exc
-            return cls(path, conn, *check_model(str(path), meta, model_id, embedding_size))
+            return cls(path, conn, *check_model(str(path), meta, model_id, embedding_size, policy))
         except BaseException:
             conn.close()
             raise
@@ -158,15 +159,14 @@ def _check_header(path: Path) -> None:
                            f"{int.from_bytes(header[60:64], 'big')}); upgrade facenet to read it")
 
 
-def _create(path: Path, model_id: str, embedding_size: int, storage: str) -> None:
+def _create(path: Path, meta: list[tuple[str, str]]) -> None:
     """Build the empty gallery beside ``path`` and move it in place: a crash leaves no half file."""
     with atomic_path(path) as tmp:
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             _migrate(conn, Path(tmp))
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                             [("model_id", model_id), ("embedding_size", str(embedding_size)), ("storage", storage)])
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta)
             conn.execute("PRAGMA journal_mode=WAL")
         finally:
             conn.close()

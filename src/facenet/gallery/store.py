@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from facenet.errors import GalleryError
+from facenet.gallery.policy import LEGACY_POLICY, parse_policy
 from facenet.gallery.quantize import dequantize, quantize
 
 STORAGES = ("float32", "int8")
@@ -38,7 +39,8 @@ _NORM_TOLERANCE = 1e-2
 
 @dataclass(frozen=True)
 class Match:
-    """One candidate person for a query face: squared-L2 distance to their nearest enrolled face."""
+    """One candidate person for a query face: their score under the gallery's policy (squared L2; for
+    ``nearest``, the distance to their nearest face) and their nearest enrolled face."""
 
     name: str
     distance: float
@@ -82,8 +84,10 @@ def is_url(location) -> bool:
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
 
 
-def check_model(location: str, meta: dict, model_id: str | None, embedding_size: int | None) -> tuple[str, int, str]:
-    """The (model id, embedding size, storage) a store records, refusing another model's gallery."""
+def check_model(location: str, meta: dict, model_id: str | None, embedding_size: int | None,
+                policy: str | None = None) -> tuple[str, int, str, str]:
+    """The (model id, embedding size, storage, policy) a store records, refusing another model's gallery, or
+    another policy than the one asked for (``None``: any). A gallery without a policy predates them: nearest."""
     try:
         stored_model, stored_size, stored_storage = meta["model_id"], int(meta["embedding_size"]), meta["storage"]
     except (KeyError, ValueError) as exc:
@@ -95,7 +99,18 @@ def check_model(location: str, meta: dict, model_id: str | None, embedding_size:
     if embedding_size is not None and int(embedding_size) != stored_size:
         raise GalleryError(f"gallery {location} holds {stored_size}-D embeddings but the model in use makes "
                            f"{embedding_size}-D ones; use another --gallery")
-    return stored_model, stored_size, stored_storage
+    stored_policy = parse_policy(meta.get("policy", LEGACY_POLICY)).name
+    if policy is not None and parse_policy(policy).name != stored_policy:
+        raise GalleryError(f"gallery {location} scores people by policy {stored_policy!r}, chosen when it was "
+                           f"created, not {parse_policy(policy).name!r}; leave the policy out to use it, or "
+                           "create another gallery")
+    return stored_model, stored_size, stored_storage, stored_policy
+
+
+def meta_rows(model_id: str, embedding_size: int, storage: str, policy: str | None) -> list[tuple[str, str]]:
+    """The ``meta`` table of a new gallery: what its embeddings are and how it scores people."""
+    return [("model_id", model_id), ("embedding_size", str(embedding_size)), ("storage", storage),
+            ("policy", parse_policy(policy).name)]
 
 
 class SQLStore:
@@ -104,8 +119,8 @@ class SQLStore:
 
     location: str
 
-    def __init__(self, model_id: str, embedding_size: int, storage: str):
-        self.model_id, self.embedding_size, self.storage = model_id, embedding_size, storage
+    def __init__(self, model_id: str, embedding_size: int, storage: str, policy: str):
+        self.model_id, self.embedding_size, self.storage, self.policy = model_id, embedding_size, storage, policy
         self.vector_bytes = embedding_size * (1 if storage == "int8" else 4)
 
     # -- to be provided by a store ---------------------------------------------------------------

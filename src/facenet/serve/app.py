@@ -113,13 +113,13 @@ def check_count(files: list, low: int, high: int, what: str) -> None:
 
 
 def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None = None,
-               limits: Limits = Limits()) -> FastAPI:
+               limits: Limits = Limits(), policy: str | None = None) -> FastAPI:
     """The service over ``embedder`` (loaded) and the gallery at ``gallery`` (a file path or a PostgreSQL
-    URL; created if absent).
+    URL; created if absent, scoring people by ``policy``, see ``facenet.gallery.policy``).
 
     ``api_key`` guards enrol and remove; ``None`` disables them (401 with how to set a key).
     """
-    engine = Engine(embedder, str(gallery), limits)
+    engine = Engine(embedder, str(gallery), limits, policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -200,7 +200,7 @@ def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None 
         return await engine.run(engine.embed_photos, await read_uploads(photos))
 
     @app.post("/api/identify", response_model=IdentifyResult, dependencies=multipart, tags=["faces"],
-              summary="who is this? nearest enrolled people within the threshold, or unknown")
+              summary="who is this? best-matching enrolled people within the threshold, or unknown")
     async def identify(photo: Annotated[UploadFile, File(description="a photo")],
                        top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
                        threshold: Annotated[float | None, threshold_field] = None):

@@ -40,8 +40,8 @@ class Upload:
 class Engine:
     """The embedder and the gallery behind one worker thread (see the module docstring)."""
 
-    def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits):
-        self.embedder, self.gallery_location, self.limits = embedder, gallery_location, limits
+    def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits, policy: str | None = None):
+        self.embedder, self.gallery_location, self.limits, self.policy = embedder, gallery_location, limits, policy
         self.gallery = None
         self.pending = 0
         self._executor: ThreadPoolExecutor | None = None
@@ -93,7 +93,8 @@ class Engine:
     def _open_gallery(self) -> None:
         from facenet.gallery import Gallery
 
-        gallery = Gallery.open(self.gallery_location, self.embedder.name, self.embedder.embedding_size)
+        gallery = Gallery.open(self.gallery_location, self.embedder.name, self.embedder.embedding_size,
+                               policy=self.policy)
         gallery.sync()  # every face in the index before the first request
         self.gallery = gallery
 
@@ -160,7 +161,7 @@ class Engine:
         emb, reports = self.embed([upload])
         from facenet.evaluate.calibrate import identification_threshold
 
-        limit = identification_threshold(self.embedder, len(self.gallery.people())) if threshold is None else threshold
+        limit = identification_threshold(self.embedder, self.gallery.comparisons()) if threshold is None else threshold
         matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
         return {"known": bool(matches), "threshold": limit, "model": self.embedder.name, "photo": reports[0],
                 "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
@@ -188,7 +189,7 @@ class Engine:
                 "trained_on": trained_on(info) if info else "see its own documentation"}
 
     def people(self) -> dict:
-        return {"model": self.gallery.model_id,
+        return {"model": self.gallery.model_id, "policy": self.gallery.policy,
                 "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()]}
 
     def remove(self, name: str) -> dict:

@@ -60,6 +60,7 @@ class PersonOut(BaseModel):
 
 class PeopleResult(BaseModel):
     model: str
+    policy: str  # how a person with several photos is scored (facenet.gallery.policy)
     people: list[PersonOut]
 
 
