@@ -74,20 +74,28 @@ def stage_yale(root: Path, staged: Path) -> dict:
 
 
 def stage_utk(root: Path, staged: Path) -> dict:
-    """Link every UTKFace photo once (the random_200 folders repeat some of data/images), as one folder."""
-    seen, linked = set(), 0
+    """Link every UTKFace photo once, as one folder. UTKFace names each photo by age, gender, race and
+    time, and data/random_200 holds 2,000 of data/images again (re-encoded: other bytes, same name), so a
+    name seen before, or bytes seen before, is the same photo."""
+    names, digests, linked = set(), set(), 0
     for photo in sorted(root.rglob("*")):
         if photo.suffix.lower() not in IMAGE_SUFFIXES or not photo.is_file():
             continue
         digest = hashlib.sha256(photo.read_bytes()).hexdigest()
-        if digest not in seen:
-            seen.add(digest)
+        if photo.name not in names and digest not in digests:
             linked += _link(photo, staged / "photos" / photo.name)
+        names.add(photo.name)
+        digests.add(digest)
     return {"photos_linked": linked}
 
 
 def _link(target: Path, link: Path) -> int:
+    """Link ``link`` to ``target`` (kept if already there); a name another photo holds gets the photo's
+    content hash added, so no photo is dropped for its name."""
     link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() != target.resolve():
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()[:12]
+        link = link.with_name(f"{link.stem}-{digest}{link.suffix}")
     if not link.is_symlink():
         link.symlink_to(target.resolve())
     return 1

@@ -39,9 +39,15 @@ def test_yale_keeps_face_images_and_utk_each_photo_once(tmp_path):
     (tmp_path / "yale" / "yaleB01" / "b.pgm.bad").write_bytes(b"x")
     assert prep.stage_yale(tmp_path / "yale", tmp_path / "s_yale")["photos_linked"] == 1
     _photo(tmp_path / "utk" / "images" / "1.jpg", shade=1)
-    _photo(tmp_path / "utk" / "random_200" / "males" / "1.jpg", shade=1)  # the same bytes again
+    _photo(tmp_path / "utk" / "images" / "3.jpg", shade=1)  # the same bytes under another name
     _photo(tmp_path / "utk" / "images" / "2.jpg", shade=2)
+    _photo(tmp_path / "utk" / "random_200" / "females" / "2.jpg", shade=3)  # re-encoded: same name, other bytes
     assert prep.stage_utk(tmp_path / "utk", tmp_path / "s_utk")["photos_linked"] == 2
+    assert sorted(p.name for p in (tmp_path / "s_utk" / "photos").iterdir()) == ["1.jpg", "2.jpg"]
+    # a name another photo already holds keeps both photos
+    _photo(tmp_path / "other.jpg", shade=9)
+    prep._link(tmp_path / "other.jpg", tmp_path / "s_utk" / "photos" / "1.jpg")
+    assert len(list((tmp_path / "s_utk" / "photos").iterdir())) == 3
 
 
 def test_lfw_overlap_matches_names_written_with_spaces(tmp_path):
