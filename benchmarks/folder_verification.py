@@ -23,7 +23,7 @@ import numpy as np
 from facenet.align.crop import template_points
 from facenet.align.dataset import read_recipe
 from facenet.data.folder import FolderDataset
-from facenet.data.images import load_image
+from facenet.data.images import fit_to_input, load_image
 from facenet.embedder import load_embedder
 from facenet.evaluate.metrics import kfold_metrics
 from facenet.occlusion import KINDS, occlude
@@ -61,13 +61,10 @@ def main(argv=None) -> int:
         emb = {i: e for i, e in zip(used.tolist(), clean)}
         occluded = dict(emb)
         if args.occlude:
-            def occluded_crop(i):
-                from facenet.data.images import fit_to_input
-
-                return occlude(fit_to_input(load_image(data.path(i)), size), landmarks, args.occlude, seed=i)
-
             chosen = sorted(second)
-            occluded.update(zip(chosen, embedder.embed([occluded_crop(i) for i in chosen])))
+            drawn = [occlude(fit_to_input(load_image(data.path(i)), size), landmarks, args.occlude, seed=i)
+                     for i in chosen]
+            occluded.update(zip(chosen, embedder.embed(drawn)))
         e1 = np.stack([emb[i] for i in pairs.first.tolist()])
         e2 = np.stack([occluded[i] for i in pairs.second.tolist()])
         m = kfold_metrics(e1, e2, pairs.same, pairs.folds)

@@ -81,7 +81,8 @@ def test_excluded_names_match_across_sources(two_sources, tmp_path):
     source, _ = build_sources(config)
     from facenet.train.data import data_summary
 
-    assert data_summary(config)["excluded"]["people"] == 2 and data_summary(config)["excluded"]["images"] == 4 + 3
+    summary = data_summary(config, source)
+    assert summary["excluded"]["people"] == 2 and summary["excluded"]["images"] == 4 + 3
     classes = source.dataset.classes
     kept = {classes[i] for i in np.unique(source.dataset.labels[source.indices])}
     assert "alpha/bob" not in kept and "beta/bob" not in kept and len(kept) == 8

@@ -37,7 +37,7 @@ class FolderDataset(torch.utils.data.Dataset):
         if len(roots) > 1 and not merge_names and len(set(names)) < len(names):
             raise DataError(f"two dataset folders share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}, "
                             "which namespaces their identities; give each source folder its own name")
-        exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+        exts = _suffixes(extensions)
         found: dict[str, list[tuple[Path, int]]] = {}  # identity -> (image, index of its root)
         for index, (folder_root, name) in enumerate(zip(roots, names)):
             for identity, paths in _identity_folders(folder_root, exts).items():
@@ -89,6 +89,11 @@ class FolderDataset(torch.utils.data.Dataset):
                             for r, p, i in zip(self.roots, people, images)]}
 
 
+def _suffixes(extensions: Sequence[str]) -> set[str]:
+    """File suffixes to read, lower case with their dot (``jpg`` and ``.JPG`` both give ``.jpg``)."""
+    return {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+
+
 def _identity_folders(root: Path, exts: set[str]) -> dict[str, list[Path]]:
     """{identity folder name: sorted image paths} of one dataset root."""
     if not root.is_dir():
@@ -109,9 +114,10 @@ class ImageFiles(torch.utils.data.Dataset):
     """Every image under a folder (any depth), without identities: photos that only a teacher labels."""
 
     def __init__(self, roots: Sequence[str | Path], extensions: Sequence[str] = tuple(sorted(IMAGE_SUFFIXES))):
-        exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+        exts = _suffixes(extensions)
         self.roots = [Path(r) for r in roots]
         self.paths: list[Path] = []
+        self.per_root: list[int] = []
         for root in self.roots:
             if not root.is_dir():
                 raise DataError(f"folder of unlabelled photos not found: {root}")
@@ -120,6 +126,7 @@ class ImageFiles(torch.utils.data.Dataset):
             if not found:
                 raise DataError(f"{root}: no images with extensions {', '.join(sorted(exts))}")
             self.paths += found
+            self.per_root.append(len(found))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -129,3 +136,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def path(self, index: int) -> Path:
         return self.paths[index]
+
+    def summary(self) -> list[dict]:
+        """Photos per folder (recorded in a run and its model file)."""
+        return [{"folder": str(r), "images": n} for r, n in zip(self.roots, self.per_root)]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from facenet.data.images import fit_to_input
+from facenet.occlusion import KINDS, occlude
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,6 @@ class Augmentation:
         face = fit_to_input(image, self.size)
         occluded = face
         if self.landmarks is not None and self.occlusion > 0 and rng.random() < self.occlusion:
-            from facenet.occlusion import KINDS, occlude
-
             kind = KINDS[int(rng.integers(len(KINDS)))]
             occluded = occlude(face, np.asarray(self.landmarks), kind, seed=int(rng.integers(2**31)), variant="train")
         if occluded is face:

@@ -53,19 +53,19 @@ class UnlabelledSource:
     def __init__(self, folders):
         from facenet.data.folder import ImageFiles
 
-        self.files = ImageFiles(folders)
-        self.labels = np.full(len(self.files), -1, dtype=np.int64)
+        self.dataset = ImageFiles(folders)
+        self.labels = np.full(len(self.dataset), -1, dtype=np.int64)
         self.num_identities = 0
         self.identity_weights = None
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.dataset)
 
     def image(self, i: int) -> np.ndarray:
-        return self.files[int(i)]
+        return self.dataset[int(i)]
 
     def path(self, i: int):
-        return self.files.path(int(i))
+        return self.dataset.path(int(i))
 
 
 class SyntheticSource:
@@ -106,6 +106,7 @@ class CachedCrops:
         self.labels, self.num_identities = source.labels, source.num_identities
         self.identity_weights = getattr(source, "identity_weights", None)
         self.path = getattr(source, "path", None)  # the files' names, for a teacher's cache
+        self.dataset = getattr(source, "dataset", None)  # the folders, for the run's data summary
         need = len(source) * size * size * 3
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
         if free is not None and need > free // 2:
@@ -152,21 +153,20 @@ def build_unlabelled(config):
     return CachedCrops(source, config.image_size) if config.cache_crops else source
 
 
-def data_summary(config) -> dict:
-    """People and images per data folder (and unlabelled photos): recorded in the run and its model file."""
+def data_summary(config, train, unlabelled=None) -> dict:
+    """People and images per data folder (and unlabelled photos), from the sources ``build_sources`` and
+    ``build_unlabelled`` made (the folders are not scanned again): recorded in the run and its model file."""
     if config.data is None:
         return {"synthetic_identities": config.synthetic_identities,
                 "images_per_identity": config.synthetic_images_per_identity}
-    from facenet.data.folder import FolderDataset, ImageFiles
-
-    dataset = FolderDataset(config.data, min_images=config.min_images_per_identity, merge_names=config.merge_names)
+    dataset = train.dataset  # every data folder, held-out people included
     summary = dataset.summary()
     if config.exclude_identities:
         excluded = _identity_labels(dataset.classes, config.exclude_identities)
         summary["excluded"] = {"file": str(config.exclude_identities), "people": len(excluded),
                                "images": int(dataset.images_per_class[excluded].sum())}
-    if config.unlabelled:
-        summary["unlabelled"] = [{"folder": str(f), "images": len(ImageFiles([f]))} for f in config.unlabelled]
+    if unlabelled is not None:
+        summary["unlabelled"] = unlabelled.dataset.summary()
     return summary
 
 

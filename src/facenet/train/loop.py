@@ -79,14 +79,15 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     if config.batch_size % ctx.world_size:
         raise TrainingError(f"the batch of {config.batch_size} faces does not split evenly over "
                             f"{ctx.world_size} processes")
-    summary = data_summary(config)
     if ctx.is_main:
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config.to_json()))
-        atomic_write(run_dir / "data.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
 
     seed_everything(config.seed)
     train_source, held_source = build_sources(config)
     unlabelled = build_unlabelled(config)
+    summary = data_summary(config, train_source, unlabelled)
+    if ctx.is_main:
+        atomic_write(run_dir / "data.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     trainer = TrainingStep.build(config, ctx, train_source.num_identities)
     model, loss_fn, optimizer, scaler = trainer.model, trainer.loss_fn, trainer.optimizer, trainer.scaler
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
@@ -294,10 +295,9 @@ class TrainingStep:
             stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
         elif config.loss == "none":
             loss, stats = prelogits.sum() * 0, {}
-        else:
-            known = labels >= 0  # unlabelled photos only meet the teacher
-            loss, stats = (self.loss_fn(prelogits, labels) if len(labels) == config.labelled_batch_size
-                           else self.loss_fn(prelogits[known], labels[known]))
+        else:  # the P x K labelled faces come first; unlabelled photos (after them) only meet the teacher
+            labelled = config.labelled_batch_size
+            loss, stats = self.loss_fn(prelogits[:labelled], labels[:labelled])
         if self.teacher_mode is not None:
             distill, distill_stats = distillation_loss(l2_normalize(prelogits),
                                                        self._teacher_embeddings(local, teacher_input, step, per_rank,
@@ -395,10 +395,10 @@ def _teacher_feed(trainer: TrainingStep, source, unlabelled, augment, progress: 
         if getattr(source, "path", None) is None:
             raise TrainingError("a cached teacher embeds the training photos' files; synthetic faces have none "
                                 "(use --teacher-mode online with a model file)")
-        targets = cached_targets(config.teacher, [source.path(i) for i in range(len(source))], progress)
-        extra = (cached_targets(config.teacher, [unlabelled.path(i) for i in range(len(unlabelled))], progress)
-                 if unlabelled is not None else None)
-        return TeacherFeed(targets=targets, unlabelled_targets=extra)
+        paths = [source.path(i) for i in range(len(source))]
+        extra = [unlabelled.path(i) for i in range(len(unlabelled))] if unlabelled is not None else []
+        targets = cached_targets(config.teacher, paths + extra, progress)  # one teacher, one pass over the cache
+        return TeacherFeed(targets=targets[:len(paths)], unlabelled_targets=targets[len(paths):] if extra else None)
     if trainer.teacher_mode == "online" and augment.landmarks is not None and augment.occlusion > 0:
         return TeacherFeed(clean_views=True)
     return None
