@@ -24,7 +24,7 @@ LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 
 def main(argv=None) -> int:
     from facenet.baselines.dlib_model import DlibEmbedder
-    from facenet.data.images import load_image, standardise
+    from facenet.data.images import standardise
     from facenet.embedder import ensure_default_model
     from facenet.evaluate.metrics import kfold_metrics
     from facenet.evaluate.pairs import read_pairs
@@ -47,9 +47,7 @@ def main(argv=None) -> int:
     bar = progress_bar(len(paths), "dlib chips")
     for path in paths:
         bar.update()
-        rgb = np.ascontiguousarray(load_image(path))
-        shape = dlib_side._predictor(rgb, dlib_side._face_box(rgb))
-        chip = np.asarray(dlib_side._dlib.get_face_chip(rgb, shape, 150, 0.25))
+        chip = dlib_side.chip(path)
         theirs[path] = np.asarray(dlib_side._encoder.compute_face_descriptor(chip), np.float32)
         with torch.inference_mode():
             ours[path] = model(standardise(chip[None], "dlib"))[0].numpy()

@@ -79,6 +79,21 @@ def test_converted_network_gives_dlibs_descriptors(dlib_env, converted):
     np.testing.assert_allclose(unit, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-4)
 
 
+def test_the_adapters_chip_embedded_by_the_converted_network_is_dlibs_descriptor(dlib_env, converted):
+    """What benchmarks/occluded_lfw.py --dlib relies on: dlib's pipeline up to its chip, then our network."""
+    from facenet.baselines.dlib_model import DlibEmbedder
+    from facenet.data.synthetic import SyntheticFaces
+
+    model, _ = converted
+    photos = [SyntheticFaces(4, seed=2, size=250).render(i, 0) for i in range(3)]
+    adapter = DlibEmbedder(normalize=False)
+    chips = [adapter.chip(p) for p in photos]
+    assert all(c.shape == (150, 150, 3) for c in chips)
+    with torch.no_grad():
+        ours = model.prelogits(standardise(np.stack(chips), "dlib")).numpy()
+    assert np.abs(ours - adapter.embed(photos)).max() <= 1e-4
+
+
 def test_reader_refuses_truncated_and_foreign_files(dlib_env, tmp_path):
     from facenet.models.dlib_format import dlib_state_dict
 

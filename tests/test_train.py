@@ -222,3 +222,18 @@ def _rows(run_dir):
 def test_bad_configuration_is_a_clear_error(tmp_path, bad):
     with pytest.raises(TrainingError, match="invalid training configuration"):
         train(tiny_config(tmp_path / "run", **bad), progress=False)
+
+
+def test_snapshots_hold_the_weights_of_their_step(tmp_path):
+    """--snapshot-every keeps the model as it was at that step: equal to a run that stopped there."""
+    from facenet.models.modelfile import load_model_file, read_model_info
+
+    train(tiny_config(tmp_path / "long", lr_schedule="constant", snapshot_every=4), progress=False)
+    train(tiny_config(tmp_path / "short", lr_schedule="constant", steps=4), progress=False)
+    snapshots = sorted((tmp_path / "long" / "snapshots").iterdir())
+    assert [s.name for s in snapshots] == ["step-000004.safetensors"]  # the last step is model.safetensors
+    assert snapshots[0].stat().st_mode & 0o777 == 0o600 and read_model_info(snapshots[0]).provenance["steps"] == 4
+    kept, _ = load_model_file(snapshots[0])
+    stopped, _ = load_model_file(tmp_path / "short" / "model.safetensors")
+    for (name, a), b in zip(kept.state_dict().items(), stopped.state_dict().values()):
+        assert torch.equal(a, b), name

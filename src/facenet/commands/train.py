@@ -52,6 +52,9 @@ OPTIONS = [
     ("--eval-every", "eval_every", int, "steps between held-out verification checks"),
     ("--eval-images", "eval_max_images", int, "held-out images the checks use at most (a seeded sample)"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
+    ("--snapshot-every", "snapshot_every", int,
+     "also keep the model file every N steps, as snapshots/step-N.safetensors, for a learning curve "
+     "(benchmarks/learning_curve.py; 0 = off)"),
     ("--workers", "workers", int, "data-loading processes (-1: one per CPU core left by the training process)"),
     ("--precision", "precision", str,
      f"one of {', '.join(PRECISIONS)}; auto = bf16 on GPUs that support it, fp32 otherwise (fp16 adds loss scaling)"),

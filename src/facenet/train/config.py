@@ -61,6 +61,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_max_images: int = 2000
     checkpoint_every: int = 100
+    snapshot_every: int = 0              # keep the model file every N steps (snapshots/): learning curves; 0 = off
     log_every: int = 10
     workers: int = -1                    # data-loading processes; -1 = one per CPU core the training process leaves
     cache_crops: bool = False            # decode every image once and keep the crops in RAM (uint8)
@@ -88,6 +89,7 @@ class TrainConfig:
             (self.steps >= 1, "steps must be >= 1"),
             (min(self.eval_every, self.checkpoint_every, self.log_every) >= 1,
              "eval, checkpoint and log intervals must be >= 1 step"),
+            (self.snapshot_every >= 0, "snapshot interval must be >= 0 steps (0 = no snapshots)"),
             (self.lr > 0, "learning rate must be positive"),
             (0 <= self.holdout_identities < 1, "holdout fraction must be in [0, 1)"),
             (self.offline_every == 0 or self.loss == "triplet", "offline mining trains the triplet loss only"),

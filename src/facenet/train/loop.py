@@ -192,6 +192,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
                             img_s=f"{row['images_per_s']:.0f}",
                             val=f"{history[-1]['val_accuracy']:.3f}" if history[-1].get("val_accuracy") else "-")
+        if ctx.is_main and config.snapshot_every and done % config.snapshot_every == 0 and done < config.steps:
+            (run_dir / "snapshots").mkdir(exist_ok=True)
+            _save_final(model, config, train_source, summary, run_dir / "snapshots" / f"step-{done:06d}.safetensors",
+                        last_check, history[-1].get("val_accuracy"), steps=done)
         if ctx.is_main and saved:
             save_checkpoint(run_dir, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
@@ -412,14 +416,16 @@ def _recipe(config: TrainConfig) -> dict:
     return read_model_info(config.init).recipe if config.init else {}
 
 
-def _save_final(model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy) -> ModelInfo:
-    """The final model file, with the last held-out check's thresholds (verification and FAR table)."""
+def _save_final(model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy,
+                steps: int | None = None) -> ModelInfo:
+    """The model file after ``steps`` (the final one by default), with the last held-out check's thresholds
+    (verification and FAR table)."""
     clean = create_model(config.arch, embedding_size=config.embedding_size)
     clean.load_state_dict(model.state_dict())
     clean.input_size = config.image_size
     provenance = {"trained_by": "facenet train", "data": ", ".join(config.data) if config.data else "synthetic",
                   "identities": int(source.num_identities), "images": int(len(source)), "data_summary": summary,
-                  "steps": config.steps,
+                  "steps": steps or config.steps,
                   "seed": config.seed, "loss": config.loss, "miner": config.miner,
                   "held_out_accuracy": accuracy, **({"init": config.init} if config.init else {}),
                   **({"teacher": config.teacher, "distill_weight": config.distill_weight} if config.teacher else {}),
