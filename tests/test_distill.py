@@ -211,3 +211,31 @@ def test_teacher_settings_that_cannot_work_are_refused(tmp_path):
     with pytest.raises(TrainingError, match="cached"):
         resolve_mode(str(onnx), "online", torch.device("cpu"))
     assert resolve_mode(str(onnx), "auto", torch.device("cuda")) == "cached"
+
+
+def test_a_distilled_student_is_closer_to_its_teacher_on_photos_it_never_saw(tmp_path):
+    """A few hundred photos of distillation bring the student's embeddings towards the teacher's on other
+    people's photos, far closer than an untrained student's."""
+    from facenet.embedder import load_embedder
+    from facenet.models import create_model
+    from facenet.models.modelfile import read_model_info, save_model
+    from facenet.train.loop import train
+
+    seen = _people(tmp_path / "seen", [f"p{i}" for i in range(40)], seed=11, per_person=6, size=32)
+    unseen = SyntheticFaces(12, seed=12, size=32)
+    photos = [unseen.render(person, i) for person in range(12) for i in range(4)]
+    teacher = _teacher_file(tmp_path)
+    result = train(tiny_config(tmp_path / "run", data=[str(seen)], loss="none", teacher=str(teacher),
+                               teacher_mode="cached", steps=80, lr=3e-3, identities_per_batch=8,
+                               holdout_identities=0.0, eval_every=80, checkpoint_every=80), progress=False)
+    info = read_model_info(result.model_path)
+    torch.manual_seed(1)
+    untrained = save_model(create_model("nns", input_size=32).eval(), tmp_path / "untrained.safetensors", info)
+    assert untrained.standardisation == info.standardisation
+
+    def gap(model_path):  # mean squared distance between the student's and the teacher's unit embeddings
+        student = load_embedder(model_path, detect=False).embed_crops(photos)
+        return ((student - load_embedder(teacher, detect=False).embed_crops(photos)) ** 2).sum(1).mean()
+
+    trained, untrained = gap(result.model_path), gap(tmp_path / "untrained.safetensors")
+    assert trained < 0.5 * untrained, (trained, untrained)
