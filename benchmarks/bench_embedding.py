@@ -24,7 +24,7 @@ from facenet.data.images import standardise, to_batch
 from facenet.data.synthetic import SyntheticFaces
 from facenet.export import onnx_bytes, quantize_int8
 from facenet.models import create_model
-from facenet.models.modelfile import model_info_for
+from facenet.models.modelfile import load_model_file, model_info_for
 from facenet.peers import peer_inception_resnet_v1
 
 SMALL = {"mobilefacenet": 160, "nns": 64}
@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX Runtime row (quantising takes ~1 min)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row (compiling takes minutes)")
     ap.add_argument("--small", default="mobilefacenet,nns", help="small networks to time ('' for none)")
+    ap.add_argument("--models", nargs="*", default=[], type=Path,
+                    help="model files to time as well, at their own input size (e.g. a trained student and flagship)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -107,14 +109,18 @@ def main(argv=None) -> int:
         speed = {b: throughput(backend, faces(b, 160, 2), args.seconds) for b in batches}
         rows.append(("ours IRv1", label, speed, diff, "int8 vs fp32 embeddings" if "int8" in label else ""))
 
-    for arch in filter(None, args.small.split(",")):
-        size = SMALL.get(arch, 160)
-        model = realistic(create_model(arch))
+    timed = [(f"ours {arch} ({SMALL.get(arch, 160)}px)", realistic(create_model(arch)), SMALL.get(arch, 160))
+             for arch in filter(None, args.small.split(","))]
+    for path in args.models:
+        model, file_info = load_model_file(path)
+        timed.append((f"{path.parent.name or path.stem}: {file_info.arch} ({file_info.input_size}px)", model.eval(),
+                      file_info.input_size))
+    for name, model, size in timed:
         small_info = model_info_for(model, input_size=size)
         for label, backend in (("torch eager", TorchBackend(model)),
                                ("onnxruntime fp32", OnnxBackend(onnx_bytes(model, small_info)))):
             speed = {b: throughput(backend, faces(b, size, 2), args.seconds) for b in batches}
-            rows.append((f"ours {arch} ({size}px)", label, speed, float("nan"), ""))
+            rows.append((name, label, speed, float("nan"), ""))
 
     print_table(rows, batches, peer_speed, args.threads)
     return 0
