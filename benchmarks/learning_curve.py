@@ -5,6 +5,8 @@ View 2, all 10 folds, clean pairs, with the protocol of `facenet evaluate` (cent
 fallback). The runs must share one recipe and input size: each photo is then detected and cut once
 (`--crops` keeps the cuts for later runs, as in benchmarks/occluded_lfw.py) and every model costs only
 its embedding. Images seen = steps x the batch (P x K labelled + the unlabelled photos of each batch).
+`--flip` adds the accuracy with flip test-time augmentation (the sum of the embeddings of the crop and
+of its mirror image; `facenet evaluate --flip sum` mirrors the photo before detection instead).
 
     .venv/bin/python benchmarks/learning_curve.py runs/triplet runs/distill runs/both \\
         --crops results/crops/lfw --json curve.json --plot curve.png
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=Path, default=Path("../shared/data/lfw/pairs.txt"))
     parser.add_argument("--images", type=Path, default=Path("../shared/data/lfw/images"))
     parser.add_argument("--crops", type=Path, default=None, help="crop store (see benchmarks/occluded_lfw.py)")
+    parser.add_argument("--flip", action="store_true", help="add the accuracy with flip test-time augmentation")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="draw the curves into this image (matplotlib)")
     args = parser.parse_args(argv)
@@ -63,22 +66,31 @@ def main(argv=None) -> int:
     scored = [p for p in pairs if p.path1 in crops and p.path2 in crops]
     same, folds = np.array([p.same for p in scored]), np.array([p.fold for p in scored])
 
+    def measure(emb: dict):
+        return kfold_metrics(np.stack([emb[p.path1] for p in scored]), np.stack([emb[p.path2] for p in scored]),
+                             same, folds)
+
     rows = []
-    print(f"LFW View 2, {len(scored)} pairs, 10 folds\n\n| run | images seen | accuracy | VAL@FAR=1e-3 | AUC |\n"
-          "|---|---|---|---|---|")
+    print(f"LFW View 2, {len(scored)} pairs, 10 folds\n\n| run | images seen | accuracy | VAL@FAR=1e-3 | AUC |"
+          + (" accuracy, flip |" if args.flip else "") + "\n|---|---|---|---|---|" + ("---|" if args.flip else ""))
     for run, models in curves.items():
         for seen, path in models:
             model = load_embedder(path, detect=False)
             if [model.info.recipe, model.info.input_size] != pipeline:
                 raise SystemExit(f"{path} cuts faces another way than {first}; measure it in a separate call")
-            emb = dict(zip(crops, model.embed_crops(list(crops.values()))))
-            m = kfold_metrics(np.stack([emb[p.path1] for p in scored]), np.stack([emb[p.path2] for p in scored]),
-                              same, folds)
+            plain = model.embed_crops(list(crops.values()))
+            m = measure(dict(zip(crops, plain)))
             rows.append({"run": str(run), "model": str(path), "images_seen": seen,
                          "accuracy": float(m.accuracy.mean()), "std": float(m.accuracy.std()),
                          "val_at_1e-3": float(m.val.mean()), "auc": float(m.roc.auc)})
-            print(f"| {run.name} | {seen:,} | {100 * rows[-1]['accuracy']:.2f}% +- {100 * rows[-1]['std']:.2f} | "
-                  f"{100 * rows[-1]['val_at_1e-3']:.2f}% | {rows[-1]['auc']:.4f} |", flush=True)
+            line = (f"| {run.name} | {seen:,} | {100 * rows[-1]['accuracy']:.2f}% +- {100 * rows[-1]['std']:.2f} | "
+                    f"{100 * rows[-1]['val_at_1e-3']:.2f}% | {rows[-1]['auc']:.4f} |")
+            if args.flip:
+                joined = plain + model.embed_crops([np.ascontiguousarray(c[:, ::-1]) for c in crops.values()])
+                joined /= np.linalg.norm(joined, axis=1, keepdims=True)
+                rows[-1]["flip_accuracy"] = float(measure(dict(zip(crops, joined))).accuracy.mean())
+                line += f" {100 * rows[-1]['flip_accuracy']:.2f}% |"
+            print(line, flush=True)
             if args.json:  # after every model: a long run stopped early keeps what it measured
                 args.json.write_text(json.dumps(rows, indent=2))
     if args.plot:
