@@ -29,6 +29,7 @@ from pathlib import Path
 
 from facenet.align.crop import Recipe
 from facenet.align.dataset import AlignSettings, align_dataset
+from facenet.data.folder import person_name
 from facenet.data.images import IMAGE_SUFFIXES
 from facenet.errors import FaceNetError
 from facenet.fileio import atomic_write_bytes
@@ -104,7 +105,8 @@ def _link(target: Path, link: Path) -> int:
 def lfw_overlap(folders: list[Path], lfw_names: set[str]) -> list[str]:
     """Identity folders named like an LFW person (LFW writes spaces as underscores)."""
     names = {d.name for folder in folders for d in folder.iterdir() if d.is_dir()}
-    return sorted(n for n in names if n.replace(" ", "_") in lfw_names)
+    lfw = {person_name(n) for n in lfw_names}
+    return sorted(n for n in names if person_name(n) in lfw)
 
 
 def count(folder: Path) -> dict:

@@ -49,6 +49,27 @@ def test_sources_keep_their_people_apart_unless_merged(two_sources):
         FolderDataset([two_sources[0], two_sources[0]])
 
 
+def test_merged_names_treat_underscores_as_spaces(tmp_path):
+    """LFW's George_W_Bush and PubFig83's George W Bush are one person once merged, and one exclusion
+    line in either spelling keeps both out."""
+    from facenet.data.folder import FolderDataset
+    from facenet.train.data import build_sources
+
+    lfw = _people(tmp_path / "lfw", ["George_W_Bush", "Ann_Lee"], seed=3, per_person=2)
+    pubfig = _people(tmp_path / "pubfig", ["George W Bush", "Cid Moe"], seed=4, per_person=3)
+    merged = FolderDataset([lfw, pubfig], merge_names=True)
+    assert merged.classes == ["Ann Lee", "Cid Moe", "George W Bush"]
+    assert merged.images_per_class.tolist() == [2, 3, 2 + 3]
+    assert len(FolderDataset([lfw, pubfig]).classes) == 4  # apart unless merged
+    names = tmp_path / "exclude.txt"
+    names.write_text("George_W_Bush\n")
+    config = tiny_config(tmp_path / "run", data=[str(lfw), str(pubfig)], holdout_identities=0.0,
+                         exclude_identities=str(names), identities_per_batch=2, faces_per_identity=2)
+    source, _ = build_sources(config)
+    kept = {source.dataset.classes[i] for i in np.unique(source.dataset.labels[source.indices])}
+    assert kept == {"lfw/Ann_Lee", "pubfig/Cid Moe"}
+
+
 def test_source_weights_set_the_share_of_each_source_in_the_batches(two_sources):
     """Over many batches, the fraction of identities drawn from each source follows --source-weights."""
     from facenet.data.folder import FolderDataset

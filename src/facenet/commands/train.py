@@ -147,8 +147,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="decode every image once and keep the face crops in RAM as uint8 (for datasets that "
                              "fit: LFW at 160 px takes 1 GB); workers then only augment")
     parser.add_argument("--merge-names", action="store_true",
-                        help="with several DATA_DIRs: identity folders of the same name are one person (by default "
-                             "each folder's identities are its own, namespaced by the folder's name)")
+                        help="with several DATA_DIRs: identity folders of the same name are one person, underscores "
+                             "counting as spaces (LFW's George_W_Bush is PubFig83's George W Bush); by default each "
+                             "folder's identities are its own, namespaced by the folder's name")
     parser.add_argument("--source-weights", type=_weights, default=None, metavar="W1,W2,...",
                         help="with several DATA_DIRs: the share of each batch's identities drawn from each folder "
                              "(default: every identity alike)")

@@ -41,7 +41,7 @@ class FolderDataset(torch.utils.data.Dataset):
         found: dict[str, list[tuple[Path, int]]] = {}  # identity -> (image, index of its root)
         for index, (folder_root, name) in enumerate(zip(roots, names)):
             for identity, paths in _identity_folders(folder_root, exts).items():
-                key = identity if len(roots) == 1 or merge_names else f"{name}/{identity}"
+                key = identity if len(roots) == 1 else person_name(identity) if merge_names else f"{name}/{identity}"
                 found.setdefault(key, []).extend((path, index) for path in paths)
         kept = sorted(key for key, images in found.items() if len(images) >= min_images)
         if not kept:
@@ -87,6 +87,12 @@ class FolderDataset(torch.utils.data.Dataset):
         return {"people": len(self.classes), "images": len(self.samples),
                 "sources": [{"folder": str(r), "people": int(p), "images": int(i)}
                             for r, p, i in zip(self.roots, people, images)]}
+
+
+def person_name(folder_name: str) -> str:
+    """A person's name as sources agree on it: LFW writes "George_W_Bush" where PubFig83 writes "George W
+    Bush", so underscores count as spaces (and runs of them as one)."""
+    return " ".join(folder_name.replace("_", " ").split())
 
 
 def _suffixes(extensions: Sequence[str]) -> set[str]:

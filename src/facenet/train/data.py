@@ -229,12 +229,15 @@ def _sources(config):
 
 def _identity_labels(classes: list[str], names_file: str) -> np.ndarray:
     """Labels of the identities named in ``names_file`` (e.g. the test fold's people, or the people of LFW).
-    A name matches an identity folder of that name in any data folder, or one namespaced ``folder/name``."""
+    A name matches an identity folder of that name in any data folder, or one namespaced ``folder/name``;
+    underscores count as spaces ("George_W_Bush" is "George W Bush")."""
+    from facenet.data.folder import person_name
+
     try:
-        names = {line.strip() for line in open(names_file, encoding="utf-8") if line.strip()}
+        names = {person_name(line) for line in open(names_file, encoding="utf-8") if line.strip()}
     except OSError as exc:
         raise DataError(f"cannot read the identities to exclude: {exc}") from None
-    return np.array([i for i, c in enumerate(classes) if c in names or c.rsplit("/", 1)[-1] in names], np.int64)
+    return np.array([i for i, c in enumerate(classes) if person_name(c) in names or person_name(c.rsplit("/", 1)[-1]) in names], np.int64)
 
 
 @dataclass
