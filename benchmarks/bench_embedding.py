@@ -113,8 +113,8 @@ def main(argv=None) -> int:
              for arch in filter(None, args.small.split(","))]
     for path in args.models:
         model, file_info = load_model_file(path)
-        timed.append((f"{path.parent.name or path.stem} ({file_info.arch[:12]}, {file_info.input_size}px)", model.eval(),
-                      file_info.input_size))
+        name = f"{path.parent.name or path.stem} ({file_info.arch[:12]}, {file_info.input_size}px)"
+        timed.append((name, model.eval(), file_info.input_size))
     for name, model, size in timed:
         small_info = model_info_for(model, input_size=size)
         for label, backend in (("torch eager", TorchBackend(model)),

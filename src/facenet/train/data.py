@@ -237,7 +237,8 @@ def _identity_labels(classes: list[str], names_file: str) -> np.ndarray:
         names = {person_name(line) for line in open(names_file, encoding="utf-8") if line.strip()}
     except OSError as exc:
         raise DataError(f"cannot read the identities to exclude: {exc}") from None
-    return np.array([i for i, c in enumerate(classes) if person_name(c) in names or person_name(c.rsplit("/", 1)[-1]) in names], np.int64)
+    return np.array([i for i, c in enumerate(classes)
+                     if person_name(c) in names or person_name(c.rsplit("/", 1)[-1]) in names], np.int64)
 
 
 @dataclass

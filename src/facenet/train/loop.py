@@ -194,7 +194,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
                             val=f"{history[-1]['val_accuracy']:.3f}" if history[-1].get("val_accuracy") else "-")
         if ctx.is_main and config.snapshot_every and done % config.snapshot_every == 0 and done < config.steps:
             (run_dir / "snapshots").mkdir(exist_ok=True)
-            _save_final(model, config, train_source, summary, run_dir / "snapshots" / f"step-{done:06d}.safetensors",
+            _save_model(model, config, train_source, summary, run_dir / "snapshots" / f"step-{done:06d}.safetensors",
                         last_check, history[-1].get("val_accuracy"), steps=done)
         if ctx.is_main and saved:
             save_checkpoint(run_dir, {
@@ -212,7 +212,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     threshold = last_check[1] if last_check else None
     model_path = run_dir / MODEL_NAME
     if ctx.is_main:
-        _save_final(model, config, train_source, summary, model_path, last_check, final_accuracy)
+        _save_model(model, config, train_source, summary, model_path, last_check, final_accuracy)
     return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
 
 
@@ -416,7 +416,7 @@ def _recipe(config: TrainConfig) -> dict:
     return read_model_info(config.init).recipe if config.init else {}
 
 
-def _save_final(model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy,
+def _save_model(model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy,
                 steps: int | None = None) -> ModelInfo:
     """The model file after ``steps`` (the final one by default), with the last held-out check's thresholds
     (verification and FAR table)."""
