@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from occluded_lfw import cut  # noqa: E402  (the crop store shared with the occlusion benchmark)
+from occluded_lfw import cut, evaluate_pipeline  # noqa: E402  (the crop store shared with the occlusion benchmark)
 
-from facenet.align import get_detector  # noqa: E402
 from facenet.embedder import load_embedder  # noqa: E402
 from facenet.evaluate.metrics import kfold_metrics  # noqa: E402
 from facenet.evaluate.pairs import read_pairs  # noqa: E402
@@ -56,13 +55,10 @@ def main(argv=None) -> int:
 
     curves = {run: run_models(run) for run in args.runs}
     first = next(iter(curves.values()))[0][1]
-    cutter = load_embedder(first, which="central")
-    cutter.fallback_detector = get_detector("center")
-    pipeline = [cutter.info.recipe, cutter.info.input_size]
+    crop, pipeline = evaluate_pipeline(first)
     pairs = read_pairs(args.pairs, args.images.resolve()).pairs  # absolute: the crop store is keyed by path
     photos = sorted({q for p in pairs for q in (p.path1, p.path2)})
-    crops = cut(lambda path, image: cutter.find_faces(image, source=str(path)).faces[0].image, pipeline,
-                ((p, str(p)) for p in photos), args.crops, "none")
+    crops = cut(crop, pipeline, ((p, str(p)) for p in photos), args.crops, "none")
     scored = [p for p in pairs if p.path1 in crops and p.path2 in crops]
     same, folds = np.array([p.same for p in scored]), np.array([p.fold for p in scored])
 

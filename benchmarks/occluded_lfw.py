@@ -65,6 +65,16 @@ def cut(crop, pipeline: list, images, store: Path | None, tag: str) -> dict:
     return crops
 
 
+def evaluate_pipeline(model) -> tuple:
+    """How `facenet evaluate` cuts faces for ``model`` (a model file, or None for the default): its recipe,
+    the central face, a centred crop where none is found. Returns (the crop function ``cut`` takes, the
+    pipeline's identity: [recipe, input size])."""
+    cutter = load_embedder(model, which="central")
+    cutter.fallback_detector = get_detector("center")
+    return (lambda path, image: cutter.find_faces(image, source=str(path)).faces[0].image,
+            [cutter.info.recipe, cutter.info.input_size])
+
+
 DLIB_COLUMN = "dlib (its pipeline)"
 
 
@@ -116,10 +126,7 @@ def main(argv=None) -> int:
             if (m.info.recipe, m.info.input_size) != (first.info.recipe, first.info.input_size):
                 raise SystemExit(f"{name} cuts faces another way than {args.model[0]}; compare such models with "
                                  "`facenet evaluate` one by one")
-        cutter = load_embedder(None if args.model[0] == "default" else args.model[0], which="central")
-        cutter.fallback_detector = get_detector("center")
-        pipelines["ours"] = (lambda path, image: cutter.find_faces(image, source=str(path)).faces[0].image,
-                             [cutter.info.recipe, cutter.info.input_size])
+        pipelines["ours"] = evaluate_pipeline(None if args.model[0] == "default" else args.model[0])
         columns = {name: ("ours", m) for name, m in models.items()}
     if args.dlib:
         dlib_side = DlibEmbedder()
