@@ -6,7 +6,8 @@ fallback). The runs must share one recipe and input size: each photo is then det
 (`--crops` keeps the cuts for later runs, as in benchmarks/occluded_lfw.py) and every model costs only
 its embedding. Images seen = steps x the batch (P x K labelled + the unlabelled photos of each batch).
 `--flip` adds the accuracy with flip test-time augmentation (the sum of the embeddings of the crop and
-of its mirror image; `facenet evaluate --flip sum` mirrors the photo before detection instead).
+of its mirror image; `facenet evaluate --flip sum` mirrors the photo before detection instead). A run that
+fine-tunes a model (`facenet train --init MODEL`) starts at that model.
 
     .venv/bin/python benchmarks/learning_curve.py runs/triplet runs/distill runs/both \\
         --crops results/crops/lfw --json curve.json --plot curve.png
@@ -30,11 +31,15 @@ from facenet.evaluate.pairs import read_pairs  # noqa: E402
 
 
 def run_models(run: Path) -> list[tuple[int, Path]]:
-    """(images seen, model file) of a run's snapshots and its final model, in training order."""
+    """(images seen, model file) of a run's snapshots and its final model, in training order.
+
+    A fine-tuning run (`--init MODEL`) starts its curve at that model, 0 images seen."""
     config = json.loads((run / "config.json").read_text())
     batch = config["identities_per_batch"] * config["faces_per_identity"] + (
         config.get("unlabelled_per_batch", 0) if config.get("unlabelled") else 0)
     models = [(int(p.stem.split("-")[1]), p) for p in sorted((run / "snapshots").glob("step-*.safetensors"))]
+    if config.get("init"):
+        models.insert(0, (0, Path(config["init"])))
     if (run / "model.safetensors").is_file():
         models.append((config["steps"], run / "model.safetensors"))
     if not models:
