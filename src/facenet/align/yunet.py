@@ -32,6 +32,11 @@ def find_model(model: str | os.PathLike | None = None) -> Path:
                        "checksum, and pass its path (model=...) or set FACENET_YUNET_MODEL")
 
 
+# YuNet's coarsest stride. A smaller input leaves its last feature maps empty, and OpenCV then now and
+# then returned faces in a 1x1 or 8x8 grey image (seen in a full test run, never alone).
+MIN_SIDE = 32
+
+
 class YuNetDetector:
     """OpenCV YuNet. ``score_threshold`` 0.6 keeps profile and blurred faces that 0.9 would drop."""
 
@@ -49,6 +54,9 @@ class YuNetDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = check_image(image)
         h, w = image.shape[:2]
+        if h < MIN_SIDE or w < MIN_SIDE:  # pad bottom/right: the coordinates stay those of the image
+            image = np.pad(image, ((0, max(0, MIN_SIDE - h)), (0, max(0, MIN_SIDE - w)), (0, 0)))
+            h, w = image.shape[:2]
         self._net.setInputSize((w, h))
         _, faces = self._net.detect(np.ascontiguousarray(image[:, :, ::-1]))  # YuNet wants BGR
         if faces is None:
