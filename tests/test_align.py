@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet.align import Detection, get_detector
-from facenet.align.crop import (TEMPLATE, Recipe, align_face, crop_face, cut_faces, extract_faces, select_faces,
-                                similarity_transform, template_points)
+from facenet.align import Detection, extract_faces, get_detector
+from facenet.align.crop import (TEMPLATE, Recipe, align_face, crop_face, cut_face, select_faces, similarity_transform,
+                                template_points)
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError, NoFaceError
 
@@ -170,8 +170,8 @@ def test_margin_is_relative_so_a_bigger_photo_gives_the_same_crop(mode):
     face = Detection((50, 50, 150, 150), 1.0, marks)
     face4 = Detection((200, 200, 600, 600), 1.0, marks * 4 + 1.5)  # pixel centres move by 1.5 at 4x
     recipe = Recipe(mode=mode, margin=0.3)
-    a = cut_faces(small, [face], 64, recipe)[0].image.astype(float)
-    b = cut_faces(big, [face4], 64, recipe)[0].image.astype(float)
+    a = cut_face(small, face, 64, recipe).astype(float)
+    b = cut_face(big, face4, 64, recipe).astype(float)
     assert np.abs(a - b).mean() < 2.0
 
 

@@ -130,11 +130,15 @@ def test_the_python_api_decodes_a_batch_at_a_time(model_file, monkeypatch):
     """facenet.embed over many photos never holds them all decoded at once."""
     import facenet.embedder as embedder_module
 
-    decoded = []
-    real = embedder_module.load_images
-    monkeypatch.setattr(embedder_module, "load_images", lambda srcs, **kw: decoded.append(len(srcs)) or real(srcs))
+    opened, in_flight = [], []
+    real_open = embedder_module.open_photo
+    monkeypatch.setattr(embedder_module, "open_photo", lambda src, **kw: opened.append(1) or real_open(src, **kw))
     model = embedder_module.load_embedder(model_file, detect=False, backend="torch")
+    real_find = model.find_faces
+    monkeypatch.setattr(model, "find_faces", lambda *a, **kw: in_flight.append(len(opened)) or real_find(*a, **kw))
     photos = [np.full((48, 48, 3), i * 20, np.uint8) for i in range(10)]
     rows = model.embed(photos, batch_size=4)
-    assert decoded == [4, 4, 2] and rows.shape == (10, 128)
+    # when the n-th photo is cropped, at most the photos of its own batch of 4 have been decoded
+    assert len(opened) == 10 and all(seen <= 4 * (n // 4 + 1) for n, seen in enumerate(in_flight))
+    assert rows.shape == (10, 128)
     np.testing.assert_allclose(rows, model.embed_crops(photos), atol=1e-5)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facenet.data.images import fit_to_input, load_image, load_images, standardise, to_batch
+from facenet.data.images import fit_to_input, load_image, standardise, to_batch
 from facenet.errors import BadImageError, DataError, FaceNetError
 
 
@@ -154,20 +154,6 @@ def test_bad_arrays(array, match):
 
 def test_bad_image_error_is_a_project_error():
     assert issubclass(BadImageError, FaceNetError)
-
-
-def test_load_images_keeps_order_and_reports_bad_input(tmp_path):
-    arrays = [np.full((8, 8, 3), i * 20, np.uint8) for i in range(7)]
-    paths = []
-    for i, a in enumerate(arrays):
-        paths.append(tmp_path / f"{i}.png")
-        paths[-1].write_bytes(encode(a, "PNG"))
-    for workers in (1, 3):
-        out = load_images(paths, workers=workers)
-        for a, b in zip(arrays, out):
-            np.testing.assert_array_equal(a, b)
-    with pytest.raises(BadImageError, match="missing.png"):
-        load_images(paths + [tmp_path / "missing.png"], workers=3)
 
 
 def test_fit_to_input_centre_crops_then_resizes():

@@ -36,7 +36,8 @@ EXIT_FAILED = 2
 class FaceRow:
     """One embedded face: its photo, its index among the photo's detections (detector order), how many
     faces the detector found there, its box (x1, y1, x2, y2, photo pixels) and detector score
-    (NaN with ``--no-detect``). ``crop`` is the model-sized face the embedding was made from."""
+    (NaN with ``--no-detect``). ``crop`` is the model-sized face the embedding was made from; ``notes``
+    say why an answer about it may be unreliable (``facenet.align.finder.face_notes``)."""
 
     path: str
     face: int
@@ -44,6 +45,7 @@ class FaceRow:
     box: tuple[float, float, float, float]
     score: float
     crop: np.ndarray = field(repr=False, compare=False)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def face_rows(found, path) -> list[FaceRow]:
     for face in found.faces:
         index = next(i for i, d in enumerate(found.detections) if d is face.detection)
         rows.append(FaceRow(str(path), index, len(found.detections), face.detection.box, face.detection.score,
-                            face.image))
+                            face.image, face.notes))
     return rows
 
 
@@ -187,7 +189,7 @@ def _found_faces(embedder, paths, all_faces, workers, window):
             yield path, photo_rows(embedder, path, all_faces)
         return
     detector = getattr(embedder.detector, "name", None) if embedder.detector is not None else None
-    settings = (embedder.info, detector, embedder.recipe.which)
+    settings = (embedder.info, detector, embedder.recipe.which, embedder.min_face)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=settings)
     pending: deque[tuple[Path, Future]] = deque()
@@ -208,7 +210,7 @@ def _found_faces(embedder, paths, all_faces, workers, window):
 _worker_embedder = None
 
 
-def _init_worker(info, detector: str | None, which: str) -> None:
+def _init_worker(info, detector: str | None, which: str, min_face: float | None) -> None:
     """A worker's own cropper: the model's recipe and input size, its own detector, no network."""
     global _worker_embedder
     import torch
@@ -218,7 +220,7 @@ def _init_worker(info, detector: str | None, which: str) -> None:
 
     torch.set_num_threads(1)
     _worker_embedder = FaceEmbedder(None, info, detector=get_detector(detector) if detector else None,
-                                    backend=None, which=which)
+                                    backend=None, which=which, min_face=min_face)
 
 
 def _worker_rows(path: str, all_faces: bool):

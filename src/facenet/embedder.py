@@ -8,14 +8,15 @@ verification, evaluation, the gallery and the service are written against.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from facenet.data.images import ImageLike, fit_to_input, load_image, load_images, standardise, to_batch
+from facenet.align.finder import MIN_FACE, FaceFinder, FoundFaces
+from facenet.data.images import ImageLike, open_photo, standardise, to_batch
 from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
@@ -66,11 +67,13 @@ class FaceEmbedder:
     on CPU, else PyTorch) or a ready backend object from ``facenet.backends`` (then ``model`` may be
     ``None``, as for an exported ``.onnx`` file). ``fallback_detector`` (e.g. the "center" detector)
     is used for photos where ``detector`` finds no face, and counted in ``fallbacks``; without one,
-    such a photo raises ``NoFaceError``.
+    such a photo raises ``NoFaceError``. ``min_face``: the smallest face to find, as a fraction of a
+    photo's shorter side (``facenet.align.finder``; ``None`` detects at full resolution).
     """
 
     def __init__(self, model: EmbeddingModel | None, info: ModelInfo, device: str | torch.device = "cpu",
-                 detector=None, backend="torch", which: str | None = None, fallback_detector=None):
+                 detector=None, backend="torch", which: str | None = None, fallback_detector=None,
+                 min_face: float | None = MIN_FACE):
         from facenet.align.crop import Recipe
         from facenet.export import make_backend
 
@@ -81,6 +84,7 @@ class FaceEmbedder:
         self.detector = detector
         self.fallback_detector = fallback_detector
         self.fallbacks = 0
+        self.min_face = min_face
         self.backend = make_backend(backend, model, info, device) if isinstance(backend, str) else backend
 
     @property
@@ -96,32 +100,21 @@ class FaceEmbedder:
         """What galleries record: embeddings are comparable exactly when architecture, size and weights match."""
         return f"{self.info.arch}-{self.info.embedding_size}d-{self.info.weights_id or 'untracked'}"
 
-    def find_faces(self, image: ImageLike, all_faces: bool = False, source: str | None = None) -> FoundFaces:
-        """The model-sized crop(s) of the recipe's face (or of every face) and every detection seen.
+    def find_faces(self, image: ImageLike, all_faces: bool = False, source: str | None = None,
+                   which: str | None = None) -> FoundFaces:
+        """The model-sized crop(s) of the chosen face (or of every face) and every detection seen,
+        through the one path (``facenet.align.finder``). ``which`` overrides the embedder's choice.
 
         Without a detector the image is taken as a face crop: its central square is the one face.
         No face raises ``NoFaceError``.
         """
-        from facenet.align import AlignedFace, Detection, cut_faces
-        from facenet.align.crop import no_face
+        found = self.finder().find(image, "all" if all_faces else which, source or _describe(image))
+        self.fallbacks += found.fallback
+        return found
 
-        source = source or _describe(image)
-        pixels = load_image(image)
-        if self.detector is None:
-            h, w = pixels.shape[:2]
-            side = min(h, w)
-            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
-            face = AlignedFace(fit_to_input(pixels, self.info.input_size), Detection(box, float("nan"), np.zeros(10)))
-            return FoundFaces([face], [face.detection])
-        detections = self.detector.detect(pixels)
-        if not detections and self.fallback_detector is not None:
-            self.fallbacks += 1
-            detections = self.fallback_detector.detect(pixels)
-        # only the chosen face is cut (every face with all_faces); the report keeps every detection
-        faces = cut_faces(pixels, detections, self.info.input_size, self.recipe, "all" if all_faces else None)
-        if not faces:
-            raise no_face(source, self.fallback_detector or self.detector)
-        return FoundFaces(faces, detections)
+    def finder(self) -> FaceFinder:
+        """The face finder for this model's recipe with the embedder's current detectors."""
+        return FaceFinder(self.detector, self.recipe, self.info.input_size, self.fallback_detector, self.min_face)
 
     def embed_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed ready model-sized crops (H,W,3 uint8); rows are unit float32 vectors."""
@@ -134,34 +127,31 @@ class FaceEmbedder:
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or arrays): one unit row per image.
 
-        Images are decoded by a thread pool (Pillow releases the GIL) ``batch_size`` at a time, then
-        cropped and embedded, so memory holds one batch of photos however many are given.
+        Photos are decoded at the finder's working size by a thread pool (Pillow releases the GIL)
+        ``batch_size`` at a time, then cropped and embedded, so memory holds one batch of photos.
         """
         out = np.empty((len(images), self.embedding_size), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            crops = [self.find_faces(p, source=_describe(image)).faces[0].image
-                     for p, image in zip(load_images(chunk), chunk)]
-            out[start:start + len(chunk)] = self.embed_crops(crops, batch_size=batch_size)
+        side = self.finder().working_side
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                photos = pool.map(lambda image: open_photo(image, shorter_side=side), chunk)
+                crops = [self.find_faces(photo, source=_describe(image)).faces[0].image
+                         for photo, image in zip(photos, chunk)]
+                out[start:start + len(chunk)] = self.embed_crops(crops, batch_size=batch_size)
         return out
 
 
-@dataclass(frozen=True)
-class FoundFaces:
-    """The faces cut from one photo (the chosen one, or all) and every detection the detector returned."""
-
-    faces: list  # list[AlignedFace]
-    detections: list  # list[Detection]
-
-
 def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cpu", detector=None,
-                  detect: bool = True, backend: str = "auto", which: str | None = None) -> FaceEmbedder:
+                  detect: bool = True, backend: str = "auto", which: str | None = None,
+                  min_face: float | None = MIN_FACE) -> FaceEmbedder:
     """Load a model file (default: the installed default model) as an embedder for whole photos.
 
     Faces are found by ``detector`` (a name such as ``"mtcnn"``, or a detector object), by default
     the one the model's recipe names, and cut as the recipe says; ``detect=False`` takes every
     image as a ready face crop. A ``.onnx`` file (from ``facenet export``) always runs on ONNX
     Runtime; with ``backend="auto"`` a safetensors model is exported once (cached) and run by it.
+    ``min_face``: the smallest face to find, as a fraction of a photo's shorter side.
     """
     from facenet.export import make_backend
 
@@ -180,7 +170,7 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
 
         detector = get_detector(detector or Recipe.from_dict(info.recipe).detector, device=str(device))
     return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
-                        which=which)
+                        which=which, min_face=min_face)
 
 
 def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

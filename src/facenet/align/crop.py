@@ -13,7 +13,6 @@ output left around the template square.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import cv2
@@ -21,7 +20,6 @@ import numpy as np
 from PIL import Image
 
 from facenet.align.base import Detection, Detector
-from facenet.data.images import ImageLike, load_image
 from facenet.errors import FaceNetError, NoFaceError
 
 # Five-point templates (left eye, right eye, nose tip, left/right mouth corner) on the unit square.
@@ -84,10 +82,12 @@ class Recipe:
 
 @dataclass(frozen=True)
 class AlignedFace:
-    """A size x size x 3 uint8 RGB face crop and the detection it came from (original image coordinates)."""
+    """A size x size x 3 uint8 RGB face crop, the detection it came from (original image coordinates),
+    and why an answer about it may be unreliable (``facenet.align.finder.face_notes``; empty: nothing)."""
 
     image: np.ndarray
     detection: Detection
+    notes: tuple[str, ...] = ()
 
 
 def crop_face(image: np.ndarray, detection: Detection, size: int = 160, margin: float = 0.3) -> np.ndarray:
@@ -131,32 +131,24 @@ def align_face(image: np.ndarray, detection: Detection, size: int = 160, margin:
 
 
 def select_faces(detections: list[Detection], image_shape: tuple[int, ...], which: str = "largest") -> list[Detection]:
-    """Pick the face(s) to keep: "largest" box; "central" = Sandberg's rule, box area minus twice the
-    squared distance of its centre from the image centre; "all" = every face, best score first."""
+    """Pick the face(s) to keep, counting only the part of each box inside the image (a face half out
+    of the photo does not beat the subject): "largest" visible area; "central" = Sandberg's rule,
+    visible area minus twice the squared distance (pixels) of the box centre from the image centre, so
+    a face off-centre by d px must be larger by 2 d^2 px^2 to win; "all" = every face, best score first."""
     if which not in WHICH:
         raise FaceNetError(f"unknown face selection {which!r}; choose one of {', '.join(WHICH)}")
     if which == "all" or not detections:
         return sorted(detections, key=lambda d: d.score, reverse=True)
+    height, width = image_shape[:2]
+
+    def visible(d: Detection) -> float:
+        x1, y1, x2, y2 = d.box
+        return max(0.0, min(x2, width) - max(x1, 0.0)) * max(0.0, min(y2, height) - max(y1, 0.0))
+
     if which == "largest":
-        return [max(detections, key=lambda d: d.area)]
-    cy, cx = image_shape[0] / 2, image_shape[1] / 2
-    return [max(detections, key=lambda d: d.area - 2.0 * ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2))]
-
-
-def extract_faces(image: ImageLike, detector: Detector, size: int = 160, recipe: Recipe = Recipe(),
-                  which: str | None = None, source: str | None = None) -> list[AlignedFace]:
-    """Detect, select and crop/align faces in one call; ``image`` is anything ``load_image`` reads.
-
-    ``which`` overrides the recipe's choice ("all" keeps every face). Raises ``NoFaceError``
-    naming ``source`` (or the file path) when the detector finds nothing.
-    """
-    if source is None:
-        source = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
-    pixels = load_image(image)
-    faces = cut_faces(pixels, detector.detect(pixels), size, recipe, which)
-    if not faces:
-        raise no_face(source, detector)
-    return faces
+        return [max(detections, key=visible)]
+    cy, cx = height / 2, width / 2
+    return [max(detections, key=lambda d: visible(d) - 2.0 * ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2))]
 
 
 def no_face(source: str, detector: Detector) -> NoFaceError:
@@ -166,11 +158,21 @@ def no_face(source: str, detector: Detector) -> NoFaceError:
                        "for images that are already cropped around the face")
 
 
-def cut_faces(pixels: np.ndarray, detections: list[Detection], size: int = 160, recipe: Recipe = Recipe(),
-              which: str | None = None) -> list[AlignedFace]:
-    """Select among ``detections`` (the recipe's choice unless ``which`` is given) and cut each chosen
-    face as the recipe says (empty list when there are none)."""
-    chosen = select_faces(detections, pixels.shape, which or recipe.which)
+def cut_face(pixels: np.ndarray, detection: Detection, size: int = 160, recipe: Recipe = Recipe()) -> np.ndarray:
+    """Cut one face as the recipe says (box crop or landmark alignment) into a size x size crop."""
     if recipe.mode == "crop":
-        return [AlignedFace(crop_face(pixels, d, size, recipe.margin), d) for d in chosen]
-    return [AlignedFace(align_face(pixels, d, size, recipe.margin, recipe.template), d) for d in chosen]
+        return crop_face(pixels, detection, size, recipe.margin)
+    return align_face(pixels, detection, size, recipe.margin, recipe.template)
+
+
+def footprint(detection: Detection, size: int, recipe: Recipe) -> tuple[float, float, float, float]:
+    """The part of the image (x0, y0, x1, y1, image pixels) that ``cut_face`` maps onto its crop."""
+    x1, y1, x2, y2 = detection.box
+    if recipe.mode == "crop":
+        grow_x, grow_y = recipe.margin * (x2 - x1) / 2, recipe.margin * (y2 - y1) / 2
+        return x1 - grow_x, y1 - grow_y, x2 + grow_x, y2 + grow_y
+    matrix = similarity_transform(detection.landmarks, template_points(size, recipe.margin, recipe.template))
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inverse.T
+    (x0, y0), (x1, y1) = corners.min(0), corners.max(0)
+    return float(x0), float(y0), float(x1), float(y1)

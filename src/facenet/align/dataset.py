@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from facenet.align.base import get_detector
-from facenet.align.crop import WHICH, Recipe, cut_faces
-from facenet.data.images import IMAGE_SUFFIXES, load_image
-from facenet.errors import DataError, FaceNetError
+from facenet.align.crop import WHICH, Recipe
+from facenet.align.finder import FaceFinder
+from facenet.data.images import IMAGE_SUFFIXES
+from facenet.errors import DataError, FaceNetError, NoFaceError
 from facenet.fileio import atomic_write, atomic_write_bytes
 from facenet.progress import progress_bar
 
@@ -163,8 +164,9 @@ def _init_worker(settings: AlignSettings, threads: int) -> None:
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-    _state.update(settings=settings, detector=get_detector(settings.recipe.detector, **settings.detector_options),
-                  center=get_detector("center"))
+    fallback = get_detector("center") if settings.fallback == "center" else None
+    _state.update(settings=settings, finder=FaceFinder(get_detector(settings.recipe.detector, **settings.detector_options),
+                                                       settings.recipe, settings.size, fallback=fallback))
 
 
 def _align_one(job: tuple[str, str, str]) -> tuple[str, str, object]:
@@ -173,20 +175,18 @@ def _align_one(job: tuple[str, str, str]) -> tuple[str, str, object]:
     s: AlignSettings = _state["settings"]
     rel = str(image.relative_to(src))
     try:
-        pixels = load_image(image)
-        detections = _state["detector"].detect(pixels)
-        status, detail = ("several", len(detections)) if len(detections) > 1 else ("ok", 1)
-        if not detections:
-            if s.fallback != "center":
-                return rel, "no_face", None
-            detections, status = _state["center"].detect(pixels), "fallback"
-        faces = cut_faces(pixels, detections, s.size, s.recipe, s.which)
+        found = _state["finder"].find(image, s.which)
+    except NoFaceError:
+        return rel, "no_face", None
     except FaceNetError as exc:
         return rel, "bad_image", str(exc)
-    for i, face in enumerate(faces):
-        out = output_path(src, dst, image, i if len(faces) > 1 else None)
+    status, detail = ("several", len(found.detections)) if len(found.detections) > 1 else ("ok", 1)
+    if found.fallback:
+        status = "fallback"
+    for i, face in enumerate(found.faces):
+        out = output_path(src, dst, image, i if len(found.faces) > 1 else None)
         atomic_write(out, lambda tmp, crop=face.image: Image.fromarray(np.ascontiguousarray(crop)).save(tmp, "PNG"))
-    return rel, status, (detail, len(faces))
+    return rel, status, (detail, len(found.faces))
 
 
 def _record(report: AlignReport, rel: str, status: str, detail) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facenet.commands.core import add_batch_options, add_model_options, embedder_from_args, expand_image_paths
+from facenet.commands.core import (add_batch_options, add_model_options, add_which_option, all_faces, embedder_from_args,
+                                   expand_image_paths)
 
 THUMB = 96  # contact-sheet tile side in pixels
 
@@ -23,7 +24,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     report = BatchReport("cluster")
     report_path = Path(args.skipped_report) if args.skipped_report else Path(args.out) / "skipped.json"
     thumb = lambda crop: np.asarray(Image.fromarray(crop).resize((THUMB, THUMB), Image.BILINEAR))  # noqa: E731
-    rows, emb = collect(embed_photos(embedder, paths, report, batch_size=args.batch_size, workers=args.workers),
+    rows, emb = collect(embed_photos(embedder, paths, report, all_faces=all_faces(args), batch_size=args.batch_size,
+                                     workers=args.workers),
                         embedder.embedding_size, keep_crop=thumb)
     report.write(report_path)
     if rows:
@@ -55,5 +57,6 @@ def register(sub) -> None:
     p.add_argument("--min-size", type=int, default=2, help="smaller groups go to 'unclustered' (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for chinese_whispers (default 0)")
     add_batch_options(p, "DIR/skipped.json")
+    add_which_option(p, None)
     add_model_options(p)
     p.set_defaults(func=run_cluster)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facenet.align.finder import MIN_FACE
 from facenet.data.images import IMAGE_SUFFIXES
 from facenet.errors import BadImageError, FaceNetError
 
@@ -30,14 +31,34 @@ def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                         help="inference engine: onnx = ONNX Runtime (exported once, cached beside the model), "
                              "torch = PyTorch, auto = ONNX Runtime on CPU, else PyTorch (default: auto)")
+    parser.add_argument("--min-face", type=float, default=MIN_FACE, metavar="FRACTION",
+                        help="smallest face to find, as a fraction of a photo's shorter side: big photos are "
+                             f"detected on a copy reduced to match (default {MIN_FACE}: 60 px in a 12 MP photo); "
+                             "smaller values find smaller faces and cost more, 0 detects at full resolution")
 
 
-def embedder_from_args(args: argparse.Namespace, which: str | None = None):
+def add_which_option(parser: argparse.ArgumentParser, default: str | None, every: bool = True) -> None:
+    """``--which``: the face of a photo with several that a command uses (``every``: "all" is offered)."""
+    choices = ("largest", "central", "all") if every else ("largest", "central")
+    shown = default or "the model recipe's, largest for the pretrained model"
+    parser.add_argument("--which", choices=choices, default=default,
+                        help="face to use in a photo with several: largest (by the part inside the photo), central "
+                             f"(largest near the middle){', all (every face)' if every else ''} (default: {shown})")
+
+
+def embedder_from_args(args: argparse.Namespace):
     """The embedder the shared options describe; faces are cut with the model's own recipe."""
     from facenet.embedder import load_embedder
 
+    which = getattr(args, "which", None)
     return load_embedder(args.model, device=args.device, detector=args.detector, detect=not args.no_detect,
-                         backend=args.backend, which=which)
+                         backend=args.backend, which=None if which == "all" else which,
+                         min_face=args.min_face or None)
+
+
+def all_faces(args: argparse.Namespace) -> bool:
+    """Does the command use every face of a photo (``--which all``, or embed's ``--all-faces``)?"""
+    return getattr(args, "which", None) == "all" or getattr(args, "all_faces", False)
 
 
 def expand_image_paths(inputs: list[str]) -> list[Path]:
@@ -88,7 +109,7 @@ def run_embed(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     report = BatchReport("embed")
     report_path = Path(args.skipped_report) if args.skipped_report else out.with_suffix(".skipped.json")
-    chunks = embed_photos(embedder, paths, report, all_faces=args.all_faces, batch_size=args.batch_size,
+    chunks = embed_photos(embedder, paths, report, all_faces=all_faces(args), batch_size=args.batch_size,
                           workers=args.workers)
     writer = {".npy": _write_npy, ".csv": _write_csv, ".json": _write_json, ".parquet": _write_parquet}[out.suffix]
     written = {}
@@ -190,27 +211,40 @@ def _write_parquet(tmp: Path, out: Path, chunks, dims: int) -> int:
     return n
 
 
-def photo_faces(embedder, path, all_faces: bool = False) -> list[np.ndarray]:
-    """Face crops of one photo (a failing photo raises); notes on stderr which face of several was used."""
+def photo_faces(embedder, path, all_faces: bool = False) -> list:
+    """The face rows of one photo (a failing photo raises); notes on stderr which face of several was used."""
     from facenet.batch import face_rows, several_faces_note
 
     rows = face_rows(embedder.find_faces(path, all_faces=all_faces, source=str(path)), path)
     if not all_faces and (note := several_faces_note(rows[0], embedder.recipe.which)):
         print(note, file=sys.stderr)
-    return [row.crop for row in rows]
+    return rows
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from facenet.api import compare
 
     embedder = embedder_from_args(args)
-    ea, eb = embedder.embed_crops([photo_faces(embedder, args.a)[0], photo_faces(embedder, args.b)[0]])
+    a, b = photo_faces(embedder, args.a)[0], photo_faces(embedder, args.b)[0]
+    ea, eb = embedder.embed_crops([a.crop, b.crop])
     result = compare(ea, eb, embedder.threshold if args.threshold is None else args.threshold)
     print(f"model     {embedder.name}")
+    for label, row in (("face A", a), ("face B", b)):
+        print(f"{label:<9} {describe_face(row)}")
     print(f"distance  {result.distance:.4f}  (squared L2)")
     print(f"threshold {result.threshold:.4f}")
     print("SAME" if result.same else "DIFFERENT")
+    for note in a.notes + b.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if a.notes or b.notes:
+        print("UNRELIABLE: see the warnings above")
     return 0 if result.same else EXIT_DIFFERENT
+
+
+def describe_face(row) -> str:
+    """"photo.jpg face 1 of 3, box 10,20,110,140": which face of which photo a result is about."""
+    box = ",".join(f"{v:.0f}" for v in row.box)
+    return f"{row.path} face {row.face} of {row.faces_found}, box {box}"
 
 
 def register(sub) -> None:
@@ -226,7 +260,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True,
                    help="output file: .npy (matrix; where each row comes from in OUT.rows.csv), .csv, .json "
                         "(array of objects) or .parquet (needs pyarrow)")
-    p.add_argument("--all-faces", action="store_true", help="embed every face found, not only the recipe's one")
+    p.add_argument("--all-faces", action="store_true", help="embed every face found (the same as --which all)")
+    add_which_option(p, None)
     add_batch_options(p, "OUT.skipped.json")
     add_model_options(p)
     p.set_defaults(func=run_embed)
@@ -237,5 +272,6 @@ def register(sub) -> None:
     p.add_argument("a", help="first photo")
     p.add_argument("b", help="second photo")
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (default: the model's calibrated one)")
+    add_which_option(p, None, every=False)
     add_model_options(p)
     p.set_defaults(func=run_verify)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from facenet.commands.core import add_batch_options, add_model_options, embedder_from_args, expand_image_paths
+from facenet.commands.core import (add_batch_options, add_model_options, add_which_option, all_faces, embedder_from_args,
+                                   expand_image_paths)
 from facenet.errors import GalleryError
 from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location
@@ -34,8 +35,8 @@ def _embed_collection(args: argparse.Namespace, embedder, command: str):
     from facenet.batch import BatchReport, collect, embed_photos
 
     report = BatchReport(command)
-    chunks = embed_photos(embedder, expand_image_paths(args.photos), report, batch_size=args.batch_size,
-                          workers=args.workers)
+    chunks = embed_photos(embedder, expand_image_paths(args.photos), report, all_faces=all_faces(args),
+                          batch_size=args.batch_size, workers=args.workers)
     rows, emb = collect(chunks, embedder.embedding_size, keep_crop=lambda crop: None)
     report_path = Path(args.skipped_report) if args.skipped_report else None
     if report_path:
@@ -113,7 +114,9 @@ def run_identify(args: argparse.Namespace) -> int:
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
     for row, matches in zip(rows, results):
         shown = ", ".join(f"{m.name} {m.distance:.3f}" for m in matches) or "unknown"
-        print(f"{row.path}: {shown}")
+        face = "" if row.faces_found < 2 else " [face {}, box {}]".format(row.face, ",".join(f"{v:.0f}" for v in row.box))
+        unreliable = "".join(f"  (unreliable: {note})" for note in row.notes)
+        print(f"{row.path}{face}: {shown}{unreliable}")
     status = report.finish(args.strict, report_path)
     if status:
         return status
@@ -143,6 +146,7 @@ def register(sub) -> None:
     v.add_argument("--add", action="store_true", help="add the photos to a person already enrolled under NAME")
     v.add_argument("--gallery", help=gallery_help)
     add_batch_options(v, "none; skipped photos are printed")
+    add_which_option(v, None, every=False)
     add_model_options(v)
     v.set_defaults(func=run_enroll)
 
@@ -171,7 +175,8 @@ def register(sub) -> None:
     v.set_defaults(func=run_import)
 
     p = sub.add_parser("identify", help="who is in these photos? (top-k people from the gallery, or unknown)",
-                       description="For each photo, the best-matching enrolled people within the threshold, with "
+                       description="For each face of each photo (--which: only one), the best-matching enrolled "
+                                   "people within the threshold, with "
                                    "their squared-L2 scores (by the gallery's policy: see `gallery enroll --policy`), "
                                    "or 'unknown'. Photos that cannot be read or show no "
                                    "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
@@ -185,5 +190,6 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
     add_batch_options(p, "none; skipped photos are printed")
+    add_which_option(p, "all")
     add_model_options(p)
     p.set_defaults(func=run_identify)

@@ -1,0 +1,178 @@
+"""The one path from a photo to model-sized face crops: decode -> detect -> fall back -> choose -> cut.
+
+Every command, the Python API, ``evaluate``, ``align`` and the service find faces through
+``FaceFinder.find``. Why it looks the way it does:
+
+- **Detect on a reduced copy.** Detection cost grows with pixels, face sizes in people's photos
+  grow with them: a 12 MP photo's faces are several hundred pixels wide. The photo is decoded at a
+  working size where the smallest face to be found (``min_face``, a fraction of the shorter side)
+  is as big as the detector's own smallest face (MTCNN: 20 px); JPEGs are decoded straight at that
+  scale. Photos already smaller than the working size (LFW's 250 px) are detected as they are.
+- **Cut from enough pixels.** Each chosen face is cut from the coarsest decoded copy that holds
+  its crop at twice the model's input size or more (decoding a finer copy only when needed), and
+  area-averaged down to that first, so a face of 2,000 px and one of 200 px give the same crop,
+  without aliasing.
+- **Choose by what is visible.** "largest" counts only the part of a box inside the photo, so a
+  half-visible face at the border does not beat the subject.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from facenet.align.base import Detection, Detector
+from facenet.align.crop import AlignedFace, Recipe, cut_face, footprint, no_face, select_faces
+from facenet.data.images import ImageLike, fit_to_input, open_photo
+
+MIN_FACE = 0.02  # the smallest face found by default: 2% of the photo's shorter side (60 px at 12 MP)
+OVERSAMPLE = 2.0  # a face is cut from at least this many source pixels per crop pixel (then area-averaged)
+SMALL_FACE = 0.25  # faces narrower than this fraction of the model's input are marked unreliable
+MAX_ROLL_DEG = 45.0  # eyes tilted more than this: the photo is probably rotated
+
+
+@dataclass(frozen=True)
+class FoundFaces:
+    """The faces cut from one photo (the chosen one, or all) and every detection the detector returned.
+
+    Boxes and landmarks are in the full-resolution photo's pixels; ``size`` is its (width, height);
+    ``fallback`` says the detections came from the fallback detector (nothing was found)."""
+
+    faces: list  # list[AlignedFace]
+    detections: list  # list[Detection]
+    size: tuple[int, int] = (0, 0)
+    fallback: bool = False
+
+
+class FaceFinder:
+    """Finds and cuts faces as a model's recipe says; ``detector=None`` takes images as face crops.
+
+    ``min_face``: the smallest face to find, as a fraction of the photo's shorter side (``None``:
+    detect at full resolution, whatever it costs). ``fallback`` (e.g. the "center" detector) is
+    used where ``detector`` finds nothing; without one such a photo raises ``NoFaceError``.
+    """
+
+    def __init__(self, detector: Detector | None, recipe: Recipe, input_size: int,
+                 fallback: Detector | None = None, min_face: float | None = MIN_FACE):
+        if min_face is not None and not 0.0 < min_face <= 1.0:
+            from facenet.errors import FaceNetError
+
+            raise FaceNetError(f"min_face is a fraction of the photo's shorter side (e.g. 0.02), not {min_face}")
+        self.detector, self.recipe, self.input_size = detector, recipe, input_size
+        self.fallback, self.min_face = fallback, min_face
+
+    @property
+    def working_side(self) -> int | None:
+        """The shorter side photos are detected at (``None``: as they are)."""
+        if self.detector is None or self.min_face is None:
+            return None
+        return math.ceil(getattr(self.detector, "min_face_size", 20) / self.min_face)
+
+    def find(self, image: ImageLike, which: str | None = None, source: str | None = None) -> FoundFaces:
+        """The crop(s) of the chosen face(s): ``which`` is "largest", "central", "all" or ``None`` (the
+        recipe's). Raises ``BadImageError`` for unreadable images, ``NoFaceError`` when nothing is found."""
+        source = source or _describe(image)
+        if self.detector is None:
+            return self._whole(image)
+        photo = open_photo(image, shorter_side=self.working_side)
+        detections = self.detector.detect(photo.pixels)
+        fallback = not detections and self.fallback is not None
+        if fallback:
+            detections = self.fallback.detect(photo.pixels)
+        detections = [_to_full(d, photo.scale) for d in detections]
+        width, height = photo.size
+        chosen = select_faces(detections, (height, width), which or self.recipe.which)
+        if not chosen:
+            raise no_face(source, self.fallback or self.detector)
+        faces = [replace(self._cut(photo, d), notes=face_notes(d, photo.size, self.input_size)) for d in chosen]
+        return FoundFaces(faces, detections, photo.size, fallback)
+
+    def _whole(self, image: ImageLike) -> FoundFaces:
+        """No detector: the image is a face crop; its central square is the one face."""
+        pixels = open_photo(image).pixels
+        h, w = pixels.shape[:2]
+        side = min(h, w)
+        box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+        face = AlignedFace(fit_to_input(pixels, self.input_size), Detection(box, float("nan"), np.zeros(10)))
+        return FoundFaces([face], [face.detection], (w, h))
+
+    def _cut(self, photo, detection: Detection) -> AlignedFace:
+        """Cut one face from the coarsest decoded copy holding it at OVERSAMPLE x the input size."""
+        x0, y0, x1, y1 = footprint(detection, self.input_size, self.recipe)
+        wanted = min(1.0, OVERSAMPLE * self.input_size / max(x1 - x0, y1 - y0, 1.0))
+        pixels, scale = photo.at_least(wanted)
+        if scale <= wanted * 1.001:  # no shrinking needed: cut straight from this copy
+            return AlignedFace(cut_face(pixels, _to_level(detection, scale), self.input_size, self.recipe), detection)
+        # Only the face's surroundings are area-averaged down to the wanted scale, then cut.
+        h, w = pixels.shape[:2]
+        left, top = max(int((x0 + 0.5) * scale) - 2, 0), max(int((y0 + 0.5) * scale) - 2, 0)
+        right, bottom = min(math.ceil((x1 + 0.5) * scale) + 2, w), min(math.ceil((y1 + 0.5) * scale) + 2, h)
+        if right <= left or bottom <= top:
+            return AlignedFace(cut_face(pixels, _to_level(detection, scale), self.input_size, self.recipe), detection)
+        region = pixels[top:bottom, left:right]
+        factor = wanted / scale
+        small = cv2.resize(region, (max(1, round(region.shape[1] * factor)), max(1, round(region.shape[0] * factor))),
+                           interpolation=cv2.INTER_AREA)
+        fx, fy = small.shape[1] / region.shape[1], small.shape[0] / region.shape[0]
+        local = _to_level(detection, scale)
+        local = _map(local, lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5))
+        return AlignedFace(cut_face(small, local, self.input_size, self.recipe), detection)
+
+
+def face_notes(detection: Detection, size: tuple[int, int], input_size: int) -> tuple[str, ...]:
+    """Why an answer about this face may be wrong (empty when nothing is suspect): a face far below
+    the model's input size, eyes tilted as in a photo turned sideways, a face mostly outside the photo."""
+    notes = []
+    smallest = SMALL_FACE * input_size
+    if min(detection.width, detection.height) < smallest:
+        notes.append(f"the face is only {detection.width:.0f}x{detection.height:.0f} px (under {smallest:.0f} px, "
+                     "a quarter of the model's input): its answer is unreliable")
+    (lx, ly), (rx, ry) = detection.landmarks[0], detection.landmarks[1]
+    roll = math.degrees(math.atan2(ry - ly, rx - lx))
+    if np.any(detection.landmarks) and abs(roll) > MAX_ROLL_DEG:
+        notes.append(f"the face is turned by {roll:.0f} degrees (is the photo rotated?): its answer is unreliable")
+    if detection.area > 0 and visible_area(detection, size) < 0.5 * detection.area:
+        notes.append("most of the face lies outside the photo: its answer is unreliable")
+    return tuple(notes)
+
+
+def visible_area(detection: Detection, size: tuple[int, int]) -> float:
+    """The area of the part of the box inside a (width, height) photo."""
+    x1, y1, x2, y2 = detection.box
+    return max(0.0, min(x2, size[0]) - max(x1, 0.0)) * max(0.0, min(y2, size[1]) - max(y1, 0.0))
+
+
+def extract_faces(image: ImageLike, detector: Detector, size: int = 160, recipe: Recipe = Recipe(),
+                  which: str | None = None, source: str | None = None) -> list[AlignedFace]:
+    """Detect, choose and cut faces in one call (``FaceFinder`` with the default working size)."""
+    return FaceFinder(detector, recipe, size).find(image, which, source).faces
+
+
+def _map(detection: Detection, fn) -> Detection:
+    """The detection with ``fn(x, y)`` applied to its box corners and landmarks."""
+    x1, y1 = fn(detection.box[0], detection.box[1])
+    x2, y2 = fn(detection.box[2], detection.box[3])
+    marks = np.array([fn(x, y) for x, y in detection.landmarks]) if np.any(detection.landmarks) else detection.landmarks
+    return Detection((x1, y1, x2, y2), detection.score, marks)
+
+
+def _to_full(detection: Detection, scale: float) -> Detection:
+    """Working-copy coordinates -> full-resolution ones (pixel centres kept aligned)."""
+    if scale == 1.0:
+        return detection
+    return _map(detection, lambda x, y: ((x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5))
+
+
+def _to_level(detection: Detection, scale: float) -> Detection:
+    if scale == 1.0:
+        return detection
+    return _map(detection, lambda x, y: ((x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5))
+
+
+def _describe(image: ImageLike) -> str:
+    from pathlib import Path
+
+    return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
