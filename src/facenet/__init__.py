@@ -11,7 +11,7 @@ The API is imported on first use, so ``import facenet`` (and the CLI's ``--help`
 from facenet.errors import (BadImageError, DataError, FaceNetError, GalleryError, ModelFileError, NoFaceError,
                             TrainingError)
 
-_API = ("load_model", "embed", "distance", "verify", "enroll", "Verification")
+_API = ("load_model", "embed", "distance", "verify", "identify", "enroll", "Verification", "Identified")
 
 __all__ = [*_API, "FaceNetError", "BadImageError", "NoFaceError", "ModelFileError", "DataError", "GalleryError",
            "TrainingError"]

@@ -15,11 +15,29 @@ from facenet.embedder import FaceEmbedder, load_embedder, squared_distance
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of comparing two faces; ``distance`` and ``threshold`` are squared L2."""
+    """The outcome of comparing two faces; ``distance`` and ``threshold`` are squared L2. ``boxes`` are
+    the faces compared, one per photo (x1, y1, x2, y2), and ``notes`` why the answer may be unreliable."""
 
     distance: float
     threshold: float
     same: bool
+    boxes: tuple = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Identified:
+    """One face of a photo and who it is: ``matches`` best first (empty: unknown, the open set),
+    squared-L2 scores by the gallery's policy; ``notes`` say why the answer may be unreliable."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    matches: list
+    notes: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return bool(self.matches)
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "cpu", detector=None, detect: bool = True,
@@ -61,11 +79,33 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
 
 
 def verify(a: ImageLike, b: ImageLike, model: FaceEmbedder | str | None = None,
-           threshold: float | None = None) -> Verification:
-    """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes."""
+           threshold: float | None = None, which: str | None = None) -> Verification:
+    """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes.
+    Of a photo with several faces the ``which`` one is compared ("largest", "central"; default: the recipe's)."""
     embedder = _resolve(model)
-    ea, eb = embedder.embed([a, b])
-    return compare(ea, eb, embedder.threshold if threshold is None else threshold)
+    fa, fb = (embedder.find_faces(photo, which=which).faces[0] for photo in (a, b))
+    ea, eb = embedder.embed_crops([fa.image, fb.image])
+    result = compare(ea, eb, embedder.threshold if threshold is None else threshold)
+    return Verification(result.distance, result.threshold, result.same, (fa.detection.box, fb.detection.box),
+                        fa.notes + fb.notes)
+
+
+def identify(photo: ImageLike, gallery: str | os.PathLike | None = None, model: FaceEmbedder | str | None = None,
+             top_k: int = 5, far: float | None = None, which: str = "all") -> list[Identified]:
+    """Who is in ``photo``? Every face (``which="all"``; or the "largest" / "central" one), each with up
+    to ``top_k`` enrolled people within the open-set threshold that ``far`` (the wanted chance that a
+    stranger is taken for someone; default 1e-2) gives for the gallery's size."""
+    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_threshold
+    from facenet.gallery import Gallery
+    from facenet.paths import gallery_location
+
+    embedder = _resolve(model)
+    faces = embedder.find_faces(photo, which=which).faces
+    rows = embedder.embed_crops([f.image for f in faces])
+    with Gallery.open(gallery_location(gallery), embedder.name, embedder.embedding_size, create=False) as g:
+        limit = identification_threshold(embedder, g.comparisons(), far or DEFAULT_OPENSET_FAR)
+        matches = g.identify(rows, k=top_k, threshold=limit)
+    return [Identified(f.detection.box, f.detection.score, m, f.notes) for f, m in zip(faces, matches)]
 
 
 def enroll(name: str, photos: Sequence[ImageLike], gallery: str | os.PathLike | None = None,
