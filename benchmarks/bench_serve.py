@@ -46,13 +46,14 @@ def png(faces: SyntheticFaces, identity: int, index: int) -> bytes:
     return buf.getvalue()
 
 
-def start_server(model: Path, gallery: Path, max_pending: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, gallery: Path, max_pending: int, options=("--no-detect",)) -> tuple[subprocess.Popen, str]:
+    """``facenet serve`` on a free loopback port with ``options`` (default: inputs are face crops)."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     env = {**os.environ, "FACENET_API_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "facenet.cli", "serve", "--host", HOST, "--port", str(port),
-                             "--model", str(model), "--gallery", str(gallery), "--no-detect",
+                             "--model", str(model), "--gallery", str(gallery), *options,
                              "--max-pending", str(max_pending), "--log-level", "error"], env=env)
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 120

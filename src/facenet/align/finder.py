@@ -9,9 +9,9 @@ Every command, the Python API, ``evaluate``, ``align`` and the service find face
   is as big as the detector's own smallest face (MTCNN: 20 px); JPEGs are decoded straight at that
   scale. Photos already smaller than the working size (LFW's 250 px) are detected as they are.
 - **Cut from enough pixels.** Each chosen face is cut from the coarsest decoded copy that holds
-  its crop at twice the model's input size or more (decoding a finer copy only when needed), and
-  area-averaged down to that first, so a face of 2,000 px and one of 200 px give the same crop,
-  without aliasing.
+  its crop at the model's input size (decoding a finer copy only when needed); a face holding more
+  than twice that is area-averaged down first, so a face of 2,000 px and one of 200 px give the
+  same crop, without aliasing.
 - **Choose by what is visible.** "largest" counts only the part of a box inside the photo, so a
   half-visible face at the border does not beat the subject.
 """
@@ -29,7 +29,7 @@ from facenet.align.crop import AlignedFace, Recipe, cut_face, footprint, no_face
 from facenet.data.images import ImageLike, fit_to_input, open_photo
 
 MIN_FACE = 0.02  # the smallest face found by default: 2% of the photo's shorter side (60 px at 12 MP)
-OVERSAMPLE = 2.0  # a face is cut from at least this many source pixels per crop pixel (then area-averaged)
+OVERSAMPLE = 2.0  # faces holding more source pixels per crop pixel than this are area-averaged first
 SMALL_FACE = 0.25  # faces narrower than this fraction of the model's input are marked unreliable
 MAX_ROLL_DEG = 45.0  # eyes tilted more than this: the photo is probably rotated
 
@@ -100,25 +100,24 @@ class FaceFinder:
         return FoundFaces([face], [face.detection], (w, h))
 
     def _cut(self, photo, detection: Detection) -> AlignedFace:
-        """Cut one face from the coarsest decoded copy holding it at OVERSAMPLE x the input size."""
+        """Cut one face from the coarsest decoded copy that holds its crop at the model's input size;
+        where that copy holds more than OVERSAMPLE x the input, the face's surroundings are area-averaged
+        down to OVERSAMPLE x first (the warp's bilinear sampling would alias otherwise)."""
         x0, y0, x1, y1 = footprint(detection, self.input_size, self.recipe)
-        wanted = min(1.0, OVERSAMPLE * self.input_size / max(x1 - x0, y1 - y0, 1.0))
-        pixels, scale = photo.at_least(wanted)
-        if scale <= wanted * 1.001:  # no shrinking needed: cut straight from this copy
-            return AlignedFace(cut_face(pixels, _to_level(detection, scale), self.input_size, self.recipe), detection)
-        # Only the face's surroundings are area-averaged down to the wanted scale, then cut.
+        side = max(x1 - x0, y1 - y0, 1.0)
+        pixels, scale = photo.at_least(self.input_size / side)
+        wanted = OVERSAMPLE * self.input_size / side
         h, w = pixels.shape[:2]
         left, top = max(int((x0 + 0.5) * scale) - 2, 0), max(int((y0 + 0.5) * scale) - 2, 0)
         right, bottom = min(math.ceil((x1 + 0.5) * scale) + 2, w), min(math.ceil((y1 + 0.5) * scale) + 2, h)
-        if right <= left or bottom <= top:
+        if scale <= wanted or right <= left or bottom <= top:  # cut straight from this copy
             return AlignedFace(cut_face(pixels, _to_level(detection, scale), self.input_size, self.recipe), detection)
         region = pixels[top:bottom, left:right]
         factor = wanted / scale
         small = cv2.resize(region, (max(1, round(region.shape[1] * factor)), max(1, round(region.shape[0] * factor))),
                            interpolation=cv2.INTER_AREA)
         fx, fy = small.shape[1] / region.shape[1], small.shape[0] / region.shape[0]
-        local = _to_level(detection, scale)
-        local = _map(local, lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5))
+        local = _map(_to_level(detection, scale), lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5))
         return AlignedFace(cut_face(small, local, self.input_size, self.recipe), detection)
 
 
