@@ -26,7 +26,7 @@ import numpy as np
 
 from facenet.align.base import Detection, Detector
 from facenet.align.crop import AlignedFace, Recipe, cut_face, footprint, no_face, select_faces
-from facenet.data.images import ImageLike, fit_to_input, open_photo
+from facenet.data.images import ImageLike, Photo, fit_to_input, open_photo
 
 MIN_FACE = 0.02  # the smallest face found by default: 2% of the photo's shorter side (60 px at 12 MP)
 OVERSAMPLE = 2.0  # faces holding more source pixels per crop pixel than this are area-averaged first
@@ -77,18 +77,23 @@ class FaceFinder:
         source = source or _describe(image)
         if self.detector is None:
             return self._whole(image)
-        photo = open_photo(image, shorter_side=self.working_side)
-        detections = self.detector.detect(photo.pixels)
-        fallback = not detections and self.fallback is not None
-        if fallback:
-            detections = self.fallback.detect(photo.pixels)
-        detections = [_to_full(d, photo.scale) for d in detections]
+        photo, detections, fallback = self.locate(image)
         width, height = photo.size
         chosen = select_faces(detections, (height, width), which or self.recipe.which)
         if not chosen:
             raise no_face(source, self.fallback or self.detector)
         faces = [replace(self._cut(photo, d), notes=face_notes(d, photo.size, self.input_size)) for d in chosen]
         return FoundFaces(faces, detections, photo.size, fallback)
+
+    def locate(self, image: ImageLike) -> tuple[Photo, list[Detection], bool]:
+        """Decode at the working size and detect: the photo, every detection (full-resolution
+        coordinates, detector order) and whether they came from the fallback detector."""
+        photo = open_photo(image, shorter_side=self.working_side)
+        detections = self.detector.detect(photo.pixels)
+        fallback = not detections and self.fallback is not None
+        if fallback:
+            detections = self.fallback.detect(photo.pixels)
+        return photo, [_to_full(d, photo.scale) for d in detections], fallback
 
     def _whole(self, image: ImageLike) -> FoundFaces:
         """No detector: the image is a face crop; its central square is the one face."""

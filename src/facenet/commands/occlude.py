@@ -30,9 +30,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from facenet.align import get_detector
+    from facenet.align import FaceFinder, Recipe, get_detector
     from facenet.commands.core import expand_image_paths
-    from facenet.data.images import load_image
     from facenet.errors import DataError, FaceNetError
     from facenet.fileio import atomic_write
     from facenet.occlusion import occlude
@@ -41,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if dst == src or src in dst.parents:
         raise DataError(f"output folder {dst} lies inside the source {src}; choose a separate folder")
     detector = get_detector(args.detector)
+    finder = FaceFinder(detector, Recipe(), 160)  # detection only: the occluders are drawn on the full photo
     photos = expand_image_paths([str(src)])
     written, skipped = 0, []
     for i, photo in enumerate(photos):
         try:
-            pixels = load_image(photo)
-            faces = detector.detect(pixels)
+            opened, faces, _ = finder.locate(photo)
+            pixels = opened.at_least(1.0)[0].copy()
         except FaceNetError as exc:
             skipped.append(f"{photo}: {exc}")
             continue
