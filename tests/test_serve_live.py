@@ -21,7 +21,8 @@ from live import FACES, HOST, KEY, Server, burst, png  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_file):
     # the nearest-face policy (through `facenet serve --policy`): an enrolled photo is at 0 from its person
-    srv = Server(tmp_path_factory.mktemp("server"), model_file, extra=("--policy", "nearest"))
+    srv = Server(tmp_path_factory.mktemp("server"), model_file,
+                 extra=("--policy", "nearest", "--workers", "2", "--time-budget", "60"))
     try:
         yield srv
     finally:
@@ -47,6 +48,31 @@ def test_concurrent_burst_has_no_server_errors(server):
     latency = np.array([t for _, t in results]) * 1000
     print(f"\n{len(requests)} requests at 8 in flight: p50 {np.percentile(latency, 50):.1f} ms, "
           f"p99 {np.percentile(latency, 99):.1f} ms")
+
+
+def test_healthz_answers_while_heavy_requests_run(server):
+    """20 requests of a 12 MP photo each (decoded whole: the server runs with --no-detect) keep the pool busy
+    for seconds; /healthz still answers within a second, since the event loop does no photo work."""
+    x = np.linspace(0, 255, 4000, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(x[None, :], x[:3000, None], np.uint8(128)), axis=-1)
+    big = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(big, "JPEG", quality=80)
+    heavy = dict(method="POST", url="/api/embed", files={"photos": ("big.jpg", big.getvalue(), "image/jpeg")})
+
+    async def load_and_probe():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            work = [asyncio.create_task(client.request(**heavy)) for _ in range(20)]
+            await asyncio.sleep(0.5)  # the uploads are in and the pool is busy
+            start = asyncio.get_running_loop().time()
+            health = await client.get("/healthz", timeout=10)
+            waited = asyncio.get_running_loop().time() - start
+            still_running = sum(not t.done() for t in work)
+            return health.status_code, waited, still_running, [r.status_code for r in await asyncio.gather(*work)]
+
+    status, waited, still_running, statuses = asyncio.run(load_and_probe())
+    assert status == 200 and still_running > 0, (status, still_running)
+    assert waited < 1.0, f"/healthz took {waited:.2f} s while heavy requests ran"
+    assert statuses == [200] * 20, statuses
 
 
 def test_malformed_burst_is_all_4xx_and_server_stays_healthy(server):
@@ -157,6 +183,7 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
     for side in "ab":
         canvas = browser.find_element(By.ID, f"verify-canvas-{side}")
         assert canvas.get_attribute("data-faces") == "1" and int(canvas.get_attribute("width")) > 0
+    assert not browser.find_elements(By.CSS_SELECTOR, "#verify-notes li")  # 64 px crops: nothing unreliable
 
     # enrol without a key: the server's message is shown, nothing is added
     browser.find_element(By.ID, "enrol-name").send_keys("Page Person")
@@ -169,13 +196,16 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
     row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#people tr[data-name='Page Person']")))
     assert row.find_elements(By.TAG_NAME, "td")[1].text == "2"
 
-    # identify: an enrolled photo finds its person first
+    # identify: an enrolled photo finds its person first; its one face is listed with its place
     browser.find_element(By.ID, "identify-photo").send_keys(str(files["a"]))
     browser.find_element(By.ID, "identify-go").click()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#identify-matches li"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#identify-faces .matches li"))
     assert browser.find_element(By.ID, "identify-result").text == f"Best match: Page Person (model {model['name']})"
-    first = browser.find_elements(By.CSS_SELECTOR, "#identify-matches li")[0].text
+    face = browser.find_element(By.CSS_SELECTOR, "#identify-faces li[data-face='1'] .face").text
+    assert face == "Face 1 at 0, 0 (64×64 px): Page Person"
+    first = browser.find_elements(By.CSS_SELECTOR, "#identify-faces .matches li")[0].text
     assert first.startswith("Page Person — distance 0.000")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#identify-faces .notes li")  # nothing unreliable
     assert httpx.get(server.url + "/api/people", timeout=30).json()["policy"] == "nearest"
     screenshot = tmp_path / "page.png"
     browser.save_screenshot(str(screenshot))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 
 from facenet.commands.core import add_model_options, embedder_from_args
@@ -19,15 +20,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from facenet.serve import Limits, create_app
     from facenet.serve.security import API_KEY_ENV, load_api_key
 
-    if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_files < 1 or args.max_pending < 1:
-        raise FaceNetError("--max-upload-mb, --max-pixels, --max-files and --max-pending must be positive")
+    if not (args.max_upload_mb > 0 and args.time_budget > 0
+            and min(args.max_pixels, args.max_files, args.max_pending, args.workers) >= 1):
+        raise FaceNetError("--max-upload-mb, --max-pixels, --max-files, --max-pending, --time-budget and --workers "
+                           "must be positive")
     api_key = load_api_key(args.api_key_file)
     embedder = embedder_from_args(args)
     gallery = gallery_location(args.gallery)
     with Gallery.open(gallery, embedder.name, embedder.embedding_size, policy=args.policy) as g:
         shown, policy = g.location, g.policy  # a wrong gallery fails here, in one line; never a URL's password
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                    max_files=args.max_files, max_pending=args.max_pending)
+                    max_files=args.max_files, max_pending=args.max_pending, time_budget_s=args.time_budget,
+                    workers=args.workers)
     app = create_app(embedder, gallery, api_key=api_key, limits=limits, policy=args.policy)
     if api_key is None:
         print(f"facenet serve: no API key (${API_KEY_ENV} or --api-key-file): enrolling and removing people "
@@ -75,7 +79,14 @@ def register(sub) -> None:
                    help="largest photo in pixels, checked before decoding (default 40000000)")
     p.add_argument("--max-files", type=int, default=20, help="most photos in one request (default 20)")
     p.add_argument("--max-pending", type=int, default=32,
-                   help="requests allowed to wait for the model; more are answered 503 + Retry-After (default 32)")
+                   help="requests allowed in progress at once (working or waiting); more are answered 503 + "
+                        "Retry-After (default 32)")
+    p.add_argument("--time-budget", type=float, default=10.0, metavar="SECONDS",
+                   help="longest a request may take, waiting included; one past it is answered 503 + Retry-After "
+                        "and writes nothing (default 10)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="threads decoding, detecting and embedding photos (default: one per CPU core, here "
+                        f"{os.cpu_count() or 1}); the gallery has one thread of its own")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level (default info)")
     add_model_options(p)

@@ -7,10 +7,14 @@ Build it with ``create_app(embedder, gallery, api_key, limits)`` and serve it wi
   opens once at start-up (lifespan), loads every face into the search index before the server is
   ready, and closes at shutdown. Every enrolment is its own committed transaction, so stopping (or
   killing) the server loses nothing that was answered with 201 and leaves no half-enrolled person.
-* All model and gallery work runs on **one** worker thread, off the event loop: SQLite connections
-  belong to the thread that opened them, one writer needs no locks, and PyTorch already spreads a
-  forward pass over the cores. At most ``Limits.max_pending`` requests may wait for that thread;
-  the next is answered 503 with ``Retry-After`` instead of queueing without bound.
+* No upload can stall the server. Photos are decoded, searched for faces and embedded in a pool of
+  ``Limits.workers`` threads (one per core by default), big JPEGs at a reduced working size; the
+  gallery is read and written on **one** worker thread (SQLite connections belong to the thread that
+  opened them, one writer needs no locks); the event loop does no CPU work, so ``/healthz`` answers
+  while the pool is busy. At most ``Limits.max_pending`` requests may be in progress; the next is
+  answered 503 with ``Retry-After`` instead of queueing without bound. Each request has a time budget
+  (``Limits.time_budget_s``, waiting included): past it, it is answered 503 with ``Retry-After``, and
+  an enrolment past it writes nothing.
 * Other processes' enrolments and removals reach this one through the gallery's change feed: each
   identify catches up first, and a background task waits for changes (PostgreSQL LISTEN/NOTIFY; a
   gallery file is polled every second) so the index is usually current before a request comes.
@@ -18,8 +22,8 @@ Build it with ``create_app(embedder, gallery, api_key, limits)`` and serve it wi
 * Every error is RFC 9457 problem details (``application/problem+json``), never a traceback.
   Nothing a request carries becomes a file path: names and file names are stored as data only.
 
-This module holds the routes and the request checks; the worker is ``facenet.serve.engine`` and the
-response shapes are ``facenet.serve.schemas``.
+This module holds the routes and the request checks; the pool, the worker and the time budget are
+``facenet.serve.engine`` and the response shapes are ``facenet.serve.schemas``.
 """
 
 import logging
@@ -187,11 +191,15 @@ def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None 
         return engine.model()
 
     @app.post("/api/verify", response_model=VerifyResult, dependencies=multipart, tags=["faces"],
-              summary="are the people in two photos the same person?")
+              summary="are the people in two photos the same person? (says which face of each it compared)")
     async def verify(a: Annotated[UploadFile, File(description="first photo")],
                      b: Annotated[UploadFile, File(description="second photo")],
-                     threshold: Annotated[float | None, threshold_field] = None):
-        return await engine.run(engine.verify, await read_uploads([a, b]), threshold)
+                     threshold: Annotated[float | None, threshold_field] = None,
+                     which: Annotated[str | None, Form(pattern="^(largest|central)$",
+                                                       description="the face to compare in a photo with several "
+                                                                   "(default: the model's choice, the largest)")]
+                     = None):
+        return await engine.run(engine.verify, await read_uploads([a, b]), threshold, which)
 
     @app.post("/api/embed", response_model=EmbedResult, dependencies=multipart, tags=["faces"],
               summary="128-D unit embeddings of the largest face in each photo")
@@ -200,11 +208,15 @@ def create_app(embedder: FaceEmbedder, gallery: str | Path, api_key: str | None 
         return await engine.run(engine.embed_photos, await read_uploads(photos))
 
     @app.post("/api/identify", response_model=IdentifyResult, dependencies=multipart, tags=["faces"],
-              summary="who is this? best-matching enrolled people within the threshold, or unknown")
+              summary="who is in this photo? for every face, the best-matching enrolled people within the "
+                      "threshold, or unknown")
     async def identify(photo: Annotated[UploadFile, File(description="a photo")],
                        top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
-                       threshold: Annotated[float | None, threshold_field] = None):
-        return await engine.run(engine.identify, (await read_uploads([photo]))[0], top_k, threshold)
+                       threshold: Annotated[float | None, threshold_field] = None,
+                       which: Annotated[str, Form(pattern="^(all|largest|central)$",
+                                                  description="every face (all), or the largest or central one")]
+                       = "all"):
+        return await engine.run(engine.identify, (await read_uploads([photo]))[0], top_k, threshold, which)
 
     @app.post("/api/cluster", response_model=ClusterResult, dependencies=multipart, tags=["faces"],
               summary="group photos by person")

@@ -1,17 +1,37 @@
-"""The service's engine: the embedder and the gallery behind one worker thread (see ``facenet.serve.app``)."""
+"""The service's engine: photos analysed in a small thread pool, the gallery on one worker thread, and a
+time budget for every request (the routes and the rest of the design: ``facenet.serve.app``).
+
+* Photo -> faces -> embeddings runs in a pool of ``Limits.workers`` threads (default: one per core),
+  one task per photo, so the photos of one request, and of requests side by side, use every core:
+  Pillow, OpenCV, ONNX Runtime and PyTorch release the GIL. Each photo reaches the face finder as
+  its encoded bytes, so a big JPEG is decoded at the finder's reduced working size. A detector keeps
+  state between calls (YuNet's input size, ...), so each pool thread uses a finder of its own.
+* The gallery stays on **one** worker thread: SQLite connections belong to the thread that opened
+  them, and one writer needs no locks.
+* The event loop only hands work out and gathers the answers; it never decodes, detects or embeds,
+  so ``/healthz`` answers at once however busy the pool is.
+* Each request gets a deadline when it is admitted (``Limits.time_budget_s``): time spent waiting for
+  the pool or the worker counts, so a flood of slow requests is dropped instead of keeping the server
+  busy long after their clients gave up. Past it, the request is answered 503 with ``Retry-After``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import logging
+import math
+import os
+import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facenet.data.images import DEFAULT_MAX_PIXELS, load_image
+from facenet.align import Detection, FaceFinder, get_detector, list_detectors, select_faces
 from facenet.embedder import FaceEmbedder, squared_distance
 from facenet.errors import BadImageError, FaceNetError, GalleryError, GalleryUnavailableError, NoFaceError
 from facenet.serve.schemas import PersonOut
@@ -23,12 +43,14 @@ CHANGE_WAIT_S = 1.0  # longest wait for another process's change before the foll
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of the server."""
+    """What one request may ask of the server, and how much of the machine it gets."""
 
     max_upload_bytes: int = 10 * 2**20  # whole request body, all photos together
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per photo, checked from the header before decoding
+    max_pixels: int = 40_000_000  # per photo, checked from the header before decoding (as `facenet serve`)
     max_files: int = 20  # photos per request (enrol, cluster, embed)
-    max_pending: int = 32  # requests running or waiting for the worker; more are answered 503
+    max_pending: int = 32  # requests in progress (working or waiting); more are answered 503
+    time_budget_s: float = 10.0  # per request, from its admission, waiting included
+    workers: int = os.cpu_count() or 1  # threads analysing photos
 
 
 @dataclass(frozen=True)
@@ -37,20 +59,49 @@ class Upload:
     data: bytes
 
 
+class Deadline:
+    """When a request's time is up: ``budget_s`` after it was admitted."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s, self.at = budget_s, time.monotonic() + budget_s
+
+    def check(self) -> None:
+        """503 once the time is up. Called before and between stages: a running detector or forward pass
+        cannot be interrupted, so a request overruns its budget by at most the stage it was in."""
+        if time.monotonic() >= self.at:
+            # within one budget, every request that waited before this one has finished or been dropped
+            raise Problem(503, f"this request needed more than the server's time budget of {self.budget_s:g} s "
+                               "(the server is busy, or the photos are many or large); retry later",
+                          code="over_time_budget", headers={"Retry-After": str(math.ceil(self.budget_s))})
+
+
+@dataclass(frozen=True)
+class Analysed:
+    """One photo: the faces asked for (the recipe's choice first), one embedding row each, and its report."""
+
+    faces: list  # list[AlignedFace]
+    embeddings: np.ndarray
+    report: dict  # a PhotoReport
+
+
 class Engine:
-    """The embedder and the gallery behind one worker thread (see the module docstring)."""
+    """The embedder, the photo pool and the gallery's worker (see the module docstring)."""
 
     def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits, policy: str | None = None):
         self.embedder, self.gallery_location, self.limits, self.policy = embedder, gallery_location, limits, policy
         self.gallery = None
         self.pending = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = None  # the gallery's one worker thread
+        self._pool: ThreadPoolExecutor | None = None  # photo analysis
+        self._finders: queue.SimpleQueue | None = None  # one FaceFinder per pool thread
         self._follower: asyncio.Task | None = None
         self._listener: ThreadPoolExecutor | None = None  # blocks in wait_for_change, so never on the worker
 
     async def start(self) -> None:
+        self._finders = await asyncio.to_thread(self._make_finders)
+        self._pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="facenet-photo")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-worker")
-        await self._call(self._open_gallery)
+        await self._call(self._executor, self._open_gallery)
         self._listener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-listener")
         self._follower = asyncio.create_task(self._follow_changes())
 
@@ -64,31 +115,40 @@ class Engine:
             await asyncio.get_running_loop().run_in_executor(None, self._listener.shutdown)
             self._follower = self._listener = None
         if self.gallery is not None:
-            await self._call(self.gallery.close)
+            await self._call(self._executor, self.gallery.close)
             self.gallery = None
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        for executor in (self._executor, self._pool):
+            executor.shutdown(wait=True)
+        self._executor = self._pool = None
 
     @property
     def ready(self) -> bool:
         return self.gallery is not None
 
-    async def run(self, fn, *args):
-        """Run ``fn(*args)`` on the worker, or answer 503 when too many requests already wait for it."""
+    async def run(self, job, *args):
+        """Admit a request and await ``job(deadline, *args)``; 503 when ``max_pending`` are already in progress."""
         if self.pending >= self.limits.max_pending:
             raise Problem(503, f"the server is busy ({self.pending} requests in progress); retry in a moment",
                           code="busy", headers={"Retry-After": "1"})
         self.pending += 1
         try:
-            return await self._call(fn, *args)
+            return await job(Deadline(self.limits.time_budget_s), *args)
         finally:
             self.pending -= 1
 
-    async def _call(self, fn, *args):
-        if self._executor is None:
+    async def _call(self, executor: ThreadPoolExecutor | None, fn, *args):
+        if executor is None:
             raise Problem(503, "the server is starting or stopping; retry in a moment", code="not_ready",
                           headers={"Retry-After": "1"})
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    async def _on_worker(self, deadline: Deadline, fn, *args):
+        """``fn(*args)`` on the gallery's worker, only if the deadline still holds when the worker takes it up."""
+        def checked():
+            deadline.check()
+            return fn(*args)
+
+        return await self._call(self._executor, checked)
 
     def _open_gallery(self) -> None:
         from facenet.gallery import Gallery
@@ -104,74 +164,114 @@ class Engine:
         while True:
             if await loop.run_in_executor(self._listener, self.gallery.wait_for_change, CHANGE_WAIT_S):
                 try:
-                    await self._call(self.gallery.sync)
+                    await self._call(self._executor, self.gallery.sync)
                 except FaceNetError as exc:
                     log.warning("gallery catch-up failed (retrying): %s", exc)
 
-    # -- photos -> crops -> embeddings (worker thread) --
+    # -- photos -> faces -> embeddings (pool threads) --
 
-    def decode(self, upload: Upload) -> np.ndarray:
+    def _make_finders(self) -> queue.SimpleQueue:
+        """One face finder per pool thread: the embedder's own, then copies with detectors of their own."""
+        embedder, device = self.embedder, str(self.embedder.device)
+        finders = queue.SimpleQueue()
+        finders.put(embedder.finder())
+        for _ in range(self.limits.workers - 1):
+            finders.put(FaceFinder(_own_copy(embedder.detector, device), embedder.recipe, embedder.info.input_size,
+                                   _own_copy(embedder.fallback_detector, device), embedder.min_face))
+        return finders
+
+    def check_size(self, upload: Upload) -> None:
+        """Refuse an empty upload, and one with too many pixels from its header alone, before decoding a pixel."""
         if not upload.data:
             raise BadImageError(f"{upload.filename}: empty upload; choose a photo file")
-        try:  # the header alone gives the size: refuse huge photos before decoding a pixel
+        try:
             with Image.open(io.BytesIO(upload.data)) as probe:
                 width, height = probe.size
         except Image.DecompressionBombError:
             width = height = None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-            width = height = 0  # not readable; load_image below says why
+            width = height = 0  # not readable; the finder says why
         if width is None or width * height > self.limits.max_pixels:
             size = "over 179 million" if width is None else f"{width}x{height}"
             raise Problem(413, f"{upload.filename}: a {size}-pixel photo is above this server's limit of "
                                f"{self.limits.max_pixels} pixels; send a smaller photo", code="too_many_pixels")
-        try:
-            return load_image(upload.data, max_pixels=self.limits.max_pixels)
+
+    def analyse(self, upload: Upload, deadline: Deadline, which: str | None = None) -> Analysed:
+        """The photo's faces (``which``: "all", "largest", "central"; ``None``: the recipe's), embedded,
+        and a report of every face found. Runs on a pool thread."""
+        deadline.check()  # the time it waited for a pool thread counts
+        self.check_size(upload)
+        finder = self._finders.get()  # as many finders as pool threads: never waits
+        try:  # the encoded bytes, so that a big JPEG is decoded at the finder's reduced size
+            found = finder.find(upload.data, which, upload.filename)
         except BadImageError as exc:
             raise BadImageError(str(exc).replace("<bytes>", upload.filename, 1)) from None
+        finally:
+            self._finders.put(finder)
+        deadline.check()
+        width, height = found.size
+        chosen = select_faces([f.detection for f in found.faces], (height, width), self.embedder.recipe.which)[0]
+        faces = sorted(found.faces, key=lambda f: f.detection is not chosen)
+        report = {"filename": upload.filename, "width": width, "height": height,
+                  "faces": [{"box": _box(d), "score": _score(d), "used": any(d is f.detection for f in faces)}
+                            for d in found.detections]}
+        return Analysed(faces, self.embedder.embed_crops([f.image for f in faces]), report)
 
-    def analyse(self, upload: Upload) -> tuple[np.ndarray, dict]:
-        """The model-sized crop of the photo's face (the model recipe's choice), and a report of every face found."""
-        pixels = self.decode(upload)
-        height, width = pixels.shape[:2]
-        found = self.embedder.find_faces(pixels, source=upload.filename)
-        used = found.faces[0].detection
-        detected = self.embedder.detector is not None
-        faces = [{"box": [round(v, 1) for v in d.box], "score": round(d.score, 4) if detected else None,
-                  "used": d is used} for d in found.detections]
-        return found.faces[0].image, {"filename": upload.filename, "width": width, "height": height, "faces": faces}
+    async def analyse_all(self, uploads: list[Upload], deadline: Deadline, which: str | None = None,
+                          skip_bad: bool = False) -> list:
+        """Every photo analysed at once in the pool, in upload order. The first photo's error (in upload
+        order, whichever thread met one first) is raised; with ``skip_bad``, a photo that is unreadable
+        or shows no face stays in the list as its error."""
+        results = await asyncio.gather(*(self._call(self._pool, self.analyse, u, deadline, which) for u in uploads),
+                                       return_exceptions=True)
+        skippable = (BadImageError, NoFaceError) if skip_bad else ()
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, skippable):
+                raise result
+        return results
 
-    def embed(self, uploads: list[Upload]) -> tuple[np.ndarray, list[dict]]:
-        analysed = [self.analyse(u) for u in uploads]
-        return self.embedder.embed_crops([a[0] for a in analysed]), [a[1] for a in analysed]
+    # -- the jobs behind the endpoints: job(deadline, *args) --
 
-    # -- the jobs behind the endpoints (worker thread) --
-
-    def verify(self, uploads: list[Upload], threshold: float | None) -> dict:
-        emb, reports = self.embed(uploads)
+    async def verify(self, deadline: Deadline, uploads: list[Upload], threshold: float | None,
+                     which: str | None) -> dict:
+        a, b = await self.analyse_all(uploads, deadline, which)
         limit = self.embedder.threshold if threshold is None else threshold
-        distance = float(squared_distance(emb[0], emb[1]))
+        distance = float(squared_distance(a.embeddings[0], b.embeddings[0]))
         return {"distance": distance, "threshold": limit, "same": distance < limit, "model": self.embedder.name,
-                "photos": reports}
+                "photos": [a.report, b.report], "faces": [_face(a.faces[0]), _face(b.faces[0])]}
 
-    def embed_photos(self, uploads: list[Upload]) -> dict:
-        emb, reports = self.embed(uploads)
-        return {"model": self.embedder.name, "embeddings": emb.tolist(), "photos": reports}
+    async def embed_photos(self, deadline: Deadline, uploads: list[Upload]) -> dict:
+        photos = await self.analyse_all(uploads, deadline)
+        return {"model": self.embedder.name, "embeddings": [p.embeddings[0].tolist() for p in photos],
+                "photos": [p.report for p in photos]}
 
-    def identify(self, upload: Upload, top_k: int, threshold: float | None) -> dict:
-        emb, reports = self.embed([upload])
+    async def identify(self, deadline: Deadline, upload: Upload, top_k: int, threshold: float | None,
+                       which: str) -> dict:
+        (photo,) = await self.analyse_all([upload], deadline, which)
+        return await self._on_worker(deadline, self._identify, photo, top_k, threshold)
+
+    def _identify(self, photo: Analysed, top_k: int, threshold: float | None) -> dict:
         from facenet.evaluate.calibrate import identification_threshold
 
         limit = identification_threshold(self.embedder, self.gallery.comparisons()) if threshold is None else threshold
-        matches = self.gallery.identify(emb, k=top_k, threshold=limit)[0]
-        return {"known": bool(matches), "threshold": limit, "model": self.embedder.name, "photo": reports[0],
-                "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
+        answers = self.gallery.identify(photo.embeddings, k=top_k, threshold=limit)
+        faces = [{**_face(face), "known": bool(matches),
+                  "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
+                 for face, matches in zip(photo.faces, answers)]
+        return {"known": faces[0]["known"], "matches": faces[0]["matches"], "threshold": limit,
+                "model": self.embedder.name, "photo": photo.report, "faces": faces}
 
-    def enrol(self, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
+    async def enrol(self, deadline: Deadline, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
+        photos = await self.analyse_all(uploads, deadline)  # every photo must have a face, or nothing is enrolled
+        rows = np.stack([p.embeddings[0] for p in photos])
+        # written only now: every photo embedded, and (checked on the worker) the deadline still holds
+        return await self._on_worker(deadline, self._enrol, name, rows, [u.filename for u in uploads], merge)
+
+    def _enrol(self, name: str, rows: np.ndarray, filenames: list[str], merge: bool) -> PersonOut:
         from facenet.gallery import Record
 
-        emb, _ = self.embed(uploads)  # every photo must have a face, or nothing is enrolled
         try:
-            self.gallery.enroll_many([Record(name, emb, [u.filename for u in uploads])], merge=merge)
+            self.gallery.enroll_many([Record(name, rows, filenames)], merge=merge)
         except GalleryError as exc:
             if merge or isinstance(exc, GalleryUnavailableError):
                 raise
@@ -188,11 +288,17 @@ class Engine:
                 "embedding_size": self.embedder.embedding_size, "threshold": self.embedder.threshold,
                 "trained_on": trained_on(info) if info else "see its own documentation"}
 
-    def people(self) -> dict:
+    async def people(self, deadline: Deadline) -> dict:
+        return await self._on_worker(deadline, self._people)
+
+    def _people(self) -> dict:
         return {"model": self.gallery.model_id, "policy": self.gallery.policy,
                 "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()]}
 
-    def remove(self, name: str) -> dict:
+    async def remove(self, deadline: Deadline, name: str) -> dict:
+        return await self._on_worker(deadline, self._remove, name)
+
+    def _remove(self, name: str) -> dict:
         try:
             return {"name": name, "faces_removed": self.gallery.remove(name)}
         except GalleryUnavailableError:
@@ -201,19 +307,44 @@ class Engine:
             raise Problem(404, f"no person named {name!r} in the gallery; GET /api/people lists who is enrolled",
                           code="unknown_person") from exc
 
-    def cluster(self, uploads: list[Upload], threshold: float | None, method: str) -> dict:
+    async def cluster(self, deadline: Deadline, uploads: list[Upload], threshold: float | None, method: str) -> dict:
         from facenet.cluster import cluster_embeddings
 
-        crops, kept, skipped = [], [], []
-        for index, upload in enumerate(uploads):
-            try:
-                crops.append(self.analyse(upload)[0])
-                kept.append({"index": index, "filename": upload.filename})
-            except (BadImageError, NoFaceError) as exc:
-                skipped.append({"index": index, "filename": upload.filename, "detail": str(exc)})
+        photos = await self.analyse_all(uploads, deadline, skip_bad=True)  # a photo without a face is skipped
+        members = list(enumerate(zip(uploads, photos)))
+        kept = [{"index": i, "filename": u.filename} for i, (u, p) in members if isinstance(p, Analysed)]
+        skipped = [{"index": i, "filename": u.filename, "detail": str(p)} for i, (u, p) in members
+                   if not isinstance(p, Analysed)]
+        emb = np.array([p.embeddings[0] for p in photos if isinstance(p, Analysed)], np.float32)
         limit = self.embedder.threshold if threshold is None else threshold
-        emb = self.embedder.embed_crops(crops) if crops else np.empty((0, self.embedder.embedding_size))
-        labels = cluster_embeddings(emb, method=method, threshold=limit)
+        deadline.check()
+        labels = await self._call(self._pool, lambda: cluster_embeddings(
+            emb.reshape(-1, self.embedder.embedding_size), method=method, threshold=limit))
         clusters = [[m for m, lab in zip(kept, labels) if lab == c] for c in range(int(labels.max(initial=-1)) + 1)]
         return {"threshold": limit, "clusters": clusters, "skipped": skipped,
                 "unclustered": [m for m, lab in zip(kept, labels) if lab < 0]}
+
+
+def _own_copy(detector, device: str):
+    """A detector for one more pool thread (``None`` stays ``None``). A registered backend is built again by
+    name with its default options, as ``facenet serve`` builds it (MTCNN's ONNX Runtime sessions and
+    YuNet's OpenCV object cannot be copied); any other detector object is deep-copied."""
+    if detector is None:
+        return None
+    if detector.name in list_detectors():
+        return get_detector(detector.name, device=device)
+    return copy.deepcopy(detector)
+
+
+def _box(detection: Detection) -> list[float]:
+    return [round(v, 1) for v in detection.box]
+
+
+def _score(detection: Detection) -> float | None:
+    """The detector's confidence; ``None`` when photos are taken as face crops (no detector, NaN)."""
+    return None if math.isnan(detection.score) else round(detection.score, 4)
+
+
+def _face(face) -> dict:
+    """A face an answer is about: where it is, and why the answer may be unreliable."""
+    return {"box": _box(face.detection), "score": _score(face.detection), "notes": list(face.notes)}

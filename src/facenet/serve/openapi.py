@@ -2,8 +2,8 @@
 
 FastAPI documents the success response of each route and a JSON 422; but this server answers every
 error as ``application/problem+json`` and has guards FastAPI does not know about (API key, body
-size, content types, busy worker). A client generator, or a contract fuzzer such as schemathesis,
-reads the document as the truth, so here the generated document is completed:
+size, content types, busy server, time budget). A client generator, or a contract fuzzer such as
+schemathesis, reads the document as the truth, so here the generated document is completed:
 
 * every error status an operation can answer, with the problem-details schema;
 * photo parts declared as images (``encoding.contentType``) and photo lists bounded by
@@ -35,7 +35,8 @@ ERRORS = {
     422: "a field is invalid (invalid_request), the photo count or name is out of bounds, or a photo shows "
          "no face (no_face)",
     500: "an unexpected server error (logged)",
-    503: "the worker is busy or the service is starting (see Retry-After)",
+    503: "the server is busy (busy), the request ran over its time budget (over_time_budget), the gallery is "
+         "unreachable, or the service is starting (see Retry-After)",
 }
 
 
@@ -72,7 +73,7 @@ def _statuses(path: str, method: str, op: dict, multipart: bool) -> list[int]:
     """The error statuses the server can answer for this operation (see app.py and security.py)."""
     codes = {500}
     if path.startswith("/api/") and path != "/api/model" or path == "/readyz":
-        codes.add(503)  # work goes through the one worker thread (or the service is not ready)
+        codes.add(503)  # work is queued and has a time budget (or the service is not ready)
     if "422" in op["responses"] or op.get("parameters"):
         codes.add(422)
     if multipart:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+
+BOX_A, BOX_B = [412.3, 188.0, 598.7, 421.5], [903.1, 240.6, 1050.2, 431.9]  # the examples' two faces
+
 
 class Face(BaseModel):
     box: list[float]  # x1, y1, x2, y2 in pixels of the uploaded photo
     score: float | None  # detector confidence; None when photos are taken as face crops
-    used: bool  # the face that was embedded (the largest)
+    used: bool  # embedded: a face the answer is about (the largest, or as `which` asked)
 
 
 class PhotoReport(BaseModel):
@@ -17,12 +20,32 @@ class PhotoReport(BaseModel):
     faces: list[Face]
 
 
+class FaceOut(BaseModel):
+    """A face an answer is about."""
+
+    box: list[float]  # x1, y1, x2, y2 in pixels of the uploaded photo
+    score: float | None  # detector confidence; None when photos are taken as face crops
+    notes: list[str]  # why its answer may be wrong (tiny, turned sideways, mostly outside the photo); [] = none
+
+
 class VerifyResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "distance": 0.0712, "threshold": 0.1837, "same": True, "model": "dlib_resnet-128d-edac5d15f8f6adbc",
+        "photos": [{"filename": "a.jpg", "width": 1600, "height": 1200,
+                    "faces": [{"box": BOX_A, "score": 0.9998, "used": True}]},
+                   {"filename": "b.jpg", "width": 1200, "height": 900,
+                    "faces": [{"box": [30.0, 22.5, 61.0, 60.2], "score": 0.9101, "used": True}]}],
+        "faces": [{"box": BOX_A, "score": 0.9998, "notes": []},
+                  {"box": [30.0, 22.5, 61.0, 60.2], "score": 0.9101,
+                   "notes": ["the face is only 31x38 px (under 38 px, a quarter of the model's input): "
+                             "its answer is unreliable"]}]}]})
+
     distance: float  # squared L2, in [0, 4]
     threshold: float
     same: bool
     model: str
     photos: list[PhotoReport]
+    faces: list[FaceOut]  # the face compared in each photo: a, then b
 
 
 class EmbedResult(BaseModel):
@@ -36,12 +59,32 @@ class MatchOut(BaseModel):
     distance: float
 
 
-class IdentifyResult(BaseModel):
+class IdentifiedFace(FaceOut):
     known: bool
     matches: list[MatchOut]  # nearest first, within the threshold; empty = unknown
+
+
+class IdentifyResult(BaseModel):
+    """Who is in the photo: ``faces`` answers for every face asked for (``which``). ``known`` and
+    ``matches`` repeat the answer for ``faces[0]``, the face the model's recipe chooses (the largest), as
+    before ``faces`` existed."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "known": True, "matches": [{"name": "Ann", "distance": 0.0655}], "threshold": 0.1484,
+        "model": "dlib_resnet-128d-edac5d15f8f6adbc",
+        "photo": {"filename": "party.jpg", "width": 1600, "height": 1200,
+                  "faces": [{"box": BOX_B, "score": 0.9999, "used": True},
+                            {"box": BOX_A, "score": 0.9998, "used": True}]},
+        "faces": [{"box": BOX_A, "score": 0.9998, "notes": [], "known": True,
+                   "matches": [{"name": "Ann", "distance": 0.0655}]},
+                  {"box": BOX_B, "score": 0.9999, "notes": [], "known": False, "matches": []}]}]})
+
+    known: bool  # faces[0]'s
+    matches: list[MatchOut]  # faces[0]'s
     threshold: float
     model: str
     photo: PhotoReport
+    faces: list[IdentifiedFace]  # the recipe's choice first, then by detector score
 
 
 class ModelOut(BaseModel):

@@ -19,8 +19,9 @@ function show(el, text, kind) {
   el.className = "result " + (kind || "");
 }
 
-// Draw the chosen photo on a canvas and outline the faces the server found (the used one in green).
-async function drawFaces(canvas, file, report) {
+// Draw the chosen photo on a canvas and outline the faces the server found (the used ones in green);
+// the faces an answer is about (`numbered`) get their number, as in the list below the photo.
+async function drawFaces(canvas, file, report, numbered = []) {
   const bitmap = await createImageBitmap(file);
   const side = Math.max(bitmap.width, bitmap.height);
   const scale = Math.min(MAX_SIDE / side, Math.max(1, MIN_SIDE / side)); // small crops are enlarged
@@ -36,7 +37,47 @@ async function drawFaces(canvas, file, report) {
     ctx.strokeStyle = face.used ? "#12b76a" : "#fdb022";
     ctx.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
   }
+  ctx.font = "bold 13px system-ui, sans-serif";
+  numbered.forEach((face, index) => {
+    const x = face.box[0] * sx, y = face.box[1] * sy, label = String(index + 1);
+    ctx.fillStyle = "#12b76a";
+    ctx.fillRect(x, y, ctx.measureText(label).width + 8, 18);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(label, x + 4, y + 14);
+  });
   canvas.dataset.faces = String(report.faces.length);
+}
+
+// Why answers may be unreliable (tiny face, photo turned sideways, face mostly outside the photo).
+function noteItems(notes, prefix = "") {
+  return notes.map((note) => {
+    const item = document.createElement("li");
+    item.textContent = prefix + note;
+    return item;
+  });
+}
+
+// One face of an identify answer: its number and place on the photo, who it is, and its notes.
+function faceItem(face, index) {
+  const [x1, y1, x2, y2] = face.box.map(Math.round);
+  const head = document.createElement("p");
+  head.className = "face";
+  head.textContent = `Face ${index + 1} at ${x1}, ${y1} (${x2 - x1}×${y2 - y1} px): ` +
+    (face.known ? face.matches[0].name : "unknown — nobody in the gallery is close enough");
+  const matches = document.createElement("ol");
+  matches.className = "matches";
+  for (const m of face.matches) {
+    const item = document.createElement("li");
+    item.textContent = `${m.name} — distance ${m.distance.toFixed(3)}`;
+    matches.append(item);
+  }
+  const notes = document.createElement("ul");
+  notes.className = "notes";
+  notes.append(...noteItems(face.notes));
+  const item = document.createElement("li");
+  item.dataset.face = String(index + 1);
+  item.append(head, notes, matches);
+  return item;
 }
 
 async function busy(button, work) {
@@ -47,9 +88,10 @@ async function busy(button, work) {
 $("verify-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const a = $("verify-a").files[0], b = $("verify-b").files[0];
-  const out = $("verify-result");
+  const out = $("verify-result"), notes = $("verify-notes");
   busy($("verify-go"), async () => {
     show(out, "comparing…");
+    notes.replaceChildren();
     const form = new FormData();
     form.append("a", a);
     form.append("b", b);
@@ -60,6 +102,8 @@ $("verify-form").addEventListener("submit", (event) => {
       const verdict = r.same ? "SAME person" : "DIFFERENT people";
       show(out, `${verdict} — distance ${r.distance.toFixed(3)} (threshold ${r.threshold.toFixed(3)}, model ${r.model})`,
            r.same ? "same" : "different");
+      notes.replaceChildren(...noteItems(r.faces[0].notes, "First photo: "),
+                            ...noteItems(r.faces[1].notes, "Second photo: "));
     } catch (err) { show(out, err.message, "error"); }
   });
 });
@@ -67,24 +111,27 @@ $("verify-form").addEventListener("submit", (event) => {
 $("identify-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const photo = $("identify-photo").files[0];
-  const out = $("identify-result"), list = $("identify-matches");
+  const out = $("identify-result"), list = $("identify-faces");
   busy($("identify-go"), async () => {
     show(out, "searching…");
     list.replaceChildren();
     const form = new FormData();
     form.append("photo", photo);
     form.append("top_k", $("identify-k").value || "5");
+    form.append("which", $("identify-which").value);
     try {
       const r = await api("POST", "/api/identify", form);
-      await drawFaces($("identify-canvas"), photo, r.photo);
+      await drawFaces($("identify-canvas"), photo, r.photo, r.faces);
       const by = ` (model ${r.model})`;
-      show(out, (r.known ? `Best match: ${r.matches[0].name}` : "Unknown: nobody in the gallery is close enough") + by,
-           r.known ? "known" : "unknown");
-      for (const m of r.matches) {
-        const item = document.createElement("li");
-        item.textContent = `${m.name} — distance ${m.distance.toFixed(3)}`;
-        list.append(item);
+      if (r.faces.length === 1) {
+        show(out, (r.known ? `Best match: ${r.matches[0].name}` : "Unknown: nobody in the gallery is close enough") + by,
+             r.known ? "known" : "unknown");
+      } else {
+        const names = r.faces.map((f, i) => `${i + 1}: ${f.known ? f.matches[0].name : "unknown"}`);
+        show(out, `${r.faces.length} faces — ${names.join(", ")}${by}`,
+             r.faces.some((f) => f.known) ? "known" : "unknown");
       }
+      list.replaceChildren(...r.faces.map(faceItem));
     } catch (err) { show(out, err.message, "error"); }
   });
 });
