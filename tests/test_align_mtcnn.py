@@ -1,17 +1,20 @@
-"""MTCNN: our cascade against facenet-pytorch's own ``detect_face`` run on the same real photos.
+"""MTCNN: our cascade against facenet-pytorch's own ``detect_face`` run on the same real photos,
+and the ONNX Runtime backend, batched detection and the export cache against the torch path.
 
 facenet-pytorch imports torchvision (absent here) only for ``batched_nms`` and ``to_tensor``;
 the test stubs those two with a brute-force IoU NMS written here, imports the reference
 module straight from the installed wheel, and compares boxes, scores and landmarks.
 """
 
+import logging
 
 import numpy as np
 import pytest
 import torch
 
 from facenet.align import get_detector
-from facenet.align.mtcnn import find_weights, nms
+from facenet.align import mtcnn as mtcnn_module
+from facenet.align.mtcnn import MTCNNDetector, find_weights, nms
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError
 from facenet.peers import load_peer_module
@@ -49,10 +52,26 @@ def reference_detect_face():
 
 @pytest.fixture(scope="module")
 def mtcnn():
+    """The default detector: ONNX Runtime on the CPU (tests building their own detectors use it to
+    skip where the weights are missing)."""
     try:
         return get_detector("mtcnn")
     except FaceNetError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def torch_mtcnn(mtcnn):
+    """Today's PyTorch path, kept for GPUs."""
+    return get_detector("mtcnn", backend="torch")
+
+
+def assert_same_faces(ours, theirs, score_tol=1e-3):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.box, b.box, atol=0.5)
+        np.testing.assert_allclose(a.score, b.score, atol=score_tol)
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.5)
 
 
 @pytest.mark.parametrize("rel", LFW_SAMPLES)
@@ -102,17 +121,123 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
         get_detector("mtcnn", weights=tmp_path)
 
 
-def test_lower_thresholds_are_tried_only_when_nothing_is_found(monkeypatch):
-    """The masked-face retry: a second cascade at retry_thresholds runs only after an empty first pass."""
-    from facenet.align.mtcnn import MTCNNDetector
-
-    detector = MTCNNDetector()
+def test_lower_thresholds_are_tried_only_when_nothing_is_found(monkeypatch, mtcnn):
+    """The masked-face retry: a second cascade at retry_thresholds runs only after an empty first pass,
+    and in ``detect_many`` only on the photos where that pass found nothing."""
     calls = []
-    results = {detector.thresholds: [], detector.retry_thresholds: ["found"]}
-    monkeypatch.setattr(detector, "_cascade", lambda img, thresholds: calls.append(thresholds) or results[thresholds])
-    assert detector.detect(np.zeros((60, 60, 3), np.uint8)) == ["found"]
-    assert calls == [(0.6, 0.7, 0.7), (0.5, 0.4, 0.5)]
+    results = {mtcnn.thresholds: {}, mtcnn.retry_thresholds: {60: ["found"], 70: ["found"]}}
+
+    def cascade(tables, thresholds):  # photos told apart by their height (summed-area table: height + 1)
+        heights = [table.shape[1] - 1 for table in tables]
+        calls.append((thresholds, heights))
+        return [results[thresholds].get(h, []) for h in heights]
+
+    monkeypatch.setattr(mtcnn, "_cascade", cascade)
+    assert mtcnn.detect(np.zeros((60, 60, 3), np.uint8)) == ["found"]
+    assert calls == [((0.6, 0.7, 0.7), [60]), ((0.5, 0.4, 0.5), [60])]
     calls.clear()
-    results[detector.thresholds] = ["first"]
-    assert detector.detect(np.zeros((60, 60, 3), np.uint8)) == ["first"] and calls == [(0.6, 0.7, 0.7)]
+    results[mtcnn.thresholds] = {60: ["first"]}
+    assert mtcnn.detect(np.zeros((60, 60, 3), np.uint8)) == ["first"] and calls == [((0.6, 0.7, 0.7), [60])]
+    calls.clear()
+    photos = [np.zeros((h, 60, 3), np.uint8) for h in (60, 70, 80)]
+    assert mtcnn.detect_many(photos) == [["first"], ["found"], []]
+    assert calls == [((0.6, 0.7, 0.7), [60, 70, 80]), ((0.5, 0.4, 0.5), [70, 80])]
     assert MTCNNDetector(retry_thresholds=None).retry_thresholds is None
+
+
+def lfw_sample(lfw_dir, every=100):
+    """The first photo of every ``every``-th person, in sorted order: 58 photos of LFW's 5,749 people."""
+    people = sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir())[::every]
+    return [load_image(sorted(person.glob("*.jpg"))[0]) for person in people]
+
+
+def test_onnx_backend_finds_the_same_faces_as_torch(lfw_dir, mtcnn, torch_mtcnn):
+    assert (mtcnn.backend, torch_mtcnn.backend) == ("onnx", "torch")
+    photos = lfw_sample(lfw_dir)
+    assert len(photos) >= 40
+    found = 0
+    for image in photos:
+        ours = mtcnn.detect(image)
+        assert_same_faces(ours, torch_mtcnn.detect(image))
+        found += len(ours)
+    assert found >= len(photos)
+
+
+def test_detect_many_equals_detect_on_each_photo(lfw_dir, mtcnn, torch_mtcnn):
+    """Several sizes, and a blank photo (no face: the retry runs for it alone)."""
+    photos = lfw_sample(lfw_dir, every=700)
+    photos += [photos[0][20:230, 40:200].copy(), np.full((90, 120, 3), 128, np.uint8)]
+    for detector in (mtcnn, torch_mtcnn):
+        batched = detector.detect_many(photos)
+        assert len(batched) == len(photos) and batched[-1] == [] and all(batched[:-1])
+        for image, faces in zip(photos, batched):
+            assert_same_faces(faces, detector.detect(image), score_tol=1e-6)
+    assert mtcnn.detect_many([]) == []
+
+
+@pytest.mark.usefixtures("mtcnn")
+def test_backend_choice():
+    assert MTCNNDetector(backend="auto").backend == "onnx"
+    assert get_detector("mtcnn", backend="torch").backend == "torch"
+    assert MTCNNDetector(backend="torch").sessions is None
+    with pytest.raises(FaceNetError, match="backend"):
+        MTCNNDetector(backend="tensorrt")
+    with pytest.raises(FaceNetError, match="CPU"):
+        MTCNNDetector(backend="onnx", device="cuda")
+
+
+@pytest.mark.usefixtures("mtcnn")
+def test_failed_export_falls_back_to_torch_unless_onnx_was_asked_for(monkeypatch, tmp_path, caplog):
+    def fail(net, *args):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(mtcnn_module, "export_net", fail)
+    with caplog.at_level(logging.WARNING, logger="facenet.align.mtcnn"):
+        assert MTCNNDetector().backend == "torch"
+    assert "exporter broke" in caplog.text
+    with pytest.raises(FaceNetError, match="backend='torch'"):
+        MTCNNDetector(backend="onnx")
+
+
+def counting_exports(monkeypatch) -> list[str]:
+    """The names of the nets exported from now on (exports still happen)."""
+    exported, export = [], mtcnn_module.export_net
+
+    def counted(net, *args):
+        exported.append(type(net).__name__)
+        return export(net, *args)
+
+    monkeypatch.setattr(mtcnn_module, "export_net", counted)
+    return exported
+
+
+@pytest.mark.usefixtures("mtcnn")
+def test_export_is_cached_and_a_corrupt_cache_file_replaced(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    exported = counting_exports(monkeypatch)
+    MTCNNDetector(backend="onnx")
+    assert exported == ["PNet", "RNet", "ONet"]
+    cached = sorted((tmp_path / "facenet" / "onnx" / "mtcnn").glob("*.onnx"))
+    assert [p.name.split("-")[-1] for p in cached] == ["onet.onnx", "pnet.onnx", "rnet.onnx"]
+    exported.clear()
+    MTCNNDetector(backend="onnx")
+    assert exported == []  # reused
+    cached[2].write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.WARNING, logger="facenet.align.mtcnn"):
+        detector = MTCNNDetector(backend="onnx")
+    assert exported == ["RNet"] and "unreadable cached MTCNN export" in caplog.text
+    assert detector.detect(np.zeros((60, 60, 3), np.uint8)) == []
+    exported.clear()
+    MTCNNDetector(backend="onnx")
+    assert exported == []  # the corrupt file was replaced
+
+
+@pytest.mark.usefixtures("mtcnn")
+def test_unwritable_cache_keeps_the_export_in_memory(monkeypatch, tmp_path, caplog):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))
+    with caplog.at_level(logging.WARNING, logger="facenet.align.mtcnn"):
+        detector = MTCNNDetector(backend="onnx")
+    assert detector.backend == "onnx" and caplog.text.count("cannot cache the MTCNN ONNX export") == 1
+    assert detector.detect(np.zeros((60, 60, 3), np.uint8)) == []
