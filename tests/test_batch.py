@@ -130,15 +130,15 @@ def test_the_python_api_decodes_a_batch_at_a_time(model_file, monkeypatch):
     """facenet.embed over many photos never holds them all decoded at once."""
     import facenet.embedder as embedder_module
 
-    opened, in_flight = [], []
+    opened, embedded = [], []
     real_open = embedder_module.open_photo
     monkeypatch.setattr(embedder_module, "open_photo", lambda src, **kw: opened.append(1) or real_open(src, **kw))
     model = embedder_module.load_embedder(model_file, detect=False, backend="torch")
-    real_find = model.find_faces
-    monkeypatch.setattr(model, "find_faces", lambda *a, **kw: in_flight.append(len(opened)) or real_find(*a, **kw))
+    real_embed = model.embed_crops
+    monkeypatch.setattr(model, "embed_crops", lambda crops, *a: embedded.append(len(opened)) or real_embed(crops, *a))
     photos = [np.full((48, 48, 3), i * 20, np.uint8) for i in range(10)]
     rows = model.embed(photos, batch_size=4)
-    # when the n-th photo is cropped, at most the photos of its own batch of 4 have been decoded
-    assert len(opened) == 10 and all(seen <= 4 * (n // 4 + 1) for n, seen in enumerate(in_flight))
+    # each batch of 4 is embedded before the next one is decoded
+    assert embedded == [4, 8, 10]
     assert rows.shape == (10, 128)
     np.testing.assert_allclose(rows, model.embed_crops(photos), atol=1e-5)

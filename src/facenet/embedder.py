@@ -127,18 +127,25 @@ class FaceEmbedder:
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or arrays): one unit row per image.
 
-        Photos are decoded at the finder's working size by a thread pool (Pillow releases the GIL)
-        ``batch_size`` at a time, then cropped and embedded, so memory holds one batch of photos.
+        A thread pool decodes ``batch_size`` photos at a time (Pillow releases the GIL) and, when the
+        detectors are thread-safe (MTCNN on ONNX Runtime), finds their faces too; memory holds one
+        batch of photos however many are given.
         """
         out = np.empty((len(images), self.embedding_size), dtype=np.float32)
-        side = self.finder().working_side
+        finder = self.finder()
+        in_threads = all(getattr(d, "thread_safe", d is None) for d in (finder.detector, finder.fallback))
+
+        def prepare(image):
+            photo = open_photo(image, shorter_side=finder.working_side)
+            return finder.find(photo, source=_describe(image)) if in_threads else photo
+
         with ThreadPoolExecutor(max_workers=4) as pool:
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
-                photos = pool.map(lambda image: open_photo(image, shorter_side=side), chunk)
-                crops = [self.find_faces(photo, source=_describe(image)).faces[0].image
-                         for photo, image in zip(photos, chunk)]
-                out[start:start + len(chunk)] = self.embed_crops(crops, batch_size=batch_size)
+                found = [f if in_threads else finder.find(f, source=_describe(image))
+                         for f, image in zip(pool.map(prepare, chunk), chunk)]
+                self.fallbacks += sum(f.fallback for f in found)
+                out[start:start + len(chunk)] = self.embed_crops([f.faces[0].image for f in found], batch_size)
         return out
 
 

@@ -15,6 +15,7 @@ class CenterDetector:
     """Always one detection: a centred square of ``fraction`` x the shorter side, score 1."""
 
     name = "center"
+    thread_safe = True
 
     def __init__(self, fraction: float = 0.5):
         self.fraction = fraction

@@ -181,6 +181,12 @@ class MTCNNDetector:
                 log.warning("MTCNN on ONNX Runtime unavailable (%s); using PyTorch", exc)
         self.backend = "onnx" if self.sessions else "torch"
 
+    @property
+    def thread_safe(self) -> bool:
+        """On ONNX Runtime ``detect`` keeps no state between calls (sessions run concurrently), so threads
+        may share this detector; the torch path changes torch's process-wide thread count."""
+        return self.sessions is not None
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         return self.detect_many([image])[0]
 

@@ -101,7 +101,8 @@ def _embedder(args: argparse.Namespace):
         return DlibEmbedder(normalize=args.model == "dlib", detector=detector, on_no_face=args.on_no_face)
     # LFW-style data labels the person in the middle of the photo; the largest face is someone
     # else (or a ball) in about 3% of LFW images.
-    embedder = embedder_from_args(args, which="central")
+    args.which = "central"
+    embedder = embedder_from_args(args)
     if args.on_no_face == "center" and embedder.detector is not None:
         from facenet.align import get_detector
 

@@ -75,8 +75,8 @@ def register(sub) -> None:
                    help="file whose first line is the API key (default: $FACENET_API_KEY); 16+ characters")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest request body in MiB, all photos together (default 10)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="largest photo in pixels, checked before decoding (default 40000000)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="largest photo in pixels, checked from the header before decoding (default 50000000: a 48 MP phone photo passes)")
     p.add_argument("--max-files", type=int, default=20, help="most photos in one request (default 20)")
     p.add_argument("--max-pending", type=int, default=32,
                    help="requests allowed in progress at once (working or waiting); more are answered 503 + "

@@ -46,7 +46,7 @@ class Limits:
     """What one request may ask of the server, and how much of the machine it gets."""
 
     max_upload_bytes: int = 10 * 2**20  # whole request body, all photos together
-    max_pixels: int = 40_000_000  # per photo, checked from the header before decoding (as `facenet serve`)
+    max_pixels: int = 50_000_000  # per photo, checked from the header before decoding (48 MP phone photos pass)
     max_files: int = 20  # photos per request (enrol, cluster, embed)
     max_pending: int = 32  # requests in progress (working or waiting); more are answered 503
     time_budget_s: float = 10.0  # per request, from its admission, waiting included
