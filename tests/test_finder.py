@@ -186,12 +186,17 @@ def test_tiny_rotated_and_cut_off_faces_are_marked_unreliable():
 
 
 def test_a_photo_turned_sideways_is_not_answered_silently(lfw_dir, model):
-    turned = Image.open(lfw(lfw_dir, "Serena_Williams/Serena_Williams_0001.jpg")).transpose(Image.ROTATE_90)
-    try:
-        found = model.find_faces(turned)
-    except NoFaceError:
-        return  # no face: an error, not a wrong answer
-    assert any("turned by" in note for note in found.faces[0].notes)
+    """Photos lying on their side (no EXIF orientation): an error or a face marked unreliable, never a
+    silent answer; the same photos upright get no such note."""
+    for person in ("Aaron_Eckhart", "Serena_Williams", "Colin_Powell"):
+        photo = fullsize_photos.portrait(lfw(lfw_dir, f"{person}/{person}_0001.jpg"), 3)
+        assert not any("turned" in n for n in model.find_faces(fullsize_photos.jpeg(photo)).faces[0].notes)
+        for turn in (Image.ROTATE_90, Image.ROTATE_270):
+            try:
+                found = model.find_faces(fullsize_photos.jpeg(photo.transpose(turn)))
+            except NoFaceError:
+                continue  # no face: an error, not a wrong answer
+            assert any("turned by" in note for note in found.faces[0].notes), person
 
 
 # -- one path --

@@ -179,7 +179,7 @@ def several_faces_note(row: FaceRow, which: str) -> str | None:
         return None
     box = ",".join(f"{v:.0f}" for v in row.box)
     return (f"{row.path}: {row.faces_found} faces found; using face {row.face} (the {which} one, "
-            f"box {box}); --all-faces embeds each")
+            f"box {box}); --which chooses another")
 
 
 def _found_faces(embedder, paths, all_faces, workers, window):
