@@ -105,6 +105,23 @@ def test_corrupt_metadata(tmp_path):
         read_model_info(bad)
 
 
+@pytest.mark.parametrize("thresholds, problem", [
+    ({"threshold": -0.5}, "not a squared L2 distance"),  # what an untrained model's calibration once stored
+    ({"threshold": 0.31831}, None),
+    ({"far_thresholds": {"1e-02": 0.9, "1e-03": 1.2}}, "do not grow"),  # stricter FAR, larger distance
+    ({"far_thresholds": {"1e-02": 5.0}}, "0 to 4"),
+])
+def test_thresholds_outside_squared_l2_are_refused(tmp_path, thresholds, problem):
+    path = tmp_path / "t.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path),
+              metadata={"facenet": json.dumps({"arch": "mobilefacenet", "embedding_size": 8, **thresholds})})
+    if problem is None:
+        assert read_model_info(path).threshold == thresholds["threshold"]
+        return
+    with pytest.raises(ModelFileError, match=problem):
+        read_model_info(path)
+
+
 def test_unknown_architecture_in_file(tmp_path):
     bad = tmp_path / "arch.safetensors"
     save_file({"w": torch.zeros(3)}, str(bad), metadata={"facenet": ModelInfo("resnet9000", 8).to_json()})

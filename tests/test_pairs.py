@@ -172,9 +172,10 @@ def test_cache_resumes_without_re_embedding(lfw_like, tmp_path):
         evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, cache=cache, flip="sum")
 
 
-def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_path, model_file, capsys):
+def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_path, model_file, capsys, monkeypatch):
     import shutil
 
+    from facenet.commands import evaluate as evaluate_cmd
     from facenet.models.modelfile import read_model_info
 
     pairs, images = lfw_like
@@ -182,6 +183,11 @@ def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_pat
     shutil.copy(model_file, model)
     before = read_model_info(model)
     out = tmp_path / "r.json"
+    # The untrained model sees every grey photo alike: its "best" threshold is negative, and is refused.
+    assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images), "--ext",
+                     "png", "--no-detect", "--backend", "torch", "--no-progress", "--write-thresholds"]) == 2
+    assert "not a squared L2 distance" in capsys.readouterr().err and read_model_info(model) == before
+    monkeypatch.setattr(evaluate_cmd, "_embedder", lambda args: FakeEmbedder())  # distances known in advance
     assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images), "--ext",
                      "png", "--no-detect", "--backend", "torch", "--no-progress", "--json", str(out),
                      "--write-thresholds"]) == 0
@@ -195,6 +201,11 @@ def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_pat
     assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images),
                      "--ext", "png", "--write-thresholds", "--occlude", "mask"]) == 2
     assert "without --occlude" in capsys.readouterr().err and read_model_info(model) == after
+    for other in (["--distance", "cosine"], ["--flip", "sum"], ["--flip", "concat"], ["--subtract-mean"]):
+        # another unit (angle/pi) or other embeddings than the ones every command compares: refused up front
+        assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images),
+                         "--ext", "png", "--no-detect", "--no-progress", "--write-thresholds", *other]) == 2
+        assert f"without {other[0]}" in capsys.readouterr().err and read_model_info(model) == after
 
 
 def test_no_face_policy_is_the_same_for_every_model(lfw_like, tmp_path, model_file, capsys):

@@ -64,6 +64,12 @@ def handle(args: argparse.Namespace) -> int:
             raise FaceNetError("--write-thresholds needs a facenet model file (.safetensors) to write into")
         if args.occlude:  # thresholds fitted to occluded pairs would misjudge every ordinary photo
             raise FaceNetError("--write-thresholds calibrates on unoccluded photos; run it without --occlude")
+        # every command compares one unit embedding per photo by squared L2: calibrate exactly that
+        other = [opt for opt, on in (("--distance cosine", args.distance != "euclidean"),
+                                     ("--flip", args.flip != "none"), ("--subtract-mean", args.subtract_mean)) if on]
+        if other:
+            raise FaceNetError(f"--write-thresholds stores squared-L2 thresholds between single embeddings, as every "
+                               f"command compares them; run it without {', '.join(other)}")
 
     result = evaluate_pairs(_embedder(args), args.pairs, args.images, flip=args.flip, distance=args.distance,
                             subtract_mean=args.subtract_mean, batch_size=args.batch_size,
@@ -117,11 +123,12 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
     import numpy as np
 
     from facenet.evaluate.calibrate import far_thresholds
-    from facenet.models.modelfile import load_model_file, save_model
+    from facenet.models.modelfile import check_thresholds, load_model_file, save_model
 
     paths = sorted(result.embeddings)
     table = far_thresholds(np.stack([result.embeddings[p] for p in paths]), np.array([p.parent.name for p in paths]))
     model, info = load_model_file(args.model)
+    check_thresholds(round(result.threshold, 4), table)  # before the file is touched
     info = dataclasses.replace(info, threshold=round(result.threshold, 4), far_thresholds=table,
                                provenance={**info.provenance, "thresholds": f"facenet evaluate on {args.pairs.name} "
                                            f"({len(paths)} images of {len({p.parent for p in paths})} people)"})

@@ -50,6 +50,7 @@ class ModelInfo:
         info = cls(**{k: v for k, v in data.items() if k in known})
         if info.standardisation not in STANDARDISATIONS:
             raise ModelFileError(f"unknown standardisation {info.standardisation!r} in model file")
+        check_thresholds(info.threshold, info.far_thresholds)
         return info
 
     @property
@@ -66,6 +67,24 @@ class ModelInfo:
             return ""
         decided = json.dumps([self.provenance["weights_sha256"], self.threshold, self.far_thresholds], sort_keys=True)
         return hashlib.sha256(decided.encode()).hexdigest()[:16]
+
+
+def check_thresholds(threshold: float, far_thresholds: dict) -> None:
+    """Thresholds are squared L2 between unit embeddings, so within [0, 4], and a stricter false-accept
+    rate can only ask for a smaller distance; anything else (another unit, an untrained model's
+    calibration) would silently misjudge every comparison, so it is refused."""
+    values = [("verification threshold", threshold)] + [(f"threshold at FAR {k}", v) for k, v in far_thresholds.items()]
+    for what, value in values:
+        if not (isinstance(value, (int, float)) and -1e-6 <= value <= 4.0 + 1e-6):  # float rounding at the ends
+            raise ModelFileError(f"{what} {value!r} is not a squared L2 distance between unit embeddings "
+                                 "(0 to 4); recalibrate with `facenet evaluate --write-thresholds`")
+    try:
+        ordered = sorted((float(k), v) for k, v in far_thresholds.items())
+    except ValueError:
+        raise ModelFileError(f"FAR table keys must be rates such as '1e-03', got {sorted(far_thresholds)}") from None
+    if any(low[1] > high[1] for low, high in zip(ordered, ordered[1:])):
+        raise ModelFileError("the FAR table's thresholds do not grow with the false-accept rate "
+                             f"({dict(ordered)}); recalibrate with `facenet evaluate --write-thresholds`")
 
 
 def model_info_for(model: EmbeddingModel, **overrides) -> ModelInfo:
