@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from facenet.align.finder import MIN_FACE, FaceFinder, FoundFaces
+from facenet.align.finder import MIN_FACE, FaceFinder, FoundFaces, describe
 from facenet.data.images import ImageLike, open_photo, standardise, to_batch
 from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
@@ -108,7 +108,7 @@ class FaceEmbedder:
         Without a detector the image is taken as a face crop: its central square is the one face.
         No face raises ``NoFaceError``.
         """
-        found = self.finder().find(image, "all" if all_faces else which, source or _describe(image))
+        found = self.finder().find(image, "all" if all_faces else which, source or describe(image))
         self.fallbacks += found.fallback
         return found
 
@@ -133,16 +133,16 @@ class FaceEmbedder:
         """
         out = np.empty((len(images), self.embedding_size), dtype=np.float32)
         finder = self.finder()
-        in_threads = all(getattr(d, "thread_safe", d is None) for d in (finder.detector, finder.fallback))
+        in_threads = finder.thread_safe
 
         def prepare(image):
             photo = open_photo(image, shorter_side=finder.working_side)
-            return finder.find(photo, source=_describe(image)) if in_threads else photo
+            return finder.find(photo, source=describe(image)) if in_threads else photo
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
-                found = [f if in_threads else finder.find(f, source=_describe(image))
+                found = [f if in_threads else finder.find(f, source=describe(image))
                          for f, image in zip(pool.map(prepare, chunk), chunk)]
                 self.fallbacks += sum(f.fallback for f in found)
                 out[start:start + len(chunk)] = self.embed_crops([f.faces[0].image for f in found], batch_size)
@@ -185,7 +185,3 @@ def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     return np.sum((a - b) ** 2, axis=-1)
-
-
-def _describe(image: ImageLike) -> str:
-    return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"

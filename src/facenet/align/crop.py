@@ -140,15 +140,18 @@ def select_faces(detections: list[Detection], image_shape: tuple[int, ...], whic
     if which == "all" or not detections:
         return sorted(detections, key=lambda d: d.score, reverse=True)
     height, width = image_shape[:2]
-
-    def visible(d: Detection) -> float:
-        x1, y1, x2, y2 = d.box
-        return max(0.0, min(x2, width) - max(x1, 0.0)) * max(0.0, min(y2, height) - max(y1, 0.0))
+    visible = lambda d: visible_area(d, (width, height))  # noqa: E731
 
     if which == "largest":
         return [max(detections, key=visible)]
     cy, cx = height / 2, width / 2
     return [max(detections, key=lambda d: visible(d) - 2.0 * ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2))]
+
+
+def visible_area(detection: Detection, size: tuple[int, int]) -> float:
+    """The area of the part of the box inside a (width, height) photo."""
+    x1, y1, x2, y2 = detection.box
+    return max(0.0, min(x2, size[0]) - max(x1, 0.0)) * max(0.0, min(y2, size[1]) - max(y1, 0.0))
 
 
 def no_face(source: str, detector: Detector) -> NoFaceError:

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facenet.align.base import Detection, Detector
-from facenet.align.crop import AlignedFace, Recipe, cut_face, footprint, no_face, select_faces
+from facenet.align.crop import AlignedFace, Recipe, cut_face, footprint, no_face, select_faces, visible_area
 from facenet.data.images import ImageLike, Photo, fit_to_input, open_photo
+from facenet.errors import FaceNetError
 
 MIN_FACE = 0.02  # the smallest face found by default: 2% of the photo's shorter side (60 px at 12 MP)
 OVERSAMPLE = 2.0  # faces holding more source pixels per crop pixel than this are area-averaged first
@@ -59,11 +61,15 @@ class FaceFinder:
     def __init__(self, detector: Detector | None, recipe: Recipe, input_size: int,
                  fallback: Detector | None = None, min_face: float | None = MIN_FACE):
         if min_face is not None and not 0.0 < min_face <= 1.0:
-            from facenet.errors import FaceNetError
-
             raise FaceNetError(f"min_face is a fraction of the photo's shorter side (e.g. 0.02), not {min_face}")
         self.detector, self.recipe, self.input_size = detector, recipe, input_size
         self.fallback, self.min_face = fallback, min_face
+
+    @property
+    def thread_safe(self) -> bool:
+        """May threads share this finder? Yes when its detectors keep no state between calls
+        (``thread_safe`` on the detector, e.g. MTCNN on ONNX Runtime); no detector needs none."""
+        return all(getattr(d, "thread_safe", d is None) for d in (self.detector, self.fallback))
 
     @property
     def working_side(self) -> int | None:
@@ -75,7 +81,7 @@ class FaceFinder:
     def find(self, image: ImageLike, which: str | None = None, source: str | None = None) -> FoundFaces:
         """The crop(s) of the chosen face(s): ``which`` is "largest", "central", "all" or ``None`` (the
         recipe's). Raises ``BadImageError`` for unreadable images, ``NoFaceError`` when nothing is found."""
-        source = source or _describe(image)
+        source = source or describe(image)
         if self.detector is None:
             return self._whole(image)
         photo, detections, fallback = self.locate(image)
@@ -86,7 +92,7 @@ class FaceFinder:
         faces = []
         for d in chosen:
             notes = face_notes(d, photo.size, self.input_size)
-            notes += () if any("turned" in n for n in notes) else self._turned(photo, d)
+            notes += () if abs(_roll(d)) > MAX_ROLL_DEG else self._turned(photo, d)  # said once
             faces.append(replace(self._cut(photo, d), notes=notes))
         return FoundFaces(faces, detections, photo.size, fallback)
 
@@ -115,7 +121,7 @@ class FaceFinder:
         fallback = not detections and self.fallback is not None
         if fallback:
             detections = self.fallback.detect(photo.pixels)
-        return photo, [_to_full(d, photo.scale) for d in detections], fallback
+        return photo, [_rescaled(d, 1 / photo.scale) for d in detections], fallback
 
     def _whole(self, image: ImageLike) -> FoundFaces:
         """No detector: the image is a face crop; its central square is the one face."""
@@ -138,13 +144,13 @@ class FaceFinder:
         left, top = max(int((x0 + 0.5) * scale) - 2, 0), max(int((y0 + 0.5) * scale) - 2, 0)
         right, bottom = min(math.ceil((x1 + 0.5) * scale) + 2, w), min(math.ceil((y1 + 0.5) * scale) + 2, h)
         if scale <= wanted or right <= left or bottom <= top:  # cut straight from this copy
-            return AlignedFace(cut_face(pixels, _to_level(detection, scale), self.input_size, self.recipe), detection)
+            return AlignedFace(cut_face(pixels, _rescaled(detection, scale), self.input_size, self.recipe), detection)
         region = pixels[top:bottom, left:right]
         factor = wanted / scale
         small = cv2.resize(region, (max(1, round(region.shape[1] * factor)), max(1, round(region.shape[0] * factor))),
                            interpolation=cv2.INTER_AREA)
         fx, fy = small.shape[1] / region.shape[1], small.shape[0] / region.shape[0]
-        local = _map(_to_level(detection, scale), lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5))
+        local = _map(_rescaled(detection, scale), lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5))
         return AlignedFace(cut_face(small, local, self.input_size, self.recipe), detection)
 
 
@@ -156,19 +162,20 @@ def face_notes(detection: Detection, size: tuple[int, int], input_size: int) -> 
     if min(detection.width, detection.height) < smallest:
         notes.append(f"the face is only {detection.width:.0f}x{detection.height:.0f} px (under {smallest:.0f} px, "
                      "a quarter of the model's input): its answer is unreliable")
-    (lx, ly), (rx, ry) = detection.landmarks[0], detection.landmarks[1]
-    roll = math.degrees(math.atan2(ry - ly, rx - lx))
-    if np.any(detection.landmarks) and abs(roll) > MAX_ROLL_DEG:
+    roll = _roll(detection)
+    if abs(roll) > MAX_ROLL_DEG:
         notes.append(f"the face is turned by {roll:.0f} degrees (is the photo rotated?): its answer is unreliable")
     if detection.area > 0 and visible_area(detection, size) < 0.5 * detection.area:
         notes.append("most of the face lies outside the photo: its answer is unreliable")
     return tuple(notes)
 
 
-def visible_area(detection: Detection, size: tuple[int, int]) -> float:
-    """The area of the part of the box inside a (width, height) photo."""
-    x1, y1, x2, y2 = detection.box
-    return max(0.0, min(x2, size[0]) - max(x1, 0.0)) * max(0.0, min(y2, size[1]) - max(y1, 0.0))
+def _roll(detection: Detection) -> float:
+    """How far the line between the eyes is tilted, in degrees (0 without landmarks)."""
+    if not np.any(detection.landmarks):
+        return 0.0
+    (lx, ly), (rx, ry) = detection.landmarks[0], detection.landmarks[1]
+    return math.degrees(math.atan2(ry - ly, rx - lx))
 
 
 def extract_faces(image: ImageLike, detector: Detector, size: int = 160, recipe: Recipe = Recipe(),
@@ -185,20 +192,13 @@ def _map(detection: Detection, fn) -> Detection:
     return Detection((x1, y1, x2, y2), detection.score, marks)
 
 
-def _to_full(detection: Detection, scale: float) -> Detection:
-    """Working-copy coordinates -> full-resolution ones (pixel centres kept aligned)."""
-    if scale == 1.0:
+def _rescaled(detection: Detection, factor: float) -> Detection:
+    """The detection in a copy of the photo ``factor`` times as large (pixel centres kept aligned)."""
+    if factor == 1.0:
         return detection
-    return _map(detection, lambda x, y: ((x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5))
+    return _map(detection, lambda x, y: ((x + 0.5) * factor - 0.5, (y + 0.5) * factor - 0.5))
 
 
-def _to_level(detection: Detection, scale: float) -> Detection:
-    if scale == 1.0:
-        return detection
-    return _map(detection, lambda x, y: ((x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5))
-
-
-def _describe(image: ImageLike) -> str:
-    from pathlib import Path
-
+def describe(image: ImageLike) -> str:
+    """How messages name an image: its path, else its kind (never its pixels)."""
     return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"

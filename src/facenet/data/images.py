@@ -114,12 +114,12 @@ def open_photo(src: ImageLike, shorter_side: int | None = None, max_pixels: int 
                             "pass a file path, bytes, a PIL image or an H,W,3 numpy array")
     if not data:
         raise BadImageError(f"{name}: empty file; re-download or re-export the image")
-    width, height, is_jpeg = _header(data, name, max_pixels)
-    scale = 1.0 if shorter_side is None else min(1.0, shorter_side / min(width, height))
+    upright_size, is_jpeg = _header(data, name, max_pixels)
+    scale = 1.0 if shorter_side is None else min(1.0, shorter_side / min(upright_size))
     if not is_jpeg or scale >= 1.0:
         return _reduced(_decode(data, name, 1.0, max_pixels), name, shorter_side)
     decoded = _decode(data, name, scale, max_pixels)
-    photo = _reduced(decoded, name, shorter_side, full_size=_upright_size(data, width, height))
+    photo = _reduced(decoded, name, shorter_side, full_size=upright_size)
     photo._data = data
     return photo
 
@@ -140,17 +140,12 @@ def _reduced(pixels: np.ndarray, name: str, shorter_side: int | None, full_size:
     return Photo(name, size, working, scale, levels)
 
 
-def _header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, bool]:
-    """Width, height and whether it is a JPEG, from the header alone (nothing decoded yet)."""
+def _header(data: bytes, name: str, max_pixels: int) -> tuple[tuple[int, int], bool]:
+    """(width, height) once the EXIF orientation is applied (5-8 turn the photo by 90 degrees), and
+    whether it is a JPEG, from the header alone (nothing decoded yet)."""
     with _opened(data, name, max_pixels) as img:
-        return img.size[0], img.size[1], img.format == "JPEG"
-
-
-def _upright_size(data: bytes, width: int, height: int) -> tuple[int, int]:
-    """(width, height) after the EXIF orientation is applied (5-8 turn the photo by 90 degrees)."""
-    with Image.open(io.BytesIO(data)) as img:
-        orientation = img.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        (width, height), orientation = img.size, img.getexif().get(0x0112, 1)
+        return (height, width) if orientation in (5, 6, 7, 8) else (width, height), img.format == "JPEG"
 
 
 def _decode(data: bytes, name: str, scale: float, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

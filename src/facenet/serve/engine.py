@@ -5,7 +5,8 @@ time budget for every request (the routes and the rest of the design: ``facenet.
   one task per photo, so the photos of one request, and of requests side by side, use every core:
   Pillow, OpenCV, ONNX Runtime and PyTorch release the GIL. Each photo reaches the face finder as
   its encoded bytes, so a big JPEG is decoded at the finder's reduced working size. A detector keeps
-  state between calls (YuNet's input size, ...), so each pool thread uses a finder of its own.
+  state between calls (YuNet's input size, ...), so each pool thread uses a finder of its own unless
+  the detectors are thread-safe (MTCNN on ONNX Runtime), when all share one.
 * The gallery stays on **one** worker thread: SQLite connections belong to the thread that opened
   them, and one writer needs no locks.
 * The event loop only hands work out and gathers the answers; it never decodes, detects or embeds,
@@ -171,13 +172,16 @@ class Engine:
     # -- photos -> faces -> embeddings (pool threads) --
 
     def _make_finders(self) -> queue.SimpleQueue:
-        """One face finder per pool thread: the embedder's own, then copies with detectors of their own."""
+        """One face finder per pool thread: the embedder's own, shared when its detectors are thread-safe
+        (MTCNN on ONNX Runtime: no second set of sessions to build), else copies with detectors of their own."""
         embedder, device = self.embedder, str(self.embedder.device)
         finders = queue.SimpleQueue()
-        finders.put(embedder.finder())
+        shared = embedder.finder()
+        finders.put(shared)
         for _ in range(self.limits.workers - 1):
-            finders.put(FaceFinder(_own_copy(embedder.detector, device), embedder.recipe, embedder.info.input_size,
-                                   _own_copy(embedder.fallback_detector, device), embedder.min_face))
+            finders.put(shared if shared.thread_safe else FaceFinder(
+                _own_copy(embedder.detector, device), embedder.recipe, embedder.info.input_size,
+                _own_copy(embedder.fallback_detector, device), embedder.min_face))
         return finders
 
     def check_size(self, upload: Upload) -> None:
