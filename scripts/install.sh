@@ -11,8 +11,8 @@ PYTHON=${PYTHON:-python3}
 # facenet-pytorch carries the published MTCNN weights in its wheel; --no-deps keeps its
 # torchvision requirement (a CUDA-only build for this torch) out of the environment.
 .venv/bin/python -m pip install -q --no-deps "facenet-pytorch==2.5.3"
-# The pretrained default model: dlib's CC0 face ResNet, converted from the face_recognition_models
-# wheel into a facenet model file (pure Python, offline, under a second). Replaces a default that is
-# not this model, keeping it as default.previous.safetensors.
-.venv/bin/facenet convert dlib --default
+# The pretrained default model: Intel's Apache-2.0 face-reidentification-retail-0095, written from the
+# weights inside the package into a facenet model file (offline, under a second). Replaces a default that is
+# not this model, keeping it under its own name (a shipped one) or as default.previous.safetensors.
+.venv/bin/facenet convert reid --default
 echo "facenet installed in $(pwd)/.venv"

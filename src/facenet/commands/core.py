@@ -21,7 +21,8 @@ def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True
     """Options every command that embeds photos shares (``model_option=False``: the caller adds --model)."""
     if model_option:
         parser.add_argument("--model",
-                            help="model file (default: $FACENET_MODEL, else the installed pretrained model)")
+                            help="model file, or a shipped model's name: reid (the default), dlib (dlib's network) "
+                                 "(default: $FACENET_MODEL, else the installed default model)")
     parser.add_argument("--detector", default=None,
                         help="face detector for whole photos: mtcnn, yunet, dlib, center "
                              "(default: the one the model's recipe names, mtcnn for the pretrained model)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DLIB_MODELS = ("dlib", "dlib-raw")
+DLIB_MODELS = ("dlib-cpp", "dlib-cpp-raw")
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,9 @@ def register(subparsers) -> None:
                     "per fold, the threshold that maximises accuracy on the other folds; VAL at a target FAR; "
                     "AUC and EER over all pairs.")
     p.add_argument("--model", required=True,
-                   help="model file, or 'dlib' (dlib's ResNet, unit rows) / 'dlib-raw' (dlib's raw descriptors)")
+                   help="model file; a shipped model's name, 'reid' (the default) or 'dlib' (dlib's network, "
+                        "converted); or dlib's own C++ pipeline as the peer: 'dlib-cpp' (unit rows) / "
+                        "'dlib-cpp-raw' (dlib's raw descriptors)")
     p.add_argument("--pairs", required=True, type=Path, help="pairs file (LFW pairs.txt format)")
     p.add_argument("--images", required=True, type=Path, help="folder with <name>/<name>_<iiii>.<ext> images")
     p.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
@@ -104,7 +106,7 @@ def _embedder(args: argparse.Namespace):
             from facenet.align import get_detector
 
             detector = get_detector(args.detector)
-        return DlibEmbedder(normalize=args.model == "dlib", detector=detector, on_no_face=args.on_no_face)
+        return DlibEmbedder(normalize=args.model == "dlib-cpp", detector=detector, on_no_face=args.on_no_face)
     # LFW-style data labels the person in the middle of the photo; the largest face is someone
     # else (or a ball) in about 3% of LFW images.
     args.which = "central"
@@ -127,11 +129,14 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
 
     paths = sorted(result.embeddings)
     table = far_thresholds(np.stack([result.embeddings[p] for p in paths]), np.array([p.parent.name for p in paths]))
-    model, info = load_model_file(args.model)
+    from facenet.embedder import model_file
+
+    path = model_file(args.model)
+    model, info = load_model_file(path)
     check_thresholds(round(result.threshold, 4), table)  # before the file is touched
     info = dataclasses.replace(info, threshold=round(result.threshold, 4), far_thresholds=table,
                                provenance={**info.provenance, "thresholds": f"facenet evaluate on {args.pairs.name} "
                                            f"({len(paths)} images of {len({p.parent for p in paths})} people)"})
-    save_model(model, args.model, info)
+    save_model(model, path, info)
     far_text = ", ".join(f"FAR {k}: {v:.4f}" for k, v in table.items())
-    print(f"thresholds written to {args.model}: verification {info.threshold:.4f}; {far_text}")
+    print(f"thresholds written to {path}: verification {info.threshold:.4f}; {far_text}")

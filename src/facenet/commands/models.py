@@ -55,7 +55,7 @@ def _describe_file(path: Path) -> str:
     from facenet.models.modelfile import read_model_info
 
     if not path.is_file():
-        return "not installed yet: installed on first use (or `facenet convert dlib --default`)" \
+        return "not installed yet: installed on first use (or `facenet convert reid --default`)" \
             if path.name == "default.safetensors" else "missing"
     try:
         info = read_model_info(path)

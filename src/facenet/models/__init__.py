@@ -36,7 +36,7 @@ def create_model(name: str, embedding_size: int = 128, **kwargs) -> EmbeddingMod
 
 def _load_builtin() -> None:
     # Imported lazily so that `import facenet` stays cheap; each module registers itself.
-    from facenet.models import dlib_resnet, inception_resnet_v1, mobilefacenet, nns  # noqa: F401
+    from facenet.models import dlib_resnet, inception_resnet_v1, mobilefacenet, nns, reid_mobilenet  # noqa: F401
 
 
 __all__ = ["EmbeddingModel", "create_model", "list_models", "register", "l2_normalize"]

@@ -1,11 +1,15 @@
-"""The pretrained default model: dlib's CC0 face ResNet as a project model file.
+"""The pretrained models that come with facenet, and which one is the default.
 
-dlib's network (``dlib_face_recognition_resnet_model_v1.dat``, 29 layers, 128-D, trained by
-Davis King on about 3 million faces; released into the public domain, CC0) is read from the
-``face_recognition_models`` wheel by ``facenet.models.dlib_format`` — no dlib at run time — into
-``facenet.models.dlib_resnet``, and saved with its preprocessing recipe (MTCNN landmarks mapped
-onto dlib's 150 px chip, dlib's input standardisation) and its threshold measured on LFW.
-See docs/MODEL_CARD.md.
+- ``reid`` (the default): Intel's face-reidentification-retail-0095 (Open Model Zoo, Apache-2.0;
+  1.1M parameters, 128 px, 256-D), read from its OpenVINO IR by ``facenet.models.openvino_ir``
+  into ``facenet.models.reid_mobilenet``. Its converted weights ship inside the package
+  (``models/weights/``, with the licence and notice), since the IR cannot be installed from PyPI.
+- ``dlib``: dlib's CC0 face ResNet (29 layers, 150 px, 128-D), read from the
+  ``face_recognition_models`` wheel by ``facenet.models.dlib_format`` — no dlib at run time — into
+  ``facenet.models.dlib_resnet``.
+
+Each is saved with its preprocessing recipe and the thresholds measured for it on LFW (RESULTS.md,
+"Choosing the default"); docs/MODEL_CARD.md says where each came from and where each falls short.
 """
 
 from __future__ import annotations
@@ -14,21 +18,53 @@ import hashlib
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from facenet.errors import FaceNetError, ModelFileError
 from facenet.models.modelfile import ModelInfo, read_model_info, save_model
 
-DLIB_RECIPE = {"detector": "mtcnn", "mode": "similarity", "template": "dlib", "margin": 0.0, "which": "largest"}
-# Squared L2 between unit embeddings; the mean of the ten per-fold best thresholds of
-# `facenet evaluate` on LFW View 2 with DLIB_RECIPE (RESULTS.md).
-DLIB_THRESHOLD = 0.1837
-# Per-pair FAR -> squared L2, over all 29.6M pairs of different people among the 7,701 LFW View 2
-# images embedded with DLIB_RECIPE (`facenet evaluate --write-thresholds`, RESULTS.md).
-DLIB_FAR_THRESHOLDS = {"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954}
 INSTALL_HINT = 'pip install face_recognition_models "setuptools<81"'
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+REID_WEIGHTS = WEIGHTS_DIR / "face-reidentification-retail-0095.safetensors"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A shipped model: how it is built and the metadata measured for it."""
+
+    name: str
+    arch: str
+    embedding_size: int
+    input_size: int
+    standardisation: str
+    recipe: dict
+    threshold: float  # squared L2: the mean of the ten per-fold best thresholds on LFW View 2
+    far_thresholds: dict  # per-pair FAR -> squared L2, over every pair of different people in LFW View 2
+    about: dict  # provenance: who trained it, its licence
+    file_name: str  # its name in the models folder when it is not the default
+
+
+DLIB = Pretrained(
+    name="dlib", arch="dlib_resnet", embedding_size=128, input_size=150, standardisation="dlib",
+    recipe={"detector": "mtcnn", "mode": "similarity", "template": "dlib", "margin": 0.0, "which": "largest"},
+    threshold=0.1837, far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},
+    about={"trained_by": "Davis King (dlib), ~3M faces (FaceScrub, VGG, web photos)",
+           "licence": "CC0 1.0 (public domain)", "threshold": "LFW View 2, 10-fold mean"},
+    file_name="dlib_resnet.safetensors")
+REID = Pretrained(
+    name="reid", arch="reid_mobilenet", embedding_size=256, input_size=128, standardisation="unit",
+    recipe={"detector": "mtcnn", "mode": "similarity", "template": "openvino", "margin": 0.0, "which": "largest"},
+    threshold=1.4199, far_thresholds={"1e-02": 1.5182, "1e-03": 1.3187, "1e-04": 1.1469, "1e-05": 0.9919},
+    about={"trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095; training data not published)",
+           "licence": "Apache-2.0 (Intel Corporation); see facenet/models/weights/NOTICE",
+           "threshold": "LFW View 2, 10-fold mean"},
+    file_name="reid_retail_0095.safetensors")
+PRETRAINED = {p.name: p for p in (REID, DLIB)}
+DEFAULT = REID
 
 
 def dlib_weights_path() -> Path:
@@ -38,63 +74,128 @@ def dlib_weights_path() -> Path:
             warnings.simplefilter("ignore")
             import face_recognition_models
     except ImportError:
-        raise FaceNetError("the pretrained model is made from dlib's weights in the face_recognition_models "
+        raise FaceNetError("dlib's model is made from dlib's weights in the face_recognition_models "
                            f"package, which is not installed; install it with: {INSTALL_HINT}") from None
     return Path(face_recognition_models.face_recognition_model_location())
 
 
-def convert_dlib(dst: str | os.PathLike, src: str | os.PathLike | None = None) -> ModelInfo:
-    """Write dlib's face model (``src``, default: the wheel's) as a ``dlib_resnet`` model file at ``dst``."""
-    from facenet.data.images import DLIB_MEAN_RGB
-    from facenet.models import create_model
-    from facenet.models.dlib_format import dlib_state_dict
+def convert_pretrained(name: str, dst: str | os.PathLike, src: str | os.PathLike | None = None) -> ModelInfo:
+    """Write the shipped model ``name`` as a model file at ``dst``.
 
-    src = Path(src) if src else dlib_weights_path()
-    state, mean_rgb = dlib_state_dict(src)
-    if not np.allclose(mean_rgb, DLIB_MEAN_RGB, atol=1e-3):
-        raise ModelFileError(f"{src}: input mean RGB {mean_rgb} differs from the 'dlib' standardisation "
-                             f"{DLIB_MEAN_RGB}; this is not the published dlib face model")
-    model = create_model("dlib_resnet")
+    ``src``: dlib's ``.dat`` file (default: the ``face_recognition_models`` wheel's) for ``dlib``;
+    the OpenVINO IR's ``.xml`` (default: the weights shipped in the package) for ``reid``.
+    """
+    from facenet.models import create_model
+
+    pretrained = _pretrained(name)
+    state, source = (_dlib_state if pretrained is DLIB else _reid_state)(Path(src) if src else None)
+    model = create_model(pretrained.arch, embedding_size=pretrained.embedding_size)
     model.load_state_dict(state, strict=True)
-    with open(src, "rb") as fh:
-        source_sha = hashlib.file_digest(fh, "sha256").hexdigest()
-    info = ModelInfo(arch="dlib_resnet", embedding_size=128, input_size=150, standardisation="dlib",
-                     threshold=DLIB_THRESHOLD, far_thresholds=dict(DLIB_FAR_THRESHOLDS), recipe=dict(DLIB_RECIPE),
-                     provenance={"source": src.name, "source_sha256": source_sha, "converted_by": "facenet convert",
-                                 "trained_by": "Davis King (dlib), ~3M faces (FaceScrub, VGG, web photos)",
-                                 "licence": "CC0 1.0 (public domain)", "threshold": "LFW View 2, 10-fold mean"})
+    info = ModelInfo(arch=pretrained.arch, embedding_size=pretrained.embedding_size, input_size=pretrained.input_size,
+                     standardisation=pretrained.standardisation, threshold=pretrained.threshold,
+                     far_thresholds=dict(pretrained.far_thresholds), recipe=dict(pretrained.recipe),
+                     provenance={**source, "converted_by": "facenet convert", "pretrained": pretrained.name,
+                                 **pretrained.about})
     return save_model(model.eval(), dst, info)
 
 
-def install_default_model(path: str | os.PathLike, replace: bool = False, src: str | os.PathLike | None = None) -> Path:
-    """Make the converted dlib model (from ``src``, default: the wheel's file) the default at ``path``.
+def install_pretrained(name: str, path: str | os.PathLike, replace: bool = False,
+                       src: str | os.PathLike | None = None) -> Path:
+    """Make the shipped model ``name`` (from ``src``, default: its shipped source) the file at ``path``.
 
-    An existing file is kept unless ``replace``; then a different model there is first moved to
-    ``<name>.previous.safetensors`` so nothing the user had is lost.
+    An existing file is kept unless ``replace``; then a different model there is first moved
+    aside so nothing the user had is lost (galleries name the model that filled them): another
+    shipped model to its own name in the same folder, a model of the user's to
+    ``<name>.previous.safetensors``.
     """
     path = Path(path)
+    pretrained = _pretrained(name)
     if path.is_file():
         if not replace:
             return path
-        installed = _dlib_conversion(path)
-        if src is None and installed == "current":
+        installed = _installed_pretrained(path)
+        if src is None and installed == (pretrained.name, "current"):
             return path
-        if installed is None:  # the user's own model: kept, not overwritten
+        if installed is None:
             shutil.move(path, path.with_name(path.stem + ".previous.safetensors"))
+        elif installed[0] != pretrained.name and path.name != PRETRAINED[installed[0]].file_name:
+            shutil.move(path, path.with_name(PRETRAINED[installed[0]].file_name))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    convert_dlib(path, src)
+    convert_pretrained(pretrained.name, path, src)
     return path
 
 
-def _dlib_conversion(path: Path) -> str | None:
-    """"current" for the file ``convert_dlib`` writes today, "older" for one an earlier facenet wrote
-    (other thresholds or recipe: safe to replace), None for any other model."""
+def install_default_model(path: str | os.PathLike, replace: bool = False, src: str | os.PathLike | None = None) -> Path:
+    """The default shipped model (``DEFAULT``) at ``path``; see ``install_pretrained``."""
+    return install_pretrained(DEFAULT.name, path, replace, src)
+
+
+def _pretrained(name: str) -> Pretrained:
+    if name not in PRETRAINED:
+        raise ModelFileError(f"no shipped model named {name!r}; choose one of {', '.join(PRETRAINED)}")
+    return PRETRAINED[name]
+
+
+def _installed_pretrained(path: Path) -> tuple[str, str] | None:
+    """(shipped model's name, "current" | "older") for a file ``convert_pretrained`` wrote (today's
+    metadata, or an earlier facenet's: safe to replace), None for any other model."""
     try:
         info = read_model_info(path)
     except ModelFileError:
         return None
-    if info.arch != "dlib_resnet" or info.provenance.get("converted_by") != "facenet convert":
+    if info.provenance.get("converted_by") != "facenet convert":
         return None
-    current = (info.threshold == DLIB_THRESHOLD and info.recipe == DLIB_RECIPE
-               and info.far_thresholds == DLIB_FAR_THRESHOLDS)
-    return "current" if current else "older"
+    pretrained = next((p for p in PRETRAINED.values() if p.arch == info.arch), None)
+    if pretrained is None:
+        return None
+    current = (info.threshold == pretrained.threshold and info.recipe == pretrained.recipe
+               and info.far_thresholds == pretrained.far_thresholds)
+    return pretrained.name, "current" if current else "older"
+
+
+def _dlib_state(src: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
+    from facenet.data.images import DLIB_MEAN_RGB
+    from facenet.models.dlib_format import dlib_state_dict
+
+    src = src or dlib_weights_path()
+    state, mean_rgb = dlib_state_dict(src)
+    if not np.allclose(mean_rgb, DLIB_MEAN_RGB, atol=1e-3):
+        raise ModelFileError(f"{src}: input mean RGB {mean_rgb} differs from the 'dlib' standardisation "
+                             f"{DLIB_MEAN_RGB}; this is not the published dlib face model")
+    return state, {"source": src.name, "source_sha256": _sha256(src)}
+
+
+def _reid_state(src: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """From the IR at ``src``, or the weights shipped in the package (converted from the IR once,
+    by ``save_reid_weights``; their metadata names the IR they came from)."""
+    from facenet.models.openvino_ir import reid_state_dict
+
+    if src is not None:
+        return reid_state_dict(src), {"source": src.name, "source_sha256": _sha256(src),
+                                      "source_bin_sha256": _sha256(src.with_suffix(".bin"))}
+    from safetensors import safe_open
+
+    if not REID_WEIGHTS.is_file():
+        raise ModelFileError(f"the shipped weights {REID_WEIGHTS} are missing; reinstall facenet, or convert "
+                             "the OpenVINO IR: facenet convert face-reidentification-retail-0095.xml DST")
+    with safe_open(str(REID_WEIGHTS), framework="pt") as fh:
+        source = dict(fh.metadata() or {})
+        state = {key: fh.get_tensor(key).float() for key in fh.keys()}
+    return state, source
+
+
+def save_reid_weights(xml_path: str | os.PathLike, dst: str | os.PathLike = REID_WEIGHTS) -> Path:
+    """Convert the IR once into the weights shipped in the package: float16 where that is exact
+    (the IR's own precision), so the file is as small as the IR and loads bit for bit."""
+    from safetensors.torch import save_file
+
+    xml_path = Path(xml_path)
+    state, source = _reid_state(xml_path)
+    packed = {k: v.half() if torch.equal(v.half().float(), v) else v for k, v in state.items()}
+    save_file({k: v.contiguous() for k, v in packed.items()}, str(dst), metadata=source)
+    return Path(dst)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

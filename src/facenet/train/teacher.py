@@ -40,10 +40,9 @@ def teacher_path(spec: str) -> Path | None:
 
         return ensure_default_model()
     if spec == "dlib":
-        from facenet.models.pretrained import install_default_model
-        from facenet.paths import models_dir
+        from facenet.embedder import model_file
 
-        return install_default_model(models_dir() / "dlib_resnet.safetensors", replace=True)
+        return model_file("dlib")
     path = Path(spec)
     if not path.is_file():
         raise TrainingError(f"teacher {spec!r} is neither default, dlib, dlib-cpp nor a model file that exists")
