@@ -10,6 +10,8 @@ Three pipelines, measured in one run, each in processes of its own (so peak memo
   faces down to the default ``--min-face`` (2% of the shorter side: 60 px at 12 MP).
 - ``after80``: the same, asked for faces down to 80 px, the smallest dlib's HOG finds without
   upsampling: the same work as dlib's pipeline (``min_face`` = 80 px / the photo's shorter side).
+- ``after:NAME`` (``--also-model NAME``): ``after`` with another model, e.g. ``dlib`` (the converted
+  dlib network) beside the default.
 
 Photos are made on the fly from LFW (``fullsize_photos.py``: a portrait of one person and a group of
 three, JPEG q90) into a temporary folder and never kept. Each figure is the best of ``--repeats``
@@ -60,10 +62,10 @@ def _dlib_pipeline(upsample: int):
     return run
 
 
-def _facenet_pipeline(smallest_px: int | None = None):
+def _facenet_pipeline(smallest_px: int | None = None, model_name: str | None = None):
     import facenet
 
-    model = facenet.load_model()
+    model = facenet.load_model(model_name)
 
     def run(path):
         if smallest_px:  # faces down to this many pixels, whatever the photo's size
@@ -84,7 +86,8 @@ def worker(args) -> None:
     if args.pipeline == "dlib":
         run = _dlib_pipeline(upsample=1 if args.thumbnails else 0)
     else:
-        run, model = _facenet_pipeline(80 if args.pipeline == "after80" else None)
+        run, model = _facenet_pipeline(80 if args.pipeline == "after80" else None,
+                                       args.pipeline.split(":", 1)[1] if ":" in args.pipeline else None)
     run(str(LFW / PORTRAIT) if LFW.is_dir() else args.photos[0])  # warm-up: lazy loads, ONNX exports
     if args.thumbnails:
         paths = args.photos
@@ -165,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-dlib", action="store_true", help="leave out dlib's pipeline")
     ap.add_argument("--lfw-rate", type=int, default=0, metavar="N", help="photos/s on N LFW thumbnails, default vs dlib")
     ap.add_argument("--serve", action="store_true", help="the service on 40 MP uploads")
+    ap.add_argument("--also-model", action="append", default=[], metavar="NAME",
+                    help="measure this model (a shipped name or a file) too, as pipeline after:NAME")
     args = ap.parse_args(argv)
     if args.worker:
         args.pipeline = args.worker
@@ -178,6 +183,7 @@ def main(argv=None) -> int:
 
     pipelines = [p for p in ("dlib", "before", "after", "after80")
                  if not (p == "dlib" and args.skip_dlib) and not (p == "before" and not args.before_src)]
+    pipelines += [f"after:{name}" for name in args.also_model]
     print(machine_line(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
         photos = make_photos(Path(tmp), args.sizes)
@@ -196,6 +202,7 @@ def main(argv=None) -> int:
             print(f"\nLFW thumbnails ({len(thumbs)} photos, 250x250), photo -> embedding, photos/s:")
             for p in rates:
                 ratio = f"  ({rates[p] / rates['dlib']:.2f}x dlib)" if "dlib" in rates else ""
+                ratio += f"  ({rates[p] / rates['after']:.2f}x after)" if p.startswith("after:") else ""
                 print(f"  {p:<7} {rates[p]:7.1f}{ratio}")
         if args.serve:
             serve_figures(Path(tmp))
@@ -206,6 +213,7 @@ def _print_photos(table, photos, pipelines) -> None:
     print("\nphoto -> embeddings of every face (seconds, best of the passes; peak MB of the process)")
     header = f"{'photo':<18}{'faces':>6}" + "".join(f"{p + ' s':>10}{p + ' MB':>10}" for p in pipelines)
     ratios = [("after", "dlib"), ("after80", "dlib"), ("after", "before"), ("before", "dlib")]
+    ratios += [("after", p) for p in pipelines if p.startswith("after:")]
     ratios = [(a, b) for a, b in ratios if a in pipelines and b in pipelines]
     print(header + "".join(f"{b + '/' + a:>14}" for a, b in ratios))
     for photo in photos:

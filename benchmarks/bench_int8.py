@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW folder with pairs.txt and images/")
     ap.add_argument("--pairs-per-fold", type=int, default=30, help="pairs per fold (600 = all 6,000; default 30)")
     ap.add_argument("--cache", type=Path,
-                    help="embeddings cache of `facenet evaluate --model dlib --cache FILE` (skips embedding)")
+                    help="embeddings cache of `facenet evaluate --model dlib-cpp --cache FILE` (skips embedding)")
     args = ap.parse_args(argv)
     if not (args.lfw / "pairs.txt").is_file():
         print(f"skipped: LFW not found at {args.lfw}")

@@ -25,7 +25,7 @@ cache (``<model>[.mask].noface.txt``), so a run that reads the cache still count
 
     .venv/bin/python benchmarks/lfw_enrolment.py --images ../shared/data/lfw/images --cache /tmp/enrol \\
         --json enrol_default.json
-    .venv/bin/python benchmarks/lfw_enrolment.py --model dlib --images ../shared/data/lfw/images \\
+    .venv/bin/python benchmarks/lfw_enrolment.py --model dlib-cpp --images ../shared/data/lfw/images \\
         --cache /tmp/enrol --json enrol_dlib.json
 """
 
@@ -93,7 +93,7 @@ def load_embedders(args):
     from facenet.align import get_detector
     from facenet.occlusion import OccludingEmbedder
 
-    if args.model == "dlib":
+    if args.model == "dlib-cpp":
         from facenet.baselines.dlib_model import DlibEmbedder
 
         embedder = DlibEmbedder(on_no_face="center")
@@ -139,7 +139,7 @@ def evaluate(embedder, names, enrol_emb, probes: np.ndarray, truth: np.ndarray, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model file, or 'dlib' (default: the installed pretrained model)")
+    ap.add_argument("--model", default=None, help="model file, a shipped model's name (reid, dlib), or 'dlib-cpp' (dlib's own C++ pipeline) (default: the installed default model)")
     ap.add_argument("--images", type=Path, required=True, help="folder with one sub-folder of photos per person")
     ap.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
     ap.add_argument("--min-images", type=int, default=6, help="photos a person needs to be 'known' (default: 6)")

@@ -14,7 +14,7 @@ NMI (``facenet.cluster.clustering_scores``).
 
     .venv/bin/python benchmarks/lfw_identification.py --model run/model.safetensors \\
         --images lfw_mtcnn160 --ext png --no-detect --cache emb.npz --json result.json
-    .venv/bin/python benchmarks/lfw_identification.py --model dlib --images ../shared/data/lfw/images \\
+    .venv/bin/python benchmarks/lfw_identification.py --model dlib-cpp --images ../shared/data/lfw/images \\
         --limit-people 60
 """
 
@@ -87,7 +87,7 @@ def best_threshold(best_person: np.ndarray, best_dist: np.ndarray, truth: np.nda
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model file, or 'dlib' (dlib's ResNet, unit rows)")
+    ap.add_argument("--model", required=True, help="model file, a shipped model's name (reid, dlib), or 'dlib-cpp' (dlib's own C++ pipeline, unit rows)")
     ap.add_argument("--images", type=Path, required=True, help="folder with one sub-folder of photos per person")
     ap.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
     ap.add_argument("--min-images", type=int, default=5, help="photos a person needs to be 'known' (default: 5)")
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    if args.model == "dlib":
+    if args.model == "dlib-cpp":
         from facenet.baselines.dlib_model import DlibEmbedder
 
         embedder = DlibEmbedder()

@@ -1,7 +1,7 @@
 """LFW pairs on dlib's own chips, embedded by dlib's C++ network and by the converted ``dlib_resnet``.
 
 Each image is cut once by dlib's pipeline (HOG detector, 5-point shape predictor, 150 px chip, as in
-``facenet evaluate --model dlib``); both networks embed that same chip. Any gap in accuracy is thus
+``facenet evaluate --model dlib-cpp``); both networks embed that same chip. Any gap in accuracy is thus
 the port's, not preprocessing's. Scored with the project's leave-one-fold-out protocol
 (``facenet.evaluate.metrics.kfold_metrics``) over the pairs of the first ``--folds`` folds of View 2
 (re-split into 10 folds when fewer are taken), with the largest difference between the two unit

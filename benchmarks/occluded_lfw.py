@@ -9,9 +9,9 @@ fallback, as `facenet evaluate`), and embeds the crops with every model. Figures
 evaluate --model M --occlude KIND` reports for each model; rows = none and each occluder.
 
 `--dlib` adds dlib's column: dlib's own pipeline (HOG detector, centre box where it finds no face, its
-5-point chip) as `facenet evaluate --model dlib` runs it, the chips embedded by the converted network,
+5-point chip) as `facenet evaluate --model dlib-cpp` runs it, the chips embedded by the converted network,
 which gives dlib's C++ descriptors to 1e-4 (benchmarks/lfw_network_equivalence.py) at several times its
-speed. Its "none" and "mask" rows reproduce `facenet evaluate --model dlib` (RESULTS.md).
+speed. Its "none" and "mask" rows reproduce `facenet evaluate --model dlib-cpp` (RESULTS.md).
 
     .venv/bin/python benchmarks/occluded_lfw.py --pairs ../shared/data/lfw/pairs.txt \\
         --images ../shared/data/lfw/images --model default --model runs/occ/model.safetensors --json occ.json
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     if args.dlib:
         dlib_side = DlibEmbedder()
         pipelines["dlib"] = (lambda path, image: dlib_side.chip(image), ["dlib", "hog", "5-point chip", 150, 0.25])
-        columns[DLIB_COLUMN] = ("dlib", load_embedder(None, detect=False))  # the default: the converted network
+        columns[DLIB_COLUMN] = ("dlib", load_embedder("dlib", detect=False))  # dlib's network, converted
     placer = RememberedDetections(get_detector("mtcnn"))  # every occluder is placed from one MTCNN pass per photo
     occluded_columns = [c for c in columns if c not in args.clean_model]
 

@@ -136,7 +136,7 @@ def test_default_model_is_installed_on_first_use_and_kept(dlib_env, tmp_path, mo
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     path = ensure_default_model()
     assert path == tmp_path / "facenet" / "models" / "default.safetensors"
-    assert read_model_info(path).arch == "dlib_resnet"
+    assert read_model_info(path).arch == "reid_mobilenet"  # the shipped default
     # a model the user put there is kept when the default is (re)installed, not overwritten
     from facenet.models import create_model as make
     from facenet.models.modelfile import save_model

@@ -156,7 +156,7 @@ def test_flip_sum_and_concat(tmp_path):
 def test_cli_reports_malformed_pairs_file_as_one_line(tmp_path, capsys):
     bad = tmp_path / "p.txt"
     bad.write_text("A 1 2 3 4\n")
-    assert cli.main(["evaluate", "--model", "dlib", "--pairs", str(bad), "--images", str(tmp_path)]) == 2
+    assert cli.main(["evaluate", "--model", "dlib-cpp", "--pairs", str(bad), "--images", str(tmp_path)]) == 2
     assert "p.txt:1:" in capsys.readouterr().err
 
 
@@ -196,7 +196,7 @@ def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_pat
     assert after.threshold == pytest.approx(json.loads(out.read_text())["threshold"], abs=1e-4)
     assert set(after.far_thresholds) == {"1e-02"}  # 24 images of 21 people: ~270 different-people pairs
     assert "thresholds written" in capsys.readouterr().out
-    assert cli.main(["evaluate", "--model", "dlib", "--pairs", str(pairs), "--images", str(images),
+    assert cli.main(["evaluate", "--model", "dlib-cpp", "--pairs", str(pairs), "--images", str(images),
                      "--ext", "png", "--write-thresholds"]) == 2
     assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images),
                      "--ext", "png", "--write-thresholds", "--occlude", "mask"]) == 2

@@ -61,6 +61,9 @@ class YuNetDetector:
         _, faces = self._net.detect(np.ascontiguousarray(image[:, :, ::-1]))  # YuNet wants BGR
         if faces is None:
             return []
+        # OpenCV now and then returns a garbage row (infinite or NaN coordinates, score 1.0) for a tiny
+        # input, again seen only in a full test run: no real face has coordinates outside the numbers.
+        faces = faces[np.isfinite(faces).all(axis=1) & (np.abs(faces[:, :14]) < 4 * max(h, w)).all(axis=1)]
         # Row: x, y, w, h, then right eye, left eye, nose, right mouth, left mouth (subject's view:
         # the subject's right eye is image-left, so this is already our image-left-first order), score.
         return sort_by_score([Detection((f[0], f[1], f[0] + f[2], f[1] + f[3]), f[14], f[4:14].reshape(5, 2))

@@ -65,7 +65,7 @@ class DlibEmbedder:
         self.on_no_face = on_no_face
         self.name = ("dlib_resnet_v1" if normalize else "dlib_resnet_v1_raw") + (f"+{detector.name}" if detector else "")
         # Raw: dlib's documented 0.6 Euclidean rule, squared. Normalised: the mean of the ten
-        # per-fold best thresholds measured on LFW View 2 (0.1848; `facenet evaluate --model dlib`).
+        # per-fold best thresholds measured on LFW View 2 (0.1848; `facenet evaluate --model dlib-cpp`).
         self.threshold = 0.36 if not normalize else 0.185
         self.fallbacks = 0
 
