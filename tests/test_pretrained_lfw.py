@@ -1,6 +1,5 @@
 """The installed default model on real photos: LFW pairs it has to get right, through the CLI and the API."""
 
-
 import facenet
 from facenet.cli import main
 from facenet.models.pretrained import DEFAULT
