@@ -217,3 +217,18 @@ def test_min_face_sets_the_working_size():
     with pytest.raises(FaceNetError, match="fraction"):
         FaceFinder(mtcnn, Recipe(), 150, min_face=20)
     assert load_image(np.zeros((4, 4, 3), np.uint8)).shape == (4, 4, 3)
+
+
+def test_a_face_that_fills_the_photo_is_found(lfw_dir, model):
+    """Cut as an ID photo (benchmarks/tight_lfw.py) MTCNN alone finds nothing in this one; the second
+    look inside a frame of edge pixels finds the face, and it embeds as the same person as the uncut photo."""
+    import tight_lfw
+
+    rel = "Arminio_Fraga/Arminio_Fraga_0002.jpg"
+    whole = Image.open(lfw(lfw_dir, rel)).convert("RGB")
+    cut = np.asarray(whole.crop(tight_lfw.tight_box(rel, *whole.size)))
+    assert get_detector("mtcnn").detect(cut) == []
+    found = model.find_faces(cut)
+    assert len(found.faces) == 1 and not found.fallback
+    distance = facenet.distance(model.embed_crops([found.faces[0].image])[0], model.embed([lfw(lfw_dir, rel)])[0])
+    assert distance < model.threshold

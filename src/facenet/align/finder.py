@@ -12,6 +12,9 @@ Every command, the Python API, ``evaluate``, ``align`` and the service find face
   its crop at the model's input size (decoding a finer copy only when needed); a face holding more
   than twice that is area-averaged down first, so a face of 2,000 px and one of 200 px give the
   same crop, without aliasing.
+- **A face that fills the photo** (ID photos, profile pictures) is often missed: detectors need
+  some of a head's surroundings. Where nothing is found, the photo is searched again inside a frame
+  of its own edge pixels before the fallback (if any) is used.
 - **Choose by what is visible.** "largest" counts only the part of a box inside the photo, so a
   half-visible face at the border does not beat the subject.
 """
@@ -35,6 +38,8 @@ OVERSAMPLE = 2.0  # faces holding more source pixels per crop pixel than this ar
 SMALL_FACE = 0.25  # faces narrower than this fraction of the model's input are marked unreliable
 MAX_ROLL_DEG = 45.0  # eyes tilted more than this: the photo is probably rotated
 SURE_SCORE = 0.99  # detections scoring below this are checked for a photo turned sideways
+FRAME = 0.25  # where nothing is found: the photo framed by this fraction of its longer side per edge...
+FRAMED_SIDE = 240  # ...at this shorter side (px), is searched again for a face that fills it
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,27 @@ class FaceFinder:
                 return (f"the face looks turned by {degrees} degrees (is the photo rotated?): its answer is unreliable",)
         return ()
 
+    def _filling(self, pixels: np.ndarray) -> list[Detection]:
+        """A second look where nothing was found, for a face that fills the photo (ID photos, profile
+        pictures cut at the forehead or chin): detectors need some of a head's surroundings, so the
+        photo is set in a frame of its own edge pixels, at a small size (such a face is large), and
+        only faces at least half as wide as the photo's shorter side count."""
+        if getattr(self.detector, "name", "") == "center":
+            return []
+        h, w = pixels.shape[:2]
+        pad = round(FRAME * max(h, w))
+        framed = cv2.copyMakeBorder(pixels, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        scale = min(1.0, FRAMED_SIDE / min(framed.shape[:2]))
+        if scale < 1.0:
+            framed = cv2.resize(framed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        found = [_map(_rescaled(d, 1 / scale), lambda x, y: (x - pad, y - pad)) for d in self.detector.detect(framed)]
+        return [d for d in found if d.box[2] - d.box[0] >= 0.5 * min(h, w)]
+
     def locate(self, image: ImageLike) -> tuple[Photo, list[Detection], bool]:
         """Decode at the working size and detect: the photo, every detection (full-resolution
         coordinates, detector order) and whether they came from the fallback detector."""
         photo = open_photo(image, shorter_side=self.working_side)
-        detections = self.detector.detect(photo.pixels)
+        detections = self.detector.detect(photo.pixels) or self._filling(photo.pixels)
         fallback = not detections and self.fallback is not None
         if fallback:
             detections = self.fallback.detect(photo.pixels)
