@@ -37,7 +37,8 @@ MIN_FACE = 0.02  # the smallest face found by default: 2% of the photo's shorter
 OVERSAMPLE = 2.0  # faces holding more source pixels per crop pixel than this are area-averaged first
 SMALL_FACE = 0.25  # faces narrower than this fraction of the model's input are marked unreliable
 MAX_ROLL_DEG = 45.0  # eyes tilted more than this: the photo is probably rotated
-SURE_SCORE = 0.99  # detections scoring below this are checked for a photo turned sideways
+SURE_SCORE = 0.99  # detections scoring below this (MTCNN's scale; a detector's ``sure_score`` overrides) are
+# checked for a photo turned sideways
 FRAME = 0.25  # where nothing is found: the photo framed by this fraction of its longer side per edge...
 FRAMED_SIDE = 240  # ...at this shorter side (px), is searched again for a face that fills it
 
@@ -103,10 +104,12 @@ class FaceFinder:
 
     def _turned(self, photo: Photo, detection: Detection) -> tuple[str, ...]:
         """A note when the face looks turned by 90 degrees: detectors also find sideways faces, with
-        upright-looking landmarks and a lower score, so a doubtful face (score under SURE_SCORE) is
+        upright-looking landmarks and a lower score, so a doubtful face (score under the detector's
+        ``sure_score``, else SURE_SCORE) is
         detected again in its surroundings turned both ways; a clearly better score there says the
         photo lies on its side (no EXIF orientation). Upright faces score above it and cost nothing."""
-        if not detection.score < SURE_SCORE or self.detector is None or getattr(self.detector, "name", "") == "center":
+        sure = getattr(self.detector, "sure_score", SURE_SCORE)
+        if not detection.score < sure or self.detector is None or getattr(self.detector, "name", "") == "center":
             return ()
         x1, y1, x2, y2 = (v * photo.scale for v in detection.box)
         grow = 0.5 * max(x2 - x1, y2 - y1)
@@ -114,7 +117,7 @@ class FaceFinder:
         region = photo.pixels[max(int(y1 - grow), 0):min(int(y2 + grow), h), max(int(x1 - grow), 0):min(int(x2 + grow), w)]
         for turns, degrees in ((1, 90), (3, -90)):
             found = self.detector.detect(np.ascontiguousarray(np.rot90(region, turns)))
-            if any(d.score >= SURE_SCORE and d.score > detection.score for d in found):
+            if any(d.score >= sure and d.score > detection.score for d in found):
                 return (f"the face looks turned by {degrees} degrees (is the photo rotated?): its answer is unreliable",)
         return ()
 

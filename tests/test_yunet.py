@@ -1,0 +1,67 @@
+"""YuNet as shipped: its model inside the package, faces too large for it at the working size, threads."""
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from facenet.align import get_detector
+from facenet.align.yunet import LARGE_FACE_ABOVE, SHIPPED_MODEL, YuNetDetector
+from facenet.data.images import load_image
+from facenet.errors import FaceNetError
+
+EYE_LINE = slice(0, 2)
+
+
+def test_the_model_ships_in_the_package_unchanged(monkeypatch):
+    monkeypatch.delenv("FACENET_YUNET_MODEL", raising=False)
+    digest = hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
+    assert digest == "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"  # as in weights/NOTICE
+    assert get_detector("yunet")._path == SHIPPED_MODEL
+    assert (SHIPPED_MODEL.parent / "LICENSE-MIT-YuNet.txt").read_text().startswith("MIT License")
+
+
+def test_a_face_filling_a_big_photo_is_found_whole(lfw_dir):
+    """A face of ~700 px (twice what YuNet was trained for) is found with its true size, once:
+    the reduced copy's detection, not the full-size pass's low-scoring partial one."""
+    image = load_image(lfw_dir / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg")
+    close_up = cv2.resize(image[65:185, 65:185], (800, 800), interpolation=cv2.INTER_CUBIC)  # face ~100/120 of it
+    detector = YuNetDetector()
+    assert min(close_up.shape[:2]) > LARGE_FACE_ABOVE
+    full_size_only = detector._detect(close_up)
+    found = detector.detect(close_up)
+    assert len(found) == 1
+    assert found[0].width > 0.7 * 800 and found[0].width > max(d.width for d in full_size_only)
+    assert found[0].score >= detector.sure_score
+    (lx, ly), (rx, ry) = found[0].landmarks[EYE_LINE]
+    assert lx < 400 < rx and abs(ly - ry) < 40  # upright eyes either side of the middle
+
+
+def test_threads_share_one_detector(lfw_dir):
+    """Each thread gets its own OpenCV network: answers under threads equal answers one at a time."""
+    detector = YuNetDetector()
+    names = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001.jpg", "Tony_Blair/Tony_Blair_0001.jpg",
+             "Serena_Williams/Serena_Williams_0001.jpg"]
+    images = [load_image(lfw_dir / "images" / n) for n in names] * 4
+    alone = [[d.box for d in detector.detect(im)] for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda im: [d.box for d in detector.detect(im)], images))
+    assert together == alone and all(alone)
+
+
+def test_a_photo_turned_sideways_scores_below_the_sure_score(lfw_dir):
+    detector = YuNetDetector()
+    image = load_image(lfw_dir / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg")
+    upright = detector.detect(image)[0].score
+    turned = [d.score for d in detector.detect(np.ascontiguousarray(np.rot90(image)))]
+    assert upright >= detector.sure_score
+    assert all(s < detector.sure_score for s in turned)
+
+
+def test_a_model_opencv_cannot_read_is_refused_at_once(tmp_path):
+    bad = tmp_path / "yunet.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(FaceNetError, match="cannot load"):
+        YuNetDetector(model=bad)
