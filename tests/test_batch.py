@@ -142,3 +142,29 @@ def test_the_python_api_decodes_a_batch_at_a_time(model_file, monkeypatch):
     assert embedded == [4, 8, 10]
     assert rows.shape == (10, 128)
     np.testing.assert_allclose(rows, model.embed_crops(photos), atol=1e-5)
+
+
+def _rows_by(embedder, paths, workers):
+    from facenet.batch import BatchReport, collect, embed_photos
+
+    report = BatchReport("embed")
+    rows, _ = collect(embed_photos(embedder, paths, report, batch_size=2, workers=workers, progress=False), 128)
+    return [(r.path, r.box) for r in rows], [s.path for s in report.skipped]
+
+
+@pytest.mark.parametrize("detector", [dict(name="center", fraction=0.9),  # thread-safe: threads share it
+                                      dict(name="mtcnn", backend="torch", factor=0.5)])  # processes copy it
+def test_workers_find_faces_with_the_callers_detector_options_and_fallback(model_file, collection, detector):
+    """Workers used to rebuild the detector by name with its default options and no fallback."""
+    from facenet.align import get_detector
+    from facenet.embedder import load_embedder
+
+    c = collection
+    paths = [c["a"], c["blank"], c["pair"], c["b"]]
+    default = load_embedder(model_file, detector=detector["name"], backend="torch")
+    embedder = load_embedder(model_file, detector=get_detector(**detector), backend="torch")
+    embedder.fallback_detector = get_detector("center")
+    inline = _rows_by(embedder, paths, workers=0)
+    assert inline == _rows_by(embedder, paths, workers=1)
+    assert inline[1] == [] and [p for p, _ in inline[0]].count(str(c["blank"])) == 1  # the fallback was used
+    assert inline[0] != _rows_by(default, paths, workers=0)[0]  # the options change the boxes

@@ -3,9 +3,11 @@
 Every batch command (``embed``, ``cluster``, ``identify``, ``gallery enroll``) goes through
 ``embed_photos``. Why a stream: a collection of 100,000 photos must neither be decoded all at
 once nor be lost because photo 73,000 has no face. So photos are decoded, detected and cropped
-ahead of the network by a small process pool (each worker has its own detector: detectors are
-not thread-safe, and MTCNN changes torch's global thread count), at most a few batches ahead;
-crops are embedded ``batch_size`` at a time and handed to the caller chunk by chunk.
+ahead of the network by a few workers, at most a few batches ahead, with the caller's own face
+finder (detector options, fallback, minimum face size and recipe as given): threads share it when
+its detectors are thread-safe (MTCNN on ONNX Runtime, YuNet), else worker processes each get a copy
+of it (MTCNN on PyTorch changes torch's global thread count). Crops are embedded ``batch_size`` at a
+time and handed to the caller chunk by chunk.
 
 The policy for failures is the same everywhere: a photo that cannot be read or shows no face is
 *skipped* with its reason, the run goes on, and ``BatchReport`` tells the command how to end —
@@ -17,9 +19,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import sys
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -107,8 +110,8 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
                  progress: bool = True) -> Iterator[tuple[list[FaceRow], np.ndarray]]:
     """Yield ``(rows, embeddings)`` chunks of at most ``batch_size`` faces, in photo order.
 
-    Failing photos go into ``report.skipped`` and the stream goes on. ``workers`` processes decode
-    and detect on the CPU (default: none for a handful of photos or for a detector on an
+    Failing photos go into ``report.skipped`` and the stream goes on. ``workers`` threads or processes
+    decode and detect on the CPU (default: none for a handful of photos or for a detector on an
     accelerator, which then detects in this process; else the cores but one, at least one);
     no more than ``2 * batch_size`` photos are in flight at a time, so memory stays bounded
     whatever the number of photos.
@@ -156,8 +159,12 @@ def collect(chunks: Iterator[tuple[list[FaceRow], np.ndarray]], embedding_size: 
 
 def photo_rows(embedder, path, all_faces: bool = False) -> list[FaceRow] | Skipped:
     """The chosen face (or every face) of one photo as rows, or why the photo is skipped."""
+    return _rows(lambda: embedder.find_faces(path, all_faces=all_faces, source=str(path)), path)
+
+
+def _rows(find, path) -> list[FaceRow] | Skipped:
     try:
-        return face_rows(embedder.find_faces(path, all_faces=all_faces, source=str(path)), path)
+        return face_rows(find(), path)
     except (FaceNetError, OSError) as exc:
         return Skipped(str(path), skip_reason(exc, path))
 
@@ -183,20 +190,18 @@ def several_faces_note(row: FaceRow, which: str) -> str | None:
 
 
 def _found_faces(embedder, paths, all_faces, workers, window):
-    """(path, rows | Skipped) in input order, computed inline or by ``workers`` processes."""
-    if workers <= 0:
+    """(path, rows | Skipped) in input order, computed inline or by ``workers`` threads or processes."""
+    finder = embedder.finder() if workers > 0 else None
+    pool = _pool(finder, workers) if finder is not None else None
+    if pool is None:
         for path in paths:
             yield path, photo_rows(embedder, path, all_faces)
         return
-    detector = getattr(embedder.detector, "name", None) if embedder.detector is not None else None
-    settings = (embedder.info, detector, embedder.recipe.which, embedder.min_face)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=settings)
+    shared = finder if isinstance(pool, ThreadPoolExecutor) else None  # a process uses its own copy
     pending: deque[tuple[Path, Future]] = deque()
     try:
-        todo = iter(paths)
-        for path in todo:
-            pending.append((path, pool.submit(_worker_rows, str(path), all_faces)))
+        for path in paths:
+            pending.append((path, pool.submit(_finder_rows, shared, str(path), all_faces)))
             if len(pending) >= window:
                 done_path, future = pending.popleft()
                 yield done_path, future.result()
@@ -207,21 +212,33 @@ def _found_faces(embedder, paths, all_faces, workers, window):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-_worker_embedder = None
+def _pool(finder, workers: int) -> Executor | None:
+    """Workers that find faces exactly as ``finder`` does: threads sharing it when it is thread-safe, else
+    processes holding a copy of it; ``None`` (detect in this process) when it can be neither shared nor
+    copied (a detector object that cannot be pickled)."""
+    if finder.thread_safe:
+        return ThreadPoolExecutor(workers)
+    try:
+        copy = pickle.dumps(finder)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(copy,))
 
 
-def _init_worker(info, detector: str | None, which: str, min_face: float | None) -> None:
-    """A worker's own cropper: the model's recipe and input size, its own detector, no network."""
-    global _worker_embedder
+_worker_finder = None  # a worker process's copy of the caller's finder
+
+
+def _init_worker(finder: bytes) -> None:
+    """A worker process: the caller's finder, torch on one thread (the workers share the cores)."""
+    global _worker_finder
     import torch
 
-    from facenet.align import get_detector
-    from facenet.embedder import FaceEmbedder
-
     torch.set_num_threads(1)
-    _worker_embedder = FaceEmbedder(None, info, detector=get_detector(detector) if detector else None,
-                                    backend=None, which=which, min_face=min_face)
+    _worker_finder = pickle.loads(finder)
 
 
-def _worker_rows(path: str, all_faces: bool):
-    return photo_rows(_worker_embedder, path, all_faces)
+def _finder_rows(finder, path: str, all_faces: bool):
+    """``photo_rows`` on a worker: through ``finder``, or this process's copy of it (``None``)."""
+    finder = finder or _worker_finder
+    return _rows(lambda: finder.find(path, "all" if all_faces else None, source=path), path)
