@@ -168,8 +168,37 @@ def test_cache_resumes_without_re_embedding(lfw_like, tmp_path):
     second = evaluate_pairs(again, pairs, images, ext="png", progress=False, cache=cache, distance="cosine")
     assert again.calls == 0 and (cache.stat().st_mode & 0o777) == 0o600
     np.testing.assert_allclose(second.labels, first.labels)
-    with pytest.raises(DataError, match="flip=sum"):
+    with pytest.raises(DataError, match="flip 'none' \\(here 'sum'\\)"):
         evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, cache=cache, flip="sum")
+
+
+def test_a_cache_made_with_other_face_finding_is_refused(lfw_like, tmp_path, model_file, capsys):
+    """Detector, its options, --no-detect, --on-no-face, --min-face and the recipe decide the embeddings: a
+    cache made with other ones used to be reused silently."""
+    pairs, images = lfw_like
+    common = ["evaluate", "--model", str(model_file), "--pairs", str(pairs), "--images", str(images), "--ext", "png",
+              "--backend", "torch", "--no-progress", "--cache", str(tmp_path / "c.npz")]
+    assert cli.main([*common, "--detector", "center"]) == 0
+    assert cli.main([*common, "--detector", "center"]) == 0  # the same settings: reused
+    capsys.readouterr()
+    for other in (["--no-detect"], ["--detector", "mtcnn"], ["--detector", "center", "--on-no-face", "drop"],
+                  ["--detector", "center", "--min-face", "0.1"]):
+        assert cli.main([*common, *other]) == 2, other
+        assert "holds embeddings made otherwise" in capsys.readouterr().err
+
+
+def test_the_cache_key_names_every_face_finding_setting(model_file):
+    from facenet.align import get_detector
+    from facenet.embedder import load_embedder
+    from facenet.evaluate.protocol import cache_key
+
+    def key(**settings):
+        return cache_key(load_embedder(model_file, backend="torch", **settings), "none")
+
+    assert key(detector="center") == key(detector="center")
+    variants = [key(detector="center"), key(detector=get_detector("center", fraction=0.8)), key(detect=False),
+                key(detector="center", which="central"), key(detector="center", min_face=0.1)]
+    assert len({json.dumps(k, sort_keys=True) for k in variants}) == len(variants)
 
 
 def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_path, model_file, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -169,7 +170,7 @@ def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progres
 
     ``cache`` (an .npz path or None) keeps finished embeddings, so an interrupted run resumes.
     """
-    key = f"{embedder.name} flip={flip}"
+    key = cache_key(embedder, flip)
     embeddings = _load_cache(cache, key) if cache else {}
     todo = [p for p in paths if p not in embeddings]
     failed: list[Path] = []
@@ -199,7 +200,33 @@ def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progres
     return embeddings, failed
 
 
-def _load_cache(cache: str | os.PathLike, key: str) -> dict[Path, np.ndarray]:
+def cache_key(embedder, flip: str) -> dict:
+    """Everything that decides an image's embedding, so that a cache made otherwise is never reused: the
+    model, the flip, and how faces are found and cut (detector and its options, the fallback where none
+    is found, the recipe, the smallest face; a wrapper's settings and those of the embedder it wraps)."""
+    key = {"model": embedder.name, "flip": flip}
+    for setting in ("detector", "fallback_detector", "placer"):
+        key[setting] = _detector_settings(getattr(embedder, setting, None))
+    recipe = getattr(embedder, "recipe", None)
+    key["recipe"] = dataclasses.asdict(recipe) if recipe is not None else None
+    for setting in ("min_face", "on_no_face", "num_jitters", "upsample", "kind", "seed", "variant"):
+        key[setting] = getattr(embedder, setting, None)
+    inner = getattr(embedder, "embedder", None)
+    if inner is not None:
+        key["wrapped"] = cache_key(inner, flip)
+    return json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
+
+
+def _detector_settings(detector) -> dict | None:
+    """A detector's name and plain-valued attributes (its options: thresholds, scale factor, model file...)."""
+    if detector is None:
+        return None
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(detector).items())
+               if isinstance(v, (str, int, float, bool, tuple, type(None), Path))}
+    return {"name": getattr(detector, "name", type(detector).__name__), **options}
+
+
+def _load_cache(cache: str | os.PathLike, key: dict) -> dict[Path, np.ndarray]:
     if not Path(cache).is_file():
         return {}
     try:
@@ -207,20 +234,26 @@ def _load_cache(cache: str | os.PathLike, key: str) -> dict[Path, np.ndarray]:
             stored_key, paths, rows = str(data["key"]), data["paths"], data["embeddings"]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"embedding cache {cache} is unreadable ({exc}); delete it to start afresh") from exc
-    if stored_key != key:
-        raise DataError(f"embedding cache {cache} holds '{stored_key}', not '{key}'; "
-                        "use another cache file for this model / flip setting")
+    try:
+        stored = json.loads(stored_key)
+    except ValueError:
+        stored = None
+    if stored != key:
+        differ = "; ".join(f"{k} {stored.get(k)!r} (here {v!r})" for k, v in key.items() if stored.get(k) != v) \
+            if isinstance(stored, dict) else "by an older facenet"
+        raise DataError(f"embedding cache {cache} holds embeddings made otherwise ({differ}); "
+                        "use another cache file for these settings, or delete it")
     return {Path(p): row for p, row in zip(paths, rows)}
 
 
-def _save_cache(cache: str | os.PathLike, key: str, embeddings: dict[Path, np.ndarray]) -> None:
+def _save_cache(cache: str | os.PathLike, key: dict, embeddings: dict[Path, np.ndarray]) -> None:
     """Embeddings are personal data: written atomically, owner-only (facenet.fileio)."""
     if not embeddings:
         return
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, key=np.array(key), paths=np.array([str(p) for p in embeddings]),
+            np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), paths=np.array([str(p) for p in embeddings]),
                      embeddings=np.stack(list(embeddings.values())))
 
     atomic_write(cache, write)
