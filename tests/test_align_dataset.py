@@ -151,3 +151,15 @@ def test_trained_model_cuts_faces_like_its_training_data(tmp_path, mode):
     # a folder aligned with one recipe refuses crops made with another
     with pytest.raises(DataError, match="another recipe"):
         align_dataset(src, dst, AlignSettings(recipe=Recipe(detector="center", margin=0.4), size=48), progress=False)
+
+
+@pytest.mark.parametrize("names", [("a.jpg", "a.png"), ("a.jpg", "A.png"), ("a.jpg", "a_0.png")])
+def test_images_whose_crops_would_share_a_file_are_refused_before_writing(tmp_path, names):
+    """a.jpg and a.png both gave a.png: the second overwrote the first, or was skipped as already aligned."""
+    src = tmp_path / "src"
+    (src / "p").mkdir(parents=True)
+    for name in names:
+        Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(src / "p" / name)
+    with pytest.raises(DataError, match="same file.*rename one"):
+        align_dataset(src, tmp_path / "dst", AlignSettings(recipe=Recipe(detector="center")), progress=False)
+    assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").rglob("*"))

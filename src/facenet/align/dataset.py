@@ -6,7 +6,8 @@ when started again. Images where no face was found are retried on a rerun (they 
 Source files are only ever read. A JSON report lists images with no face, several faces, or
 unreadable data, and ``recipe.json`` records how the crops were made (detector, mode, relative
 margin, template, face choice, size): ``facenet train`` copies it into the model file, so the
-model later cuts faces from photos exactly as its training data was cut.
+model later cuts faces from photos exactly as its training data was cut. Images whose crops would
+share a file (``a.jpg`` and ``a.png``) are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
     """Align every image under ``src`` into ``dst``; returns (and writes as JSON) the report."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     _check_folders(src, dst, settings)
-    write_recipe(dst, settings)
     images = find_images(src)
+    _check_output_names(src, dst, images)
+    write_recipe(dst, settings)
     report_file = Path(report_path) if report_path else dst / REPORT_NAME
     report = AlignReport(images=len(images))
     earlier = _read_report(report_file)
@@ -152,6 +154,25 @@ def _check_folders(src: Path, dst: Path, settings: AlignSettings) -> None:
     if settings.fallback not in (None, "center"):
         raise FaceNetError(f"unknown fallback {settings.fallback!r}; the only fallback is 'center'")
     get_detector(settings.recipe.detector, **settings.detector_options)  # fail now, not in every worker
+
+
+def _check_output_names(src: Path, dst: Path, images: list[Path]) -> None:
+    """Refuse, before anything is written, images whose crops would land in one file: ``a.jpg`` and
+    ``a.png`` (or ``A.jpg``: one file on a case-insensitive disk) both give ``a.png``, and ``a_0.jpg``
+    gives the name of ``a.jpg``'s first face when it holds several."""
+    seen: dict[tuple[Path, str], Path] = {}
+    for image in images:
+        seen.setdefault((image.parent, image.stem.casefold()), image)
+    for image in images:
+        stem = image.stem.casefold()
+        base, _, index = stem.rpartition("_")
+        other = seen[(image.parent, stem)]
+        if other == image and index.isdigit():
+            other = seen.get((image.parent, base), image)
+        if other != image:
+            raise DataError(f"{image.relative_to(src)} and {other.relative_to(src)} would be aligned into the same "
+                            f"file ({output_path(src, dst, image).relative_to(dst)} or its numbered faces); rename "
+                            "one of them")
 
 
 _state: dict = {}  # per process: settings and its own detectors
