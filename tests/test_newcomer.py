@@ -1,0 +1,30 @@
+"""What a new user tripped over (issue 26, item 8): hints that name real options, validation before the
+long part of a run, one model id, quiet terminals."""
+
+import struct
+import subprocess
+import sys
+import zlib
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: Pillow reads the size without decoding a pixel."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_pillows_decompression_bomb_warning_never_reaches_the_terminal(tmp_path):
+    """A 90 MP photo made Pillow print a raw DecompressionBombWarning; the project's own limit speaks instead."""
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_header(10_000, 9_000))
+    code = ("from facenet.data.images import load_image\n"
+            "from facenet.errors import BadImageError\n"
+            f"try:\n    load_image({str(big)!r}, max_pixels=50_000_000)\n"
+            "except BadImageError as exc:\n    print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "DecompressionBomb" not in run.stderr + run.stdout
+    assert run.stdout.strip() == f"{big}: 10000x9000 image exceeds the 50000000-pixel limit; shrink it"
