@@ -91,7 +91,8 @@ def test_enroll_refuses_an_enrolled_name_unless_add(photos, tmp_path, capsys):
     g = tmp_path / "g.db"
     assert main(["gallery", "enroll", "x", str(photos["r1"]), "--gallery", str(g)]) == 0
     assert main(["gallery", "enroll", "x", str(photos["r2"]), "--gallery", str(g)]) == 2
-    assert "already in gallery" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'x' is already enrolled" in err and "pass --add" in err and "--merge" not in err  # enroll has no --merge
     assert main(["gallery", "enroll", "x", str(photos["r2"]), "--gallery", str(g), "--add"]) == 0
     with Gallery.open(g, create=False) as gallery:
         assert [(p.name, p.faces) for p in gallery.people()] == [("x", 2)]

@@ -53,9 +53,16 @@ def run_enroll(args: argparse.Namespace) -> int:
     if status:  # nothing usable, or --strict with photos skipped: enrol nothing
         print(f"facenet gallery enroll: nothing enrolled for {args.name}", file=sys.stderr)
         return status
+    name = args.name.strip()
     with _open(args, embedder.name, embedder.embedding_size, storage=args.storage, policy=args.policy) as g:
-        g.enroll_many([Record(args.name, emb, [Path(r.path).name for r in rows])], merge=args.add)
-        person = next(p for p in g.people() if p.name == args.name.strip())
+        try:
+            g.enroll_many([Record(args.name, emb, [Path(r.path).name for r in rows])], merge=args.add)
+        except GalleryError:
+            if args.add or not any(p.name == name for p in g.people()):
+                raise
+            raise GalleryError(f"{name!r} is already enrolled in {g.location}; pass --add to add these photos "
+                               "to them") from None
+        person = next(p for p in g.people() if p.name == name)
     print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location} "
           f"(people scored by policy {g.policy})")
     return 0
