@@ -278,3 +278,43 @@ def test_occluded_protocol_occludes_the_second_photo_or_both(lfw_like, tmp_path,
     drawn.clear()
     evaluate_pairs(FakeEmbedder(), pairs, images, ext="png", progress=False, occlude="mask", occlude_side="both")
     assert sorted(drawn) == list(range(24))
+
+
+@pytest.mark.parametrize("pairs_text, why", [
+    ("P0 1 2\nP1 1 2\nP3 1 Q3 1\nP4 1 Q4 1\n", "at least 2 folds"),      # header-less: one fold
+    ("2 1\nP0 1 2\nP3 1 Q3 1\nP1 1 2\nP4 1 Q4 1\n", None),                  # fine
+    ("P0 1 2\nP1 1 2\nP2 1 2\nP6 1 2\n", "no mismatched"),                 # --folds 2, matched pairs only
+])
+def test_unusable_folds_are_refused_before_anything_is_embedded(lfw_like, tmp_path, pairs_text, why):
+    _, images = lfw_like
+    pairs = tmp_path / "p.txt"
+    pairs.write_text(pairs_text)
+    embedder = FakeEmbedder()
+    folds = 2 if why == "no mismatched" else None
+    if why is None:
+        evaluate_pairs(embedder, pairs, images, ext="png", progress=False, folds=folds)
+        return
+    with pytest.raises(DataError, match=why):
+        evaluate_pairs(embedder, pairs, images, ext="png", progress=False, folds=folds)
+    assert embedder.calls == 0
+
+
+def test_folds_1_is_refused_by_the_cli_before_embedding(lfw_like, capsys):
+    pairs, images = lfw_like
+    assert cli.main(["evaluate", "--model", "default", "--pairs", str(pairs), "--images", str(images), "--ext", "png",
+                     "--folds", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "at least 2 folds" in err and "model file not found" not in err
+
+
+def test_evaluate_accepts_the_default_model_by_name(lfw_like, monkeypatch, tmp_path):
+    """As `train --init default` does; it used to say "model file not found: default"."""
+    from facenet.commands import evaluate as evaluate_cmd
+    from facenet.embedder import ensure_default_model
+
+    pairs, images = lfw_like
+    seen = []
+    monkeypatch.setattr(evaluate_cmd, "_embedder", lambda args: seen.append(args.model) or FakeEmbedder())
+    assert cli.main(["evaluate", "--model", "default", "--pairs", str(pairs), "--images", str(images), "--ext", "png",
+                     "--no-progress"]) == 0
+    assert seen == [str(ensure_default_model())]

@@ -17,9 +17,9 @@ def register(subparsers) -> None:
                     "per fold, the threshold that maximises accuracy on the other folds; VAL at a target FAR; "
                     "AUC and EER over all pairs.")
     p.add_argument("--model", required=True,
-                   help="model file; a shipped model's name, 'reid' (the default) or 'dlib' (dlib's network, "
-                        "converted); or dlib's own C++ pipeline as the peer: 'dlib-cpp' (unit rows) / "
-                        "'dlib-cpp-raw' (dlib's raw descriptors)")
+                   help="model file; 'default' (the installed default model, as `train --init default`); a "
+                        "shipped model's name, 'reid' or 'dlib' (dlib's network, converted); or dlib's own C++ "
+                        "pipeline as the peer: 'dlib-cpp' (unit rows) / 'dlib-cpp-raw' (dlib's raw descriptors)")
     p.add_argument("--pairs", required=True, type=Path, help="pairs file (LFW pairs.txt format)")
     p.add_argument("--images", required=True, type=Path, help="folder with <name>/<name>_<iiii>.<ext> images")
     p.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
@@ -61,6 +61,10 @@ def handle(args: argparse.Namespace) -> int:
     from facenet.errors import FaceNetError
     from facenet.evaluate.protocol import evaluate_pairs
 
+    if args.model == "default":
+        from facenet.embedder import ensure_default_model
+
+        args.model = str(ensure_default_model())
     if args.write_thresholds:  # checked before the evaluation, which can take an hour
         if args.model in DLIB_MODELS or Path(args.model).suffix == ".onnx":
             raise FaceNetError("--write-thresholds needs a facenet model file (.safetensors) to write into")

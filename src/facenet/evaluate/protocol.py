@@ -108,6 +108,7 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
     if distance not in DISTANCES:
         raise DataError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
     pair_set = read_pairs(pairs_file, images_dir, ext=ext, folds=folds)
+    check_folds(pair_set.pairs, pairs_file)  # before embedding, which can take an hour
     paths = sorted({p for pair in pair_set.pairs for p in (pair.path1, pair.path2)})
 
     start = time.perf_counter()
@@ -145,6 +146,23 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
                  "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
                  "metrics_seconds": round(metrics_seconds, 3)},
         embeddings=embeddings)
+
+
+def check_folds(pairs: list, pairs_file) -> None:
+    """The protocol fits each fold's threshold on the other folds, which must hold matched and mismatched
+    pairs both: refuse, before anything is embedded, pairs with which it cannot."""
+    if not pairs:
+        raise DataError(f"no pair of {pairs_file} names images that exist; check --images and --ext")
+    folds = sorted({p.fold for p in pairs})
+    if len(folds) < 2:
+        raise DataError(f"{pairs_file}: the k-fold protocol needs at least 2 folds (a threshold is fitted on the "
+                        "others), found 1; re-split the pairs, e.g. with --folds 10")
+    for fold in folds:
+        kinds = {p.same for p in pairs if p.fold != fold}
+        if kinds != {True, False}:
+            lacking = "mismatched ('name1 i name2 j')" if True in kinds else "matched ('name i j')"
+            raise DataError(f"{pairs_file}: the folds other than fold {fold + 1} hold no {lacking} pairs with images, "
+                            "so no threshold can be fitted; the protocol needs both kinds in every fold")
 
 
 def _embed_occluded(embedder, pairs, kind: str, side: str, flip: str, batch_size: int, progress: bool, cache):
