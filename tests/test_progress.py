@@ -50,3 +50,19 @@ def test_plain_lines_carry_the_postfix_as_tqdm_does():
             bar.update()
             bar.set_postfix(loss=f"{1 / (step + 1):.3f}")
     assert out.getvalue().splitlines()[-1].endswith("(loss=0.100)")
+
+
+def test_a_slow_job_in_a_log_prints_at_least_once_a_minute(monkeypatch):
+    """facenet demo's training printed nothing for 4 minutes in a log: a tenth of it took that long."""
+    import facenet.progress as progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    with PlainProgress(850, "training", unit="step", file=out) as bar:
+        for _ in range(84):  # under a tenth of the work, 3 s a step
+            clock[0] += 3.0
+            bar.update()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 + 84 * 3 // progress.QUIET_AT_MOST_S  # one a minute, and the last one
+    assert lines[0].startswith("training: 20/850 step (2%)")

@@ -3,7 +3,8 @@
 A redrawn bar is useful to a person watching a terminal, but in a log file or a CI console it
 becomes hundreds of kilobytes of carriage-return noise. So every long job asks ``progress_bar(...)``
 for its reporter: on a terminal that is a tqdm bar (with rate and ETA); otherwise a
-``PlainProgress`` that prints one line at every tenth of the work and one at the end.
+``PlainProgress`` that prints one line at every tenth of the work (and after a minute without one,
+so that a slow job's log never stays silent for long) and one at the end.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import IO
+
+QUIET_AT_MOST_S = 60  # a plain line at least this often while a job runs
 
 
 def progress_bar(total: int, desc: str, unit: str = "img", initial: int = 0, enabled: bool = True,
@@ -38,7 +41,8 @@ def _is_terminal(file) -> bool:
 
 
 class PlainProgress:
-    """At most ``lines`` lines like ``embedding: 300/1000 img (30%), 41.2 img/s, ETA 0:17``, plus the last."""
+    """``lines`` lines like ``embedding: 300/1000 img (30%), 41.2 img/s, ETA 0:17`` (more when a tenth of the
+    work takes over ``QUIET_AT_MOST_S``), plus the last."""
 
     def __init__(self, total: int, desc: str, unit: str = "img", initial: int = 0, file: IO[str] | None = None,
                  lines: int = 10):
@@ -46,6 +50,7 @@ class PlainProgress:
         self.file = file or sys.stderr
         self.lines = lines
         self._start_n, self._start = initial, time.monotonic()
+        self._last_line = self._start
         self._next = self._mark(initial) + 1
         self._closed = False
         self._postfix = ""
@@ -55,7 +60,9 @@ class PlainProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.lines and self.total > 0 and self._mark(self.n) >= self._next and self.n < self.total:
+        if not (self.lines and 0 < self.total and self.n < self.total):
+            return
+        if self._mark(self.n) >= self._next or time.monotonic() - self._last_line >= QUIET_AT_MOST_S:
             self._next = self._mark(self.n) + 1
             self._print()
 
@@ -69,7 +76,8 @@ class PlainProgress:
         self._closed = True
 
     def _print(self) -> None:
-        elapsed = max(time.monotonic() - self._start, 1e-9)
+        self._last_line = time.monotonic()
+        elapsed = max(self._last_line - self._start, 1e-9)
         rate = (self.n - self._start_n) / elapsed
         line = f"{self.desc}: {self.n}/{self.total} {self.unit}"
         if self.total > 0:
