@@ -11,6 +11,7 @@ def test_short_demo_writes_report_keeps_the_default_and_runs_twice(tmp_path, mon
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.delenv("FACENET_MODEL", raising=False)
     report = run_demo(tmp_path / "demo", steps=8, progress=False)
+    assert capsys.readouterr().err.startswith("facenet demo: training a small nns model")  # at once, in a log too
     assert report.model_path == tmp_path / "demo" / "run" / "model.safetensors"
 
     text = report.report_path.read_text()
@@ -23,6 +24,12 @@ def test_short_demo_writes_report_keeps_the_default_and_runs_twice(tmp_path, mon
     again = run_demo(tmp_path / "demo", steps=8, progress=False)  # the README's first line, run twice
     assert again.model_path.read_bytes() == report.model_path.read_bytes() and again.accuracy == report.accuracy
     assert "finished demo run" in capsys.readouterr().out
+    # the report of the re-run keeps the real figures: the untrained accuracy and the training time
+    assert report.initial_accuracy is not None and again.initial_accuracy == report.initial_accuracy
+    assert report.training_seconds is not None and again.training_seconds == report.training_seconds
+    rows = [line for line in text.splitlines() if "untrained -> trained" in line or "training time" in line]
+    again_text = again.report_path.read_text()
+    assert len(rows) == 2 and all(row in again_text for row in rows) and "n/a" not in again_text
 
     from facenet.data.synthetic import SyntheticFaces
     from PIL import Image

@@ -5,12 +5,15 @@ of real ones), check verification on identities it never saw, enrol some of
 them into a gallery and identify the rest, and write a short report with a ROC
 curve. The model stays in the demo's folder (``<out>/run/model.safetensors``): the default model
 of the other commands is the pretrained one, which a model of synthetic faces must not replace.
-Running the demo again continues an interrupted run, or reports again on a finished one.
+Running the demo again continues an interrupted run, or checks a finished one again: the report
+keeps the untrained accuracy (from the run's history) and the training time (``<out>/training.json``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ class DemoReport:
     accuracy: float
     accuracy_std: float
     initial_accuracy: float | None
+    training_seconds: float | None  # None: not recorded
     val_at_far: float
     auc: float
     eer: float
@@ -60,7 +64,7 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     start = time.perf_counter()
     out = Path(out)
     config = demo_config(out / "run", data, steps, seed)
-    model_path, initial_accuracy = _trained_model(config, fresh, progress)
+    model_path, initial_accuracy, training_seconds = _trained_model(config, out / "training.json", fresh, progress)
 
     model, info = load_model_file(model_path)
     _, held = build_sources(config)
@@ -83,6 +87,7 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     report = DemoReport(
         model_path=model_path, report_path=out / "report.md", accuracy=float(metrics.accuracy.mean()),
         accuracy_std=float(metrics.accuracy.std()), initial_accuracy=initial_accuracy,
+        training_seconds=training_seconds,
         val_at_far=float(metrics.val.mean()), auc=metrics.roc.auc, eer=metrics.roc.eer, threshold=info.threshold,
         identification_accuracy=ident_acc, unknown_rejection=rejection, openset=openset,
         seconds=time.perf_counter() - start)
@@ -90,24 +95,46 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     return report
 
 
-def _trained_model(config: TrainConfig, fresh: bool, progress: bool) -> tuple[Path, float | None]:
-    """The run's model: trained now, continued from its checkpoint, or the finished one already there."""
+def _trained_model(config: TrainConfig, timing: Path, fresh: bool,
+                   progress: bool) -> tuple[Path, float | None, float | None]:
+    """The run's model (trained now, continued from its checkpoint, or the finished one already there),
+    its accuracy before training (from the run's history), and how long training took (``timing``)."""
+    from facenet.errors import TrainingError
+    from facenet.fileio import atomic_write_bytes
+    from facenet.train.checkpoint import load_checkpoint
     from facenet.train.loop import MODEL_NAME, train
 
     run_dir = Path(config.out)
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    earlier = run_dir / "checkpoint.pt"
-    if earlier.exists() and TrainConfig.load(run_dir).to_json() != config.to_json():
-        from facenet.errors import TrainingError
-
+    if fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        timing.unlink(missing_ok=True)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is not None and TrainConfig.load(run_dir).to_json() != config.to_json():
         raise TrainingError(f"{run_dir} holds a demo run with other settings; use --fresh to start over "
                             "or another --out")
     if (run_dir / MODEL_NAME).exists():  # written only when a run finishes
-        print(f"{run_dir} holds a finished demo run; reporting on it (--fresh trains again)")
-        return run_dir / MODEL_NAME, None
-    result = train(config, resume=earlier.exists(), progress=progress)
-    return result.model_path, result.initial_accuracy
+        if checkpoint is None:
+            raise TrainingError(f"{run_dir} holds a model without its training checkpoint; use --fresh to start "
+                                "over or another --out")
+        print(f"{run_dir} holds a finished demo run; checking it again (--fresh trains again)", flush=True)
+        history = checkpoint["history"]
+        return run_dir / MODEL_NAME, history[0].get("val_accuracy") if history else None, _recorded(timing)
+    # said at once: in a log the first progress line comes only after a while
+    print(f"facenet demo: {'continuing' if checkpoint else 'training'} a small {config.arch} model on "
+          f"{config.data or 'synthetic faces'} in {run_dir} ({config.steps} steps, a few minutes on a CPU)",
+          file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    result = train(config, resume=checkpoint is not None, progress=progress)
+    atomic_write_bytes(timing, json.dumps({"seconds": time.perf_counter() - began}).encode())
+    return result.model_path, result.initial_accuracy, _recorded(timing)
+
+
+def _recorded(timing: Path) -> float | None:
+    """Training seconds as recorded when the run ended (a continued run: its last part only)."""
+    try:
+        return float(json.loads(timing.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndarray):
@@ -164,12 +191,17 @@ def _markdown(r: DemoReport, config: TrainConfig, held) -> str:
         f"| gallery: faces of {GALLERY_PEOPLE} strangers rejected as unknown | {r.unknown_rejection:.1%} |",
         f"| the same at `facenet identify`'s open-set threshold {r.openset[0]:.3f} (stranger FAR 1e-2): "
         f"identified / rejected | {r.openset[1]:.1%} / {r.openset[2]:.1%} |",
-        f"| wall time | {r.seconds / 60:.1f} min |",
+        f"| training time | {_minutes(r.training_seconds)} |",
+        f"| checks and report | {r.seconds / 60:.1f} min |",
         "", "![ROC](roc.png)", "", "![distances](distances.png)", "",
     ]
     lines.append(f"Use it with `--model {r.model_path}`; the default model of the other commands stays the "
                  "pretrained one.")
     return "\n".join(lines) + "\n"
+
+
+def _minutes(seconds: float | None) -> str:
+    return f"{seconds / 60:.1f} min" if seconds is not None else "not recorded"
 
 
 def print_summary(r: DemoReport) -> None:
@@ -179,7 +211,7 @@ def print_summary(r: DemoReport) -> None:
     print(f"gallery: {r.identification_accuracy:.1%} of enrolled people's faces identified, "
           f"{r.unknown_rejection:.1%} of strangers rejected (verification threshold); at identify's open-set "
           f"threshold: {r.openset[1]:.1%} identified, {r.openset[2]:.1%} rejected")
-    print(f"report: {r.report_path}  ({r.seconds / 60:.1f} min)")
+    print(f"report: {r.report_path}  (training {_minutes(r.training_seconds)}, checks {r.seconds / 60:.1f} min)")
 
 
 __all__ = ["run_demo", "demo_config", "DemoReport", "print_summary"]
