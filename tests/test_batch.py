@@ -54,8 +54,29 @@ def test_strict_or_nothing_embedded_exits_2(tmp_path, model_file, collection, ca
     c = collection
     assert _embed(tmp_path / "e.npy", c["a"], c["text"], model=model_file, extra=["--strict"]) == 2
     assert np.load(tmp_path / "e.npy").shape == (1, 128)  # the partial output is still written
+    capsys.readouterr()
     assert _embed(tmp_path / "f.npy", c["text"], c["blank"], model=model_file) == 2
-    assert "none of the 2 photo(s) could be used" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) <= 3 and "none of the 2 photos could be used" in err[0] and "--skipped-report" in err[-1]
+    assert not (tmp_path / "f.npy").exists() and not (tmp_path / "f.rows.csv").exists()
+
+
+def test_nothing_usable_writes_nothing_and_says_why_in_a_line(tmp_path, model_file, capsys):
+    """`facenet embed notes.txt --out t.npy` wrote empty files, said "wrote 0 embeddings" and took five lines."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping: milk")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    (tmp_path / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    for name in ("notes.txt", "empty.jpg", "cut.jpg", "drawing.svg"):
+        capsys.readouterr()
+        assert _embed(tmp_path / "t.npy", tmp_path / name, model=model_file) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"facenet embed: error: {tmp_path / name}: "), err
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("t.")) == []
+    assert _embed(tmp_path / "t.npy", notes, model=model_file, extra=["--skipped-report", str(tmp_path / "r.json")]) == 2
+    assert json.loads((tmp_path / "r.json").read_text())["skipped"][0]["path"] == str(notes)
+    assert not (tmp_path / "t.npy").exists()
 
 
 def test_rows_carry_face_index_box_and_score(tmp_path, model_file, collection, capsys):

@@ -81,21 +81,33 @@ class BatchReport:
     def finish(self, strict: bool, report_path: Path | None = None) -> int:
         """Print the skipped photos (one line each, the path once) and a summary; return the exit status:
         ``EXIT_FAILED`` when nothing succeeded or, with ``strict``, when anything was skipped; else 0."""
+        if self.photos and not self.embedded_photos:
+            return self._nothing_usable(report_path)
         for s in self.skipped:
             print(f"facenet {self.command}: skipped {s.path}: {s.reason}", file=sys.stderr)
         if self.skipped:
             where = f" (listed in {report_path})" if report_path else ""
             print(f"facenet {self.command}: {len(self.skipped)} of {self.photos} photo(s) skipped{where}",
                   file=sys.stderr)
-        if self.photos and not self.embedded_photos:
-            print(f"facenet {self.command}: error: none of the {self.photos} photo(s) could be used",
-                  file=sys.stderr)
-            return EXIT_FAILED
         if strict and self.skipped:
             print(f"facenet {self.command}: error: --strict and {len(self.skipped)} photo(s) skipped",
                   file=sys.stderr)
             return EXIT_FAILED
         return 0
+
+
+    def _nothing_usable(self, report_path: Path | None) -> int:
+        """Why nothing could be used, in at most two lines: the one photo's reason, or the count, the first
+        reason and where every reason is."""
+        first = self.skipped[0]
+        if self.photos == 1:
+            print(f"facenet {self.command}: error: {first.path}: {first.reason}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"facenet {self.command}: error: none of the {self.photos} photos could be used "
+              f"(the first, {first.path}: {first.reason})", file=sys.stderr)
+        where = f"{report_path} lists" if report_path else "--skipped-report FILE would list"
+        print(f"facenet {self.command}: {where} the reason for each photo", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def skip_reason(exc: Exception, path: str | os.PathLike) -> str:
@@ -125,7 +137,7 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
         few = len(paths) <= batch_size
         workers = 0 if few or on_accelerator else max(1, (os.cpu_count() or 1) - 1)
     rows: list[FaceRow] = []
-    with progress_bar(len(paths), "embedding", unit="photo", enabled=progress) as bar:
+    with progress_bar(len(paths), "embedding", unit="photo", enabled=progress and len(paths) > batch_size) as bar:
         for path, result in _found_faces(embedder, paths, all_faces, workers, window=2 * batch_size):
             bar.update()
             if isinstance(result, Skipped):

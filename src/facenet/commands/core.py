@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 from pathlib import Path
 
@@ -112,9 +113,15 @@ def run_embed(args: argparse.Namespace) -> int:
     report_path = Path(args.skipped_report) if args.skipped_report else out.with_suffix(".skipped.json")
     chunks = embed_photos(embedder, paths, report, all_faces=all_faces(args), batch_size=args.batch_size,
                           workers=args.workers)
+    first = next(chunks, None)
+    if first is None:  # nothing usable: no empty output files; the reasons are printed
+        if args.skipped_report:
+            report.write(report_path)
+        return report.finish(args.strict, report_path if args.skipped_report else None)
     writer = {".npy": _write_npy, ".csv": _write_csv, ".json": _write_json, ".parquet": _write_parquet}[out.suffix]
     written = {}
-    atomic_write(out, lambda tmp: written.update(n=writer(tmp, out, chunks, embedder.embedding_size)))
+    atomic_write(out, lambda tmp: written.update(n=writer(tmp, out, itertools.chain([first], chunks),
+                                                          embedder.embedding_size)))
     report.write(report_path)
     described = f" (rows described in {out.with_suffix('.rows.csv')})" if out.suffix == ".npy" else ""
     print(f"wrote {written['n']} embeddings of {embedder.embedding_size} dims from {report.embedded_photos} "
