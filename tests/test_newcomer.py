@@ -28,3 +28,29 @@ def test_pillows_decompression_bomb_warning_never_reaches_the_terminal(tmp_path)
     assert run.returncode == 0, run.stderr
     assert "DecompressionBomb" not in run.stderr + run.stdout
     assert run.stdout.strip() == f"{big}: 10000x9000 image exceeds the 50000000-pixel limit; shrink it"
+
+
+def _help(*command: str) -> str:
+    import contextlib
+    import io
+
+    import pytest
+
+    from facenet.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(out.getvalue().split())
+
+
+def test_backend_help_names_where_the_onnx_export_is_cached(tmp_path, monkeypatch):
+    from facenet.export import onnx_cache_path
+    from facenet.models import create_model
+    from facenet.models.modelfile import save_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    info = save_model(create_model("nns", input_size=48), tmp_path / "m.safetensors")
+    assert onnx_cache_path(info).is_relative_to(tmp_path / "cache" / "facenet" / "onnx")
+    text = _help("verify")
+    assert "cached in $XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx" in text and "beside the model" not in text

@@ -31,8 +31,9 @@ def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True
                         help="inputs are already face crops: no detection, just resize to the model input")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
-                        help="inference engine: onnx = ONNX Runtime (exported once, cached beside the model), "
-                             "torch = PyTorch, auto = ONNX Runtime on CPU, else PyTorch (default: auto)")
+                        help="inference engine: onnx = ONNX Runtime (exported once, cached in "
+                             "$XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx), torch = PyTorch, "
+                             "auto = ONNX Runtime on CPU, else PyTorch (default: auto)")
     parser.add_argument("--min-face", type=float, default=MIN_FACE, metavar="FRACTION",
                         help="smallest face to find, as a fraction of a photo's shorter side: big photos are "
                              f"detected on a copy reduced to match (default {MIN_FACE}: 60 px in a 12 MP photo); "
@@ -94,8 +95,9 @@ def add_batch_options(parser: argparse.ArgumentParser, report_default: str) -> N
     parser.add_argument("--batch-size", type=int, default=BATCH, metavar="N",
                         help=f"faces embedded per network call (default {BATCH})")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="processes that decode and detect ahead of the network (default: none for a few "
-                             "photos, else the number of cores minus one, at least one)")
+                        help="workers that decode and detect ahead of the network: threads sharing the detector "
+                             "when it is thread-safe (MTCNN on ONNX Runtime, YuNet), else processes (default: none "
+                             "for a few photos, else the number of cores minus one, at least one)")
 
 
 def run_embed(args: argparse.Namespace) -> int:
