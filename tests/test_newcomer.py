@@ -54,3 +54,21 @@ def test_backend_help_names_where_the_onnx_export_is_cached(tmp_path, monkeypatc
     assert onnx_cache_path(info).is_relative_to(tmp_path / "cache" / "facenet" / "onnx")
     text = _help("verify")
     assert "cached in $XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx" in text and "beside the model" not in text
+
+
+def test_verify_takes_which_as_readme_says(lfw_dir, model_file):
+    """README lists which= among facenet.verify's per-call options: the largest or the central face is compared."""
+    import numpy as np
+    from PIL import Image
+
+    import facenet
+
+    big = Image.open(lfw_dir / "images/Aaron_Eckhart/Aaron_Eckhart_0001.jpg").resize((400, 400))
+    small = np.asarray(Image.open(lfw_dir / "images/Abba_Eban/Abba_Eban_0001.jpg"))
+    canvas = np.full((500, 900, 3), 128, np.uint8)
+    canvas[50:450, 0:400] = np.asarray(big)  # larger, at the left edge
+    canvas[125:375, 325:575] = small  # smaller, in the middle
+    model = facenet.load_model(model_file, backend="torch")
+    centre_x = {which: sum(facenet.verify(canvas, small, model=model, which=which).boxes[0][::2]) / 2
+                for which in ("largest", "central")}
+    assert centre_x["largest"] < 400 and 325 < centre_x["central"] < 575
