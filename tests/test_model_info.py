@@ -23,7 +23,8 @@ def test_models_lists_model_files_with_provenance_threshold_and_id(model_file, t
     info = read_model_info(model_file)
     assert "* installed default" in out and "not installed yet" in out  # listing never installs anything
     assert str(models_dir() / "mine.safetensors") in out
-    assert f"threshold {info.threshold:.4f}, id {info.model_id}" in out and "trained on:" in out
+    assert f"threshold {info.threshold:.4f}, id {info.id}" in out and "trained on:" in out
+    assert info.id.startswith("nns-128d-")  # the one id verify, identify and galleries use (embedder.name)
     monkeypatch.setenv("FACENET_MODEL", str(model_file))
     assert main(["models"]) == 0
     assert f"* $FACENET_MODEL  {model_file}" in capsys.readouterr().out
@@ -62,13 +63,14 @@ def test_verify_and_identify_name_the_model(model_file, tmp_path, capsys):
 
 def test_the_service_says_which_model_answers(model_file, tmp_path):
     pytest.importorskip("httpx")
-    from fastapi.testclient import TestClient
 
     from facenet.embedder import load_embedder
     from facenet.serve import create_app
+    from facenet.serve.security import Keys
+    from test_serve import started
 
     embedder = load_embedder(model_file, detect=False, backend="torch")
-    with TestClient(create_app(embedder, tmp_path / "g.db")) as client:
+    with started(create_app(embedder, tmp_path / "g.db", keys=Keys(public=True))) as client:
         info = client.get("/api/model").json()
         assert info["name"] == embedder.name and info["threshold"] == embedder.threshold
         assert info["model_id"] == embedder.info.model_id and info["trained_on"]
