@@ -3,6 +3,7 @@ the guards (API key, sizes, content types) hold, and every error is problem deta
 
 import io
 import struct
+from contextlib import contextmanager
 import threading
 import time
 import zlib
@@ -24,10 +25,14 @@ from facenet.gallery import Gallery  # noqa: E402
 from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import Limits, create_app  # noqa: E402
+from facenet.errors import FaceNetError  # noqa: E402
+from facenet.serve.security import Keys, load_keys, parse_rate  # noqa: E402
 from test_gallery import brute_score  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
+READ_KEY = "read-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
+ADMIN = Keys(admin=KEY)  # the admin key reads the gallery too
 FACES = SyntheticFaces(6, seed=3, size=64)
 
 
@@ -54,6 +59,17 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+@contextmanager
+def started(app, **options):
+    """A client of ``app`` once it is ready: the lifespan returns at once and the gallery loads in the background."""
+    with TestClient(app, **options) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").text
+            time.sleep(0.01)
+        yield client
+
+
 @pytest.fixture(scope="module")
 def embedder(model_file):
     model, info = load_model_file(model_file)
@@ -62,7 +78,7 @@ def embedder(model_file):
 
 @pytest.fixture
 def client(embedder, tmp_path):
-    with TestClient(create_app(embedder, tmp_path / "gallery.db", api_key=KEY)) as c:
+    with started(create_app(embedder, tmp_path / "gallery.db", keys=ADMIN)) as c:
         yield c
 
 
@@ -113,41 +129,41 @@ def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
         r = client.post("/api/people", data={"name": name}, files=files, headers=AUTH)
         assert r.status_code == 201, r.text
         assert r.json()["name"] == name and r.json()["faces"] == len(images)
-    listed = client.get("/api/people").json()["people"]
+    listed = client.get("/api/people", headers=AUTH).json()["people"]
     assert [(p["name"], p["faces"]) for p in listed] == [("Ann", 2), ("Bob", 1), ("Cy", 2)]
 
     query = photo(0, 5)
     q = embedder.embed([query])[0]
     brute = sorted((brute_score(embedder.embed(imgs), q, DEFAULT_POLICY), name) for name, imgs in enrolled.items())
-    r = client.post("/api/identify", files={"photo": part(query)}, data={"top_k": "2", "threshold": "4"})
+    r = client.post("/api/identify", headers=AUTH, files={"photo": part(query)}, data={"top_k": "2", "threshold": "4"})
     assert r.status_code == 200, r.text
     got = [(m["distance"], m["name"]) for m in r.json()["matches"]]
     assert [n for _, n in got] == [n for _, n in brute[:2]]
     np.testing.assert_allclose([d for d, _ in got], [d for d, _ in brute[:2]], atol=1e-5)
     # an enrolled photo finds its owner at distance ~0; a tiny threshold makes a new face unknown
-    r = client.post("/api/identify", files={"photo": part(enrolled["Bob"][0])}).json()
+    r = client.post("/api/identify", headers=AUTH, files={"photo": part(enrolled["Bob"][0])}).json()
     assert r["known"] and r["matches"][0]["name"] == "Bob" and r["matches"][0]["distance"] < 1e-6
-    r = client.post("/api/identify", files={"photo": part(photo(5, 0))}, data={"threshold": "0"}).json()
+    r = client.post("/api/identify", headers=AUTH, files={"photo": part(photo(5, 0))}, data={"threshold": "0"}).json()
     assert r == {**r, "known": False, "matches": []}
 
     r = client.delete("/api/people/Ann", headers=AUTH)
     assert r.status_code == 200 and r.json() == {"name": "Ann", "faces_removed": 2}
-    assert [p["name"] for p in client.get("/api/people").json()["people"]] == ["Bob", "Cy"]
-    r = client.post("/api/identify", files={"photo": part(enrolled["Ann"][0])}, data={"threshold": "4", "top_k": "5"})
+    assert [p["name"] for p in client.get("/api/people", headers=AUTH).json()["people"]] == ["Bob", "Cy"]
+    r = client.post("/api/identify", headers=AUTH, files={"photo": part(enrolled["Ann"][0])}, data={"threshold": "4", "top_k": "5"})
     assert "Ann" not in [m["name"] for m in r.json()["matches"]]
 
 
 def test_enrol_several_photos_at_once_under_the_template_policy(embedder, tmp_path):
     images = [photo(3, i) for i in range(3)]
-    with TestClient(create_app(embedder, tmp_path / "g.db", api_key=KEY, policy="template")) as c:
+    with started(create_app(embedder, tmp_path / "g.db", keys=ADMIN, policy="template")) as c:
         files = [("photos", part(img, f"d{i}.png")) for i, img in enumerate(images)]
         r = c.post("/api/people", data={"name": "Di"}, files=files, headers=AUTH)
         assert r.status_code == 201 and r.json()["faces"] == 3, r.text
         r = c.post("/api/people", data={"name": "Ed"}, files={"photos": part(photo(4, 0))}, headers=AUTH)
         assert r.status_code == 201
-        people = c.get("/api/people").json()
+        people = c.get("/api/people", headers=AUTH).json()
         assert people["policy"] == "template" and [p["faces"] for p in people["people"]] == [3, 1]
-        r = c.post("/api/identify", files={"photo": part(photo(3, 4))}, data={"threshold": "4"}).json()
+        r = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(3, 4))}, data={"threshold": "4"}).json()
     mean = embedder.embed(images).astype(np.float64).mean(0)
     expected = float(((mean / np.linalg.norm(mean) - embedder.embed([photo(3, 4)])[0]) ** 2).sum())
     assert r["matches"][0]["name"] == "Di" and r["matches"][0]["distance"] == pytest.approx(expected, abs=1e-5)
@@ -191,7 +207,7 @@ def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
     boxes = [(2, 2, 9, 9), (10, 12, 60, 62)]  # the first is too small for a reliable answer
     detecting = FaceEmbedder(model, info, detector=_Boxes(boxes))
     image = photo(3, 0)
-    with TestClient(create_app(detecting, tmp_path / "g.db", api_key=KEY)) as c:
+    with started(create_app(detecting, tmp_path / "g.db", keys=ADMIN)) as c:
         body = c.post("/api/embed", files={"photos": part(image)}).json()
         assert [f["box"] for f in body["photos"][0]["faces"]] == [list(map(float, b)) for b in boxes]
         assert [f["used"] for f in body["photos"][0]["faces"]] == [False, True]
@@ -200,18 +216,18 @@ def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
         np.testing.assert_allclose(body["embeddings"], expected, atol=1e-6)
 
         # identify answers for every face, the recipe's choice (the largest) first; `which` narrows it
-        body = c.post("/api/identify", files={"photo": part(image)}).json()
+        body = c.post("/api/identify", headers=AUTH, files={"photo": part(image)}).json()
         assert [(f["box"], f["score"], f["known"]) for f in body["faces"]] == [
             ([10.0, 12.0, 60.0, 62.0], 0.8, False), ([2.0, 2.0, 9.0, 9.0], 0.9, False)]
         assert body["faces"][0]["notes"] == [] and "only 7x7 px" in body["faces"][1]["notes"][0]
         assert [f["used"] for f in body["photo"]["faces"]] == [True, True]
-        body = c.post("/api/identify", files={"photo": part(image)}, data={"which": "largest"}).json()
+        body = c.post("/api/identify", headers=AUTH, files={"photo": part(image)}, data={"which": "largest"}).json()
         assert [f["box"] for f in body["faces"]] == [[10.0, 12.0, 60.0, 62.0]]
         r = c.post("/api/verify", files={"a": part(image), "b": part(image)}, data={"which": "central"})
         assert [f["box"] for f in r.json()["faces"]] == [[10.0, 12.0, 60.0, 62.0]] * 2
         assert_problem(c.post("/api/verify", files={"a": part(image), "b": part(image)}, data={"which": "all"}), 422)
-    with TestClient(create_app(FaceEmbedder(model, info, detector=_Boxes([])), tmp_path / "g.db")) as c:
-        problem = assert_problem(c.post("/api/identify", files={"photo": part(image, "empty.png")}), 422, "no_face")
+    with started(create_app(FaceEmbedder(model, info, detector=_Boxes([])), tmp_path / "g.db", keys=ADMIN)) as c:
+        problem = assert_problem(c.post("/api/identify", headers=AUTH, files={"photo": part(image, "empty.png")}), 422, "no_face")
         assert "empty.png" in problem["detail"]
 
 
@@ -225,12 +241,12 @@ def test_identify_names_each_face_of_a_photo(lfw_dir, tmp_path):
     canvas = Image.new("RGB", (420, 200), (120, 120, 120))
     for x, face in ((10, "Colin_Powell/Colin_Powell_0001.jpg"), (250, "Tony_Blair/Tony_Blair_0001.jpg")):
         canvas.paste(Image.open(people / face).convert("RGB").crop((45, 45, 205, 205)), (x, 20))  # no bystanders
-    with TestClient(create_app(model, tmp_path / "g.db", api_key=KEY)) as c:
+    with started(create_app(model, tmp_path / "g.db", keys=ADMIN)) as c:
         other_photo = (people / "Colin_Powell/Colin_Powell_0002.jpg").read_bytes()
         r = c.post("/api/people", data={"name": "Colin Powell"}, headers=AUTH,
                    files={"photos": part(other_photo, "cp.jpg", "image/jpeg")})
         assert r.status_code == 201, r.text
-        r = c.post("/api/identify", files={"photo": part(encode(np.asarray(canvas)), "two.png")})
+        r = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(np.asarray(canvas)), "two.png")})
     assert r.status_code == 200, r.text
     faces = sorted(r.json()["faces"], key=lambda f: f["box"][0])
     assert len(faces) == 2
@@ -251,19 +267,108 @@ def test_mutations_need_the_right_key(client):
     assert_problem(r, 401, "wrong_api_key")
     assert r.headers["www-authenticate"] == "X-API-Key"
     assert_problem(client.delete("/api/people/Ann"), 401)
-    assert client.get("/api/people").json()["people"] == []
+    assert client.get("/api/people", headers=AUTH).json()["people"] == []
     assert client.post("/api/people", data={"name": "Ann"}, files=files, headers=AUTH).status_code == 201
     assert_problem(client.delete("/api/people/Ann", headers={"X-API-Key": "nope"}), 401, "wrong_api_key")
-    assert [p["name"] for p in client.get("/api/people").json()["people"]] == ["Ann"]
+    assert [p["name"] for p in client.get("/api/people", headers=AUTH).json()["people"]] == ["Ann"]
 
 
-def test_without_a_key_mutations_are_refused_with_how_to(embedder, tmp_path):
-    with TestClient(create_app(embedder, tmp_path / "g.db", api_key=None)) as c:
+def test_without_keys_the_gallery_is_closed_with_how_to(embedder, tmp_path):
+    """The default: no key configured, nobody lists, searches or changes the gallery; the answer says how to
+    set the keys. Verify, embed and cluster never read the gallery and stay open."""
+    with started(create_app(embedder, tmp_path / "g.db")) as c:
         body = assert_problem(c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))},
                                      headers=AUTH), 401, "no_api_key")
         assert "FACENET_API_KEY" in body["detail"] and "--api-key-file" in body["detail"]
-        assert c.get("/api/people").json()["people"] == []
+        for r in (c.get("/api/people"), c.get("/api/people", headers=AUTH),
+                  c.post("/api/identify", files={"photo": part(photo(0, 0))})):
+            body = assert_problem(r, 401, "no_api_key")
+            assert "FACENET_READ_KEY" in body["detail"] and "--public" in body["detail"]
         assert c.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))}).status_code == 200
+        assert c.post("/api/cluster", files={"photos": part(photo(0, 0))}).status_code == 200
+
+
+def test_the_read_key_reads_within_the_models_limits(embedder, tmp_path):
+    reader = {"X-API-Key": READ_KEY}
+    with started(create_app(embedder, tmp_path / "g.db", keys=Keys(admin=KEY, read=READ_KEY))) as c:
+        assert c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).status_code == 201
+        assert_problem(c.get("/api/people"), 401, "missing_api_key")
+        assert_problem(c.get("/api/people", headers={"X-API-Key": READ_KEY + "x"}), 401, "wrong_api_key")
+        assert [p["name"] for p in c.get("/api/people", headers=reader).json()["people"]] == ["Ann"]
+        assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}), 401, "missing_api_key")
+        # the read key cannot change the gallery
+        assert_problem(c.post("/api/people", data={"name": "Bob"}, files={"photos": part(photo(1, 0))},
+                              headers=reader), 403, "read_only_key")
+        assert_problem(c.delete("/api/people/Ann", headers=reader), 403, "read_only_key")
+        # it searches at the model's open-set threshold or narrower, and for a few candidates
+        found = c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))})
+        assert found.status_code == 200 and found.json()["matches"][0]["name"] == "Ann"
+        open_set = found.json()["threshold"]
+        narrower = c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))},
+                          data={"threshold": str(open_set / 2), "top_k": "5"})
+        assert narrower.status_code == 200 and narrower.json()["threshold"] == pytest.approx(open_set / 2)
+        for wide in ({"threshold": "4"}, {"threshold": str(open_set * 1.01)}, {"top_k": "6"}):
+            body = assert_problem(c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))},
+                                         data=wide), 403, "search_too_wide")
+            assert "admin key" in body["detail"]
+        # the admin key may widen the search
+        r = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}, data={"threshold": "4", "top_k": "50"})
+        assert r.status_code == 200 and r.json()["threshold"] == 4
+
+
+def test_a_public_server_lets_anyone_read_but_not_widen_or_change(embedder, tmp_path):
+    with started(create_app(embedder, tmp_path / "g.db", keys=Keys(admin=KEY, public=True))) as c:
+        assert c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).status_code == 201
+        assert [p["name"] for p in c.get("/api/people").json()["people"]] == ["Ann"]
+        assert c.post("/api/identify", files={"photo": part(photo(0, 0))}).json()["matches"][0]["name"] == "Ann"
+        assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}, data={"threshold": "4"}),
+                       403, "search_too_wide")
+        assert_problem(c.delete("/api/people/Ann"), 401, "missing_api_key")
+        assert_problem(c.get("/api/people", headers={"X-API-Key": "a guess at the key"}), 401, "wrong_api_key")
+
+
+def test_one_key_cannot_be_both_read_and_admin():
+    with pytest.raises(FaceNetError, match="the same"):
+        Keys(admin=KEY, read=KEY)
+
+
+def test_keys_come_from_files_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("FACENET_API_KEY", raising=False)
+    monkeypatch.setenv("FACENET_READ_KEY", READ_KEY)
+    monkeypatch.setenv("FACENET_PUBLIC", "1")
+    admin_file = tmp_path / "admin.txt"
+    admin_file.write_text(KEY + "\n")
+    assert load_keys(admin_file) == Keys(admin=KEY, read=READ_KEY, public=True)
+    monkeypatch.setenv("FACENET_PUBLIC", "0")
+    assert load_keys() == Keys(read=READ_KEY)
+    monkeypatch.setenv("FACENET_PUBLIC", "maybe")
+    with pytest.raises(FaceNetError, match="FACENET_PUBLIC"):
+        load_keys()
+    monkeypatch.delenv("FACENET_PUBLIC")
+    monkeypatch.setenv("FACENET_READ_KEY", "short")
+    with pytest.raises(FaceNetError, match="FACENET_READ_KEY has 5 characters"):
+        load_keys()
+
+
+def test_requests_past_the_rate_limit_are_429_with_retry_after(embedder, tmp_path):
+    app = create_app(embedder, tmp_path / "g.db", keys=ADMIN, limits=Limits(rate_limit="3/minute"))
+    with started(app) as c:
+        assert [c.get("/api/model").status_code for _ in range(3)] == [200] * 3
+        r = c.get("/api/model")
+        body = assert_problem(r, 429, "rate_limited")
+        assert 1 <= int(r.headers["retry-after"]) <= 60 and "3 per 1 minute" in body["detail"]
+        assert_problem(c.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))}), 429)
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # probes: never
+        assert c.get("/").status_code == 200
+        # the admin's allowance is its own; wrong keys all share one per address, so guessing is limited too
+        assert [c.get("/api/people", headers=AUTH).status_code for _ in range(4)] == [200, 200, 200, 429]
+        guesses = [c.get("/api/people", headers={"X-API-Key": f"guess-{i:020d}"}).status_code for i in range(4)]
+        assert guesses == [401, 401, 401, 429]
+
+
+def test_the_rate_is_checked_when_the_server_starts():
+    with pytest.raises(FaceNetError, match="N/minute"):
+        parse_rate("lots")
 
 
 def test_conflict_merge_and_unknown(client):
@@ -278,7 +383,7 @@ def test_conflict_merge_and_unknown(client):
 def test_enrolment_is_all_or_nothing(client):
     files = [("photos", part(photo(0, 0))), ("photos", part(b"not an image", "x.png"))]
     assert_problem(client.post("/api/people", data={"name": "Ann"}, files=files, headers=AUTH), 400, "bad_image")
-    assert client.get("/api/people").json()["people"] == []
+    assert client.get("/api/people", headers=AUTH).json()["people"] == []
 
 
 @pytest.mark.parametrize("name", ["", "   ", "tab\there", "x" * 101])
@@ -293,9 +398,17 @@ def test_names_are_data_never_paths(client, tmp_path):
     r = client.post("/api/people", data={"name": name}, files={"photos": part(photo(0, 0), "../../x.png")}, headers=AUTH)
     assert r.status_code == 201 and r.json()["name"] == name
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # only the gallery's own files
-    assert [p["name"] for p in client.get("/api/people").json()["people"]] == [name]
+    assert [p["name"] for p in client.get("/api/people", headers=AUTH).json()["people"]] == [name]
     r = client.delete("/api/people/" + name.replace("/", "%2F").replace(" ", "%20"), headers=AUTH)
     assert r.status_code == 200 and r.json()["name"] == name
+
+
+def test_removal_strips_the_name_as_enrolment_does(client):
+    r = client.post("/api/people", data={"name": "  Ann  "}, files={"photos": part(photo(0, 0))}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["name"] == "Ann"
+    r = client.delete("/api/people/%20Ann%20", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"name": "Ann", "faces_removed": 1}
+    assert client.get("/api/people", headers=AUTH).json()["people"] == []
 
 
 BAD_UPLOADS = {
@@ -312,7 +425,7 @@ BAD_UPLOADS = {
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
 def test_malformed_uploads_are_4xx_problems(client, case):
     upload, status, code = BAD_UPLOADS[case]
-    assert_problem(client.post("/api/identify", files={"photo": upload}), status, code)
+    assert_problem(client.post("/api/identify", headers=AUTH, files={"photo": upload}), status, code)
     assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0)), "b": upload}), status, code)
 
 
@@ -320,7 +433,7 @@ def test_malformed_requests_are_4xx_problems(client):
     assert_problem(client.post("/api/verify", json={"a": "x"}), 415, "not_multipart")
     assert_problem(client.post("/api/verify", content=b""), 415, "not_multipart")
     assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0))}), 422, "invalid_request")
-    r = client.post("/api/identify", files={"photo": part(photo(0, 0))}, data={"top_k": "0"})
+    r = client.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}, data={"top_k": "0"})
     assert_problem(r, 422, "invalid_request")
     assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))},
                                data={"threshold": "nan"}), 422)
@@ -334,20 +447,20 @@ def test_pixel_limit_checked_before_decoding(embedder, tmp_path, monkeypatch):
     decoded = []
     find = FaceFinder.find
     monkeypatch.setattr(FaceFinder, "find", lambda self, image, *a: decoded.append(image) or find(self, image, *a))
-    with TestClient(create_app(embedder, tmp_path / "g.db", limits=Limits(max_pixels=60 * 60))) as c:
-        body = assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}), 413, "too_many_pixels")
+    with started(create_app(embedder, tmp_path / "g.db", limits=Limits(max_pixels=60 * 60), keys=ADMIN)) as c:
+        body = assert_problem(c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}), 413, "too_many_pixels")
         assert "64x64" in body["detail"] and decoded == []
         small = encode(FACES.render(0, 0)[:32, :32])
-        assert c.post("/api/identify", files={"photo": part(small)}).status_code == 200
+        assert c.post("/api/identify", headers=AUTH, files={"photo": part(small)}).status_code == 200
         assert decoded == [small]  # the finder gets the upload's bytes themselves
 
 
 def test_body_limit_by_header_and_by_bytes_read(embedder, tmp_path):
     limit = 20_000
-    with TestClient(create_app(embedder, tmp_path / "g.db", limits=Limits(max_upload_bytes=limit))) as c:
+    with started(create_app(embedder, tmp_path / "g.db", limits=Limits(max_upload_bytes=limit), keys=ADMIN)) as c:
         big = part(np.random.default_rng(0).integers(0, 255, 3 * limit, dtype=np.uint8).tobytes(), "big.png")
-        assert_problem(c.post("/api/identify", files={"photo": big}), 413, "body_too_large")
-        r = c.post("/api/identify", headers={"content-length": str(10 * limit), "content-type": "multipart/form-data"})
+        assert_problem(c.post("/api/identify", headers=AUTH, files={"photo": big}), 413, "body_too_large")
+        r = c.post("/api/identify", headers={**AUTH, "content-length": str(10 * limit), "content-type": "multipart/form-data"})
         assert_problem(r, 413, "body_too_large")
 
         def chunks():  # no Content-Length: only counting the bytes can stop this
@@ -356,10 +469,10 @@ def test_body_limit_by_header_and_by_bytes_read(embedder, tmp_path):
             for _ in range(10):
                 yield b"\0" * limit
 
-        r = c.post("/api/identify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+        r = c.post("/api/identify", content=chunks(), headers={**AUTH, "content-type": "multipart/form-data; boundary=x"})
         assert "content-length" not in r.request.headers
         assert_problem(r, 413, "body_too_large")
-        assert c.post("/api/identify", files={"photo": part(photo(0, 0))}).status_code == 200
+        assert c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}).status_code == 200
 
 
 class _Gate(FaceEmbedder):
@@ -376,21 +489,21 @@ class _Gate(FaceEmbedder):
 
 def test_full_queue_answers_503_with_retry_after(embedder, tmp_path):
     gated = _Gate(embedder)
-    app = create_app(gated, tmp_path / "g.db", limits=Limits(max_pending=1))
-    with TestClient(app) as c:
+    app = create_app(gated, tmp_path / "g.db", limits=Limits(max_pending=1), keys=ADMIN)
+    with started(app) as c:
         first = {}
-        worker = threading.Thread(target=lambda: first.update(r=c.post("/api/identify", files={"photo": part(photo(0, 0))})))
+        worker = threading.Thread(target=lambda: first.update(r=c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))})))
         worker.start()
         deadline = time.monotonic() + 20
         while app.state.engine.pending < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        r = c.post("/api/identify", files={"photo": part(photo(0, 1))})
+        r = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 1))})
         gated.gate.set()
         worker.join(30)
         assert_problem(r, 503, "busy")
         assert r.headers["retry-after"] == "1"
         assert first["r"].status_code == 200
-        assert c.post("/api/identify", files={"photo": part(photo(0, 1))}).status_code == 200
+        assert c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 1))}).status_code == 200
 
 
 class _Slow(FaceEmbedder):
@@ -411,8 +524,8 @@ class _Slow(FaceEmbedder):
 @pytest.mark.parametrize("budget, pause", [(0.001, 0.01), (0.3, 0.4)])
 def test_over_time_budget_is_503_and_writes_nothing(embedder, tmp_path, budget, pause):
     slow = _Slow(embedder, pause)
-    with TestClient(create_app(slow, tmp_path / "g.db", api_key=KEY, limits=Limits(time_budget_s=budget))) as c:
-        for r in (c.post("/api/identify", files={"photo": part(photo(0, 0))}),
+    with started(create_app(slow, tmp_path / "g.db", keys=ADMIN, limits=Limits(time_budget_s=budget))) as c:
+        for r in (c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}),
                   c.post("/api/people", data={"name": "Ann"}, headers=AUTH,
                          files=[("photos", part(photo(0, 1))), ("photos", part(photo(0, 2)))])):
             body = assert_problem(r, 503, "over_time_budget")
@@ -434,7 +547,7 @@ def test_waiting_counts_against_the_budget(embedder, tmp_path):
         while not condition() and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    with TestClient(app) as c:
+    with started(app) as c:
         senders = [threading.Thread(target=lambda i=i: answers.update({i: c.post(
             "/api/embed", files={"photos": part(photo(0, i))})})) for i in range(2)]
         senders[0].start()
@@ -467,7 +580,7 @@ def test_photos_of_a_request_are_analysed_in_parallel(model_file, tmp_path):
     boxes = [(4, 6, 40, 44), (20, 10, 62, 58)]
     images = [photo(i, 0) for i in range(4)]
     app = create_app(FaceEmbedder(model, info, detector=_Meeting(boxes)), tmp_path / "g.db", limits=Limits(workers=2))
-    with TestClient(app) as c:
+    with started(app) as c:
         r = c.post("/api/embed", files=[("photos", part(img, f"p{i}.png")) for i, img in enumerate(images)])
     assert r.status_code == 200, r.text
     assert len(_Meeting.threads) == 2
@@ -483,8 +596,8 @@ def test_unexpected_errors_are_500_without_internals(embedder, tmp_path):
             raise RuntimeError("secret internal state /etc/shadow")
 
     broken = Broken(embedder.model, embedder.info)
-    with TestClient(create_app(broken, tmp_path / "g.db"), raise_server_exceptions=False) as c:
-        r = c.post("/api/identify", files={"photo": part(photo(0, 0))})
+    with started(create_app(broken, tmp_path / "g.db", keys=ADMIN), raise_server_exceptions=False) as c:
+        r = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))})
         body = assert_problem(r, 500, "internal")
         assert "secret" not in r.text and "shadow" not in r.text and "RuntimeError" not in r.text
         assert body["detail"]
@@ -492,12 +605,12 @@ def test_unexpected_errors_are_500_without_internals(embedder, tmp_path):
 
 
 def test_readiness_follows_the_lifespan(embedder, tmp_path):
-    app = create_app(embedder, tmp_path / "g.db")
+    app = create_app(embedder, tmp_path / "g.db", keys=ADMIN)
     outside = TestClient(app)  # no `with`: the lifespan has not run, nothing is loaded
     assert outside.get("/healthz").status_code == 200
     assert_problem(outside.get("/readyz"), 503, "not_ready")
-    assert_problem(outside.get("/api/people"), 503, "not_ready")
-    with TestClient(app) as c:
+    assert_problem(outside.get("/api/people", headers=AUTH), 503, "not_ready")
+    with started(app) as c:
         assert c.get("/readyz").json() == {"status": "ready"}
     with Gallery.open(tmp_path / "g.db", create=False) as g:  # created at start-up for this model
         assert g.model_id == embedder.name and len(g) == 0
@@ -517,7 +630,21 @@ def test_page_docs_and_headers(client):
             "/healthz", "/readyz"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/people"]["post"]["requestBody"]["content"]
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert 'rel="icon"' in r.text and "curl" not in client.get("/static/app.js").text + r.text
     docs = client.get("/docs")
     assert docs.status_code == 200 and "https://" not in docs.text  # Swagger UI served locally: works offline
     for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
         assert asset in docs.text and client.get(asset).status_code == 200
+
+
+def test_the_default_model_is_described_by_its_own_provenance(tmp_path):
+    """/api/model (and so the page) says where the weights come from: Intel's network for the default."""
+    import facenet
+    from facenet.embedder import trained_on
+
+    model = facenet.load_model()
+    with started(create_app(model, tmp_path / "g.db")) as c:
+        described = c.get("/api/model").json()["trained_on"]
+    assert described == trained_on(model.info) and "Intel" in described and "Davis King" not in described

@@ -10,13 +10,14 @@ from PIL import Image
 
 pytest.importorskip("httpx")
 pytest.importorskip("psycopg")
-from fastapi.testclient import TestClient  # noqa: E402
 
 import pgcluster  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.embedder import FaceEmbedder  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import create_app  # noqa: E402
+from facenet.serve.security import Keys  # noqa: E402
+from test_serve import started  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 FACES = SyntheticFaces(4, seed=7, size=64)
@@ -36,7 +37,7 @@ def test_database_outage_is_503_then_the_service_recovers(model_file):
     embedder = FaceEmbedder(model, info, detector=None)
     with pgcluster.Cluster() as cluster:
         url = cluster.create_database()
-        with TestClient(create_app(embedder, url, api_key=KEY)) as client:
+        with started(create_app(embedder, url, keys=Keys(admin=KEY)), headers={"X-API-Key": KEY}) as client:
             enrol = dict(url="/api/people", headers={"X-API-Key": KEY})
             assert client.post(**enrol, data={"name": "ann"}, files=[("photos", photo(0))]).status_code == 201
             cluster.pause()

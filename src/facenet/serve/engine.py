@@ -11,6 +11,10 @@ time budget for every request (the routes and the rest of the design: ``facenet.
   them, and one writer needs no locks.
 * The event loop only hands work out and gathers the answers; it never decodes, detects or embeds,
   so ``/healthz`` answers at once however busy the pool is.
+* Start-up returns at once, so the server opens its socket and ``/healthz`` answers while the face
+  finders are built and the gallery loads in the background (minutes at a million faces); ``ready``
+  (``/readyz``) turns true when both are done, and until then every request for work is answered 503
+  with ``Retry-After``. A gallery that cannot be opened yet (a database that is down) is retried.
 * Each request gets a deadline when it is admitted (``Limits.time_budget_s``): time spent waiting for
   the pool or the worker counts, so a flood of slow requests is dropped instead of keeping the server
   busy long after their clients gave up. Past it, the request is answered 503 with ``Retry-After``.
@@ -26,6 +30,7 @@ import math
 import os
 import queue
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,6 +45,8 @@ from facenet.serve.security import Problem
 
 log = logging.getLogger("facenet.serve")
 CHANGE_WAIT_S = 1.0  # longest wait for another process's change before the follower checks anyway
+OPEN_RETRY_S = 2.0  # between attempts to open a gallery that cannot be reached yet
+READ_MAX_TOP_K = 5  # candidates per face for a client without the admin key
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Limits:
     max_pending: int = 32  # requests in progress (working or waiting); more are answered 503
     time_budget_s: float = 10.0  # per request, from its admission, waiting included
     workers: int = os.cpu_count() or 1  # threads analysing photos
+    rate_limit: str | None = "120/minute"  # requests under /api/ per client (key scope and address); None: no limit
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class Engine:
         self.embedder, self.gallery_location, self.limits, self.policy = embedder, gallery_location, limits, policy
         self.gallery = None
         self.pending = 0
+        self.not_ready = "the gallery is loading"  # why /readyz says 503; None once ready
+        self._loading: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None  # the gallery's one worker thread
         self._pool: ThreadPoolExecutor | None = None  # photo analysis
         self._finders: queue.SimpleQueue | None = None  # one FaceFinder per pool thread
@@ -99,35 +109,69 @@ class Engine:
         self._listener: ThreadPoolExecutor | None = None  # blocks in wait_for_change, so never on the worker
 
     async def start(self) -> None:
-        self._finders = await asyncio.to_thread(self._make_finders)
+        """Start the threads and begin loading; returns at once (see the module docstring)."""
+        # The server checks the pixel count itself (check_size) before anything is decoded, so Pillow's
+        # own warning about big images would only put a raw traceback-like line in the server's log.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         self._pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="facenet-photo")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-worker")
-        await self._call(self._executor, self._open_gallery)
         self._listener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facenet-listener")
+        self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        """Face finders, then the gallery with every face in its index; then follow other processes' changes."""
+        try:
+            self._finders = await asyncio.to_thread(self._make_finders)
+            while True:
+                try:
+                    await self._call(self._executor, self._open_gallery)
+                    break
+                except FaceNetError as exc:
+                    self.not_ready = f"the gallery cannot be opened yet (retrying): {exc}"
+                    log.warning("%s", self.not_ready)
+                    await asyncio.sleep(OPEN_RETRY_S)
+        except Exception:
+            self.not_ready = "the service could not start; its log says why"
+            log.exception("facenet service failed to start")
+            return
+        self.not_ready = None
+        log.info("facenet service ready: model %s, gallery %s (%d faces)", self.embedder.name,
+                 self.gallery.location, len(self.gallery))
         self._follower = asyncio.create_task(self._follow_changes())
 
     async def stop(self) -> None:
         if self._executor is None:
             return
+        if self._loading is not None:
+            self._loading.cancel()  # a load in progress on the worker finishes; the gallery is closed below
+            await asyncio.gather(self._loading, return_exceptions=True)
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
             # let the listener's current wait (at most CHANGE_WAIT_S) end before the gallery closes
-            await asyncio.get_running_loop().run_in_executor(None, self._listener.shutdown)
-            self._follower = self._listener = None
-        if self.gallery is not None:
-            await self._call(self._executor, self.gallery.close)
-            self.gallery = None
-        for executor in (self._executor, self._pool):
+        await self._call(self._executor, self._close_gallery)  # after any open still queued on the worker
+        for executor in (self._executor, self._pool, self._listener):
             executor.shutdown(wait=True)
-        self._executor = self._pool = None
+        self._executor = self._pool = self._listener = None
+
+    def _close_gallery(self) -> None:
+        if self.gallery is not None:
+            self.gallery.close()
+            self.gallery = None
 
     @property
     def ready(self) -> bool:
-        return self.gallery is not None
+        return self.not_ready is None and self._executor is not None
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            raise Problem(503, f"the service is starting: {self.not_ready or 'stopping'}; retry in a moment",
+                          code="not_ready", headers={"Retry-After": "1"})
 
     async def run(self, job, *args):
-        """Admit a request and await ``job(deadline, *args)``; 503 when ``max_pending`` are already in progress."""
+        """Admit a request and await ``job(deadline, *args)``; 503 while the service is not ready, or when
+        ``max_pending`` are already in progress."""
+        self.check_ready()
         if self.pending >= self.limits.max_pending:
             raise Problem(503, f"the server is busy ({self.pending} requests in progress); retry in a moment",
                           code="busy", headers={"Retry-After": "1"})
@@ -250,14 +294,22 @@ class Engine:
                 "photos": [p.report for p in photos]}
 
     async def identify(self, deadline: Deadline, upload: Upload, top_k: int, threshold: float | None,
-                       which: str) -> dict:
+                       which: str, may_widen: bool) -> dict:
+        """``may_widen`` (the admin key): ``threshold`` past the model's open-set threshold for this
+        gallery and ``top_k`` past ``READ_MAX_TOP_K`` are allowed; otherwise they are refused with 403."""
+        if top_k > READ_MAX_TOP_K and not may_widen:
+            raise Problem(403, f"without the admin key, top_k is at most {READ_MAX_TOP_K}", code="search_too_wide")
         (photo,) = await self.analyse_all([upload], deadline, which)
-        return await self._on_worker(deadline, self._identify, photo, top_k, threshold)
+        return await self._on_worker(deadline, self._identify, photo, top_k, threshold, may_widen)
 
-    def _identify(self, photo: Analysed, top_k: int, threshold: float | None) -> dict:
+    def _identify(self, photo: Analysed, top_k: int, threshold: float | None, may_widen: bool) -> dict:
         from facenet.evaluate.calibrate import identification_threshold
 
-        limit = identification_threshold(self.embedder, self.gallery.comparisons()) if threshold is None else threshold
+        open_set = identification_threshold(self.embedder, self.gallery.comparisons())
+        if threshold is not None and threshold > open_set and not may_widen:
+            raise Problem(403, f"without the admin key, the threshold is at most the model's open-set threshold "
+                               f"for this gallery, {open_set:.4f}; leave it out to use that", code="search_too_wide")
+        limit = open_set if threshold is None else threshold
         answers = self.gallery.identify(photo.embeddings, k=top_k, threshold=limit)
         faces = [{**_face(face), "known": bool(matches),
                   "matches": [{"name": m.name, "distance": m.distance} for m in matches]}

@@ -2,7 +2,7 @@
 
 FastAPI documents the success response of each route and a JSON 422; but this server answers every
 error as ``application/problem+json`` and has guards FastAPI does not know about (API key, body
-size, content types, busy server, time budget). A client generator, or a contract fuzzer such as
+size, content types, busy server, time budget, rate limit). A client generator, or a contract fuzzer such as
 schemathesis, reads the document as the truth, so here the generated document is completed:
 
 * every error status an operation can answer, with the problem-details schema;
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
+from facenet.serve.engine import READ_MAX_TOP_K
 
 PROBLEM = "application/problem+json"
 PHOTO_TYPE = "image/*"  # what the server accepts for a photo part (read_uploads checks image/...)
@@ -27,13 +29,16 @@ PROBLEM_SCHEMA = {
 
 ERRORS = {
     400: "a photo could not be decoded (bad_image), or the multipart body is malformed",
-    401: "the API key is missing or wrong, or this server has none (no_api_key)",
+    401: "the key is missing (missing_api_key) or wrong (wrong_api_key), or this server has none (no_api_key)",
+    403: "the read key cannot change the gallery (read_only_key), or a search wider than the model's open-set "
+         f"threshold or top_k {READ_MAX_TOP_K} needs the admin key (search_too_wide)",
     404: "no person by that name",
     409: "the name is already enrolled; send merge=true to add the photos (name_taken)",
     413: "the request body, or a photo's pixel count, is over the server's limit",
     415: "the body is not multipart/form-data (not_multipart), or a part is not declared as an image",
     422: "a field is invalid (invalid_request), the photo count or name is out of bounds, or a photo shows "
          "no face (no_face)",
+    429: "too many requests from this client (rate_limited; see Retry-After)",
     500: "an unexpected server error (logged)",
     503: "the server is busy (busy), the request ran over its time budget (over_time_budget), the gallery is "
          "unreachable, or the service is starting (see Retry-After)",
@@ -72,6 +77,8 @@ def complete(schema: dict, max_files: int) -> dict:
 def _statuses(path: str, method: str, op: dict, multipart: bool) -> list[int]:
     """The error statuses the server can answer for this operation (see app.py and security.py)."""
     codes = {500}
+    if path.startswith("/api/"):
+        codes.add(429)  # the per-client rate limit
     if path.startswith("/api/") and path != "/api/model" or path == "/readyz":
         codes.add(503)  # work is queued and has a time budget (or the service is not ready)
     if "422" in op["responses"] or op.get("parameters"):
@@ -80,6 +87,8 @@ def _statuses(path: str, method: str, op: dict, multipart: bool) -> list[int]:
         codes |= {400, 413, 415, 422}
     if op.get("security"):
         codes.add(401)
+        if not (path == "/api/people" and method == "get"):
+            codes.add(403)  # the read key where the admin key is needed, or a search too wide without it
     if method == "delete":
         codes.add(404)
     if path == "/api/people" and method == "post":

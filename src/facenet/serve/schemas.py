@@ -30,7 +30,7 @@ class FaceOut(BaseModel):
 
 class VerifyResult(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "distance": 0.0712, "threshold": 0.1837, "same": True, "model": "dlib_resnet-128d-edac5d15f8f6adbc",
+        "distance": 0.0712, "threshold": 0.1837, "same": True, "model": "reid_mobilenet-256d-e98ad4ce4936f086",
         "photos": [{"filename": "a.jpg", "width": 1600, "height": 1200,
                     "faces": [{"box": BOX_A, "score": 0.9998, "used": True}]},
                    {"filename": "b.jpg", "width": 1200, "height": 900,
@@ -71,7 +71,7 @@ class IdentifyResult(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "known": True, "matches": [{"name": "Ann", "distance": 0.0655}], "threshold": 0.1484,
-        "model": "dlib_resnet-128d-edac5d15f8f6adbc",
+        "model": "reid_mobilenet-256d-e98ad4ce4936f086",
         "photo": {"filename": "party.jpg", "width": 1600, "height": 1200,
                   "faces": [{"box": BOX_B, "score": 0.9999, "used": True},
                             {"box": BOX_A, "score": 0.9998, "used": True}]},

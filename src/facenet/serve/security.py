@@ -1,28 +1,48 @@
-"""The service's guards: API key, request-body limit, RFC 9457 problem responses, browser headers.
+"""The service's guards: keys and their scopes, rate limits, request-body limit, RFC 9457 problem
+responses, browser headers.
 
-API key policy: mutating endpoints (enrol, remove) need the key in the ``X-API-Key`` header. The
-key comes from ``--api-key-file`` or ``$FACENET_API_KEY``; when neither is set the service still
-runs read-only and refuses every mutation with 401 and a message saying how to set a key. No key
-is ever generated or printed: a secret in a log is a leaked secret.
+Keys and scopes: the gallery is biometric data, so reading it (``GET /api/people``, ``POST
+/api/identify``) needs a key in the ``X-API-Key`` header: the **read key** (``--read-key-file`` or
+``$FACENET_READ_KEY``) or the **admin key** (``--api-key-file`` or ``$FACENET_API_KEY``), which also
+enrols and removes people. ``--public`` (or ``$FACENET_PUBLIC=1``) lets clients without a key read the
+gallery, for a local demo; enrolling and removing still need the admin key. Without the admin key a
+search cannot be widened (``Access.may_widen``). A server without keys runs, refusing what needs one
+with 401 and a message saying how to set it. No key is ever generated or printed: a secret in a log is
+a leaked secret.
+
+Rate limit: every client (its key's scope and its address) gets ``rate`` requests under ``/api/``
+(the ``limits`` library's moving window); the next is answered 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
+import time
+from dataclasses import dataclass
+from enum import IntEnum
 from http import HTTPStatus
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from starlette.exceptions import HTTPException
 
 from facenet.errors import FaceNetError
 
 API_KEY_ENV = "FACENET_API_KEY"
+READ_KEY_ENV = "FACENET_READ_KEY"
+PUBLIC_ENV = "FACENET_PUBLIC"
 API_KEY_HEADER = "X-API-Key"
 MIN_KEY_LENGTH = 16
 PROBLEM_TYPE = "application/problem+json"
+HOW_TO_SET_KEYS = (f"set the admin key with ${API_KEY_ENV} or --api-key-file FILE and a read-only key with "
+                   f"${READ_KEY_ENV} or --read-key-file FILE, or start with --public (${PUBLIC_ENV}=1) for a local "
+                   "demo")
 
 # The page is self-contained (no CDN): scripts, styles and fetches from this origin only,
 # images also from blob: URLs (the photos the user picked, drawn locally).
@@ -55,40 +75,142 @@ def problem_response(status: int, detail: str, code: str | None = None,
                         media_type=PROBLEM_TYPE)
 
 
-def load_api_key(path: str | os.PathLike | None = None) -> str | None:
-    """The key from ``path`` (first line, stripped) or ``$FACENET_API_KEY``; ``None`` when neither is set."""
+# -- keys ----------------------------------------------------------------------------------------
+
+
+class Access(IntEnum):
+    """What a request may do, by the key it carries; each level includes the ones below."""
+
+    ANONYMOUS = 0  # no key (or no key configured): verify, embed, cluster; the gallery only on a public server
+    READ = 1  # the read key: list and search the gallery, within the model's own limits
+    ADMIN = 2  # the admin key: also enrol, remove, and search wider
+
+    @property
+    def may_widen(self) -> bool:
+        """Only the admin may search past the model's open-set threshold or ask for many candidates:
+        a wide search of a gallery names people who are not in the photo."""
+        return self is Access.ADMIN
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The server's keys (``None``: not set) and whether clients without one may read the gallery."""
+
+    admin: str | None = None
+    read: str | None = None
+    public: bool = False
+
+    def __post_init__(self):
+        if self.admin is not None and self.admin == self.read:
+            raise FaceNetError("the read key and the admin key are the same; give the read key a value of its own")
+
+    def access(self, provided: str | None) -> Access | None:
+        """The scope the ``X-API-Key`` header grants; ``None`` for a key this server does not hold
+        (ignored, as anonymous, when the server has no key at all)."""
+        if provided is None or self.admin is None and self.read is None:
+            return Access.ANONYMOUS
+        given = provided.encode("utf-8", "surrogateescape")
+        for key, access in ((self.admin, Access.ADMIN), (self.read, Access.READ)):
+            if key is not None and hmac.compare_digest(given, key.encode("utf-8")):  # constant time
+                return access
+        return None
+
+    def require(self, provided: str | None, needed: Access) -> Access:
+        """The request's access if it reaches ``needed``; else a 401 (no key, a wrong one, none configured)
+        or 403 (the read key where the admin key is needed) ``Problem`` saying what to do."""
+        access = self.access(provided)
+        if access is None:
+            raise Problem(401, f"the {API_KEY_HEADER} header holds none of this server's keys",
+                          code="wrong_api_key", headers={"WWW-Authenticate": API_KEY_HEADER})
+        if access >= needed or needed is Access.READ and self.public:
+            return access
+        if needed is Access.ADMIN and self.admin is None:
+            raise Problem(401, "this server has no admin key configured, so enrolling and removing people is "
+                               f"disabled; restart it with ${API_KEY_ENV} set or with --api-key-file FILE",
+                          code="no_api_key")
+        if self.admin is None and self.read is None:
+            raise Problem(401, "this server has no key configured, so the gallery (who is enrolled) cannot be "
+                               f"read; {HOW_TO_SET_KEYS}", code="no_api_key")
+        if access is Access.READ:
+            raise Problem(403, "the read key cannot change the gallery; enrolling and removing people need the "
+                               "admin key", code="read_only_key")
+        what = "changes the gallery and needs the admin key" if needed is Access.ADMIN else \
+            "reads the gallery (who is enrolled) and needs the read key or the admin key"
+        raise Problem(401, f"this request {what} in the {API_KEY_HEADER} header", code="missing_api_key",
+                      headers={"WWW-Authenticate": API_KEY_HEADER})
+
+
+def load_key(path: str | os.PathLike | None, env: str) -> str | None:
+    """A key from ``path`` (first line, stripped) or from ``$env``; ``None`` when neither is set."""
     if path is not None:
         try:
             key = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise FaceNetError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
+            raise FaceNetError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
-            raise FaceNetError(f"API key file {path} is not UTF-8 text; put the key on its first line") from None
+            raise FaceNetError(f"key file {path} is not UTF-8 text; put the key on its first line") from None
         key = key.splitlines()[0].strip() if key else ""
         source = f"file {path}"
     else:
-        key = os.environ.get(API_KEY_ENV, "").strip()
-        source = f"${API_KEY_ENV}"
+        key = os.environ.get(env, "").strip()
+        source = f"${env}"
         if not key:
             return None
     if len(key) < MIN_KEY_LENGTH:
-        raise FaceNetError(f"the API key in {source} has {len(key)} characters; use at least {MIN_KEY_LENGTH} "
+        raise FaceNetError(f"the key in {source} has {len(key)} characters; use at least {MIN_KEY_LENGTH} "
                            "random ones, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     return key
 
 
-def check_api_key(expected: str | None, provided: str | None) -> None:
-    """Raise a 401 ``Problem`` unless ``provided`` equals ``expected`` (constant-time comparison)."""
-    if expected is None:
-        raise Problem(401, "this server has no API key configured, so enrolling and removing people is "
-                           f"disabled; restart it with ${API_KEY_ENV} set or with --api-key-file FILE",
-                      code="no_api_key")
-    if provided is None:
-        raise Problem(401, f"this request changes the gallery and needs the API key in the {API_KEY_HEADER} header",
-                      code="missing_api_key", headers={"WWW-Authenticate": API_KEY_HEADER})
-    if not hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
-        raise Problem(401, f"the {API_KEY_HEADER} header does not hold this server's API key",
-                      code="wrong_api_key", headers={"WWW-Authenticate": API_KEY_HEADER})
+def load_keys(admin_file: str | os.PathLike | None = None, read_file: str | os.PathLike | None = None,
+              public: bool = False) -> Keys:
+    """The keys ``facenet serve`` runs with: from the files given, else from the environment."""
+    flag = os.environ.get(PUBLIC_ENV, "").strip().lower()
+    if flag not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise FaceNetError(f"${PUBLIC_ENV} must be 1 or 0 (true/false), not {flag!r}")
+    return Keys(load_key(admin_file, API_KEY_ENV), load_key(read_file, READ_KEY_ENV),
+                public or flag in ("1", "true", "yes"))
+
+
+# -- rate limit ----------------------------------------------------------------------------------
+
+
+def parse_rate(text: str) -> RateLimitItem:
+    """``"120/minute"``, ``"10 per second"``, ... (the ``limits`` notation) as a rate; a clear error otherwise."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise FaceNetError(f"rate limit {text!r} is not a rate; write it as N/second, N/minute or N/hour, "
+                           "e.g. 120/minute") from None
+
+
+class RateLimitMiddleware:
+    """At most ``rate`` requests under ``/api/`` per client, answered 429 with ``Retry-After`` past it.
+
+    A client is its key's scope and its address, so guessing keys is limited per address and a keyed
+    client does not spend the allowance of anonymous ones beside it. The probes (``/healthz``,
+    ``/readyz``), the page and the docs are never limited.
+    """
+
+    def __init__(self, app, keys: Keys, rate: str):
+        self.app, self.keys, self.rate = app, keys, parse_rate(rate)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+        key = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode())
+        access = self.keys.access(None if key is None else key.decode("latin-1"))
+        client = f"{'guess' if access is None else access.name}@{(scope.get('client') or ('?',))[0]}"
+        if self.limiter.hit(self.rate, client):
+            return await self.app(scope, receive, send)
+        wait = max(1, math.ceil(self.limiter.get_window_stats(self.rate, client).reset_time - time.time()))
+        response = problem_response(429, f"too many requests from this client (the limit is {self.rate}); "
+                                         f"retry in {wait} s", "rate_limited", {"Retry-After": str(wait)})
+        await response(scope, receive, send)
+
+
+# -- request body and browser headers --------------------------------------------------------------
 
 
 class BodyLimitMiddleware:

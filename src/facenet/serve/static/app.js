@@ -4,13 +4,19 @@
 const $ = (id) => document.getElementById(id);
 const MAX_SIDE = 360, MIN_SIDE = 160; // photos are drawn between these sizes (longest side)
 
-// POST/GET/DELETE the API; resolves to the JSON body or throws an Error carrying the problem's detail.
-async function api(method, path, body, withKey) {
-  const headers = {};
-  if (withKey) headers["X-API-Key"] = $("api-key").value.trim();
+const KEY_STORE = "facenet-key"; // sessionStorage: the key lasts as long as this tab, never on disk for good
+
+// POST/GET/DELETE the API with the key, if one is entered; resolves to the JSON body or throws an Error
+// carrying the problem's detail (and, when a key is missing or refused, where to enter one).
+async function api(method, path, body) {
+  const headers = {}, key = $("api-key").value.trim();
+  if (key) headers["X-API-Key"] = key;
   const response = await fetch(path, { method, body, headers });
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.detail || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const hint = response.status === 401 || response.status === 403 ? " (the Key field is at the top of the page)" : "";
+    throw new Error((data.detail || `${response.status} ${response.statusText}`) + hint);
+  }
   return data;
 }
 
@@ -80,6 +86,12 @@ function faceItem(face, index) {
   return item;
 }
 
+// An empty canvas: a failed request leaves no photo from an earlier one on the page.
+function clearCanvas(canvas) {
+  canvas.width = canvas.height = 0;
+  delete canvas.dataset.faces;
+}
+
 async function busy(button, work) {
   button.disabled = true;
   try { await work(); } finally { button.disabled = false; }
@@ -92,6 +104,8 @@ $("verify-form").addEventListener("submit", (event) => {
   busy($("verify-go"), async () => {
     show(out, "comparing…");
     notes.replaceChildren();
+    clearCanvas($("verify-canvas-a"));
+    clearCanvas($("verify-canvas-b"));
     const form = new FormData();
     form.append("a", a);
     form.append("b", b);
@@ -115,6 +129,7 @@ $("identify-form").addEventListener("submit", (event) => {
   busy($("identify-go"), async () => {
     show(out, "searching…");
     list.replaceChildren();
+    clearCanvas($("identify-canvas"));
     const form = new FormData();
     form.append("photo", photo);
     form.append("top_k", $("identify-k").value || "5");
@@ -138,6 +153,7 @@ $("identify-form").addEventListener("submit", (event) => {
 
 async function refreshPeople() {
   const body = $("people").querySelector("tbody");
+  body.replaceChildren();
   try {
     const r = await api("GET", "/api/people");
     body.replaceChildren(...r.people.map((p) => {
@@ -164,7 +180,7 @@ async function refreshPeople() {
 async function removePerson(name) {
   if (!window.confirm(`Remove ${name} and all their faces?`)) return;
   try {
-    const r = await api("DELETE", "/api/people/" + encodeURIComponent(name), undefined, true);
+    const r = await api("DELETE", "/api/people/" + encodeURIComponent(name));
     show($("gallery-result"), `Removed ${r.name} (${r.faces_removed} faces)`);
   } catch (err) { show($("gallery-result"), err.message, "error"); }
   await refreshPeople();
@@ -179,7 +195,7 @@ $("enrol-form").addEventListener("submit", (event) => {
     for (const file of $("enrol-photos").files) form.append("photos", file);
     form.append("merge", $("enrol-merge").checked ? "true" : "false");
     try {
-      const r = await api("POST", "/api/people", form, true);
+      const r = await api("POST", "/api/people", form);
       show(out, `Enrolled ${r.name} (${r.faces} faces)`);
       $("enrol-form").reset();
     } catch (err) { show(out, err.message, "error"); }
@@ -187,9 +203,23 @@ $("enrol-form").addEventListener("submit", (event) => {
   });
 });
 
+$("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
+  show($("gallery-result"), "");
+  refreshPeople();
+});
+
+// Wait for the service (a big gallery loads for a while after the server starts), then say who answers.
 (async () => {
+  for (;;) {
+    try {
+      await api("GET", "/readyz");
+      break;
+    } catch (err) { $("status").textContent = "not ready: " + err.message; }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
   try {
-    await api("GET", "/readyz");
     const m = await api("GET", "/api/model");
     $("status").textContent = `ready — model ${m.name} (threshold ${m.threshold.toFixed(3)}; trained on ${m.trained_on})`;
   } catch (err) { $("status").textContent = "not ready: " + err.message; }
