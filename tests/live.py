@@ -38,17 +38,21 @@ class Server:
     """`facenet serve` in a child process, on a free loopback port."""
 
     def __init__(self, tmp: Path, model: Path, env_key: bool = False, gallery: str | None = None,
-                 extra: tuple[str, ...] = (), wait: bool = True):
+                 extra: tuple[str, ...] = (), wait: bool = True, key: bool = True, rate_limit: str = "none"):
+        """The admin key ``KEY`` from a file (``env_key``: from $FACENET_API_KEY; not ``key``: no key at all);
+        no rate limit unless one is given, since the tests send bursts from one address."""
         self.gallery = gallery or tmp / "gallery.db"
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         env = {**os.environ, "XDG_DATA_HOME": str(tmp / "xdg"), "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "facenet.cli", "serve", "--host", HOST, "--port", str(self.port),
-               "--model", str(model), "--gallery", str(self.gallery), "--no-detect", "--log-level", "warning", *extra]
-        if env_key:
+               "--model", str(model), "--gallery", str(self.gallery), "--no-detect", "--log-level", "warning",
+               "--rate-limit", rate_limit, *extra]
+        for name in ("FACENET_API_KEY", "FACENET_READ_KEY", "FACENET_PUBLIC"):
+            env.pop(name, None)
+        if key and env_key:
             env["FACENET_API_KEY"] = KEY
-        else:
-            env.pop("FACENET_API_KEY", None)
+        elif key:
             key_file = tmp / "key.txt"
             key_file.write_text(KEY + "\n")
             cmd += ["--api-key-file", str(key_file)]
@@ -112,9 +116,10 @@ def enrol_request(name: str, photos: list[bytes], key: str = KEY) -> dict:
                 files=[("photos", (f"{name}-{i}.png", p, "image/png")) for i, p in enumerate(photos)])
 
 
-def identify_request(photo: bytes, top_k: int = 5, threshold: float = 4.0) -> dict:
+def identify_request(photo: bytes, top_k: int = 5, threshold: float = 4.0, key: str = KEY) -> dict:
+    """httpx.request kwargs that search the gallery for ``photo``; with the admin key, as wide as asked."""
     return dict(method="POST", url="/api/identify", data={"top_k": str(top_k), "threshold": str(threshold)},
-                files={"photo": ("q.png", photo, "image/png")})
+                headers={"X-API-Key": key}, files={"photo": ("q.png", photo, "image/png")})
 
 
 def propagation_lag(servers: list[Server], people: list[tuple[str, bytes]], timeout: float = 10.0) -> np.ndarray:

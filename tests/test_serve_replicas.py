@@ -19,7 +19,7 @@ psycopg = pytest.importorskip("psycopg")
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
 from test_gallery import brute_identify  # noqa: E402
-from live import Server, burst, enrol_request, identify_request, propagation_lag  # noqa: E402
+from live import KEY, Server, burst, enrol_request, identify_request, propagation_lag  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FACES = SyntheticFaces(64, seed=11, size=64)
@@ -109,7 +109,7 @@ def test_bursts_across_replicas_leave_every_replica_identical(replicas):
     assert replies[0] == replies[1] == replies[2]  # every replica answers every identify identically
     for server in servers:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            assert {p["name"]: p["faces"] for p in client.get("/api/people").json()["people"]} == {
+            assert {p["name"]: p["faces"] for p in client.get("/api/people", headers={"X-API-Key": KEY}).json()["people"]} == {
                 n: 2 for n in enrolled}
 
     # and those answers are a brute-force search (under the default policy) over what is committed
