@@ -199,7 +199,7 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
         assert canvas.get_attribute("width") == "0" and canvas.get_attribute("data-faces") is None
 
     # without a key the gallery stays closed: the server's message says where the key goes, nothing is added
-    wait.until(lambda d: "Key field" in d.find_element(By.ID, "gallery-result").text)
+    wait.until(lambda d: "Key field" in d.find_element(By.ID, "people-result").text)
     browser.find_element(By.ID, "enrol-name").send_keys("Page Person")
     browser.find_element(By.ID, "enrol-photos").send_keys(f"{files['a']}\n{files['b']}")
     browser.find_element(By.ID, "enrol-go").click()

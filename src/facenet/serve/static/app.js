@@ -154,6 +154,7 @@ $("identify-form").addEventListener("submit", (event) => {
 async function refreshPeople() {
   const body = $("people").querySelector("tbody");
   body.replaceChildren();
+  show($("people-result"), "");
   try {
     const r = await api("GET", "/api/people");
     body.replaceChildren(...r.people.map((p) => {
@@ -174,7 +175,7 @@ async function refreshPeople() {
       row.append(cell);
       return row;
     }));
-  } catch (err) { show($("gallery-result"), err.message, "error"); }
+  } catch (err) { show($("people-result"), err.message, "error"); }
 }
 
 async function removePerson(name) {
