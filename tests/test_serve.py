@@ -616,6 +616,20 @@ def test_readiness_follows_the_lifespan(embedder, tmp_path):
         assert g.model_id == embedder.name and len(g) == 0
 
 
+def test_a_gallery_that_cannot_be_opened_keeps_the_service_not_ready(embedder, tmp_path, caplog):
+    with Gallery.open(tmp_path / "g.db", "another-model", embedder.embedding_size):
+        pass
+    with TestClient(create_app(embedder, tmp_path / "g.db", keys=ADMIN)) as c:
+        deadline = time.monotonic() + 30
+        while "could not start" not in (body := c.get("/readyz").json())["detail"]:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.01)
+        assert_problem(c.get("/readyz"), 503, "not_ready")
+        assert_problem(c.get("/api/people", headers=AUTH), 503, "not_ready")
+        assert c.get("/healthz").status_code == 200
+    assert "failed to start" in caplog.text and "Traceback" not in caplog.text
+
+
 def test_page_docs_and_headers(client):
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]

@@ -126,13 +126,16 @@ class Engine:
                 try:
                     await self._call(self._executor, self._open_gallery)
                     break
-                except FaceNetError as exc:
+                except GalleryUnavailableError as exc:  # a database that is down: it may come back
                     self.not_ready = f"the gallery cannot be opened yet (retrying): {exc}"
                     log.warning("%s", self.not_ready)
                     await asyncio.sleep(OPEN_RETRY_S)
-        except Exception:
+        except Exception as exc:  # a gallery of another model, ...: /readyz stays 503 and says so
             self.not_ready = "the service could not start; its log says why"
-            log.exception("facenet service failed to start")
+            if isinstance(exc, FaceNetError):
+                log.error("facenet service failed to start: %s", exc)
+            else:
+                log.exception("facenet service failed to start")
             return
         self.not_ready = None
         log.info("facenet service ready: model %s, gallery %s (%d faces)", self.embedder.name,
