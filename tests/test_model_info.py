@@ -73,7 +73,7 @@ def test_the_service_says_which_model_answers(model_file, tmp_path):
     with started(create_app(embedder, tmp_path / "g.db", keys=Keys(public=True))) as client:
         info = client.get("/api/model").json()
         assert info["name"] == embedder.name and info["threshold"] == embedder.threshold
-        assert info["model_id"] == embedder.info.model_id and info["trained_on"]
+        assert info["model_id"] == embedder.info.id == embedder.name and info["trained_on"]
         buf = io.BytesIO()
         Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(buf, "PNG")
         r = client.post("/api/identify", files={"photo": ("p.png", buf.getvalue(), "image/png")})

@@ -72,3 +72,22 @@ def test_verify_takes_which_as_readme_says(lfw_dir, model_file):
     centre_x = {which: sum(facenet.verify(canvas, small, model=model, which=which).boxes[0][::2]) / 2
                 for which in ("largest", "central")}
     assert centre_x["largest"] < 400 and 325 < centre_x["central"] < 575
+
+
+def test_one_model_id_everywhere(model_file, tmp_path, monkeypatch, capsys):
+    """`facenet models` printed a hash of weights and thresholds while verify, identify and galleries named
+    the model arch-size-weights: now one id (ModelInfo.id) everywhere."""
+    import shutil
+
+    from facenet.cli import main
+    from facenet.embedder import load_embedder
+    from facenet.models.modelfile import read_model_info
+    from facenet.paths import models_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    models_dir().mkdir(parents=True)
+    shutil.copy(model_file, models_dir() / "mine.safetensors")
+    info = read_model_info(model_file)
+    assert load_embedder(model_file, detect=False, backend="torch").name == info.id
+    assert main(["models"]) == 0
+    assert f", id {info.id};" in capsys.readouterr().out

@@ -110,8 +110,9 @@ class FaceEmbedder:
 
     @property
     def name(self) -> str:
-        """What galleries record: embeddings are comparable exactly when architecture, size and weights match."""
-        return f"{self.info.arch}-{self.info.embedding_size}d-{self.info.weights_id or 'untracked'}"
+        """The model's id (``ModelInfo.id``), which galleries record: embeddings are comparable exactly when
+        architecture, size and weights match."""
+        return self.info.id
 
     def find_faces(self, image: ImageLike, all_faces: bool = False, source: str | None = None,
                    which: str | None = None) -> FoundFaces:

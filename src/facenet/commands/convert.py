@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             dst, info = args.dst, convert_pretrained(shipped, args.dst, src)
         print(f"wrote {dst}: {info.arch}, {info.embedding_size}-D, the shipped {shipped!r} model "
-              f"({info.provenance['licence']}), id {info.model_id}")
+              f"({info.provenance['licence']}), id {info.id}")
         return 0
     from facenet.models.convert import convert_published_weights
 
@@ -65,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
     info = convert_published_weights(args.src, dst, args.embedding_size, args.standardisation)
     classes = f", {info.num_classes} classes" if info.num_classes else ""
     print(f"wrote {dst}: {info.arch}, {info.embedding_size}-D{classes}, head {info.provenance['head']}, "
-          f"id {info.model_id}")
+          f"id {info.id}")
     return 0

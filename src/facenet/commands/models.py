@@ -62,4 +62,4 @@ def _describe_file(path: Path) -> str:
     except FaceNetError as exc:
         return f"unreadable: {exc}"
     return (f"{info.arch}, {info.embedding_size}-D, {info.input_size} px, threshold {info.threshold:.4f}, "
-            f"id {info.model_id or 'untracked'}; trained on: {trained_on(info)}")
+            f"id {info.id}; trained on: {trained_on(info)}")

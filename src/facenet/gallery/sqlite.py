@@ -6,26 +6,35 @@ query while one writer enrols, and the file is portable. The file is recognised 
 version is ``PRAGMA user_version``: a file of a newer version is refused, an older one is migrated
 in one transaction (version 1 -> 2 adds the change feed; faces enrolled before it carry seq 0).
 
-Removal is real: ``PRAGMA secure_delete`` zeroes freed pages, and the write-ahead log is
-checkpointed and truncated right after, so the removed embeddings' bytes leave the disk files
-(unless another process holds a read snapshot at that moment; its next checkpoint finishes the job).
+Removal is real, and never waits on readers. ``PRAGMA secure_delete`` zeroes what a deletion frees,
+but the person's old pages stay in the write-ahead log (and the database file keeps its old copy) until a
+checkpoint copies the zeroed pages back and truncates the log. That checkpoint cannot finish while a
+reader (another connection, thread or process) still holds a snapshot from before the removal, and
+waiting for it would block the removal for as long as the read lasts. So the delete commits at once,
+the wiping checkpoint is tried without waiting, and until it succeeds it is tried again before each
+gallery operation of this store and every ``_WIPE_RETRY_S`` by a thread of its own: the person's bytes
+leave both files as soon as no reader holds such a snapshot, while the process keeps running. A store
+that sees removals in the change feed, or opens a file whose log is not empty, finishes a wipe another
+process left pending the same way.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 from facenet.errors import GalleryError
 from facenet.fileio import atomic_path
-from facenet.gallery.store import SQLStore, check_model, meta_rows
+from facenet.gallery.store import Changes, SQLStore, check_model, meta_rows
 
 APPLICATION_ID = 0x464E4554  # "FNET"
 SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_BUSY_TIMEOUT_S = 30.0
+_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another writer
+_WIPE_RETRY_S = 1.0  # how often a pending wipe is tried again while a reader holds an old snapshot
 
 # MIGRATIONS[v] takes a file from version v to v + 1; a new file runs them all
 _MIGRATIONS = {
@@ -55,6 +64,10 @@ class SQLiteStore(SQLStore):
                  policy: str):
         super().__init__(model_id, embedding_size, storage, policy)
         self.path, self.location, self._conn = path, str(path), conn
+        self._wipe_lock = threading.Lock()
+        self._wipe_pending = False  # removed bytes may still be in the files
+        self._retrier: threading.Thread | None = None
+        self._closed = threading.Event()
 
     @classmethod
     def open(cls, path: str | os.PathLike, model_id: str | None, embedding_size: int | None, create: bool,
@@ -78,16 +91,24 @@ class SQLiteStore(SQLStore):
             except sqlite3.DatabaseError as exc:
                 raise GalleryError(f"gallery {path} is damaged and cannot be read ({exc}); "
                                    "restore it from an export") from exc
-            return cls(path, conn, *check_model(str(path), meta, model_id, embedding_size, policy))
+            store = cls(path, conn, *check_model(str(path), meta, model_id, embedding_size, policy))
         except BaseException:
             conn.close()
             raise
+        if _wal_path(path).exists() and _wal_path(path).stat().st_size:
+            store._wipe_later()  # a removal of another process may have left its log unwiped
+        return store
 
     def close(self) -> None:
+        self._closed.set()  # stops the retrying thread
         self._conn.close()
+        with self._wipe_lock:
+            if self._wipe_pending:  # one last try; the next process to open the file finishes it otherwise
+                _truncate_wal(self.path)
 
     @contextmanager
     def _read(self):
+        self._wipe()
         self._conn.execute("BEGIN")  # one snapshot for every statement inside
         try:
             yield self._conn.cursor()
@@ -96,6 +117,7 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def _write(self):
+        self._wipe()
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn.cursor()
@@ -111,14 +133,64 @@ class SQLiteStore(SQLStore):
             raise GalleryError(f"enrolment rejected by gallery {self.path}: {exc}") from exc
 
     def remove(self, name: str) -> int:
-        removed = super().remove(name)
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the deleted bytes leave the log too
+        removed = super().remove(name)  # committed: readers holding older snapshots do not delay it
+        self._wipe_later()
         return removed
+
+    def changes(self, after: int | None) -> Changes:
+        changes = super().changes(after)
+        if len(changes.removed):  # another process removed someone; a reader may have kept it from wiping
+            self._wipe_later()
+        return changes
+
+    def _wipe_later(self) -> None:
+        """Note that removed bytes may still be in the files, and try to wipe them now."""
+        with self._wipe_lock:
+            self._wipe_pending = True
+        self._wipe()
+
+    def _wipe(self) -> None:
+        """Finish a pending wipe unless a reader holds a snapshot from before it (never waiting for one);
+        then a thread tries again every ``_WIPE_RETRY_S`` until it succeeds or the store is closed."""
+        with self._wipe_lock:
+            if not self._wipe_pending:
+                return
+            self._wipe_pending = not _truncate_wal(self.path)
+            if self._wipe_pending and self._retrier is None and not self._closed.is_set():
+                self._retrier = threading.Thread(target=self._retry_wipe, name="facenet-gallery-wipe", daemon=True)
+                self._retrier.start()
+
+    def _retry_wipe(self) -> None:
+        while not self._closed.wait(_WIPE_RETRY_S):
+            with self._wipe_lock:
+                if self._wipe_pending:
+                    self._wipe_pending = not _truncate_wal(self.path)
+                if not self._wipe_pending:
+                    self._retrier = None
+                    return
 
     def export(self, path: str | os.PathLike) -> None:
         """Write a compact, self-contained copy (a gallery file itself; deleted pages are not copied)."""
         with atomic_path(path) as tmp:
             self._conn.execute("VACUUM INTO ?", (str(tmp),))
+
+
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _truncate_wal(path: Path) -> bool:
+    """Copy every logged page into the database file and truncate the log to 0 bytes, without waiting on
+    anyone (a connection of its own with no busy timeout, so any thread may call it). False when a reader's
+    snapshot or another writer is in the way; the frames that could be copied are copied anyway."""
+    try:
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            return conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # busy (locked) at that very moment
+        return False
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

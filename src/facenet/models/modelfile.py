@@ -60,6 +60,12 @@ class ModelInfo:
         return str(self.provenance.get("weights_sha256", ""))[:16]
 
     @property
+    def id(self) -> str:
+        """The model's one id, printed by every command, the API and the service and recorded by galleries:
+        architecture, embedding size and weights (recalibrated thresholds keep it: embeddings stay comparable)."""
+        return f"{self.arch}-{self.embedding_size}d-{self.weights_id or 'untracked'}"
+
+    @property
     def model_id(self) -> str:
         """A short identity of everything that decides answers: the weights and the thresholds. It
         changes whenever either does, so two files that answer differently never share an id."""

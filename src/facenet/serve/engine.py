@@ -343,7 +343,7 @@ class Engine:
         from facenet.embedder import trained_on
 
         info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
-        return {"name": self.embedder.name, "model_id": info.model_id if info else "",
+        return {"name": self.embedder.name, "model_id": info.id if info else self.embedder.name,
                 "embedding_size": self.embedder.embedding_size, "threshold": self.embedder.threshold,
                 "trained_on": trained_on(info) if info else "see its own documentation"}
 
