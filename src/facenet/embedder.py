@@ -17,7 +17,7 @@ import torch
 
 from facenet.align.finder import MIN_FACE, FaceFinder, FoundFaces, describe
 from facenet.data.images import ImageLike, open_photo, standardise, to_batch
-from facenet.errors import ModelFileError
+from facenet.errors import FaceNetError, ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
 from facenet.paths import MODEL_ENV, default_model_path, models_dir
@@ -98,7 +98,11 @@ class FaceEmbedder:
         self.fallback_detector = fallback_detector
         self.fallbacks = 0
         self.min_face = min_face
-        self.backend = make_backend(backend, model, info, device) if isinstance(backend, str) else backend
+        if isinstance(backend, str):
+            if model is None:
+                raise FaceNetError(f"backend {backend!r} needs the network; without one, pass a ready backend object")
+            backend = make_backend(backend, model, info, device)
+        self.backend = backend
 
     @property
     def embedding_size(self) -> int:

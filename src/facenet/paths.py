@@ -39,6 +39,6 @@ def default_gallery_path() -> Path:
     return data_home() / "gallery.db"
 
 
-def gallery_location(given: str | None = None) -> str:
+def gallery_location(given: str | os.PathLike | None = None) -> str:
     """``--gallery`` as given, else ``$FACENET_GALLERY``, else the default file (a path or a PostgreSQL URL)."""
-    return given or os.environ.get(GALLERY_ENV) or str(default_gallery_path())
+    return os.fspath(given) if given else os.environ.get(GALLERY_ENV) or str(default_gallery_path())

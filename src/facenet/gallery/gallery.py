@@ -47,7 +47,7 @@ def open_store(location: str | os.PathLike, model_id: str | None = None, embeddi
     if is_url(location):
         from facenet.gallery.postgres import PostgresStore  # psycopg only when a URL asks for it
 
-        return PostgresStore.open(location, model_id, embedding_size, create, storage, policy)
+        return PostgresStore.open(str(location), model_id, embedding_size, create, storage, policy)
     return SQLiteStore.open(location, model_id, embedding_size, create, storage, policy)
 
 class Gallery:
@@ -176,9 +176,9 @@ class Gallery:
             return [[] for _ in queries]
         wanted = min(k, len(self._person_faces))  # with fewer people than k, all of them is a full answer
         if self.scorer.uses_template:
-            index, owner = self._templates, self._template_owner.__getitem__
+            index, owner = _built(self._templates), self._template_owner.__getitem__
         else:
-            index, owner = self._index, self._face_person.__getitem__
+            index, owner = _built(self._index), self._face_person.__getitem__
         total = len(index)
         fetch = min(total, 4 * k)
         while True:
@@ -237,8 +237,8 @@ class Gallery:
         if not people:
             return []
         faces = [np.fromiter(self._person_faces[p], np.int64) for p in people]
-        distances = _distances(query, self._index.vectors(np.concatenate(faces)))
-        to_template = _distances(query, self._templates.vectors([self._template_of[p] for p in people])) \
+        distances = _distances(query, _built(self._index).vectors(np.concatenate(faces)))
+        to_template = _distances(query, _built(self._templates).vectors([self._template_of[p] for p in people])) \
             if self.scorer.uses_template else [None] * len(people)
         matches, start = [], 0
         for person, ids, template_distance in zip(people, faces, to_template):
@@ -261,7 +261,7 @@ class Gallery:
         if present:
             faces = [np.fromiter(self._person_faces[p], np.int64) for p in present]
             rows_of = np.repeat(present, [len(f) for f in faces])
-            owners, vectors = templates(self._index.vectors(np.concatenate(faces)), rows_of)
+            owners, vectors = templates(_built(self._index).vectors(np.concatenate(faces)), rows_of)
             keys = np.arange(self._next_template_key, self._next_template_key + len(owners), dtype=np.int64)
             self._next_template_key += len(owners)
             self._template_of.update(zip(owners.tolist(), keys.tolist()))
@@ -272,6 +272,12 @@ class Gallery:
 def _distances(query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Squared L2 from one query to each row."""
     return np.square(vectors - query).sum(axis=1)
+
+
+def _built(index: FaceIndex | None) -> FaceIndex:
+    """An index that ``sync`` builds (the templates' too, for a template policy) before any search reads it."""
+    assert index is not None, "sync() builds the indexes before a search"
+    return index
 
 
 def _farthest(dist: np.ndarray) -> float:

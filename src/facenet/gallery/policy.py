@@ -58,6 +58,7 @@ class Policy:
     def score(self, face_distances: np.ndarray, template_distance: float | None = None) -> float:
         """The person's score from the distances to ALL their faces (and to their template)."""
         if self.uses_template:
+            assert template_distance is not None, "a template policy scores by the template's distance"
             return float(template_distance)
         if self.k == 1:
             return float(face_distances.min())

@@ -129,7 +129,8 @@ class PostgresStore(SQLStore):
 
     def head(self) -> int:
         with _errors(self.location), self._pool.connection() as conn:  # one statement, one round trip
-            return conn.execute("SELECT head FROM feed WHERE id = 1").fetchone()[0]
+            [(head,)] = conn.execute("SELECT head FROM feed WHERE id = 1").fetchall()
+            return head
 
     @contextmanager
     def _write(self):
@@ -218,7 +219,7 @@ def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | Non
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
             "AND table_name = ANY(%s)", (list(_OUR_TABLES),))}
         if "facenet_schema" in present:
-            version = conn.execute("SELECT max(version) FROM facenet_schema").fetchone()[0]
+            [(version,)] = conn.execute("SELECT max(version) FROM facenet_schema").fetchall()
         elif present:
             raise GalleryError(f"database {location} holds tables of another application "
                                f"({', '.join(sorted(present))}) "
@@ -239,6 +240,7 @@ def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | Non
         if version != SCHEMA_VERSION:
             conn.execute("UPDATE facenet_schema SET version = %s", (SCHEMA_VERSION,))
         if version is None:
+            assert model_id is not None and embedding_size is not None  # refused above otherwise
             conn.cursor().executemany("INSERT INTO meta (key, value) VALUES (%s, %s)",
                                       meta_rows(model_id, embedding_size, storage, policy))
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
