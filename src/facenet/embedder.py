@@ -31,8 +31,9 @@ def trained_on(info: ModelInfo) -> str:
     if p.get("trained_by") == "facenet train":
         return (f"facenet train on {p.get('data', '?')} ({p.get('identities', '?')} identities, "
                 f"{p.get('images', '?')} images, {p.get('steps', '?')} steps, {p.get('loss', '?')} loss)")
-    if p.get("trained_by"):
-        return f"{p['trained_by']}; converted from {p.get('source', '?')}" if p.get("source") else p["trained_by"]
+    if p.get("trained_by"):  # data first: "trained on ~3M faces, by Davis King", not "trained on Davis King"
+        by = f"{p['data']}, by {p['trained_by']}" if p.get("data") else p["trained_by"]
+        return f"{by}; converted from {p['source']}" if p.get("source") else by
     if p.get("source"):
         return f"converted from {p['source']}"
     return "unknown (no provenance recorded)"
