@@ -108,3 +108,22 @@ def test_the_several_faces_hint_names_an_option_of_every_command_that_prints_it(
                     ["gallery", "enroll", "Ann", "a.jpg"], ["cluster", "a.jpg", "--out", "groups"]):
         for option in options:
             parser.parse_args([*command, option, "central"])  # an unknown option exits 2
+
+
+def test_the_distribution_name_is_ours_and_every_install_hint_names_it():
+    """`facenet` on PyPI is another project (1.0.5): `pip install 'facenet[parquet]'` installed someone else's code."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from facenet.cli import DISTRIBUTION
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] != "facenet" and DISTRIBUTION == project["name"]  # --version reads this one's metadata
+    texts = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "src").rglob("*.py")]
+    hints = [hint for path in texts for hint in re.findall(r"pip install '(facenet[\w.-]*)\[([\w,]+)\]'",
+                                                             path.read_text())]
+    assert hints
+    for name, extras in hints:
+        assert name == project["name"] and set(extras.split(",")) <= set(project["optional-dependencies"])
