@@ -193,10 +193,3 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
         detector = get_detector(detector or Recipe.from_dict(info.recipe).detector, device=str(device))
     return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
                         which=which, min_face=min_face)
-
-
-def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared L2 distance between matching rows (or a row and many), the project's one distance."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    return np.sum((a - b) ** 2, axis=-1)
