@@ -1,12 +1,15 @@
 """The project's one distance between embeddings: squared L2 ([0, 4] for unit vectors), in NumPy.
 
 Thresholds, galleries, clustering, evaluation and the service all compare it, so it is computed in
-one place (training's torch version is ``facenet.losses.miners.pairwise_sq_dists``).
+one place (training's torch version is ``facenet.losses.miners.pairwise_sq_dists``), beside the one
+default threshold.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+DEFAULT_THRESHOLD = 1.1  # squared L2 of a model not yet calibrated; evaluation replaces it with a measured one
 
 
 def squared_l2(a, b, pairwise: bool = False) -> np.ndarray:
