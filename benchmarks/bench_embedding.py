@@ -13,6 +13,7 @@ int8: from our fp32 embeddings) on face-like inputs. Throughput is the best of r
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from facenet.data.synthetic import SyntheticFaces
 from facenet.export import onnx_bytes, quantize_int8
 from facenet.models import create_model
 from facenet.models.modelfile import load_model_file, model_info_for
-from facenet.peers import peer_inception_resnet_v1
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # peers.py, shared with the tests
+from peers import peer_inception_resnet_v1  # noqa: E402
 
 SMALL = {"mobilefacenet": 160, "nns": 64}
 

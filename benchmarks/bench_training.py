@@ -39,11 +39,13 @@ from facenet.data.images import standardise, to_batch
 from facenet.data.synthetic import SyntheticFaces
 from facenet.models import create_model
 from facenet.models.complexity import count_flops
-from facenet.peers import peer_inception_resnet_v1
 from facenet.train.config import TrainConfig
 from facenet.train.data import measure_loader
 from facenet.train.distributed import Context
 from facenet.train.loop import TrainingStep, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # peers.py, shared with the tests
+from peers import peer_inception_resnet_v1  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LFW = HERE.parent.parent / "shared" / "data" / "lfw" / "images"

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from facenet.cluster import clustering_scores, cluster_embeddings, write_clusters
+from facenet.distances import DEFAULT_THRESHOLD
 from facenet.errors import DataError
 
 
@@ -94,3 +95,12 @@ def test_manifest_and_contact_sheets(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["cluster_0.png", "cluster_1.png", "manifest.json",
                                                      "unclustered.png"]
     assert all((os.stat(p).st_mode & 0o777) == 0o600 for p in out.iterdir())
+
+
+def test_the_default_threshold_is_the_one_an_uncalibrated_model_has():
+    """cluster_embeddings defaulted to 1.0 while a model not yet calibrated has 1.1: one named constant now."""
+    from facenet.models.modelfile import ModelInfo
+
+    x = np.array([[1.0, 0.0], [0.475, np.sqrt(1 - 0.475 ** 2)]])  # squared L2 1.05: between 1.0 and 1.1
+    assert ModelInfo("nns", 128).threshold == DEFAULT_THRESHOLD
+    assert list(cluster_embeddings(x)) == list(cluster_embeddings(x, threshold=DEFAULT_THRESHOLD)) == [0, 0]

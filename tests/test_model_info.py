@@ -80,3 +80,33 @@ def test_the_service_says_which_model_answers(model_file, tmp_path):
         assert r.status_code == 200 and r.json()["model"] == embedder.name
         page = client.get("/static/app.js").text
         assert "/api/model" in page and "r.model" in page
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("dlib", "~3M faces (FaceScrub, VGG, web photos), by Davis King (dlib); converted from w.dat"),
+    ("reid", "unpublished data, by Intel (Open Model Zoo face-reidentification-retail-0095); converted from w.dat")])
+def test_a_shipped_model_reads_as_trained_on_data_by_someone(name, expected):
+    """The page said "trained on Davis King (dlib)": the data comes first, then who trained the model."""
+    from facenet.embedder import trained_on
+    from facenet.models.modelfile import ModelInfo
+    from facenet.models.pretrained import PRETRAINED
+
+    shipped = PRETRAINED[name]
+    assert trained_on(ModelInfo(shipped.arch, shipped.embedding_size,
+                                provenance={"source": "w.dat", **shipped.about})) == expected
+
+
+def test_a_shipped_model_installed_with_the_old_provenance_is_refreshed(tmp_path):
+    """A file installed by an earlier facenet ("trained_by" only) gets today's provenance when it is asked for."""
+    import dataclasses
+
+    from facenet.embedder import trained_on
+    from facenet.models.modelfile import load_model_file, read_model_info, save_model
+    from facenet.models.pretrained import install_pretrained
+
+    path = install_pretrained("reid", tmp_path / "reid.safetensors")
+    model, info = load_model_file(path)
+    old = {k: v for k, v in info.provenance.items() if k != "data"}
+    save_model(model, path, dataclasses.replace(info, provenance=old))
+    install_pretrained("reid", path, replace=True)
+    assert trained_on(read_model_info(path)).startswith("unpublished data, by Intel")

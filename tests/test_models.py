@@ -11,7 +11,7 @@ from facenet.models import create_model, list_models
 from facenet.models.complexity import count_flops, count_parameters, describe_models
 from facenet.models.convert import convert_published_weights, load_published_weights
 from facenet.models.modelfile import load_model_file
-from facenet.peers import peer_inception_resnet_v1
+from peers import peer_inception_resnet_v1
 
 ARCHS = list_models()
 
@@ -23,7 +23,7 @@ def crop_size(model) -> int:
 
 @pytest.fixture(scope="module")
 def reference_module():
-    """facenet-pytorch's inception_resnet_v1.py, loaded from its file (see facenet.peers)."""
+    """facenet-pytorch's inception_resnet_v1.py, loaded from its file (see tests/peers.py)."""
     module = peer_inception_resnet_v1()
     if module is None:
         pytest.skip("facenet-pytorch not installed")

@@ -91,3 +91,39 @@ def test_one_model_id_everywhere(model_file, tmp_path, monkeypatch, capsys):
     assert load_embedder(model_file, detect=False, backend="torch").name == info.id
     assert main(["models"]) == 0
     assert f", id {info.id};" in capsys.readouterr().out
+
+
+def test_the_several_faces_hint_names_an_option_of_every_command_that_prints_it():
+    """verify, identify, enrol and cluster once said `--all-faces`, which only embed has."""
+    import re
+
+    from facenet.batch import FaceRow, several_faces_note
+    from facenet.cli import build_parser
+
+    note = several_faces_note(FaceRow("group.jpg", 0, 3, (0, 0, 10, 10), 0.9, None), "largest")
+    options = re.findall(r"--[a-z-]+", note)
+    assert options
+    parser = build_parser()
+    for command in (["embed", "a.jpg", "--out", "e.npy"], ["verify", "a.jpg", "b.jpg"], ["identify", "a.jpg"],
+                    ["gallery", "enroll", "Ann", "a.jpg"], ["cluster", "a.jpg", "--out", "groups"]):
+        for option in options:
+            parser.parse_args([*command, option, "central"])  # an unknown option exits 2
+
+
+def test_the_distribution_name_is_ours_and_every_install_hint_names_it():
+    """`facenet` on PyPI is another project (1.0.5): `pip install 'facenet[parquet]'` installed someone else's code."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from facenet.cli import DISTRIBUTION
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] != "facenet" and DISTRIBUTION == project["name"]  # --version reads this one's metadata
+    texts = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "src").rglob("*.py")]
+    hints = [hint for path in texts for hint in re.findall(r"pip install '(facenet[\w.-]*)\[([\w,]+)\]'",
+                                                             path.read_text())]
+    assert hints
+    for name, extras in hints:
+        assert name == project["name"] and set(extras.split(",")) <= set(project["optional-dependencies"])

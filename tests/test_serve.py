@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from facenet.align import Detection, FaceFinder, crop_face  # noqa: E402
 from facenet.cluster import cluster_embeddings  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
-from facenet.embedder import FaceEmbedder, squared_distance  # noqa: E402
+from facenet.distances import squared_l2  # noqa: E402
+from facenet.embedder import FaceEmbedder  # noqa: E402
 from facenet.gallery import Gallery  # noqa: E402
 from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
@@ -101,7 +102,7 @@ def test_verify_matches_direct_embedding(client, embedder):
     r = client.post("/api/verify", files={"a": part(a), "b": part(b, "b.png")})
     assert r.status_code == 200, r.text
     body = r.json()
-    expected = float(squared_distance(*embedder.embed([a, b])))
+    expected = float(squared_l2(*embedder.embed([a, b])))
     assert body["distance"] == pytest.approx(expected, abs=1e-5)
     assert body["threshold"] == embedder.threshold and body["same"] == (expected < embedder.threshold)
     assert body["model"] == embedder.name
@@ -172,7 +173,7 @@ def test_enrol_several_photos_at_once_under_the_template_policy(embedder, tmp_pa
 def test_cluster_matches_direct_clustering(client, embedder):
     images = [photo(i, j) for i in range(3) for j in range(3)]
     emb = embedder.embed(images)
-    d = squared_distance(emb[:, None], emb[None])
+    d = squared_l2(emb, emb, pairwise=True)
     threshold = float(np.median(d[np.triu_indices(len(images), 1)]))  # splits the photos non-trivially
     files = [("photos", part(img, f"p{i}.png")) for i, img in enumerate(images)]
     files.insert(4, ("photos", part(photo(0, 0)[:200], "broken.png")))  # reported, not fatal

@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from facenet.data.images import ImageLike
-from facenet.embedder import FaceEmbedder, load_embedder, squared_distance
+from facenet.distances import squared_l2
+from facenet.embedder import FaceEmbedder, load_embedder
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def embed(images: ImageLike | Sequence[ImageLike], model: FaceEmbedder | str | N
 
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
     """Squared L2 distance (range [0, 4] for unit embeddings) between rows of ``a`` and ``b``."""
-    d = squared_distance(a, b)
+    d = squared_l2(a, b)
     return float(d) if np.ndim(d) == 0 else d
 
 
@@ -135,5 +136,5 @@ def _label(photo, number: int) -> str:
 
 def compare(ea: np.ndarray, eb: np.ndarray, threshold: float) -> Verification:
     """The verification decision for two embeddings: same person when closer than ``threshold``."""
-    d = float(squared_distance(ea, eb))
+    d = float(squared_l2(ea, eb))
     return Verification(distance=d, threshold=float(threshold), same=d < float(threshold))

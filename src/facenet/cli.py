@@ -15,6 +15,7 @@ import sys
 from facenet.errors import FaceNetError
 
 EXIT_ERROR = 2
+DISTRIBUTION = "facenet-triplet"  # pyproject's name: `facenet` on PyPI is someone else's project
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("facenet")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown"
 

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from facenet.distances import DEFAULT_THRESHOLD
 from facenet.errors import DataError
 from facenet.fileio import atomic_write
 
@@ -31,9 +32,11 @@ METHODS = ("agglomerative", "dbscan", "chinese_whispers")
 UNCLUSTERED = "unclustered"
 
 
-def cluster_embeddings(emb: np.ndarray, method: str = "agglomerative", threshold: float = 1.0,
+def cluster_embeddings(emb: np.ndarray, method: str = "agglomerative", threshold: float = DEFAULT_THRESHOLD,
                        linkage: str = "average", min_size: int = 2, seed: int = 0) -> np.ndarray:
-    """Cluster label per row (int64), ``-1`` for faces in no cluster of at least ``min_size``."""
+    """Cluster label per row (int64), ``-1`` for faces in no cluster of at least ``min_size``.
+
+    ``threshold``: squared L2; pass the model's (``embedder.threshold``), the default is an uncalibrated one."""
     emb = np.asarray(emb, np.float64)
     if emb.ndim != 2:
         raise DataError(f"embeddings must be a 2-D array (n, d), got shape {emb.shape}")

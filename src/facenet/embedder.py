@@ -31,8 +31,9 @@ def trained_on(info: ModelInfo) -> str:
     if p.get("trained_by") == "facenet train":
         return (f"facenet train on {p.get('data', '?')} ({p.get('identities', '?')} identities, "
                 f"{p.get('images', '?')} images, {p.get('steps', '?')} steps, {p.get('loss', '?')} loss)")
-    if p.get("trained_by"):
-        return f"{p['trained_by']}; converted from {p.get('source', '?')}" if p.get("source") else p["trained_by"]
+    if p.get("trained_by"):  # data first: "trained on ~3M faces, by Davis King", not "trained on Davis King"
+        by = f"{p['data']}, by {p['trained_by']}" if p.get("data") else p["trained_by"]
+        return f"{by}; converted from {p['source']}" if p.get("source") else by
     if p.get("source"):
         return f"converted from {p['source']}"
     return "unknown (no provenance recorded)"
@@ -196,10 +197,3 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
         detector = get_detector(detector or Recipe.from_dict(info.recipe).detector, device=str(device))
     return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
                         which=which, min_face=min_face)
-
-
-def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared L2 distance between matching rows (or a row and many), the project's one distance."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    return np.sum((a - b) ** 2, axis=-1)

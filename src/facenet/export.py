@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from facenet.backends import OnnxBackend, TorchBackend
+from facenet.distances import squared_l2
 from facenet.errors import FaceNetError, ModelFileError
 from facenet.fileio import atomic_write_bytes
 from facenet.models import EmbeddingModel
@@ -183,8 +184,7 @@ def int8_distance_error(model: EmbeddingModel, data: bytes, info: ModelInfo, cro
 
     x = standardise(to_batch(crops), info.standardisation)
     e32, e8 = TorchBackend(model.cpu())(x), OnnxBackend(data)(x)
-    d32 = ((e32[:, None] - e32[None]) ** 2).sum(-1)
-    d8 = ((e8[:, None] - e8[None]) ** 2).sum(-1)
+    d32, d8 = squared_l2(e32, e32, pairwise=True), squared_l2(e8, e8, pairwise=True)
     return float(np.abs(d8 - d32).max())
 
 

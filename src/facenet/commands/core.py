@@ -197,8 +197,9 @@ def _require_pyarrow() -> None:
     try:
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise FaceNetError("Parquet output needs pyarrow, which is not installed: pip install 'facenet[parquet]' "
-                           "(or pyarrow itself), or write .npy, .csv or .json") from None
+        raise FaceNetError("Parquet output needs pyarrow, which is not installed: "
+                           "pip install 'facenet-triplet[parquet]' (or pyarrow itself), or write .npy, .csv or .json"
+                           ) from None
 
 
 def _write_parquet(tmp: Path, out: Path, chunks, dims: int) -> int:

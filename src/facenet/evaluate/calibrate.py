@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from facenet.distances import squared_l2
 from facenet.errors import DataError
 
 CALIBRATED_FARS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -58,14 +59,14 @@ def far_thresholds(embeddings: np.ndarray, labels: np.ndarray, fars=CALIBRATED_F
 
 def _different_identity_distances(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
     _, codes = np.unique(labels, return_inverse=True)
-    sq = np.sum(embeddings.astype(np.float64) ** 2, axis=1)
+    embeddings = embeddings.astype(np.float64)
     parts = []
     for start in range(0, len(embeddings), chunk):
         rows = slice(start, start + chunk)
-        d = sq[rows, None] + sq[None, start:] - 2.0 * embeddings[rows].astype(np.float64) @ embeddings[start:].T
+        d = squared_l2(embeddings[rows], embeddings[start:], pairwise=True)
         upper = np.triu(np.ones(d.shape, dtype=bool), k=1)  # each pair once, never an image with itself
         different = codes[rows, None] != codes[None, start:]
-        parts.append(np.maximum(d[upper & different], 0.0).astype(np.float32))
+        parts.append(d[upper & different].astype(np.float32))
     return np.concatenate(parts)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facenet.distances import squared_l2
 from facenet.errors import DataError
 
 DISTANCES = ("euclidean", "cosine")
@@ -31,7 +32,7 @@ def pair_distances(emb1: np.ndarray, emb2: np.ndarray, distance: str = "euclidea
     emb1 = np.asarray(emb1, dtype=np.float64)
     emb2 = np.asarray(emb2, dtype=np.float64)
     if distance == "euclidean":
-        return np.sum((emb1 - emb2) ** 2, axis=1)
+        return squared_l2(emb1, emb2)
     if distance == "cosine":
         norms = np.linalg.norm(emb1, axis=1) * np.linalg.norm(emb2, axis=1)
         cos = np.sum(emb1 * emb2, axis=1) / np.maximum(norms, 1e-12)

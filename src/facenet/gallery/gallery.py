@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from facenet.distances import squared_l2
 from facenet.errors import GalleryError
 from facenet.gallery.index import KINDS, FaceIndex
 from facenet.gallery.policy import parse_policy, templates
@@ -237,8 +238,8 @@ class Gallery:
         if not people:
             return []
         faces = [np.fromiter(self._person_faces[p], np.int64) for p in people]
-        distances = _distances(query, _built(self._index).vectors(np.concatenate(faces)))
-        to_template = _distances(query, _built(self._templates).vectors([self._template_of[p] for p in people])) \
+        distances = squared_l2(query, _built(self._index).vectors(np.concatenate(faces)))
+        to_template = squared_l2(query, _built(self._templates).vectors([self._template_of[p] for p in people])) \
             if self.scorer.uses_template else [None] * len(people)
         matches, start = [], 0
         for person, ids, template_distance in zip(people, faces, to_template):
@@ -267,11 +268,6 @@ class Gallery:
             self._template_of.update(zip(owners.tolist(), keys.tolist()))
             self._template_owner.update(zip(keys.tolist(), owners.tolist()))
             self._templates.add(keys, vectors)
-
-
-def _distances(query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Squared L2 from one query to each row."""
-    return np.square(vectors - query).sum(axis=1)
 
 
 def _built(index: FaceIndex | None) -> FaceIndex:

@@ -18,12 +18,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from facenet.distances import DEFAULT_THRESHOLD
 from facenet.errors import ModelFileError
 from facenet.fileio import atomic_write
 from facenet.models import EmbeddingModel, create_model
 
 from facenet.data.images import STANDARDISATIONS  # noqa: E402  (one list of methods)
-DEFAULT_THRESHOLD = 1.1  # squared L2; replaced by the calibrated one once a model is evaluated
 
 
 @dataclass

@@ -44,7 +44,7 @@ class Pretrained:
     recipe: dict
     threshold: float  # squared L2: the mean of the ten per-fold best thresholds on LFW View 2
     far_thresholds: dict  # per-pair FAR -> squared L2, over every pair of different people in LFW View 2
-    about: dict  # provenance: who trained it, its licence
+    about: dict  # provenance: what it was trained on ("data"), who trained it, its licence
     file_name: str  # its name in the models folder when it is not the default
 
 
@@ -52,14 +52,14 @@ DLIB = Pretrained(
     name="dlib", arch="dlib_resnet", embedding_size=128, input_size=150, standardisation="dlib",
     recipe={"detector": "mtcnn", "mode": "similarity", "template": "dlib", "margin": 0.0, "which": "largest"},
     threshold=0.1837, far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},
-    about={"trained_by": "Davis King (dlib), ~3M faces (FaceScrub, VGG, web photos)",
+    about={"data": "~3M faces (FaceScrub, VGG, web photos)", "trained_by": "Davis King (dlib)",
            "licence": "CC0 1.0 (public domain)", "threshold": "LFW View 2, 10-fold mean"},
     file_name="dlib_resnet.safetensors")
 REID = Pretrained(
     name="reid", arch="reid_mobilenet", embedding_size=256, input_size=128, standardisation="unit",
     recipe={"detector": "mtcnn", "mode": "similarity", "template": "openvino", "margin": 0.0, "which": "largest"},
     threshold=1.4199, far_thresholds={"1e-02": 1.5182, "1e-03": 1.3187, "1e-04": 1.1469, "1e-05": 0.9919},
-    about={"trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095; training data not published)",
+    about={"data": "unpublished data", "trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095)",
            "licence": "Apache-2.0 (Intel Corporation); see facenet/models/weights/NOTICE",
            "threshold": "LFW View 2, 10-fold mean"},
     file_name="reid_retail_0095.safetensors")
@@ -149,7 +149,8 @@ def _installed_pretrained(path: Path) -> tuple[str, str] | None:
     if pretrained is None:
         return None
     current = (info.threshold == pretrained.threshold and info.recipe == pretrained.recipe
-               and info.far_thresholds == pretrained.far_thresholds)
+               and info.far_thresholds == pretrained.far_thresholds
+               and all(info.provenance.get(k) == v for k, v in pretrained.about.items()))
     return pretrained.name, "current" if current else "older"
 
 

@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from facenet.align import Detection, FaceFinder, get_detector, list_detectors, select_faces
-from facenet.embedder import FaceEmbedder, squared_distance
+from facenet.distances import squared_l2
+from facenet.embedder import FaceEmbedder
 from facenet.errors import BadImageError, FaceNetError, GalleryError, GalleryUnavailableError, NoFaceError
 from facenet.serve.schemas import PersonOut
 from facenet.serve.security import Problem
@@ -287,7 +288,7 @@ class Engine:
                      which: str | None) -> dict:
         a, b = await self.analyse_all(uploads, deadline, which)
         limit = self.embedder.threshold if threshold is None else threshold
-        distance = float(squared_distance(a.embeddings[0], b.embeddings[0]))
+        distance = float(squared_l2(a.embeddings[0], b.embeddings[0]))
         return {"distance": distance, "threshold": limit, "same": distance < limit, "model": self.embedder.name,
                 "photos": [a.report, b.report], "faces": [_face(a.faces[0]), _face(b.faces[0])]}
 

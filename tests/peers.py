@@ -1,4 +1,5 @@
-"""Modules of facenet-pytorch, the peer implementation, loaded straight from its installed wheel.
+"""Modules of facenet-pytorch, the peer implementation, loaded straight from its installed wheel
+(a helper of the tests and benchmarks, not part of the installed package).
 
 Its package ``__init__`` imports torchvision, which has no CPU build for this torch, so the
 package itself cannot be imported here. Comparisons (tests, benchmarks) load single module
