@@ -108,7 +108,7 @@ def worker(args) -> None:
         except Exception as exc:  # e.g. the code before the change refuses photos over 40 MP
             results[Path(path).name] = {"error": str(exc).split(";")[0].split(": ", 1)[-1]}
             continue
-        results[Path(path).name] = {"s": min(_seconds(lambda: run(path)) for _ in range(args.repeats)), "faces": faces}
+        results[Path(path).name] = {"s": min(_seconds(lambda path=path: run(path)) for _ in range(args.repeats)), "faces": faces}
     results["peak_mb"] = peak_mb()
     print(json.dumps(results))
 

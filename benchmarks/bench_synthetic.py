@@ -45,7 +45,7 @@ def main() -> None:
     for occlusion in (0.0, 0.5):
         faces = SyntheticFaces(args.identities, size=args.size, occlusion_prob=occlusion)
         faces.render(0, 0)  # warm-up
-        table.append((f"render, occlusion_prob={occlusion}", rate(lambda key: faces.render(*key), keys)))
+        table.append((f"render, occlusion_prob={occlusion}", rate(lambda key, faces=faces: faces.render(*key), keys)))
     pngs = []
     for key in keys:
         buf = io.BytesIO()

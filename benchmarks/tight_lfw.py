@@ -19,9 +19,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from fullsize_photos import LFW_FACE_SIDE
+from PIL import Image
 
 SIDE_RANGE = (1.0, 1.3)  # crop side, in face widths
 DOWN_SHIFT = 0.15  # largest downward shift of the crop, as a fraction of its side (cuts the top of the head)

@@ -71,12 +71,12 @@ class Cluster:
         subprocess.run([str(self.bindir / args[0]), *args[1:]], check=True, user=self.user, cwd=self.dir,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-locale", "--no-sync")  # C locale: works whatever locales the machine has
         return self.resume()
 
-    def resume(self) -> "Cluster":
+    def resume(self) -> Cluster:
         """Start the server (again, after ``pause``) on the same port and data."""
         options = " ".join([f"-p {self.port}", f"-k {self.dir}", f"-c listen_addresses={HOST}"]
                            + [f"-c {k}={v}" for k, v in self.settings.items()])
@@ -107,7 +107,7 @@ class Cluster:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

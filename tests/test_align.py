@@ -8,8 +8,16 @@ import pytest
 from PIL import Image
 
 from facenet.align import Detection, extract_faces, get_detector
-from facenet.align.crop import (TEMPLATE, Recipe, align_face, crop_face, cut_face, select_faces, similarity_transform,
-                                template_points)
+from facenet.align.crop import (
+    TEMPLATE,
+    Recipe,
+    align_face,
+    crop_face,
+    cut_face,
+    select_faces,
+    similarity_transform,
+    template_points,
+)
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError, NoFaceError
 

@@ -11,13 +11,13 @@ import logging
 import numpy as np
 import pytest
 import torch
+from peers import load_peer_module
 
 from facenet.align import get_detector
 from facenet.align import mtcnn as mtcnn_module
 from facenet.align.mtcnn import MTCNNDetector, find_weights, nms
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError
-from peers import load_peer_module
 
 LFW_SAMPLES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001.jpg",
                "Serena_Williams/Serena_Williams_0001.jpg", "George_W_Bush/George_W_Bush_0010.jpg"]

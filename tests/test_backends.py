@@ -5,14 +5,14 @@ import logging
 import numpy as np
 import pytest
 import torch
+from test_export import crops, trained_looking
 
 from facenet.backends import OnnxBackend, TorchBackend
-from facenet.export import make_backend, onnx_cache_path
 from facenet.data.images import fit_to_input, standardise, to_batch
 from facenet.embedder import load_embedder
 from facenet.errors import FaceNetError
+from facenet.export import make_backend, onnx_cache_path
 from facenet.models.modelfile import model_info_for, save_model
-from test_export import crops, trained_looking
 
 
 @pytest.fixture()

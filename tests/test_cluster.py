@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet.cluster import clustering_scores, cluster_embeddings, write_clusters
+from facenet.cluster import cluster_embeddings, clustering_scores, write_clusters
 from facenet.distances import DEFAULT_THRESHOLD
 from facenet.errors import DataError
 

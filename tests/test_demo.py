@@ -31,8 +31,9 @@ def test_short_demo_writes_report_keeps_the_default_and_runs_twice(tmp_path, mon
     again_text = again.report_path.read_text()
     assert len(rows) == 2 and all(row in again_text for row in rows) and "n/a" not in again_text
 
-    from facenet.data.synthetic import SyntheticFaces
     from PIL import Image
+
+    from facenet.data.synthetic import SyntheticFaces
 
     photo = tmp_path / "face.png"
     Image.fromarray(SyntheticFaces(1, seed=5, size=64).render(0, 0)).save(photo)

@@ -172,8 +172,9 @@ def test_onnx_export_and_fine_tuning_start_from_the_converted_model(dlib_env, tm
     chips = _chips()
     assert np.abs(onnx_embedder.embed_crops(chips) - torch_embedder.embed_crops(chips)).max() < 1e-4
     # --init: the run takes the file's architecture, size, standardisation and recipe, and starts from its weights
-    from facenet.data.synthetic import SyntheticFaces
     from PIL import Image
+
+    from facenet.data.synthetic import SyntheticFaces
 
     faces = SyntheticFaces(4, seed=2, size=150)
     for person in range(4):

@@ -5,8 +5,7 @@ from scipy.optimize import brentq
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from facenet.errors import DataError
-from facenet.evaluate.metrics import (best_threshold, kfold_metrics, pair_distances, rates, roc,
-                                      threshold_at_far)
+from facenet.evaluate.metrics import best_threshold, kfold_metrics, pair_distances, rates, roc, threshold_at_far
 
 
 def _random_pairs(n=400, seed=0):

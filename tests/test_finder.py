@@ -101,7 +101,7 @@ def test_every_enrolled_person_of_a_group_photo_is_named(lfw_dir, model, tmp_pat
                        gallery=tmp_path / "g.db", model=model)
     answers = facenet.identify(fullsize_photos.jpeg(photo), gallery=tmp_path / "g.db", model=model)
     assert len(answers) >= 3
-    for person, (x1, y1, x2, y2) in zip(people, placed):
+    for person, (x1, _, x2, _) in zip(people, placed):
         here = max((a for a in answers if x1 <= (a.box[0] + a.box[2]) / 2 <= x2), key=lambda a: a.box[2] - a.box[0])
         assert here.matches and here.matches[0].name == person
 
@@ -140,7 +140,7 @@ def test_cmyk_16bit_and_exif_rotated_photos_give_the_same_face(lfw_dir, model):
     exif = Image.Exif()
     exif[0x0112] = 6
     sixteen = io.BytesIO()
-    Image.fromarray((np.asarray(photo.convert("L")).astype(np.uint16) * 257)).save(sixteen, "PNG")
+    Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(sixteen, "PNG")
     grey = model.embed([photo.convert("L").convert("RGB")])[0]
     variants = {"cmyk": (fullsize_photos.jpeg(photo.convert("CMYK")), reference),
                 "exif": (fullsize_photos.jpeg(rotated, exif=exif.tobytes()), reference),

@@ -5,12 +5,11 @@ import sqlite3
 
 import numpy as np
 import pytest
+from test_gallery import D, brute_identify, unit
 
 from facenet.errors import GalleryError
 from facenet.gallery import Gallery, Record
 from facenet.gallery.policy import parse_policy
-
-from test_gallery import D, brute_identify, unit
 
 
 def noisy_copies(rng, faces: np.ndarray, n: int) -> np.ndarray:

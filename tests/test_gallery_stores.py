@@ -8,12 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from test_gallery import D, brute_identify, unit  # one brute-force reference for both gallery test files
 
 from facenet.errors import GalleryError, GalleryUnavailableError
 from facenet.gallery import Gallery, Record
 from facenet.gallery.quantize import dequantize, quantize
-
-from test_gallery import D, brute_identify, unit  # one brute-force reference for both gallery test files
 
 
 def assert_brute(gallery, people, queries, k=3, atol=1e-4):

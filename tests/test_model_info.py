@@ -12,8 +12,8 @@ from facenet.cli import main
 
 
 def test_models_lists_model_files_with_provenance_threshold_and_id(model_file, tmp_path, monkeypatch, capsys):
-    from facenet.paths import models_dir
     from facenet.models.modelfile import read_model_info
+    from facenet.paths import models_dir
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     models_dir().mkdir(parents=True)
@@ -64,10 +64,11 @@ def test_verify_and_identify_name_the_model(model_file, tmp_path, capsys):
 def test_the_service_says_which_model_answers(model_file, tmp_path):
     pytest.importorskip("httpx")
 
+    from test_serve import started
+
     from facenet.embedder import load_embedder
     from facenet.serve import create_app
     from facenet.serve.security import Keys
-    from test_serve import started
 
     embedder = load_embedder(model_file, detect=False, backend="torch")
     with started(create_app(embedder, tmp_path / "g.db", keys=Keys(public=True))) as client:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peers import peer_inception_resnet_v1
 
 from facenet.cli import main as cli_main
 from facenet.errors import BadImageError, ModelFileError
@@ -11,7 +12,6 @@ from facenet.models import create_model, list_models
 from facenet.models.complexity import count_flops, count_parameters, describe_models
 from facenet.models.convert import convert_published_weights, load_published_weights
 from facenet.models.modelfile import load_model_file
-from peers import peer_inception_resnet_v1
 
 ARCHS = list_models()
 

@@ -99,9 +99,10 @@ def _final_weights(run_dir):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_run_resumes_bit_for_bit(tmp_path, monkeypatch, precision):
+    from test_train import losses, tiny_config
+
     import facenet.train.loop as loop
     from facenet.train.checkpoint import load_checkpoint
-    from test_train import losses, tiny_config
 
     # a scaler that doubles its scale every step, so a resume that lost its state would end elsewhere
     monkeypatch.setattr(loop, "grad_scaler", lambda p, device: torch.amp.GradScaler(
@@ -126,8 +127,9 @@ def test_mixed_precision_run_resumes_bit_for_bit(tmp_path, monkeypatch, precisio
 
 
 def test_bf16_runs_the_network_in_bfloat16_from_the_same_start(tmp_path):
-    from facenet.train.loop import train
     from test_train import losses, tiny_config
+
+    from facenet.train.loop import train
 
     first = {p: losses(train(tiny_config(tmp_path / p, precision=p, steps=1), progress=False).run_dir)[0]
              for p in ("fp32", "bf16")}
@@ -136,10 +138,11 @@ def test_bf16_runs_the_network_in_bfloat16_from_the_same_start(tmp_path):
 
 
 def test_auto_precision_is_fp32_on_cpu_and_an_unknown_one_is_refused(tmp_path):
+    from test_train import tiny_config
+
     from facenet.errors import TrainingError
     from facenet.train.loop import train
     from facenet.train.precision import resolve_precision
-    from test_train import tiny_config
 
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"

@@ -3,10 +3,10 @@ the guards (API key, sizes, content types) hold, and every error is problem deta
 
 import io
 import struct
-from contextlib import contextmanager
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -16,19 +16,19 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from test_gallery import brute_score  # noqa: E402
 
 from facenet.align import Detection, FaceFinder, crop_face  # noqa: E402
 from facenet.cluster import cluster_embeddings  # noqa: E402
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.distances import squared_l2  # noqa: E402
 from facenet.embedder import FaceEmbedder  # noqa: E402
+from facenet.errors import FaceNetError  # noqa: E402
 from facenet.gallery import Gallery  # noqa: E402
 from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import Limits, create_app  # noqa: E402
-from facenet.errors import FaceNetError  # noqa: E402
 from facenet.serve.security import Keys, load_keys, parse_rate  # noqa: E402
-from test_gallery import brute_score  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 READ_KEY = "read-key-0123456789abcdef"

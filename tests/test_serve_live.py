@@ -15,8 +15,10 @@ from PIL import Image
 
 httpx = pytest.importorskip("httpx")
 
-from facenet.gallery import Gallery  # noqa: E402
 from live import FACES, HOST, KEY, Server, burst, png  # noqa: E402
+
+from facenet.gallery import Gallery  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_file):

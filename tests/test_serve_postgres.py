@@ -12,12 +12,13 @@ pytest.importorskip("httpx")
 pytest.importorskip("psycopg")
 
 import pgcluster  # noqa: E402
+from test_serve import started  # noqa: E402
+
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.embedder import FaceEmbedder  # noqa: E402
 from facenet.models.modelfile import load_model_file  # noqa: E402
 from facenet.serve import create_app  # noqa: E402
 from facenet.serve.security import Keys  # noqa: E402
-from test_serve import started  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 FACES = SyntheticFaces(4, seed=7, size=64)

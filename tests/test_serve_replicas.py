@@ -16,10 +16,11 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 psycopg = pytest.importorskip("psycopg")
 
+from live import KEY, Server, burst, enrol_request, identify_request, propagation_lag  # noqa: E402
+from test_gallery import brute_identify  # noqa: E402
+
 from facenet.data.synthetic import SyntheticFaces  # noqa: E402
 from facenet.gallery.policy import DEFAULT_POLICY  # noqa: E402
-from test_gallery import brute_identify  # noqa: E402
-from live import KEY, Server, burst, enrol_request, identify_request, propagation_lag  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FACES = SyntheticFaces(64, seed=11, size=64)

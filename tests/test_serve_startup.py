@@ -7,10 +7,10 @@ import time
 import httpx
 import numpy as np
 import pytest
+from live import KEY, Server, png
 
 from facenet.embedder import load_embedder
 from facenet.gallery import Gallery, Record
-from live import KEY, Server, png
 
 pytestmark = pytest.mark.slow
 FACES = 60_000  # past the exact index's limit: an HNSW build of about 10 s on two loaded cores

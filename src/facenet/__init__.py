@@ -8,8 +8,15 @@
 The API is imported on first use, so ``import facenet`` (and the CLI's ``--help``) stays fast.
 """
 
-from facenet.errors import (BadImageError, DataError, FaceNetError, GalleryError, ModelFileError, NoFaceError,
-                            TrainingError)
+from facenet.errors import (
+    BadImageError,
+    DataError,
+    FaceNetError,
+    GalleryError,
+    ModelFileError,
+    NoFaceError,
+    TrainingError,
+)
 
 _API = ("load_model", "embed", "distance", "verify", "identify", "enroll", "Verification", "Identified")
 

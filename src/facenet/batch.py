@@ -22,10 +22,10 @@ import os
 import pickle
 import sys
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
         workers = 0 if few or on_accelerator else max(1, (os.cpu_count() or 1) - 1)
     rows: list[FaceRow] = []
     with progress_bar(len(paths), "embedding", unit="photo", enabled=progress and len(paths) > batch_size) as bar:
-        for path, result in _found_faces(embedder, paths, all_faces, workers, window=2 * batch_size):
+        for _path, result in _found_faces(embedder, paths, all_faces, workers, window=2 * batch_size):
             bar.update()
             if isinstance(result, Skipped):
                 report.skipped.append(result)

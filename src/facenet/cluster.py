@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +58,8 @@ def cluster_embeddings(emb: np.ndarray, method: str = "agglomerative", threshold
 
 
 def _agglomerative(emb: np.ndarray, threshold: float, linkage: str) -> np.ndarray:
-    from scipy.cluster.hierarchy import fcluster, linkage as scipy_linkage
+    from scipy.cluster.hierarchy import fcluster
+    from scipy.cluster.hierarchy import linkage as scipy_linkage
     from scipy.spatial.distance import pdist
 
     if linkage not in ("average", "complete", "single"):

@@ -8,9 +8,9 @@ verification, evaluation, the gallery and the service are written against.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,6 @@ from facenet.errors import FaceNetError, ModelFileError
 from facenet.models import EmbeddingModel
 from facenet.models.modelfile import ModelInfo, load_model_file
 from facenet.paths import MODEL_ENV, default_model_path, models_dir
-
 
 
 def trained_on(info: ModelInfo) -> str:

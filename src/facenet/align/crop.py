@@ -69,7 +69,7 @@ class Recipe:
             raise FaceNetError(f"margin {self.margin} is out of range for {self.mode!r} (0 to {limit}): it is a "
                                "fraction of the face size (e.g. 0.3), not a number of pixels")
 
-    def replace(self, **changes) -> "Recipe":
+    def replace(self, **changes) -> Recipe:
         """A copy with some fields changed (``None`` values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -77,7 +77,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Recipe":
+    def from_dict(cls, data: dict | None) -> Recipe:
         """The recipe stored in a model file or beside a dataset; the default one for files that predate recipes."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in (data or {}).items() if k in known})

@@ -19,7 +19,7 @@ Two decisions, so results stay comparable:
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from facenet.commands.core import (add_batch_options, add_model_options, add_which_option, all_faces, embedder_from_args,
-                                   expand_image_paths)
+from facenet.commands.core import (
+    add_batch_options,
+    add_model_options,
+    add_which_option,
+    all_faces,
+    embedder_from_args,
+    expand_image_paths,
+)
 
 THUMB = 96  # contact-sheet tile side in pixels
 

@@ -40,10 +40,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.paths import default_model_path
     from facenet.errors import FaceNetError
     from facenet.models.modelfile import read_model_info
     from facenet.models.pretrained import PRETRAINED, convert_pretrained, install_pretrained
+    from facenet.paths import default_model_path
 
     if (args.dst is None) == (not args.default):
         raise FaceNetError("give either DST or --default (not both, not neither)")

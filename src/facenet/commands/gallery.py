@@ -6,8 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from facenet.commands.core import (add_batch_options, add_model_options, add_which_option, all_faces, embedder_from_args,
-                                   expand_image_paths)
+from facenet.commands.core import (
+    add_batch_options,
+    add_model_options,
+    add_which_option,
+    all_faces,
+    embedder_from_args,
+    expand_image_paths,
+)
 from facenet.errors import GalleryError
 from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location

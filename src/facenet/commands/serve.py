@@ -15,8 +15,8 @@ from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from facenet.paths import gallery_location
     from facenet.gallery import Gallery
+    from facenet.paths import gallery_location
     from facenet.serve import Limits, create_app
     from facenet.serve.security import load_keys, parse_rate
 

@@ -8,8 +8,8 @@ people, unless ``merge_names`` joins them on purpose (the same celebrity in two 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch.utils.data

@@ -24,7 +24,7 @@ removed — never skipping a change, whoever made it and in whatever order trans
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ _ROUNDING = 1e-5  # FAISS and NumPy may round the same float32 distance differen
 
 
 def open_store(location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
-               create: bool = True, storage: str = "float32", policy: str | None = None) -> "SQLStore":
+               create: bool = True, storage: str = "float32", policy: str | None = None) -> SQLStore:
     """The store at ``location``: a ``postgresql://`` URL or a gallery file path (see ``Gallery.open``)."""
     if storage not in STORAGES:
         raise GalleryError(f"unknown storage {storage!r}; choose float32 or int8")
@@ -71,7 +71,7 @@ class Gallery:
     @classmethod
     def open(cls, location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
              create: bool = True, storage: str = "float32", index: str = "auto",
-             policy: str | None = None) -> "Gallery":
+             policy: str | None = None) -> Gallery:
         """Open (or create) the gallery at ``location`` for embeddings of model ``model_id``.
 
         ``location`` is a file path (SQLite) or a ``postgresql://user@host/db`` URL. ``model_id``/
@@ -111,7 +111,7 @@ class Gallery:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc) -> None:

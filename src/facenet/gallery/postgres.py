@@ -96,7 +96,7 @@ class PostgresStore(SQLStore):
 
     @classmethod
     def open(cls, url: str, model_id: str | None, embedding_size: int | None, create: bool,
-             storage: str, policy: str | None = None) -> "PostgresStore":
+             storage: str, policy: str | None = None) -> PostgresStore:
         location = redact(url)
         with _errors(location), psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             meta = _prepare_schema(conn, location, model_id, embedding_size, create, storage, policy)

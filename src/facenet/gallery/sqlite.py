@@ -71,7 +71,7 @@ class SQLiteStore(SQLStore):
 
     @classmethod
     def open(cls, path: str | os.PathLike, model_id: str | None, embedding_size: int | None, create: bool,
-             storage: str, policy: str | None = None) -> "SQLiteStore":
+             storage: str, policy: str | None = None) -> SQLiteStore:
         path = Path(path).expanduser()
         if not path.exists() or path.stat().st_size == 0:
             if not create:

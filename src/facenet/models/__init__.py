@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from facenet.errors import ModelFileError
 from facenet.models.base import EmbeddingModel, l2_normalize

@@ -18,12 +18,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from facenet.data.images import STANDARDISATIONS  # noqa: E402  (one list of methods)
 from facenet.distances import DEFAULT_THRESHOLD
 from facenet.errors import ModelFileError
 from facenet.fileio import atomic_write
 from facenet.models import EmbeddingModel, create_model
-
-from facenet.data.images import STANDARDISATIONS  # noqa: E402  (one list of methods)
 
 
 @dataclass
@@ -44,7 +43,7 @@ class ModelInfo:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelInfo":
+    def from_json(cls, text: str) -> ModelInfo:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         info = cls(**{k: v for k, v in data.items() if k in known})

@@ -51,10 +51,27 @@ from facenet.embedder import FaceEmbedder
 from facenet.errors import BadImageError, FaceNetError, GalleryError, GalleryUnavailableError, NoFaceError
 from facenet.serve import openapi
 from facenet.serve.engine import READ_MAX_TOP_K, Engine, Limits, Upload
-from facenet.serve.schemas import (ClusterResult, EmbedResult, IdentifyResult, ModelOut, PeopleResult, PersonOut,
-                                   RemoveResult, Status, VerifyResult)
-from facenet.serve.security import (API_KEY_HEADER, Access, BodyLimitMiddleware, Keys, Problem,
-                                    RateLimitMiddleware, SecurityHeadersMiddleware, problem_response)
+from facenet.serve.schemas import (
+    ClusterResult,
+    EmbedResult,
+    IdentifyResult,
+    ModelOut,
+    PeopleResult,
+    PersonOut,
+    RemoveResult,
+    Status,
+    VerifyResult,
+)
+from facenet.serve.security import (
+    API_KEY_HEADER,
+    Access,
+    BodyLimitMiddleware,
+    Keys,
+    Problem,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+    problem_response,
+)
 
 log = logging.getLogger("facenet.serve")
 STATIC_DIR = FilePath(__file__).parent / "static"
