@@ -193,7 +193,7 @@ def _initial_check(run: _Run, metrics: "_MetricsLog") -> float | None:
 
 
 def _steps(run: _Run, metrics: "_MetricsLog", bar) -> None:
-    """Every step still to run; the host reads the device only at steps that log, check or save."""
+    """Every step still to run; the loop reads values from the device only at steps that log, check or save."""
     config = run.config
     collapsed = torch.zeros((), dtype=torch.long, device=run.ctx.device)  # consecutive collapsed steps, on the device
     tick, ticked_at = time.perf_counter(), run.start
@@ -245,7 +245,9 @@ def _check_health(config: TrainConfig, done: int, loss: torch.Tensor, collapsed:
 
 def _record(run: _Run, metrics: "_MetricsLog", bar, done: int, loss: torch.Tensor, stats: dict,
             images_per_s: float, evaluated: bool, logged: bool) -> None:
-    """The step's metrics row (with a held-out check when due) to metrics.csv and the progress bar."""
+    """The step's metrics row (with a held-out check when due) to metrics.csv and the progress bar; the losses'
+    statistics are device tensors until here."""
+    stats = {key: float(value) for key, value in stats.items()}
     row = {"step": done, "loss": loss.item(), "lr": run.schedule.get_last_lr()[0], **stats,
            "images_per_s": images_per_s}
     if evaluated:
