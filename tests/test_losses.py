@@ -154,10 +154,10 @@ def test_face_loss_combines_weighted_parts():
     pre = (3 * e).float().requires_grad_(True)
     both = FaceLoss(8, 5, triplet_weight=1.0, softmax_weight=0.5, centre_weight=0.1, miner="hard")
     loss, stats = both(pre, labels)
-    want = stats["triplet_loss"] + 0.5 * stats["softmax_loss"] + 0.1 * stats["centre_loss"]
+    want = (stats["triplet_loss"] + 0.5 * stats["softmax_loss"] + 0.1 * stats["centre_loss"]).item()
     assert loss.item() == pytest.approx(want, rel=1e-6)
     trip, _ = TripletLoss("hard", MARGIN)(l2_normalize(pre), labels)
-    assert stats["triplet_loss"] == pytest.approx(trip.item(), rel=1e-6)
+    assert stats["triplet_loss"].item() == pytest.approx(trip.item(), rel=1e-6)
     loss.backward()
     assert pre.grad is not None and both.softmax.logits.weight.grad is not None
     assert FaceLoss(8, triplet_weight=1.0).softmax is None

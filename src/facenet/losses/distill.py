@@ -13,17 +13,18 @@ import torch
 from facenet.losses.miners import pairwise_sq_dists
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, stats) for unit rows ``student`` (N, D) and ``teacher`` (N, D'), the teacher's without gradient."""
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, stats) for unit rows ``student`` (N, D) and ``teacher`` (N, D'), the teacher's without gradient;
+    the stats are detached 0-d tensors (the host reads them only at steps that log)."""
     if len(student) != len(teacher):
         raise ValueError(f"{len(student)} student embeddings but {len(teacher)} teacher embeddings")
     teacher = teacher.detach().to(student.dtype)
     upper = torch.triu_indices(len(student), len(student), offset=1, device=student.device)
     gap = pairwise_sq_dists(student)[upper[0], upper[1]] - pairwise_sq_dists(teacher)[upper[0], upper[1]]
     relations = gap.pow(2).mean() if gap.numel() else student.sum() * 0
-    loss, stats = relations, {"distill_relations": relations.item()}
+    loss, stats = relations, {"distill_relations": relations.detach()}
     if student.shape[1] == teacher.shape[1]:
         agreement = (student - teacher).pow(2).sum(1).mean()
         loss = loss + agreement
-        stats["distill_agreement"] = agreement.item()
+        stats["distill_agreement"] = agreement.detach()
     return loss, stats

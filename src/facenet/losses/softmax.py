@@ -18,7 +18,10 @@ from facenet.models.base import l2_normalize
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    """Refuse labels outside 0..num_classes-1 when they are on the CPU; reading them on a GPU would make the
+    host wait for the device every step, and there the kernels' own index checks stop the run instead."""
+    if labels.device.type == "cpu" and len(labels) and \
+            (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise FaceNetError(f"labels must be identity numbers 0..{num_classes - 1}; got "
                            f"{int(labels.min())}..{int(labels.max())}: set num_classes to the "
                            "number of training identities")
@@ -72,7 +75,8 @@ class FaceLoss(nn.Module):
 
     ``forward(prelogits, labels) -> (loss, stats)``; the triplet part runs on the L2-normalised
     prelogits (the embedding), the other two on the prelogits themselves. A part with weight 0
-    is not built. ``stats`` holds each part's value and the triplet statistics.
+    is not built. ``stats`` holds each part's value and the triplet statistics (detached tensors: the host
+    reads them only at steps that log).
     """
 
     def __init__(self, embedding_size: int, num_classes: int | None = None,
@@ -92,16 +96,16 @@ class FaceLoss(nn.Module):
                        if centre_weight else None)
 
     def forward(self, prelogits: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         # The losses, and the mining inside the triplet part, run in float32 whatever precision
         # the network ran in, so mixed-precision training selects the same triplets as float32.
         with torch.autocast(prelogits.device.type, enabled=False):
             return self._combine(full_precision(prelogits), labels)
 
     def _combine(self, prelogits: torch.Tensor, labels: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         parts: dict[str, torch.Tensor] = {}
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor | float] = {}
         if self.triplet is not None:
             parts["triplet"], tstats = self.triplet(l2_normalize(prelogits), labels)
             stats.update(tstats)
@@ -110,5 +114,5 @@ class FaceLoss(nn.Module):
         if self.centre is not None:
             parts["centre"] = self.centre(prelogits, labels)
         loss = sum(self.weights[k] * v for k, v in parts.items())
-        stats.update({f"{k}_loss": v.item() for k, v in parts.items()})
+        stats.update({f"{k}_loss": v.detach() for k, v in parts.items()})
         return loss, stats

@@ -11,12 +11,13 @@ from facenet.losses.miners import full_precision, get_miner, miner_accepts, pair
 
 def triplet_loss(embeddings: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
                  margin: float = 0.2, dists: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, float]:
-    """Mean hinge loss over the *active* triplets (positive loss), and the active fraction.
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean hinge loss over the *active* triplets (positive loss), and the active fraction (a 0-d tensor: the
+    host need not wait for the device to know it).
 
     Averaging over active triplets only (pytorch-metric-learning's AvgNonZeroReducer) keeps the
     gradient from shrinking as more triplets become easy. With no active triplet the loss is
-    a zero that still belongs to the graph (``backward`` works) and the fraction is 0.0.
+    a zero that still belongs to the graph (``backward`` works) and the fraction is 0.
 
     Distances are taken from ``dists`` (a differentiable ``pairwise_sq_dists`` matrix, cheapest
     when there are many triplets) or, without it, computed exactly from the rows.
@@ -28,17 +29,16 @@ def triplet_loss(embeddings: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: 
         d_ap, d_an = dists[a, p], dists[a, n]
     losses = torch.relu(d_ap - d_an + margin)
     active = losses > 0
-    num_active = int(active.sum())
-    if num_active == 0:
-        return embeddings.sum() * 0.0, 0.0
-    return losses.sum() / num_active, num_active / len(losses)
+    num_active = active.sum()
+    return losses.sum() / num_active.clamp_min(1), num_active / max(len(losses), 1)
 
 
 class TripletLoss(nn.Module):
     """Miner + triplet loss in one call: ``loss, stats = TripletLoss()(embeddings, labels)``.
 
-    ``stats`` (plain floats, for logging): num_triplets, active_fraction (of the mined
-    triplets), d_ap and d_an (mean distances over the mined triplets; NaN when none).
+    ``stats`` (for logging; 0-d tensors but num_triplets, so reading them is left to the steps
+    that log): num_triplets, active_fraction (of the mined triplets), d_ap and d_an (mean
+    distances over the mined triplets; NaN when none).
     The distance matrix is computed once and shared by mining and (for many triplets) the loss.
     """
 
@@ -53,12 +53,12 @@ class TripletLoss(nn.Module):
         self.options = {"generator": generator} if miner_accepts(self.mine, "generator") else {}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         with torch.autocast(embeddings.device.type, enabled=False):  # float32 under mixed precision
             return self._mine_and_score(full_precision(embeddings), labels)
 
     def _mine_and_score(self, embeddings: torch.Tensor, labels: torch.Tensor
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         dists = pairwise_sq_dists(embeddings)
         a, p, n = self.mine(embeddings, labels, self.margin, dists=dists, **self.options)
         # few triplets: exact row differences, backward O(T d); many: gather from the matrix,
@@ -69,8 +69,8 @@ class TripletLoss(nn.Module):
             stats = {
                 "num_triplets": float(len(a)),
                 "active_fraction": active,
-                "d_ap": dists[a, p].mean().item() if len(a) else float("nan"),
-                "d_an": dists[a, n].mean().item() if len(a) else float("nan"),
+                "d_ap": dists[a, p].mean(),  # the mean of none is NaN
+                "d_an": dists[a, n].mean(),
             }
         return loss, stats
 

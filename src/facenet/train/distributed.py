@@ -141,8 +141,14 @@ class CpuSyncBatchNorm(_BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Under bf16 autocast ``x`` arrives in bfloat16; like BatchNorm, compute in float32 (sums of squares in
+        8 bits of mantissa would cancel to a useless variance) and return ``x``'s dtype."""
         if not self.training:
             return super().forward(x)
+        return self._normalise(x.float()).to(x.dtype)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm's training arithmetic with the statistics of the global batch (summed over ranks)."""
         dims = [0] + list(range(2, x.dim()))
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])

@@ -68,11 +68,46 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.Context) -> TrainResult:
     run_dir = Path(config.out)
     checkpoint = load_checkpoint(run_dir) if resume else None
+    if checkpoint is not None and int(checkpoint["step"]) >= config.steps and (run_dir / MODEL_NAME).exists():
+        return _finished(run_dir, config, checkpoint)
+    _check_start(run_dir, config, resume, checkpoint, ctx)
+    run = _setup(config, ctx, run_dir)
+    _resume(run, checkpoint)
+    _open_batches(run, checkpoint, progress and ctx.is_main)
+    metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=run.start, enabled=ctx.is_main)
+    initial = _initial_check(run, metrics)
+    _steps(run, metrics, _progress(progress and ctx.is_main, run.start, config.steps))
+    return _finish(run, initial)
+
+
+@dataclass
+class _Run:
+    """What the loop works on: the data, the training step and its schedule, and the record so far."""
+
+    config: TrainConfig
+    ctx: distributed.Context
+    run_dir: Path
+    train_source: object
+    held_source: object
+    unlabelled: object
+    summary: dict
+    trainer: "TrainingStep"
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    pairs: object
+    start: int = 0
+    history: list[dict] = field(default_factory=list)
+    loader: object = None  # the batches of the steps to come, or (offline mining) ...
+    offline: OfflineTriplets | None = None  # ... the pool of offline-mined triplets
+    last_check: tuple | None = None  # the last held-out verification (accuracy, threshold, FAR table)
+
+
+def _check_start(run_dir: Path, config: TrainConfig, resume: bool, checkpoint: dict | None,
+                 ctx: distributed.Context) -> None:
+    """Refuse a run that cannot start (a finished run's folder without --resume, an uneven batch split);
+    record its configuration."""
     if resume and checkpoint is None and ctx.is_main:
         print(f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting from step 0",
               file=sys.stderr)
-    if checkpoint is not None and int(checkpoint["step"]) >= config.steps and (run_dir / MODEL_NAME).exists():
-        return _finished(run_dir, config, checkpoint)
     if not resume and (run_dir / "checkpoint.pt").exists():
         raise TrainingError(f"{run_dir} already holds a training run; continue it with --resume "
                             "or choose another --out")
@@ -82,6 +117,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     if ctx.is_main:
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config.to_json()))
 
+
+def _setup(config: TrainConfig, ctx: distributed.Context, run_dir: Path) -> _Run:
+    """The data (summarised in data.json), the model, losses, optimizer and schedule, the held-out pairs."""
     seed_everything(config.seed)
     train_source, held_source = build_sources(config)
     unlabelled = build_unlabelled(config)
@@ -89,75 +127,79 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
     if ctx.is_main:
         atomic_write(run_dir / "data.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     trainer = TrainingStep.build(config, ctx, train_source.num_identities)
-    model, loss_fn, optimizer, scaler = trainer.model, trainer.loss_fn, trainer.optimizer, trainer.scaler
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    schedule = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, _lr_factor(config))
+    pairs = held_out_pairs(held_source.labels, 6000, config.seed, max_images=config.eval_max_images) \
+        if held_source is not None else None
+    return _Run(config, ctx, run_dir, train_source, held_source, unlabelled, summary, trainer, schedule, pairs)
 
-    start = 0
-    history: list[dict] = []
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        loss_fn.load_state_dict(checkpoint["loss"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        if "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        if "cuda_rng" in checkpoint and torch.cuda.is_available():  # dropout etc. on the GPU resume exactly too
-            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-        start = int(checkpoint["step"])
-        history = [dict(row) for row in checkpoint["history"]]
-    else:
-        if config.init:
-            _load_init(model, config)
-        distributed.broadcast_parameters(model, ctx)
 
-    sampler = PKSampler(train_source.labels, config.identities_per_batch, config.faces_per_identity,
-                        seed=config.seed, weights=train_source.identity_weights)
+def _resume(run: _Run, checkpoint: dict | None) -> None:
+    """Continue from ``checkpoint`` (every state and random generator), or start every rank from the same
+    weights (the --init model's when given)."""
+    trainer = run.trainer
+    if checkpoint is None:
+        if run.config.init:
+            _load_init(trainer.model, run.config)
+        distributed.broadcast_parameters(trainer.model, run.ctx)
+        return
+    trainer.model.load_state_dict(checkpoint["model"])
+    trainer.loss_fn.load_state_dict(checkpoint["loss"])
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.schedule.load_state_dict(checkpoint["schedule"])
+    if "scaler" in checkpoint:
+        trainer.scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if "cuda_rng" in checkpoint and torch.cuda.is_available():  # dropout etc. on the GPU resume exactly too
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+    run.start = int(checkpoint["step"])
+    run.history = [dict(row) for row in checkpoint["history"]]
+
+
+def _open_batches(run: _Run, checkpoint: dict | None, progress: bool) -> None:
+    """The batches of the steps still to run: the loader's, or the offline miner's pool."""
+    config, ctx = run.config, run.ctx
+    sampler = PKSampler(run.train_source.labels, config.identities_per_batch, config.faces_per_identity,
+                        seed=config.seed, weights=run.train_source.identity_weights)
     augment = face_augmentation(config)
-    batches = StepBatches(train_source, sampler, augment, config.seed, shard=(ctx.rank, ctx.world_size),
-                          unlabelled=unlabelled, unlabelled_count=config.unlabelled_batch_size,
-                          teacher=_teacher_feed(trainer, train_source, unlabelled, augment, progress and ctx.is_main))
-    offline = None
+    batches = StepBatches(run.train_source, sampler, augment, config.seed, shard=(ctx.rank, ctx.world_size),
+                          unlabelled=run.unlabelled, unlabelled_count=config.unlabelled_batch_size,
+                          teacher=_teacher_feed(run.trainer, run.train_source, run.unlabelled, augment, progress))
     if config.offline_every:
         if ctx.distributed:
             raise TrainingError("offline mining runs in one process; drop --offline-every under torchrun")
-        offline = OfflineTriplets(batches, config, ctx.device, checkpoint.get("offline") if checkpoint else None)
+        run.offline = OfflineTriplets(batches, config, ctx.device, checkpoint.get("offline") if checkpoint else None)
     else:
-        loader = step_loader(batches, range(start, config.steps), loader_workers(config.workers),
-                             pin_memory=ctx.device.type == "cuda")
-    metrics = _MetricsLog(run_dir / "metrics.csv", keep_until=start, enabled=ctx.is_main)
-    pairs = held_out_pairs(held_source.labels, 6000, config.seed, max_images=config.eval_max_images) \
-        if held_source is not None else None
+        run.loader = step_loader(batches, range(run.start, config.steps), loader_workers(config.workers),
+                                 pin_memory=ctx.device.type == "cuda")
 
-    def validate() -> tuple[float, float, dict] | None:
-        if pairs is None or not ctx.is_main:  # only the main process records and saves what it finds
-            return None
-        return verification(model, held_source, pairs, config, ctx.device)
 
-    initial = history[0].get("val_accuracy") if history else None
-    if start == 0:
-        checked = validate()
-        initial = checked[0] if checked else None
-        history = [{"step": 0, "val_accuracy": initial}]
-        if ctx.is_main and checked:
-            metrics.write({"step": 0, "val_accuracy": checked[0], "val_threshold": checked[1]})
+def _validate(run: _Run) -> tuple[float, float, dict] | None:
+    """The held-out verification of the model now; only the main process records and saves what it finds."""
+    if run.pairs is None or not run.ctx.is_main:
+        return None
+    return verification(run.trainer.model, run.held_source, run.pairs, run.config, run.ctx.device)
 
-    bar = _progress(progress and ctx.is_main, start, config.steps)
-    collapsed = torch.zeros((), dtype=torch.long, device=ctx.device)  # consecutive collapsed steps, on the device
-    last_check = None
-    tick, ticked_at = time.perf_counter(), start
-    for step in range(start, config.steps):
-        teacher_input = None
-        if offline is None:
-            images, labels, teacher_input = next(loader)
-        else:
-            images, labels, triplets = offline.batch(step, model)
-        if offline is not None and not len(triplets[0]):  # the pool had no informative triplet left
-            loss, stats, prelogits = torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
-        else:
-            loss, stats, prelogits = trainer(images, labels, step, triplets if offline is not None else None,
-                                             teacher_input)
-        schedule.step()
+
+def _initial_check(run: _Run, metrics: "_MetricsLog") -> float | None:
+    """The held-out accuracy before training (measured now on a fresh run, else from the history)."""
+    if run.start:
+        return run.history[0].get("val_accuracy") if run.history else None
+    checked = _validate(run)
+    initial = checked[0] if checked else None
+    run.history = [{"step": 0, "val_accuracy": initial}]
+    if run.ctx.is_main and checked:
+        metrics.write({"step": 0, "val_accuracy": checked[0], "val_threshold": checked[1]})
+    return initial
+
+
+def _steps(run: _Run, metrics: "_MetricsLog", bar) -> None:
+    """Every step still to run; the loop reads values from the device only at steps that log, check or save."""
+    config = run.config
+    collapsed = torch.zeros((), dtype=torch.long, device=run.ctx.device)  # consecutive collapsed steps, on the device
+    tick, ticked_at = time.perf_counter(), run.start
+    for step in range(run.start, config.steps):
+        loss, stats, prelogits = _step(run, step)
+        run.schedule.step()
         collapsed = (collapsed + 1) * _is_collapsed(prelogits) if prelogits is not None else collapsed * 0
 
         done = step + 1
@@ -170,50 +212,88 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: distributed.C
             # a GPU runs ahead of Python until the host reads a device value (loss.item() would wait for
             # the step to finish); so the host reads them only at steps that log, check or save
             continue
-        if int(collapsed) >= config.collapse_patience:
-            raise TrainingError(f"embeddings collapsed by step {done}: every face maps to the same point. "
-                                "Lower the learning rate (--lr), use the semihard miner, or add softmax "
-                                "(--loss both)")
-        if not math.isfinite(loss.item()):
-            raise TrainingError(f"loss became {loss.item()} by step {done}; lower the learning rate")
-
-        row = {"step": done, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **stats}
+        _check_health(config, done, loss, collapsed)
         now = time.perf_counter()
-        row["images_per_s"] = config.batch_size * (done - ticked_at) / max(now - tick, 1e-9)
+        images_per_s = config.batch_size * (done - ticked_at) / max(now - tick, 1e-9)
         tick, ticked_at = now, done
-        if evaluated:
-            last_check = validate()
-            if last_check:
-                row["val_accuracy"], row["val_threshold"] = last_check[:2]
-                history.append({"step": done, "val_accuracy": last_check[0]})
-        if logged or "val_accuracy" in row:
-            metrics.write(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
-                            img_s=f"{row['images_per_s']:.0f}",
-                            val=f"{history[-1]['val_accuracy']:.3f}" if history[-1].get("val_accuracy") else "-")
-        if ctx.is_main and config.snapshot_every and done % config.snapshot_every == 0 and done < config.steps:
-            (run_dir / "snapshots").mkdir(exist_ok=True)
-            _save_model(model, config, train_source, summary, run_dir / "snapshots" / f"step-{done:06d}.safetensors",
-                        last_check, history[-1].get("val_accuracy"), steps=done)
-        if ctx.is_main and saved:
-            save_checkpoint(run_dir, {
-                "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
-                "step": done,
-                "history": history, **({"offline": offline.state_dict()} if offline is not None else {})})
+        _record(run, metrics, bar, done, loss, stats, images_per_s, evaluated, logged)
+        _save(run, done, saved)
     if bar is not None:
         bar.close()
 
-    if last_check is None:  # resumed after its last step (stopped before the final model was written): the
-        last_check = validate()  # calibration is recomputed from the same weights, never left at a default
-    final_accuracy = history[-1].get("val_accuracy") if len(history) > 1 else None
-    threshold = last_check[1] if last_check else None
-    model_path = run_dir / MODEL_NAME
-    if ctx.is_main:
-        _save_model(model, config, train_source, summary, model_path, last_check, final_accuracy)
-    return TrainResult(run_dir, model_path, config.steps, initial, final_accuracy, threshold, history)
+
+def _step(run: _Run, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """(loss, stats, prelogits) of one optimisation step on step ``step``'s batch."""
+    if run.offline is None:
+        images, labels, teacher_input = next(run.loader)
+        return run.trainer(images, labels, step, None, teacher_input)
+    images, labels, triplets = run.offline.batch(step, run.trainer.model)
+    if not len(triplets[0]):  # the pool had no informative triplet left
+        return torch.zeros(()), {"num_triplets": 0.0, "active_fraction": 0.0}, None
+    return run.trainer(images, labels, step, triplets, None)
+
+
+def _check_health(config: TrainConfig, done: int, loss: torch.Tensor, collapsed: torch.Tensor) -> None:
+    """Stop a run whose embeddings collapsed for ``collapse_patience`` steps or whose loss is not finite."""
+    if int(collapsed) >= config.collapse_patience:
+        raise TrainingError(f"embeddings collapsed by step {done}: every face maps to the same point. "
+                            "Lower the learning rate (--lr), use the semihard miner, or add softmax "
+                            "(--loss both)")
+    if not math.isfinite(loss.item()):
+        raise TrainingError(f"loss became {loss.item()} by step {done}; lower the learning rate")
+
+
+def _record(run: _Run, metrics: "_MetricsLog", bar, done: int, loss: torch.Tensor, stats: dict,
+            images_per_s: float, evaluated: bool, logged: bool) -> None:
+    """The step's metrics row (with a held-out check when due) to metrics.csv and the progress bar; the losses'
+    statistics are device tensors until here."""
+    stats = {key: float(value) for key, value in stats.items()}
+    row = {"step": done, "loss": loss.item(), "lr": run.schedule.get_last_lr()[0], **stats,
+           "images_per_s": images_per_s}
+    if evaluated:
+        run.last_check = _validate(run)
+        if run.last_check:
+            row["val_accuracy"], row["val_threshold"] = run.last_check[:2]
+            run.history.append({"step": done, "val_accuracy": run.last_check[0]})
+    if logged or "val_accuracy" in row:
+        metrics.write(row)
+    if bar is not None:
+        val = run.history[-1].get("val_accuracy")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
+                        img_s=f"{row['images_per_s']:.0f}", val=f"{val:.3f}" if val else "-")
+
+
+def _save(run: _Run, done: int, saved: bool) -> None:
+    """The main process's model snapshot (every ``snapshot_every`` steps) and checkpoint (when ``saved``)."""
+    config, trainer = run.config, run.trainer
+    if not run.ctx.is_main:
+        return
+    if config.snapshot_every and done % config.snapshot_every == 0 and done < config.steps:
+        (run.run_dir / "snapshots").mkdir(exist_ok=True)
+        _save_model(trainer.model, config, run.train_source, run.summary,
+                    run.run_dir / "snapshots" / f"step-{done:06d}.safetensors", run.last_check,
+                    run.history[-1].get("val_accuracy"), steps=done)
+    if saved:
+        save_checkpoint(run.run_dir, {
+            "model": trainer.model.state_dict(), "loss": trainer.loss_fn.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+            "scaler": trainer.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            "step": done,
+            "history": run.history, **({"offline": run.offline.state_dict()} if run.offline is not None else {})})
+
+
+def _finish(run: _Run, initial: float | None) -> TrainResult:
+    """The final model file, with the thresholds of the last held-out check."""
+    if run.last_check is None:  # resumed after its last step (stopped before the final model was written): the
+        run.last_check = _validate(run)  # calibration is recomputed from the same weights, never left at a default
+    final_accuracy = run.history[-1].get("val_accuracy") if len(run.history) > 1 else None
+    threshold = run.last_check[1] if run.last_check else None
+    model_path = run.run_dir / MODEL_NAME
+    if run.ctx.is_main:
+        _save_model(run.trainer.model, run.config, run.train_source, run.summary, model_path, run.last_check,
+                    final_accuracy)
+    return TrainResult(run.run_dir, model_path, run.config.steps, initial, final_accuracy, threshold, run.history)
 
 
 def _finished(run_dir: Path, config: TrainConfig, checkpoint: dict) -> TrainResult:
