@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import tiny_config
 
 from facenet.data.synthetic import SyntheticFaces
 from facenet.errors import DataError, TrainingError
-from test_train import tiny_config
 
 
 def _people(root, names, seed, per_person=4, size=64):

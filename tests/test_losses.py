@@ -3,13 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from test_miners import MARGIN, brute, make_batch
 
 from facenet.errors import FaceNetError
-from facenet.losses import CentreLoss, FaceLoss, SoftmaxHead, TripletLoss, pairwise_sq_dists, triplet_loss
-from facenet.losses import miners
+from facenet.losses import CentreLoss, FaceLoss, SoftmaxHead, TripletLoss, miners, pairwise_sq_dists, triplet_loss
 from facenet.models.base import l2_normalize
-
-from test_miners import MARGIN, brute, make_batch
 
 
 def brute_loss(e, triplets):

@@ -190,13 +190,13 @@ def test_offline_mining_learns_and_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_offline_triplets_come_from_the_pool_and_follow_the_miner(tmp_path):
+    from facenet.data.sampler import PKSampler
     from facenet.losses.miners import pairwise_sq_dists
     from facenet.models import create_model
     from facenet.train.augment import Augmentation
     from facenet.train.data import StepBatches, build_sources
-    from facenet.train.validate import embed_source
     from facenet.train.offline import OfflineTriplets
-    from facenet.data.sampler import PKSampler
+    from facenet.train.validate import embed_source
 
     config = tiny_config(tmp_path / "run", offline_every=2, offline_pool_batches=3, miner="hard")
     source, _ = build_sources(config)
@@ -211,7 +211,7 @@ def test_offline_triplets_come_from_the_pool_and_follow_the_miner(tmp_path):
     emb = torch.from_numpy(embed_source(model, source, pool, config, torch.device("cpu")))
     d = pairwise_sq_dists(emb)
     row = {int(i): r for r, i in enumerate(pool)}
-    for anchor, positive, negative in offline.triplets.tolist():
+    for anchor, _, negative in offline.triplets.tolist():
         same = source.labels[pool] == source.labels[anchor]
         assert d[row[anchor], row[negative]] == pytest.approx(d[row[anchor]][torch.from_numpy(~same)].min().item())
     assert offline.batch(1, model)[0].shape[0] > 0 and offline.mined_at == 0

@@ -6,8 +6,16 @@ import torch
 from PIL import Image
 
 from facenet.data.synthetic import SyntheticFaces
-from facenet.train.augment import (Augmentation, BatchAugmentation, _colour, _jitter, _occlude, colour_batch,
-                                   jitter_batch, occlude_batch)
+from facenet.train.augment import (
+    Augmentation,
+    BatchAugmentation,
+    _colour,
+    _jitter,
+    _occlude,
+    colour_batch,
+    jitter_batch,
+    occlude_batch,
+)
 
 SIZE = 64
 
@@ -125,9 +133,10 @@ def test_cached_crops_give_the_batches_of_the_uncached_folder(tmp_path, jpeg_fol
 
 
 def test_device_augmented_run_resumes_bit_for_bit(tmp_path, monkeypatch, jpeg_folder):
-    from facenet.train.loop import train
     from test_precision import _final_weights, _interrupt_at_call
     from test_train import losses
+
+    from facenet.train.loop import train
 
     settings = dict(augment_on="device", augment_occlusion=0.3, cache_crops=True, steps=6, eval_every=6)
     reference = folder_config(tmp_path / "a", jpeg_folder, **settings)

@@ -79,7 +79,7 @@ class TrainConfig:
             if isinstance(getattr(self, name), (str, Path)):
                 setattr(self, name, [str(getattr(self, name))])
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.lr_schedule in SCHEDULES, f"lr schedule must be one of {SCHEDULES}"),
@@ -132,7 +132,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
+    def from_json(cls, text: str) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in json.loads(text).items() if k in known}
         if isinstance(values.get("data"), str):  # runs started when a run had one data folder
@@ -142,7 +142,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TrainConfig":
+    def load(cls, run_dir: str | Path) -> TrainConfig:
         path = Path(run_dir) / "config.json"
         if not path.is_file():
             raise TrainingError(f"{run_dir} is not a training run (no config.json); start it without --resume")

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,12 +32,26 @@ from facenet.seeding import seed_everything
 from facenet.train import distributed
 from facenet.train.checkpoint import load_checkpoint, save_checkpoint
 from facenet.train.config import TrainConfig
-from facenet.train.data import (StepBatches, TeacherFeed, augment_seed, batch_augmentation, build_sources,
-                                 build_unlabelled, data_recipe, data_summary, face_augmentation, held_out_pairs,
-                                 loader_workers, step_loader)
+from facenet.train.data import (
+    StepBatches,
+    TeacherFeed,
+    augment_seed,
+    batch_augmentation,
+    build_sources,
+    build_unlabelled,
+    data_recipe,
+    data_summary,
+    face_augmentation,
+    held_out_pairs,
+    loader_workers,
+    step_loader,
+)
 from facenet.train.offline import OfflineTriplets
-from facenet.train.validate import verification
 from facenet.train.precision import autocast, grad_scaler, resolve_precision
+from facenet.train.validate import verification
+
+if TYPE_CHECKING:  # the teacher module is imported only by runs that use one
+    from facenet.train.teacher import OnlineTeacher
 
 METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "distill_agreement",
                   "distill_relations", "active_fraction", "num_triplets", "d_ap", "d_an", "lr", "images_per_s",
@@ -91,7 +106,7 @@ class _Run:
     held_source: object
     unlabelled: object
     summary: dict
-    trainer: "TrainingStep"
+    trainer: TrainingStep
     schedule: torch.optim.lr_scheduler.LambdaLR
     pairs: object
     start: int = 0
@@ -180,7 +195,7 @@ def _validate(run: _Run) -> tuple[float, float, dict] | None:
     return verification(run.trainer.model, run.held_source, run.pairs, run.config, run.ctx.device)
 
 
-def _initial_check(run: _Run, metrics: "_MetricsLog") -> float | None:
+def _initial_check(run: _Run, metrics: _MetricsLog) -> float | None:
     """The held-out accuracy before training (measured now on a fresh run, else from the history)."""
     if run.start:
         return run.history[0].get("val_accuracy") if run.history else None
@@ -192,7 +207,7 @@ def _initial_check(run: _Run, metrics: "_MetricsLog") -> float | None:
     return initial
 
 
-def _steps(run: _Run, metrics: "_MetricsLog", bar) -> None:
+def _steps(run: _Run, metrics: _MetricsLog, bar) -> None:
     """Every step still to run; the loop reads values from the device only at steps that log, check or save."""
     config = run.config
     collapsed = torch.zeros((), dtype=torch.long, device=run.ctx.device)  # consecutive collapsed steps, on the device
@@ -243,7 +258,7 @@ def _check_health(config: TrainConfig, done: int, loss: torch.Tensor, collapsed:
         raise TrainingError(f"loss became {loss.item()} by step {done}; lower the learning rate")
 
 
-def _record(run: _Run, metrics: "_MetricsLog", bar, done: int, loss: torch.Tensor, stats: dict,
+def _record(run: _Run, metrics: _MetricsLog, bar, done: int, loss: torch.Tensor, stats: dict,
             images_per_s: float, evaluated: bool, logged: bool) -> None:
     """The step's metrics row (with a held-out check when due) to metrics.csv and the progress bar; the losses'
     statistics are device tensors until here."""
@@ -324,10 +339,10 @@ class TrainingStep:
     precision: str
     generator: torch.Generator
     teacher_mode: str | None = None  # online | cached | None (no teacher)
-    teacher: "OnlineTeacher | None" = None
+    teacher: OnlineTeacher | None = None
 
     @classmethod
-    def build(cls, config: TrainConfig, ctx: distributed.Context, num_classes: int) -> "TrainingStep":
+    def build(cls, config: TrainConfig, ctx: distributed.Context, num_classes: int) -> TrainingStep:
         model = create_model(config.arch, embedding_size=config.embedding_size, dropout=config.dropout)
         model.input_size = config.image_size
         # channels_last: about 15% faster convolutions on CPUs and tensor cores alike
