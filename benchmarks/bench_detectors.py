@@ -37,23 +37,25 @@ def subset(lfw: Path, limit: int | None) -> list[Path]:
 def run(detectors: dict, images: list, chunk: int = 50) -> list[dict]:
     """All backends over the same images, interleaved chunk by chunk so that load from other
     processes on a shared machine falls on every backend alike (fair speed ratios)."""
-    rows = {name: dict(detector=name, images=len(images), found=0, none=0, several=0, centred=0, seconds=0.0)
-            for name in detectors}
+    rows = {
+        name: dict(detector=name, images=len(images), found=0, none=0, several=0, centred=0, seconds=0.0)
+        for name in detectors
+    }
     for d in detectors.values():
         d.detect(images[0])  # warm-up (lazy allocations) outside the clock
     for k in range(0, len(images), chunk):
         for name, detector in detectors.items():
             r = rows[name]
             start = time.perf_counter()
-            results = [detector.detect(image) for image in images[k:k + chunk]]
+            results = [detector.detect(image) for image in images[k : k + chunk]]
             r["seconds"] += time.perf_counter() - start
-            for image, dets in zip(images[k:k + chunk], results):
+            for image, dets in zip(images[k : k + chunk], results):
                 r["found"] += bool(dets)
                 r["none"] += not dets
                 r["several"] += len(dets) > 1
                 if dets:
                     cx, cy = select_faces(dets, image.shape, "largest")[0].center
-                    r["centred"] += (cx - 125) ** 2 + (cy - 125) ** 2 <= 30 ** 2
+                    r["centred"] += (cx - 125) ** 2 + (cy - 125) ** 2 <= 30**2
     for r in rows.values():
         r["images_per_s"] = r["images"] / r["seconds"]
     return list(rows.values())
@@ -82,11 +84,16 @@ def main() -> int:
             print(f"{name}: skipped ({exc})", file=sys.stderr)
     rows = run(detectors, images)
     peer = next((r for r in rows if r["detector"] == "yunet"), None)
-    print(f"{len(images)} LFW images, {args.threads} threads\n{'detector':8s} {'found %':>8s} {'none':>6s} {'several':>8s} {'centred %':>10s} {'img/s':>8s} {'vs yunet':>9s}")
+    print(
+        f"{len(images)} LFW images, {args.threads} threads\n{'detector':8s} {'found %':>8s} {'none':>6s} "
+        f"{'several':>8s} {'centred %':>10s} {'img/s':>8s} {'vs yunet':>9s}"
+    )
     for r in rows:
         ratio = f"{r['images_per_s'] / peer['images_per_s']:.3f}x" if peer else "-"
-        print(f"{r['detector']:8s} {100 * r['found'] / r['images']:8.2f} {r['none']:6d} {r['several']:8d} "
-              f"{100 * r['centred'] / r['images']:10.2f} {r['images_per_s']:8.1f} {ratio:>9s}")
+        print(
+            f"{r['detector']:8s} {100 * r['found'] / r['images']:8.2f} {r['none']:6d} {r['several']:8d} "
+            f"{100 * r['centred'] / r['images']:10.2f} {r['images_per_s']:8.1f} {ratio:>9s}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
     return 0

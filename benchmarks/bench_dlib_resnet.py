@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     photos = lfw_sample(args.images, args.photos + 64)
     dlib_side = DlibEmbedder()
     chips = [dlib_side.chip(photo) for photo in photos[: args.chips + 64]]  # dlib's own HOG + 5-point chips
-    timed_chips, calibration = chips[: args.chips], chips[args.chips:]
+    timed_chips, calibration = chips[: args.chips], chips[args.chips :]
     print(machine_line(args.threads))
     print(f"{len(timed_chips)} dlib chips (150 px) and {args.photos} LFW photos per pass\n")
 
@@ -67,20 +67,28 @@ def main(argv=None) -> int:
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     model, info = load_model_file(ensure_default_model())
     graph = onnx_bytes(model, info)
-    backends = {"PyTorch eager": TorchBackend(model), "ONNX Runtime fp32": OnnxBackend(graph),
-                "ONNX Runtime int8": OnnxBackend(quantize_int8(graph, info, calibration))}
+    backends = {
+        "PyTorch eager": TorchBackend(model),
+        "ONNX Runtime fp32": OnnxBackend(graph),
+        "ONNX Runtime int8": OnnxBackend(quantize_int8(graph, info, calibration)),
+    }
 
     print(f"{'chips -> descriptors':34s} {'batch':>5s} {'chips/s':>8s} {'x dlib':>7s} {'max |diff|':>10s}")
     for batch in (1, 32):
+
         def run_dlib(items, batch=batch):
             for i in range(0, len(items), batch):
-                reference.compute_face_descriptor(items[i:i + batch])
+                reference.compute_face_descriptor(items[i : i + batch])
+
         peer = best_rate(run_dlib, timed_chips)
         print(f"{'dlib C++ (peer)':34s} {batch:5d} {peer:8.1f} {1:7.2f} {0:10.2e}")
         for name, backend in backends.items():
+
             def run_ours(items, batch=batch, backend=backend):
-                return np.concatenate([backend(standardise(to_batch(items[i:i + batch]), "dlib"))
-                                       for i in range(0, len(items), batch)])
+                return np.concatenate(
+                    [backend(standardise(to_batch(items[i : i + batch]), "dlib")) for i in range(0, len(items), batch)]
+                )
+
             rate = best_rate(run_ours, timed_chips)
             diff = np.abs(run_ours(timed_chips) - expected).max()
             print(f"{'ours: ' + name:34s} {batch:5d} {rate:8.1f} {rate / peer:7.2f} {diff:10.2e}")

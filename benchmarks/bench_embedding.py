@@ -64,12 +64,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,32", help="batch sizes (default 1,32)")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per row and batch size (default 2)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)")
+    ap.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)"
+    )
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX Runtime row (quantising takes ~1 min)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row (compiling takes minutes)")
     ap.add_argument("--small", default="mobilefacenet,nns", help="small networks to time ('' for none)")
-    ap.add_argument("--models", nargs="*", default=[], type=Path,
-                    help="model files to time as well, at their own input size (e.g. a trained student and flagship)")
+    ap.add_argument(
+        "--models",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="model files to time as well, at their own input size (e.g. a trained student and flagship)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -99,8 +106,11 @@ def main(argv=None) -> int:
         print("facenet-pytorch not installed: no peer row, ratios omitted")
 
     data = onnx_bytes(ours, info)
-    candidates = [("torch eager", TorchBackend(ours)), ("torch channels_last", TorchBackend(_copy(ours), channels_last=True)),
-                  ("onnxruntime fp32", OnnxBackend(data))]
+    candidates = [
+        ("torch eager", TorchBackend(ours)),
+        ("torch channels_last", TorchBackend(_copy(ours), channels_last=True)),
+        ("onnxruntime fp32", OnnxBackend(data)),
+    ]
     if not args.no_int8:
         people = SyntheticFaces(32, seed=3, size=160)
         calibration = [people.render(i, 0) for i in range(32)]
@@ -112,16 +122,20 @@ def main(argv=None) -> int:
         speed = {b: throughput(backend, faces(b, 160, 2), args.seconds) for b in batches}
         rows.append(("ours IRv1", label, speed, diff, "int8 vs fp32 embeddings" if "int8" in label else ""))
 
-    timed = [(f"ours {arch} ({SMALL.get(arch, 160)}px)", realistic(create_model(arch)), SMALL.get(arch, 160))
-             for arch in filter(None, args.small.split(","))]
+    timed = [
+        (f"ours {arch} ({SMALL.get(arch, 160)}px)", realistic(create_model(arch)), SMALL.get(arch, 160))
+        for arch in filter(None, args.small.split(","))
+    ]
     for path in args.models:
         model, file_info = load_model_file(path)
         name = f"{path.parent.name or path.stem} ({file_info.arch[:12]}, {file_info.input_size}px)"
         timed.append((name, model.eval(), file_info.input_size))
     for name, model, size in timed:
         small_info = model_info_for(model, input_size=size)
-        for label, backend in (("torch eager", TorchBackend(model)),
-                               ("onnxruntime fp32", OnnxBackend(onnx_bytes(model, small_info)))):
+        for label, backend in (
+            ("torch eager", TorchBackend(model)),
+            ("onnxruntime fp32", OnnxBackend(onnx_bytes(model, small_info))),
+        ):
             speed = {b: throughput(backend, faces(b, size, 2), args.seconds) for b in batches}
             rows.append((name, label, speed, float("nan"), ""))
 
@@ -149,14 +163,19 @@ def machine_line(threads: int) -> str:
     except OSError:
         pass
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"machine: {model}, {os.cpu_count()} logical CPUs, {threads} threads used, load average {load}; "
-            f"torch {torch.__version__}")
+    return (
+        f"machine: {model}, {os.cpu_count()} logical CPUs, {threads} threads used, load average {load}; "
+        f"torch {torch.__version__}"
+    )
 
 
 def print_table(rows, batches, peer_speed, threads) -> None:
     print(machine_line(threads))
-    head = f"{'network':30s} {'backend':22s}" + "".join(f" {'b=' + str(b) + ' img/s':>12s} {'ratio':>6s}"
-                                                        for b in batches) + f" {'max|diff|':>10s}"
+    head = (
+        f"{'network':30s} {'backend':22s}"
+        + "".join(f" {'b=' + str(b) + ' img/s':>12s} {'ratio':>6s}" for b in batches)
+        + f" {'max|diff|':>10s}"
+    )
     print(head)
     print("-" * len(head))
     for network, backend, speed, diff, note in rows:
@@ -166,8 +185,10 @@ def print_table(rows, batches, peer_speed, threads) -> None:
             cells += f" {speed[b]:12.1f} {ratio:>6s}"
         shown = "-" if diff != diff else f"{diff:.1e}"
         print(f"{network:30s} {backend:22s}{cells} {shown:>10s}" + (f"  ({note})" if note else ""))
-    print("ratio = img/s / facenet-pytorch InceptionResnetV1 eager img/s at the same batch, same run; "
-          "160x160 unless noted; max|diff| = max abs embedding difference from the peer on 8 face-like inputs")
+    print(
+        "ratio = img/s / facenet-pytorch InceptionResnetV1 eager img/s at the same batch, same run; "
+        "160x160 unless noted; max|diff| = max abs embedding difference from the peer on 8 face-like inputs"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def timed(embedder, photos: list[Path], batch: int) -> float:
     embedder.embed(photos[:2])  # warm-up: lazy model loads, ONNX export
     start = time.perf_counter()
     for i in range(0, len(photos), batch):
-        embedder.embed(photos[i:i + batch])
+        embedder.embed(photos[i : i + batch])
     return len(photos) / (time.perf_counter() - start)
 
 

@@ -38,12 +38,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LFW = HERE.parent.parent / "shared" / "data" / "lfw" / "images"
 SIZES = (3, 12, 24, 48)
-GROUP = ("Colin_Powell/Colin_Powell_0001.jpg", "Serena_Williams/Serena_Williams_0001.jpg",
-         "Tony_Blair/Tony_Blair_0001.jpg")
+GROUP = (
+    "Colin_Powell/Colin_Powell_0001.jpg",
+    "Serena_Williams/Serena_Williams_0001.jpg",
+    "Tony_Blair/Tony_Blair_0001.jpg",
+)
 PORTRAIT = "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"
 
 
 # -- the pipelines, run inside a worker process --
+
 
 def _dlib_pipeline(upsample: int):
     from facenet.baselines.dlib_model import load_dlib
@@ -59,6 +63,7 @@ def _dlib_pipeline(upsample: int):
 
         rgb = np.ascontiguousarray(load_image(path))
         return [encoder.compute_face_descriptor(rgb, predictor(rgb, box)) for box in detector(rgb, upsample)]
+
     return run
 
 
@@ -75,6 +80,7 @@ def _facenet_pipeline(smallest_px: int | None = None, model_name: str | None = N
                 model.min_face = min(1.0, smallest_px / min(header.size))
         found = model.find_faces(path, all_faces=True)
         return model.embed_crops([f.image for f in found.faces])
+
     return run, model
 
 
@@ -86,14 +92,15 @@ def worker(args) -> None:
     if args.pipeline == "dlib":
         run = _dlib_pipeline(upsample=1 if args.thumbnails else 0)
     else:
-        run, model = _facenet_pipeline(80 if args.pipeline == "after80" else None,
-                                       args.pipeline.split(":", 1)[1] if ":" in args.pipeline else None)
+        run, model = _facenet_pipeline(
+            80 if args.pipeline == "after80" else None, args.pipeline.split(":", 1)[1] if ":" in args.pipeline else None
+        )
     run(str(LFW / PORTRAIT) if LFW.is_dir() else args.photos[0])  # warm-up: lazy loads, ONNX exports
     if args.thumbnails:
         paths = args.photos
         if args.pipeline != "dlib":  # the batch API: decode threads, one network call per batch
             run = lambda batch: model.embed(batch)  # noqa: E731
-            batches = [paths[i:i + 32] for i in range(0, len(paths), 32)]
+            batches = [paths[i : i + 32] for i in range(0, len(paths), 32)]
         else:
             batches = [[p] for p in paths]
             single = run
@@ -108,7 +115,10 @@ def worker(args) -> None:
         except Exception as exc:  # e.g. the code before the change refuses photos over 40 MP
             results[Path(path).name] = {"error": str(exc).split(";")[0].split(": ", 1)[-1]}
             continue
-        results[Path(path).name] = {"s": min(_seconds(lambda path=path: run(path)) for _ in range(args.repeats)), "faces": faces}
+        results[Path(path).name] = {
+            "s": min(_seconds(lambda path=path: run(path)) for _ in range(args.repeats)),
+            "faces": faces,
+        }
     results["peak_mb"] = peak_mb()
     print(json.dumps(results))
 
@@ -130,12 +140,24 @@ def _seconds(fn) -> float:
 
 # -- the driver --
 
+
 def _spawn(pipeline: str, photos: list[str], args, before_src: Path | None, thumbnails: bool = False) -> dict:
     env = dict(os.environ)
     if pipeline == "before":
         env["PYTHONPATH"] = str(before_src)
-    command = [sys.executable, __file__, "--worker", pipeline, "--threads", str(args.threads),
-               "--repeats", str(args.repeats), *(["--thumbnails"] if thumbnails else []), "--photos", *photos]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        pipeline,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        *(["--thumbnails"] if thumbnails else []),
+        "--photos",
+        *photos,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{pipeline} failed:\n{done.stderr[-2000:]}")
@@ -149,8 +171,11 @@ def make_photos(folder: Path, sizes) -> list[Path]:
     made = []
     for mp in sizes:
         for kind in ("portrait", "group"):
-            image = fullsize_photos.portrait(LFW / PORTRAIT, mp) if kind == "portrait" else \
-                fullsize_photos.group([LFW / p for p in GROUP], mp)[0]
+            image = (
+                fullsize_photos.portrait(LFW / PORTRAIT, mp)
+                if kind == "portrait"
+                else fullsize_photos.group([LFW / p for p in GROUP], mp)[0]
+            )
             made.append(folder / f"{kind}_{mp}mp.jpg")
             made[-1].write_bytes(fullsize_photos.jpeg(image))
     return made
@@ -166,10 +191,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per process")
     ap.add_argument("--before-src", type=Path, help="src folder of the checkout before the change (omit: no 'before')")
     ap.add_argument("--skip-dlib", action="store_true", help="leave out dlib's pipeline")
-    ap.add_argument("--lfw-rate", type=int, default=0, metavar="N", help="photos/s on N LFW thumbnails, default vs dlib")
+    ap.add_argument(
+        "--lfw-rate", type=int, default=0, metavar="N", help="photos/s on N LFW thumbnails, default vs dlib"
+    )
     ap.add_argument("--serve", action="store_true", help="the service on 40 MP uploads")
-    ap.add_argument("--also-model", action="append", default=[], metavar="NAME",
-                    help="measure this model (a shipped name or a file) too, as pipeline after:NAME")
+    ap.add_argument(
+        "--also-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="measure this model (a shipped name or a file) too, as pipeline after:NAME",
+    )
     args = ap.parse_args(argv)
     if args.worker:
         args.pipeline = args.worker
@@ -181,8 +213,11 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     from bench_embedding import machine_line
 
-    pipelines = [p for p in ("dlib", "before", "after", "after80")
-                 if not (p == "dlib" and args.skip_dlib) and not (p == "before" and not args.before_src)]
+    pipelines = [
+        p
+        for p in ("dlib", "before", "after", "after80")
+        if not (p == "dlib" and args.skip_dlib) and not (p == "before" and not args.before_src)
+    ]
     pipelines += [f"after:{name}" for name in args.also_model]
     print(machine_line(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,8 +232,11 @@ def main(argv=None) -> int:
             from bench_end_to_end import lfw_sample
 
             thumbs = [str(p) for p in lfw_sample(LFW, args.lfw_rate)]
-            rates = {p: _spawn(p, thumbs, args, args.before_src, thumbnails=True)["photos_per_s"]
-                     for p in pipelines if p != "after80"}  # thumbnails are smaller than any working size
+            rates = {
+                p: _spawn(p, thumbs, args, args.before_src, thumbnails=True)["photos_per_s"]
+                for p in pipelines
+                if p != "after80"
+            }  # thumbnails are smaller than any working size
             print(f"\nLFW thumbnails ({len(thumbs)} photos, 250x250), photo -> embedding, photos/s:")
             for p in rates:
                 ratio = f"  ({rates[p] / rates['dlib']:.2f}x dlib)" if "dlib" in rates else ""
@@ -222,7 +260,8 @@ def _print_photos(table, photos, pipelines) -> None:
         faces = "/".join(str(r.get("faces", "-")) for r in results)
         line = f"{photo.name:<18}{faces:>6}" + "".join(
             f"{r['s']:10.3f}{c['peak_mb']:10.0f}" if "s" in r else f"{'refused':>10}{c['peak_mb']:10.0f}"
-            for r, c in zip(results, cells))
+            for r, c in zip(results, cells)
+        )
         for a, b in ratios:
             ra, rb = table[a][photo.name][photo.name], table[b][photo.name][photo.name]
             line += f"{rb['s'] / ra['s']:13.1f}x" if "s" in ra and "s" in rb else f"{'-':>14}"
@@ -258,24 +297,31 @@ def serve_figures(folder: Path) -> None:
 
     proc, url = start_server(ensure_default_model(), folder / "gallery.db", max_pending=32, options=())
     try:
-        cpu = lambda: sum(int(v) for v in Path(f"/proc/{proc.pid}/stat").read_text().split(")")[1].split()[11:13]) \
-            / os.sysconf("SC_CLK_TCK")  # noqa: E731
+        cpu = lambda: (
+            sum(int(v) for v in Path(f"/proc/{proc.pid}/stat").read_text().split(")")[1].split()[11:13])
+            / os.sysconf("SC_CLK_TCK")
+        )  # noqa: E731
         files = {"photos": ("big.jpg", data, "image/jpeg")}
         with httpx.Client(timeout=120) as client:
             client.post(f"{url}/api/embed", files=files)  # warm-up
             before, start = cpu(), time.perf_counter()
             reply = client.post(f"{url}/api/embed", files=files)
             latency, used = time.perf_counter() - start, cpu() - before
-        print(f"\nservice, one {photo.size[0]}x{photo.size[1]} ({photo.size[0] * photo.size[1] / 1e6:.0f} MP) JPEG of "
-              f"{len(data) / 2**20:.1f} MiB (q{quality}) to /api/embed: {reply.status_code}, {latency:.2f} s, {used:.2f} s of server CPU")
+        print(
+            f"\nservice, one {photo.size[0]}x{photo.size[1]} ({photo.size[0] * photo.size[1] / 1e6:.0f} MP) JPEG of "
+            f"{len(data) / 2**20:.1f} MiB (q{quality}) to /api/embed: {reply.status_code}, {latency:.2f} s, "
+            f"{used:.2f} s of server CPU"
+        )
 
         async def flood():
             async with httpx.AsyncClient(timeout=300) as client:
+
                 async def upload():
                     try:
                         return (await client.post(f"{url}/api/embed", files=files)).status_code
                     except httpx.TransportError as exc:
                         return type(exc).__name__
+
                 uploads = [asyncio.create_task(upload()) for _ in range(20)]
                 await asyncio.sleep(0.5)
                 waits = []
@@ -286,9 +332,12 @@ def serve_figures(folder: Path) -> None:
                     await asyncio.sleep(0.2)
                 codes = [u.result() for u in uploads]
                 return waits, codes
+
         waits, codes = asyncio.run(flood())
-        print(f"20 such uploads at once: answers {dict(Counter(codes))}; /healthz while they ran: "
-              f"{len(waits)} probes, slowest {max(waits, default=0):.3f} s, median {np.median(waits or [0]):.3f} s")
+        print(
+            f"20 such uploads at once: answers {dict(Counter(codes))}; /healthz while they ran: "
+            f"{len(waits)} probes, slowest {max(waits, default=0):.3f} s, median {np.median(waits or [0]):.3f} s"
+        )
     finally:
         stop(proc)
 

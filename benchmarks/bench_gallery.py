@@ -59,13 +59,17 @@ def main() -> None:
         chunk = 10_000
         for start in range(0, args.n, chunk):
             x = unit(rng, min(chunk, args.n - start))
-            vectors[start:start + len(x)] = x
-            g.enroll_many(Record(f"p{(start + i) // 10}", x[i:i + 10], [""] * len(x[i:i + 10]))
-                          for i in range(0, len(x), 10))
+            vectors[start : start + len(x)] = x
+            g.enroll_many(
+                Record(f"p{(start + i) // 10}", x[i : i + 10], [""] * len(x[i : i + 10])) for i in range(0, len(x), 10)
+            )
             g.sync()  # the index catches up with each chunk, as a serving process would
         enrol_s = time.perf_counter() - t0
-        print(f"enrolled {args.n:,} faces in {enrol_s:.1f} s ({args.n / enrol_s:,.0f} faces/s), "
-              f"index {g._index.kind}, file {path.stat().st_size / 2**20:.0f} MiB", flush=True)
+        print(
+            f"enrolled {args.n:,} faces in {enrol_s:.1f} s ({args.n / enrol_s:,.0f} faces/s), "
+            f"index {g._index.kind}, file {path.stat().st_size / 2**20:.0f} MiB",
+            flush=True,
+        )
         if args.reopen:
             t0 = time.perf_counter()
             with Gallery.open(path, "bench", D, index=args.index) as reopened:
@@ -74,10 +78,11 @@ def main() -> None:
 
         face_ids = np.arange(1, args.n + 1)  # AUTOINCREMENT ids in enrolment order
         sets = {"random": unit(rng, args.queries)}
-        near = vectors[rng.integers(0, args.n, args.queries)] + 0.06 * rng.standard_normal((args.queries, D),
-                                                                                             dtype=np.float32)
+        near = vectors[rng.integers(0, args.n, args.queries)] + 0.06 * rng.standard_normal(
+            (args.queries, D), dtype=np.float32
+        )
         sets["near"] = near / np.linalg.norm(near, axis=1, keepdims=True)
-        norms = (vectors ** 2).sum(1)
+        norms = (vectors**2).sum(1)
         rows = []
         for qname, queries in sets.items():
             truth, brute_t = [], []

@@ -64,15 +64,22 @@ def fill(location: str, n: int, seed: int) -> tuple[float, np.ndarray]:
         t0 = time.perf_counter()
         chunk = 1000 * FACES_PER_PERSON
         for start in range(0, n, chunk):
-            x = vectors[start:start + chunk]
-            g.enroll_many(Record(f"p{(start + i) // FACES_PER_PERSON}", x[i:i + FACES_PER_PERSON],
-                                 [""] * len(x[i:i + FACES_PER_PERSON])) for i in range(0, len(x), FACES_PER_PERSON))
+            x = vectors[start : start + chunk]
+            g.enroll_many(
+                Record(
+                    f"p{(start + i) // FACES_PER_PERSON}",
+                    x[i : i + FACES_PER_PERSON],
+                    [""] * len(x[i : i + FACES_PER_PERSON]),
+                )
+                for i in range(0, len(x), FACES_PER_PERSON)
+            )
         return time.perf_counter() - t0, vectors
 
 
 def measure(location: str, vectors: np.ndarray, args, rng) -> dict[str, float]:
     out = {}
     with Gallery.open(location, "bench", D, index=args.index) as g:
+
         def fetch_all():
             assert len(g.store.changes(None).ids) == len(vectors)
 
@@ -130,8 +137,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--enrolments", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--index", default="auto", choices=("auto", "exact", "hnsw", "ivf"),
-                    help="FAISS index of the replicas (the same for both stores; HNSW builds take minutes at 1M)")
+    ap.add_argument(
+        "--index",
+        default="auto",
+        choices=("auto", "exact", "hnsw", "ivf"),
+        help="FAISS index of the replicas (the same for both stores; HNSW builds take minutes at 1M)",
+    )
     ap.add_argument("--url", help="an empty PostgreSQL database to use (default: start a throwaway cluster)")
     ap.add_argument("--dir", help="where to put the SQLite files and the cluster (default: a temporary folder)")
     args = ap.parse_args()
@@ -139,8 +150,11 @@ def main() -> None:
         signal.signal(sig, lambda *_: sys.exit(f"{Path(__file__).name}: stopped"))
     faiss.omp_set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"# CPU: {cpu_name()}; {args.threads} threads; index {args.index}; "
-          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"# CPU: {cpu_name()}; {args.threads} threads; index {args.index}; "
+        f"load average before: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     cluster = None if args.url else pgcluster.Cluster(DURABLE).start()
     results: dict[int, dict[str, dict]] = {}
     try:
@@ -148,15 +162,21 @@ def main() -> None:
             for n in sizes:
                 results[n] = {}
                 for store in ("sqlite", "postgresql"):
-                    location = str(Path(tmp) / f"g{n}.db") if store == "sqlite" else (
-                        args.url if args.url else cluster.create_database())
+                    location = (
+                        str(Path(tmp) / f"g{n}.db")
+                        if store == "sqlite"
+                        else (args.url if args.url else cluster.create_database())
+                    )
                     seconds, vectors = fill(location, n, seed=n)
                     print(f"{store}: filled {n:,} faces in {seconds:.1f} s ({n / seconds:,.0f} faces/s)", flush=True)
                     row = {"fill: faces/s (1,000 people per txn)": n / seconds}
                     row.update(measure(location, vectors, args, np.random.default_rng(1)))
                     results[n][store] = row
-                    print(f"{store} {n:,}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                                        for k, v in row.items()), flush=True)
+                    print(
+                        f"{store} {n:,}: "
+                        + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                        flush=True,
+                    )
                     if args.url:
                         print("(--url: one size only, the database is not emptied)")
                         break

@@ -21,7 +21,9 @@ from facenet.evaluate.metrics import kfold_metrics
 from facenet.evaluate.pairs import read_pairs
 from facenet.gallery.quantize import dequantize, quantize
 
-DEFAULT_LFW = Path(os.environ.get("FACENET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "lfw"
+DEFAULT_LFW = (
+    Path(os.environ.get("FACENET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "lfw"
+)
 
 
 def subset(pair_set, per_fold: int):
@@ -39,8 +41,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW folder with pairs.txt and images/")
     ap.add_argument("--pairs-per-fold", type=int, default=30, help="pairs per fold (600 = all 6,000; default 30)")
-    ap.add_argument("--cache", type=Path,
-                    help="embeddings cache of `facenet evaluate --model dlib-cpp --cache FILE` (skips embedding)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        help="embeddings cache of `facenet evaluate --model dlib-cpp --cache FILE` (skips embedding)",
+    )
     args = ap.parse_args(argv)
     if not (args.lfw / "pairs.txt").is_file():
         print(f"skipped: LFW not found at {args.lfw}")
@@ -73,17 +78,23 @@ def main(argv=None) -> int:
     d8 = np.sum((restored[i1] - restored[i2]) ** 2, axis=1)
     err = np.abs(d8 - d32)
 
-    print(f"dlib ResNet embeddings (L2-normalised) of {len(images)} LFW images in {took:.0f} s; "
-          f"{len(pairs)} pairs over {len(set(folds.tolist()))} folds")
+    print(
+        f"dlib ResNet embeddings (L2-normalised) of {len(images)} LFW images in {took:.0f} s; "
+        f"{len(pairs)} pairs over {len(set(folds.tolist()))} folds"
+    )
     print(f"{'storage':8s} {'bytes/face':>10s} {'accuracy':>16s} {'VAL@FAR=1e-3':>14s} {'AUC':>8s}")
     for name, m in results.items():
         size = codes.itemsize * codes.shape[1] if name == "int8" else embeddings.itemsize * embeddings.shape[1]
-        print(f"{name:8s} {size:10d} {m.accuracy.mean():9.4f}+-{m.accuracy.std():.4f} "
-              f"{m.val.mean():14.4f} {m.roc.auc:8.4f}")
-    flips = int(np.sum((d32 < results['float32'].thresholds.mean()) != (d8 < results['float32'].thresholds.mean())))
-    print(f"int8 - float32 accuracy: {results['int8'].accuracy.mean() - results['float32'].accuracy.mean():+.4f}; "
-          f"|squared-L2 error| mean {err.mean():.5f}, max {err.max():.5f}; "
-          f"decisions changed at the mean threshold: {flips} of {len(pairs)}")
+        print(
+            f"{name:8s} {size:10d} {m.accuracy.mean():9.4f}+-{m.accuracy.std():.4f} "
+            f"{m.val.mean():14.4f} {m.roc.auc:8.4f}"
+        )
+    flips = int(np.sum((d32 < results["float32"].thresholds.mean()) != (d8 < results["float32"].thresholds.mean())))
+    print(
+        f"int8 - float32 accuracy: {results['int8'].accuracy.mean() - results['float32'].accuracy.mean():+.4f}; "
+        f"|squared-L2 error| mean {err.mean():.5f}, max {err.max():.5f}; "
+        f"decisions changed at the mean threshold: {flips} of {len(pairs)}"
+    )
     return 0
 
 

@@ -59,6 +59,7 @@ def ours(name, e, labels, **options):
         loss, _ = crit(x, labels)
         loss.backward()
         return loss.item()
+
     return run
 
 
@@ -70,6 +71,7 @@ def pml(miner, e, labels):
         loss = loss_fn(x, labels, miner(x, labels) if miner else None)
         loss.backward()
         return loss.item()
+
     return run
 
 
@@ -77,7 +79,8 @@ def semihard_selection_equal(e, labels) -> bool:
     """Ours (fallback="drop") picks, for exactly PML's (a, p) pairs, PML's nearest negative."""
     d = pairwise_sq_dists(e.double())
     pa, pp, pn = pml_miners.TripletMarginMiner(
-        MARGIN, "semihard", distance=LpDistance(power=2, normalize_embeddings=False))(e.double(), labels)
+        MARGIN, "semihard", distance=LpDistance(power=2, normalize_embeddings=False)
+    )(e.double(), labels)
     oa, op, on = miners.semihard(e.double(), labels, MARGIN, fallback="drop")
     n = len(labels)
     nearest = torch.full((n * n,), float("inf"), dtype=torch.float64)
@@ -89,8 +92,12 @@ def semihard_selection_equal(e, labels) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a loaded shared CPU more threads only add contention)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a loaded shared CPU more threads only add contention)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sq = LpDistance(power=2, normalize_embeddings=False)
@@ -100,15 +107,22 @@ def main() -> None:
         ("hard", big, ours("hard", *big), pml(pml_miners.BatchHardMiner(distance=sq), *big), "loss"),
         ("hard", small, ours("hard", *small), pml(pml_miners.BatchHardMiner(distance=sq), *small), "loss"),
         ("all", small, ours("all", *small), pml(None, *small), "loss"),
-        ("semihard", small, ours("semihard", *small),
-         pml(pml_miners.TripletMarginMiner(MARGIN, "semihard", distance=sq), *small), "selection"),
+        (
+            "semihard",
+            small,
+            ours("semihard", *small),
+            pml(pml_miners.TripletMarginMiner(MARGIN, "semihard", distance=sq), *small),
+            "selection",
+        ),
         ("semihard", big, ours("semihard", *big), None, None),
         ("sandberg", big, ours("sandberg", *big, generator=torch.Generator().manual_seed(0)), None, None),
         ("all", big, ours("all", *big), None, None),
     ]
-    print(f"CPU: {platform.processor() or platform.machine()} | {_cpu_model()} | torch threads "
-          f"{torch.get_num_threads()} | torch {torch.__version__} | median of {args.repeats}, "
-          "mining + loss forward + backward, 128-D float32, margin 0.2")
+    print(
+        f"CPU: {platform.processor() or platform.machine()} | {_cpu_model()} | torch threads "
+        f"{torch.get_num_threads()} | torch {torch.__version__} | median of {args.repeats}, "
+        "mining + loss forward + backward, 128-D float32, margin 0.2"
+    )
     print(f"{'miner':<9} {'batch':>6} {'active':>7} {'ours ms':>9} {'PML ms':>9} {'PML/ours':>8}  equal?")
     for name, (e, labels), our_fn, pml_fn, compare in rows:
         t_ours, l_ours = timed(our_fn, args.repeats)

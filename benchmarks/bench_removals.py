@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     index = FaceIndex(128, "hnsw")
     index.rebuild(np.arange(args.n), faces)
     index.remove(range(args.removed))
-    queries = faces[args.removed:][rng.choice(args.n - args.removed, args.queries, replace=False)]
+    queries = faces[args.removed :][rng.choice(args.n - args.removed, args.queries, replace=False)]
     queries = queries + 0.05 * rng.standard_normal(queries.shape).astype(np.float32)
     removed = np.arange(args.removed)
 

@@ -58,8 +58,10 @@ def main() -> None:
         save_model(create_model("nns", input_size=48), model)
         url = cluster.create_database()
         t0 = time.perf_counter()
-        servers = [Server(Path(tmp), model, gallery=url, extra=("--backend", "torch"), wait=False)
-                   for _ in range(args.replicas)]
+        servers = [
+            Server(Path(tmp), model, gallery=url, extra=("--backend", "torch"), wait=False)
+            for _ in range(args.replicas)
+        ]
         try:
             for server in servers:
                 server.wait_ready()
@@ -76,13 +78,14 @@ def main() -> None:
                     person = 500 + i % 500
                     requests.append(enrol_request(f"b{i}", [photo(person, 1 + i // 500), photo(person, 9)]))
                 elif kind == "remove":
-                    requests.append(dict(method="DELETE", url=f"/api/people/lag{i // len(kinds)}",
-                                         headers={"X-API-Key": KEY}))
+                    requests.append(
+                        dict(method="DELETE", url=f"/api/people/lag{i // len(kinds)}", headers={"X-API-Key": KEY})
+                    )
                 else:
                     requests.append(identify_request(photo(i % args.lag_samples, 2)))
 
             async def spread():
-                groups = [requests[r::len(servers)] for r in range(len(servers))]
+                groups = [requests[r :: len(servers)] for r in range(len(servers))]
                 return await asyncio.gather(*(burst(s.url, g, in_flight=4) for s, g in zip(servers, groups)))
 
             t0 = time.perf_counter()
@@ -92,19 +95,24 @@ def main() -> None:
             replies = []
             for server in servers:
                 with httpx.Client(base_url=server.url, timeout=60) as client:
-                    replies.append([client.request(**identify_request(photo(i, 3))).json()["matches"]
-                                    for i in range(0, 1000, 25)])
+                    replies.append(
+                        [client.request(**identify_request(photo(i, 3))).json()["matches"] for i in range(0, 1000, 25)]
+                    )
             identical = all(r == replies[0] for r in replies)
         finally:
             for server in servers:
                 server.stop()
     print(f"\n# load average after: {os.getloadavg()[0]:.2f}")
-    print("| replicas | lag p50 (ms) | lag p99 (ms) | lag max (ms) | burst requests | burst s | statuses | 5xx | "
-          "replicas identical after |")
+    print(
+        "| replicas | lag p50 (ms) | lag p99 (ms) | lag max (ms) | burst requests | burst s | statuses | 5xx | "
+        "replicas identical after |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.replicas} | {np.percentile(lags, 50):.1f} | {np.percentile(lags, 99):.1f} | {lags.max():.1f} | "
-          f"{len(requests)} | {burst_s:.1f} | {dict(sorted(statuses.items()))} | "
-          f"{sum(n for s, n in statuses.items() if s >= 500)} | {identical} |")
+    print(
+        f"| {args.replicas} | {np.percentile(lags, 50):.1f} | {np.percentile(lags, 99):.1f} | {lags.max():.1f} | "
+        f"{len(requests)} | {burst_s:.1f} | {dict(sorted(statuses.items()))} | "
+        f"{sum(n for s, n in statuses.items() if s >= 500)} | {identical} |"
+    )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ A `facenet serve` child process is started on a free loopback port with a model 
 or a fresh ``nns`` network at ``--input-size``), 20 people are enrolled, then ``--requests``
 verify/identify requests (half each) are sent with at most ``--in-flight`` open at once, for each
 value of ``--in-flight``. The peer runs the service's own verify/identify jobs in process, one
-after another, so the ratio is what HTTP, multipart parsing and the worker queue cost (or gain). A last round sends ``--overload`` requests at
-once to a server started with ``--max-pending 4`` and counts the 503 answers (no other 5xx allowed).
+after another, so the ratio is what HTTP, multipart parsing and the worker queue cost (or gain). A last
+round sends ``--overload`` requests at once to a server started with ``--max-pending 4`` and counts the 503
+answers (no other 5xx allowed).
 
     .venv/bin/python benchmarks/bench_serve.py --requests 400 --in-flight 1,8,32
 """
@@ -46,15 +47,36 @@ def png(faces: SyntheticFaces, identity: int, index: int) -> bytes:
     return buf.getvalue()
 
 
-def start_server(model: Path, gallery: Path, max_pending: int, options=("--no-detect",)) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, gallery: Path, max_pending: int, options=("--no-detect",)
+) -> tuple[subprocess.Popen, str]:
     """``facenet serve`` on a free loopback port with ``options`` (default: inputs are face crops)."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     env = {**os.environ, "FACENET_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "facenet.cli", "serve", "--host", HOST, "--port", str(port),
-                             "--model", str(model), "--gallery", str(gallery), *options,
-                             "--max-pending", str(max_pending), "--log-level", "error"], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "facenet.cli",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--model",
+            str(model),
+            "--gallery",
+            str(gallery),
+            *options,
+            "--max-pending",
+            str(max_pending),
+            "--log-level",
+            "error",
+        ],
+        env=env,
+    )
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -77,8 +99,13 @@ def workload(photos: list[bytes], n: int) -> list[dict]:
     for i in range(n):
         a, b = photos[i % len(photos)], photos[(i * 7 + 3) % len(photos)]
         if i % 2:
-            out.append(dict(method="POST", url="/api/verify",
-                            files={"a": ("a.png", a, "image/png"), "b": ("b.png", b, "image/png")}))
+            out.append(
+                dict(
+                    method="POST",
+                    url="/api/verify",
+                    files={"a": ("a.png", a, "image/png"), "b": ("b.png", b, "image/png")},
+                )
+            )
         else:
             out.append(dict(method="POST", url="/api/identify", files={"photo": ("q.png", a, "image/png")}))
     return out
@@ -130,8 +157,7 @@ def _direct(model: Path, gallery: Path, photos: list[bytes], n: int) -> tuple[li
 
 def row(label: str, times: list[float], wall: float, n: int, errors: str) -> str:
     ms = np.array(times) * 1e3
-    return (f"| {label} | {n} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | "
-            f"{n / wall:.1f} | {errors} |")
+    return f"| {label} | {n} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | {n / wall:.1f} | {errors} |"
 
 
 def main() -> None:
@@ -155,8 +181,13 @@ def main() -> None:
         try:
             for person in range(20):
                 files = [("photos", (f"{j}.png", png(faces, person, j), "image/png")) for j in range(3)]
-                r = httpx.post(url + "/api/people", data={"name": f"person {person}"}, files=files,
-                               headers={"X-API-Key": KEY}, timeout=60)
+                r = httpx.post(
+                    url + "/api/people",
+                    data={"name": f"person {person}"},
+                    files=files,
+                    headers={"X-API-Key": KEY},
+                    timeout=60,
+                )
                 r.raise_for_status()
             requests = workload(photos, args.requests)
             asyncio.run(burst(url, requests[:16], 4))  # warm-up
@@ -177,14 +208,18 @@ def main() -> None:
             statuses, times, wall = asyncio.run(burst(url, workload(photos, args.overload), args.overload))
         finally:
             stop(proc)
-    print(f"model {model.name if args.model else f'nns@{args.input_size} (untrained)'}, "
-          f"{args.photo_size}px photos, {os.cpu_count()} CPUs, torch threads default\n")
+    print(
+        f"model {model.name if args.model else f'nns@{args.input_size} (untrained)'}, "
+        f"{args.photo_size}px photos, {os.cpu_count()} CPUs, torch threads default\n"
+    )
     print("\n".join(lines))
     for level, rate in http_rows.items():
         print(f"\nthroughput HTTP ({level} in flight) / in process: {rate / peer:.2f}")
     others = sum(s >= 500 and s != 503 for s in statuses)
-    print(f"\noverload: {args.overload} requests at once, --max-pending 4: {statuses.count(200)} x 200, "
-          f"{statuses.count(503)} x 503 (Retry-After), {others} other 5xx")
+    print(
+        f"\noverload: {args.overload} requests at once, --max-pending 4: {statuses.count(200)} x 200, "
+        f"{statuses.count(503)} x 503 (Retry-After), {others} other 5xx"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ def rate(fn, items) -> float:
 
 
 def grey16(images: np.ndarray) -> np.ndarray:
-    x = np.stack([np.asarray(Image.fromarray(im).convert("L").resize((16, 16), Image.BILINEAR), np.float32)
-                  for im in images]).reshape(len(images), -1)
+    x = np.stack(
+        [np.asarray(Image.fromarray(im).convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]
+    ).reshape(len(images), -1)
     x -= x.mean(1, keepdims=True)
     return x / (x.std(1, keepdims=True) + 1e-6)
 
@@ -63,14 +64,17 @@ def main() -> None:
     images = np.stack([faces.render(i, k) for i in range(ids) for k in range(per)])
     labels = np.repeat(np.arange(ids), per)
     train = np.tile(np.arange(per) < per // 2, ids)
-    features = {"mean RGB (3 features)": images.reshape(len(images), -1, 3).mean(1),
-                "16x16 grey, prewhitened": grey16(images)}
-    print(f"\nheld-out identity accuracy, {ids} identities x {per} images, half for training "
-          f"(chance {1 / ids:.3f})")
+    features = {
+        "mean RGB (3 features)": images.reshape(len(images), -1, 3).mean(1),
+        "16x16 grey, prewhitened": grey16(images),
+    }
+    print(f"\nheld-out identity accuracy, {ids} identities x {per} images, half for training (chance {1 / ids:.3f})")
     print(f"{'feature':28s} {'1-NN':>6s} {'centroid':>9s}")
     for name, x in features.items():
-        accs = [(clf.fit(x[train], labels[train]).predict(x[~train]) == labels[~train]).mean()
-                for clf in (KNeighborsClassifier(1), NearestCentroid())]
+        accs = [
+            (clf.fit(x[train], labels[train]).predict(x[~train]) == labels[~train]).mean()
+            for clf in (KNeighborsClassifier(1), NearestCentroid())
+        ]
         print(f"{name:28s} {accs[0]:6.3f} {accs[1]:9.3f}")
 
 

@@ -54,15 +54,17 @@ PEER = "inception_resnet_v1"
 K = 4  # faces per identity in a batch
 
 # dense tensor-core (bf16, fp16) and plain fp32 datasheet peaks, TFLOP/s; the first name found in the GPU's wins
-GPU_PEAKS = [("H200", {"bf16": 989, "fp16": 989, "fp32": 67}),
-             ("H100 PCIe", {"bf16": 756, "fp16": 756, "fp32": 51}),
-             ("H100", {"bf16": 989, "fp16": 989, "fp32": 67}),
-             ("A100", {"bf16": 312, "fp16": 312, "fp32": 19.5}),
-             ("L40S", {"bf16": 362, "fp16": 362, "fp32": 91.6}),
-             ("L4", {"bf16": 121, "fp16": 121, "fp32": 30.3}),
-             ("A10", {"bf16": 125, "fp16": 125, "fp32": 31.2}),
-             ("V100", {"fp16": 125, "fp32": 15.7}),
-             ("T4", {"fp16": 65, "fp32": 8.1})]
+GPU_PEAKS = [
+    ("H200", {"bf16": 989, "fp16": 989, "fp32": 67}),
+    ("H100 PCIe", {"bf16": 756, "fp16": 756, "fp32": 51}),
+    ("H100", {"bf16": 989, "fp16": 989, "fp32": 67}),
+    ("A100", {"bf16": 312, "fp16": 312, "fp32": 19.5}),
+    ("L40S", {"bf16": 362, "fp16": 362, "fp32": 91.6}),
+    ("L4", {"bf16": 121, "fp16": 121, "fp32": 30.3}),
+    ("A10", {"bf16": 125, "fp16": 125, "fp32": 31.2}),
+    ("V100", {"fp16": 125, "fp32": 15.7}),
+    ("T4", {"fp16": 65, "fp32": 8.1}),
+]
 
 
 def lscpu() -> dict[str, str]:
@@ -84,9 +86,11 @@ def cpu_peak(precision: str, threads: int) -> tuple[float, str]:
     flags = set(info.get("Flags", "").split())
     amd_256 = info.get("Vendor ID") == "AuthenticAMD" and int(info.get("CPU family", "0") or 0) < 26
     fp32 = 64 if "avx512f" in flags and not amd_256 else 32 if "fma" in flags else 16
-    per_cycle = {"fp32": fp32,
-                 "bf16": 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32,
-                 "fp16": 1024 if "amx_fp16" in flags else 2 * fp32 if "avx512_fp16" in flags else fp32}[precision]
+    per_cycle = {
+        "fp32": fp32,
+        "bf16": 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32,
+        "fp16": 1024 if "amx_fp16" in flags else 2 * fp32 if "avx512_fp16" in flags else fp32,
+    }[precision]
     mhz = info.get("CPU max MHz") or _cpuinfo_mhz() or str(float(info.get("BogoMIPS", "0")) / 2)
     cores = min(threads, int(info.get("Core(s) per socket", threads)) * int(info.get("Socket(s)", 1)))
     ghz = float(mhz) / 1000
@@ -120,8 +124,10 @@ def machine_line(device: torch.device, threads: int) -> str:
     info = lscpu()
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"machine: {info.get('Model name', 'unknown CPU')}, {os.cpu_count()} logical CPUs, {threads} torch threads, "
-            f"load average {load}{gpu}; torch {torch.__version__}")
+    return (
+        f"machine: {info.get('Model name', 'unknown CPU')}, {os.cpu_count()} logical CPUs, {threads} torch threads, "
+        f"load average {load}{gpu}; torch {torch.__version__}"
+    )
 
 
 def synthetic_faces(identities: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,8 +163,16 @@ def best_step_seconds(runs: list, steps: int, warmup: int, seconds: float, devic
 
 
 def base_config(arch: str, batch: int, precision: str, device: torch.device, **options) -> TrainConfig:
-    return TrainConfig(arch=arch, image_size=SIZES[arch], identities_per_batch=batch // K, faces_per_identity=K,
-                       precision=precision, device=device.type, holdout_identities=0.0, **options).validate()
+    return TrainConfig(
+        arch=arch,
+        image_size=SIZES[arch],
+        identities_per_batch=batch // K,
+        faces_per_identity=K,
+        precision=precision,
+        device=device.type,
+        holdout_identities=0.0,
+        **options,
+    ).validate()
 
 
 def model_step(config: TrainConfig, faces, device: torch.device):
@@ -193,12 +207,24 @@ def end_to_end(config: TrainConfig, data: Path, steps: int, warmup: int, window:
     """``train()`` on ``data``: the median images/s of its ``window``-step log intervals after the
     warm-up, from its own metrics.csv (a window includes waiting for the loader when it is slower)."""
     with tempfile.TemporaryDirectory() as out:
-        run = TrainConfig(**{**vars(config), "data": str(data), "out": out, "steps": warmup + steps,
-                             "log_every": window, "eval_every": 10**9, "checkpoint_every": 10**9})
+        run = TrainConfig(
+            **{
+                **vars(config),
+                "data": str(data),
+                "out": out,
+                "steps": warmup + steps,
+                "log_every": window,
+                "eval_every": 10**9,
+                "checkpoint_every": 10**9,
+            }
+        )
         train(run, progress=False)
         with open(Path(out) / "metrics.csv") as fh:
-            rates = [float(r["images_per_s"]) for r in csv.DictReader(fh)
-                     if r["images_per_s"] and int(r["step"]) > warmup and int(r["step"]) % window == 0]
+            rates = [
+                float(r["images_per_s"])
+                for r in csv.DictReader(fh)
+                if r["images_per_s"] and int(r["step"]) > warmup and int(r["step"]) % window == 0
+            ]
     return float(np.median(rates))
 
 
@@ -222,21 +248,35 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, help="Inception-ResNet-v1 batch (default 32 on CPU, 512 on GPU)")
     ap.add_argument("--small-batch", type=int, help="nns batch (default 128 on CPU, 1024 on GPU)")
     ap.add_argument("--steps", type=int, help="at least this many timed steps per row (default 4 on CPU, 20 on GPU)")
-    ap.add_argument("--seconds", type=float, default=10.0,
-                    help="and at least this long (end to end: the steps the model-only rate fits in it; default 10)")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="and at least this long (end to end: the steps the model-only rate fits in it; default 10)",
+    )
     ap.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 on GPU)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile rows (compiling takes minutes)")
     ap.add_argument("--data", type=Path, help="JPEG folder of identities (default: LFW if present, else synthetic)")
     ap.add_argument("--workers", type=int, default=-1, help="loader processes (default -1: sized to the machine)")
     ap.add_argument("--no-end-to-end", action="store_true", help="model-only and peer rows only")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)")
+    ap.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)"
+    )
     ap.add_argument("--peak-tflops", default="", help="override peaks, e.g. bf16=989,fp32=67")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     gpu = device.type == "cuda"
-    batch = {"inception_resnet_v1": args.batch or (512 if gpu else 32), "nns": args.small_batch or (1024 if gpu else 128)}
+    batch = {
+        "inception_resnet_v1": args.batch or (512 if gpu else 32),
+        "nns": args.small_batch or (1024 if gpu else 128),
+    }
     steps, warmup = args.steps or (20 if gpu else 4), args.warmup or (5 if gpu else 2)
     override = {k: float(v) for k, v in (p.split("=") for p in args.peak_tflops.split(",") if p)}
     precisions = args.precisions.split(",")
@@ -263,16 +303,36 @@ def main(argv=None) -> int:
                 rows.append((arch, batch[arch], precision, label, measure, batch[arch] / spent))
                 if config is not None and not args.no_end_to_end:
                     fitting = max(steps, round(args.seconds / spent))
-                    rows.append((arch, batch[arch], precision, label, "end to end",
-                                 end_to_end(config, data, fitting, warmup, window=5 if gpu else 1)))
+                    rows.append(
+                        (
+                            arch,
+                            batch[arch],
+                            precision,
+                            label,
+                            "end to end",
+                            end_to_end(config, data, fitting, warmup, window=5 if gpu else 1),
+                        )
+                    )
             if not args.no_end_to_end:
-                for label, option in [("workers augment", {}), ("workers augment, --cache", {"cache_crops": True}),
-                                      ("device augment", {"augment_on": "device"})]:
-                    config = base_config(arch, batch[arch], "fp32", device, workers=args.workers, data=str(data),
-                                         **option)
+                for label, option in [
+                    ("workers augment", {}),
+                    ("workers augment, --cache", {"cache_crops": True}),
+                    ("device augment", {"augment_on": "device"}),
+                ]:
+                    config = base_config(
+                        arch, batch[arch], "fp32", device, workers=args.workers, data=str(data), **option
+                    )
                     rate = measure_loader(config, device, steps=max(8, 2 * steps), warmup=warmup)
-                    rows.append((arch, batch[arch], "-", f"{label} ({rate['workers']} workers)", "loader only",
-                                 rate["images_per_s"]))
+                    rows.append(
+                        (
+                            arch,
+                            batch[arch],
+                            "-",
+                            f"{label} ({rate['workers']} workers)",
+                            "loader only",
+                            rate["images_per_s"],
+                        )
+                    )
         print_table(rows, device, args.threads, override, data)
     return 0
 
@@ -286,8 +346,10 @@ def print_table(rows, device, threads, override, data) -> None:
     print(f"end-to-end data: {data}")
     for precision, (peak, how) in sorted(peaks.items()):
         print(f"peak {precision}: {peak / 1e9:,.0f} GFLOP/s ({how})")
-    head = (f"{'network':20s} {'px':>4s} {'batch':>5s} {'prec':5s} {'option':36s} {'measure':17s} {'img/s':>8s} "
-            f"{'vs peer':>7s} {'e2e/model':>9s} {'GFLOP/img':>9s} {'%peak':>6s}")
+    head = (
+        f"{'network':20s} {'px':>4s} {'batch':>5s} {'prec':5s} {'option':36s} {'measure':17s} {'img/s':>8s} "
+        f"{'vs peer':>7s} {'e2e/model':>9s} {'GFLOP/img':>9s} {'%peak':>6s}"
+    )
     print(head)
     print("-" * len(head))
     for arch, batch, precision, option, measure, rate in rows:
@@ -296,11 +358,15 @@ def print_table(rows, device, threads, override, data) -> None:
         share = "-"
         if precision != "-":
             share = f"{100 * flops[arch] * rate / peaks[precision][0]:.1f}"
-        print(f"{arch:20s} {SIZES[arch]:4d} {batch:5d} {precision:5s} {option:36s} {measure:17s} {rate:8.1f} "
-              f"{ratio:>7s} {e2e:>9s} {flops[arch] / 1e9:9.3f} {share:>6s}")
-    print("vs peer = img/s / facenet-pytorch InceptionResnetV1 fp32 eager training img/s, same batch, same run; "
-          "e2e/model = end to end / model only (1.0: the loader keeps up); GFLOP/img = 3 x forward FLOPs; "
-          "loader rows: images/s delivered with no model (standardised, on the device)")
+        print(
+            f"{arch:20s} {SIZES[arch]:4d} {batch:5d} {precision:5s} {option:36s} {measure:17s} {rate:8.1f} "
+            f"{ratio:>7s} {e2e:>9s} {flops[arch] / 1e9:9.3f} {share:>6s}"
+        )
+    print(
+        "vs peer = img/s / facenet-pytorch InceptionResnetV1 fp32 eager training img/s, same batch, same run; "
+        "e2e/model = end to end / model only (1.0: the loader keeps up); GFLOP/img = 3 x forward FLOPs; "
+        "loader rows: images/s delivered with no model (standardised, on the device)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,16 @@ def crops_landmarks(folder: Path, size: int) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, type=Path, help="folder of aligned crops, one sub-folder per person")
-    parser.add_argument("--model", action="append", required=True,
-                        help="model file, or 'default' for the installed default (repeatable)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="model file, or 'default' for the installed default (repeatable)",
+    )
     parser.add_argument("--pairs", type=int, default=6000, help="pairs at most (half of them positive)")
-    parser.add_argument("--occlude", choices=KINDS, default=None, help="occluder drawn on the second photo of each pair")
+    parser.add_argument(
+        "--occlude", choices=KINDS, default=None, help="occluder drawn on the second photo of each pair"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
     args = parser.parse_args(argv)
@@ -62,18 +68,31 @@ def main(argv=None) -> int:
         occluded = dict(emb)
         if args.occlude:
             chosen = sorted(second)
-            drawn = [occlude(fit_to_input(load_image(data.path(i)), size), landmarks, args.occlude, seed=i)
-                     for i in chosen]
+            drawn = [
+                occlude(fit_to_input(load_image(data.path(i)), size), landmarks, args.occlude, seed=i) for i in chosen
+            ]
             occluded.update(zip(chosen, embedder.embed(drawn)))
         e1 = np.stack([emb[i] for i in pairs.first.tolist()])
         e2 = np.stack([occluded[i] for i in pairs.second.tolist()])
         m = kfold_metrics(e1, e2, pairs.same, pairs.folds)
-        rows.append({"model": spec, "accuracy": float(m.accuracy.mean()), "std": float(m.accuracy.std()),
-                     "val_at_1e-3": float(m.val.mean()), "auc": m.roc.auc})
-        print(f"{spec}: accuracy {rows[-1]['accuracy']:.4f} +- {rows[-1]['std']:.4f}, VAL@1e-3 "
-              f"{rows[-1]['val_at_1e-3']:.4f}, AUC {m.roc.auc:.4f}", file=sys.stderr)
-    print(f"\n{args.images}: {len(data.classes)} people, {len(used)} photos in {len(pairs.same)} pairs"
-          f"{f', {args.occlude} on the second photo' if args.occlude else ''}\n")
+        rows.append(
+            {
+                "model": spec,
+                "accuracy": float(m.accuracy.mean()),
+                "std": float(m.accuracy.std()),
+                "val_at_1e-3": float(m.val.mean()),
+                "auc": m.roc.auc,
+            }
+        )
+        print(
+            f"{spec}: accuracy {rows[-1]['accuracy']:.4f} +- {rows[-1]['std']:.4f}, VAL@1e-3 "
+            f"{rows[-1]['val_at_1e-3']:.4f}, AUC {m.roc.auc:.4f}",
+            file=sys.stderr,
+        )
+    print(
+        f"\n{args.images}: {len(data.classes)} people, {len(used)} photos in {len(pairs.same)} pairs"
+        f"{f', {args.occlude} on the second photo' if args.occlude else ''}\n"
+    )
     print("| model | accuracy | VAL@FAR=1e-3 | AUC |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['accuracy']:.4f} +- {r['std']:.4f} | {r['val_at_1e-3']:.4f} | {r['auc']:.4f} |")

@@ -25,15 +25,22 @@ from facenet.evaluate.pairs import read_pairs
 def load_cache(path: Path) -> dict[str, np.ndarray]:
     """``<person>/<file>`` -> unit embedding, from an evaluate cache."""
     with np.load(path, allow_pickle=False) as data:
-        return {"/".join(Path(p).parts[-2:]): row / np.linalg.norm(row) for p, row in zip(data["paths"], data["embeddings"])}
+        return {
+            "/".join(Path(p).parts[-2:]): row / np.linalg.norm(row) for p, row in zip(data["paths"], data["embeddings"])
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--cache", action="append", required=True, metavar="NAME=FILE",
-                        help="a model's `facenet evaluate --cache` file (at least two)")
+    parser.add_argument(
+        "--cache",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        help="a model's `facenet evaluate --cache` file (at least two)",
+    )
     args = parser.parse_args()
     caches = {name: load_cache(Path(file)) for name, file in (c.split("=", 1) for c in args.cache)}
     pairs = read_pairs(args.pairs, args.images).pairs
@@ -50,8 +57,10 @@ def main() -> None:
     for size in (1, 2):
         for names in itertools.combinations(caches, size):
             m = kfold_metrics(stack(names, "path1"), stack(names, "path2"), same, folds)
-            print(f"{' + '.join(names):<34}{m.accuracy.mean() * 100:>11.2f}% +-{m.accuracy.std() * 100:.2f}"
-                  f"{m.val.mean() * 100:>11.2f}% +-{m.val.std() * 100:.2f}{m.roc.auc:>9.4f}{m.roc.eer * 100:>7.2f}%")
+            print(
+                f"{' + '.join(names):<34}{m.accuracy.mean() * 100:>11.2f}% +-{m.accuracy.std() * 100:.2f}"
+                f"{m.val.mean() * 100:>11.2f}% +-{m.val.std() * 100:.2f}{m.roc.auc:>9.4f}{m.roc.eer * 100:>7.2f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def run_models(run: Path) -> list[tuple[int, Path]]:
     A fine-tuning run (`--init MODEL`) starts its curve at that model, 0 images seen."""
     config = json.loads((run / "config.json").read_text())
     batch = config["identities_per_batch"] * config["faces_per_identity"] + (
-        config.get("unlabelled_per_batch", 0) if config.get("unlabelled") else 0)
+        config.get("unlabelled_per_batch", 0) if config.get("unlabelled") else 0
+    )
     models = [(int(p.stem.split("-")[1]), p) for p in sorted((run / "snapshots").glob("step-*.safetensors"))]
     if config.get("init"):
         models.insert(0, (0, Path(config["init"])))
@@ -68,12 +69,17 @@ def main(argv=None) -> int:
     same, folds = np.array([p.same for p in scored]), np.array([p.fold for p in scored])
 
     def measure(emb: dict):
-        return kfold_metrics(np.stack([emb[p.path1] for p in scored]), np.stack([emb[p.path2] for p in scored]),
-                             same, folds)
+        return kfold_metrics(
+            np.stack([emb[p.path1] for p in scored]), np.stack([emb[p.path2] for p in scored]), same, folds
+        )
 
     rows = []
-    print(f"LFW View 2, {len(scored)} pairs, 10 folds\n\n| run | images seen | accuracy | VAL@FAR=1e-3 | AUC |"
-          + (" accuracy, flip |" if args.flip else "") + "\n|---|---|---|---|---|" + ("---|" if args.flip else ""))
+    print(
+        f"LFW View 2, {len(scored)} pairs, 10 folds\n\n| run | images seen | accuracy | VAL@FAR=1e-3 | AUC |"
+        + (" accuracy, flip |" if args.flip else "")
+        + "\n|---|---|---|---|---|"
+        + ("---|" if args.flip else "")
+    )
     for run, models in curves.items():
         for seen, path in models:
             model = load_embedder(path, detect=False)
@@ -81,11 +87,21 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{path} cuts faces another way than {first}; measure it in a separate call")
             plain = model.embed_crops(list(crops.values()))
             m = measure(dict(zip(crops, plain)))
-            rows.append({"run": str(run), "model": str(path), "images_seen": seen,
-                         "accuracy": float(m.accuracy.mean()), "std": float(m.accuracy.std()),
-                         "val_at_1e-3": float(m.val.mean()), "auc": float(m.roc.auc)})
-            line = (f"| {run.name} | {seen:,} | {100 * rows[-1]['accuracy']:.2f}% +- {100 * rows[-1]['std']:.2f} | "
-                    f"{100 * rows[-1]['val_at_1e-3']:.2f}% | {rows[-1]['auc']:.4f} |")
+            rows.append(
+                {
+                    "run": str(run),
+                    "model": str(path),
+                    "images_seen": seen,
+                    "accuracy": float(m.accuracy.mean()),
+                    "std": float(m.accuracy.std()),
+                    "val_at_1e-3": float(m.val.mean()),
+                    "auc": float(m.roc.auc),
+                }
+            )
+            line = (
+                f"| {run.name} | {seen:,} | {100 * rows[-1]['accuracy']:.2f}% +- {100 * rows[-1]['std']:.2f} | "
+                f"{100 * rows[-1]['val_at_1e-3']:.2f}% | {rows[-1]['auc']:.4f} |"
+            )
             if args.flip:
                 joined = plain + model.embed_crops([np.ascontiguousarray(c[:, ::-1]) for c in crops.values()])
                 joined /= np.linalg.norm(joined, axis=1, keepdims=True)

@@ -110,9 +110,12 @@ def rates(top_person: np.ndarray, top_score: np.ndarray, truth: np.ndarray, mode
     strangers = np.sort(top_score[~known])
     accepted = int(np.floor(WANTED_FAR * len(strangers)))  # accept exactly these many strangers: scores < t
     threshold = float(strangers[accepted]) if accepted < len(strangers) else float("inf")
-    out = {"rank1": float(right[known].mean()), "dir_threshold": threshold,
-           "dir": float((right & (top_score < threshold))[known].mean()),
-           "far_at_dir_threshold": float((strangers < threshold).mean())}
+    out = {
+        "rank1": float(right[known].mean()),
+        "dir_threshold": threshold,
+        "dir": float((right & (top_score < threshold))[known].mean()),
+        "far_at_dir_threshold": float((strangers < threshold).mean()),
+    }
     for label, t in model_thresholds.items():
         out[f"far_at_{label}"] = float((top_score[~known] < t).mean())
         out[f"dir_at_{label}"] = float((right & (top_score < t))[known].mean())
@@ -122,8 +125,10 @@ def rates(top_person: np.ndarray, top_score: np.ndarray, truth: np.ndarray, mode
 def evaluate(embedder, names, enrol_emb, probes: np.ndarray, truth: np.ndarray, policy: str, count: int) -> dict:
     """Enrol each person's first ``count`` photos in a temporary gallery scored by ``policy``; score the probes."""
     records = [Record(n, e[:count], [""] * len(e[:count])) for n, e in zip(names, enrol_emb)]
-    with tempfile.TemporaryDirectory() as tmp, \
-            Gallery.open(Path(tmp) / "g.db", embedder.name, embedder.embedding_size, policy=policy) as gallery:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Gallery.open(Path(tmp) / "g.db", embedder.name, embedder.embedding_size, policy=policy) as gallery,
+    ):
         gallery.enroll_many(records)
         matches = gallery.identify(probes, k=1)
         comparisons = gallery.comparisons()
@@ -131,21 +136,34 @@ def evaluate(embedder, names, enrol_emb, probes: np.ndarray, truth: np.ndarray, 
     top_person = np.array([index[m[0].name] for m in matches])
     top_score = np.array([m[0].distance for m in matches])
     faces = sum(len(r.embeddings) for r in records)
-    thresholds = {"people_threshold": identification_threshold(embedder, len(names)),
-                  "faces_threshold": identification_threshold(embedder, faces)}
-    return {**rates(top_person, top_score, truth, thresholds), **thresholds,
-            "identify_counts": "people" if comparisons == len(names) < faces else "faces"}
+    thresholds = {
+        "people_threshold": identification_threshold(embedder, len(names)),
+        "faces_threshold": identification_threshold(embedder, faces),
+    }
+    return {
+        **rates(top_person, top_score, truth, thresholds),
+        **thresholds,
+        "identify_counts": "people" if comparisons == len(names) < faces else "faces",
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model file, a shipped model's name (reid, dlib), or 'dlib-cpp' (dlib's own C++ pipeline) (default: the installed default model)")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="model file, a shipped model's name (reid, dlib), or 'dlib-cpp' (dlib's own C++ pipeline) "
+        "(default: the installed default model)",
+    )
     ap.add_argument("--images", type=Path, required=True, help="folder with one sub-folder of photos per person")
     ap.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
     ap.add_argument("--min-images", type=int, default=6, help="photos a person needs to be 'known' (default: 6)")
     ap.add_argument("--limit-people", type=int, help="keep this many known people, evenly spread (for speed)")
-    ap.add_argument("--policies", default=DEFAULT_POLICIES,
-                    help=f"comma-separated gallery policies to compare (default: {DEFAULT_POLICIES})")
+    ap.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated gallery policies to compare (default: {DEFAULT_POLICIES})",
+    )
     ap.add_argument("--cache", type=Path, required=True, help="folder keeping the embeddings (one file per model)")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -164,27 +182,37 @@ def run(args) -> int:
 
     policies = [parse_policy(p.strip()).name for p in args.policies.split(",") if p.strip()]
     if args.min_images <= max(ENROLLED):
-        raise FaceNetError(f"--min-images must be above {max(ENROLLED)}: known people need probes beyond "
-                           "the photos enrolled")
+        raise FaceNetError(
+            f"--min-images must be above {max(ENROLLED)}: known people need probes beyond the photos enrolled"
+        )
     embedder, masking = load_embedders(args)
     known, unknown = split_people(args.images, args.ext, args.min_images, args.limit_people, enrolled=max(ENROLLED))
     args.cache.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", embedder.name)
-    known_probes = [p for ps in known.values() for p in ps[max(ENROLLED):]]
-    clean, clean_count = embed_counted(embedder, [p for ps in known.values() for p in ps] + unknown,
-                                         args.cache / f"{stem}.npz", args.batch_size)
-    masked, masked_count = embed_counted(masking, known_probes + unknown, args.cache / f"{stem}.mask.npz",
-                                           args.batch_size)
+    known_probes = [p for ps in known.values() for p in ps[max(ENROLLED) :]]
+    clean, clean_count = embed_counted(
+        embedder, [p for ps in known.values() for p in ps] + unknown, args.cache / f"{stem}.npz", args.batch_size
+    )
+    masked, masked_count = embed_counted(
+        masking, known_probes + unknown, args.cache / f"{stem}.mask.npz", args.batch_size
+    )
 
     # a person takes part only when all five enrolment photos were embedded: the same people for 1, 3 and 5
-    names = [n for n, ps in known.items() if all(p in clean for p in ps[:max(ENROLLED)])]
-    enrol_emb = [np.stack([clean[p] for p in known[n][:max(ENROLLED)]]) for n in names]
-    result = {"model": embedder.name, "images_dir": str(args.images), "min_images": args.min_images,
-              "limit_people": args.limit_people, "known_people": len(names),
-              "embedded": {"clean": clean_count, "masked": masked_count}, "rows": []}
+    names = [n for n, ps in known.items() if all(p in clean for p in ps[: max(ENROLLED)])]
+    enrol_emb = [np.stack([clean[p] for p in known[n][: max(ENROLLED)]]) for n in names]
+    result = {
+        "model": embedder.name,
+        "images_dir": str(args.images),
+        "min_images": args.min_images,
+        "limit_people": args.limit_people,
+        "known_people": len(names),
+        "embedded": {"clean": clean_count, "masked": masked_count},
+        "rows": [],
+    }
     for probe_kind, emb in (("clean", clean), ("masked", masked)):
-        queries = [(p, i) for i, n in enumerate(names) for p in known[n][max(ENROLLED):] if p in emb] + \
-                  [(p, -1) for p in unknown if p in emb]
+        queries = [(p, i) for i, n in enumerate(names) for p in known[n][max(ENROLLED) :] if p in emb] + [
+            (p, -1) for p in unknown if p in emb
+        ]
         probes = np.stack([emb[p] for p, _ in queries])
         truth = np.array([t for _, t in queries])
         result[f"{probe_kind}_probes"] = {"known": int((truth >= 0).sum()), "unknown": int((truth < 0).sum())}
@@ -192,8 +220,11 @@ def run(args) -> int:
             for policy in policies:
                 row = evaluate(embedder, names, enrol_emb, probes, truth, policy, count)
                 result["rows"].append({"probes": probe_kind, "enrolled": count, "policy": policy, **row})
-                print(f"{probe_kind:6} {count} {policy:10} rank-1 {100 * row['rank1']:6.2f}%  "
-                      f"DIR@FAR=1% {100 * row['dir']:6.2f}%", file=sys.stderr)
+                print(
+                    f"{probe_kind:6} {count} {policy:10} rank-1 {100 * row['rank1']:6.2f}%  "
+                    f"DIR@FAR=1% {100 * row['dir']:6.2f}%",
+                    file=sys.stderr,
+                )
     print(table(result))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
@@ -203,20 +234,26 @@ def run(args) -> int:
 
 def table(r: dict) -> str:
     clean, masked = r["embedded"]["clean"], r["embedded"]["masked"]
-    lines = [f"{r['model']}: {r['known_people']} known people; clean probes {r['clean_probes']['known']} known + "
-             f"{r['clean_probes']['unknown']} unknown, masked probes {r['masked_probes']['known']} + "
-             f"{r['masked_probes']['unknown']}; no face found (centre crop used) in {clean['no_face']} of "
-             f"{clean['photos']} clean and {masked['no_face']} of {masked['photos']} masked photos", "",
-             "| probes | enrolled | policy | rank-1 | DIR@FAR=1% (threshold) | FAR at the people-count threshold | "
-             "FAR at the faces-count threshold |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{r['model']}: {r['known_people']} known people; clean probes {r['clean_probes']['known']} known + "
+        f"{r['clean_probes']['unknown']} unknown, masked probes {r['masked_probes']['known']} + "
+        f"{r['masked_probes']['unknown']}; no face found (centre crop used) in {clean['no_face']} of "
+        f"{clean['photos']} clean and {masked['no_face']} of {masked['photos']} masked photos",
+        "",
+        "| probes | enrolled | policy | rank-1 | DIR@FAR=1% (threshold) | FAR at the people-count threshold | "
+        "FAR at the faces-count threshold |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
         used = {row["identify_counts"]: "**"}  # bold: the threshold `facenet identify` uses under this policy
-        lines.append(f"| {row['probes']} | {row['enrolled']} | {row['policy']} | {100 * row['rank1']:.2f}% | "
-                     f"{100 * row['dir']:.2f}% ({row['dir_threshold']:.4f}) | {used.get('people', '')}"
-                     f"{100 * row['far_at_people_threshold']:.2f}%{used.get('people', '')} "
-                     f"({row['people_threshold']:.4f}) | {used.get('faces', '')}"
-                     f"{100 * row['far_at_faces_threshold']:.2f}%{used.get('faces', '')} "
-                     f"({row['faces_threshold']:.4f}) |")
+        lines.append(
+            f"| {row['probes']} | {row['enrolled']} | {row['policy']} | {100 * row['rank1']:.2f}% | "
+            f"{100 * row['dir']:.2f}% ({row['dir_threshold']:.4f}) | {used.get('people', '')}"
+            f"{100 * row['far_at_people_threshold']:.2f}%{used.get('people', '')} "
+            f"({row['people_threshold']:.4f}) | {used.get('faces', '')}"
+            f"{100 * row['far_at_faces_threshold']:.2f}%{used.get('faces', '')} "
+            f"({row['faces_threshold']:.4f}) |"
+        )
     return "\n".join(lines)
 
 

@@ -51,8 +51,10 @@ def split_people(images: Path, ext: str, min_images: int, limit_people: int | No
         raise DataError(f"no person in {images} has {min_images} or more *.{ext} images; check --images and --ext")
     if limit_people and limit_people < len(known):
         names = sorted(known)
-        known = {names[int(i * len(names) / limit_people)]: known[names[int(i * len(names) / limit_people)]]
-                 for i in range(limit_people)}
+        known = {
+            names[int(i * len(names) / limit_people)]: known[names[int(i * len(names) / limit_people)]]
+            for i in range(limit_people)
+        }
     pool = [p for n, paths in people.items() if 0 < len(paths) < min_images for p in paths]
     wanted = sum(len(p) - enrolled for p in known.values())
     if wanted > len(pool):
@@ -67,10 +69,12 @@ def open_set(best_person: np.ndarray, best_dist: np.ndarray, truth: np.ndarray, 
     is_known = truth >= 0
     known_ok = (best_person == truth) & accepted & is_known
     unknown_ok = ~accepted & ~is_known
-    return {"threshold": float(threshold),
-            "rank1_known": float(known_ok.sum() / max(1, is_known.sum())),
-            "unknown_rejected": float(unknown_ok.sum() / max(1, (~is_known).sum())),
-            "overall": float((known_ok.sum() + unknown_ok.sum()) / len(truth))}
+    return {
+        "threshold": float(threshold),
+        "rank1_known": float(known_ok.sum() / max(1, is_known.sum())),
+        "unknown_rejected": float(unknown_ok.sum() / max(1, (~is_known).sum())),
+        "overall": float((known_ok.sum() + unknown_ok.sum()) / len(truth)),
+    }
 
 
 def best_threshold(best_person: np.ndarray, best_dist: np.ndarray, truth: np.ndarray) -> float:
@@ -87,7 +91,11 @@ def best_threshold(best_person: np.ndarray, best_dist: np.ndarray, truth: np.nda
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model file, a shipped model's name (reid, dlib), or 'dlib-cpp' (dlib's own C++ pipeline, unit rows)")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="model file, a shipped model's name (reid, dlib), or 'dlib-cpp' (dlib's own C++ pipeline, unit rows)",
+    )
     ap.add_argument("--images", type=Path, required=True, help="folder with one sub-folder of photos per person")
     ap.add_argument("--ext", default="jpg", help="image file extension (default: jpg)")
     ap.add_argument("--min-images", type=int, default=5, help="photos a person needs to be 'known' (default: 5)")
@@ -95,8 +103,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, help=".npz file keeping the embeddings (resumable, reusable)")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--far", type=float, default=1e-2,
-                    help="stranger false-accept rate for the open-set threshold row (default: 1e-2, identify's)")
+    ap.add_argument(
+        "--far",
+        type=float,
+        default=1e-2,
+        help="stranger false-accept rate for the open-set threshold row (default: 1e-2, identify's)",
+    )
     add_model_options(ap, model_option=False)
     args = ap.parse_args(argv)
     try:
@@ -123,10 +135,13 @@ def run(args) -> int:
 
     names = list(known)
     enrolled = [Record(n, emb[known[n][0]][None], [str(known[n][0])]) for n in names if known[n][0] in emb]
-    queries = [(p, i) for i, n in enumerate(names) for p in known[n][1:] if p in emb] + \
-              [(p, -1) for p in unknown if p in emb]
-    with tempfile.TemporaryDirectory() as tmp, \
-            Gallery.open(Path(tmp) / "gallery.db", embedder.name, embedder.embedding_size) as gallery:
+    queries = [(p, i) for i, n in enumerate(names) for p in known[n][1:] if p in emb] + [
+        (p, -1) for p in unknown if p in emb
+    ]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Gallery.open(Path(tmp) / "gallery.db", embedder.name, embedder.embedding_size) as gallery,
+    ):
         gallery.enroll_many(enrolled)
         start = time.perf_counter()
         matches = gallery.identify(np.stack([emb[p] for p, _ in queries]), k=1)
@@ -148,17 +163,30 @@ def run(args) -> int:
     for method in ("agglomerative", "chinese_whispers"):
         start = time.perf_counter()
         pred = cluster_embeddings(np.stack([emb[p] for p in photos]), method, embedder.threshold)
-        clusters[method] = {**clustering_scores(pred, labels), "clusters": int(pred.max() + 1),
-                            "unclustered": int((pred < 0).sum()), "seconds": round(time.perf_counter() - start, 2)}
+        clusters[method] = {
+            **clustering_scores(pred, labels),
+            "clusters": int(pred.max() + 1),
+            "unclustered": int((pred < 0).sum()),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
 
-    result = {"model": embedder.name, "images_dir": str(args.images), "min_images": args.min_images,
-              "known_people": len(names), "known_queries": int((truth >= 0).sum()),
-              "unknown_queries": int((truth < 0).sum()), "failed_images": len(failed),
-              "embed_seconds": round(embed_s, 1), "search_seconds": round(search_s, 3),
-              "closed_set_rank1": closed, "at_model_threshold": own, "at_far_threshold": far, "far": args.far,
-              "at_best_threshold": swept,
-              "clustering": {"photos": len(photos), "people": len(names), "threshold": embedder.threshold,
-                             **clusters}}
+    result = {
+        "model": embedder.name,
+        "images_dir": str(args.images),
+        "min_images": args.min_images,
+        "known_people": len(names),
+        "known_queries": int((truth >= 0).sum()),
+        "unknown_queries": int((truth < 0).sum()),
+        "failed_images": len(failed),
+        "embed_seconds": round(embed_s, 1),
+        "search_seconds": round(search_s, 3),
+        "closed_set_rank1": closed,
+        "at_model_threshold": own,
+        "at_far_threshold": far,
+        "far": args.far,
+        "at_best_threshold": swept,
+        "clustering": {"photos": len(photos), "people": len(names), "threshold": embedder.threshold, **clusters},
+    }
     print(table(result))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
@@ -167,24 +195,37 @@ def run(args) -> int:
 
 
 def table(r: dict) -> str:
-    lines = [f"{r['model']} on {r['images_dir']}: {r['known_people']} known people (1 photo enrolled each), "
-             f"{r['known_queries']} known + {r['unknown_queries']} unknown queries; closed-set rank-1 "
-             f"{100 * r['closed_set_rank1']:.2f}%",
-             "", f"{'threshold':<22} {'value':>7} {'rank-1 known':>12} {'unknown rejected':>16} {'overall':>8}"]
-    for label, key in (("model's (verification)", "at_model_threshold"), (f"open-set, FAR {r['far']:g}", "at_far_threshold"),
-                       ("best (oracle sweep)", "at_best_threshold")):
+    lines = [
+        f"{r['model']} on {r['images_dir']}: {r['known_people']} known people (1 photo enrolled each), "
+        f"{r['known_queries']} known + {r['unknown_queries']} unknown queries; closed-set rank-1 "
+        f"{100 * r['closed_set_rank1']:.2f}%",
+        "",
+        f"{'threshold':<22} {'value':>7} {'rank-1 known':>12} {'unknown rejected':>16} {'overall':>8}",
+    ]
+    for label, key in (
+        ("model's (verification)", "at_model_threshold"),
+        (f"open-set, FAR {r['far']:g}", "at_far_threshold"),
+        ("best (oracle sweep)", "at_best_threshold"),
+    ):
         o = r[key]
         if o is None:
             continue
-        lines.append(f"{label:<22} {o['threshold']:7.4f} {100 * o['rank1_known']:11.2f}% "
-                     f"{100 * o['unknown_rejected']:15.2f}% {100 * o['overall']:7.2f}%")
+        lines.append(
+            f"{label:<22} {o['threshold']:7.4f} {100 * o['rank1_known']:11.2f}% "
+            f"{100 * o['unknown_rejected']:15.2f}% {100 * o['overall']:7.2f}%"
+        )
     c = r["clustering"]
-    lines += ["", f"clustering {c['photos']} photos of {c['people']} people at threshold {c['threshold']:.4f}",
-              f"{'method':<18} {'clusters':>8} {'unclustered':>11} {'precision':>9} {'recall':>7} {'F':>7} {'NMI':>7}"]
+    lines += [
+        "",
+        f"clustering {c['photos']} photos of {c['people']} people at threshold {c['threshold']:.4f}",
+        f"{'method':<18} {'clusters':>8} {'unclustered':>11} {'precision':>9} {'recall':>7} {'F':>7} {'NMI':>7}",
+    ]
     for method in ("agglomerative", "chinese_whispers"):
         m = c[method]
-        lines.append(f"{method:<18} {m['clusters']:8d} {m['unclustered']:11d} {m['precision']:9.4f} "
-                     f"{m['recall']:7.4f} {m['f_measure']:7.4f} {m['nmi']:7.4f}")
+        lines.append(
+            f"{method:<18} {m['clusters']:8d} {m['unclustered']:11d} {m['precision']:9.4f} "
+            f"{m['recall']:7.4f} {m['f_measure']:7.4f} {m['nmi']:7.4f}"
+        )
     return "\n".join(lines)
 
 

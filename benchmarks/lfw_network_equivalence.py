@@ -57,14 +57,19 @@ def main(argv=None) -> int:
             table[path] = row / np.linalg.norm(row)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs]) if args.folds >= 2 else np.arange(len(pairs)) % 10
-    print(f"{len(pairs)} pairs of folds 1-{args.folds}, {len(paths)} images, "
-          f"{dlib_side.fallbacks} without a HOG face (centre box, as the dlib adapter does)")
+    print(
+        f"{len(pairs)} pairs of folds 1-{args.folds}, {len(paths)} images, "
+        f"{dlib_side.fallbacks} without a HOG face (centre box, as the dlib adapter does)"
+    )
     print(f"{'network on dlib chips':28s} {'accuracy':>16s} {'VAL@1e-3':>9s} {'AUC':>7s} {'EER':>6s}")
     for name, table in (("dlib C++ network (peer)", theirs), ("converted network (ours)", ours)):
-        m = kfold_metrics(np.stack([table[p.path1] for p in pairs]), np.stack([table[p.path2] for p in pairs]),
-                          same, folds)
-        print(f"{name:28s} {100 * m.accuracy.mean():8.2f}% +- {100 * m.accuracy.std():.2f} "
-              f"{100 * m.val.mean():8.2f}% {m.roc.auc:7.4f} {100 * m.roc.eer:5.2f}%")
+        m = kfold_metrics(
+            np.stack([table[p.path1] for p in pairs]), np.stack([table[p.path2] for p in pairs]), same, folds
+        )
+        print(
+            f"{name:28s} {100 * m.accuracy.mean():8.2f}% +- {100 * m.accuracy.std():.2f} "
+            f"{100 * m.val.mean():8.2f}% {m.roc.auc:7.4f} {100 * m.roc.eer:5.2f}%"
+        )
     diff = max(float(np.abs(theirs[p] - ours[p]).max()) for p in paths)
     print(f"largest |difference| between the two unit descriptors: {diff:.2e}")
     return 0

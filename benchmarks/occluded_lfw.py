@@ -56,10 +56,12 @@ def cut(crop, pipeline: list, images, store: Path | None, tag: str) -> dict:
         except FaceNetError:
             pass
     if saved:
+
         def write(tmp):
             with open(tmp, "wb") as fh:
-                np.savez(fh, key=np.array(key), paths=np.array([str(p) for p in crops]),
-                         crops=np.stack(list(crops.values())))
+                np.savez(
+                    fh, key=np.array(key), paths=np.array([str(p) for p in crops]), crops=np.stack(list(crops.values()))
+                )
 
         atomic_write(saved, write)
     return crops
@@ -71,8 +73,10 @@ def evaluate_pipeline(model) -> tuple:
     pipeline's identity: [recipe, input size])."""
     cutter = load_embedder(model, which="central")
     cutter.fallback_detector = get_detector("center")
-    return (lambda path, image: cutter.find_faces(image, source=str(path)).faces[0].image,
-            [cutter.info.recipe, cutter.info.input_size])
+    return (
+        lambda path, image: cutter.find_faces(image, source=str(path)).faces[0].image,
+        [cutter.info.recipe, cutter.info.input_size],
+    )
 
 
 DLIB_COLUMN = "dlib (its pipeline)"
@@ -102,16 +106,26 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=Path, default=Path("../shared/data/lfw/pairs.txt"))
     parser.add_argument("--images", type=Path, default=Path("../shared/data/lfw/images"))
     parser.add_argument("--model", action="append", default=[], help="model file or 'default' (repeatable)")
-    parser.add_argument("--clean-model", action="append", default=[],
-                        help="a model measured on the unoccluded pairs only (the 'none' row; repeatable)")
+    parser.add_argument(
+        "--clean-model",
+        action="append",
+        default=[],
+        help="a model measured on the unoccluded pairs only (the 'none' row; repeatable)",
+    )
     parser.add_argument("--kinds", nargs="*", choices=KINDS, default=list(KINDS))
     parser.add_argument("--side", choices=("one", "both"), default="one")
     parser.add_argument("--folds", type=int, default=None, help="use only the first N folds (quick looks)")
-    parser.add_argument("--crops", type=Path, default=None,
-                        help="keep the cut crops in CROPS.<occluder>.npz for later runs (other models then cost only "
-                             "their embedding)")
-    parser.add_argument("--dlib", action="store_true",
-                        help="add dlib's column: its own HOG detector and chip, embedded by the converted network")
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        default=None,
+        help="keep the cut crops in CROPS.<occluder>.npz for later runs (other models then cost only their embedding)",
+    )
+    parser.add_argument(
+        "--dlib",
+        action="store_true",
+        help="add dlib's column: its own HOG detector and chip, embedded by the converted network",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -124,8 +138,10 @@ def main(argv=None) -> int:
         first = next(iter(models.values()))
         for name, m in models.items():
             if (m.info.recipe, m.info.input_size) != (first.info.recipe, first.info.input_size):
-                raise SystemExit(f"{name} cuts faces another way than {args.model[0]}; compare such models with "
-                                 "`facenet evaluate` one by one")
+                raise SystemExit(
+                    f"{name} cuts faces another way than {args.model[0]}; compare such models with "
+                    "`facenet evaluate` one by one"
+                )
         pipelines["ours"] = evaluate_pipeline(None if args.model[0] == "default" else args.model[0])
         columns = {name: ("ours", m) for name, m in models.items()}
     if args.dlib:
@@ -143,8 +159,10 @@ def main(argv=None) -> int:
     for pipeline, (crop, identity) in pipelines.items():
         start = time.perf_counter()
         clean = cut(crop, identity, ((p, str(p)) for p in photos), args.crops, _tag(pipeline, "none"))
-        print(f"{pipeline}: clean crops {len(clean)}/{len(photos)} in {time.perf_counter() - start:.0f} s",
-              file=sys.stderr)
+        print(
+            f"{pipeline}: clean crops {len(clean)}/{len(photos)} in {time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+        )
         for name, (used, m) in columns.items():
             if used == pipeline:
                 clean_emb[name] = dict(zip(clean, m.embed_crops(list(clean.values()))))
@@ -158,11 +176,19 @@ def main(argv=None) -> int:
             seconds = {}
             for pipeline, (crop, identity) in pipelines.items():
                 start = time.perf_counter()
-                drawn = cut(crop, identity, ((p, occluding.occluded(str(p), occluding.seed_for(str(p), 0)))
-                                             for p in targets), args.crops, _tag(pipeline, f"{kind}-{args.side}"))
-                print(f"{kind}, {pipeline}: {len(drawn)}/{len(targets)} occluded faces found in "
-                      f"{time.perf_counter() - start:.0f} s ({occluding.unplaced} photos without landmarks stay "
-                      "clean)", file=sys.stderr)
+                drawn = cut(
+                    crop,
+                    identity,
+                    ((p, occluding.occluded(str(p), occluding.seed_for(str(p), 0))) for p in targets),
+                    args.crops,
+                    _tag(pipeline, f"{kind}-{args.side}"),
+                )
+                print(
+                    f"{kind}, {pipeline}: {len(drawn)}/{len(targets)} occluded faces found in "
+                    f"{time.perf_counter() - start:.0f} s ({occluding.unplaced} photos without landmarks stay "
+                    "clean)",
+                    file=sys.stderr,
+                )
                 occluding.unplaced = 0
                 for name in occluded_columns:
                     if columns[name][0] == pipeline:
@@ -170,12 +196,28 @@ def main(argv=None) -> int:
         for name in columns if kind == "none" else occluded_columns:
             lefts = seconds[name] if args.side == "both" and kind != "none" else clean_emb[name]
             scored = [p for p in pairs if p.path1 in lefts and p.path2 in seconds[name]]
-            m = kfold_metrics(np.stack([lefts[p.path1] for p in scored]), np.stack([seconds[name][p.path2] for p in scored]),
-                              np.array([p.same for p in scored]), np.array([p.fold for p in scored]))
-            rows.append({"occluder": kind, "model": name, "pairs": len(scored), "accuracy": float(m.accuracy.mean()),
-                         "std": float(m.accuracy.std()), "val_at_1e-3": float(m.val.mean()), "auc": m.roc.auc})
-            print(f"{kind:11s} {name}: {rows[-1]['accuracy']:.4f} +- {rows[-1]['std']:.4f}  VAL@1e-3 "
-                  f"{rows[-1]['val_at_1e-3']:.4f}  ({len(scored)} pairs)", file=sys.stderr)
+            m = kfold_metrics(
+                np.stack([lefts[p.path1] for p in scored]),
+                np.stack([seconds[name][p.path2] for p in scored]),
+                np.array([p.same for p in scored]),
+                np.array([p.fold for p in scored]),
+            )
+            rows.append(
+                {
+                    "occluder": kind,
+                    "model": name,
+                    "pairs": len(scored),
+                    "accuracy": float(m.accuracy.mean()),
+                    "std": float(m.accuracy.std()),
+                    "val_at_1e-3": float(m.val.mean()),
+                    "auc": m.roc.auc,
+                }
+            )
+            print(
+                f"{kind:11s} {name}: {rows[-1]['accuracy']:.4f} +- {rows[-1]['std']:.4f}  VAL@1e-3 "
+                f"{rows[-1]['val_at_1e-3']:.4f}  ({len(scored)} pairs)",
+                file=sys.stderr,
+            )
         if args.json:  # after every occluder: a long run stopped early keeps what it measured
             args.json.write_text(json.dumps({"side": args.side, "rows": rows}, indent=2))
     if args.dlib:
@@ -184,8 +226,11 @@ def main(argv=None) -> int:
     print("| occluder | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for kind in ["none"] + list(args.kinds):
         cells = [next((r for r in rows if r["occluder"] == kind and r["model"] == m), None) for m in columns]
-        print(f"| {kind} | " + " | ".join(f"{c['accuracy']:.4f} (VAL {c['val_at_1e-3']:.3f})" if c else "-"
-                                         for c in cells) + " |")
+        print(
+            f"| {kind} | "
+            + " | ".join(f"{c['accuracy']:.4f} (VAL {c['val_at_1e-3']:.3f})" if c else "-" for c in cells)
+            + " |"
+        )
     return 0
 
 

@@ -41,8 +41,14 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every benchmark's size (default 1)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: embedding,int8,mining,gallery,detectors,end_to_end,serve,training")
+    ap.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: physical cores)"
+    )
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset of: embedding,int8,mining,gallery,detectors,end_to_end,serve,training",
+    )
     ap.add_argument("--list", action="store_true", help="print the commands without running them")
     args = ap.parse_args(argv)
 
@@ -72,7 +78,10 @@ def main(argv=None) -> int:
         print(done.stdout.rstrip())
         if done.returncode != 0:
             failed.append(name)
-            print(f"FAILED (exit {done.returncode}): {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
+            print(
+                f"FAILED (exit {done.returncode}): "
+                f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}"
+            )
         print(f"--- {name} took {time.perf_counter() - start:.0f} s")
     if failed:
         print(f"\nfailed: {', '.join(failed)}")

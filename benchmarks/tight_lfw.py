@@ -43,7 +43,10 @@ def pair_images(pairs: Path) -> set[str]:
         if len(parts) == 3:
             names |= {f"{parts[0]}/{parts[0]}_{int(parts[i]):04d}.jpg" for i in (1, 2)}
         elif len(parts) == 4:
-            names |= {f"{parts[0]}/{parts[0]}_{int(parts[1]):04d}.jpg", f"{parts[2]}/{parts[2]}_{int(parts[3]):04d}.jpg"}
+            names |= {
+                f"{parts[0]}/{parts[0]}_{int(parts[1]):04d}.jpg",
+                f"{parts[2]}/{parts[2]}_{int(parts[3]):04d}.jpg",
+            }
     return names
 
 

@@ -51,8 +51,10 @@ CELEBA_IDENTITIES = "CelebA_Dataset/identity_CelebA.txt"
 def stage_celeba(root: Path, identities_file: Path, staged: Path) -> dict:
     """Link CelebA's celeb_K folders (train and test parts) as celeba_<CelebA identity>/, held-out ones left out."""
     if not identities_file.is_file():
-        raise FaceNetError(f"{identities_file} not found: take identity_CelebA.txt from the newest commit of "
-                           "Nikhil4902/CelebA_Dataset (see docs/TRAINING_DATA.md)")
+        raise FaceNetError(
+            f"{identities_file} not found: take identity_CelebA.txt from the newest commit of "
+            "Nikhil4902/CelebA_Dataset (see docs/TRAINING_DATA.md)"
+        )
     identity = dict(line.split() for line in identities_file.read_text().splitlines() if line.strip())
     left_out, linked = set(), 0
     for photo in sorted(root.glob("*/celeb_*/*")):
@@ -116,13 +118,24 @@ def count(folder: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", required=True, type=Path,
-                        help="folder holding the checked-out repositories (see docs/TRAINING_DATA.md)")
+    parser.add_argument(
+        "--sources",
+        required=True,
+        type=Path,
+        help="folder holding the checked-out repositories (see docs/TRAINING_DATA.md)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder (links, aligned crops, lists)")
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw"),
-                        help="LFW folder with images/<Name>/ (for the overlap list)")
-    parser.add_argument("--model", default=None, help="model file whose recipe and input size cut the faces "
-                        "(default: the installed default model)")
+    parser.add_argument(
+        "--lfw",
+        type=Path,
+        default=Path("../shared/data/lfw"),
+        help="LFW folder with images/<Name>/ (for the overlap list)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model file whose recipe and input size cut the faces (default: the installed default model)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="alignment processes")
     parser.add_argument("--only", nargs="*", choices=list(SOURCES), default=list(SOURCES), help="sources to build")
     args = parser.parse_args(argv)
@@ -134,8 +147,11 @@ def main(argv=None) -> int:
     settings = AlignSettings(recipe=Recipe.from_dict(info.recipe), size=info.input_size)
     missing = [s for s in args.only if not (args.sources / SOURCES[s]).is_dir()]
     if missing:
-        print(f"not found under {args.sources}: {', '.join(SOURCES[s] for s in missing)}; check out the repositories "
-              "listed in docs/TRAINING_DATA.md there", file=sys.stderr)
+        print(
+            f"not found under {args.sources}: {', '.join(SOURCES[s] for s in missing)}; check out the repositories "
+            "listed in docs/TRAINING_DATA.md there",
+            file=sys.stderr,
+        )
         return 2
     summary: dict = {"recipe": info.recipe, "size": info.input_size, "sources": {}}
     for name in args.only:
@@ -151,9 +167,16 @@ def main(argv=None) -> int:
             staged = root  # already one folder per person
         print(f"{name}: aligning {staged}", file=sys.stderr)
         report = align_dataset(staged, args.out / "aligned" / name, settings, workers=args.workers)
-        summary["sources"][name] = {**notes, "no_face": len(report.no_face), "unreadable": len(report.bad_image),
-                                    **(count(args.out / "aligned" / name) if name != "utk" else
-                                       {"images": sum(1 for _ in (args.out / "aligned" / name).rglob("*.png"))})}
+        summary["sources"][name] = {
+            **notes,
+            "no_face": len(report.no_face),
+            "unreadable": len(report.bad_image),
+            **(
+                count(args.out / "aligned" / name)
+                if name != "utk"
+                else {"images": sum(1 for _ in (args.out / "aligned" / name).rglob("*.png"))}
+            ),
+        }
     celebrities = [args.out / "aligned" / n for n in ("pubfig83", "glint") if (args.out / "aligned" / n).is_dir()]
     if (args.lfw / "images").is_dir() and celebrities:
         overlap = lfw_overlap(celebrities, {d.name for d in (args.lfw / "images").iterdir()})

@@ -37,17 +37,43 @@ def free_port() -> int:
 class Server:
     """`facenet serve` in a child process, on a free loopback port."""
 
-    def __init__(self, tmp: Path, model: Path, env_key: bool = False, gallery: str | None = None,
-                 extra: tuple[str, ...] = (), wait: bool = True, key: bool = True, rate_limit: str = "none"):
+    def __init__(
+        self,
+        tmp: Path,
+        model: Path,
+        env_key: bool = False,
+        gallery: str | None = None,
+        extra: tuple[str, ...] = (),
+        wait: bool = True,
+        key: bool = True,
+        rate_limit: str = "none",
+    ):
         """The admin key ``KEY`` from a file (``env_key``: from $FACENET_API_KEY; not ``key``: no key at all);
         no rate limit unless one is given, since the tests send bursts from one address."""
         self.gallery = gallery or tmp / "gallery.db"
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         env = {**os.environ, "XDG_DATA_HOME": str(tmp / "xdg"), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "facenet.cli", "serve", "--host", HOST, "--port", str(self.port),
-               "--model", str(model), "--gallery", str(self.gallery), "--no-detect", "--log-level", "warning",
-               "--rate-limit", rate_limit, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "facenet.cli",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--model",
+            str(model),
+            "--gallery",
+            str(self.gallery),
+            "--no-detect",
+            "--log-level",
+            "warning",
+            "--rate-limit",
+            rate_limit,
+            *extra,
+        ]
         for name in ("FACENET_API_KEY", "FACENET_READ_KEY", "FACENET_PUBLIC"):
             env.pop(name, None)
         if key and env_key:
@@ -88,9 +114,9 @@ class Server:
         return self.proc.returncode
 
 
-
-async def burst(url: str, requests: list[dict], in_flight: int = 8, timeout: float = 60.0,
-                tolerate_disconnect: bool = False):
+async def burst(
+    url: str, requests: list[dict], in_flight: int = 8, timeout: float = 60.0, tolerate_disconnect: bool = False
+):
     """Send ``requests`` (httpx.request kwargs) with at most ``in_flight`` open at once; (status, seconds) each
     (status 0: connection lost, only with ``tolerate_disconnect``)."""
     gate = asyncio.Semaphore(in_flight)
@@ -112,14 +138,24 @@ async def burst(url: str, requests: list[dict], in_flight: int = 8, timeout: flo
 
 def enrol_request(name: str, photos: list[bytes], key: str = KEY) -> dict:
     """httpx.request kwargs that enrol ``name`` with ``photos`` (PNG bytes); a taken name is an error."""
-    return dict(method="POST", url="/api/people", data={"name": name}, headers={"X-API-Key": key},
-                files=[("photos", (f"{name}-{i}.png", p, "image/png")) for i, p in enumerate(photos)])
+    return dict(
+        method="POST",
+        url="/api/people",
+        data={"name": name},
+        headers={"X-API-Key": key},
+        files=[("photos", (f"{name}-{i}.png", p, "image/png")) for i, p in enumerate(photos)],
+    )
 
 
 def identify_request(photo: bytes, top_k: int = 5, threshold: float = 4.0, key: str = KEY) -> dict:
     """httpx.request kwargs that search the gallery for ``photo``; with the admin key, as wide as asked."""
-    return dict(method="POST", url="/api/identify", data={"top_k": str(top_k), "threshold": str(threshold)},
-                headers={"X-API-Key": key}, files={"photo": ("q.png", photo, "image/png")})
+    return dict(
+        method="POST",
+        url="/api/identify",
+        data={"top_k": str(top_k), "threshold": str(threshold)},
+        headers={"X-API-Key": key},
+        files={"photo": ("q.png", photo, "image/png")},
+    )
 
 
 def propagation_lag(servers: list[Server], people: list[tuple[str, bytes]], timeout: float = 10.0) -> np.ndarray:

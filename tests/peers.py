@@ -46,7 +46,14 @@ def load_peer_module(relative_path: str, stubs: dict[str, dict[str, Any]]) -> ty
 
 def peer_inception_resnet_v1() -> types.ModuleType | None:
     """facenet-pytorch's ``models/inception_resnet_v1.py``; its download helpers are stubbed, never used."""
-    return load_peer_module("models/inception_resnet_v1.py", {
-        "requests": {}, "requests.adapters": {"HTTPAdapter": object}, "facenet_pytorch": {},
-        "facenet_pytorch.models": {}, "facenet_pytorch.models.utils": {},
-        "facenet_pytorch.models.utils.download": {"download_url_to_file": None}})
+    return load_peer_module(
+        "models/inception_resnet_v1.py",
+        {
+            "requests": {},
+            "requests.adapters": {"HTTPAdapter": object},
+            "facenet_pytorch": {},
+            "facenet_pytorch.models": {},
+            "facenet_pytorch.models.utils": {},
+            "facenet_pytorch.models.utils.download": {"download_url_to_file": None},
+        },
+    )

@@ -32,8 +32,10 @@ def find_bindir() -> Path | None:
 def missing_reason() -> str | None:
     """Why no cluster can be started here, or None when one can."""
     if find_bindir() is None:
-        return ("PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
-                "postgresql-15) or set FACENET_PG_BINDIR")
+        return (
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
+            "postgresql-15) or set FACENET_PG_BINDIR"
+        )
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
@@ -58,8 +60,11 @@ class Cluster:
         if reason:
             raise RuntimeError(reason)
         self.bindir = find_bindir()
-        self.settings = {"fsync": "off", "full_page_writes": "off",  # fast, and survives a server crash
-                         **(settings or {})}
+        self.settings = {
+            "fsync": "off",
+            "full_page_writes": "off",  # fast, and survives a server crash
+            **(settings or {}),
+        }
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="facenet-pg-"))
         self.user = "postgres" if os.geteuid() == 0 else None
@@ -68,20 +73,40 @@ class Cluster:
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bindir / args[0]), *args[1:]], check=True, user=self.user, cwd=self.dir,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            check=True,
+            user=self.user,
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
 
     def start(self) -> Cluster:
-        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-locale", "--no-sync")  # C locale: works whatever locales the machine has
+        self._run(
+            "initdb",
+            "-D",
+            str(self.dir / "data"),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )  # C locale: works whatever locales the machine has
         return self.resume()
 
     def resume(self) -> Cluster:
         """Start the server (again, after ``pause``) on the same port and data."""
-        options = " ".join([f"-p {self.port}", f"-k {self.dir}", f"-c listen_addresses={HOST}"]
-                           + [f"-c {k}={v}" for k, v in self.settings.items()])
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "server.log"), "-w",
-                  "start")
+        options = " ".join(
+            [f"-p {self.port}", f"-k {self.dir}", f"-c listen_addresses={HOST}"]
+            + [f"-c {k}={v}" for k, v in self.settings.items()]
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "server.log"), "-w", "start"
+        )
         return self
 
     def pause(self) -> None:

@@ -68,7 +68,7 @@ def test_real_lfw_face_near_centre(detector, lfw_dir, rel):
 def test_face_pasted_at_known_offset(detector, lfw_dir):
     canvas = np.full((360, 480, 3), 128, np.uint8)
     ox, oy = 210, 90
-    canvas[oy:oy + 250, ox:ox + 250] = lfw(lfw_dir, "Aaron_Eckhart/Aaron_Eckhart_0001.jpg")
+    canvas[oy : oy + 250, ox : ox + 250] = lfw(lfw_dir, "Aaron_Eckhart/Aaron_Eckhart_0001.jpg")
     expected = (LFW_FACE[0] + ox, LFW_FACE[1] + oy, LFW_FACE[2] + ox, LFW_FACE[3] + oy)
     dets = detector.detect(canvas)
     assert len(dets) == 1
@@ -101,7 +101,10 @@ def test_extract_all_faces_in_score_order():
         name = "fixed"
 
         def detect(self, image):
-            return [Detection((10, 10, 60, 60), 0.8, np.zeros((5, 2))), Detection((100, 20, 200, 120), 0.9, np.zeros((5, 2)))]
+            return [
+                Detection((10, 10, 60, 60), 0.8, np.zeros((5, 2))),
+                Detection((100, 20, 200, 120), 0.9, np.zeros((5, 2))),
+            ]
 
     crops = extract_faces(np.zeros((150, 250, 3), np.uint8), Fixed(), size=96, recipe=Recipe(margin=0.2), which="all")
     assert [c.image.shape for c in crops] == [(96, 96, 3)] * 2
@@ -206,7 +209,7 @@ def test_aligned_landmarks_land_on_template():
         cv2.circle(image, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
     out = align_face(image, Detection((0, 0, 1, 1), 1.0, marks), size, margin)[:, :, 0].astype(float)
     for tx, ty in template_points(size, margin):
-        ys, xs = np.mgrid[int(ty) - 5:int(ty) + 7, int(tx) - 5:int(tx) + 7]
+        ys, xs = np.mgrid[int(ty) - 5 : int(ty) + 7, int(tx) - 5 : int(tx) + 7]
         w = out[ys, xs]
         assert w.sum() > 0
         centroid = np.array([(w * xs).sum(), (w * ys).sum()]) / w.sum()

@@ -46,6 +46,7 @@ def real_tree(tmp_path, lfw_dir):
 @pytest.fixture()
 def yunet_settings():
     from facenet.align import get_detector
+
     try:
         get_detector("yunet")
     except FaceNetError as exc:
@@ -131,17 +132,73 @@ def test_trained_model_cuts_faces_like_its_training_data(tmp_path, mode):
 
     src = synthetic_tree(tmp_path / "src", people=3, per_person=4)
     dst = tmp_path / "aligned"
-    assert main(["align", str(src), str(dst), "--detector", "center", "--size", "48", "--mode", mode,
-                 "--margin", "0.15", "--quiet"]) == 0
-    assert read_recipe(dst) == {"detector": "center", "mode": mode, "margin": 0.15, "template": "facenet",
-                                "which": "largest", "size": 48}
+    assert (
+        main(
+            [
+                "align",
+                str(src),
+                str(dst),
+                "--detector",
+                "center",
+                "--size",
+                "48",
+                "--mode",
+                mode,
+                "--margin",
+                "0.15",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert read_recipe(dst) == {
+        "detector": "center",
+        "mode": mode,
+        "margin": 0.15,
+        "template": "facenet",
+        "which": "largest",
+        "size": 48,
+    }
     run = tmp_path / "run"
-    assert main(["train", str(dst), "--out", str(run), "--arch", "nns", "--image-size", "48", "--steps", "2",
-                 "--identities-per-batch", "2", "--faces-per-identity", "2", "--holdout", "0",
-                 "--eval-every", "100", "--checkpoint-every", "100", "--workers", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(dst),
+                "--out",
+                str(run),
+                "--arch",
+                "nns",
+                "--image-size",
+                "48",
+                "--steps",
+                "2",
+                "--identities-per-batch",
+                "2",
+                "--faces-per-identity",
+                "2",
+                "--holdout",
+                "0",
+                "--eval-every",
+                "100",
+                "--checkpoint-every",
+                "100",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     model = run / "model.safetensors"
-    assert read_model_info(model).recipe == {"detector": "center", "mode": mode, "margin": 0.15,
-                                             "template": "facenet", "which": "largest"}
+    assert read_model_info(model).recipe == {
+        "detector": "center",
+        "mode": mode,
+        "margin": 0.15,
+        "template": "facenet",
+        "which": "largest",
+    }
     embedder = load_embedder(model, backend="torch")  # detector and cut from the model's recipe
     assert embedder.detector.name == "center"
     for photo in sorted(src.glob("*/*.png"))[:4]:

@@ -19,8 +19,12 @@ from facenet.align.mtcnn import MTCNNDetector, find_weights, nms
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError
 
-LFW_SAMPLES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001.jpg",
-               "Serena_Williams/Serena_Williams_0001.jpg", "George_W_Bush/George_W_Bush_0010.jpg"]
+LFW_SAMPLES = [
+    "Aaron_Eckhart/Aaron_Eckhart_0001.jpg",
+    "Abba_Eban/Abba_Eban_0001.jpg",
+    "Serena_Williams/Serena_Williams_0001.jpg",
+    "George_W_Bush/George_W_Bush_0010.jpg",
+]
 
 
 def _brute_force_batched_nms(boxes, scores, idxs, iou_threshold):
@@ -42,9 +46,16 @@ def _brute_force_batched_nms(boxes, scores, idxs, iou_threshold):
 
 @pytest.fixture(scope="module")
 def reference_detect_face():
-    module = load_peer_module("models/utils/detect_face.py", {
-        "torchvision": {}, "torchvision.transforms": {}, "torchvision.transforms.functional": {},
-        "torchvision.ops": {}, "torchvision.ops.boxes": {"batched_nms": _brute_force_batched_nms}})
+    module = load_peer_module(
+        "models/utils/detect_face.py",
+        {
+            "torchvision": {},
+            "torchvision.transforms": {},
+            "torchvision.transforms.functional": {},
+            "torchvision.ops": {},
+            "torchvision.ops.boxes": {"batched_nms": _brute_force_batched_nms},
+        },
+    )
     if module is None:
         pytest.skip("facenet-pytorch not installed")
     return module.detect_face
@@ -78,8 +89,9 @@ def assert_same_faces(ours, theirs, score_tol=1e-3):
 def test_matches_facenet_pytorch_reference(rel, lfw_dir, mtcnn, reference_detect_face):
     image = load_image(lfw_dir / "images" / rel)
     with torch.no_grad():
-        ref_boxes, ref_points = reference_detect_face(image, 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet,
-                                                      [0.6, 0.7, 0.7], 0.709, torch.device("cpu"))
+        ref_boxes, ref_points = reference_detect_face(
+            image, 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, [0.6, 0.7, 0.7], 0.709, torch.device("cpu")
+        )
     ref_boxes, ref_points = np.asarray(ref_boxes[0], dtype=float), np.asarray(ref_points[0], dtype=float)
     ours = mtcnn.detect(image)
     assert len(ours) == len(ref_boxes) >= 1
@@ -96,12 +108,14 @@ def test_nms_against_brute_force():
     boxes = np.concatenate([xy, xy + rng.uniform(10, 40, (60, 2))], axis=1)
     scores = rng.uniform(size=60)
     keep = nms(boxes, scores, 0.4)
+
     # Brute force with the same inclusive-pixel IoU: every dropped box overlaps a better kept one.
     def iou(a, b):
         iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
         ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
         area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
         return iw * ih / (area(a) + area(b) - iw * ih)
+
     kept = set(keep.tolist())
     assert list(keep) == sorted(keep, key=lambda i: -scores[i])
     for i in range(60):

@@ -118,7 +118,11 @@ def test_cli_backends_agree(nns_file, tmp_path):
     rows = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.npy"
-        assert cli_main(["embed", str(photo), "--model", str(path), "--no-detect", "--backend", backend,
-                         "--out", str(out)]) == 0
+        assert (
+            cli_main(
+                ["embed", str(photo), "--model", str(path), "--no-detect", "--backend", backend, "--out", str(out)]
+            )
+            == 0
+        )
         rows[backend] = np.load(out)
     assert np.abs(rows["torch"] - rows["onnx"]).max() < 1e-4

@@ -27,8 +27,7 @@ def collection(tmp_path_factory, lfw_dir):
 
 
 def _embed(out, *paths, model, extra=()):
-    return main(["embed", *map(str, paths), "--out", str(out), "--model", str(model), "--backend", "torch",
-                 *extra])
+    return main(["embed", *map(str, paths), "--out", str(out), "--model", str(model), "--backend", "torch", *extra])
 
 
 def test_embed_goes_on_past_bad_photos_and_reports_each_once(tmp_path, model_file, collection, capsys):
@@ -74,7 +73,9 @@ def test_nothing_usable_writes_nothing_and_says_why_in_a_line(tmp_path, model_fi
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and err.startswith(f"facenet embed: error: {tmp_path / name}: "), err
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("t.")) == []
-    assert _embed(tmp_path / "t.npy", notes, model=model_file, extra=["--skipped-report", str(tmp_path / "r.json")]) == 2
+    assert (
+        _embed(tmp_path / "t.npy", notes, model=model_file, extra=["--skipped-report", str(tmp_path / "r.json")]) == 2
+    )
     assert json.loads((tmp_path / "r.json").read_text())["skipped"][0]["path"] == str(notes)
     assert not (tmp_path / "t.npy").exists()
 
@@ -113,8 +114,7 @@ def test_worker_processes_give_the_same_rows(tmp_path, model_file, collection):
     c = collection
     paths = [c["a"], c["text"], c["pair"], c["b"]]
     assert _embed(tmp_path / "inline.csv", *paths, model=model_file, extra=["--workers", "0"]) == 0
-    assert _embed(tmp_path / "pool.csv", *paths, model=model_file,
-                  extra=["--workers", "1", "--batch-size", "2"]) == 0
+    assert _embed(tmp_path / "pool.csv", *paths, model=model_file, extra=["--workers", "1", "--batch-size", "2"]) == 0
     inline, pool = ((tmp_path / n).read_text() for n in ("inline.csv", "pool.csv"))
     a, b = (np.array([r[8:] for r in csv.reader(t.splitlines()[1:])], float) for t in (inline, pool))
     assert [r[:3] for r in csv.reader(inline.splitlines())] == [r[:3] for r in csv.reader(pool.splitlines())]
@@ -141,8 +141,9 @@ def test_the_stream_reads_only_a_batch_ahead():
             return np.ones((len(crops), 2), np.float32)
 
     embedder = Counting()
-    stream = embed_photos(embedder, [f"p{i}.jpg" for i in range(100)], BatchReport("embed"), batch_size=4,
-                          workers=0, progress=False)
+    stream = embed_photos(
+        embedder, [f"p{i}.jpg" for i in range(100)], BatchReport("embed"), batch_size=4, workers=0, progress=False
+    )
     rows, emb = next(stream)
     assert len(rows) == 4 and embedder.seen <= 8
 
@@ -173,8 +174,13 @@ def _rows_by(embedder, paths, workers):
     return [(r.path, r.box) for r in rows], [s.path for s in report.skipped]
 
 
-@pytest.mark.parametrize("detector", [dict(name="center", fraction=0.9),  # thread-safe: threads share it
-                                      dict(name="mtcnn", backend="torch", factor=0.5)])  # processes copy it
+@pytest.mark.parametrize(
+    "detector",
+    [
+        dict(name="center", fraction=0.9),  # thread-safe: threads share it
+        dict(name="mtcnn", backend="torch", factor=0.5),
+    ],
+)  # processes copy it
 def test_workers_find_faces_with_the_callers_detector_options_and_fallback(model_file, collection, detector):
     """Workers used to rebuild the detector by name with its default options and no fallback."""
     from facenet.align import get_detector

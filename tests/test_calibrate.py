@@ -14,8 +14,9 @@ def test_far_thresholds_match_a_brute_force_count():
     emb = rng.normal(size=(300, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     labels = rng.integers(0, 40, 300)
-    negatives = np.array([np.sum((emb[i] - emb[j]) ** 2) for i, j in itertools.combinations(range(300), 2)
-                          if labels[i] != labels[j]])
+    negatives = np.array(
+        [np.sum((emb[i] - emb[j]) ** 2) for i, j in itertools.combinations(range(300), 2) if labels[i] != labels[j]]
+    )
     table = far_thresholds(emb, labels, fars=(1e-1, 1e-2, 1e-3, 1e-6))
     assert set(table) == {"1e-01", "1e-02", "1e-03"}  # 1e-6 of ~44k pairs is not measurable: left out
     for key, threshold in table.items():

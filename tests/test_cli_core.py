@@ -62,8 +62,9 @@ def test_verify_exit_codes_follow_the_decision(model_file, photos, capsys):
     same = main(["verify", str(photos[0]), str(photos[0]), "--model", str(model_file), "--no-detect"])
     assert same == 0
     assert "SAME" in capsys.readouterr().out
-    different = main(["verify", str(photos[0]), str(photos[1]), "--model", str(model_file), "--no-detect",
-                      "--threshold", "0"])
+    different = main(
+        ["verify", str(photos[0]), str(photos[1]), "--model", str(model_file), "--no-detect", "--threshold", "0"]
+    )
     assert different == 1
     out = capsys.readouterr().out
     assert "DIFFERENT" in out and "threshold 0.0000" in out
@@ -92,14 +93,32 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_file, photos, content,
 
 
 def test_missing_paths_and_models_are_clear_errors(tmp_path, model_file, photos, capsys):
-    assert main(["embed", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "x.npy"), "--model",
-                 str(model_file), "--no-detect"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                str(tmp_path / "nope.jpg"),
+                "--out",
+                str(tmp_path / "x.npy"),
+                "--model",
+                str(model_file),
+                "--no-detect",
+            ]
+        )
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err
-    assert main(["verify", str(photos[0]), str(photos[1]), "--model", str(tmp_path / "missing.safetensors"),
-                 "--no-detect"]) == 2
+    assert (
+        main(
+            ["verify", str(photos[0]), str(photos[1]), "--model", str(tmp_path / "missing.safetensors"), "--no-detect"]
+        )
+        == 2
+    )
     assert "model file not found" in capsys.readouterr().err
-    assert main(["embed", str(photos[0]), "--out", str(tmp_path / "x.txt"), "--model", str(model_file),
-                 "--no-detect"]) == 2
+    assert (
+        main(["embed", str(photos[0]), "--out", str(tmp_path / "x.txt"), "--model", str(model_file), "--no-detect"])
+        == 2
+    )
     assert ".npy, .csv, .json, .parquet" in capsys.readouterr().err
 
 
@@ -146,8 +165,10 @@ def test_whole_photos_go_through_the_detector(tmp_path, model_file, lfw_dir, cap
     assert main(["embed", str(pair), "--out", str(out), "--model", str(model_file), "--backend", "torch"]) == 0
     assert "2 faces found" in capsys.readouterr().err
     assert np.load(out).shape == (1, 128)
-    assert main(["embed", str(pair), "--out", str(out), "--model", str(model_file), "--backend", "torch",
-                 "--all-faces"]) == 0
+    assert (
+        main(["embed", str(pair), "--out", str(out), "--model", str(model_file), "--backend", "torch", "--all-faces"])
+        == 0
+    )
     assert np.load(out).shape == (2, 128)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(blank)

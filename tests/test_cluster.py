@@ -92,8 +92,12 @@ def test_manifest_and_contact_sheets(tmp_path):
     assert sheet.size == (40, 20 + 14)  # tiles, each captioned with its file name
     assert sheet.getpixel((5, 5))[0] > 200 and sheet.getpixel((25, 5))[0] > 200  # two red tiles
     assert Image.open(out / "unclustered.png").getpixel((5, 5))[2] > 200  # blue
-    assert sorted(p.name for p in out.iterdir()) == ["cluster_0.png", "cluster_1.png", "manifest.json",
-                                                     "unclustered.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cluster_0.png",
+        "cluster_1.png",
+        "manifest.json",
+        "unclustered.png",
+    ]
     assert all((os.stat(p).st_mode & 0o777) == 0o600 for p in out.iterdir())
 
 
@@ -101,6 +105,6 @@ def test_the_default_threshold_is_the_one_an_uncalibrated_model_has():
     """cluster_embeddings defaulted to 1.0 while a model not yet calibrated has 1.1: one named constant now."""
     from facenet.models.modelfile import ModelInfo
 
-    x = np.array([[1.0, 0.0], [0.475, np.sqrt(1 - 0.475 ** 2)]])  # squared L2 1.05: between 1.0 and 1.1
+    x = np.array([[1.0, 0.0], [0.475, np.sqrt(1 - 0.475**2)]])  # squared L2 1.05: between 1.0 and 1.1
     assert ModelInfo("nns", 128).threshold == DEFAULT_THRESHOLD
     assert list(cluster_embeddings(x)) == list(cluster_embeddings(x, threshold=DEFAULT_THRESHOLD)) == [0, 0]

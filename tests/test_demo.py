@@ -43,7 +43,8 @@ def test_short_demo_writes_report_keeps_the_default_and_runs_twice(tmp_path, mon
     assert np.isclose(np.linalg.norm(np.load(out)), 1, atol=1e-5)
     # the demo's gallery carries the same model id as the CLI's embedder, so the CLI can open it
     gallery = tmp_path / "demo" / "gallery.db"
-    assert main(["identify", str(photo), "--gallery", str(gallery), "--model", model, "--no-detect",
-                 "--backend", "torch"]) in (0, 1)
+    assert main(
+        ["identify", str(photo), "--gallery", str(gallery), "--model", model, "--no-detect", "--backend", "torch"]
+    ) in (0, 1)
     with Gallery.open(gallery) as g:
         assert len(g.people()) == 10

@@ -43,7 +43,11 @@ def test_no_other_squared_l2_helper_in_the_package():
     keeps its torch one."""
     package = Path(facenet.__file__).parent
     pattern = re.compile(r"\*\* ?2\)\.sum|np\.sum\(\(.* - .*\*\* ?2|np\.square\(.* - |- 2(\.0)? \*.* @ ")
-    found = [f"{path.relative_to(package)}:{number}" for path in package.rglob("*.py")
-             if path.name != "distances.py" and path.relative_to(package).parts[0] not in ("train", "losses")
-             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        if path.name != "distances.py" and path.relative_to(package).parts[0] not in ("train", "losses")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert found == []

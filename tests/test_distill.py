@@ -29,8 +29,10 @@ def _people(root, names, seed, per_person=4, size=64):
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory):
     base = tmp_path_factory.mktemp("sources")
-    return (_people(base / "alpha", ["ann", "bob", "cid", "dan"], seed=1),
-            _people(base / "beta", ["bob", "eve", "fay", "gus", "hal", "ivy"], seed=2, per_person=3))
+    return (
+        _people(base / "alpha", ["ann", "bob", "cid", "dan"], seed=1),
+        _people(base / "beta", ["bob", "eve", "fay", "gus", "hal", "ivy"], seed=2, per_person=3),
+    )
 
 
 def test_sources_keep_their_people_apart_unless_merged(two_sources):
@@ -63,8 +65,14 @@ def test_merged_names_treat_underscores_as_spaces(tmp_path):
     assert len(FolderDataset([lfw, pubfig]).classes) == 4  # apart unless merged
     names = tmp_path / "exclude.txt"
     names.write_text("George_W_Bush\n")
-    config = tiny_config(tmp_path / "run", data=[str(lfw), str(pubfig)], holdout_identities=0.0,
-                         exclude_identities=str(names), identities_per_batch=2, faces_per_identity=2)
+    config = tiny_config(
+        tmp_path / "run",
+        data=[str(lfw), str(pubfig)],
+        holdout_identities=0.0,
+        exclude_identities=str(names),
+        identities_per_batch=2,
+        faces_per_identity=2,
+    )
     source, _ = build_sources(config)
     kept = {source.dataset.classes[i] for i in np.unique(source.dataset.labels[source.indices])}
     assert kept == {"lfw/Ann_Lee", "pubfig/Cid Moe"}
@@ -78,8 +86,9 @@ def test_source_weights_set_the_share_of_each_source_in_the_batches(two_sources)
     data = FolderDataset(two_sources)
     weights = data.class_weights([3.0, 1.0])
     sampler = PKSampler(data.labels, 2, 2, seed=0, weights=weights)
-    picks = np.concatenate([np.asarray(sampler.batch(epoch, i)).reshape(2, 2)[:, 0]
-                            for epoch in range(800) for i in range(len(sampler))])
+    picks = np.concatenate(
+        [np.asarray(sampler.batch(epoch, i)).reshape(2, 2)[:, 0] for epoch in range(800) for i in range(len(sampler))]
+    )
     from_alpha = np.mean(data.sample_sources[picks] == 0)
     # brute force: the chance that a weighted draw of 2 distinct identities contains each identity
     p = weights / weights.sum()
@@ -97,8 +106,9 @@ def test_excluded_names_match_across_sources(two_sources, tmp_path):
 
     names = tmp_path / "exclude.txt"
     names.write_text("bob\n")
-    config = tiny_config(tmp_path / "run", data=[str(p) for p in two_sources], holdout_identities=0.0,
-                         exclude_identities=str(names))
+    config = tiny_config(
+        tmp_path / "run", data=[str(p) for p in two_sources], holdout_identities=0.0, exclude_identities=str(names)
+    )
     source, _ = build_sources(config)
     from facenet.train.data import data_summary
 
@@ -122,8 +132,9 @@ def test_distillation_loss_matches_a_brute_force_reference():
     assert got.item() == pytest.approx(want, rel=1e-9)
     # sizes differ: the relations alone
     t3 = t[:, :3] / np.linalg.norm(t[:, :3], axis=1, keepdims=True)
-    rel = np.mean([(np.sum((s[i] - s[j]) ** 2) - np.sum((t3[i] - t3[j]) ** 2)) ** 2
-                   for i in range(7) for j in range(i + 1, 7)])
+    rel = np.mean(
+        [(np.sum((s[i] - s[j]) ** 2) - np.sum((t3[i] - t3[j]) ** 2)) ** 2 for i in range(7) for j in range(i + 1, 7)]
+    )
     got3, stats3 = distillation_loss(torch.tensor(s), torch.tensor(t3))
     assert got3.item() == pytest.approx(rel, rel=1e-9) and "distill_agreement" not in stats3
     assert distillation_loss(torch.tensor(s), torch.tensor(s))[0].item() == pytest.approx(0, abs=1e-9)
@@ -161,15 +172,27 @@ def test_unlabelled_photos_join_each_batch_with_label_minus_one(two_sources, tmp
     flat.mkdir(parents=True)
     for i, image in enumerate(SyntheticFaces(3, seed=9, size=48).render(p, 0) for p in range(3)):
         Image.fromarray(image).save(flat / f"{i}.jpg")
-    config = tiny_config(tmp_path / "run", data=[str(two_sources[0])], holdout_identities=0.0,
-                         unlabelled=[str(tmp_path / "loose")], unlabelled_per_batch=5, teacher="x.safetensors")
+    config = tiny_config(
+        tmp_path / "run",
+        data=[str(two_sources[0])],
+        holdout_identities=0.0,
+        unlabelled=[str(tmp_path / "loose")],
+        unlabelled_per_batch=5,
+        teacher="x.safetensors",
+    )
     source, _ = build_sources(config)
     unlabelled = UnlabelledSource(config.unlabelled)
     targets = np.arange(len(source), dtype=np.float32)[:, None] * [1, 0]
     extra = 100 + np.arange(len(unlabelled), dtype=np.float32)[:, None] * [1, 0]
-    batches = StepBatches(source, PKSampler(source.labels, 4, 3, seed=0), face_augmentation(config), 0,
-                          unlabelled=unlabelled, unlabelled_count=5,
-                          teacher=TeacherFeed(targets=targets, unlabelled_targets=extra))
+    batches = StepBatches(
+        source,
+        PKSampler(source.labels, 4, 3, seed=0),
+        face_augmentation(config),
+        0,
+        unlabelled=unlabelled,
+        unlabelled_count=5,
+        teacher=TeacherFeed(targets=targets, unlabelled_targets=extra),
+    )
     images, labels, teacher = batches[2]
     assert images.shape[0] == 12 + 5 and (labels[:12] >= 0).all() and (labels[12:] == -1).all()
     assert teacher[:12, 0].tolist() == batches.indices(2)  # each row is its photo's cached embedding
@@ -192,9 +215,21 @@ def test_a_teacher_only_run_pulls_the_student_towards_the_teacher(two_sources, t
     from facenet.train.loop import train
 
     teacher = _teacher_file(tmp_path)
-    config = tiny_config(tmp_path / mode, data=[str(p) for p in two_sources], loss="none", teacher=str(teacher),
-                         teacher_mode=mode, steps=30, lr=3e-3, holdout_identities=0.0, eval_every=30,
-                         checkpoint_every=30, log_every=1, unlabelled=[str(two_sources[1])], unlabelled_per_batch=4)
+    config = tiny_config(
+        tmp_path / mode,
+        data=[str(p) for p in two_sources],
+        loss="none",
+        teacher=str(teacher),
+        teacher_mode=mode,
+        steps=30,
+        lr=3e-3,
+        holdout_identities=0.0,
+        eval_every=30,
+        checkpoint_every=30,
+        log_every=1,
+        unlabelled=[str(two_sources[1])],
+        unlabelled_per_batch=4,
+    )
     result = train(config, progress=False)
     rows = list(__import__("csv").DictReader(open(result.run_dir / "metrics.csv")))
     agreement = [float(r["distill_agreement"]) for r in rows if r["distill_agreement"]]
@@ -246,9 +281,22 @@ def test_a_distilled_student_is_closer_to_its_teacher_on_photos_it_never_saw(tmp
     unseen = SyntheticFaces(12, seed=12, size=32)
     photos = [unseen.render(person, i) for person in range(12) for i in range(4)]
     teacher = _teacher_file(tmp_path)
-    result = train(tiny_config(tmp_path / "run", data=[str(seen)], loss="none", teacher=str(teacher),
-                               teacher_mode="cached", steps=80, lr=3e-3, identities_per_batch=8,
-                               holdout_identities=0.0, eval_every=80, checkpoint_every=80), progress=False)
+    result = train(
+        tiny_config(
+            tmp_path / "run",
+            data=[str(seen)],
+            loss="none",
+            teacher=str(teacher),
+            teacher_mode="cached",
+            steps=80,
+            lr=3e-3,
+            identities_per_batch=8,
+            holdout_identities=0.0,
+            eval_every=80,
+            checkpoint_every=80,
+        ),
+        progress=False,
+    )
     info = read_model_info(result.model_path)
     torch.manual_seed(1)
     untrained = save_model(create_model("nns", input_size=32).eval(), tmp_path / "untrained.safetensors", info)

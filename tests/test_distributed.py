@@ -26,6 +26,6 @@ def test_cpu_sync_batchnorm_keeps_float32_statistics_under_bf16_autocast(tmp_pat
     finally:
         dist.destroy_process_group()
     assert got.dtype == torch.bfloat16  # as torch's BatchNorm returns under CPU bf16 autocast
-    torch.testing.assert_close(got.float(), want, rtol=2 ** -8, atol=2 ** -8)  # the output's rounding only
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=2**-8)  # the output's rounding only
     torch.testing.assert_close(synced.running_mean, reference.running_mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(synced.running_var, reference.running_var, rtol=1e-5, atol=1e-6)

@@ -14,8 +14,11 @@ from facenet.baselines.dlib_model import DlibEmbedder  # noqa: E402
 @pytest.fixture(scope="module")
 def faces(lfw_dir):
     img = lfw_dir / "images"
-    return [img / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", img / "Abel_Pacheco" / "Abel_Pacheco_0004.jpg",
-            img / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg"]
+    return [
+        img / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg",
+        img / "Abel_Pacheco" / "Abel_Pacheco_0004.jpg",
+        img / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg",
+    ]
 
 
 def test_same_person_is_closer_than_different_people(faces):

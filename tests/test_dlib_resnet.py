@@ -118,8 +118,13 @@ def test_convert_command_writes_a_model_file_with_its_recipe(dlib_env, converted
     assert main(["convert", "dlib", str(out)]) == 0
     model, info = load_model_file(out)
     assert (info.arch, info.input_size, info.standardisation) == ("dlib_resnet", 150, "dlib")
-    assert info.recipe == {"detector": "mtcnn", "mode": "similarity", "template": "dlib", "margin": 0.0,
-                           "which": "largest"}
+    assert info.recipe == {
+        "detector": "mtcnn",
+        "mode": "similarity",
+        "template": "dlib",
+        "margin": 0.0,
+        "which": "largest",
+    }
     assert info.provenance["licence"].startswith("CC0") and len(info.provenance["source_sha256"]) == 64
     assert out.stat().st_mode & 0o777 == 0o600
     x = standardise(np.stack(_chips()), "dlib")
@@ -182,9 +187,37 @@ def test_onnx_export_and_fine_tuning_start_from_the_converted_model(dlib_env, tm
         for k in range(3):
             Image.fromarray(faces.render(person, k)).save(tmp_path / "data" / f"p{person}" / f"{k}.png")
     run = tmp_path / "run"
-    assert main(["train", str(tmp_path / "data"), "--out", str(run), "--init", str(model_path), "--steps", "1",
-                 "--lr", "1e-9", "--identities-per-batch", "2", "--faces-per-identity", "2", "--holdout", "0",
-                 "--workers", "0", "--device", "cpu", "--no-crop", "--no-flip", "--colour-jitter", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "data"),
+                "--out",
+                str(run),
+                "--init",
+                str(model_path),
+                "--steps",
+                "1",
+                "--lr",
+                "1e-9",
+                "--identities-per-batch",
+                "2",
+                "--faces-per-identity",
+                "2",
+                "--holdout",
+                "0",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-crop",
+                "--no-flip",
+                "--colour-jitter",
+                "0",
+            ]
+        )
+        == 0
+    )
     info = read_model_info(run / "model.safetensors")
     assert (info.arch, info.input_size, info.standardisation) == ("dlib_resnet", 150, "dlib")
     assert info.recipe == read_model_info(model_path).recipe and info.provenance["init"] == str(model_path)

@@ -120,8 +120,22 @@ def test_int8_export_is_smaller_close_to_fp32_and_self_describing(nns_file, tmp_
     for i, face in enumerate(crops(40, 32, seed=2)):
         Image.fromarray(face).save(folder / f"{i}.png")
     out = tmp_path / "nns.int8.onnx"
-    assert cli_main(["export", str(path), "--int8", "--calibration", str(folder), "--calibration-images", "20",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "export",
+                str(path),
+                "--int8",
+                "--calibration",
+                str(folder),
+                "--calibration-images",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "largest change of a squared-L2 distance" in printed
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600

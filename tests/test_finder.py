@@ -73,7 +73,10 @@ def test_a_big_photo_gives_the_crop_of_its_thumbnail(lfw_dir, model):
 
 def test_the_visible_face_wins_over_one_cut_by_the_border(lfw_dir, model):
     """LFW Calista_Flockhart_0001: a half-visible face at the top-left has a bigger box than the subject."""
-    a, b = lfw(lfw_dir, "Calista_Flockhart/Calista_Flockhart_0001.jpg"), lfw(lfw_dir, "Calista_Flockhart/Calista_Flockhart_0003.jpg")
+    a, b = (
+        lfw(lfw_dir, "Calista_Flockhart/Calista_Flockhart_0001.jpg"),
+        lfw(lfw_dir, "Calista_Flockhart/Calista_Flockhart_0003.jpg"),
+    )
     found = model.find_faces(a)
     assert len(found.detections) >= 2 and found.faces[0].detection.box[0] > 0
     assert max(d.area for d in found.detections) > found.faces[0].detection.area  # the box alone would pick wrong
@@ -97,8 +100,12 @@ def test_every_enrolled_person_of_a_group_photo_is_named(lfw_dir, model, tmp_pat
     people = ["Colin_Powell", "Serena_Williams", "Tony_Blair"]
     photo, placed = fullsize_photos.group([lfw(lfw_dir, f"{p}/{p}_0002.jpg") for p in people], 12)
     for person in people:
-        facenet.enroll(person, [lfw(lfw_dir, f"{person}/{person}_000{i}.jpg") for i in (3, 4, 5)],
-                       gallery=tmp_path / "g.db", model=model)
+        facenet.enroll(
+            person,
+            [lfw(lfw_dir, f"{person}/{person}_000{i}.jpg") for i in (3, 4, 5)],
+            gallery=tmp_path / "g.db",
+            model=model,
+        )
     answers = facenet.identify(fullsize_photos.jpeg(photo), gallery=tmp_path / "g.db", model=model)
     assert len(answers) >= 3
     for person, (x1, _, x2, _) in zip(people, placed):
@@ -119,6 +126,7 @@ def test_cut_from_a_finer_copy_when_the_face_is_small(lfw_dir, model):
 
 
 # -- bad input: the right face or a clear error, never a crash or a hang --
+
 
 def test_truncated_jpeg_is_a_clear_error(lfw_dir, model):
     data = fullsize_photos.jpeg(fullsize_photos.portrait(lfw(lfw_dir, "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"), 3))
@@ -142,9 +150,11 @@ def test_cmyk_16bit_and_exif_rotated_photos_give_the_same_face(lfw_dir, model):
     sixteen = io.BytesIO()
     Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(sixteen, "PNG")
     grey = model.embed([photo.convert("L").convert("RGB")])[0]
-    variants = {"cmyk": (fullsize_photos.jpeg(photo.convert("CMYK")), reference),
-                "exif": (fullsize_photos.jpeg(rotated, exif=exif.tobytes()), reference),
-                "16-bit": (sixteen.getvalue(), grey)}
+    variants = {
+        "cmyk": (fullsize_photos.jpeg(photo.convert("CMYK")), reference),
+        "exif": (fullsize_photos.jpeg(rotated, exif=exif.tobytes()), reference),
+        "16-bit": (sixteen.getvalue(), grey),
+    }
     for kind, (data, expected) in variants.items():
         got = model.embed([data])[0]
         assert facenet.distance(got, expected) < 0.3 * model.threshold, kind
@@ -173,6 +183,7 @@ def test_reduced_decode_keeps_the_exif_orientation_and_full_size(lfw_dir):
 
 # -- answers marked unreliable, not silently wrong --
 
+
 def test_tiny_rotated_and_cut_off_faces_are_marked_unreliable():
     marks = np.array([[40, 50], [60, 50], [50, 60], [42, 70], [58, 70]], float)
     upright = Detection((30, 30, 70, 80), 0.99, marks)
@@ -200,6 +211,7 @@ def test_a_photo_turned_sideways_is_not_answered_silently(lfw_dir, model):
 
 
 # -- one path --
+
 
 def test_faces_are_cut_in_one_place_only():
     """Only align/finder.py calls the cutting functions: no second detect -> crop path anywhere."""

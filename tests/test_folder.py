@@ -27,7 +27,11 @@ def test_scans_sorted_identities_and_samples(tmp_path):
     assert ds.classes == ["alice", "bob", "carol"]
     assert len(ds) == 6
     assert [(p.parent.name, p.name, y) for p, y in ds.samples][:4] == [
-        ("alice", "00.png", 0), ("alice", "01.png", 0), ("alice", "02.png", 0), ("bob", "00.png", 1)]
+        ("alice", "00.png", 0),
+        ("alice", "01.png", 0),
+        ("alice", "02.png", 0),
+        ("bob", "00.png", 1),
+    ]
     np.testing.assert_array_equal(ds.labels, [0, 0, 0, 1, 1, 2])
     np.testing.assert_array_equal(ds.images_per_class, [3, 2, 1])
     image, label = ds[4]

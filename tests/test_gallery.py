@@ -24,7 +24,7 @@ def brute_score(faces: np.ndarray, q: np.ndarray, policy: str = "nearest") -> fl
         mean = faces.astype(np.float64).mean(0)
         return float(((mean / np.linalg.norm(mean) - q) ** 2).sum())
     d = np.sort(((faces - q) ** 2).sum(1))
-    return float(d[:1 if policy == "nearest" else int(policy.rsplit("-", 1)[1])].mean())
+    return float(d[: 1 if policy == "nearest" else int(policy.rsplit("-", 1)[1])].mean())
 
 
 def brute_identify(people: dict, q: np.ndarray, k: int, policy: str = "nearest"):
@@ -175,9 +175,13 @@ def test_removed_bytes_leave_the_disk(tmp_path, rng, storage):
     with Gallery.open(path, "m1", D, storage=storage) as g:
         g.enroll("keep", unit(rng, 2), ["k1", "k2"])
         g.enroll("Zebediah Secretname", secret, ["s1", "s2", "s3"])
-        blobs = [bytes(r) for (r,) in g.store._conn.execute(
-            "SELECT e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN people p ON p.id = f.person_id "
-            "WHERE p.name = 'Zebediah Secretname'")]
+        blobs = [
+            bytes(r)
+            for (r,) in g.store._conn.execute(
+                "SELECT e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id "
+                "JOIN people p ON p.id = f.person_id WHERE p.name = 'Zebediah Secretname'"
+            )
+        ]
         assert len(blobs) == 3
         g.remove("Zebediah Secretname")
         raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())

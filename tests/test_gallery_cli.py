@@ -46,8 +46,13 @@ def photos(tmp_path, monkeypatch):
     monkeypatch.setattr(cluster_cmd, "embedder_from_args", lambda args: FakeEmbedder())
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     made = {}
-    for name, colour in [("r1", (250, 10, 10)), ("r2", (240, 30, 20)), ("g1", (10, 250, 10)),
-                         ("b1", (10, 10, 250)), ("grey", (128, 128, 128))]:
+    for name, colour in [
+        ("r1", (250, 10, 10)),
+        ("r2", (240, 30, 20)),
+        ("g1", (10, 250, 10)),
+        ("b1", (10, 10, 250)),
+        ("grey", (128, 128, 128)),
+    ]:
         made[name] = tmp_path / "photos" / f"{name}.png"
         made[name].parent.mkdir(exist_ok=True)
         Image.new("RGB", (32, 32), colour).save(made[name])
@@ -100,8 +105,22 @@ def test_enroll_refuses_an_enrolled_name_unless_add(photos, tmp_path, capsys):
 
 def test_enroll_several_photos_under_a_policy(photos, tmp_path, capsys):
     g = tmp_path / "g.db"
-    assert main(["gallery", "enroll", "Red", str(photos["r1"]), str(photos["r2"]), "--policy", "mean-of-2",
-                 "--gallery", str(g)]) == 0
+    assert (
+        main(
+            [
+                "gallery",
+                "enroll",
+                "Red",
+                str(photos["r1"]),
+                str(photos["r2"]),
+                "--policy",
+                "mean-of-2",
+                "--gallery",
+                str(g),
+            ]
+        )
+        == 0
+    )
     assert "enrolled 2 photo(s) of Red (2 in total)" in capsys.readouterr().out
     assert main(["gallery", "list", "--gallery", str(g)]) == 0
     assert "policy mean-of-2" in capsys.readouterr().out
@@ -121,8 +140,10 @@ def test_identify_skips_and_reports(photos, tmp_path, capsys):
     assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g)]) == 0
     capsys.readouterr()
     report = tmp_path / "skipped.json"
-    assert main(["identify", str(photos["r2"]), str(photos["grey"]), "--gallery", str(g),
-                 "--skipped-report", str(report)]) == 0
+    assert (
+        main(["identify", str(photos["r2"]), str(photos["grey"]), "--gallery", str(g), "--skipped-report", str(report)])
+        == 0
+    )
     assert capsys.readouterr().out.startswith(f"{photos['r2']}: red")
     assert json.loads(report.read_text())["skipped"] == [{"path": str(photos["grey"]), "reason": "no face found"}]
     assert main(["identify", str(photos["r2"]), str(photos["grey"]), "--gallery", str(g), "--strict"]) == 2
@@ -168,6 +189,7 @@ def test_cluster_command_writes_manifest(photos, tmp_path, capsys):
 
 def test_cluster_sheets_show_the_face_crops_used(photos, tmp_path, monkeypatch, capsys):
     """A two-person photo: the sheet shows the face that was clustered, not the whole photo."""
+
     class LeftHalf(FakeEmbedder):
         def find_faces(self, path, all_faces=False, source=None):
             pixels = np.asarray(Image.open(path).convert("RGB"))

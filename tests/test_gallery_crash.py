@@ -37,8 +37,13 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 def start_writer(path, prefix, people, faces=FACES):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), prefix, str(people), str(faces)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), prefix, str(people), str(faces)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_sigkill_during_enrolment_loses_no_committed_person(tmp_path):
@@ -62,10 +67,20 @@ def test_sigkill_during_enrolment_loses_no_committed_person(tmp_path):
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        assert conn.execute("SELECT count(*) FROM faces f LEFT JOIN embeddings e ON e.face_id = f.id "
-                            "WHERE e.vector IS NULL OR length(e.vector) != ?", (4 * D,)).fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM embeddings e LEFT JOIN faces f ON f.id = e.face_id "
-                            "WHERE f.id IS NULL").fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM faces f LEFT JOIN embeddings e ON e.face_id = f.id "
+                "WHERE e.vector IS NULL OR length(e.vector) != ?",
+                (4 * D,),
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM embeddings e LEFT JOIN faces f ON f.id = e.face_id WHERE f.id IS NULL"
+            ).fetchone()[0]
+            == 0
+        )
         conn.close()
     assert len(committed) * FACES >= 1000
 

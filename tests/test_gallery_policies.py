@@ -61,8 +61,10 @@ def test_mean_of_k_scores_from_all_faces_not_only_the_fetched_ones(tmp_path):
     q = unit(rng, 1)[0]
     crowd = np.stack([q + 0.15 * v for v in unit(rng, 2)] + [-q + 0.1 * v for v in unit(rng, 30)])
     steady = np.stack([q + 0.5 * v for v in unit(rng, 3)])
-    people = {"crowd": crowd / np.linalg.norm(crowd, axis=1, keepdims=True),
-              "steady": steady / np.linalg.norm(steady, axis=1, keepdims=True)}
+    people = {
+        "crowd": crowd / np.linalg.norm(crowd, axis=1, keepdims=True),
+        "steady": steady / np.linalg.norm(steady, axis=1, keepdims=True),
+    }
     with Gallery.open(tmp_path / "g.db", "m1", D, policy="mean-of-3") as g:
         g.enroll_many([Record(n, e, [""] * len(e)) for n, e in people.items()])
         (res,) = g.identify(q[None], k=1)
@@ -130,7 +132,7 @@ def test_python_api_enrols_several_photos_at_once(tmp_path):
     with Gallery.open(path, create=False) as g:
         assert g.policy == "template"
         assert [r.sources for r in g.records()] == [["ann0.jpg", "ann1.jpg", "ann2.jpg"]]
-        (match,), = g.identify(unit(rng, 1), k=1)
+        ((match,),) = g.identify(unit(rng, 1), k=1)
     with pytest.raises(GalleryError, match="already in gallery"):
         facenet.enroll("Ann", list(rows)[:1], gallery=path, model=model, merge=False)
     assert match.name == "Ann"

@@ -22,8 +22,9 @@ def assert_brute(gallery, people, queries, k=3, atol=1e-4):
         np.testing.assert_allclose([m.distance for m in res], dists, atol=atol)
 
 
-@pytest.mark.parametrize("storage, policy", [("float32", "nearest"), ("int8", "nearest"), ("float32", "mean-of-3"),
-                                             ("int8", "template")])
+@pytest.mark.parametrize(
+    "storage, policy", [("float32", "nearest"), ("int8", "nearest"), ("float32", "mean-of-3"), ("int8", "template")]
+)
 def test_enrol_remove_identify_matches_brute_force_and_fresh_load(gallery_location, storage, policy):
     rng = np.random.default_rng(0)
     people = {f"p{i}": unit(rng, int(rng.integers(1, 5))) for i in range(60)}
@@ -80,8 +81,11 @@ def test_changes_committed_out_of_order_are_not_skipped(pg_url):
     between and after sees both (with ids handed out before commit, "ids above the last seen" would skip one)."""
     rng = np.random.default_rng(2)
     first, second = unit(rng, 1), unit(rng, 1)
-    with Gallery.open(pg_url, "m1", D) as a, Gallery.open(pg_url, "m1", D) as b, \
-            Gallery.open(pg_url, "m1", D) as reader:
+    with (
+        Gallery.open(pg_url, "m1", D) as a,
+        Gallery.open(pg_url, "m1", D) as b,
+        Gallery.open(pg_url, "m1", D) as reader,
+    ):
         reader.sync()
         second_done = threading.Event()
         with a.store._change() as (cur, seq):
@@ -137,8 +141,10 @@ def test_postgres_refuses_other_models_newer_schemas_and_foreign_tables(pg_clust
     with pytest.raises(GalleryError, match="another application"):
         Gallery.open(foreign, "model-A", D)
     with psycopg.connect(foreign) as conn:
-        assert conn.execute("SELECT count(*) FROM information_schema.tables "
-                            "WHERE table_schema = 'public'").fetchone()[0] == 1  # untouched
+        assert (
+            conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").fetchone()[0]
+            == 1
+        )  # untouched
     with pytest.raises(GalleryError, match="no gallery in database"):
         Gallery.open(pg_cluster.create_database(), create=False)
 
@@ -177,8 +183,9 @@ def test_sqlite_version_1_file_is_migrated_and_keeps_its_faces(tmp_path):
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute("PRAGMA user_version=1")
     conn.executescript(_MIGRATIONS[0])
-    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("model_id", "m1"), ("embedding_size", str(D)),
-                                                         ("storage", "float32")])
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)", [("model_id", "m1"), ("embedding_size", str(D)), ("storage", "float32")]
+    )
     conn.execute("INSERT INTO people (name, created) VALUES ('old', 0)")
     for i, v in enumerate(vectors):
         conn.execute("INSERT INTO faces (person_id, source, created) VALUES (1, ?, 0)", (f"s{i}",))

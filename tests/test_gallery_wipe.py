@@ -48,16 +48,25 @@ def enrolled_gallery(path, rng):
         g.enroll(f"person {i}", unit(rng, 3), [f"p{i}_{j}.jpg" for j in range(3)])
         if i == 30:
             g.enroll(NAME, unit(rng, 4), [f"{NAME}/{j}.jpg" for j in range(4)])
-    blobs = [bytes(r) for (r,) in g.store._conn.execute(
-        "SELECT e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN people p ON p.id = f.person_id "
-        "WHERE p.name = ?", (NAME,))]
+    blobs = [
+        bytes(r)
+        for (r,) in g.store._conn.execute(
+            "SELECT e.vector FROM embeddings e JOIN faces f ON f.id = e.face_id JOIN people p ON p.id = f.person_id "
+            "WHERE p.name = ?",
+            (NAME,),
+        )
+    ]
     assert len(blobs) == 4
     return g, blobs
 
 
 def start_reader(path, hold):
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(hold), NAME], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), str(hold), NAME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert reader.stdout.readline().split() == ["reading", "1"]
     return reader
 
@@ -70,7 +79,7 @@ def traces(directory, blobs):
         raw = f.read_bytes()
         if NAME.encode() in raw or b"Zebediah" in raw:
             found.append(f"{f.name}: the name")
-        if any(blob[i:i + 32] in raw for blob in blobs for i in range(0, len(blob), 32)):
+        if any(blob[i : i + 32] in raw for blob in blobs for i in range(0, len(blob), 32)):
             found.append(f"{f.name}: embedding bytes")
     return found
 

@@ -14,6 +14,7 @@ READS = ["item", "tolist", "nonzero", "__bool__", "__float__", "__int__", "__ind
 @pytest.fixture
 def no_host_reads(monkeypatch):
     """Every way a tensor's values reach Python raises while the fixture is active."""
+
     def read(*args, **kwargs):
         raise AssertionError("a tensor's value was read by the host")
 

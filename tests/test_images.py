@@ -21,8 +21,7 @@ def encode(array_or_img, fmt, **kw):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("BMP", {}), ("PPM", {}), ("WEBP", {"lossless": True}),
-                                    ("TIFF", {})])
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("BMP", {}), ("PPM", {}), ("WEBP", {"lossless": True}), ("TIFF", {})])
 def test_lossless_formats_round_trip_exactly(rgb, fmt, kw):
     out = load_image(encode(rgb, fmt, **kw))
     assert out.dtype == np.uint8 and out.shape == rgb.shape
@@ -41,8 +40,7 @@ def test_jpeg_decodes_close_to_original():
 def test_paths_bytes_pil_and_arrays_agree(tmp_path, rgb):
     path = tmp_path / "face.png"
     path.write_bytes(encode(rgb, "PNG"))
-    for src in (path, str(path), path.read_bytes(), Image.open(path), rgb, rgb / 255.0,
-                rgb.astype(np.uint16) * 257):
+    for src in (path, str(path), path.read_bytes(), Image.open(path), rgb, rgb / 255.0, rgb.astype(np.uint16) * 257):
         out = load_image(src)
         np.testing.assert_array_equal(out, rgb)
         assert out.flags.writeable  # callers may augment in place
@@ -140,13 +138,16 @@ def test_decompression_bombs_are_refused(monkeypatch, rgb):
         load_image(data)
 
 
-@pytest.mark.parametrize("array,match", [
-    (np.zeros((0, 5, 3), np.uint8), "zero size"),
-    (np.zeros((4, 4, 2), np.uint8), "not an image"),
-    (np.zeros((4, 4), np.int64), "unsupported pixel type"),
-    (np.full((4, 4, 3), 200.0), r"\[0, 1\]"),
-    (np.full((4, 4, 3), np.nan), "NaN"),
-])
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (np.zeros((0, 5, 3), np.uint8), "zero size"),
+        (np.zeros((4, 4, 2), np.uint8), "not an image"),
+        (np.zeros((4, 4), np.int64), "unsupported pixel type"),
+        (np.full((4, 4, 3), 200.0), r"\[0, 1\]"),
+        (np.full((4, 4, 3), np.nan), "NaN"),
+    ],
+)
 def test_bad_arrays(array, match):
     with pytest.raises(BadImageError, match=match):
         load_image(array)
@@ -188,8 +189,9 @@ def test_standardise_fixed_and_unit():
     fixed = standardise(x)
     assert fixed.dtype == torch.float32 and fixed.shape == (1, 3, 2, 2)
     np.testing.assert_allclose(fixed[0, 0].flatten().numpy(), (np.array([0, 127, 128, 255]) - 127.5) / 128)
-    np.testing.assert_allclose(standardise(x.float(), "unit")[0, 0].flatten().numpy(),
-                               np.array([0, 127, 128, 255]) / 255, rtol=1e-6)
+    np.testing.assert_allclose(
+        standardise(x.float(), "unit")[0, 0].flatten().numpy(), np.array([0, 127, 128, 255]) / 255, rtol=1e-6
+    )
 
 
 def test_standardise_prewhiten_matches_sandberg_formula(rgb):

@@ -38,8 +38,14 @@ def _exempt(a: str, b: str) -> bool:
 
 def test_no_module_imports_one_that_imports_it_back():
     graph = _imports()
-    cycles = sorted({tuple(sorted((a, b))) for a, targets in graph.items() for b in targets
-                     if a in graph.get(b, ()) and not _exempt(a, b)})
+    cycles = sorted(
+        {
+            tuple(sorted((a, b)))
+            for a, targets in graph.items()
+            for b in targets
+            if a in graph.get(b, ()) and not _exempt(a, b)
+        }
+    )
     assert not cycles, f"modules importing each other: {cycles}"
 
 
@@ -48,7 +54,10 @@ def test_the_installed_package_holds_no_development_helpers():
     tests' and benchmarks' business: the installed package neither looks for one nor ships the other."""
     package = SRC / "facenet"
     assert not (package / "peers.py").exists()
-    found = [f"{path.relative_to(SRC)}:{number}" for path in package.rglob("*.py")
-             for number, line in enumerate(path.read_text().splitlines(), 1)
-             if re.search(r"[\"'/]shared[\"'/]|\bpeers\b", line)]
+    found = [
+        f"{path.relative_to(SRC)}:{number}"
+        for path in package.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"[\"'/]shared[\"'/]|\bpeers\b", line)
+    ]
     assert found == []

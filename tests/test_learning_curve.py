@@ -16,8 +16,9 @@ def make_run(folder: Path, steps: list[int], final: bool, **config) -> Path:
         (folder / "snapshots" / f"step-{step:06d}.safetensors").touch()
     if final:
         (folder / "model.safetensors").touch()
-    (folder / "config.json").write_text(json.dumps(
-        {"identities_per_batch": 16, "faces_per_identity": 4, "steps": 900, **config}))
+    (folder / "config.json").write_text(
+        json.dumps({"identities_per_batch": 16, "faces_per_identity": 4, "steps": 900, **config})
+    )
     return folder
 
 
@@ -26,7 +27,8 @@ def test_snapshots_then_final_model_at_steps_times_batch(tmp_path):
     assert learning_curve.run_models(run) == [
         (300 * 64, run / "snapshots/step-000300.safetensors"),
         (600 * 64, run / "snapshots/step-000600.safetensors"),
-        (900 * 64, run / "model.safetensors")]
+        (900 * 64, run / "model.safetensors"),
+    ]
 
 
 def test_unlabelled_photos_count_only_when_the_run_had_them(tmp_path):

@@ -70,8 +70,7 @@ def test_sgd_steps_on_free_embeddings_reduce_the_loss(name):
         loss.backward()
         opt.step()
     # and training lowers the share of violated triplets over the whole batch
-    assert miners.active_fraction(l2_normalize(w.detach()), labels, MARGIN) < \
-        miners.active_fraction(e, labels, MARGIN)
+    assert miners.active_fraction(l2_normalize(w.detach()), labels, MARGIN) < miners.active_fraction(e, labels, MARGIN)
 
 
 def test_triplet_loss_module_stats():
@@ -111,8 +110,9 @@ def test_hard_loss_and_gradient_equal_pml_batch_hard(seed):
     e, labels = make_batch(seed)
     x1, x2 = e.clone().requires_grad_(True), e.clone().requires_grad_(True)
     ours, _ = TripletLoss("hard", MARGIN)(x1, labels)
-    ref = pml_triplet()(x2, labels, pml_miners.BatchHardMiner(
-        distance=LpDistance(power=2, normalize_embeddings=False))(x2, labels))
+    ref = pml_triplet()(
+        x2, labels, pml_miners.BatchHardMiner(distance=LpDistance(power=2, normalize_embeddings=False))(x2, labels)
+    )
     assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
     ours.backward()
     ref.backward()
@@ -120,6 +120,7 @@ def test_hard_loss_and_gradient_equal_pml_batch_hard(seed):
 
 
 # --- softmax and centre loss ---------------------------------------------------------------------
+
 
 def test_softmax_head_is_cross_entropy_and_checks_labels():
     torch.manual_seed(0)

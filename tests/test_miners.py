@@ -172,8 +172,7 @@ def test_semihard_is_pml_semihard_nearest_per_pair(seed):
     """PML returns *all* semi-hard triplets (d_ap < d_an <= d_ap + m); ours (fallback="drop")
     must cover exactly the same (a, p) pairs and pick, per pair, PML's nearest negative."""
     e, labels = make_batch(seed)
-    a, p, n = pml_miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard",
-                                            distance=sq_l2())(e, labels)
+    a, p, n = pml_miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard", distance=sq_l2())(e, labels)
     d = pairwise_sq_dists(e)
     nearest = {}
     for t in zip(a.tolist(), p.tolist(), n.tolist()):

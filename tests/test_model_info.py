@@ -34,11 +34,23 @@ def test_trained_on_reads_the_provenance():
     from facenet.embedder import trained_on
     from facenet.models.modelfile import ModelInfo
 
-    trained = ModelInfo("nns", 128, provenance={"trained_by": "facenet train", "data": "synthetic",
-                                                "identities": 40, "images": 800, "steps": 850, "loss": "triplet"})
+    trained = ModelInfo(
+        "nns",
+        128,
+        provenance={
+            "trained_by": "facenet train",
+            "data": "synthetic",
+            "identities": 40,
+            "images": 800,
+            "steps": 850,
+            "loss": "triplet",
+        },
+    )
     assert trained_on(trained) == "facenet train on synthetic (40 identities, 800 images, 850 steps, triplet loss)"
-    assert trained_on(ModelInfo("x", 128, provenance={"source": "20180402-114759-vggface2.pt"})) == \
-        "converted from 20180402-114759-vggface2.pt"
+    assert (
+        trained_on(ModelInfo("x", 128, provenance={"source": "20180402-114759-vggface2.pt"}))
+        == "converted from 20180402-114759-vggface2.pt"
+    )
     assert "unknown" in trained_on(ModelInfo("x", 128))
 
 
@@ -83,9 +95,13 @@ def test_the_service_says_which_model_answers(model_file, tmp_path):
         assert "/api/model" in page and "r.model" in page
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("dlib", "~3M faces (FaceScrub, VGG, web photos), by Davis King (dlib); converted from w.dat"),
-    ("reid", "unpublished data, by Intel (Open Model Zoo face-reidentification-retail-0095); converted from w.dat")])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("dlib", "~3M faces (FaceScrub, VGG, web photos), by Davis King (dlib); converted from w.dat"),
+        ("reid", "unpublished data, by Intel (Open Model Zoo face-reidentification-retail-0095); converted from w.dat"),
+    ],
+)
 def test_a_shipped_model_reads_as_trained_on_data_by_someone(name, expected):
     """The page said "trained on Davis King (dlib)": the data comes first, then who trained the model."""
     from facenet.embedder import trained_on
@@ -93,8 +109,10 @@ def test_a_shipped_model_reads_as_trained_on_data_by_someone(name, expected):
     from facenet.models.pretrained import PRETRAINED
 
     shipped = PRETRAINED[name]
-    assert trained_on(ModelInfo(shipped.arch, shipped.embedding_size,
-                                provenance={"source": "w.dat", **shipped.about})) == expected
+    assert (
+        trained_on(ModelInfo(shipped.arch, shipped.embedding_size, provenance={"source": "w.dat", **shipped.about}))
+        == expected
+    )
 
 
 def test_a_shipped_model_installed_with_the_old_provenance_is_refreshed(tmp_path):

@@ -18,8 +18,11 @@ def saved(tmp_path_factory):
     model(torch.randn(4, 3, 160, 160))  # move BatchNorm running statistics off their defaults
     model.eval()
     path = tmp_path_factory.mktemp("m") / "model.safetensors"
-    info = save_model(model, path, model_info_for(model, threshold=0.85, standardisation="prewhiten",
-                                                  provenance={"data": "synthetic"}))
+    info = save_model(
+        model,
+        path,
+        model_info_for(model, threshold=0.85, standardisation="prewhiten", provenance={"data": "synthetic"}),
+    )
     return model, path, info
 
 
@@ -99,22 +102,31 @@ def test_corrupt_metadata(tmp_path):
     save_file({"w": torch.zeros(3)}, str(bad), metadata={"facenet": "{not json"})
     with pytest.raises(ModelFileError, match="corrupt facenet metadata"):
         read_model_info(bad)
-    save_file({"w": torch.zeros(3)}, str(bad), metadata={"facenet": json.dumps(
-        {"arch": "mobilefacenet", "embedding_size": 8, "standardisation": "sepia"})})
+    save_file(
+        {"w": torch.zeros(3)},
+        str(bad),
+        metadata={"facenet": json.dumps({"arch": "mobilefacenet", "embedding_size": 8, "standardisation": "sepia"})},
+    )
     with pytest.raises(ModelFileError, match="standardisation"):
         read_model_info(bad)
 
 
-@pytest.mark.parametrize("thresholds, problem", [
-    ({"threshold": -0.5}, "not a squared L2 distance"),  # what an untrained model's calibration once stored
-    ({"threshold": 0.31831}, None),
-    ({"far_thresholds": {"1e-02": 0.9, "1e-03": 1.2}}, "do not grow"),  # stricter FAR, larger distance
-    ({"far_thresholds": {"1e-02": 5.0}}, "0 to 4"),
-])
+@pytest.mark.parametrize(
+    "thresholds, problem",
+    [
+        ({"threshold": -0.5}, "not a squared L2 distance"),  # what an untrained model's calibration once stored
+        ({"threshold": 0.31831}, None),
+        ({"far_thresholds": {"1e-02": 0.9, "1e-03": 1.2}}, "do not grow"),  # stricter FAR, larger distance
+        ({"far_thresholds": {"1e-02": 5.0}}, "0 to 4"),
+    ],
+)
 def test_thresholds_outside_squared_l2_are_refused(tmp_path, thresholds, problem):
     path = tmp_path / "t.safetensors"
-    save_file({"w": torch.zeros(3)}, str(path),
-              metadata={"facenet": json.dumps({"arch": "mobilefacenet", "embedding_size": 8, **thresholds})})
+    save_file(
+        {"w": torch.zeros(3)},
+        str(path),
+        metadata={"facenet": json.dumps({"arch": "mobilefacenet", "embedding_size": 8, **thresholds})},
+    )
     if problem is None:
         assert read_model_info(path).threshold == thresholds["threshold"]
         return
@@ -137,7 +149,6 @@ def test_weights_of_another_shape(saved, tmp_path):
     with pytest.raises(ModelFileError, match="do not match architecture 'mobilefacenet'"):
         load_model_file(bad)
     # Weights of another architecture under this name.
-    save_file({"conv.weight": torch.zeros(1)}, str(bad),
-              metadata={"facenet": ModelInfo("mobilefacenet", 64).to_json()})
+    save_file({"conv.weight": torch.zeros(1)}, str(bad), metadata={"facenet": ModelInfo("mobilefacenet", 64).to_json()})
     with pytest.raises(ModelFileError, match="do not match"):
         load_model_file(bad)

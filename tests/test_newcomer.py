@@ -9,21 +9,27 @@ import zlib
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG that is only its header: Pillow reads the size without decoding a pixel."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_pillows_decompression_bomb_warning_never_reaches_the_terminal(tmp_path):
     """A 90 MP photo made Pillow print a raw DecompressionBombWarning; the project's own limit speaks instead."""
     big = tmp_path / "big.png"
     big.write_bytes(_png_header(10_000, 9_000))
-    code = ("from facenet.data.images import load_image\n"
-            "from facenet.errors import BadImageError\n"
-            f"try:\n    load_image({str(big)!r}, max_pixels=50_000_000)\n"
-            "except BadImageError as exc:\n    print(exc)\n")
+    code = (
+        "from facenet.data.images import load_image\n"
+        "from facenet.errors import BadImageError\n"
+        f"try:\n    load_image({str(big)!r}, max_pixels=50_000_000)\n"
+        "except BadImageError as exc:\n    print(exc)\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "DecompressionBomb" not in run.stderr + run.stdout
@@ -53,7 +59,9 @@ def test_backend_help_names_where_the_onnx_export_is_cached(tmp_path, monkeypatc
     info = save_model(create_model("nns", input_size=48), tmp_path / "m.safetensors")
     assert onnx_cache_path(info).is_relative_to(tmp_path / "cache" / "facenet" / "onnx")
     text = _help("verify")
-    assert "cached in $XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx" in text and "beside the model" not in text
+    assert (
+        "cached in $XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx" in text and "beside the model" not in text
+    )
 
 
 def test_verify_takes_which_as_readme_says(lfw_dir, model_file):
@@ -69,8 +77,10 @@ def test_verify_takes_which_as_readme_says(lfw_dir, model_file):
     canvas[50:450, 0:400] = np.asarray(big)  # larger, at the left edge
     canvas[125:375, 325:575] = small  # smaller, in the middle
     model = facenet.load_model(model_file, backend="torch")
-    centre_x = {which: sum(facenet.verify(canvas, small, model=model, which=which).boxes[0][::2]) / 2
-                for which in ("largest", "central")}
+    centre_x = {
+        which: sum(facenet.verify(canvas, small, model=model, which=which).boxes[0][::2]) / 2
+        for which in ("largest", "central")
+    }
     assert centre_x["largest"] < 400 and 325 < centre_x["central"] < 575
 
 
@@ -104,8 +114,13 @@ def test_the_several_faces_hint_names_an_option_of_every_command_that_prints_it(
     options = re.findall(r"--[a-z-]+", note)
     assert options
     parser = build_parser()
-    for command in (["embed", "a.jpg", "--out", "e.npy"], ["verify", "a.jpg", "b.jpg"], ["identify", "a.jpg"],
-                    ["gallery", "enroll", "Ann", "a.jpg"], ["cluster", "a.jpg", "--out", "groups"]):
+    for command in (
+        ["embed", "a.jpg", "--out", "e.npy"],
+        ["verify", "a.jpg", "b.jpg"],
+        ["identify", "a.jpg"],
+        ["gallery", "enroll", "Ann", "a.jpg"],
+        ["cluster", "a.jpg", "--out", "groups"],
+    ):
         for option in options:
             parser.parse_args([*command, option, "central"])  # an unknown option exits 2
 
@@ -122,8 +137,9 @@ def test_the_distribution_name_is_ours_and_every_install_hint_names_it():
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert project["name"] != "facenet" and DISTRIBUTION == project["name"]  # --version reads this one's metadata
     texts = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "src").rglob("*.py")]
-    hints = [hint for path in texts for hint in re.findall(r"pip install '(facenet[\w.-]*)\[([\w,]+)\]'",
-                                                             path.read_text())]
+    hints = [
+        hint for path in texts for hint in re.findall(r"pip install '(facenet[\w.-]*)\[([\w,]+)\]'", path.read_text())
+    ]
     assert hints
     for name, extras in hints:
         assert name == project["name"] and set(extras.split(",")) <= set(project["optional-dependencies"])

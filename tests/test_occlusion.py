@@ -16,7 +16,7 @@ IMAGE = np.full((200, 200, 3), 128, np.uint8)
 
 def changed(a, b, point, radius=4):
     x, y = np.round(point).astype(int)
-    patch = lambda im: im[y - radius:y + radius + 1, x - radius:x + radius + 1].astype(int)  # noqa: E731
+    patch = lambda im: im[y - radius : y + radius + 1, x - radius : x + radius + 1].astype(int)  # noqa: E731
     return np.abs(patch(a) - patch(b)).mean() > 20
 
 
@@ -90,8 +90,22 @@ def test_occlude_command_writes_deterministic_pngs(tmp_path, capsys):
         (tmp_path / "src" / "p").mkdir(parents=True)
         Image.fromarray(IMAGE).save(tmp_path / "src" / "p" / "a.jpg")
         for out in ("one", "two"):
-            assert main(["occlude", str(tmp_path / "src"), str(tmp_path / out), "--kind", "sunglasses",
-                         "--detector", "fixed-test", "--seed", "4"]) == 0
+            assert (
+                main(
+                    [
+                        "occlude",
+                        str(tmp_path / "src"),
+                        str(tmp_path / out),
+                        "--kind",
+                        "sunglasses",
+                        "--detector",
+                        "fixed-test",
+                        "--seed",
+                        "4",
+                    ]
+                )
+                == 0
+            )
         a = np.asarray(Image.open(tmp_path / "one" / "p" / "a.png"))
         assert np.array_equal(a, np.asarray(Image.open(tmp_path / "two" / "p" / "a.png")))
         assert changed(IMAGE, a, FACE[0])

@@ -38,8 +38,9 @@ class FakeEmbedder:
     threshold = 0.3
 
     def __init__(self, fail_on=()):
-        self.table = {2 * k: [0.0, 0.0] for k in range(12)} | {2 * k + 1: [np.sqrt(d), 0.0]
-                                                                for k, d in enumerate(DISTANCES)}
+        self.table = {2 * k: [0.0, 0.0] for k in range(12)} | {
+            2 * k + 1: [np.sqrt(d), 0.0] for k, d in enumerate(DISTANCES)
+        }
         self.fail_on = set(fail_on)
         self.calls = 0
 
@@ -85,14 +86,17 @@ def test_headerless_file_is_one_fold_and_can_be_resplit(tmp_path):
     assert [p.fold for p in split.missing] == [0, 0, 1, 1, 0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("2 1\nA 1 2\nA 1 B 1\nA 1 2\n", "promises 2 folds"),
-    ("1 1\nA 1 B 1\nA 1 2\n", ":2: fold 1 expects a matched"),
-    ("A 1 2\nA 1 2 3 4\n", ":2: .*got 5 fields"),
-    ("A 1 2\n\nA x 2\n", ":3: image number 'x'"),
-    ("A 1 2\nA 0 2\n", ":2: image number '0'"),
-    ("\n\n", "no pairs"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("2 1\nA 1 2\nA 1 B 1\nA 1 2\n", "promises 2 folds"),
+        ("1 1\nA 1 B 1\nA 1 2\n", ":2: fold 1 expects a matched"),
+        ("A 1 2\nA 1 2 3 4\n", ":2: .*got 5 fields"),
+        ("A 1 2\n\nA x 2\n", ":3: image number 'x'"),
+        ("A 1 2\nA 0 2\n", ":2: image number '0'"),
+        ("\n\n", "no pairs"),
+    ],
+)
 def test_malformed_pairs_file_names_the_line(tmp_path, text, message):
     f = tmp_path / "p.txt"
     f.write_text(text)
@@ -176,13 +180,31 @@ def test_a_cache_made_with_other_face_finding_is_refused(lfw_like, tmp_path, mod
     """Detector, its options, --no-detect, --on-no-face, --min-face and the recipe decide the embeddings: a
     cache made with other ones used to be reused silently."""
     pairs, images = lfw_like
-    common = ["evaluate", "--model", str(model_file), "--pairs", str(pairs), "--images", str(images), "--ext", "png",
-              "--backend", "torch", "--no-progress", "--cache", str(tmp_path / "c.npz")]
+    common = [
+        "evaluate",
+        "--model",
+        str(model_file),
+        "--pairs",
+        str(pairs),
+        "--images",
+        str(images),
+        "--ext",
+        "png",
+        "--backend",
+        "torch",
+        "--no-progress",
+        "--cache",
+        str(tmp_path / "c.npz"),
+    ]
     assert cli.main([*common, "--detector", "center"]) == 0
     assert cli.main([*common, "--detector", "center"]) == 0  # the same settings: reused
     capsys.readouterr()
-    for other in (["--no-detect"], ["--detector", "mtcnn"], ["--detector", "center", "--on-no-face", "drop"],
-                  ["--detector", "center", "--min-face", "0.1"]):
+    for other in (
+        ["--no-detect"],
+        ["--detector", "mtcnn"],
+        ["--detector", "center", "--on-no-face", "drop"],
+        ["--detector", "center", "--min-face", "0.1"],
+    ):
         assert cli.main([*common, *other]) == 2, other
         assert "holds embeddings made otherwise" in capsys.readouterr().err
 
@@ -196,8 +218,13 @@ def test_the_cache_key_names_every_face_finding_setting(model_file):
         return cache_key(load_embedder(model_file, backend="torch", **settings), "none")
 
     assert key(detector="center") == key(detector="center")
-    variants = [key(detector="center"), key(detector=get_detector("center", fraction=0.8)), key(detect=False),
-                key(detector="center", which="central"), key(detector="center", min_face=0.1)]
+    variants = [
+        key(detector="center"),
+        key(detector=get_detector("center", fraction=0.8)),
+        key(detect=False),
+        key(detector="center", which="central"),
+        key(detector="center", min_face=0.1),
+    ]
     assert len({json.dumps(k, sort_keys=True) for k in variants}) == len(variants)
 
 
@@ -213,40 +240,144 @@ def test_write_thresholds_stores_calibration_in_the_model_file(lfw_like, tmp_pat
     before = read_model_info(model)
     out = tmp_path / "r.json"
     # The untrained model sees every grey photo alike: its "best" threshold is negative, and is refused.
-    assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images), "--ext",
-                     "png", "--no-detect", "--backend", "torch", "--no-progress", "--write-thresholds"]) == 2
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(images),
+                "--ext",
+                "png",
+                "--no-detect",
+                "--backend",
+                "torch",
+                "--no-progress",
+                "--write-thresholds",
+            ]
+        )
+        == 2
+    )
     assert "not a squared L2 distance" in capsys.readouterr().err and read_model_info(model) == before
     monkeypatch.setattr(evaluate_cmd, "_embedder", lambda args: FakeEmbedder())  # distances known in advance
-    assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images), "--ext",
-                     "png", "--no-detect", "--backend", "torch", "--no-progress", "--json", str(out),
-                     "--write-thresholds"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(images),
+                "--ext",
+                "png",
+                "--no-detect",
+                "--backend",
+                "torch",
+                "--no-progress",
+                "--json",
+                str(out),
+                "--write-thresholds",
+            ]
+        )
+        == 0
+    )
     after = read_model_info(model)
     assert after.weights_id == before.weights_id and after.model_id != before.model_id  # new thresholds, same weights
     assert after.threshold == pytest.approx(json.loads(out.read_text())["threshold"], abs=1e-4)
     assert set(after.far_thresholds) == {"1e-02"}  # 24 images of 21 people: ~270 different-people pairs
     assert "thresholds written" in capsys.readouterr().out
-    assert cli.main(["evaluate", "--model", "dlib-cpp", "--pairs", str(pairs), "--images", str(images),
-                     "--ext", "png", "--write-thresholds"]) == 2
-    assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images),
-                     "--ext", "png", "--write-thresholds", "--occlude", "mask"]) == 2
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                "dlib-cpp",
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(images),
+                "--ext",
+                "png",
+                "--write-thresholds",
+            ]
+        )
+        == 2
+    )
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(images),
+                "--ext",
+                "png",
+                "--write-thresholds",
+                "--occlude",
+                "mask",
+            ]
+        )
+        == 2
+    )
     assert "without --occlude" in capsys.readouterr().err and read_model_info(model) == after
     for other in (["--distance", "cosine"], ["--flip", "sum"], ["--flip", "concat"], ["--subtract-mean"]):
         # another unit (angle/pi) or other embeddings than the ones every command compares: refused up front
-        assert cli.main(["evaluate", "--model", str(model), "--pairs", str(pairs), "--images", str(images),
-                         "--ext", "png", "--no-detect", "--no-progress", "--write-thresholds", *other]) == 2
+        assert (
+            cli.main(
+                [
+                    "evaluate",
+                    "--model",
+                    str(model),
+                    "--pairs",
+                    str(pairs),
+                    "--images",
+                    str(images),
+                    "--ext",
+                    "png",
+                    "--no-detect",
+                    "--no-progress",
+                    "--write-thresholds",
+                    *other,
+                ]
+            )
+            == 2
+        )
         assert f"without {other[0]}" in capsys.readouterr().err and read_model_info(model) == after
 
 
 def test_no_face_policy_is_the_same_for_every_model(lfw_like, tmp_path, model_file, capsys):
     """Photos without a face: a centre crop (counted) by default, or their pairs are dropped."""
     pairs, images = lfw_like
-    common = ["--pairs", str(pairs), "--images", str(images), "--ext", "png", "--no-progress",
-              "--detector", "mtcnn", "--backend", "torch"]  # no face in 8x8 grey squares
+    common = [
+        "--pairs",
+        str(pairs),
+        "--images",
+        str(images),
+        "--ext",
+        "png",
+        "--no-progress",
+        "--detector",
+        "mtcnn",
+        "--backend",
+        "torch",
+    ]  # no face in 8x8 grey squares
     for policy, scored in ((None, 12), ("center", 12), ("drop", 0)):  # None: the default policy
-        code = cli.main(["evaluate", "--model", str(model_file), *common] + (["--on-no-face", policy] if policy else []))
+        code = cli.main(
+            ["evaluate", "--model", str(model_file), *common] + (["--on-no-face", policy] if policy else [])
+        )
         text = capsys.readouterr()
         if scored:
-            assert code == 0 and f"{scored} pairs scored" in text.out and "24 images without a detected face" in text.out
+            assert (
+                code == 0 and f"{scored} pairs scored" in text.out and "24 images without a detected face" in text.out
+            )
         else:
             assert code == 2 and "could be scored" in text.err
 
@@ -280,11 +411,14 @@ def test_occluded_protocol_occludes_the_second_photo_or_both(lfw_like, tmp_path,
     assert sorted(drawn) == list(range(24))
 
 
-@pytest.mark.parametrize("pairs_text, why", [
-    ("P0 1 2\nP1 1 2\nP3 1 Q3 1\nP4 1 Q4 1\n", "at least 2 folds"),      # header-less: one fold
-    ("2 1\nP0 1 2\nP3 1 Q3 1\nP1 1 2\nP4 1 Q4 1\n", None),                  # fine
-    ("P0 1 2\nP1 1 2\nP2 1 2\nP6 1 2\n", "no mismatched"),                 # --folds 2, matched pairs only
-])
+@pytest.mark.parametrize(
+    "pairs_text, why",
+    [
+        ("P0 1 2\nP1 1 2\nP3 1 Q3 1\nP4 1 Q4 1\n", "at least 2 folds"),  # header-less: one fold
+        ("2 1\nP0 1 2\nP3 1 Q3 1\nP1 1 2\nP4 1 Q4 1\n", None),  # fine
+        ("P0 1 2\nP1 1 2\nP2 1 2\nP6 1 2\n", "no mismatched"),  # --folds 2, matched pairs only
+    ],
+)
 def test_unusable_folds_are_refused_before_anything_is_embedded(lfw_like, tmp_path, pairs_text, why):
     _, images = lfw_like
     pairs = tmp_path / "p.txt"
@@ -301,8 +435,25 @@ def test_unusable_folds_are_refused_before_anything_is_embedded(lfw_like, tmp_pa
 
 def test_folds_1_is_refused_by_the_cli_before_embedding(lfw_like, capsys):
     pairs, images = lfw_like
-    assert cli.main(["evaluate", "--model", "default", "--pairs", str(pairs), "--images", str(images), "--ext", "png",
-                     "--folds", "1", "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                "default",
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(images),
+                "--ext",
+                "png",
+                "--folds",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "at least 2 folds" in err and "model file not found" not in err
 
@@ -315,6 +466,21 @@ def test_evaluate_accepts_the_default_model_by_name(lfw_like, monkeypatch, tmp_p
     pairs, images = lfw_like
     seen = []
     monkeypatch.setattr(evaluate_cmd, "_embedder", lambda args: seen.append(args.model) or FakeEmbedder())
-    assert cli.main(["evaluate", "--model", "default", "--pairs", str(pairs), "--images", str(images), "--ext", "png",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                "default",
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(images),
+                "--ext",
+                "png",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert seen == [str(ensure_default_model())]

@@ -105,8 +105,11 @@ def test_mixed_precision_run_resumes_bit_for_bit(tmp_path, monkeypatch, precisio
     from facenet.train.checkpoint import load_checkpoint
 
     # a scaler that doubles its scale every step, so a resume that lost its state would end elsewhere
-    monkeypatch.setattr(loop, "grad_scaler", lambda p, device: torch.amp.GradScaler(
-        device.type, init_scale=2.0**10, growth_interval=1, enabled=p == "fp16"))
+    monkeypatch.setattr(
+        loop,
+        "grad_scaler",
+        lambda p, device: torch.amp.GradScaler(device.type, init_scale=2.0**10, growth_interval=1, enabled=p == "fp16"),
+    )
     settings = dict(precision=precision, steps=7, eval_every=7)
     train_run = loop.train
     train_run(tiny_config(tmp_path / "reference", **settings), progress=False)
@@ -131,8 +134,10 @@ def test_bf16_runs_the_network_in_bfloat16_from_the_same_start(tmp_path):
 
     from facenet.train.loop import train
 
-    first = {p: losses(train(tiny_config(tmp_path / p, precision=p, steps=1), progress=False).run_dir)[0]
-             for p in ("fp32", "bf16")}
+    first = {
+        p: losses(train(tiny_config(tmp_path / p, precision=p, steps=1), progress=False).run_dir)[0]
+        for p in ("fp32", "bf16")
+    }
     assert first["bf16"] != first["fp32"]  # autocast really changed the network's arithmetic ...
     assert first["bf16"] == pytest.approx(first["fp32"], rel=0.05)  # ... by bfloat16's rounding, no more
 

@@ -10,7 +10,7 @@ def _first_pairs(lfw_dir, count):
     lines = (lfw_dir / "pairs.txt").read_text().splitlines()[1:601]
     path = lambda name, i: lfw_dir / "images" / name / f"{name}_{int(i):04d}.jpg"  # noqa: E731
     same = [(path(n, i), path(n, j)) for n, i, j in (line.split() for line in lines[:count])]
-    different = [(path(a, i), path(b, j)) for a, i, b, j in (line.split() for line in lines[300:300 + count])]
+    different = [(path(a, i), path(b, j)) for a, i, b, j in (line.split() for line in lines[300 : 300 + count])]
     return same, different
 
 

@@ -24,9 +24,14 @@ from facenet.models.pretrained import DLIB, REID, convert_pretrained, install_pr
 
 REFERENCE = Path(__file__).parent / "data" / "reid_reference.npz"
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "images"
-LFW_PHOTOS = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Calista_Flockhart/Calista_Flockhart_0003.jpg",
-              "George_W_Bush/George_W_Bush_0001.jpg", "Serena_Williams/Serena_Williams_0001.jpg",
-              "Yao_Ming/Yao_Ming_0001.jpg", "Gloria_Macapagal_Arroyo/Gloria_Macapagal_Arroyo_0001.jpg")
+LFW_PHOTOS = (
+    "Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
+    "Calista_Flockhart/Calista_Flockhart_0003.jpg",
+    "George_W_Bush/George_W_Bush_0001.jpg",
+    "Serena_Williams/Serena_Williams_0001.jpg",
+    "Yao_Ming/Yao_Ming_0001.jpg",
+    "Gloria_Macapagal_Arroyo/Gloria_Macapagal_Arroyo_0001.jpg",
+)
 TOLERANCE = 1e-3
 
 
@@ -82,8 +87,15 @@ def test_shipped_weights_match_openvino_on_faces(shipped, reference):
 
 def test_model_file_carries_recipe_thresholds_and_licence(shipped):
     _, info = shipped
-    assert (info.arch, info.embedding_size, info.input_size, info.standardisation) == ("reid_mobilenet", 256, 128, "unit")
-    assert info.recipe == REID.recipe and info.threshold == REID.threshold and info.far_thresholds == REID.far_thresholds
+    assert (info.arch, info.embedding_size, info.input_size, info.standardisation) == (
+        "reid_mobilenet",
+        256,
+        128,
+        "unit",
+    )
+    assert (
+        info.recipe == REID.recipe and info.threshold == REID.threshold and info.far_thresholds == REID.far_thresholds
+    )
     assert "Apache-2.0" in info.provenance["licence"] and info.provenance["source"].endswith(".xml")
     weights = Path(__import__("facenet").__file__).parent / "models" / "weights"
     assert "Apache License" in (weights / "LICENSE-Apache-2.0.txt").read_text()
@@ -106,23 +118,33 @@ def test_ir_conversion_matches_openvino_live(tmp_path):
     model, _ = load_model_file(tmp_path / "r.safetensors")
     images = noise_inputs()
     net = ov.Core().compile_model(str(xml), "CPU")
-    expected = np.concatenate([net(img[None, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32))[0] for img in images])
+    expected = np.concatenate(
+        [net(img[None, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32))[0] for img in images]
+    )
     assert np.abs(embed_raw(model, images) - expected.reshape(len(images), -1)).max() < TOLERANCE
 
 
 def _ir(tmp_path: Path, layers: str, edges: str, blob: bytes) -> Path:
     xml = tmp_path / "net.xml"
-    xml.write_text(f'<?xml version="1.0"?><net name="t" version="11"><layers>{layers}</layers><edges>{edges}</edges></net>')
+    xml.write_text(
+        f'<?xml version="1.0"?><net name="t" version="11"><layers>{layers}</layers><edges>{edges}</edges></net>'
+    )
     xml.with_suffix(".bin").write_bytes(blob)
     return xml
 
 
-TINY_LAYERS = ('<layer id="0" name="in" type="Parameter" version="opset1"><data shape="1,3,128,128" element_type="f32"/></layer>'
-               '<layer id="1" name="k" type="Const" version="opset1"><data element_type="f32" shape="1,3,1,1" offset="0" size="12"/></layer>'
-               '<layer id="2" name="m" type="Multiply" version="opset1"/>'
-               '<layer id="3" name="out" type="Result" version="opset1"/>')
-TINY_EDGES = ('<edge from-layer="0" from-port="0" to-layer="2" to-port="0"/><edge from-layer="1" from-port="0" to-layer="2" to-port="1"/>'
-              '<edge from-layer="2" from-port="2" to-layer="3" to-port="0"/>')
+TINY_LAYERS = (
+    '<layer id="0" name="in" type="Parameter" version="opset1"><data shape="1,3,128,128" element_type="f32"/></layer>'
+    '<layer id="1" name="k" type="Const" version="opset1">'
+    '<data element_type="f32" shape="1,3,1,1" offset="0" size="12"/></layer>'
+    '<layer id="2" name="m" type="Multiply" version="opset1"/>'
+    '<layer id="3" name="out" type="Result" version="opset1"/>'
+)
+TINY_EDGES = (
+    '<edge from-layer="0" from-port="0" to-layer="2" to-port="0"/>'
+    '<edge from-layer="1" from-port="0" to-layer="2" to-port="1"/>'
+    '<edge from-layer="2" from-port="2" to-layer="3" to-port="0"/>'
+)
 
 
 def test_another_network_is_refused(tmp_path):
@@ -168,12 +190,14 @@ def _write_reference(xml: str) -> None:
     net = ov.Core().compile_model(xml, "CPU")
 
     def run(images: np.ndarray) -> np.ndarray:  # OpenVINO's input: BGR, 0-255, N,C,H,W
-        return np.concatenate([net(img[None, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32))[0]
-                               for img in images]).reshape(len(images), -1)
+        return np.concatenate(
+            [net(img[None, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32))[0] for img in images]
+        ).reshape(len(images), -1)
 
     REFERENCE.parent.mkdir(exist_ok=True)
-    np.savez_compressed(REFERENCE, noise=run(noise_inputs()), lfw=run(lfw_inputs(LFW)),
-                        openvino=np.array(ov.__version__))
+    np.savez_compressed(
+        REFERENCE, noise=run(noise_inputs()), lfw=run(lfw_inputs(LFW)), openvino=np.array(ov.__version__)
+    )
     print(f"wrote {REFERENCE} with OpenVINO {ov.__version__}")
 
 

@@ -22,7 +22,7 @@ def test_batches_hold_p_identities_of_k_distinct_faces():
     for batch in s:
         assert len(batch) == 20 and len(set(batch)) == 20
         ids = [labels[i] for i in batch]
-        blocks = [ids[j:j + 5] for j in range(0, 20, 5)]
+        blocks = [ids[j : j + 5] for j in range(0, 20, 5)]
         assert all(len(set(b)) == 1 for b in blocks)  # K consecutive faces per identity
         assert len({b[0] for b in blocks}) == 4
         seen += [b[0] for b in blocks]

@@ -53,6 +53,7 @@ def part(data: bytes, name: str = "face.png", kind: str = "image/png"):
 
 def png_header(width: int, height: int) -> bytes:
     """A small PNG whose header claims ``width`` x ``height`` (a few bytes of pixel data follow)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -116,7 +117,9 @@ def test_verify_matches_direct_embedding(client, embedder):
 
 def test_embed_rows_equal_the_embedder(client, embedder):
     images = [photo(2, 0), photo(2, 1, "JPEG")]
-    r = client.post("/api/embed", files=[("photos", part(images[0])), ("photos", part(images[1], "b.jpg", "image/jpeg"))])
+    r = client.post(
+        "/api/embed", files=[("photos", part(images[0])), ("photos", part(images[1], "b.jpg", "image/jpeg"))]
+    )
     assert r.status_code == 200, r.text
     rows = np.array(r.json()["embeddings"], np.float32)
     np.testing.assert_allclose(rows, embedder.embed(images), atol=1e-6)
@@ -150,7 +153,9 @@ def test_enrol_identify_remove_against_brute_force(client, embedder, tmp_path):
     r = client.delete("/api/people/Ann", headers=AUTH)
     assert r.status_code == 200 and r.json() == {"name": "Ann", "faces_removed": 2}
     assert [p["name"] for p in client.get("/api/people", headers=AUTH).json()["people"]] == ["Bob", "Cy"]
-    r = client.post("/api/identify", headers=AUTH, files={"photo": part(enrolled["Ann"][0])}, data={"threshold": "4", "top_k": "5"})
+    r = client.post(
+        "/api/identify", headers=AUTH, files={"photo": part(enrolled["Ann"][0])}, data={"threshold": "4", "top_k": "5"}
+    )
     assert "Ann" not in [m["name"] for m in r.json()["matches"]]
 
 
@@ -219,7 +224,9 @@ def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
         # identify answers for every face, the recipe's choice (the largest) first; `which` narrows it
         body = c.post("/api/identify", headers=AUTH, files={"photo": part(image)}).json()
         assert [(f["box"], f["score"], f["known"]) for f in body["faces"]] == [
-            ([10.0, 12.0, 60.0, 62.0], 0.8, False), ([2.0, 2.0, 9.0, 9.0], 0.9, False)]
+            ([10.0, 12.0, 60.0, 62.0], 0.8, False),
+            ([2.0, 2.0, 9.0, 9.0], 0.9, False),
+        ]
         assert body["faces"][0]["notes"] == [] and "only 7x7 px" in body["faces"][1]["notes"][0]
         assert [f["used"] for f in body["photo"]["faces"]] == [True, True]
         body = c.post("/api/identify", headers=AUTH, files={"photo": part(image)}, data={"which": "largest"}).json()
@@ -228,7 +235,9 @@ def test_detector_boxes_reported_and_largest_embedded(model_file, tmp_path):
         assert [f["box"] for f in r.json()["faces"]] == [[10.0, 12.0, 60.0, 62.0]] * 2
         assert_problem(c.post("/api/verify", files={"a": part(image), "b": part(image)}, data={"which": "all"}), 422)
     with started(create_app(FaceEmbedder(model, info, detector=_Boxes([])), tmp_path / "g.db", keys=ADMIN)) as c:
-        problem = assert_problem(c.post("/api/identify", headers=AUTH, files={"photo": part(image, "empty.png")}), 422, "no_face")
+        problem = assert_problem(
+            c.post("/api/identify", headers=AUTH, files={"photo": part(image, "empty.png")}), 422, "no_face"
+        )
         assert "empty.png" in problem["detail"]
 
 
@@ -244,8 +253,12 @@ def test_identify_names_each_face_of_a_photo(lfw_dir, tmp_path):
         canvas.paste(Image.open(people / face).convert("RGB").crop((45, 45, 205, 205)), (x, 20))  # no bystanders
     with started(create_app(model, tmp_path / "g.db", keys=ADMIN)) as c:
         other_photo = (people / "Colin_Powell/Colin_Powell_0002.jpg").read_bytes()
-        r = c.post("/api/people", data={"name": "Colin Powell"}, headers=AUTH,
-                   files={"photos": part(other_photo, "cp.jpg", "image/jpeg")})
+        r = c.post(
+            "/api/people",
+            data={"name": "Colin Powell"},
+            headers=AUTH,
+            files={"photos": part(other_photo, "cp.jpg", "image/jpeg")},
+        )
         assert r.status_code == 201, r.text
         r = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(np.asarray(canvas)), "two.png")})
     assert r.status_code == 200, r.text
@@ -278,11 +291,17 @@ def test_without_keys_the_gallery_is_closed_with_how_to(embedder, tmp_path):
     """The default: no key configured, nobody lists, searches or changes the gallery; the answer says how to
     set the keys. Verify, embed and cluster never read the gallery and stay open."""
     with started(create_app(embedder, tmp_path / "g.db")) as c:
-        body = assert_problem(c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))},
-                                     headers=AUTH), 401, "no_api_key")
+        body = assert_problem(
+            c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH),
+            401,
+            "no_api_key",
+        )
         assert "FACENET_API_KEY" in body["detail"] and "--api-key-file" in body["detail"]
-        for r in (c.get("/api/people"), c.get("/api/people", headers=AUTH),
-                  c.post("/api/identify", files={"photo": part(photo(0, 0))})):
+        for r in (
+            c.get("/api/people"),
+            c.get("/api/people", headers=AUTH),
+            c.post("/api/identify", files={"photo": part(photo(0, 0))}),
+        ):
             body = assert_problem(r, 401, "no_api_key")
             assert "FACENET_READ_KEY" in body["detail"] and "--public" in body["detail"]
         assert c.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))}).status_code == 200
@@ -292,38 +311,57 @@ def test_without_keys_the_gallery_is_closed_with_how_to(embedder, tmp_path):
 def test_the_read_key_reads_within_the_models_limits(embedder, tmp_path):
     reader = {"X-API-Key": READ_KEY}
     with started(create_app(embedder, tmp_path / "g.db", keys=Keys(admin=KEY, read=READ_KEY))) as c:
-        assert c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).status_code == 201
+        assert (
+            c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).status_code
+            == 201
+        )
         assert_problem(c.get("/api/people"), 401, "missing_api_key")
         assert_problem(c.get("/api/people", headers={"X-API-Key": READ_KEY + "x"}), 401, "wrong_api_key")
         assert [p["name"] for p in c.get("/api/people", headers=reader).json()["people"]] == ["Ann"]
         assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}), 401, "missing_api_key")
         # the read key cannot change the gallery
-        assert_problem(c.post("/api/people", data={"name": "Bob"}, files={"photos": part(photo(1, 0))},
-                              headers=reader), 403, "read_only_key")
+        assert_problem(
+            c.post("/api/people", data={"name": "Bob"}, files={"photos": part(photo(1, 0))}, headers=reader),
+            403,
+            "read_only_key",
+        )
         assert_problem(c.delete("/api/people/Ann", headers=reader), 403, "read_only_key")
         # it searches at the model's open-set threshold or narrower, and for a few candidates
         found = c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))})
         assert found.status_code == 200 and found.json()["matches"][0]["name"] == "Ann"
         open_set = found.json()["threshold"]
-        narrower = c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))},
-                          data={"threshold": str(open_set / 2), "top_k": "5"})
+        narrower = c.post(
+            "/api/identify",
+            headers=reader,
+            files={"photo": part(photo(0, 0))},
+            data={"threshold": str(open_set / 2), "top_k": "5"},
+        )
         assert narrower.status_code == 200 and narrower.json()["threshold"] == pytest.approx(open_set / 2)
         for wide in ({"threshold": "4"}, {"threshold": str(open_set * 1.01)}, {"top_k": "6"}):
-            body = assert_problem(c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))},
-                                         data=wide), 403, "search_too_wide")
+            body = assert_problem(
+                c.post("/api/identify", headers=reader, files={"photo": part(photo(0, 0))}, data=wide),
+                403,
+                "search_too_wide",
+            )
             assert "admin key" in body["detail"]
         # the admin key may widen the search
-        r = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}, data={"threshold": "4", "top_k": "50"})
+        r = c.post(
+            "/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}, data={"threshold": "4", "top_k": "50"}
+        )
         assert r.status_code == 200 and r.json()["threshold"] == 4
 
 
 def test_a_public_server_lets_anyone_read_but_not_widen_or_change(embedder, tmp_path):
     with started(create_app(embedder, tmp_path / "g.db", keys=Keys(admin=KEY, public=True))) as c:
-        assert c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).status_code == 201
+        assert (
+            c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).status_code
+            == 201
+        )
         assert [p["name"] for p in c.get("/api/people").json()["people"]] == ["Ann"]
         assert c.post("/api/identify", files={"photo": part(photo(0, 0))}).json()["matches"][0]["name"] == "Ann"
-        assert_problem(c.post("/api/identify", files={"photo": part(photo(0, 0))}, data={"threshold": "4"}),
-                       403, "search_too_wide")
+        assert_problem(
+            c.post("/api/identify", files={"photo": part(photo(0, 0))}, data={"threshold": "4"}), 403, "search_too_wide"
+        )
         assert_problem(c.delete("/api/people/Ann"), 401, "missing_api_key")
         assert_problem(c.get("/api/people", headers={"X-API-Key": "a guess at the key"}), 401, "wrong_api_key")
 
@@ -396,7 +434,9 @@ def test_bad_names_422(client, name):
 def test_names_are_data_never_paths(client, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     name = "../../etc/passwd; DROP TABLE people"
-    r = client.post("/api/people", data={"name": name}, files={"photos": part(photo(0, 0), "../../x.png")}, headers=AUTH)
+    r = client.post(
+        "/api/people", data={"name": name}, files={"photos": part(photo(0, 0), "../../x.png")}, headers=AUTH
+    )
     assert r.status_code == 201 and r.json()["name"] == name
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # only the gallery's own files
     assert [p["name"] for p in client.get("/api/people", headers=AUTH).json()["people"]] == [name]
@@ -436,8 +476,10 @@ def test_malformed_requests_are_4xx_problems(client):
     assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0))}), 422, "invalid_request")
     r = client.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}, data={"top_k": "0"})
     assert_problem(r, 422, "invalid_request")
-    assert_problem(client.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))},
-                               data={"threshold": "nan"}), 422)
+    assert_problem(
+        client.post("/api/verify", files={"a": part(photo(0, 0)), "b": part(photo(0, 1))}, data={"threshold": "nan"}),
+        422,
+    )
     assert_problem(client.post("/api/cluster", files={"photos": part(photo(0, 0))}, data={"method": "kmeans"}), 422)
     assert_problem(client.get("/api/nothing"), 404)
     assert_problem(client.put("/api/verify"), 405)
@@ -449,7 +491,9 @@ def test_pixel_limit_checked_before_decoding(embedder, tmp_path, monkeypatch):
     find = FaceFinder.find
     monkeypatch.setattr(FaceFinder, "find", lambda self, image, *a: decoded.append(image) or find(self, image, *a))
     with started(create_app(embedder, tmp_path / "g.db", limits=Limits(max_pixels=60 * 60), keys=ADMIN)) as c:
-        body = assert_problem(c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}), 413, "too_many_pixels")
+        body = assert_problem(
+            c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}), 413, "too_many_pixels"
+        )
         assert "64x64" in body["detail"] and decoded == []
         small = encode(FACES.render(0, 0)[:32, :32])
         assert c.post("/api/identify", headers=AUTH, files={"photo": part(small)}).status_code == 200
@@ -461,16 +505,20 @@ def test_body_limit_by_header_and_by_bytes_read(embedder, tmp_path):
     with started(create_app(embedder, tmp_path / "g.db", limits=Limits(max_upload_bytes=limit), keys=ADMIN)) as c:
         big = part(np.random.default_rng(0).integers(0, 255, 3 * limit, dtype=np.uint8).tobytes(), "big.png")
         assert_problem(c.post("/api/identify", headers=AUTH, files={"photo": big}), 413, "body_too_large")
-        r = c.post("/api/identify", headers={**AUTH, "content-length": str(10 * limit), "content-type": "multipart/form-data"})
+        r = c.post(
+            "/api/identify", headers={**AUTH, "content-length": str(10 * limit), "content-type": "multipart/form-data"}
+        )
         assert_problem(r, 413, "body_too_large")
 
         def chunks():  # no Content-Length: only counting the bytes can stop this
-            yield b"--x\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.png\"\r\n"
+            yield b'--x\r\nContent-Disposition: form-data; name="photo"; filename="a.png"\r\n'
             yield b"Content-Type: image/png\r\n\r\n"
             for _ in range(10):
                 yield b"\0" * limit
 
-        r = c.post("/api/identify", content=chunks(), headers={**AUTH, "content-type": "multipart/form-data; boundary=x"})
+        r = c.post(
+            "/api/identify", content=chunks(), headers={**AUTH, "content-type": "multipart/form-data; boundary=x"}
+        )
         assert "content-length" not in r.request.headers
         assert_problem(r, 413, "body_too_large")
         assert c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}).status_code == 200
@@ -493,7 +541,9 @@ def test_full_queue_answers_503_with_retry_after(embedder, tmp_path):
     app = create_app(gated, tmp_path / "g.db", limits=Limits(max_pending=1), keys=ADMIN)
     with started(app) as c:
         first = {}
-        worker = threading.Thread(target=lambda: first.update(r=c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))})))
+        worker = threading.Thread(
+            target=lambda: first.update(r=c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}))
+        )
         worker.start()
         deadline = time.monotonic() + 20
         while app.state.engine.pending < 1 and time.monotonic() < deadline:
@@ -526,9 +576,15 @@ class _Slow(FaceEmbedder):
 def test_over_time_budget_is_503_and_writes_nothing(embedder, tmp_path, budget, pause):
     slow = _Slow(embedder, pause)
     with started(create_app(slow, tmp_path / "g.db", keys=ADMIN, limits=Limits(time_budget_s=budget))) as c:
-        for r in (c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}),
-                  c.post("/api/people", data={"name": "Ann"}, headers=AUTH,
-                         files=[("photos", part(photo(0, 1))), ("photos", part(photo(0, 2)))])):
+        for r in (
+            c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}),
+            c.post(
+                "/api/people",
+                data={"name": "Ann"},
+                headers=AUTH,
+                files=[("photos", part(photo(0, 1))), ("photos", part(photo(0, 2)))],
+            ),
+        ):
             body = assert_problem(r, 503, "over_time_budget")
             assert int(r.headers["retry-after"]) >= 1 and f"{budget:g} s" in body["detail"]
     with Gallery.open(tmp_path / "g.db", create=False) as g:
@@ -549,8 +605,12 @@ def test_waiting_counts_against_the_budget(embedder, tmp_path):
             time.sleep(0.01)
 
     with started(app) as c:
-        senders = [threading.Thread(target=lambda i=i: answers.update({i: c.post(
-            "/api/embed", files={"photos": part(photo(0, i))})})) for i in range(2)]
+        senders = [
+            threading.Thread(
+                target=lambda i=i: answers.update({i: c.post("/api/embed", files={"photos": part(photo(0, i))})})
+            )
+            for i in range(2)
+        ]
         senders[0].start()
         wait_for(lambda: calls)  # the first request holds the one pool thread, at the gate
         senders[1].start()
@@ -641,8 +701,16 @@ def test_page_docs_and_headers(client):
         text = client.get(f"/static/{asset}").text
         assert "http://" not in text and "https://" not in text
     spec = client.get("/openapi.json").json()
-    assert {"/api/verify", "/api/embed", "/api/identify", "/api/cluster", "/api/people", "/api/people/{name}",
-            "/healthz", "/readyz"} <= set(spec["paths"])
+    assert {
+        "/api/verify",
+        "/api/embed",
+        "/api/identify",
+        "/api/cluster",
+        "/api/people",
+        "/api/people/{name}",
+        "/healthz",
+        "/readyz",
+    } <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/people"]["post"]["requestBody"]["content"]
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
     icon = client.get("/favicon.ico")

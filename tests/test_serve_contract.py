@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install "
-                                                           "'facenet[dev]'); the API contract fuzz run is skipped")
+schemathesis = pytest.importorskip(
+    "schemathesis",
+    reason="schemathesis is not installed (pip install 'facenet[dev]'); the API contract fuzz run is skipped",
+)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
@@ -70,8 +72,13 @@ def test_the_api_keeps_its_documented_contract(api_schema):
     for operation, mode in [(op, mode) for op in operations for mode in schemathesis.GenerationMode]:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def call(case):
             case.call_and_validate(headers={"X-API-Key": KEY})
 

@@ -23,8 +23,11 @@ from facenet.gallery import Gallery  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_file):
     # the nearest-face policy (through `facenet serve --policy`): an enrolled photo is at 0 from its person
-    srv = Server(tmp_path_factory.mktemp("server"), model_file,
-                 extra=("--policy", "nearest", "--workers", "2", "--time-budget", "60"))
+    srv = Server(
+        tmp_path_factory.mktemp("server"),
+        model_file,
+        extra=("--policy", "nearest", "--workers", "2", "--time-budget", "60"),
+    )
     try:
         yield srv
     finally:
@@ -32,25 +35,43 @@ def server(tmp_path_factory, model_file):
 
 
 def test_concurrent_burst_has_no_server_errors(server):
-    enrol = httpx.post(server.url + "/api/people", data={"name": "Ann"}, headers={"X-API-Key": KEY},
-                       files=[("photos", ("a.png", png(0, 0), "image/png"))], timeout=30)
+    enrol = httpx.post(
+        server.url + "/api/people",
+        data={"name": "Ann"},
+        headers={"X-API-Key": KEY},
+        files=[("photos", ("a.png", png(0, 0), "image/png"))],
+        timeout=30,
+    )
     assert enrol.status_code == 201, enrol.text
     photos = [png(i % 8, i // 8) for i in range(16)]
     requests = []
     for i in range(60):
         a, b = photos[i % 16], photos[(i * 7 + 3) % 16]
         if i % 2:
-            requests.append(dict(method="POST", url="/api/verify",
-                                 files={"a": ("a.png", a, "image/png"), "b": ("b.png", b, "image/png")}))
+            requests.append(
+                dict(
+                    method="POST",
+                    url="/api/verify",
+                    files={"a": ("a.png", a, "image/png"), "b": ("b.png", b, "image/png")},
+                )
+            )
         else:
-            requests.append(dict(method="POST", url="/api/identify", headers={"X-API-Key": KEY},
-                                 files={"photo": ("q.png", a, "image/png")}))
+            requests.append(
+                dict(
+                    method="POST",
+                    url="/api/identify",
+                    headers={"X-API-Key": KEY},
+                    files={"photo": ("q.png", a, "image/png")},
+                )
+            )
     results = asyncio.run(burst(server.url, requests))
     statuses = [s for s, _ in results]
     assert statuses == [200] * len(requests), sorted(set(statuses))
     latency = np.array([t for _, t in results]) * 1000
-    print(f"\n{len(requests)} requests at 8 in flight: p50 {np.percentile(latency, 50):.1f} ms, "
-          f"p99 {np.percentile(latency, 99):.1f} ms")
+    print(
+        f"\n{len(requests)} requests at 8 in flight: p50 {np.percentile(latency, 50):.1f} ms, "
+        f"p99 {np.percentile(latency, 99):.1f} ms"
+    )
 
 
 def test_healthz_answers_while_heavy_requests_run(server):
@@ -83,28 +104,42 @@ def test_malformed_burst_is_all_4xx_and_server_stays_healthy(server):
     Image.fromarray(FACES.render(1, 1)).save(jpeg, "JPEG")
     bomb = _png_claiming(100_000, 100_000)
     big = _png_claiming(10_000, 10_000)  # over Pillow's own warning limit and the server's: 413, nothing logged
-    uploads = [("t.jpg", jpeg.getvalue()[:400], "image/jpeg"), ("bomb.png", bomb, "image/png"), ("big.png", big, "image/png"),
-               ("x.txt", b"hello", "text/plain"), ("e.png", b"", "image/png"), ("r.png", os.urandom(3000), "image/png")]
+    uploads = [
+        ("t.jpg", jpeg.getvalue()[:400], "image/jpeg"),
+        ("bomb.png", bomb, "image/png"),
+        ("big.png", big, "image/png"),
+        ("x.txt", b"hello", "text/plain"),
+        ("e.png", b"", "image/png"),
+        ("r.png", os.urandom(3000), "image/png"),
+    ]
     requests = []
     for i in range(40):
         name, data, kind = uploads[i % len(uploads)]
-        requests.append(dict(method="POST", url="/api/identify", headers={"X-API-Key": KEY},
-                             files={"photo": (name, data, kind)}))
-    requests += [dict(method="POST", url="/api/verify", content=b""),  # empty body, no multipart
-                 dict(method="POST", url="/api/verify", json={"a": 1}),
-                 dict(method="POST", url="/api/people", files={"photos": ("a.png", png(0, 0), "image/png")})]
+        requests.append(
+            dict(method="POST", url="/api/identify", headers={"X-API-Key": KEY}, files={"photo": (name, data, kind)})
+        )
+    requests += [
+        dict(method="POST", url="/api/verify", content=b""),  # empty body, no multipart
+        dict(method="POST", url="/api/verify", json={"a": 1}),
+        dict(method="POST", url="/api/people", files={"photos": ("a.png", png(0, 0), "image/png")}),
+    ]
     statuses = [s for s, _ in asyncio.run(burst(server.url, requests))]
     assert all(400 <= s < 500 for s in statuses), statuses
     assert {400, 401, 413, 415} <= set(statuses)
     # a declared 11 MiB body is refused from its headers, before a byte of it is sent
     with socket.create_connection((HOST, server.port), timeout=10) as conn:
-        conn.sendall(b"POST /api/identify HTTP/1.1\r\nHost: x\r\nContent-Length: 11534336\r\n"
-                     b"Content-Type: multipart/form-data; boundary=x\r\n\r\n")
+        conn.sendall(
+            b"POST /api/identify HTTP/1.1\r\nHost: x\r\nContent-Length: 11534336\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
+        )
         assert conn.recv(4096).startswith(b"HTTP/1.1 413 ")
     assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
     assert "DecompressionBomb" not in server.log.read_text()  # the server's own pixel limit answered
-    ok = httpx.post(server.url + "/api/verify", timeout=30,
-                    files={"a": ("a.png", png(2, 0), "image/png"), "b": ("b.png", png(2, 1), "image/png")})
+    ok = httpx.post(
+        server.url + "/api/verify",
+        timeout=30,
+        files={"a": ("a.png", png(2, 0), "image/png"), "b": ("b.png", png(2, 1), "image/png")},
+    )
     assert ok.status_code == 200
 
 
@@ -112,8 +147,9 @@ def test_sigterm_keeps_committed_enrolments(tmp_path, model_file):
     srv = Server(tmp_path, model_file, env_key=True)
     try:
         files = [("photos", (f"z{i}.png", png(3, i), "image/png")) for i in range(2)]
-        r = httpx.post(srv.url + "/api/people", data={"name": "Zoë"}, files=files, headers={"X-API-Key": KEY},
-                       timeout=30)
+        r = httpx.post(
+            srv.url + "/api/people", data={"name": "Zoë"}, files=files, headers={"X-API-Key": KEY}, timeout=30
+        )
         assert r.status_code == 201, r.text
     finally:
         code = srv.stop()
@@ -144,14 +180,21 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 def browser():
     webdriver = pytest.importorskip("selenium.webdriver")
     if not CHROMIUM or not Path(CHROMEDRIVER).exists():
-        pytest.skip("headless browser test needs the Debian packages chromium and chromium-driver "
-                    "(apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "headless browser test needs the Debian packages chromium and chromium-driver "
+            "(apt-get install chromium chromium-driver)"
+        )
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,1500"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1100,1500",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # no Selenium Manager download
     driver.set_page_load_timeout(30)
@@ -182,8 +225,14 @@ def test_web_page_verify_enrol_identify_remove(server, browser, tmp_path):
     browser.find_element(By.ID, "verify-go").click()
     wait.until(lambda d: "distance" in d.find_element(By.ID, "verify-result").text)
     verdict = browser.find_element(By.ID, "verify-result").text
-    expected = httpx.post(server.url + "/api/verify", timeout=30, files={
-        "a": ("a.png", files["a"].read_bytes(), "image/png"), "b": ("b.png", files["b"].read_bytes(), "image/png")}).json()
+    expected = httpx.post(
+        server.url + "/api/verify",
+        timeout=30,
+        files={
+            "a": ("a.png", files["a"].read_bytes(), "image/png"),
+            "b": ("b.png", files["b"].read_bytes(), "image/png"),
+        },
+    ).json()
     assert f"distance {expected['distance']:.3f}" in verdict
     assert ("SAME" in verdict) == expected["same"]
     for side in "ab":
@@ -251,8 +300,19 @@ def test_api_docs_render_every_operation(server, browser):
 
     browser.get(server.url + "/docs")
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
-    listed = {(e.get_attribute("data-path") or e.text).replace("\u200b", "")
-              for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
-    assert {"/api/verify", "/api/embed", "/api/identify", "/api/cluster", "/api/people", "/api/people/{name}",
-            "/api/model", "/healthz", "/readyz"} <= listed, listed
+    listed = {
+        (e.get_attribute("data-path") or e.text).replace("\u200b", "")
+        for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    }
+    assert {
+        "/api/verify",
+        "/api/embed",
+        "/api/identify",
+        "/api/cluster",
+        "/api/people",
+        "/api/people/{name}",
+        "/api/model",
+        "/healthz",
+        "/readyz",
+    } <= listed, listed
     assert "Unable to render" not in browser.page_source

@@ -42,9 +42,11 @@ def test_database_outage_is_503_then_the_service_recovers(model_file):
             enrol = dict(url="/api/people", headers={"X-API-Key": KEY})
             assert client.post(**enrol, data={"name": "ann"}, files=[("photos", photo(0))]).status_code == 201
             cluster.pause()
-            for response in (client.post("/api/identify", files={"photo": photo(0)}),
-                             client.post(**enrol, data={"name": "bob"}, files=[("photos", photo(1))]),
-                             client.delete("/api/people/ann", headers={"X-API-Key": KEY})):
+            for response in (
+                client.post("/api/identify", files={"photo": photo(0)}),
+                client.post(**enrol, data={"name": "bob"}, files=[("photos", photo(1))]),
+                client.delete("/api/people/ann", headers={"X-API-Key": KEY}),
+            ):
                 assert response.status_code == 503, response.text
                 assert response.headers["retry-after"] and response.json()["code"] == "gallery_unavailable"
             assert client.post("/api/verify", files={"a": photo(2), "b": photo(2, 1)}).status_code == 200

@@ -35,13 +35,15 @@ def photo(identity: int, index: int) -> bytes:
 
 def run_burst(servers, requests, tolerate_disconnect=False):
     """Spread ``requests`` round robin over ``servers``, all at once; statuses in request order."""
+
     async def all_servers():
-        groups = [requests[i::len(servers)] for i in range(len(servers))]
-        results = await asyncio.gather(*(burst(s.url, g, in_flight=4, tolerate_disconnect=tolerate_disconnect)
-                                         for s, g in zip(servers, groups)))
+        groups = [requests[i :: len(servers)] for i in range(len(servers))]
+        results = await asyncio.gather(
+            *(burst(s.url, g, in_flight=4, tolerate_disconnect=tolerate_disconnect) for s, g in zip(servers, groups))
+        )
         statuses = [None] * len(requests)
         for i, res in enumerate(results):
-            statuses[i::len(servers)] = [status for status, _ in res]
+            statuses[i :: len(servers)] = [status for status, _ in res]
         return statuses
 
     return asyncio.run(all_servers())
@@ -61,7 +63,7 @@ def embed(server, photos: list[bytes]) -> np.ndarray:
     rows = []
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for start in range(0, len(photos), 20):
-            files = [("photos", (f"{i}.png", p, "image/png")) for i, p in enumerate(photos[start:start + 20])]
+            files = [("photos", (f"{i}.png", p, "image/png")) for i, p in enumerate(photos[start : start + 20])]
             r = client.post("/api/embed", files=files)
             assert r.status_code == 200, r.text
             rows += r.json()["embeddings"]
@@ -70,10 +72,17 @@ def embed(server, photos: list[bytes]) -> np.ndarray:
 
 def people_in_database(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM faces f LEFT JOIN embeddings e ON e.face_id = f.id "
-                            "WHERE e.face_id IS NULL").fetchone()[0] == 0  # no face without its embedding
-        return dict(conn.execute("SELECT p.name, count(f.id) FROM people p LEFT JOIN faces f ON f.person_id = p.id "
-                                 "GROUP BY p.name").fetchall())
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM faces f LEFT JOIN embeddings e ON e.face_id = f.id WHERE e.face_id IS NULL"
+            ).fetchone()[0]
+            == 0
+        )  # no face without its embedding
+        return dict(
+            conn.execute(
+                "SELECT p.name, count(f.id) FROM people p LEFT JOIN faces f ON f.person_id = p.id GROUP BY p.name"
+            ).fetchall()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +107,9 @@ def test_bursts_across_replicas_leave_every_replica_identical(replicas):
     first = [enrol_request(n, p) for n, p in list(enrolled.items())[:24]]
     assert run_burst(servers, first + [identify_request(q) for q in queries[:24]]) == [201] * 24 + [200] * 24
     removed = [f"p{i:02d}" for i in range(8)]
-    second = ([dict(method="DELETE", url=f"/api/people/{n}", headers=first[0]["headers"]) for n in removed]
-              + [enrol_request(n, p) for n, p in list(enrolled.items())[24:]])
+    second = [dict(method="DELETE", url=f"/api/people/{n}", headers=first[0]["headers"]) for n in removed] + [
+        enrol_request(n, p) for n, p in list(enrolled.items())[24:]
+    ]
     statuses = run_burst(servers, second + [identify_request(q) for q in queries[24:]])
     assert statuses == [200] * 8 + [201] * 12 + [200] * 16
     for name in removed:
@@ -110,12 +120,13 @@ def test_bursts_across_replicas_leave_every_replica_identical(replicas):
     assert replies[0] == replies[1] == replies[2]  # every replica answers every identify identically
     for server in servers:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            assert {p["name"]: p["faces"] for p in client.get("/api/people", headers={"X-API-Key": KEY}).json()["people"]} == {
-                n: 2 for n in enrolled}
+            assert {
+                p["name"]: p["faces"] for p in client.get("/api/people", headers={"X-API-Key": KEY}).json()["people"]
+            } == {n: 2 for n in enrolled}
 
     # and those answers are a brute-force search (under the default policy) over what is committed
     faces = embed(servers[0], [p for ps in enrolled.values() for p in ps])
-    people = {n: faces[2 * i:2 * i + 2] for i, n in enumerate(enrolled)}  # two photos each
+    people = {n: faces[2 * i : 2 * i + 2] for i, n in enumerate(enrolled)}  # two photos each
     for q, reply in zip(embed(servers[0], queries), replies[0]):
         names, scores = brute_identify(people, q, 5, DEFAULT_POLICY)
         assert [n for n, _ in reply] == names
@@ -125,8 +136,10 @@ def test_bursts_across_replicas_leave_every_replica_identical(replicas):
 def test_propagation_lag_between_replicas(replicas):
     _, servers, _ = replicas
     lags = propagation_lag(servers, [(f"lag{i:02d}", photo(40 + i, 0)) for i in range(20)])
-    print(f"\npropagation lag over {len(lags)} enrolments (201 on one replica -> named by the next): "
-          f"p50 {np.percentile(lags, 50) * 1000:.1f} ms, p99 {np.percentile(lags, 99) * 1000:.1f} ms")
+    print(
+        f"\npropagation lag over {len(lags)} enrolments (201 on one replica -> named by the next): "
+        f"p50 {np.percentile(lags, 50) * 1000:.1f} ms, p99 {np.percentile(lags, 99) * 1000:.1f} ms"
+    )
     assert lags.max() < 5.0
 
 
@@ -137,8 +150,9 @@ def test_sigkill_of_a_replica_mid_enrolment_leaves_no_half_person(replicas, mode
     outcome = {}
 
     def enrol_on_victim():
-        outcome["statuses"] = run_burst([victim], [enrol_request(n, p) for n, p in big.items()],
-                                        tolerate_disconnect=True)
+        outcome["statuses"] = run_burst(
+            [victim], [enrol_request(n, p) for n, p in big.items()], tolerate_disconnect=True
+        )
 
     writer = threading.Thread(target=enrol_on_victim)
     writer.start()

@@ -23,8 +23,7 @@ def big_gallery(path, model_file) -> None:
     rows = np.random.default_rng(0).standard_normal((PER_PERSON, embedder.embedding_size)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     with Gallery.open(path, embedder.name, embedder.embedding_size, policy="nearest") as g:
-        g.enroll_many((Record(f"p{i}", rows, ["x.png"] * PER_PERSON) for i in range(FACES // PER_PERSON)),
-                      merge=False)
+        g.enroll_many((Record(f"p{i}", rows, ["x.png"] * PER_PERSON) for i in range(FACES // PER_PERSON)), merge=False)
 
 
 def test_healthz_answers_while_a_big_gallery_loads(tmp_path, model_file):
@@ -56,9 +55,15 @@ def test_healthz_answers_while_a_big_gallery_loads(tmp_path, model_file):
         assert slowest < 1.0, f"/healthz took {slowest:.2f} s while the gallery loaded"
 
         # no key configured: the gallery is closed, and the start-up output says how to open it
-        for r in (httpx.get(server.url + "/api/people", timeout=30),
-                  httpx.post(server.url + "/api/identify", timeout=30, headers={"X-API-Key": KEY},
-                             files={"photo": ("q.png", png(0, 0), "image/png")})):
+        for r in (
+            httpx.get(server.url + "/api/people", timeout=30),
+            httpx.post(
+                server.url + "/api/identify",
+                timeout=30,
+                headers={"X-API-Key": KEY},
+                files={"photo": ("q.png", png(0, 0), "image/png")},
+            ),
+        ):
             assert r.status_code == 401 and r.json()["code"] == "no_api_key", r.text
         log = server.log.read_text()
         assert "FACENET_API_KEY" in log and "FACENET_READ_KEY" in log and "--public" in log

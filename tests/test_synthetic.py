@@ -69,8 +69,9 @@ def test_bad_arguments():
 
 def _grey16(images):
     """Prewhitened 16x16 grey thumbnails: a crude appearance feature."""
-    x = np.stack([np.asarray(Image.fromarray(im).convert("L").resize((16, 16), Image.BILINEAR), np.float32)
-                  for im in images]).reshape(len(images), -1)
+    x = np.stack(
+        [np.asarray(Image.fromarray(im).convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]
+    ).reshape(len(images), -1)
     x -= x.mean(1, keepdims=True)
     return x / (x.std(1, keepdims=True) + 1e-6)
 
@@ -89,11 +90,12 @@ def test_identity_is_in_the_face_not_in_the_mean_colour():
     chance = 1 / ids
 
     mean_rgb = images.reshape(len(images), -1, 3).mean(1)
-    colour_acc = max(_held_out_accuracy(mean_rgb, labels, train, clf)
-                     for clf in (KNeighborsClassifier(1), NearestCentroid()))
+    colour_acc = max(
+        _held_out_accuracy(mean_rgb, labels, train, clf) for clf in (KNeighborsClassifier(1), NearestCentroid())
+    )
     pixel_acc = _held_out_accuracy(_grey16(images), labels, train, NearestCentroid())
-    assert colour_acc < 0.15, colour_acc          # chance is 0.033
-    assert pixel_acc > 3 * chance, pixel_acc      # the face geometry does carry identity
+    assert colour_acc < 0.15, colour_acc  # chance is 0.033
+    assert pixel_acc > 3 * chance, pixel_acc  # the face geometry does carry identity
     assert pixel_acc > colour_acc + 0.05
 
     # The same mean-colour classifier separates a naive generator (one fixed colour per identity,

@@ -22,9 +22,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(out, **overrides) -> TrainConfig:
-    base = dict(out=str(out), arch="nns", image_size=32, identities_per_batch=4, faces_per_identity=3, steps=8,
-                lr=3e-3, eval_every=4, checkpoint_every=1, log_every=1, workers=0, synthetic_identities=16,
-                synthetic_images_per_identity=6, holdout_identities=0.25, device="cpu", seed=3)
+    base = dict(
+        out=str(out),
+        arch="nns",
+        image_size=32,
+        identities_per_batch=4,
+        faces_per_identity=3,
+        steps=8,
+        lr=3e-3,
+        eval_every=4,
+        checkpoint_every=1,
+        log_every=1,
+        workers=0,
+        synthetic_identities=16,
+        synthetic_images_per_identity=6,
+        holdout_identities=0.25,
+        device="cpu",
+        seed=3,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -43,8 +58,18 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def test_training_learns_on_synthetic_faces(tmp_path):
-    result = train(tiny_config(tmp_path / "run", steps=60, eval_every=60, synthetic_identities=40,
-                               identities_per_batch=8, faces_per_identity=4, image_size=48), progress=False)
+    result = train(
+        tiny_config(
+            tmp_path / "run",
+            steps=60,
+            eval_every=60,
+            synthetic_identities=40,
+            identities_per_batch=8,
+            faces_per_identity=4,
+            image_size=48,
+        ),
+        progress=False,
+    )
     assert result.final_accuracy > result.initial_accuracy + 0.08, result.history
     model_file = tmp_path / "run" / "model.safetensors"
     assert model_file.stat().st_mode & 0o777 == 0o600
@@ -65,7 +90,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         torch.set_num_threads(1)
         from facenet.train.config import TrainConfig
         from facenet.train.loop import train
-        config = TrainConfig.from_json(open({str(tmp_path / 'config.json')!r}).read())
+        config = TrainConfig.from_json(open({str(tmp_path / "config.json")!r}).read())
         train(config, progress=False)
     """)
     (tmp_path / "config.json").write_text(killed.to_json())
@@ -98,28 +123,47 @@ def test_starting_over_an_existing_run_is_refused(tmp_path):
 
 
 # (rtol, atol) of the losses and the final weights; in bf16 they parted by 12% while CpuSyncBatchNorm summed in bf16
-@pytest.mark.parametrize("precision, port, loss_tol, weight_tol", [("fp32", 29517, (1e-4, 1e-5), (1e-3, 1e-4)),
-                                                                   ("bf16", 29518, (5e-2, 1e-3), (5e-2, 2e-2))])
+@pytest.mark.parametrize(
+    "precision, port, loss_tol, weight_tol",
+    [("fp32", 29517, (1e-4, 1e-5), (1e-3, 1e-4)), ("bf16", 29518, (5e-2, 1e-3), (5e-2, 2e-2))],
+)
 def test_two_processes_follow_the_single_process_trajectory(tmp_path, precision, port, loss_tol, weight_tol):
     # SGD: its update is linear in the gradient, so float noise is not amplified as Adam's is near g = 0.
     # Batch-hard mining: semihard's pick jumps where d(a,n) = d(a,p), so there float noise from the
     # ranks' different summation order can flip one choice and the trajectories part by ~1e-4.
     # bf16: the network rounds to 8 bits of mantissa, so the ranks' other summation order parts them by ~2%.
-    settings = dict(steps=4, eval_every=100, holdout_identities=0.0, optimizer="sgd", lr=0.01, miner="hard",
-                    precision=precision)
+    settings = dict(
+        steps=4, eval_every=100, holdout_identities=0.0, optimizer="sgd", lr=0.01, miner="hard", precision=precision
+    )
     train(tiny_config(tmp_path / "single", **settings), progress=False)
     (tmp_path / "config.json").write_text(tiny_config(tmp_path / "ddp", **settings).to_json())
     script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import torch
         torch.set_num_threads(1)
         from facenet.train.config import TrainConfig
         from facenet.train.loop import train
-        train(TrainConfig.from_json(open({str(tmp_path / 'config.json')!r}).read()), progress=False)
-    """))
+        train(TrainConfig.from_json(open({str(tmp_path / "config.json")!r}).read()), progress=False)
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(port), str(script)], check=True, env=env, timeout=600, capture_output=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(script),
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+        capture_output=True,
+    )
     assert b"deprecated" not in run.stderr  # no deprecated collectives (torch.distributed.nn.functional)
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert len(single) == len(ddp) == 4
@@ -156,8 +200,9 @@ def test_excluded_identities_never_reach_training(tmp_path):
 
             Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(root / person / f"{i}.png")
     (tmp_path / "exclude.txt").write_text("bob\ncid\n")
-    config = tiny_config(tmp_path / "run", data=str(root), holdout_identities=0.0,
-                         exclude_identities=str(tmp_path / "exclude.txt"))
+    config = tiny_config(
+        tmp_path / "run", data=str(root), holdout_identities=0.0, exclude_identities=str(tmp_path / "exclude.txt")
+    )
     train_source, held = build_sources(config)
     names = {Path(train_source.dataset.samples[i][0]).parent.name for i in train_source.indices}
     assert names == {"ann", "dan"} and held is None
@@ -222,8 +267,16 @@ def _rows(run_dir):
         return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(fh) if r["loss"]]
 
 
-@pytest.mark.parametrize("bad", [dict(eval_every=0), dict(checkpoint_every=0), dict(identities_per_batch=1),
-                                 dict(offline_every=2, loss="both"), dict(optimizer="rmsprop")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(eval_every=0),
+        dict(checkpoint_every=0),
+        dict(identities_per_batch=1),
+        dict(offline_every=2, loss="both"),
+        dict(optimizer="rmsprop"),
+    ],
+)
 def test_bad_configuration_is_a_clear_error(tmp_path, bad):
     with pytest.raises(TrainingError, match="invalid training configuration"):
         train(tiny_config(tmp_path / "run", **bad), progress=False)

@@ -112,8 +112,14 @@ def jpeg_folder(tmp_path_factory):
 def folder_config(tmp_path, data, **overrides):
     from test_train import tiny_config
 
-    return tiny_config(tmp_path / "run", data=str(data), identities_per_batch=3, faces_per_identity=2,
-                       holdout_identities=0.0, **overrides)
+    return tiny_config(
+        tmp_path / "run",
+        data=str(data),
+        identities_per_batch=3,
+        faces_per_identity=2,
+        holdout_identities=0.0,
+        **overrides,
+    )
 
 
 def test_cached_crops_give_the_batches_of_the_uncached_folder(tmp_path, jpeg_folder):
@@ -190,14 +196,36 @@ def test_cli_speed_options_reach_the_configuration(tmp_path):
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--out", str(tmp_path / "r"), "--precision", "bf16", "--augment-on", "device",
-                              "--cache", "--compile", "--workers", "3"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "r"),
+            "--precision",
+            "bf16",
+            "--augment-on",
+            "device",
+            "--cache",
+            "--compile",
+            "--workers",
+            "3",
+        ]
+    )
     config = config_from_args(args)
-    assert (config.precision, config.augment_on, config.cache_crops, config.compile, config.workers) == \
-        ("bf16", "device", True, True, 3)
+    assert (config.precision, config.augment_on, config.cache_crops, config.compile, config.workers) == (
+        "bf16",
+        "device",
+        True,
+        True,
+        3,
+    )
     default = config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "r")]))
-    assert (default.precision, default.augment_on, default.cache_crops, default.compile) == \
-        ("auto", "workers", False, False)
+    assert (default.precision, default.augment_on, default.cache_crops, default.compile) == (
+        "auto",
+        "workers",
+        False,
+        False,
+    )
 
 
 def test_each_rank_decodes_only_its_share_of_the_global_batch():
@@ -208,8 +236,14 @@ def test_each_rank_decodes_only_its_share_of_the_global_batch():
     from facenet.train.config import TrainConfig
     from facenet.train.data import StepBatches, build_sources
 
-    config = TrainConfig(arch="nns", image_size=32, synthetic_identities=12, synthetic_images_per_identity=4,
-                         holdout_identities=0.0, seed=1)
+    config = TrainConfig(
+        arch="nns",
+        image_size=32,
+        synthetic_identities=12,
+        synthetic_images_per_identity=4,
+        holdout_identities=0.0,
+        seed=1,
+    )
     source, _ = build_sources(config)
     reads = []
 

@@ -10,9 +10,34 @@ from facenet.cli import main
 from facenet.errors import TrainingError
 from facenet.models.modelfile import read_model_info
 
-RUN = ["--arch", "nns", "--image-size", "32", "--identities-per-batch", "4", "--faces-per-identity", "3",
-       "--steps", "6", "--eval-every", "3", "--checkpoint-every", "1", "--workers", "0", "--device", "cpu",
-       "--synthetic-identities", "16", "--synthetic-images", "6", "--holdout", "0.25", "--seed", "3"]
+RUN = [
+    "--arch",
+    "nns",
+    "--image-size",
+    "32",
+    "--identities-per-batch",
+    "4",
+    "--faces-per-identity",
+    "3",
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--checkpoint-every",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--synthetic-identities",
+    "16",
+    "--synthetic-images",
+    "6",
+    "--holdout",
+    "0.25",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,12 @@ def test_a_face_filling_a_big_photo_is_found_whole(lfw_dir):
 def test_threads_share_one_detector(lfw_dir):
     """Each thread gets its own OpenCV network: answers under threads equal answers one at a time."""
     detector = YuNetDetector()
-    names = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abba_Eban/Abba_Eban_0001.jpg", "Tony_Blair/Tony_Blair_0001.jpg",
-             "Serena_Williams/Serena_Williams_0001.jpg"]
+    names = [
+        "Aaron_Eckhart/Aaron_Eckhart_0001.jpg",
+        "Abba_Eban/Abba_Eban_0001.jpg",
+        "Tony_Blair/Tony_Blair_0001.jpg",
+        "Serena_Williams/Serena_Williams_0001.jpg",
+    ]
     images = [load_image(lfw_dir / "images" / n) for n in names] * 4
     alone = [[d.box for d in detector.detect(im)] for im in images]
     with ThreadPoolExecutor(4) as pool:

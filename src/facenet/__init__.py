@@ -20,8 +20,16 @@ from facenet.errors import (
 
 _API = ("load_model", "embed", "distance", "verify", "identify", "enroll", "Verification", "Identified")
 
-__all__ = [*_API, "FaceNetError", "BadImageError", "NoFaceError", "ModelFileError", "DataError", "GalleryError",
-           "TrainingError"]
+__all__ = [
+    *_API,
+    "FaceNetError",
+    "BadImageError",
+    "NoFaceError",
+    "ModelFileError",
+    "DataError",
+    "GalleryError",
+    "TrainingError",
+]
 
 
 def __getattr__(name: str):

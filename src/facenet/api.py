@@ -41,8 +41,14 @@ class Identified:
         return bool(self.matches)
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "cpu", detector=None, detect: bool = True,
-               backend: str = "auto", which: str | None = None) -> FaceEmbedder:
+def load_model(
+    path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    detector=None,
+    detect: bool = True,
+    backend: str = "auto",
+    which: str | None = None,
+) -> FaceEmbedder:
     """Load a model file as an embedder; without ``path``, the installed pretrained default.
 
     The same defaults as the command line: faces are found in whole photos by the detector the
@@ -65,8 +71,9 @@ def _resolve(model: FaceEmbedder | str | os.PathLike | None) -> FaceEmbedder:
     return model
 
 
-def embed(images: ImageLike | Sequence[ImageLike], model: FaceEmbedder | str | None = None,
-          batch_size: int = 32) -> np.ndarray:
+def embed(
+    images: ImageLike | Sequence[ImageLike], model: FaceEmbedder | str | None = None, batch_size: int = 32
+) -> np.ndarray:
     """Unit embeddings, one row per image; a single image gives a single row (shape (1, d))."""
     if not isinstance(images, (list, tuple)):
         images = [images]
@@ -79,20 +86,32 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
     return float(d) if np.ndim(d) == 0 else d
 
 
-def verify(a: ImageLike, b: ImageLike, model: FaceEmbedder | str | None = None,
-           threshold: float | None = None, which: str | None = None) -> Verification:
+def verify(
+    a: ImageLike,
+    b: ImageLike,
+    model: FaceEmbedder | str | None = None,
+    threshold: float | None = None,
+    which: str | None = None,
+) -> Verification:
     """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes.
     Of a photo with several faces the ``which`` one is compared ("largest", "central"; default: the recipe's)."""
     embedder = _resolve(model)
     fa, fb = (embedder.find_faces(photo, which=which).faces[0] for photo in (a, b))
     ea, eb = embedder.embed_crops([fa.image, fb.image])
     result = compare(ea, eb, embedder.threshold if threshold is None else threshold)
-    return Verification(result.distance, result.threshold, result.same, (fa.detection.box, fb.detection.box),
-                        fa.notes + fb.notes)
+    return Verification(
+        result.distance, result.threshold, result.same, (fa.detection.box, fb.detection.box), fa.notes + fb.notes
+    )
 
 
-def identify(photo: ImageLike, gallery: str | os.PathLike | None = None, model: FaceEmbedder | str | None = None,
-             top_k: int = 5, far: float | None = None, which: str = "all") -> list[Identified]:
+def identify(
+    photo: ImageLike,
+    gallery: str | os.PathLike | None = None,
+    model: FaceEmbedder | str | None = None,
+    top_k: int = 5,
+    far: float | None = None,
+    which: str = "all",
+) -> list[Identified]:
     """Who is in ``photo``? Every face (``which="all"``; or the "largest" / "central" one), each with up
     to ``top_k`` enrolled people within the open-set threshold that ``far`` (the wanted chance that a
     stranger is taken for someone; default 1e-2) gives for the gallery's size."""
@@ -109,8 +128,14 @@ def identify(photo: ImageLike, gallery: str | os.PathLike | None = None, model: 
     return [Identified(f.detection.box, f.detection.score, m, f.notes) for f, m in zip(faces, matches)]
 
 
-def enroll(name: str, photos: Sequence[ImageLike], gallery: str | os.PathLike | None = None,
-           model: FaceEmbedder | str | None = None, policy: str | None = None, merge: bool = True):
+def enroll(
+    name: str,
+    photos: Sequence[ImageLike],
+    gallery: str | os.PathLike | None = None,
+    model: FaceEmbedder | str | None = None,
+    policy: str | None = None,
+    merge: bool = True,
+):
     """Enrol ``name`` from several photos at once (every photo must show a face) in the gallery at ``gallery``
     (default: the CLI's, ``facenet.paths.gallery_location``); returns the person with their face count.
 

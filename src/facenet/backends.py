@@ -27,8 +27,13 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: EmbeddingModel, device: str | torch.device = "cpu",
-                 channels_last: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -64,8 +69,10 @@ class OnnxBackend:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own untyped errors (InvalidProtobuf, Fail, ...)
             where = "in-memory model" if isinstance(model, bytes) else str(model)
-            raise ModelFileError(f"{where}: not a usable ONNX model ({str(exc).splitlines()[0]}); "
-                                 "re-export it with `facenet export MODEL --format onnx`") from None
+            raise ModelFileError(
+                f"{where}: not a usable ONNX model ({str(exc).splitlines()[0]}); "
+                "re-export it with `facenet export MODEL --format onnx`"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 

@@ -73,8 +73,13 @@ class BatchReport:
         from facenet.fileio import atomic_write_bytes
 
         path = Path(path)
-        data = {"command": self.command, "photos": self.photos, "embedded_photos": self.embedded_photos,
-                "faces": self.faces, "skipped": [asdict(s) for s in self.skipped]}
+        data = {
+            "command": self.command,
+            "photos": self.photos,
+            "embedded_photos": self.embedded_photos,
+            "faces": self.faces,
+            "skipped": [asdict(s) for s in self.skipped],
+        }
         atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
         return path
 
@@ -87,14 +92,13 @@ class BatchReport:
             print(f"facenet {self.command}: skipped {s.path}: {s.reason}", file=sys.stderr)
         if self.skipped:
             where = f" (listed in {report_path})" if report_path else ""
-            print(f"facenet {self.command}: {len(self.skipped)} of {self.photos} photo(s) skipped{where}",
-                  file=sys.stderr)
+            print(
+                f"facenet {self.command}: {len(self.skipped)} of {self.photos} photo(s) skipped{where}", file=sys.stderr
+            )
         if strict and self.skipped:
-            print(f"facenet {self.command}: error: --strict and {len(self.skipped)} photo(s) skipped",
-                  file=sys.stderr)
+            print(f"facenet {self.command}: error: --strict and {len(self.skipped)} photo(s) skipped", file=sys.stderr)
             return EXIT_FAILED
         return 0
-
 
     def _nothing_usable(self, report_path: Path | None) -> int:
         """Why nothing could be used, in at most two lines: the one photo's reason, or the count, the first
@@ -103,8 +107,11 @@ class BatchReport:
         if self.photos == 1:
             print(f"facenet {self.command}: error: {first.path}: {first.reason}", file=sys.stderr)
             return EXIT_FAILED
-        print(f"facenet {self.command}: error: none of the {self.photos} photos could be used "
-              f"(the first, {first.path}: {first.reason})", file=sys.stderr)
+        print(
+            f"facenet {self.command}: error: none of the {self.photos} photos could be used "
+            f"(the first, {first.path}: {first.reason})",
+            file=sys.stderr,
+        )
         where = f"{report_path} lists" if report_path else "--skipped-report FILE would list"
         print(f"facenet {self.command}: {where} the reason for each photo", file=sys.stderr)
         return EXIT_FAILED
@@ -114,12 +121,18 @@ def skip_reason(exc: Exception, path: str | os.PathLike) -> str:
     """The error's message without the path it starts with, so a report line names the path once."""
     message = str(exc)
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bool = False,
-                 batch_size: int = 32, workers: int | None = None,
-                 progress: bool = True) -> Iterator[tuple[list[FaceRow], np.ndarray]]:
+def embed_photos(
+    embedder,
+    paths: list[Path],
+    report: BatchReport,
+    all_faces: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[list[FaceRow], np.ndarray]]:
     """Yield ``(rows, embeddings)`` chunks of at most ``batch_size`` faces, in photo order.
 
     Failing photos go into ``report.skipped`` and the stream goes on. ``workers`` threads or processes
@@ -155,8 +168,9 @@ def embed_photos(embedder, paths: list[Path], report: BatchReport, all_faces: bo
             yield rows, embedder.embed_crops([r.crop for r in rows], batch_size=batch_size)
 
 
-def collect(chunks: Iterator[tuple[list[FaceRow], np.ndarray]], embedding_size: int,
-            keep_crop=None) -> tuple[list[FaceRow], np.ndarray]:
+def collect(
+    chunks: Iterator[tuple[list[FaceRow], np.ndarray]], embedding_size: int, keep_crop=None
+) -> tuple[list[FaceRow], np.ndarray]:
     """All rows and one (N, d) matrix from ``embed_photos``; ``keep_crop(crop)`` may shrink each crop
     (thumbnails) or return ``None`` to drop it, so that a long run does not hold every crop."""
     rows, blocks = [], []
@@ -186,19 +200,30 @@ def face_rows(found, path) -> list[FaceRow]:
     rows = []
     for face in found.faces:
         index = next(i for i, d in enumerate(found.detections) if d is face.detection)
-        rows.append(FaceRow(str(path), index, len(found.detections), face.detection.box, face.detection.score,
-                            face.image, face.notes))
+        rows.append(
+            FaceRow(
+                str(path),
+                index,
+                len(found.detections),
+                face.detection.box,
+                face.detection.score,
+                face.image,
+                face.notes,
+            )
+        )
     return rows
 
 
 def several_faces_note(row: FaceRow, which: str) -> str | None:
-    """"photo: 3 faces found; using face 1 (...)" when the photo had several faces, else None: a user
+    """ "photo: 3 faces found; using face 1 (...)" when the photo had several faces, else None: a user
     must be able to tell which person of a group photo a result is about."""
     if row.faces_found < 2:
         return None
     box = ",".join(f"{v:.0f}" for v in row.box)
-    return (f"{row.path}: {row.faces_found} faces found; using face {row.face} (the {which} one, "
-            f"box {box}); --which chooses another")
+    return (
+        f"{row.path}: {row.faces_found} faces found; using face {row.face} (the {which} one, "
+        f"box {box}); --which chooses another"
+    )
 
 
 def _found_faces(embedder, paths, all_faces, workers, window):
@@ -234,8 +259,9 @@ def _pool(finder, workers: int) -> Executor | None:
         copy = pickle.dumps(finder)
     except (pickle.PicklingError, TypeError, AttributeError):
         return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(copy,))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(copy,)
+    )
 
 
 _worker_finder = None  # a worker process's copy of the caller's finder

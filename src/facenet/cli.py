@@ -21,7 +21,8 @@ DISTRIBUTION = "facenet-triplet"  # pyproject's name: `facenet` on PyPI is someo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facenet",
-        description="Face recognition with FaceNet embeddings: verify, identify, cluster, train, evaluate.")
+        description="Face recognition with FaceNet embeddings: verify, identify, cluster, train, evaluate.",
+    )
     parser.add_argument("--version", action="version", version=f"facenet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import facenet.commands

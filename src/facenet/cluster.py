@@ -32,8 +32,14 @@ METHODS = ("agglomerative", "dbscan", "chinese_whispers")
 UNCLUSTERED = "unclustered"
 
 
-def cluster_embeddings(emb: np.ndarray, method: str = "agglomerative", threshold: float = DEFAULT_THRESHOLD,
-                       linkage: str = "average", min_size: int = 2, seed: int = 0) -> np.ndarray:
+def cluster_embeddings(
+    emb: np.ndarray,
+    method: str = "agglomerative",
+    threshold: float = DEFAULT_THRESHOLD,
+    linkage: str = "average",
+    min_size: int = 2,
+    seed: int = 0,
+) -> np.ndarray:
     """Cluster label per row (int64), ``-1`` for faces in no cluster of at least ``min_size``.
 
     ``threshold``: squared L2; pass the model's (``embedder.threshold``), the default is an uncalibrated one."""
@@ -79,7 +85,7 @@ def chinese_whispers(emb: np.ndarray, threshold: float, seed: int = 0, max_iter:
     for _ in range(max_iter):
         changed = False
         for node in rng.permutation(len(emb)):
-            neighbours = indices[indptr[node]:indptr[node + 1]]
+            neighbours = indices[indptr[node] : indptr[node + 1]]
             if len(neighbours) == 0:
                 continue
             values, counts = np.unique(labels[neighbours], return_counts=True)
@@ -119,12 +125,22 @@ def clustering_scores(pred: Sequence[int], true: Sequence) -> dict[str, float]:
     precision = same_both / same_pred if same_pred else 1.0
     recall = same_both / same_true if same_true else 1.0
     f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": float(precision), "recall": float(recall), "f_measure": float(f),
-            "nmi": float(normalized_mutual_info_score(true, pred))}
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f_measure": float(f),
+        "nmi": float(normalized_mutual_info_score(true, pred)),
+    }
 
 
-def write_clusters(out_dir: str | os.PathLike, files: Sequence[str | os.PathLike], labels: Sequence[int],
-                   thumb: int = 96, columns: int = 8, crops: Sequence | None = None) -> dict:
+def write_clusters(
+    out_dir: str | os.PathLike,
+    files: Sequence[str | os.PathLike],
+    labels: Sequence[int],
+    thumb: int = 96,
+    columns: int = 8,
+    crops: Sequence | None = None,
+) -> dict:
     """Write ``manifest.json`` (cluster -> files, ``unclustered`` for -1) and one contact sheet per group.
 
     Returns the manifest. Contact sheets are PNG grids (``cluster_<n>.png``, ``unclustered.png``) of
@@ -133,16 +149,19 @@ def write_clusters(out_dir: str | os.PathLike, files: Sequence[str | os.PathLike
     the photos themselves are shown. They show faces, so they are written owner-only like every face file.
     """
     if len(files) != len(labels) or (crops is not None and len(crops) != len(files)):
-        raise DataError(f"{len(files)} files but {len(labels)} labels"
-                        + (f" and {len(crops)} crops" if crops is not None else ""))
+        raise DataError(
+            f"{len(files)} files but {len(labels)} labels" + (f" and {len(crops)} crops" if crops is not None else "")
+        )
     out_dir = Path(out_dir)
     groups: dict[str, list[int]] = {}
     for label in sorted(set(int(x) for x in labels), key=lambda x: (x < 0, x)):
         key = UNCLUSTERED if label < 0 else str(label)
         groups[key] = [i for i, lab in enumerate(labels) if int(lab) == label]
     names = {k: [str(files[i]) for i in members] for k, members in groups.items()}
-    manifest = {"clusters": {k: v for k, v in names.items() if k != UNCLUSTERED},
-                "unclustered": names.get(UNCLUSTERED, [])}
+    manifest = {
+        "clusters": {k: v for k, v in names.items() if k != UNCLUSTERED},
+        "unclustered": names.get(UNCLUSTERED, []),
+    }
     for key, members in groups.items():
         tiles = [crops[i] if crops is not None else files[i] for i in members]
         sheet = contact_sheet(tiles, thumb, columns, captions=[Path(files[i]).name for i in members])

@@ -27,11 +27,28 @@ GALLERY_PEOPLE = 10
 
 def demo_config(out: str | Path, data: str | None = None, steps: int = 850, seed: int = 0) -> TrainConfig:
     """Settings measured to reach >= 95% held-out accuracy on synthetic faces within the demo's budget."""
-    return TrainConfig(data=data, out=str(out), arch="nns", image_size=64, loss="triplet", miner="semihard",
-                       identities_per_batch=16, faces_per_identity=8, steps=steps, optimizer="adamw", lr=3e-3,
-                       lr_schedule="cosine", eval_every=max(steps // 4, 1), checkpoint_every=100,
-                       synthetic_identities=400, synthetic_images_per_identity=20, holdout_identities=0.1,
-                       workers=1, seed=seed, device="cpu")
+    return TrainConfig(
+        data=data,
+        out=str(out),
+        arch="nns",
+        image_size=64,
+        loss="triplet",
+        miner="semihard",
+        identities_per_batch=16,
+        faces_per_identity=8,
+        steps=steps,
+        optimizer="adamw",
+        lr=3e-3,
+        lr_schedule="cosine",
+        eval_every=max(steps // 4, 1),
+        checkpoint_every=100,
+        synthetic_identities=400,
+        synthetic_images_per_identity=20,
+        holdout_identities=0.1,
+        workers=1,
+        seed=seed,
+        device="cpu",
+    )
 
 
 @dataclass
@@ -52,8 +69,14 @@ class DemoReport:
     seconds: float
 
 
-def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: int = 0,
-             progress: bool = True, fresh: bool = False) -> DemoReport:
+def run_demo(
+    out: str | Path,
+    data: str | None = None,
+    steps: int = 850,
+    seed: int = 0,
+    progress: bool = True,
+    fresh: bool = False,
+) -> DemoReport:
     """Train (or continue, or reuse a finished run in ``out``; ``fresh`` starts over), check and report."""
     from facenet.evaluate.metrics import kfold_metrics
     from facenet.evaluate.plots import plot_distance_histogram, plot_roc
@@ -75,28 +98,47 @@ def run_demo(out: str | Path, data: str | None = None, steps: int = 850, seed: i
     embeddings = embed_source(model, held, np.arange(len(held)), config, model.last_linear.weight.device)
     pairs = held_out_pairs(held.labels, 6000, seed)
     metrics = kfold_metrics(embeddings[pairs.first], embeddings[pairs.second], pairs.same, pairs.folds)
-    plot_roc({f"{info.arch} (held-out identities)": (metrics.roc.fpr, metrics.roc.tpr)}, out / "roc.png",
-             title="Verification on held-out identities")
-    plot_distance_histogram(metrics.distances, pairs.same, info.threshold, out / "distances.png",
-                            title="Held-out pair distances (squared L2)")
+    plot_roc(
+        {f"{info.arch} (held-out identities)": (metrics.roc.fpr, metrics.roc.tpr)},
+        out / "roc.png",
+        title="Verification on held-out identities",
+    )
+    plot_distance_histogram(
+        metrics.distances,
+        pairs.same,
+        info.threshold,
+        out / "distances.png",
+        title="Held-out pair distances (squared L2)",
+    )
     from facenet.embedder import FaceEmbedder
 
-    (ident_acc, rejection), openset = _gallery_check(out / "gallery.db", FaceEmbedder(model, info), embeddings,
-                                                     held.labels)
+    (ident_acc, rejection), openset = _gallery_check(
+        out / "gallery.db", FaceEmbedder(model, info), embeddings, held.labels
+    )
 
     report = DemoReport(
-        model_path=model_path, report_path=out / "report.md", accuracy=float(metrics.accuracy.mean()),
-        accuracy_std=float(metrics.accuracy.std()), initial_accuracy=initial_accuracy,
+        model_path=model_path,
+        report_path=out / "report.md",
+        accuracy=float(metrics.accuracy.mean()),
+        accuracy_std=float(metrics.accuracy.std()),
+        initial_accuracy=initial_accuracy,
         training_seconds=training_seconds,
-        val_at_far=float(metrics.val.mean()), auc=metrics.roc.auc, eer=metrics.roc.eer, threshold=info.threshold,
-        identification_accuracy=ident_acc, unknown_rejection=rejection, openset=openset,
-        seconds=time.perf_counter() - start)
+        val_at_far=float(metrics.val.mean()),
+        auc=metrics.roc.auc,
+        eer=metrics.roc.eer,
+        threshold=info.threshold,
+        identification_accuracy=ident_acc,
+        unknown_rejection=rejection,
+        openset=openset,
+        seconds=time.perf_counter() - start,
+    )
     report.report_path.write_text(_markdown(report, config, held))
     return report
 
 
-def _trained_model(config: TrainConfig, timing: Path, fresh: bool,
-                   progress: bool) -> tuple[Path, float | None, float | None]:
+def _trained_model(
+    config: TrainConfig, timing: Path, fresh: bool, progress: bool
+) -> tuple[Path, float | None, float | None]:
     """The run's model (trained now, continued from its checkpoint, or the finished one already there),
     its accuracy before training (from the run's history), and how long training took (``timing``)."""
     from facenet.errors import TrainingError
@@ -110,19 +152,24 @@ def _trained_model(config: TrainConfig, timing: Path, fresh: bool,
         timing.unlink(missing_ok=True)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is not None and TrainConfig.load(run_dir).to_json() != config.to_json():
-        raise TrainingError(f"{run_dir} holds a demo run with other settings; use --fresh to start over "
-                            "or another --out")
+        raise TrainingError(
+            f"{run_dir} holds a demo run with other settings; use --fresh to start over or another --out"
+        )
     if (run_dir / MODEL_NAME).exists():  # written only when a run finishes
         if checkpoint is None:
-            raise TrainingError(f"{run_dir} holds a model without its training checkpoint; use --fresh to start "
-                                "over or another --out")
+            raise TrainingError(
+                f"{run_dir} holds a model without its training checkpoint; use --fresh to start over or another --out"
+            )
         print(f"{run_dir} holds a finished demo run; checking it again (--fresh trains again)", flush=True)
         history = checkpoint["history"]
         return run_dir / MODEL_NAME, history[0].get("val_accuracy") if history else None, _recorded(timing)
     # said at once: in a log the first progress line comes only after a while
-    print(f"facenet demo: {'continuing' if checkpoint else 'training'} a small {config.arch} model on "
-          f"{config.data or 'synthetic faces'} in {run_dir} ({config.steps} steps, a few minutes on a CPU)",
-          file=sys.stderr, flush=True)
+    print(
+        f"facenet demo: {'continuing' if checkpoint else 'training'} a small {config.arch} model on "
+        f"{config.data or 'synthetic faces'} in {run_dir} ({config.steps} steps, a few minutes on a CPU)",
+        file=sys.stderr,
+        flush=True,
+    )
     began = time.perf_counter()
     result = train(config, resume=checkpoint is not None, progress=progress)
     atomic_write_bytes(timing, json.dumps({"seconds": time.perf_counter() - began}).encode())
@@ -148,7 +195,7 @@ def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndar
 
     path.unlink(missing_ok=True)
     people = np.unique(labels)
-    known, strangers = people[:GALLERY_PEOPLE], people[GALLERY_PEOPLE:2 * GALLERY_PEOPLE]
+    known, strangers = people[:GALLERY_PEOPLE], people[GALLERY_PEOPLE : 2 * GALLERY_PEOPLE]
     # the same model id as the CLI's, so `facenet identify --gallery <out>/gallery.db` can use this gallery
     with Gallery.open(path, model_id=embedder.name, embedding_size=embedder.embedding_size) as gallery:
         queries, truth = [], []
@@ -171,18 +218,23 @@ def _gallery_check(path: Path, embedder, embeddings: np.ndarray, labels: np.ndar
 
 def _markdown(r: DemoReport, config: TrainConfig, held) -> str:
     start = f"{r.initial_accuracy:.1%}" if r.initial_accuracy is not None else "n/a"
-    data = config.data or f"synthetic faces ({config.synthetic_identities} identities x " \
-                          f"{config.synthetic_images_per_identity} images)"
+    data = (
+        config.data
+        or f"synthetic faces ({config.synthetic_identities} identities x {config.synthetic_images_per_identity} images)"
+    )
     lines = [
-        "# facenet demo report", "",
+        "# facenet demo report",
+        "",
         f"- data: {data}",
         f"- model: `{r.model_path}` ({config.arch}, {config.embedding_size}-D, {config.image_size} px, "
         f"{config.steps} steps of {config.identities_per_batch}x{config.faces_per_identity} faces, "
         f"triplet loss with {config.miner} mining, margin {config.margin})",
         f"- held-out identities: {held.num_identities} ({len(held)} images), never seen in training",
         "",
-        "| check | result |", "|---|---|",
-        f"| verification accuracy, 10-fold (untrained -> trained) | {start} -> {r.accuracy:.1%} +- {r.accuracy_std:.1%} |",
+        "| check | result |",
+        "|---|---|",
+        f"| verification accuracy, 10-fold (untrained -> trained) | {start} -> "
+        f"{r.accuracy:.1%} +- {r.accuracy_std:.1%} |",
         f"| VAL @ FAR=1e-3 | {r.val_at_far:.1%} |",
         f"| ROC AUC / EER | {r.auc:.4f} / {r.eer:.2%} |",
         f"| calibrated threshold (squared L2) | {r.threshold:.3f} |",
@@ -193,10 +245,15 @@ def _markdown(r: DemoReport, config: TrainConfig, held) -> str:
         f"identified / rejected | {r.openset[1]:.1%} / {r.openset[2]:.1%} |",
         f"| training time | {_minutes(r.training_seconds)} |",
         f"| checks and report | {r.seconds / 60:.1f} min |",
-        "", "![ROC](roc.png)", "", "![distances](distances.png)", "",
+        "",
+        "![ROC](roc.png)",
+        "",
+        "![distances](distances.png)",
+        "",
     ]
-    lines.append(f"Use it with `--model {r.model_path}`; the default model of the other commands stays the "
-                 "pretrained one.")
+    lines.append(
+        f"Use it with `--model {r.model_path}`; the default model of the other commands stays the pretrained one."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -206,11 +263,15 @@ def _minutes(seconds: float | None) -> str:
 
 def print_summary(r: DemoReport) -> None:
     start = f"{r.initial_accuracy:.1%}" if r.initial_accuracy is not None else "n/a"
-    print(f"held-out verification accuracy: {start} untrained -> {r.accuracy:.1%} +- {r.accuracy_std:.1%} "
-          f"(VAL@FAR=1e-3 {r.val_at_far:.1%}, AUC {r.auc:.4f})")
-    print(f"gallery: {r.identification_accuracy:.1%} of enrolled people's faces identified, "
-          f"{r.unknown_rejection:.1%} of strangers rejected (verification threshold); at identify's open-set "
-          f"threshold: {r.openset[1]:.1%} identified, {r.openset[2]:.1%} rejected")
+    print(
+        f"held-out verification accuracy: {start} untrained -> {r.accuracy:.1%} +- {r.accuracy_std:.1%} "
+        f"(VAL@FAR=1e-3 {r.val_at_far:.1%}, AUC {r.auc:.4f})"
+    )
+    print(
+        f"gallery: {r.identification_accuracy:.1%} of enrolled people's faces identified, "
+        f"{r.unknown_rejection:.1%} of strangers rejected (verification threshold); at identify's open-set "
+        f"threshold: {r.openset[1]:.1%} identified, {r.openset[2]:.1%} rejected"
+    )
     print(f"report: {r.report_path}  (training {_minutes(r.training_seconds)}, checks {r.seconds / 60:.1f} min)")
 
 

@@ -28,8 +28,10 @@ def trained_on(info: ModelInfo) -> str:
     trust its answers: a model trained on 40 synthetic people is not a face recogniser)."""
     p = info.provenance
     if p.get("trained_by") == "facenet train":
-        return (f"facenet train on {p.get('data', '?')} ({p.get('identities', '?')} identities, "
-                f"{p.get('images', '?')} images, {p.get('steps', '?')} steps, {p.get('loss', '?')} loss)")
+        return (
+            f"facenet train on {p.get('data', '?')} ({p.get('identities', '?')} identities, "
+            f"{p.get('images', '?')} images, {p.get('steps', '?')} steps, {p.get('loss', '?')} loss)"
+        )
     if p.get("trained_by"):  # data first: "trained on ~3M faces, by Davis King", not "trained on Davis King"
         by = f"{p['data']}, by {p['trained_by']}" if p.get("data") else p["trained_by"]
         return f"{by}; converted from {p['source']}" if p.get("source") else by
@@ -49,8 +51,10 @@ def ensure_default_model() -> Path:
     path = default_model_path()
     if path.is_file() or os.environ.get(MODEL_ENV):
         if not path.is_file():
-            raise ModelFileError(f"${MODEL_ENV} names {path}, which does not exist; unset it to use the "
-                                 "installed default model, or point it at a model file")
+            raise ModelFileError(
+                f"${MODEL_ENV} names {path}, which does not exist; unset it to use the "
+                "installed default model, or point it at a model file"
+            )
         return path
     from facenet.models.pretrained import install_default_model
 
@@ -84,9 +88,17 @@ class FaceEmbedder:
     photo's shorter side (``facenet.align.finder``; ``None`` detects at full resolution).
     """
 
-    def __init__(self, model: EmbeddingModel | None, info: ModelInfo, device: str | torch.device = "cpu",
-                 detector=None, backend="torch", which: str | None = None, fallback_detector=None,
-                 min_face: float | None = MIN_FACE):
+    def __init__(
+        self,
+        model: EmbeddingModel | None,
+        info: ModelInfo,
+        device: str | torch.device = "cpu",
+        detector=None,
+        backend="torch",
+        which: str | None = None,
+        fallback_detector=None,
+        min_face: float | None = MIN_FACE,
+    ):
         from facenet.align.crop import Recipe
         from facenet.export import make_backend
 
@@ -118,8 +130,9 @@ class FaceEmbedder:
         architecture, size and weights match."""
         return self.info.id
 
-    def find_faces(self, image: ImageLike, all_faces: bool = False, source: str | None = None,
-                   which: str | None = None) -> FoundFaces:
+    def find_faces(
+        self, image: ImageLike, all_faces: bool = False, source: str | None = None, which: str | None = None
+    ) -> FoundFaces:
         """The model-sized crop(s) of the chosen face (or of every face) and every detection seen,
         through the one path (``facenet.align.finder``). ``which`` overrides the embedder's choice.
 
@@ -138,8 +151,8 @@ class FaceEmbedder:
         """Embed ready model-sized crops (H,W,3 uint8); rows are unit float32 vectors."""
         out = np.empty((len(crops), self.embedding_size), dtype=np.float32)
         for start in range(0, len(crops), batch_size):
-            batch = to_batch(list(crops[start:start + batch_size]))
-            out[start:start + len(batch)] = self.backend(standardise(batch, self.info.standardisation))
+            batch = to_batch(list(crops[start : start + batch_size]))
+            out[start : start + len(batch)] = self.backend(standardise(batch, self.info.standardisation))
         return out
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
@@ -159,17 +172,25 @@ class FaceEmbedder:
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             for start in range(0, len(images), batch_size):
-                chunk = images[start:start + batch_size]
-                found = [f if in_threads else finder.find(f, source=describe(image))
-                         for f, image in zip(pool.map(prepare, chunk), chunk)]
+                chunk = images[start : start + batch_size]
+                found = [
+                    f if in_threads else finder.find(f, source=describe(image))
+                    for f, image in zip(pool.map(prepare, chunk), chunk)
+                ]
                 self.fallbacks += sum(f.fallback for f in found)
-                out[start:start + len(chunk)] = self.embed_crops([f.faces[0].image for f in found], batch_size)
+                out[start : start + len(chunk)] = self.embed_crops([f.faces[0].image for f in found], batch_size)
         return out
 
 
-def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cpu", detector=None,
-                  detect: bool = True, backend: str = "auto", which: str | None = None,
-                  min_face: float | None = MIN_FACE) -> FaceEmbedder:
+def load_embedder(
+    model_path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    detector=None,
+    detect: bool = True,
+    backend: str = "auto",
+    which: str | None = None,
+    min_face: float | None = MIN_FACE,
+) -> FaceEmbedder:
     """Load a model file (default: the installed default model) as an embedder for whole photos.
 
     Faces are found by ``detector`` (a name such as ``"mtcnn"``, or a detector object), by default
@@ -194,5 +215,12 @@ def load_embedder(model_path: str | os.PathLike | None = None, device: str = "cp
         from facenet.align.crop import Recipe
 
         detector = get_detector(detector or Recipe.from_dict(info.recipe).detector, device=str(device))
-    return FaceEmbedder(model, info, device=device, detector=detector if detect else None, backend=runner,
-                        which=which, min_face=min_face)
+    return FaceEmbedder(
+        model,
+        info,
+        device=device,
+        detector=detector if detect else None,
+        backend=runner,
+        which=which,
+        min_face=min_face,
+    )

@@ -87,8 +87,10 @@ def _holds(path: Path, info: ModelInfo) -> bool:
         cached = load_onnx(path)[1]
     except ModelFileError:
         return False
-    return (cached.provenance.get("weights_sha256") == info.provenance.get("weights_sha256")
-            and cached.input_size == info.input_size)
+    return (
+        cached.provenance.get("weights_sha256") == info.provenance.get("weights_sha256")
+        and cached.input_size == info.input_size
+    )
 
 
 def _prune(folder: Path) -> None:
@@ -107,17 +109,25 @@ def onnx_bytes(model: EmbeddingModel, info: ModelInfo, opset: int = DEFAULT_OPSE
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         # The TorchScript-based exporter: mature for plain CNNs and exports in seconds.
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["embeddings"],
-                          dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["embeddings"],
+            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        )
     graph = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(graph, {META_KEY: info.to_json()})
     graph.doc_string = f"facenet {info.arch}: standardised N,3,{info.input_size},{info.input_size} -> unit embeddings"
     return graph.SerializeToString()
 
 
-def check_onnx(model: EmbeddingModel, data: bytes | str | os.PathLike, info: ModelInfo,
-               tolerance: float = TOLERANCE) -> float:
+def check_onnx(
+    model: EmbeddingModel, data: bytes | str | os.PathLike, info: ModelInfo, tolerance: float = TOLERANCE
+) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on random and face-like batches of 1 and 3.
 
     Raises ``FaceNetError`` above ``tolerance``: an export that changes embeddings must not be used.
@@ -127,13 +137,20 @@ def check_onnx(model: EmbeddingModel, data: bytes | str | os.PathLike, info: Mod
     for x in _check_inputs(info):
         worst = max(worst, float(np.abs(ort_run(x) - torch_run(x)).max()))
     if not worst <= tolerance:
-        raise FaceNetError(f"ONNX export of {info.arch} differs from PyTorch by {worst:.2e} "
-                           f"(limit {tolerance:.0e}); try another --opset or report the bug")
+        raise FaceNetError(
+            f"ONNX export of {info.arch} differs from PyTorch by {worst:.2e} "
+            f"(limit {tolerance:.0e}); try another --opset or report the bug"
+        )
     return worst
 
 
-def export_onnx(model: EmbeddingModel, info: ModelInfo, path: str | os.PathLike,
-                opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE) -> float:
+def export_onnx(
+    model: EmbeddingModel,
+    info: ModelInfo,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = TOLERANCE,
+) -> float:
     """Export, check against PyTorch, write atomically (mode 0600); returns the max abs difference."""
     data = onnx_bytes(model, info, opset)
     worst = check_onnx(model, data, info, tolerance)
@@ -154,8 +171,10 @@ def quantize_int8(data: bytes, info: ModelInfo, calibration: list[np.ndarray]) -
 
     from facenet.data.images import standardise, to_batch
 
-    batches = [standardise(to_batch(calibration[i:i + 8]), info.standardisation).numpy()
-               for i in range(0, len(calibration), 8)]
+    batches = [
+        standardise(to_batch(calibration[i : i + 8]), info.standardisation).numpy()
+        for i in range(0, len(calibration), 8)
+    ]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -171,8 +190,15 @@ def quantize_int8(data: bytes, info: ModelInfo, calibration: list[np.ndarray]) -
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice goes to the root logger
         try:
-            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(src),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         finally:
             logging.getLogger().setLevel(quiet)
         return dst.read_bytes()
@@ -191,8 +217,9 @@ def int8_distance_error(model: EmbeddingModel, data: bytes, info: ModelInfo, cro
 def read_onnx_info(metadata: dict, source: str | os.PathLike) -> ModelInfo:
     """The ``ModelInfo`` stored in an exported graph's metadata."""
     if META_KEY not in metadata:
-        raise ModelFileError(f"{source}: ONNX file without facenet metadata; "
-                             "export models with `facenet export MODEL --format onnx`")
+        raise ModelFileError(
+            f"{source}: ONNX file without facenet metadata; export models with `facenet export MODEL --format onnx`"
+        )
     try:
         return ModelInfo.from_json(metadata[META_KEY])
     except (ValueError, TypeError) as exc:

@@ -26,16 +26,20 @@ VARIANTS = ("eval", "train")
 
 # Colour palettes (RGB) per variant: the two sets share no colour.
 _PALETTES = {
-    "eval": {"mask": [(170, 205, 230), (235, 240, 245), (120, 170, 215)],
-             "cloth": [(30, 30, 35), (150, 30, 40), (40, 70, 140), (220, 200, 160)],
-             "n95": [(245, 245, 240), (225, 228, 230)],
-             "scarf": [(110, 20, 30), (60, 90, 60), (200, 160, 60)],
-             "lens": [(20, 20, 25), (60, 40, 20)]},
-    "train": {"mask": [(200, 225, 200), (215, 215, 255), (150, 200, 190)],
-              "cloth": [(90, 60, 120), (200, 120, 40), (20, 110, 110), (240, 170, 190)],
-              "n95": [(250, 250, 215), (205, 215, 225)],
-              "scarf": [(40, 40, 90), (170, 90, 40), (120, 120, 125)],
-              "lens": [(35, 45, 35), (30, 30, 60)]},
+    "eval": {
+        "mask": [(170, 205, 230), (235, 240, 245), (120, 170, 215)],
+        "cloth": [(30, 30, 35), (150, 30, 40), (40, 70, 140), (220, 200, 160)],
+        "n95": [(245, 245, 240), (225, 228, 230)],
+        "scarf": [(110, 20, 30), (60, 90, 60), (200, 160, 60)],
+        "lens": [(20, 20, 25), (60, 40, 20)],
+    },
+    "train": {
+        "mask": [(200, 225, 200), (215, 215, 255), (150, 200, 190)],
+        "cloth": [(90, 60, 120), (200, 120, 40), (20, 110, 110), (240, 170, 190)],
+        "n95": [(250, 250, 215), (205, 215, 225)],
+        "scarf": [(40, 40, 90), (170, 90, 40), (120, 120, 125)],
+        "lens": [(35, 45, 35), (30, 30, 60)],
+    },
 }
 _PATTERNS = {"eval": ("plain", "stripes", "dots"), "train": ("plain", "checks", "zigzag")}
 
@@ -105,8 +109,15 @@ def occlude(image: np.ndarray, landmarks: np.ndarray, kind: str, seed: int = 0, 
         for side in (-1, 1):
             for start, end in (((1.0, 0.35), (1.4, 0.15)), ((0.95, frame.mouth_y), (1.4, frame.mouth_y * 0.75))):
                 loop = frame.to_image([(side * start[0] * shrink, start[1]), (side * end[0], end[1])])
-                cv2.polylines(out, [np.round(loop * 16).astype(np.int32)], False, (235, 235, 235),
-                              max(1, int(frame.scale * 0.025)), cv2.LINE_AA, shift=4)
+                cv2.polylines(
+                    out,
+                    [np.round(loop * 16).astype(np.int32)],
+                    False,
+                    (235, 235, 235),
+                    max(1, int(frame.scale * 0.025)),
+                    cv2.LINE_AA,
+                    shift=4,
+                )
     return out
 
 
@@ -119,18 +130,33 @@ def _mask_outline(frame: FaceFrame, rng, width: float, top: float, round_bottom:
     top_y = frame.nose_y * top * rng.uniform(0.9, 1.1)
     bottom = frame.chin_y + 0.1 * rng.uniform(0.5, 1.5)
     w = width * rng.uniform(0.95, 1.05)
-    upper = [(-w * 0.95, top_y + 0.15), (-w * 0.4, top_y), (0.0, top_y - 0.05), (w * 0.4, top_y), (w * 0.95, top_y + 0.15)]
+    upper = [
+        (-w * 0.95, top_y + 0.15),
+        (-w * 0.4, top_y),
+        (0.0, top_y - 0.05),
+        (w * 0.4, top_y),
+        (w * 0.95, top_y + 0.15),
+    ]
     side = [(w, (top_y + bottom) / 2)]
-    arc = [(w * np.cos(t), bottom - round_bottom * (1 - np.sin(t)) * (bottom - top_y) * 0.3)
-           for t in np.linspace(0.15, np.pi - 0.15, 9)]
+    arc = [
+        (w * np.cos(t), bottom - round_bottom * (1 - np.sin(t)) * (bottom - top_y) * 0.3)
+        for t in np.linspace(0.15, np.pi - 0.15, 9)
+    ]
     return frame.to_image(upper + side + arc + [(-w, (top_y + bottom) / 2)])
 
 
 def _scarf_outline(frame: FaceFrame, rng, shrink: float) -> np.ndarray:
     top_y = (frame.nose_y + frame.mouth_y) / 2 - 0.1 * rng.uniform(0, 1)
     w = 1.5 * shrink
-    return frame.to_image([(-w, top_y + 0.1), (0, top_y - 0.05), (w, top_y + 0.1), (w * 1.1, frame.chin_y + 1.2),
-                           (-w * 1.1, frame.chin_y + 1.2)])
+    return frame.to_image(
+        [
+            (-w, top_y + 0.1),
+            (0, top_y - 0.05),
+            (w, top_y + 0.1),
+            (w * 1.1, frame.chin_y + 1.2),
+            (-w * 1.1, frame.chin_y + 1.2),
+        ]
+    )
 
 
 def _soft_mask(shape, polygons, scale: float, blur: float = 0.03) -> np.ndarray:
@@ -178,8 +204,14 @@ def _sunglasses(image, frame: FaceFrame, rng, colour, shrink: float) -> np.ndarr
     lenses = []
     for side in (-0.5, 0.5):
         centre = frame.to_image([(side, 0.02)])[0]
-        pts = cv2.ellipse2Poly(tuple(int(v) for v in np.round(centre)), (max(1, int(rx * frame.scale)),
-                               max(1, int(ry * frame.scale))), int(angle), 0, 360, 10)
+        pts = cv2.ellipse2Poly(
+            tuple(int(v) for v in np.round(centre)),
+            (max(1, int(rx * frame.scale)), max(1, int(ry * frame.scale))),
+            int(angle),
+            0,
+            360,
+            10,
+        )
         lenses.append(pts.astype(np.float64))
     alpha = _soft_mask(image.shape, lenses, frame.scale, blur=0.015) * 0.96
     h, w = image.shape[:2]
@@ -188,8 +220,14 @@ def _sunglasses(image, frame: FaceFrame, rng, colour, shrink: float) -> np.ndarr
     layer = np.clip(np.array(colour, np.float64) * shade[..., None], 0, 255)
     out = _composite(image, layer, alpha)
     bridge = frame.to_image([(-0.1, -0.05), (0.1, -0.05)])
-    cv2.line(out, tuple(int(v) for v in bridge[0]), tuple(int(v) for v in bridge[1]), tuple(int(c) for c in colour),
-             max(1, int(frame.scale * 0.05)), cv2.LINE_AA)
+    cv2.line(
+        out,
+        tuple(int(v) for v in bridge[0]),
+        tuple(int(v) for v in bridge[1]),
+        tuple(int(c) for c in colour),
+        max(1, int(frame.scale * 0.05)),
+        cv2.LINE_AA,
+    )
     glint = frame.to_image([(-0.62, -0.08)])[0]  # a specular highlight on one lens
     cv2.circle(out, tuple(int(v) for v in glint), max(1, int(frame.scale * 0.05)), (235, 235, 235), -1, cv2.LINE_AA)
     return out
@@ -208,9 +246,15 @@ def _hand(image, frame: FaceFrame, rng, variant: str) -> np.ndarray:
     else:
         cx, cy, spread = 0.5 * side, 0.3, 0.45
     palm = [(cx + spread * np.cos(t), cy + 0.8 * spread * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 24)]
-    fingers = [[(cx + spread * 0.9 * side, cy + dy - 0.09), (cx + spread * 2.2 * side, cy + dy - 0.07),
-                (cx + spread * 2.2 * side, cy + dy + 0.07), (cx + spread * 0.9 * side, cy + dy + 0.09)]
-               for dy in (-0.33, -0.11, 0.11, 0.33)]
+    fingers = [
+        [
+            (cx + spread * 0.9 * side, cy + dy - 0.09),
+            (cx + spread * 2.2 * side, cy + dy - 0.07),
+            (cx + spread * 2.2 * side, cy + dy + 0.07),
+            (cx + spread * 0.9 * side, cy + dy + 0.09),
+        ]
+        for dy in (-0.33, -0.11, 0.11, 0.33)
+    ]
     polys = [frame.to_image(palm)] + [frame.to_image(f) for f in fingers]
     alpha = _soft_mask(image.shape, polys, frame.scale, blur=0.03)
     layer = _cloth(image.shape, frame, skin, "plain", False, rng)
@@ -228,8 +272,12 @@ def _cap_shadow(image, frame: FaceFrame, rng, variant: str) -> np.ndarray:
     out = image * (1 - darkness[..., None])
     brim = frame.to_image([(-1.6, -0.75), (1.6, -0.75), (1.5, -0.45), (-1.5, -0.45)])
     alpha = _soft_mask(image.shape, [brim], frame.scale)
-    colour = np.array([(40, 40, 40), (120, 20, 20)][int(rng.integers(2))] if variant == "eval"
-                      else [(20, 60, 20), (200, 200, 200)][int(rng.integers(2))], np.float64)
+    colour = np.array(
+        [(40, 40, 40), (120, 20, 20)][int(rng.integers(2))]
+        if variant == "eval"
+        else [(20, 60, 20), (200, 200, 200)][int(rng.integers(2))],
+        np.float64,
+    )
     return _composite(out, np.broadcast_to(colour, image.shape), alpha)
 
 
@@ -275,5 +323,6 @@ class OccludingEmbedder:
         return self.seed + position
 
     def embed(self, images, batch_size: int = 32) -> np.ndarray:
-        return self.embedder.embed([self.occluded(im, self.seed_for(im, i)) for i, im in enumerate(images)],
-                                   batch_size=batch_size)
+        return self.embedder.embed(
+            [self.occluded(im, self.seed_for(im, i)) for i, im in enumerate(images)], batch_size=batch_size
+        )

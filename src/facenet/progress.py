@@ -16,8 +16,9 @@ from typing import IO
 QUIET_AT_MOST_S = 60  # a plain line at least this often while a job runs
 
 
-def progress_bar(total: int, desc: str, unit: str = "img", initial: int = 0, enabled: bool = True,
-             file: IO[str] | None = None):
+def progress_bar(
+    total: int, desc: str, unit: str = "img", initial: int = 0, enabled: bool = True, file: IO[str] | None = None
+):
     """The reporter for a job of ``total`` steps: ``update(n)``, ``close()``, usable as a context manager.
 
     ``enabled=False`` gives a silent one (``--quiet``). Output goes to ``file`` (default stderr), so
@@ -44,8 +45,9 @@ class PlainProgress:
     """``lines`` lines like ``embedding: 300/1000 img (30%), 41.2 img/s, ETA 0:17`` (more when a tenth of the
     work takes over ``QUIET_AT_MOST_S``), plus the last."""
 
-    def __init__(self, total: int, desc: str, unit: str = "img", initial: int = 0, file: IO[str] | None = None,
-                 lines: int = 10):
+    def __init__(
+        self, total: int, desc: str, unit: str = "img", initial: int = 0, file: IO[str] | None = None, lines: int = 10
+    ):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.file = file or sys.stderr
         self.lines = lines

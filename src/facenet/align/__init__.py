@@ -10,5 +10,19 @@ from facenet.align.base import Detection, Detector, default_detector_name, get_d
 from facenet.align.crop import AlignedFace, Recipe, align_face, crop_face, cut_face, select_faces
 from facenet.align.finder import FaceFinder, FoundFaces, extract_faces
 
-__all__ = ["AlignedFace", "Detection", "FaceFinder", "FoundFaces", "Recipe", "Detector", "align_face", "crop_face",
-           "cut_face", "default_detector_name", "extract_faces", "get_detector", "list_detectors", "select_faces"]
+__all__ = [
+    "AlignedFace",
+    "Detection",
+    "FaceFinder",
+    "FoundFaces",
+    "Recipe",
+    "Detector",
+    "align_face",
+    "crop_face",
+    "cut_face",
+    "default_detector_name",
+    "extract_faces",
+    "get_detector",
+    "list_detectors",
+    "select_faces",
+]

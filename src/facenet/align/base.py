@@ -119,6 +119,8 @@ def check_image(image: np.ndarray) -> np.ndarray:
     """Detectors accept H,W,3 uint8 RGB only; say so instead of failing deep inside a backend."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise FaceNetError(f"face detectors need an H,W,3 uint8 RGB array, got a {desc}; "
-                           "decode files with facenet.data.images.load_image first")
+        raise FaceNetError(
+            f"face detectors need an H,W,3 uint8 RGB array, got a {desc}; "
+            "decode files with facenet.data.images.load_image first"
+        )
     return image

@@ -27,14 +27,24 @@ TEMPLATES = {
     # The widely used ArcFace 112x112 template divided by 112, raised by 0.07 so that its eye line
     # sits at 0.39 of the square, where MTCNN's boxes put it (median over 100 LFW photos); a
     # similarity-aligned face is thus framed like a box crop of the same size and margin.
-    "facenet": np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                         [41.5493, 92.3655], [70.7299, 92.2041]]) / 112.0 - [0.0, 0.07],
+    "facenet": np.array(
+        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+    )
+    / 112.0
+    - [0.0, 0.07],
     # dlib's 150 px face chip (padding 0.25): where MTCNN's five landmarks fall inside the chips
     # dlib's own 5-point shape predictor makes, mean over 370 LFW photos (scripts/measure_dlib_template.py).
     "dlib": np.array([[47.89, 45.95], [102.11, 45.94], [74.80, 78.07], [51.24, 105.69], [98.90, 105.67]]) / 150.0,
     # Intel's face-reidentification-retail-0095 (Open Model Zoo model documentation): a tight crop.
-    "openvino": np.array([[0.31556875, 0.46157411], [0.68262292, 0.46157411], [0.50026250, 0.64050536],
-                          [0.34947188, 0.82469196], [0.65343646, 0.82469196]]),
+    "openvino": np.array(
+        [
+            [0.31556875, 0.46157411],
+            [0.68262292, 0.46157411],
+            [0.50026250, 0.64050536],
+            [0.34947188, 0.82469196],
+            [0.65343646, 0.82469196],
+        ]
+    ),
 }
 TEMPLATE = TEMPLATES["facenet"]
 
@@ -66,8 +76,10 @@ class Recipe:
             raise FaceNetError(f"a recipe picks the 'largest' or the 'central' face, not {self.which!r}")
         limit = 3.0 if self.mode == "crop" else 0.9
         if not 0.0 <= float(self.margin) <= limit:
-            raise FaceNetError(f"margin {self.margin} is out of range for {self.mode!r} (0 to {limit}): it is a "
-                               "fraction of the face size (e.g. 0.3), not a number of pixels")
+            raise FaceNetError(
+                f"margin {self.margin} is out of range for {self.mode!r} (0 to {limit}): it is a "
+                "fraction of the face size (e.g. 0.3), not a number of pixels"
+            )
 
     def replace(self, **changes) -> Recipe:
         """A copy with some fields changed (``None`` values are ignored)."""
@@ -126,8 +138,9 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
 
 
-def align_face(image: np.ndarray, detection: Detection, size: int = 160, margin: float = 0.2,
-               template: str = "facenet") -> np.ndarray:
+def align_face(
+    image: np.ndarray, detection: Detection, size: int = 160, margin: float = 0.2, template: str = "facenet"
+) -> np.ndarray:
     """Warp the face so its 5 landmarks fall on ``template_points(size, margin, template)``; outside is black."""
     matrix = similarity_transform(detection.landmarks, template_points(size, margin, template))
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
@@ -159,9 +172,11 @@ def visible_area(detection: Detection, size: tuple[int, int]) -> float:
 
 def no_face(source: str, detector: Detector) -> NoFaceError:
     """The error for a photo where ``detector`` found nothing, naming the photo and what to do."""
-    return NoFaceError(f"{source}: no face found by the {getattr(detector, 'name', 'face')} detector; "
-                       "use a photo with a visible, roughly frontal face, or the 'center' detector "
-                       "for images that are already cropped around the face")
+    return NoFaceError(
+        f"{source}: no face found by the {getattr(detector, 'name', 'face')} detector; "
+        "use a photo with a visible, roughly frontal face, or the 'center' detector "
+        "for images that are already cropped around the face"
+    )
 
 
 def cut_face(pixels: np.ndarray, detection: Detection, size: int = 160, recipe: Recipe = Recipe()) -> np.ndarray:

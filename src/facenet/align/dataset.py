@@ -49,8 +49,9 @@ def write_recipe(dst: Path, settings: AlignSettings) -> None:
     path = dst / RECIPE_NAME
     earlier = read_recipe(dst)
     if earlier is not None and earlier != recipe:
-        raise DataError(f"{dst} holds crops made with another recipe ({earlier}); align into a new folder "
-                        "or delete it first")
+        raise DataError(
+            f"{dst} holds crops made with another recipe ({earlier}); align into a new folder or delete it first"
+        )
     atomic_write_bytes(path, json.dumps(recipe, indent=2, sort_keys=True).encode())
 
 
@@ -89,8 +90,14 @@ def output_path(src: Path, dst: Path, image: Path, index: int | None = None) -> 
     return dst / image.parent.relative_to(src) / f"{stem}.png"
 
 
-def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: AlignSettings, workers: int = 1,
-                  report_path: str | os.PathLike | None = None, progress: bool = True) -> AlignReport:
+def align_dataset(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    settings: AlignSettings,
+    workers: int = 1,
+    report_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> AlignReport:
     """Align every image under ``src`` into ``dst``; returns (and writes as JSON) the report."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     _check_folders(src, dst, settings)
@@ -120,8 +127,12 @@ def align_dataset(src: str | os.PathLike, dst: str | os.PathLike, settings: Alig
             results = map(_align_one, jobs)
         else:
             # spawn, not fork: forking a process whose torch/OpenMP thread pools exist can deadlock
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(settings, 1))
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(settings, 1),
+            )
             results = pool.map(_align_one, jobs, chunksize=8)
         for rel, status, detail in results:
             _record(report, rel, status, detail)
@@ -147,8 +158,9 @@ def _check_folders(src: Path, dst: Path, settings: AlignSettings) -> None:
     if not src.is_dir():
         raise DataError(f"{src}: not a folder; give a dataset folder with one sub-folder per person")
     if dst == src or src in dst.parents or dst in src.parents:
-        raise DataError(f"output folder {dst} overlaps the source {src}; choose a separate folder "
-                        "(sources are never overwritten)")
+        raise DataError(
+            f"output folder {dst} overlaps the source {src}; choose a separate folder (sources are never overwritten)"
+        )
     if settings.which not in (None, *WHICH):
         raise FaceNetError(f"which must be one of {WHICH}")
     if settings.fallback not in (None, "center"):
@@ -170,9 +182,11 @@ def _check_output_names(src: Path, dst: Path, images: list[Path]) -> None:
         if other == image and index.isdigit():
             other = seen.get((image.parent, base), image)
         if other != image:
-            raise DataError(f"{image.relative_to(src)} and {other.relative_to(src)} would be aligned into the same "
-                            f"file ({output_path(src, dst, image).relative_to(dst)} or its numbered faces); rename "
-                            "one of them")
+            raise DataError(
+                f"{image.relative_to(src)} and {other.relative_to(src)} would be aligned into the same "
+                f"file ({output_path(src, dst, image).relative_to(dst)} or its numbered faces); rename "
+                "one of them"
+            )
 
 
 _state: dict = {}  # per process: settings and its own detectors
@@ -186,8 +200,15 @@ def _init_worker(settings: AlignSettings, threads: int) -> None:
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
     fallback = get_detector("center") if settings.fallback == "center" else None
-    _state.update(settings=settings, finder=FaceFinder(get_detector(settings.recipe.detector, **settings.detector_options),
-                                                       settings.recipe, settings.size, fallback=fallback))
+    _state.update(
+        settings=settings,
+        finder=FaceFinder(
+            get_detector(settings.recipe.detector, **settings.detector_options),
+            settings.recipe,
+            settings.size,
+            fallback=fallback,
+        ),
+    )
 
 
 def _align_one(job: tuple[str, str, str]) -> tuple[str, str, object]:

@@ -64,8 +64,14 @@ class FaceFinder:
     used where ``detector`` finds nothing; without one such a photo raises ``NoFaceError``.
     """
 
-    def __init__(self, detector: Detector | None, recipe: Recipe, input_size: int,
-                 fallback: Detector | None = None, min_face: float | None = MIN_FACE):
+    def __init__(
+        self,
+        detector: Detector | None,
+        recipe: Recipe,
+        input_size: int,
+        fallback: Detector | None = None,
+        min_face: float | None = MIN_FACE,
+    ):
         if min_face is not None and not 0.0 < min_face <= 1.0:
             raise FaceNetError(f"min_face is a fraction of the photo's shorter side (e.g. 0.02), not {min_face}")
         self.detector, self.recipe, self.input_size = detector, recipe, input_size
@@ -114,11 +120,15 @@ class FaceFinder:
         x1, y1, x2, y2 = (v * photo.scale for v in detection.box)
         grow = 0.5 * max(x2 - x1, y2 - y1)
         h, w = photo.pixels.shape[:2]
-        region = photo.pixels[max(int(y1 - grow), 0):min(int(y2 + grow), h), max(int(x1 - grow), 0):min(int(x2 + grow), w)]
+        region = photo.pixels[
+            max(int(y1 - grow), 0) : min(int(y2 + grow), h), max(int(x1 - grow), 0) : min(int(x2 + grow), w)
+        ]
         for turns, degrees in ((1, 90), (3, -90)):
             found = self.detector.detect(np.ascontiguousarray(np.rot90(region, turns)))
             if any(d.score >= sure and d.score > detection.score for d in found):
-                return (f"the face looks turned by {degrees} degrees (is the photo rotated?): its answer is unreliable",)
+                return (
+                    f"the face looks turned by {degrees} degrees (is the photo rotated?): its answer is unreliable",
+                )
         return ()
 
     def _filling(self, pixels: np.ndarray) -> list[Detection]:
@@ -171,10 +181,15 @@ class FaceFinder:
             return AlignedFace(cut_face(pixels, _rescaled(detection, scale), self.input_size, self.recipe), detection)
         region = pixels[top:bottom, left:right]
         factor = wanted / scale
-        small = cv2.resize(region, (max(1, round(region.shape[1] * factor)), max(1, round(region.shape[0] * factor))),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            region,
+            (max(1, round(region.shape[1] * factor)), max(1, round(region.shape[0] * factor))),
+            interpolation=cv2.INTER_AREA,
+        )
         fx, fy = small.shape[1] / region.shape[1], small.shape[0] / region.shape[0]
-        local = _map(_rescaled(detection, scale), lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5))
+        local = _map(
+            _rescaled(detection, scale), lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5)
+        )
         return AlignedFace(cut_face(small, local, self.input_size, self.recipe), detection)
 
 
@@ -184,8 +199,10 @@ def face_notes(detection: Detection, size: tuple[int, int], input_size: int) -> 
     notes = []
     smallest = SMALL_FACE * input_size
     if min(detection.width, detection.height) < smallest:
-        notes.append(f"the face is only {detection.width:.0f}x{detection.height:.0f} px (under {smallest:.0f} px, "
-                     "a quarter of the model's input): its answer is unreliable")
+        notes.append(
+            f"the face is only {detection.width:.0f}x{detection.height:.0f} px (under {smallest:.0f} px, "
+            "a quarter of the model's input): its answer is unreliable"
+        )
     roll = _roll(detection)
     if abs(roll) > MAX_ROLL_DEG:
         notes.append(f"the face is turned by {roll:.0f} degrees (is the photo rotated?): its answer is unreliable")
@@ -202,8 +219,14 @@ def _roll(detection: Detection) -> float:
     return math.degrees(math.atan2(ry - ly, rx - lx))
 
 
-def extract_faces(image: ImageLike, detector: Detector, size: int = 160, recipe: Recipe = Recipe(),
-                  which: str | None = None, source: str | None = None) -> list[AlignedFace]:
+def extract_faces(
+    image: ImageLike,
+    detector: Detector,
+    size: int = 160,
+    recipe: Recipe = Recipe(),
+    which: str | None = None,
+    source: str | None = None,
+) -> list[AlignedFace]:
     """Detect, choose and cut faces in one call (``FaceFinder`` with the default working size)."""
     return FaceFinder(detector, recipe, size).find(image, which, source).faces
 

@@ -125,7 +125,8 @@ def _flatten_tf(x: torch.Tensor) -> torch.Tensor:
 
 
 def find_weights(weights: str | os.PathLike | None = None) -> Path:
-    """Folder holding pnet.pt, rnet.pt, onet.pt: ``weights``, else $FACENET_MTCNN_WEIGHTS, else the facenet-pytorch wheel."""
+    """Folder holding pnet.pt, rnet.pt, onet.pt: ``weights``, else $FACENET_MTCNN_WEIGHTS, else the
+    facenet-pytorch wheel."""
     candidates = [weights] if weights else []
     if not weights and os.environ.get("FACENET_MTCNN_WEIGHTS"):
         candidates.append(os.environ["FACENET_MTCNN_WEIGHTS"])
@@ -137,8 +138,10 @@ def find_weights(weights: str | os.PathLike | None = None) -> Path:
         if all((folder / f).is_file() for f in WEIGHT_FILES):
             return folder
     where = ", ".join(str(c) for c in candidates) or "no facenet-pytorch installation"
-    raise FaceNetError(f"MTCNN weights ({', '.join(WEIGHT_FILES)}) not found in {where}; "
-                       f"install them with `{INSTALL_HINT}` or pass a folder holding them")
+    raise FaceNetError(
+        f"MTCNN weights ({', '.join(WEIGHT_FILES)}) not found in {where}; "
+        f"install them with `{INSTALL_HINT}` or pass a folder holding them"
+    )
 
 
 class MTCNNDetector:
@@ -151,10 +154,16 @@ class MTCNNDetector:
 
     name = "mtcnn"
 
-    def __init__(self, weights: str | os.PathLike | None = None, min_face_size: int = 20,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 device: str | torch.device = "cpu",
-                 retry_thresholds: tuple[float, float, float] | None = (0.5, 0.4, 0.5), backend: str = "auto"):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        device: str | torch.device = "cpu",
+        retry_thresholds: tuple[float, float, float] | None = (0.5, 0.4, 0.5),
+        backend: str = "auto",
+    ):
         if backend not in BACKENDS:
             raise FaceNetError(f"unknown MTCNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         folder = find_weights(weights)
@@ -168,8 +177,9 @@ class MTCNNDetector:
             try:
                 net.load_state_dict(torch.load(folder / file, map_location="cpu", weights_only=True))
             except Exception as exc:  # corrupt or foreign file: name it instead of a torch traceback
-                raise FaceNetError(f"{folder / file}: not usable MTCNN weights ({exc}); "
-                                   f"reinstall with `{INSTALL_HINT}`") from None
+                raise FaceNetError(
+                    f"{folder / file}: not usable MTCNN weights ({exc}); reinstall with `{INSTALL_HINT}`"
+                ) from None
             net.to(self.device).eval()
         self.sessions = None  # ONNX Runtime sessions for P-, R-, O-Net when backend is onnx
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
@@ -235,15 +245,16 @@ class MTCNNDetector:
         4-64 on both backends and up to 1.5x slower at 128 and more, which outgrow the caches.
         """
         if self.device.type == "cpu" and len(x) > CPU_BATCH:
-            chunks = [self._run(stage, x[i:i + CPU_BATCH]) for i in range(0, len(x), CPU_BATCH)]
+            chunks = [self._run(stage, x[i : i + CPU_BATCH]) for i in range(0, len(x), CPU_BATCH)]
             return [np.concatenate(outputs) for outputs in zip(*chunks)]
         if self.sessions:
             return self.sessions[stage].run(None, {"x": x})
         net = (self.pnet, self.rnet, self.onet)[stage]
         return [y.cpu().numpy() for y in net(torch.from_numpy(x).to(self.device))]
 
-    def _run_batched(self, stage: int, tables: list[np.ndarray], boxes: list[np.ndarray],
-                     size: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    def _run_batched(
+        self, stage: int, tables: list[np.ndarray], boxes: list[np.ndarray], size: int
+    ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """Cut every photo's boxes, run net ``stage`` on all the patches together, split its outputs per photo."""
         cut = [_patches(table, photo_boxes, size) for table, photo_boxes in zip(tables, boxes)]
         boxes = [photo_boxes for photo_boxes, _ in cut]
@@ -276,8 +287,15 @@ class MTCNNDetector:
             if not len(ys):
                 continue
             cells = np.stack([xs, ys], axis=1).astype(np.float64)
-            cand = np.concatenate([np.floor((2 * cells + 1) / scale), np.floor((2 * cells + 12) / scale),
-                                   prob[ys, xs][:, None], reg[:, ys, xs].T], axis=1)
+            cand = np.concatenate(
+                [
+                    np.floor((2 * cells + 1) / scale),
+                    np.floor((2 * cells + 12) / scale),
+                    prob[ys, xs][:, None],
+                    reg[:, ys, xs].T,
+                ],
+                axis=1,
+            )
             found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
         if not found:
             return np.zeros((0, 5))
@@ -298,8 +316,9 @@ class MTCNNDetector:
             refined.append(_square(_regress(photo_boxes[pick], reg[pick])))
         return refined
 
-    def _output(self, tables: list[np.ndarray], boxes: list[np.ndarray],
-                threshold: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _output(
+        self, tables: list[np.ndarray], boxes: list[np.ndarray], threshold: float
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Stage 3: O-Net final score, box regression and landmarks (NMS per photo)."""
         final, landmarks = [], []
         for photo_boxes, (reg, marks, prob) in zip(*self._run_batched(2, tables, boxes, 48)):
@@ -363,9 +382,16 @@ def export_net(net: nn.Module, opset: int = OPSET) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
-        torch.onnx.export(model, (_example(net),), buffer, dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=outputs,
-                          dynamic_axes={name: dynamic for name in ["x", *outputs]})
+        torch.onnx.export(
+            model,
+            (_example(net),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["x"],
+            output_names=outputs,
+            dynamic_axes={name: dynamic for name in ["x", *outputs]},
+        )
     return buffer.getvalue()
 
 
@@ -443,7 +469,7 @@ def _area_resize(table: np.ndarray, windows: np.ndarray, out_h: int, out_w: int)
     for all windows at once instead of one torch call per window.
     """
     _, h1, w1 = table.shape
-    top, left, height, width = (windows[:, i:i + 1] for i in range(4))
+    top, left, height, width = (windows[:, i : i + 1] for i in range(4))
     (y0, y1), (x0, x1) = _bins(top, height, out_h), _bins(left, width, out_w)
     pixels = (y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]
     # Offsets into one channel's flattened table, (N, out_h, out_w) once row and column parts are added.

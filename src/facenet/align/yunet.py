@@ -37,10 +37,13 @@ def find_model(model: str | os.PathLike | None = None) -> Path:
     path = Path(model or os.environ.get("FACENET_YUNET_MODEL") or SHIPPED_MODEL)
     if path.is_file():
         return path
-    hint = ("reinstall facenet (its package ships the model)" if path == SHIPPED_MODEL else
-            "download face_detection_yunet_*.onnx from OpenCV Zoo (github.com/opencv/opencv_zoo, "
-            "models/face_detection_yunet), verify its checksum, and pass its path (model=...) or set "
-            "FACENET_YUNET_MODEL")
+    hint = (
+        "reinstall facenet (its package ships the model)"
+        if path == SHIPPED_MODEL
+        else "download face_detection_yunet_*.onnx from OpenCV Zoo (github.com/opencv/opencv_zoo, "
+        "models/face_detection_yunet), verify its checksum, and pass its path (model=...) or set "
+        "FACENET_YUNET_MODEL"
+    )
     raise FaceNetError(f"YuNet model not found at {path}; {hint}")
 
 
@@ -58,8 +61,13 @@ class YuNetDetector:
     # upright 0.898 at the 1st percentile, turned 0.868 at the 99th); finder.FaceFinder checks below it.
     sure_score = 0.88
 
-    def __init__(self, model: str | os.PathLike | None = None, score_threshold: float = 0.6,
-                 nms_threshold: float = 0.3, top_k: int = 5000):
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+    ):
         self._path = find_model(model)
         self._options = (score_threshold, nms_threshold, top_k)
         self._local = threading.local()
@@ -71,8 +79,9 @@ class YuNetDetector:
             try:
                 net = cv2.FaceDetectorYN.create(str(self._path), "", (320, 320), *self._options)
             except cv2.error as exc:
-                raise FaceNetError(f"{self._path}: OpenCV cannot load this YuNet model ({exc.err}); "
-                                   "re-download it from OpenCV Zoo") from None
+                raise FaceNetError(
+                    f"{self._path}: OpenCV cannot load this YuNet model ({exc.err}); re-download it from OpenCV Zoo"
+                ) from None
             self._local.net = net
         return net
 
@@ -82,10 +91,14 @@ class YuNetDetector:
         h, w = image.shape[:2]
         if min(h, w) > LARGE_FACE_ABOVE:
             scale = LARGE_FACE_SIDE / min(h, w)
-            small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
             sx, sy = w / small.shape[1], h / small.shape[0]
-            large = [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score,
-                               d.landmarks * (sx, sy)) for d in self._detect(small)]
+            large = [
+                Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score, d.landmarks * (sx, sy))
+                for d in self._detect(small)
+            ]
             kept: list[Detection] = []  # one detection per face, the better-scoring size's
             for d in sort_by_score(found + large):
                 if all(_iou(d.box, k.box) <= SAME_FACE_IOU for k in kept):

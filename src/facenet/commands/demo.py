@@ -15,13 +15,15 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "demo", help="train a small model on synthetic faces, check it, and write a report (a few minutes)",
+        "demo",
+        help="train a small model on synthetic faces, check it, and write a report (a few minutes)",
         description="The whole pipeline in a few minutes on a CPU: train a small FaceNet model with the triplet "
-                    "loss on synthetic identities (or --data DIR), measure verification on identities it never "
-                    "saw, enrol some into a gallery and identify the rest, then write report.md with a ROC curve. "
-                    "The model stays in --out (OUT/run/model.safetensors); the default model of the other "
-                    "commands stays the pretrained one. Run again: an interrupted run continues, a finished "
-                    "one is reported on again.")
+        "loss on synthetic identities (or --data DIR), measure verification on identities it never "
+        "saw, enrol some into a gallery and identify the rest, then write report.md with a ROC curve. "
+        "The model stays in --out (OUT/run/model.safetensors); the default model of the other "
+        "commands stays the pretrained one. Run again: an interrupted run continues, a finished "
+        "one is reported on again.",
+    )
     p.add_argument("--out", default="facenet-demo", help="folder for the run, report and plots (default: facenet-demo)")
     p.add_argument("--data", help="a folder with one sub-folder of face crops per identity instead of synthetic faces")
     p.add_argument("--steps", type=int, default=850, help="training steps (default: 850)")

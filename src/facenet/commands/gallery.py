@@ -21,9 +21,11 @@ from facenet.paths import GALLERY_ENV, gallery_location
 EXIT_UNIDENTIFIED = 1
 
 
-GALLERY_HELP = ("gallery: a file, or a PostgreSQL URL postgresql://user@host/db shared by several processes "
-                f"(default: ${GALLERY_ENV}, else $XDG_DATA_HOME/facenet/gallery.db, i.e. "
-                "~/.local/share/facenet/gallery.db)")
+GALLERY_HELP = (
+    "gallery: a file, or a PostgreSQL URL postgresql://user@host/db shared by several processes "
+    f"(default: ${GALLERY_ENV}, else $XDG_DATA_HOME/facenet/gallery.db, i.e. "
+    "~/.local/share/facenet/gallery.db)"
+)
 
 
 def _open(args: argparse.Namespace, *model, **options):
@@ -41,8 +43,14 @@ def _embed_collection(args: argparse.Namespace, embedder, command: str):
     from facenet.batch import BatchReport, collect, embed_photos
 
     report = BatchReport(command)
-    chunks = embed_photos(embedder, expand_image_paths(args.photos), report, all_faces=all_faces(args),
-                          batch_size=args.batch_size, workers=args.workers)
+    chunks = embed_photos(
+        embedder,
+        expand_image_paths(args.photos),
+        report,
+        all_faces=all_faces(args),
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
     rows, emb = collect(chunks, embedder.embedding_size, keep_crop=lambda crop: None)
     report_path = Path(args.skipped_report) if args.skipped_report else None
     if report_path:
@@ -66,19 +74,24 @@ def run_enroll(args: argparse.Namespace) -> int:
         except GalleryError:
             if args.add or not any(p.name == name for p in g.people()):
                 raise
-            raise GalleryError(f"{name!r} is already enrolled in {g.location}; pass --add to add these photos "
-                               "to them") from None
+            raise GalleryError(
+                f"{name!r} is already enrolled in {g.location}; pass --add to add these photos to them"
+            ) from None
         person = next(p for p in g.people() if p.name == name)
-    print(f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location} "
-          f"(people scored by policy {g.policy})")
+    print(
+        f"enrolled {len(rows)} photo(s) of {person.name} ({person.faces} in total) in {g.location} "
+        f"(people scored by policy {g.policy})"
+    )
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         people = g.people()
-        print(f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, policy {g.policy}, "
-              f"{len(people)} people, {sum(p.faces for p in people)} faces")
+        print(
+            f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, policy {g.policy}, "
+            f"{len(people)} people, {sum(p.faces for p in people)} faces"
+        )
         for person in people:
             print(f"{person.name}\t{person.faces}")
     return 0
@@ -120,14 +133,19 @@ def run_identify(args: argparse.Namespace) -> int:
 
     embedder = embedder_from_args(args)
     with _open(args, embedder.name, embedder.embedding_size, create=False) as g:
-        threshold = args.threshold if args.threshold is not None else \
-            identification_threshold(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
+        threshold = (
+            args.threshold
+            if args.threshold is not None
+            else identification_threshold(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
+        )
         print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
         rows, emb, report, report_path = _embed_collection(args, embedder, "identify")
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
     for row, matches in zip(rows, results):
         shown = ", ".join(f"{m.name} {m.distance:.3f}" for m in matches) or "unknown"
-        face = "" if row.faces_found < 2 else " [face {}, box {}]".format(row.face, ",".join(f"{v:.0f}" for v in row.box))
+        face = (
+            "" if row.faces_found < 2 else " [face {}, box {}]".format(row.face, ",".join(f"{v:.0f}" for v in row.box))
+        )
         unreliable = "".join(f"  (unreliable: {note})" for note in row.notes)
         print(f"{row.path}{face}: {shown}{unreliable}")
     status = report.finish(args.strict, report_path)
@@ -138,24 +156,37 @@ def run_identify(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     gallery_help = GALLERY_HELP
-    p = sub.add_parser("gallery", help="enrol, list, remove, export and import known people",
-                       description="The persistent gallery of known people: one SQLite file (owner-only), or a "
-                                   "PostgreSQL database that several processes share (--gallery postgresql://...).")
+    p = sub.add_parser(
+        "gallery",
+        help="enrol, list, remove, export and import known people",
+        description="The persistent gallery of known people: one SQLite file (owner-only), or a "
+        "PostgreSQL database that several processes share (--gallery postgresql://...).",
+    )
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    v = verbs.add_parser("enroll", help="enrol a new person from photos (--add: more photos of an enrolled one)",
-                         description="Embed the photos and enrol NAME with them in one step. A name already "
-                                     "enrolled is refused unless --add (as the API's merge=true) adds the photos to "
-                                     "that person. Photos that cannot be read or show no face are skipped and "
-                                     "reported; with --strict any skipped photo means nothing is enrolled.")
+    v = verbs.add_parser(
+        "enroll",
+        help="enrol a new person from photos (--add: more photos of an enrolled one)",
+        description="Embed the photos and enrol NAME with them in one step. A name already "
+        "enrolled is refused unless --add (as the API's merge=true) adds the photos to "
+        "that person. Photos that cannot be read or show no face are skipped and "
+        "reported; with --strict any skipped photo means nothing is enrolled.",
+    )
     v.add_argument("name", metavar="NAME", help="the person's name")
     v.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (or folders) of this person, one face each")
-    v.add_argument("--storage", choices=("float32", "int8"), default="float32",
-                   help="how a new gallery stores embeddings: float32, or int8 (1 byte per dimension)")
-    v.add_argument("--policy", metavar="POLICY",
-                   help=f"how a new gallery scores a person with several photos: {CHOICES} (default: "
-                        f"{DEFAULT_POLICY}; see the README). Recorded in the gallery: an existing gallery keeps its "
-                        "own, and asking it for another is an error")
+    v.add_argument(
+        "--storage",
+        choices=("float32", "int8"),
+        default="float32",
+        help="how a new gallery stores embeddings: float32, or int8 (1 byte per dimension)",
+    )
+    v.add_argument(
+        "--policy",
+        metavar="POLICY",
+        help=f"how a new gallery scores a person with several photos: {CHOICES} (default: "
+        f"{DEFAULT_POLICY}; see the README). Recorded in the gallery: an existing gallery keeps its "
+        "own, and asking it for another is an error",
+    )
     v.add_argument("--add", action="store_true", help="add the photos to a person already enrolled under NAME")
     v.add_argument("--gallery", help=gallery_help)
     add_batch_options(v, "none; skipped photos are printed")
@@ -167,8 +198,11 @@ def register(sub) -> None:
     v.add_argument("--gallery", help=gallery_help)
     v.set_defaults(func=run_list)
 
-    v = verbs.add_parser("remove", help="delete a person and all their faces for good",
-                         description="Delete NAME, their faces and embeddings; in a gallery file the bytes are wiped.")
+    v = verbs.add_parser(
+        "remove",
+        help="delete a person and all their faces for good",
+        description="Delete NAME, their faces and embeddings; in a gallery file the bytes are wiped.",
+    )
     v.add_argument("name", metavar="NAME")
     v.add_argument("--gallery", help=gallery_help)
     v.set_defaults(func=run_remove)
@@ -178,28 +212,38 @@ def register(sub) -> None:
     v.add_argument("--gallery", help=gallery_help)
     v.set_defaults(func=run_export)
 
-    v = verbs.add_parser("import", help="add everyone from an exported gallery FILE (same model)",
-                         description="Merge an exported gallery into this one (created like the file's, "
-                                     "storage and policy, if there is none); names already present are an "
-                                     "error unless --merge adds their faces to the existing people.")
+    v = verbs.add_parser(
+        "import",
+        help="add everyone from an exported gallery FILE (same model)",
+        description="Merge an exported gallery into this one (created like the file's, "
+        "storage and policy, if there is none); names already present are an "
+        "error unless --merge adds their faces to the existing people.",
+    )
     v.add_argument("file", metavar="FILE")
     v.add_argument("--merge", action="store_true", help="add faces to people with the same name")
     v.add_argument("--gallery", help=gallery_help)
     v.set_defaults(func=run_import)
 
-    p = sub.add_parser("identify", help="who is in these photos? (top-k people from the gallery, or unknown)",
-                       description="For each face of each photo (--which: only one), the best-matching enrolled "
-                                   "people within the threshold, with "
-                                   "their squared-L2 scores (by the gallery's policy: see `gallery enroll --policy`), "
-                                   "or 'unknown'. Photos that cannot be read or show no "
-                                   "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
-                                   "(no photo usable, or, with --strict, any skipped).")
+    p = sub.add_parser(
+        "identify",
+        help="who is in these photos? (top-k people from the gallery, or unknown)",
+        description="For each face of each photo (--which: only one), the best-matching enrolled "
+        "people within the threshold, with "
+        "their squared-L2 scores (by the gallery's policy: see `gallery enroll --policy`), "
+        "or 'unknown'. Photos that cannot be read or show no "
+        "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
+        "(no photo usable, or, with --strict, any skipped).",
+    )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")
     p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
-    p.add_argument("--far", type=float, default=None,
-                   help="wanted chance that a stranger is taken for someone enrolled; sets the threshold from the "
-                        "model's FAR calibration and the gallery's size (people, or faces, as its policy needs) "
-                        "(default 1e-2)")
+    p.add_argument(
+        "--far",
+        type=float,
+        default=None,
+        help="wanted chance that a stranger is taken for someone enrolled; sets the threshold from the "
+        "model's FAR calibration and the gallery's size (people, or faces, as its policy needs) "
+        "(default 1e-2)",
+    )
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
     add_batch_options(p, "none; skipped photos are printed")

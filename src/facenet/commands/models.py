@@ -10,14 +10,21 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "models", help="list architectures (parameters, FLOPs) and model files (training data, threshold, id)",
+        "models",
+        help="list architectures (parameters, FLOPs) and model files (training data, threshold, id)",
         description="List every registered architecture with its parameter count and the cost of "
-                    "embedding one face (MACs = multiply-adds; FLOPs = 2 x MACs, convolutions and "
-                    "matrix products only); then the model files: $FACENET_MODEL, the installed default "
-                    "and every other *.safetensors in the models folder, each with what it was trained on, "
-                    "its squared-L2 threshold and its id (galleries record the id of the model that filled them).")
-    parser.add_argument("--embedding-size", type=int, default=128, metavar="D",
-                        help="embedding (head) size to measure with (default: 128)")
+        "embedding one face (MACs = multiply-adds; FLOPs = 2 x MACs, convolutions and "
+        "matrix products only); then the model files: $FACENET_MODEL, the installed default "
+        "and every other *.safetensors in the models folder, each with what it was trained on, "
+        "its squared-L2 threshold and its id (galleries record the id of the model that filled them).",
+    )
+    parser.add_argument(
+        "--embedding-size",
+        type=int,
+        default=128,
+        metavar="D",
+        help="embedding (head) size to measure with (default: 128)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -26,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"{'name':<22}{'params (M)':>11}{'MACs (G)':>10}{'FLOPs (G)':>11}{'input':>9}{'embedding':>11}")
     for row in describe_models(args.embedding_size):
-        print(f"{row.name:<22}{row.params / 1e6:>11.2f}{row.macs / 1e9:>10.3f}{row.gflops:>11.3f}"
-              f"{row.input_size:>6}px{row.embedding_size:>11}")
+        print(
+            f"{row.name:<22}{row.params / 1e6:>11.2f}{row.macs / 1e9:>10.3f}{row.gflops:>11.3f}"
+            f"{row.input_size:>6}px{row.embedding_size:>11}"
+        )
     print()
     print("model files (* = used when --model is not given):")
     for label, path in model_files():
@@ -55,11 +64,16 @@ def _describe_file(path: Path) -> str:
     from facenet.models.modelfile import read_model_info
 
     if not path.is_file():
-        return "not installed yet: installed on first use (or `facenet convert reid --default`)" \
-            if path.name == "default.safetensors" else "missing"
+        return (
+            "not installed yet: installed on first use (or `facenet convert reid --default`)"
+            if path.name == "default.safetensors"
+            else "missing"
+        )
     try:
         info = read_model_info(path)
     except FaceNetError as exc:
         return f"unreadable: {exc}"
-    return (f"{info.arch}, {info.embedding_size}-D, {info.input_size} px, threshold {info.threshold:.4f}, "
-            f"id {info.id}; trained on: {trained_on(info)}")
+    return (
+        f"{info.arch}, {info.embedding_size}-D, {info.input_size} px, threshold {info.threshold:.4f}, "
+        f"id {info.id}; trained on: {trained_on(info)}"
+    )

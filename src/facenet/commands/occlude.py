@@ -11,16 +11,22 @@ from facenet.occlusion import KINDS, VARIANTS  # numpy and OpenCV only: cheap fo
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "occlude", help="draw masks, sunglasses, scarves, hands or cap shadows on the faces of photos",
+        "occlude",
+        help="draw masks, sunglasses, scarves, hands or cap shadows on the faces of photos",
         description="Find the faces in SRC (a photo or a folder) and draw the occluder on each, placed from the "
-                    "face's five landmarks so it follows pose and scale; writes PNGs to DST with the same relative "
-                    "names. Deterministic for a given --seed. Sources are never modified.")
+        "face's five landmarks so it follows pose and scale; writes PNGs to DST with the same relative "
+        "names. Deterministic for a given --seed. Sources are never modified.",
+    )
     p.add_argument("src", help="a photo or a folder of photos")
     p.add_argument("dst", help="output folder")
     p.add_argument("--kind", choices=KINDS, default="mask", help="occluder (default: mask, a surgical mask)")
-    p.add_argument("--variant", choices=VARIANTS, default="eval",
-                   help="set of looks: eval (what `facenet evaluate --occlude` draws) or train (what training "
-                        "augmentation draws); the two share no colour or pattern")
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="eval",
+        help="set of looks: eval (what `facenet evaluate --occlude` draws) or train (what training "
+        "augmentation draws); the two share no colour or pattern",
+    )
     p.add_argument("--detector", default="mtcnn", help="detector whose landmarks place the occluder (default: mtcnn)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=run)
@@ -54,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
             skipped.append(f"{photo}: no face found by the {detector.name} detector")
             continue
         for j, face in enumerate(faces):
-            pixels = occlude(pixels, face.landmarks, args.kind, seed=args.seed * 100003 + i * 17 + j,
-                             variant=args.variant)
+            pixels = occlude(
+                pixels, face.landmarks, args.kind, seed=args.seed * 100003 + i * 17 + j, variant=args.variant
+            )
         rel = photo.relative_to(src) if src.is_dir() else Path(photo.name)
         out = (dst / rel).with_suffix(".png")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,16 +27,22 @@ class FolderDataset(torch.utils.data.Dataset):
     ``class_sources[c]`` lists the roots (indices into ``roots``) identity ``c`` came from.
     """
 
-    def __init__(self, root: str | Path | Sequence[str | Path],
-                 extensions: Sequence[str] = tuple(sorted(IMAGE_SUFFIXES)), min_images: int = 1,
-                 merge_names: bool = False):
+    def __init__(
+        self,
+        root: str | Path | Sequence[str | Path],
+        extensions: Sequence[str] = tuple(sorted(IMAGE_SUFFIXES)),
+        min_images: int = 1,
+        merge_names: bool = False,
+    ):
         roots = [Path(root)] if isinstance(root, (str, os.PathLike)) else [Path(r) for r in root]
         if not roots:
             raise DataError("no dataset folder given")
         names = [r.resolve().name for r in roots]
         if len(roots) > 1 and not merge_names and len(set(names)) < len(names):
-            raise DataError(f"two dataset folders share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}, "
-                            "which namespaces their identities; give each source folder its own name")
+            raise DataError(
+                f"two dataset folders share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}, "
+                "which namespaces their identities; give each source folder its own name"
+            )
         exts = _suffixes(extensions)
         found: dict[str, list[tuple[Path, int]]] = {}  # identity -> (image, index of its root)
         for index, (folder_root, name) in enumerate(zip(roots, names)):
@@ -45,8 +51,9 @@ class FolderDataset(torch.utils.data.Dataset):
                 found.setdefault(key, []).extend((path, index) for path in paths)
         kept = sorted(key for key, images in found.items() if len(images) >= min_images)
         if not kept:
-            raise DataError(f"{', '.join(map(str, roots))}: no identity has at least {min_images} images; "
-                            "lower min_images")
+            raise DataError(
+                f"{', '.join(map(str, roots))}: no identity has at least {min_images} images; lower min_images"
+            )
         self.root, self.roots = roots[0], roots
         self.class_sources = [sorted({s for _, s in found[key]}) for key in kept]
         self.sample_sources = np.array([s for key in kept for _, s in found[key]], dtype=np.int64)
@@ -74,8 +81,10 @@ class FolderDataset(torch.utils.data.Dataset):
         if source_weights is None:
             return None
         if len(source_weights) != len(self.roots) or min(source_weights) < 0 or not sum(source_weights) > 0:
-            raise DataError(f"--source-weights needs {len(self.roots)} non-negative numbers (one per dataset "
-                            f"folder, not all zero); got {list(source_weights)}")
+            raise DataError(
+                f"--source-weights needs {len(self.roots)} non-negative numbers (one per dataset "
+                f"folder, not all zero); got {list(source_weights)}"
+            )
         people = np.bincount([s for sources in self.class_sources for s in sources], minlength=len(self.roots))
         share = np.asarray(source_weights, np.float64) / np.maximum(people, 1)
         return np.array([share[sources].mean() for sources in self.class_sources])
@@ -84,9 +93,13 @@ class FolderDataset(torch.utils.data.Dataset):
         """People and images per root and in all (recorded in a run and its model file)."""
         people = np.bincount([s for sources in self.class_sources for s in sources], minlength=len(self.roots))
         images = np.bincount(self.sample_sources, minlength=len(self.roots))
-        return {"people": len(self.classes), "images": len(self.samples),
-                "sources": [{"folder": str(r), "people": int(p), "images": int(i)}
-                            for r, p, i in zip(self.roots, people, images)]}
+        return {
+            "people": len(self.classes),
+            "images": len(self.samples),
+            "sources": [
+                {"folder": str(r), "people": int(p), "images": int(i)} for r, p, i in zip(self.roots, people, images)
+            ],
+        }
 
 
 def person_name(folder_name: str) -> str:
@@ -106,11 +119,15 @@ def _identity_folders(root: Path, exts: set[str]) -> dict[str, list[Path]]:
         raise DataError(f"dataset folder not found: {root}; expected one sub-folder of images per identity")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DataError(f"{root}: no identity sub-folders; "
-                        "put each person's images in their own folder (root/<name>/<image>)")
-    found = {f.name: sorted(p for p in f.iterdir()
-                            if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file())
-             for f in folders}
+        raise DataError(
+            f"{root}: no identity sub-folders; put each person's images in their own folder (root/<name>/<image>)"
+        )
+    found = {
+        f.name: sorted(
+            p for p in f.iterdir() if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()
+        )
+        for f in folders
+    }
     if not any(found.values()):
         raise DataError(f"{root}: no images with extensions {', '.join(sorted(exts))} in its identity folders")
     return found
@@ -127,8 +144,13 @@ class ImageFiles(torch.utils.data.Dataset):
         for root in self.roots:
             if not root.is_dir():
                 raise DataError(f"folder of unlabelled photos not found: {root}")
-            found = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(root).parts))
+            found = sorted(
+                p
+                for p in root.rglob("*")
+                if p.suffix.lower() in exts
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            )
             if not found:
                 raise DataError(f"{root}: no images with extensions {', '.join(sorted(exts))}")
             self.paths += found

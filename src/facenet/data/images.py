@@ -58,7 +58,8 @@ def load_image(src: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     """Decode ``src`` (path, bytes, PIL image or numpy array) to an H,W,3 uint8 RGB array.
 
     ``max_pixels`` refuses larger images before decoding them (decompression bombs); raise it
-    for genuinely huge photos (Pillow refuses those above 179 MP whatever it is). Raises ``BadImageError`` for anything that is not a usable image.
+    for genuinely huge photos (Pillow refuses those above 179 MP whatever it is). Raises ``BadImageError`` for
+    anything that is not a usable image.
     An array that is already H,W,3 uint8 is returned as it is (no copy).
     """
     return open_photo(src, max_pixels=max_pixels).pixels
@@ -115,8 +116,10 @@ def open_photo(src: ImageLike, shorter_side: int | None = None, max_pixels: int 
         name = str(src)
         data = _read_file(Path(src))
     else:
-        raise BadImageError(f"cannot read an image from a {type(src).__name__}; "
-                            "pass a file path, bytes, a PIL image or an H,W,3 numpy array")
+        raise BadImageError(
+            f"cannot read an image from a {type(src).__name__}; "
+            "pass a file path, bytes, a PIL image or an H,W,3 numpy array"
+        )
     if not data:
         raise BadImageError(f"{name}: empty file; re-download or re-export the image")
     upright_size, is_jpeg = _header(data, name, max_pixels)
@@ -129,7 +132,9 @@ def open_photo(src: ImageLike, shorter_side: int | None = None, max_pixels: int 
     return photo
 
 
-def _reduced(pixels: np.ndarray, name: str, shorter_side: int | None, full_size: tuple[int, int] | None = None) -> Photo:
+def _reduced(
+    pixels: np.ndarray, name: str, shorter_side: int | None, full_size: tuple[int, int] | None = None
+) -> Photo:
     """A Photo whose finest decoded level is ``pixels`` (the full photo unless ``full_size`` says otherwise),
     with its working copy area-resized so that the shorter side is at most ``shorter_side``."""
     import cv2
@@ -174,11 +179,14 @@ def _opened(data: bytes, name: str, max_pixels: int):
     except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise BadImageError(f"{name}: not a recognised image format; "
-                            "use JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM") from None
+        raise BadImageError(
+            f"{name}: not a recognised image format; use JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM"
+        ) from None
     except Image.DecompressionBombError:
-        raise BadImageError(f"{name}: image is too large to decode safely; shrink it below "
-                            f"{min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)} pixels") from None
+        raise BadImageError(
+            f"{name}: image is too large to decode safely; shrink it below "
+            f"{min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)} pixels"
+        ) from None
     except _DECODE_ERRORS as exc:
         raise BadImageError(f"{name}: corrupt image header ({exc}); re-download or re-export it") from None
 
@@ -195,7 +203,7 @@ def fit_to_input(image: ImageLike, size: int) -> np.ndarray:
     h, w = array.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = array[top:top + side, left:left + side]
+    square = array[top : top + side, left : left + side]
     if side == size:
         return np.ascontiguousarray(square)
     return np.array(Image.fromarray(square).resize((size, size), Image.BILINEAR))
@@ -207,8 +215,9 @@ def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
         raise BadImageError("no images to batch; pass at least one H,W,3 uint8 crop")
     shapes = {np.shape(im) for im in images}
     if len(shapes) != 1:
-        raise BadImageError(f"crops in a batch must share one size, got {sorted(shapes)}; "
-                            "resize them first (fit_to_input)")
+        raise BadImageError(
+            f"crops in a batch must share one size, got {sorted(shapes)}; resize them first (fit_to_input)"
+        )
     (shape,) = shapes
     if len(shape) != 3 or shape[2] != 3:
         raise BadImageError(f"crops must be H,W,3 RGB arrays, got shape {shape}; decode them with load_image")
@@ -295,8 +304,9 @@ def _from_array(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise BadImageError(f"{name}: array of shape {array.shape} is not an image; "
-                            "expected H,W (grey), H,W,3 (RGB) or H,W,4 (RGBA)")
+        raise BadImageError(
+            f"{name}: array of shape {array.shape} is not an image; expected H,W (grey), H,W,3 (RGB) or H,W,4 (RGBA)"
+        )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise BadImageError(f"{name}: image has zero size ({array.shape[1]}x{array.shape[0]})")
     array = _to_uint8(array, name)
@@ -317,7 +327,9 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
         if not np.isfinite(array).all():
             raise BadImageError(f"{name}: float image contains NaN or infinity")
         if array.min() < -1e-3 or array.max() > 1 + 1e-3:
-            raise BadImageError(f"{name}: float images must hold values in [0, 1] "
-                                f"(got {array.min():.3g}..{array.max():.3g}); divide 0..255 data by 255")
+            raise BadImageError(
+                f"{name}: float images must hold values in [0, 1] "
+                f"(got {array.min():.3g}..{array.max():.3g}); divide 0..255 data by 255"
+            )
         return np.rint(np.clip(array, 0, 1) * 255).astype(np.uint8)
     raise BadImageError(f"{name}: unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")

@@ -38,13 +38,19 @@ class PKSampler(Sampler[list[int]]):
     ``(#such identities) // p`` batches (the rest wait for the next epoch's shuffle).
     """
 
-    def __init__(self, labels: Sequence | np.ndarray, p: int, k: int, seed: int = 0,
-                 extra_negatives: int = 0, weights: Sequence[float] | np.ndarray | None = None):
+    def __init__(
+        self,
+        labels: Sequence | np.ndarray,
+        p: int,
+        k: int,
+        seed: int = 0,
+        extra_negatives: int = 0,
+        weights: Sequence[float] | np.ndarray | None = None,
+    ):
         """``weights`` (one per identity, in sorted label order): batch ``i`` then draws its P identities
         with these relative chances (distinct within the batch) instead of walking a shuffled epoch."""
         if p < 2 or k < 2:
-            raise DataError(f"a P x K batch needs p >= 2 identities and k >= 2 faces each; got "
-                            f"p={p}, k={k}")
+            raise DataError(f"a P x K batch needs p >= 2 identities and k >= 2 faces each; got p={p}, k={k}")
         if extra_negatives < 0:
             raise DataError(f"extra_negatives must be >= 0, got {extra_negatives}")
         labels = np.asarray(labels)
@@ -66,11 +72,14 @@ class PKSampler(Sampler[list[int]]):
             self.weights = kept / kept.sum()
         self.singletons = np.sort(np.concatenate([g for g in groups if len(g) < 2] or [[]])).astype(np.int64)
         if len(self.identities) < p:
-            raise DataError(f"only {len(self.identities)} identities have 2 or more images, fewer "
-                            f"than p={p}: lower p or add images")
+            raise DataError(
+                f"only {len(self.identities)} identities have 2 or more images, fewer than p={p}: lower p or add images"
+            )
         if extra_negatives > len(self.singletons):
-            raise DataError(f"extra_negatives={extra_negatives} but only {len(self.singletons)} "
-                            "single-image identities exist: lower extra_negatives")
+            raise DataError(
+                f"extra_negatives={extra_negatives} but only {len(self.singletons)} "
+                "single-image identities exist: lower extra_negatives"
+            )
         self.p, self.k, self.seed = p, k, seed
         self.extra_negatives = extra_negatives
         self.epoch, self.start = 0, 0
@@ -100,8 +109,11 @@ class PKSampler(Sampler[list[int]]):
         if not 0 <= i < len(self):
             raise DataError(f"batch {i} is outside the epoch's {len(self)} batches")
         rng = np.random.default_rng([self.seed, epoch, i])
-        chosen = (self._identity_order(epoch)[i * self.p:(i + 1) * self.p] if self.weights is None
-                  else rng.choice(len(self.identities), self.p, replace=False, p=self.weights))
+        chosen = (
+            self._identity_order(epoch)[i * self.p : (i + 1) * self.p]
+            if self.weights is None
+            else rng.choice(len(self.identities), self.p, replace=False, p=self.weights)
+        )
         out = []
         for ident in chosen:
             images = self.identities[ident]
@@ -110,7 +122,7 @@ class PKSampler(Sampler[list[int]]):
             else:  # all distinct images first, then repeats spread evenly over them
                 reps = -(-self.k // len(images))
                 fill = np.concatenate([rng.permutation(images) for _ in range(reps)])
-                out.append(fill[:self.k])
+                out.append(fill[: self.k])
         if self.extra_negatives:
             out.append(rng.choice(self.singletons, self.extra_negatives, replace=False))
         return np.concatenate(out).tolist()

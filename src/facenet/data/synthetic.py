@@ -32,8 +32,15 @@ _TRAIT_TAG, _IMAGE_TAG = 0x7A17, 0x1A6E  # keep the trait and image random strea
 
 # Shared palettes: many identities share each colour, so colour alone cannot tell them apart.
 SKIN_TONES = ((241, 194, 167), (224, 172, 138), (198, 134, 103), (160, 105, 75), (120, 80, 58), (88, 60, 45))
-HAIR_COLOURS = ((20, 16, 14), (60, 40, 28), (110, 75, 45), (150, 70, 35), (215, 180, 110), (150, 150, 150),
-                (235, 235, 230))
+HAIR_COLOURS = (
+    (20, 16, 14),
+    (60, 40, 28),
+    (110, 75, 45),
+    (150, 70, 35),
+    (215, 180, 110),
+    (150, 150, 150),
+    (235, 235, 230),
+)
 EYE_COLOURS = ((70, 45, 25), (40, 25, 15), (70, 110, 170), (80, 120, 70), (110, 120, 125), (120, 95, 50))
 HAIR_STYLES = ("short", "long", "bald", "fringe", "side_part")
 OCCLUSIONS = ("glasses", "sunglasses", "mask", "scarf", "hat")
@@ -45,11 +52,11 @@ class Traits:
 
     face_w: float
     face_h: float
-    jaw_w: float          # chin width as a fraction of face width
+    jaw_w: float  # chin width as a fraction of face width
     jaw_drop: float
     skin: tuple[int, int, int]
-    eye_y: float          # below face centre
-    eye_gap: float        # distance between eye centres
+    eye_y: float  # below face centre
+    eye_gap: float  # distance between eye centres
     eye_w: float
     eye_h: float
     eye_colour: tuple[int, int, int]
@@ -60,14 +67,14 @@ class Traits:
     nose_len: float
     nose_w: float
     nose_style: int
-    mouth_y: float        # below the nose tip
+    mouth_y: float  # below the nose tip
     mouth_w: float
     lip_thick: float
     lip_colour: tuple[int, int, int]
     mouth_curve: float
     hair_colour: tuple[int, int, int]
     hair_style: str
-    hairline: float       # 0 = hair down to the eyes' level, 1 = top of head
+    hairline: float  # 0 = hair down to the eyes' level, 1 = top of head
     hair_volume: float
     ear_size: float
     ear_y: float
@@ -100,19 +107,43 @@ class SyntheticFaces:
         skin = _jitter(SKIN_TONES[r.integers(len(SKIN_TONES))], r, 6)
         hair = _jitter(HAIR_COLOURS[r.integers(len(HAIR_COLOURS))], r, 8)
         lip = tuple(int(c) for c in np.clip(np.array(skin) * [0.85, 0.62, 0.62] + [25, 0, 5], 0, 255))
-        freckles = tuple((float(x), float(y)) for x, y in r.uniform(-1, 1, (int(r.integers(12, 30)), 2))) \
-            if r.random() < 0.25 else ()
+        freckles = (
+            tuple((float(x), float(y)) for x, y in r.uniform(-1, 1, (int(r.integers(12, 30)), 2)))
+            if r.random() < 0.25
+            else ()
+        )
         return Traits(
-            face_w=u(0.40, 0.54), face_h=u(0.54, 0.68), jaw_w=u(0.5, 0.95), jaw_drop=u(0.0, 0.07),
-            skin=skin, eye_y=u(-0.06, 0.0), eye_gap=u(0.15, 0.23), eye_w=u(0.05, 0.075), eye_h=u(0.45, 0.75),
+            face_w=u(0.40, 0.54),
+            face_h=u(0.54, 0.68),
+            jaw_w=u(0.5, 0.95),
+            jaw_drop=u(0.0, 0.07),
+            skin=skin,
+            eye_y=u(-0.06, 0.0),
+            eye_gap=u(0.15, 0.23),
+            eye_w=u(0.05, 0.075),
+            eye_h=u(0.45, 0.75),
             eye_colour=_jitter(EYE_COLOURS[r.integers(len(EYE_COLOURS))], r, 10),
-            brow_gap=u(0.035, 0.06), brow_thick=u(0.008, 0.024), brow_arch=u(-0.004, 0.02),
-            brow_tilt=u(-0.012, 0.015), nose_len=u(0.07, 0.13), nose_w=u(0.035, 0.07),
-            nose_style=int(r.integers(3)), mouth_y=u(0.035, 0.065), mouth_w=u(0.10, 0.19),
-            lip_thick=u(0.008, 0.024), lip_colour=lip, mouth_curve=u(-0.008, 0.01), hair_colour=hair,
-            hair_style=HAIR_STYLES[r.integers(len(HAIR_STYLES))], hairline=u(0.35, 0.8),
-            hair_volume=u(0.015, 0.07), ear_size=u(0.05, 0.09), ear_y=u(-0.03, 0.03), freckles=freckles,
-            beard=bool(r.random() < 0.2), moustache=bool(r.random() < 0.15),
+            brow_gap=u(0.035, 0.06),
+            brow_thick=u(0.008, 0.024),
+            brow_arch=u(-0.004, 0.02),
+            brow_tilt=u(-0.012, 0.015),
+            nose_len=u(0.07, 0.13),
+            nose_w=u(0.035, 0.07),
+            nose_style=int(r.integers(3)),
+            mouth_y=u(0.035, 0.065),
+            mouth_w=u(0.10, 0.19),
+            lip_thick=u(0.008, 0.024),
+            lip_colour=lip,
+            mouth_curve=u(-0.008, 0.01),
+            hair_colour=hair,
+            hair_style=HAIR_STYLES[r.integers(len(HAIR_STYLES))],
+            hairline=u(0.35, 0.8),
+            hair_volume=u(0.015, 0.07),
+            ear_size=u(0.05, 0.09),
+            ear_y=u(-0.03, 0.03),
+            freckles=freckles,
+            beard=bool(r.random() < 0.2),
+            moustache=bool(r.random() < 0.15),
             mole=(float(u(-0.8, 0.8)), float(u(-0.2, 0.8))) if r.random() < 0.3 else None,
         )
 
@@ -142,8 +173,15 @@ class SyntheticFaces:
             raise DataError(f"identity {identity} out of range 0..{self.num_identities - 1}")
 
 
-def write_dataset(out_dir: str | Path, num_identities: int, images_per_identity: int, seed: int = 0,
-                  size: int = 160, occlusion_prob: float = 0.0, ext: str = "png") -> Path:
+def write_dataset(
+    out_dir: str | Path,
+    num_identities: int,
+    images_per_identity: int,
+    seed: int = 0,
+    size: int = 160,
+    occlusion_prob: float = 0.0,
+    ext: str = "png",
+) -> Path:
     """Write ``out_dir/id_00000/0000.png ...`` (one folder per identity) and return ``out_dir``.
 
     Resumable: files already present are kept (each was written atomically, so it is complete),
@@ -197,7 +235,7 @@ def _curve(x0: float, x1: float, y_end0: float, y_end1: float, y_mid: float, n: 
     """Points of a quadratic curve from (x0, y_end0) to (x1, y_end1) that passes y_mid half-way."""
     ts = np.linspace(0.0, 1.0, n)
     ctrl = 2 * y_mid - (y_end0 + y_end1) / 2
-    ys = (1 - ts) ** 2 * y_end0 + 2 * ts * (1 - ts) * ctrl + ts ** 2 * y_end1
+    ys = (1 - ts) ** 2 * y_end0 + 2 * ts * (1 - ts) * ctrl + ts**2 * y_end1
     return list(zip(x0 + (x1 - x0) * ts, ys))
 
 
@@ -211,7 +249,7 @@ def _draw_person(d: ImageDraw.ImageDraw, t: Traits, r: np.random.Generator, s: i
 
     cx, cy = 0.5 * s, 0.47 * s
     fw, fh = t.face_w * s * (1 - 0.15 * abs(yaw)) / 2, t.face_h * s / 2
-    shift = yaw * 0.08 * s                       # features slide towards the side the head turns to
+    shift = yaw * 0.08 * s  # features slide towards the side the head turns to
     skin, hair = t.skin, t.hair_colour
     line = _shade(skin, 0.72)
 
@@ -220,8 +258,9 @@ def _draw_person(d: ImageDraw.ImageDraw, t: Traits, r: np.random.Generator, s: i
     d.rectangle((cx - 0.3 * fw, cy + 0.5 * fh, cx + 0.3 * fw, cy + fh + 0.1 * s), fill=_shade(skin, 0.85))
     vol = t.hair_volume * s
     if t.hair_style == "long":
-        d.rounded_rectangle((cx - fw - vol, cy - fh - vol, cx + fw + vol, cy + fh + 0.12 * s),
-                            radius=fw * 0.8, fill=hair)
+        d.rounded_rectangle(
+            (cx - fw - vol, cy - fh - vol, cx + fw + vol, cy + fh + 0.12 * s), radius=fw * 0.8, fill=hair
+        )
     elif t.hair_style != "bald":
         _ellipse(d, cx, cy - 0.3 * fh, fw + vol, fh * 0.75 + vol, hair)
     # ears: the one on the far side shrinks as the head turns
@@ -233,8 +272,17 @@ def _draw_person(d: ImageDraw.ImageDraw, t: Traits, r: np.random.Generator, s: i
     _ellipse(d, cx, cy, fw, fh * 0.92, skin)
     _ellipse(d, cx + shift * 0.2, cy + 0.35 * fh + t.jaw_drop * s, fw * t.jaw_w, fh * 0.65, skin)
     if t.beard:
-        d.chord((cx - fw * t.jaw_w, cy + 0.35 * fh + t.jaw_drop * s - fh * 0.65,
-                 cx + fw * t.jaw_w, cy + 0.35 * fh + t.jaw_drop * s + fh * 0.65), 20, 160, fill=_shade(hair, 0.9))
+        d.chord(
+            (
+                cx - fw * t.jaw_w,
+                cy + 0.35 * fh + t.jaw_drop * s - fh * 0.65,
+                cx + fw * t.jaw_w,
+                cy + 0.35 * fh + t.jaw_drop * s + fh * 0.65,
+            ),
+            20,
+            160,
+            fill=_shade(hair, 0.9),
+        )
     # hair on top: a chord of the head ellipse down to the hairline
     if t.hair_style != "bald":
         top = cy - fh - vol * 0.5
@@ -247,8 +295,9 @@ def _draw_person(d: ImageDraw.ImageDraw, t: Traits, r: np.random.Generator, s: i
     for fx, fy in t.freckles:
         _ellipse(d, cx + shift + fx * fw * 0.55, cy + 0.15 * fh + fy * fh * 0.18, 0.004 * s, 0.004 * s, line)
     if t.mole is not None:
-        _ellipse(d, cx + shift + t.mole[0] * fw * 0.6, cy + t.mole[1] * fh * 0.5, 0.006 * s, 0.006 * s,
-                 _shade(skin, 0.45))
+        _ellipse(
+            d, cx + shift + t.mole[0] * fw * 0.6, cy + t.mole[1] * fh * 0.5, 0.006 * s, 0.006 * s, _shade(skin, 0.45)
+        )
 
     # eyes and brows
     ey = cy + t.eye_y * s
@@ -263,15 +312,22 @@ def _draw_person(d: ImageDraw.ImageDraw, t: Traits, r: np.random.Generator, s: i
         d.arc((ex - ew, ey - eh, ex + ew, ey + eh), 190, 350, fill=line, width=max(1, int(0.006 * s)))
         by = ey - t.brow_gap * s
         bx0, bx1 = ex - side * ew * 1.1, ex + side * ew * 1.25
-        d.line(_curve(bx0, bx1, by + t.brow_tilt * s, by - t.brow_tilt * s, by - t.brow_arch * s, 5),
-               fill=_shade(hair, 0.8), width=max(1, int(t.brow_thick * s)), joint="curve")
+        d.line(
+            _curve(bx0, bx1, by + t.brow_tilt * s, by - t.brow_tilt * s, by - t.brow_arch * s, 5),
+            fill=_shade(hair, 0.8),
+            width=max(1, int(t.brow_thick * s)),
+            joint="curve",
+        )
 
     # nose
     nx, ntop, ntip = cx + shift * 1.4, ey + 0.01 * s, ey + t.nose_len * s
     nw = t.nose_w * s / 2
     if t.nose_style == 0:
-        d.line([(nx - 0.1 * nw, ntop), (nx + 0.4 * nw, ntip), (nx - 0.5 * nw, ntip + 0.01 * s)],
-               fill=line, width=max(1, int(0.007 * s)))
+        d.line(
+            [(nx - 0.1 * nw, ntop), (nx + 0.4 * nw, ntip), (nx - 0.5 * nw, ntip + 0.01 * s)],
+            fill=line,
+            width=max(1, int(0.007 * s)),
+        )
     elif t.nose_style == 1:
         _ellipse(d, nx, ntip - 0.01 * s, nw, 0.02 * s, _shade(skin, 0.9))
     for side in (-1, 1):
@@ -289,13 +345,18 @@ def _draw_person(d: ImageDraw.ImageDraw, t: Traits, r: np.random.Generator, s: i
     upper = _curve(x0, x1, corner, corner, mid - lip * 1.2) + _curve(x1, x0, corner, corner, mid)[1:-1]
     lower = _curve(x0, x1, corner, corner, mid + gap) + _curve(x1, x0, corner, corner, mid + gap + lip * 1.4)[1:-1]
     if gap > 0:
-        d.polygon(_curve(x0, x1, corner, corner, mid) + _curve(x1, x0, corner, corner, mid + gap)[1:-1],
-                  fill=(60, 20, 25))
+        d.polygon(
+            _curve(x0, x1, corner, corner, mid) + _curve(x1, x0, corner, corner, mid + gap)[1:-1], fill=(60, 20, 25)
+        )
     d.polygon(upper, fill=t.lip_colour)
     d.polygon(lower, fill=t.lip_colour)
     if t.moustache:
-        d.line(_curve(x0, x1, corner - 0.01 * s, corner - 0.01 * s, mid - lip * 1.2 - 0.015 * s, 5),
-               fill=hair, width=max(1, int(0.018 * s)), joint="curve")
+        d.line(
+            _curve(x0, x1, corner - 0.01 * s, corner - 0.01 * s, mid - lip * 1.2 - 0.015 * s, 5),
+            fill=hair,
+            width=max(1, int(0.018 * s)),
+            joint="curve",
+        )
 
     if occlusion is not None:
         _occlude(d, occlusion, r, s, cx + shift, cy, fw, fh, ey, t.eye_gap * s / 2, t.eye_w * s / 2, ntip, my)
@@ -330,9 +391,10 @@ def _pose(layer: Image.Image, r: np.random.Generator, s: int) -> Image.Image:
     tx, ty = r.uniform(-0.05, 0.05, 2) * s
     cx, cy = 0.5 * s, 0.47 * s
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
-    ox, oy = cx + tx, cy + ty       # where the face centre lands; invert the map output -> input
-    return layer.transform((s, s), Image.AFFINE, (cos, sin, cx - cos * ox - sin * oy,
-                                                  -sin, cos, cy + sin * ox - cos * oy), Image.NEAREST)
+    ox, oy = cx + tx, cy + ty  # where the face centre lands; invert the map output -> input
+    return layer.transform(
+        (s, s), Image.AFFINE, (cos, sin, cx - cos * ox - sin * oy, -sin, cos, cy + sin * ox - cos * oy), Image.NEAREST
+    )
 
 
 def _background(r: np.random.Generator, s: int) -> Image.Image:
@@ -358,8 +420,10 @@ def _light(img: np.ndarray, r: np.random.Generator) -> np.ndarray:
     theta = r.uniform(0, 2 * math.pi)
     strength = r.uniform(0, 0.5)
     sigma = r.uniform(0, 9)
-    field = 1 + strength * (math.cos(theta) * np.linspace(-1, 1, w, dtype=np.float32)[None, :]
-                            + math.sin(theta) * np.linspace(-1, 1, h, dtype=np.float32)[:, None])
+    field = 1 + strength * (
+        math.cos(theta) * np.linspace(-1, 1, w, dtype=np.float32)[None, :]
+        + math.sin(theta) * np.linspace(-1, 1, h, dtype=np.float32)[:, None]
+    )
     mean = float(img.mean())
     out = img * ((gain * contrast) * cast)  # exposure, contrast and cast: one per-channel affine map
     out += (mean * (1 - contrast) * gain) * cast

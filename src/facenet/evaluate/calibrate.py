@@ -30,8 +30,7 @@ def far_key(far: float) -> str:
     return f"{far:.0e}"
 
 
-def far_thresholds(embeddings: np.ndarray, labels: np.ndarray, fars=CALIBRATED_FARS,
-                   seed: int = 0) -> dict[str, float]:
+def far_thresholds(embeddings: np.ndarray, labels: np.ndarray, fars=CALIBRATED_FARS, seed: int = 0) -> dict[str, float]:
     """Squared-L2 thresholds t with FAR(t) = share of different-identity pairs closer than t, per FAR.
 
     Uses every pair of images with different labels (a seeded sample of ``MAX_IMAGES`` images when
@@ -77,8 +76,10 @@ def openset_threshold(table: dict[str, float], far: float, people: int) -> tuple
     smallest calibrated one, so the strictest stored threshold is used and the real rate is higher.
     """
     if not table:
-        raise DataError("this model has no FAR calibration; run `facenet evaluate --write-thresholds` on "
-                        "labelled faces, or pass a threshold")
+        raise DataError(
+            "this model has no FAR calibration; run `facenet evaluate --write-thresholds` on "
+            "labelled faces, or pass a threshold"
+        )
     if not 0 < far < 1:
         raise DataError(f"FAR must be between 0 and 1, got {far}")
     points = sorted((float(k), v) for k, v in table.items())
@@ -93,16 +94,25 @@ def openset_threshold(table: dict[str, float], far: float, people: int) -> tuple
 def identification_threshold(embedder, people: int, far: float = DEFAULT_OPENSET_FAR) -> float:
     """The open-set threshold of ``embedder`` for a gallery of ``people``: a stranger is accepted with
     probability about ``far``. With several photos per person, pass what a stranger is compared with
-    under the gallery's policy (``Gallery.comparisons``: its faces, or its people). Embedders without a FAR calibration (``info.far_thresholds``) fall back
-    to their verification threshold, with a warning: it accepts strangers far more often."""
+    under the gallery's policy (``Gallery.comparisons``: its faces, or its people). Embedders without a FAR
+    calibration (``info.far_thresholds``) fall back to their verification threshold, with a warning: it accepts
+    strangers far more often."""
     info = getattr(embedder, "info", None)
     if info is None or not info.far_thresholds:
-        log.warning("model %s has no FAR calibration: identification uses the verification threshold, which "
-                    "accepts a stranger about as often as the number of people enrolled times its pair FAR; "
-                    "calibrate with `facenet evaluate --write-thresholds`", embedder.name)
+        log.warning(
+            "model %s has no FAR calibration: identification uses the verification threshold, which "
+            "accepts a stranger about as often as the number of people enrolled times its pair FAR; "
+            "calibrate with `facenet evaluate --write-thresholds`",
+            embedder.name,
+        )
         return float(embedder.threshold)
     threshold, exact = openset_threshold(info.far_thresholds, far, people)
     if not exact:
-        log.warning("a stranger FAR of %g with %d people needs a per-pair FAR below the model's calibration; "
-                    "using its strictest threshold %.4f", far, people, threshold)
+        log.warning(
+            "a stranger FAR of %g with %d people needs a per-pair FAR below the model's calibration; "
+            "using its strictest threshold %.4f",
+            far,
+            people,
+            threshold,
+        )
     return threshold

@@ -107,17 +107,24 @@ def roc(distances: np.ndarray, same: np.ndarray) -> Roc:
 
 @dataclass
 class FoldMetrics:
-    accuracy: np.ndarray      # per held-out fold
-    thresholds: np.ndarray    # best-accuracy threshold fitted on the other folds
-    val: np.ndarray           # per fold, at the threshold interpolated to far_target on the other folds
+    accuracy: np.ndarray  # per held-out fold
+    thresholds: np.ndarray  # best-accuracy threshold fitted on the other folds
+    val: np.ndarray  # per fold, at the threshold interpolated to far_target on the other folds
     far: np.ndarray
     far_target: float
-    distances: np.ndarray     # every pair's distance as measured for its held-out fold
+    distances: np.ndarray  # every pair's distance as measured for its held-out fold
     roc: Roc
 
 
-def kfold_metrics(emb1: np.ndarray, emb2: np.ndarray, same: np.ndarray, folds: np.ndarray,
-                  distance: str = "euclidean", subtract_mean: bool = False, far_target: float = 1e-3) -> FoldMetrics:
+def kfold_metrics(
+    emb1: np.ndarray,
+    emb2: np.ndarray,
+    same: np.ndarray,
+    folds: np.ndarray,
+    distance: str = "euclidean",
+    subtract_mean: bool = False,
+    far_target: float = 1e-3,
+) -> FoldMetrics:
     """Leave-one-fold-out evaluation of embedding pairs (rows of ``emb1`` / ``emb2``).
 
     ``subtract_mean`` centres embeddings on the training folds' mean before measuring
@@ -127,8 +134,10 @@ def kfold_metrics(emb1: np.ndarray, emb2: np.ndarray, same: np.ndarray, folds: n
     same, folds = np.asarray(same, dtype=bool), np.asarray(folds)
     fold_ids = np.unique(folds)
     if len(fold_ids) < 2:
-        raise DataError("the k-fold protocol needs at least 2 folds (a threshold is fitted on the others); "
-                        "re-split the pairs, e.g. with --folds 10")
+        raise DataError(
+            "the k-fold protocol needs at least 2 folds (a threshold is fitted on the others); "
+            "re-split the pairs, e.g. with --folds 10"
+        )
     fixed = None if subtract_mean else pair_distances(emb1, emb2, distance)
     out = {k: np.empty(len(fold_ids)) for k in ("accuracy", "thresholds", "val", "far")}
     stitched = np.empty(len(same))
@@ -143,7 +152,8 @@ def kfold_metrics(emb1: np.ndarray, emb2: np.ndarray, same: np.ndarray, folds: n
         threshold, _ = best_threshold(dist[train], same[train])
         out["thresholds"][i] = threshold
         out["accuracy"][i] = np.mean((dist[test] < threshold) == same[test])
-        out["val"][i], out["far"][i] = rates(dist[test], same[test], threshold_at_far(dist[train], same[train],
-                                                                                       far_target))
+        out["val"][i], out["far"][i] = rates(
+            dist[test], same[test], threshold_at_far(dist[train], same[train], far_target)
+        )
         stitched[test] = dist[test]
     return FoldMetrics(far_target=far_target, distances=stitched, roc=roc(stitched, same), **out)

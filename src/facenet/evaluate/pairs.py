@@ -47,8 +47,9 @@ def image_path(images_dir: str | os.PathLike, name: str, index: int, ext: str = 
     return Path(images_dir) / name / f"{name}_{index:04d}.{ext.lstrip('.')}"
 
 
-def read_pairs(pairs_file: str | os.PathLike, images_dir: str | os.PathLike, ext: str = "jpg",
-               folds: int | None = None) -> PairSet:
+def read_pairs(
+    pairs_file: str | os.PathLike, images_dir: str | os.PathLike, ext: str = "jpg", folds: int | None = None
+) -> PairSet:
     """Parse ``pairs_file``; ``folds`` re-splits the pairs into that many folds (e.g. for header-less files)."""
     try:
         lines = Path(pairs_file).read_text(encoding="utf-8").splitlines()
@@ -70,8 +71,10 @@ def read_pairs(pairs_file: str | os.PathLike, images_dir: str | os.PathLike, ext
     else:
         fold_of = [0] * len(parsed)
 
-    all_pairs = [Pair(image_path(images_dir, n1, i1, ext), image_path(images_dir, n2, i2, ext), matched, f)
-                 for (n1, i1, n2, i2, matched), f in zip(parsed, fold_of)]
+    all_pairs = [
+        Pair(image_path(images_dir, n1, i1, ext), image_path(images_dir, n2, i2, ext), matched, f)
+        for (n1, i1, n2, i2, matched), f in zip(parsed, fold_of)
+    ]
     if folds is not None:
         all_pairs, n_folds = resplit(all_pairs, folds), folds
     present = {path for path in {q for p in all_pairs for q in (p.path1, p.path2)} if path.is_file()}
@@ -101,8 +104,9 @@ def _header(pairs_file, line_no: int, fields: list[str]) -> tuple[int, int] | No
     elif len(fields) == 2:
         n_folds, per_class = int(fields[0]), int(fields[1])
     else:
-        raise DataError(f"{pairs_file}:{line_no}: a header is 'folds pairs_per_class' (e.g. '10 300'), "
-                        f"got {len(fields)} numbers")
+        raise DataError(
+            f"{pairs_file}:{line_no}: a header is 'folds pairs_per_class' (e.g. '10 300'), got {len(fields)} numbers"
+        )
     if n_folds < 1 or per_class < 1:
         raise DataError(f"{pairs_file}:{line_no}: header numbers must be positive, got {' '.join(fields)}")
     return n_folds, per_class
@@ -127,11 +131,15 @@ def _check_layout(where, parsed, n_folds, per_class, numbered) -> None:
     """A View 2 header promises folds of ``per_class`` matched then ``per_class`` mismatched lines."""
     expected = 2 * n_folds * per_class
     if len(parsed) != expected:
-        raise DataError(f"{where}: the header promises {n_folds} folds x {2 * per_class} pairs = {expected} "
-                        f"lines, found {len(parsed)}")
+        raise DataError(
+            f"{where}: the header promises {n_folds} folds x {2 * per_class} pairs = {expected} "
+            f"lines, found {len(parsed)}"
+        )
     for i, (_, _, _, _, matched) in enumerate(parsed):
         should_match = (i % (2 * per_class)) < per_class
         if matched != should_match:
             kind = "a matched 'name i j'" if should_match else "a mismatched 'name1 i name2 j'"
-            raise DataError(f"{where}:{numbered[i][0]}: fold {i // (2 * per_class) + 1} expects {kind} line here "
-                            f"({per_class} matched then {per_class} mismatched per fold)")
+            raise DataError(
+                f"{where}:{numbered[i][0]}: fold {i // (2 * per_class) + 1} expects {kind} line here "
+                f"({per_class} matched then {per_class} mismatched per fold)"
+            )

@@ -24,8 +24,7 @@ def _save(fig, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
-def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
-             title: str = "ROC") -> None:
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, title: str = "ROC") -> None:
     """TAR against FAR (log scale) for each ``label -> (fpr, tpr)``, on one figure for comparison."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -47,8 +46,9 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os
     plt.close(fig)
 
 
-def plot_distance_histogram(distances: np.ndarray, same: np.ndarray, threshold: float,
-                            path: str | os.PathLike, title: str = "pair distances") -> None:
+def plot_distance_histogram(
+    distances: np.ndarray, same: np.ndarray, threshold: float, path: str | os.PathLike, title: str = "pair distances"
+) -> None:
     """Matched vs mismatched distance histograms with the decision threshold drawn."""
     plt = _pyplot()
     distances, same = np.asarray(distances), np.asarray(same, dtype=bool)

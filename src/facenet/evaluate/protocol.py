@@ -29,13 +29,13 @@ class EvaluationResult:
     pairs_file: str
     settings: dict
     n_pairs: int
-    n_missing: int                  # pairs naming images that do not exist (left out)
-    n_failed: int                   # pairs left out because the embedder failed on one of their images
+    n_missing: int  # pairs naming images that do not exist (left out)
+    n_failed: int  # pairs left out because the embedder failed on one of their images
     metrics: FoldMetrics
-    labels: np.ndarray              # is_same per scored pair, aligned with metrics.distances
+    labels: np.ndarray  # is_same per scored pair, aligned with metrics.distances
     n_fallbacks: int | None = None  # images (embedded in this run) where the embedder's detector found no face
     timings: dict = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)   # the missing / failed image paths
+    missing: list[str] = field(default_factory=list)  # the missing / failed image paths
     embeddings: dict = field(default_factory=dict, repr=False)  # image path -> embedding (not written to JSON)
 
     @property
@@ -54,14 +54,28 @@ class EvaluationResult:
     def summary(self) -> dict:
         m = self.metrics
         return {
-            "model": self.model, "pairs_file": self.pairs_file, "settings": self.settings,
-            "n_pairs": self.n_pairs, "n_missing": self.n_missing, "n_failed": self.n_failed,
-            "n_fallbacks": self.n_fallbacks, "accuracy_mean": self.accuracy, "accuracy_std": self.accuracy_std,
-            "val_mean": float(m.val.mean()), "val_std": float(m.val.std()), "far_mean": float(m.far.mean()),
-            "far_target": m.far_target, "auc": m.roc.auc, "eer": m.roc.eer, "threshold": self.threshold,
-            "folds": [{"fold": i + 1, "accuracy": float(a), "threshold": float(t), "val": float(v), "far": float(f)}
-                      for i, (a, t, v, f) in enumerate(zip(m.accuracy, m.thresholds, m.val, m.far))],
-            "timings": self.timings, "missing_images": self.missing,
+            "model": self.model,
+            "pairs_file": self.pairs_file,
+            "settings": self.settings,
+            "n_pairs": self.n_pairs,
+            "n_missing": self.n_missing,
+            "n_failed": self.n_failed,
+            "n_fallbacks": self.n_fallbacks,
+            "accuracy_mean": self.accuracy,
+            "accuracy_std": self.accuracy_std,
+            "val_mean": float(m.val.mean()),
+            "val_std": float(m.val.std()),
+            "far_mean": float(m.far.mean()),
+            "far_target": m.far_target,
+            "auc": m.roc.auc,
+            "eer": m.roc.eer,
+            "threshold": self.threshold,
+            "folds": [
+                {"fold": i + 1, "accuracy": float(a), "threshold": float(t), "val": float(v), "far": float(f)}
+                for i, (a, t, v, f) in enumerate(zip(m.accuracy, m.thresholds, m.val, m.far))
+            ],
+            "timings": self.timings,
+            "missing_images": self.missing,
         }
 
     def to_json(self) -> str:
@@ -73,12 +87,15 @@ class EvaluationResult:
     def table(self) -> str:
         m = self.metrics
         lines = [f"{'fold':>4}  {'accuracy':>8}  {'threshold':>9}  {'VAL':>6}  {'FAR':>7}"]
-        lines += [f"{i + 1:>4}  {a:8.4f}  {t:9.4f}  {v:6.4f}  {f:7.5f}"
-                  for i, (a, t, v, f) in enumerate(zip(m.accuracy, m.thresholds, m.val, m.far))]
+        lines += [
+            f"{i + 1:>4}  {a:8.4f}  {t:9.4f}  {v:6.4f}  {f:7.5f}"
+            for i, (a, t, v, f) in enumerate(zip(m.accuracy, m.thresholds, m.val, m.far))
+        ]
         lines += [
             "",
             f"model      {self.model}   ({self.n_pairs} pairs scored, {self.n_missing} missing, {self.n_failed} failed"
-            + (f", {self.n_fallbacks} images without a detected face" if self.n_fallbacks is not None else "") + ")",
+            + (f", {self.n_fallbacks} images without a detected face" if self.n_fallbacks is not None else "")
+            + ")",
             f"accuracy   {100 * self.accuracy:.2f}% +- {100 * self.accuracy_std:.2f}",
             f"VAL        {100 * m.val.mean():.2f}% +- {100 * m.val.std():.2f} @ FAR = {100 * m.far.mean():.3f}% "
             f"(target {100 * m.far_target:g}%)",
@@ -89,11 +106,22 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os.PathLike, flip: str = "none",
-                   distance: str = "euclidean", subtract_mean: bool = False, batch_size: int = 32,
-                   progress: bool = True, folds: int | None = None, ext: str = "jpg",
-                   far_target: float = 1e-3, cache: str | os.PathLike | None = None,
-                   occlude: str | None = None, occlude_side: str = "one") -> EvaluationResult:
+def evaluate_pairs(
+    embedder,
+    pairs_file: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    flip: str = "none",
+    distance: str = "euclidean",
+    subtract_mean: bool = False,
+    batch_size: int = 32,
+    progress: bool = True,
+    folds: int | None = None,
+    ext: str = "jpg",
+    far_target: float = 1e-3,
+    cache: str | os.PathLike | None = None,
+    occlude: str | None = None,
+    occlude_side: str = "one",
+) -> EvaluationResult:
     """Evaluate ``embedder`` (any object with ``embed(images, batch_size)``) on a pairs protocol.
 
     ``flip`` adds horizontal-flip test-time augmentation: "sum" adds the two embeddings,
@@ -116,8 +144,9 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
         embeddings, failed = embed_paths(embedder, paths, flip, batch_size, progress, cache)
         left = right = embeddings
     else:
-        left, right, failed = _embed_occluded(embedder, pair_set.pairs, occlude, occlude_side, flip, batch_size,
-                                              progress, cache)
+        left, right, failed = _embed_occluded(
+            embedder, pair_set.pairs, occlude, occlude_side, flip, batch_size, progress, cache
+        )
         embeddings = left
     embed_seconds = time.perf_counter() - start
 
@@ -126,26 +155,49 @@ def evaluate_pairs(embedder, pairs_file: str | os.PathLike, images_dir: str | os
         raise DataError(f"no pair of {pairs_file} could be scored (all images missing or failed)")
     same = np.array([p.same for p in scored])
     start = time.perf_counter()
-    metrics = kfold_metrics(np.stack([left[p.path1] for p in scored]),
-                            np.stack([right[p.path2] for p in scored]),
-                            same, np.array([p.fold for p in scored]), distance=distance,
-                            subtract_mean=subtract_mean, far_target=far_target)
+    metrics = kfold_metrics(
+        np.stack([left[p.path1] for p in scored]),
+        np.stack([right[p.path2] for p in scored]),
+        same,
+        np.array([p.fold for p in scored]),
+        distance=distance,
+        subtract_mean=subtract_mean,
+        far_target=far_target,
+    )
     metrics_seconds = time.perf_counter() - start
 
     missing_paths = sorted({str(q) for p in pair_set.missing for q in (p.path1, p.path2) if not q.is_file()})
     return EvaluationResult(
-        model=embedder.name + (f" + {occlude} on {'both photos' if occlude_side == 'both' else 'one photo'} of each pair"
-                               if occlude else ""), pairs_file=str(pairs_file),
-        settings={"flip": flip, "distance": distance, "subtract_mean": subtract_mean, "n_folds": pair_set.n_folds,
-                  "images_dir": str(images_dir),
-                  **({"occlude": occlude, "occlude_side": occlude_side} if occlude else {})},
-        n_pairs=len(scored), n_missing=len(pair_set.missing), n_failed=len(pair_set.pairs) - len(scored),
-        metrics=metrics, labels=same, n_fallbacks=getattr(embedder, "fallbacks", None),
+        model=embedder.name
+        + (
+            f" + {occlude} on {'both photos' if occlude_side == 'both' else 'one photo'} of each pair"
+            if occlude
+            else ""
+        ),
+        pairs_file=str(pairs_file),
+        settings={
+            "flip": flip,
+            "distance": distance,
+            "subtract_mean": subtract_mean,
+            "n_folds": pair_set.n_folds,
+            "images_dir": str(images_dir),
+            **({"occlude": occlude, "occlude_side": occlude_side} if occlude else {}),
+        },
+        n_pairs=len(scored),
+        n_missing=len(pair_set.missing),
+        n_failed=len(pair_set.pairs) - len(scored),
+        metrics=metrics,
+        labels=same,
+        n_fallbacks=getattr(embedder, "fallbacks", None),
         missing=missing_paths + sorted(str(p) for p in failed),
-        timings={"embed_seconds": round(embed_seconds, 3), "images": len(paths),
-                 "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
-                 "metrics_seconds": round(metrics_seconds, 3)},
-        embeddings=embeddings)
+        timings={
+            "embed_seconds": round(embed_seconds, 3),
+            "images": len(paths),
+            "images_per_second": round(len(paths) / max(embed_seconds, 1e-9), 2),
+            "metrics_seconds": round(metrics_seconds, 3),
+        },
+        embeddings=embeddings,
+    )
 
 
 def check_folds(pairs: list, pairs_file) -> None:
@@ -155,14 +207,18 @@ def check_folds(pairs: list, pairs_file) -> None:
         raise DataError(f"no pair of {pairs_file} names images that exist; check --images and --ext")
     folds = sorted({p.fold for p in pairs})
     if len(folds) < 2:
-        raise DataError(f"{pairs_file}: the k-fold protocol needs at least 2 folds (a threshold is fitted on the "
-                        "others), found 1; re-split the pairs, e.g. with --folds 10")
+        raise DataError(
+            f"{pairs_file}: the k-fold protocol needs at least 2 folds (a threshold is fitted on the "
+            "others), found 1; re-split the pairs, e.g. with --folds 10"
+        )
     for fold in folds:
         kinds = {p.same for p in pairs if p.fold != fold}
         if kinds != {True, False}:
             lacking = "mismatched ('name1 i name2 j')" if True in kinds else "matched ('name i j')"
-            raise DataError(f"{pairs_file}: the folds other than fold {fold + 1} hold no {lacking} pairs with images, "
-                            "so no threshold can be fitted; the protocol needs both kinds in every fold")
+            raise DataError(
+                f"{pairs_file}: the folds other than fold {fold + 1} hold no {lacking} pairs with images, "
+                "so no threshold can be fitted; the protocol needs both kinds in every fold"
+            )
 
 
 def _embed_occluded(embedder, pairs, kind: str, side: str, flip: str, batch_size: int, progress: bool, cache):
@@ -174,8 +230,11 @@ def _embed_occluded(embedder, pairs, kind: str, side: str, flip: str, batch_size
         raise DataError(f"unknown occlusion side {side!r}; choose one of {', '.join(OCCLUDE_SIDES)}")
     occluding = OccludingEmbedder(embedder, kind)
     occluded_cache = Path(cache).with_suffix(f".{kind}.npz") if cache else None
-    seconds = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs}) if side == "both" else \
-        sorted({p.path2 for p in pairs})
+    seconds = (
+        sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
+        if side == "both"
+        else sorted({p.path2 for p in pairs})
+    )
     right, failed = embed_paths(occluding, seconds, flip, batch_size, progress, occluded_cache)
     if side == "both":
         return right, right, failed
@@ -195,7 +254,7 @@ def embed_paths(embedder, paths: list[Path], flip: str, batch_size: int, progres
     saved = 0
     with progress_bar(len(paths), "embedding", unit="img", initial=len(paths) - len(todo), enabled=progress) as bar:
         for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
+            chunk = todo[i : i + batch_size]
             try:
                 rows = _embed(embedder, chunk, flip, batch_size)
             except FaceNetError:  # find the culprit(s); the rest of the chunk still counts
@@ -239,8 +298,11 @@ def _detector_settings(detector) -> dict | None:
     """A detector's name and plain-valued attributes (its options: thresholds, scale factor, model file...)."""
     if detector is None:
         return None
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(detector).items())
-               if isinstance(v, (str, int, float, bool, tuple, type(None), Path))}
+    options = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in sorted(vars(detector).items())
+        if isinstance(v, (str, int, float, bool, tuple, type(None), Path))
+    }
     return {"name": getattr(detector, "name", type(detector).__name__), **options}
 
 
@@ -257,10 +319,15 @@ def _load_cache(cache: str | os.PathLike, key: dict) -> dict[Path, np.ndarray]:
     except ValueError:
         stored = None
     if stored != key:
-        differ = "; ".join(f"{k} {stored.get(k)!r} (here {v!r})" for k, v in key.items() if stored.get(k) != v) \
-            if isinstance(stored, dict) else "by an older facenet"
-        raise DataError(f"embedding cache {cache} holds embeddings made otherwise ({differ}); "
-                        "use another cache file for these settings, or delete it")
+        differ = (
+            "; ".join(f"{k} {stored.get(k)!r} (here {v!r})" for k, v in key.items() if stored.get(k) != v)
+            if isinstance(stored, dict)
+            else "by an older facenet"
+        )
+        raise DataError(
+            f"embedding cache {cache} holds embeddings made otherwise ({differ}); "
+            "use another cache file for these settings, or delete it"
+        )
     return {Path(p): row for p, row in zip(paths, rows)}
 
 
@@ -271,8 +338,12 @@ def _save_cache(cache: str | os.PathLike, key: dict, embeddings: dict[Path, np.n
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), paths=np.array([str(p) for p in embeddings]),
-                     embeddings=np.stack(list(embeddings.values())))
+            np.savez(
+                fh,
+                key=np.array(json.dumps(key, sort_keys=True)),
+                paths=np.array([str(p) for p in embeddings]),
+                embeddings=np.stack(list(embeddings.values())),
+            )
 
     atomic_write(cache, write)
 

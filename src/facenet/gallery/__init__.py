@@ -6,8 +6,14 @@ CLI's ``--help`` reads) load without FAISS.
 
 from importlib import import_module
 
-_WHERE = {"Gallery": "gallery", "FaceIndex": "index", "Match": "store", "Person": "store", "Record": "store",
-          "is_url": "store"}
+_WHERE = {
+    "Gallery": "gallery",
+    "FaceIndex": "index",
+    "Match": "store",
+    "Person": "store",
+    "Record": "store",
+    "is_url": "store",
+}
 
 __all__ = ["FaceIndex", "Gallery", "Match", "Person", "Record", "is_url"]
 

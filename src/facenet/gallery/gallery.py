@@ -38,8 +38,14 @@ from facenet.gallery.store import STORAGES, Match, Person, Record, SQLStore, is_
 _ROUNDING = 1e-5  # FAISS and NumPy may round the same float32 distance differently by this much
 
 
-def open_store(location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
-               create: bool = True, storage: str = "float32", policy: str | None = None) -> SQLStore:
+def open_store(
+    location: str | os.PathLike,
+    model_id: str | None = None,
+    embedding_size: int | None = None,
+    create: bool = True,
+    storage: str = "float32",
+    policy: str | None = None,
+) -> SQLStore:
     """The store at ``location``: a ``postgresql://`` URL or a gallery file path (see ``Gallery.open``)."""
     if storage not in STORAGES:
         raise GalleryError(f"unknown storage {storage!r}; choose float32 or int8")
@@ -50,6 +56,7 @@ def open_store(location: str | os.PathLike, model_id: str | None = None, embeddi
 
         return PostgresStore.open(str(location), model_id, embedding_size, create, storage, policy)
     return SQLiteStore.open(location, model_id, embedding_size, create, storage, policy)
+
 
 class Gallery:
     """Enrol, list, remove and identify people; see the module docstring for the guarantees."""
@@ -69,9 +76,16 @@ class Gallery:
         self._names: dict[int, str] = {}
 
     @classmethod
-    def open(cls, location: str | os.PathLike, model_id: str | None = None, embedding_size: int | None = None,
-             create: bool = True, storage: str = "float32", index: str = "auto",
-             policy: str | None = None) -> Gallery:
+    def open(
+        cls,
+        location: str | os.PathLike,
+        model_id: str | None = None,
+        embedding_size: int | None = None,
+        create: bool = True,
+        storage: str = "float32",
+        index: str = "auto",
+        policy: str | None = None,
+    ) -> Gallery:
         """Open (or create) the gallery at ``location`` for embeddings of model ``model_id``.
 
         ``location`` is a file path (SQLite) or a ``postgresql://user@host/db`` URL. ``model_id``/
@@ -184,10 +198,13 @@ class Gallery:
         fetch = min(total, 4 * k)
         while True:
             dist, ids = index.search(queries, fetch)
-            results = [self._score(q, list(dict.fromkeys(owner(i) for i in row.tolist() if i >= 0)))[:wanted]
-                       for q, row in zip(queries, ids)]
-            if fetch >= total or all(len(r) == wanted and r[-1].distance <= _farthest(d) + _ROUNDING
-                                     for r, d in zip(results, dist)):
+            results = [
+                self._score(q, list(dict.fromkeys(owner(i) for i in row.tolist() if i >= 0)))[:wanted]
+                for q, row in zip(queries, ids)
+            ]
+            if fetch >= total or all(
+                len(r) == wanted and r[-1].distance <= _farthest(d) + _ROUNDING for r, d in zip(results, dist)
+            ):
                 break
             fetch = min(total, fetch * 4)
         if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
@@ -239,14 +256,18 @@ class Gallery:
             return []
         faces = [np.fromiter(self._person_faces[p], np.int64) for p in people]
         distances = squared_l2(query, _built(self._index).vectors(np.concatenate(faces)))
-        to_template = squared_l2(query, _built(self._templates).vectors([self._template_of[p] for p in people])) \
-            if self.scorer.uses_template else [None] * len(people)
+        to_template = (
+            squared_l2(query, _built(self._templates).vectors([self._template_of[p] for p in people]))
+            if self.scorer.uses_template
+            else [None] * len(people)
+        )
         matches, start = [], 0
         for person, ids, template_distance in zip(people, faces, to_template):
-            mine = distances[start:start + len(ids)]
+            mine = distances[start : start + len(ids)]
             start += len(ids)
-            matches.append(Match(self._names[person], self.scorer.score(mine, template_distance),
-                                 int(ids[np.argmin(mine)])))
+            matches.append(
+                Match(self._names[person], self.scorer.score(mine, template_distance), int(ids[np.argmin(mine)]))
+            )
         return sorted(matches, key=lambda m: m.distance)
 
     def _update_templates(self, people: set[int]) -> None:

@@ -142,4 +142,3 @@ class FaceIndex:
             keep = ~np.isin(ids, np.fromiter(self._removed, np.int64, len(self._removed)))
             ids, vectors = ids[keep], vectors[keep]
         return ids, vectors
-

@@ -62,7 +62,7 @@ class Policy:
             return float(template_distance)
         if self.k == 1:
             return float(face_distances.min())
-        nearest = np.partition(face_distances, min(self.k, len(face_distances)) - 1)[:self.k]
+        nearest = np.partition(face_distances, min(self.k, len(face_distances)) - 1)[: self.k]
         return float(nearest.mean())
 
 

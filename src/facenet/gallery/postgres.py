@@ -88,23 +88,36 @@ class _Cursor:
 
 
 class PostgresStore(SQLStore):
-    def __init__(self, url: str, pool: ConnectionPool, model_id: str, embedding_size: int, storage: str,
-                 policy: str):
+    def __init__(self, url: str, pool: ConnectionPool, model_id: str, embedding_size: int, storage: str, policy: str):
         super().__init__(model_id, embedding_size, storage, policy)
         self.location, self._url, self._pool = redact(url), url, pool
         self._listener: psycopg.Connection | None = None
 
     @classmethod
-    def open(cls, url: str, model_id: str | None, embedding_size: int | None, create: bool,
-             storage: str, policy: str | None = None) -> PostgresStore:
+    def open(
+        cls,
+        url: str,
+        model_id: str | None,
+        embedding_size: int | None,
+        create: bool,
+        storage: str,
+        policy: str | None = None,
+    ) -> PostgresStore:
         location = redact(url)
         with _errors(location), psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             meta = _prepare_schema(conn, location, model_id, embedding_size, create, storage, policy)
         found = check_model(location, meta, model_id, embedding_size, policy)
         # no check on checkout (a round trip per request): after a server restart the first request on each
         # broken connection fails (503) and the pool replaces that connection
-        pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=False,
-                              timeout=POOL_WAIT_S, name="facenet-gallery")
+        pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=POOL_WAIT_S,
+            name="facenet-gallery",
+        )
         try:
             with _errors(location):
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -142,16 +155,25 @@ class PostgresStore(SQLStore):
 
     def _insert_faces(self, cur, faces: list[tuple[int, bytes, str]], now: float, seq: int) -> None:
         # every id in one round trip, then both inserts pipelined by executemany
-        ids = [r[0] for r in cur.execute("SELECT nextval(pg_get_serial_sequence('faces', 'id')) "
-                                         "FROM generate_series(1, ?)", (len(faces),)).fetchall()]
-        cur.executemany("INSERT INTO faces (id, person_id, source, created, seq) VALUES (?, ?, ?, ?, ?)",
-                        [(i, person_id, source, now, seq) for i, (person_id, _, source) in zip(ids, faces)])
-        cur.executemany("INSERT INTO embeddings (face_id, vector) VALUES (?, ?)",
-                        [(i, blob) for i, (_, blob, _) in zip(ids, faces)])
+        ids = [
+            r[0]
+            for r in cur.execute(
+                "SELECT nextval(pg_get_serial_sequence('faces', 'id')) FROM generate_series(1, ?)", (len(faces),)
+            ).fetchall()
+        ]
+        cur.executemany(
+            "INSERT INTO faces (id, person_id, source, created, seq) VALUES (?, ?, ?, ?, ?)",
+            [(i, person_id, source, now, seq) for i, (person_id, _, source) in zip(ids, faces)],
+        )
+        cur.executemany(
+            "INSERT INTO embeddings (face_id, vector) VALUES (?, ?)", [(i, blob) for i, (_, blob, _) in zip(ids, faces)]
+        )
 
     def _fetch_faces(self, cur, where: str, params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sql = ("COPY (SELECT f.id, f.person_id, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id "
-               f"WHERE {where}) TO STDOUT (FORMAT BINARY)").replace("?", "%s")
+        sql = (
+            "COPY (SELECT f.id, f.person_id, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id "
+            f"WHERE {where}) TO STDOUT (FORMAT BINARY)"
+        ).replace("?", "%s")
         data = bytearray()
         with cur.raw.copy(sql, params) as copy:
             for chunk in copy:
@@ -159,16 +181,28 @@ class PostgresStore(SQLStore):
         rows = self._parse_copy(data)
         order = np.argsort(rows["id"], kind="stable")
         rows = rows[order]
-        return (rows["id"].astype(np.int64), rows["person"].astype(np.int64),
-                self.from_stored(np.ascontiguousarray(rows["vector"])))
+        return (
+            rows["id"].astype(np.int64),
+            rows["person"].astype(np.int64),
+            self.from_stored(np.ascontiguousarray(rows["vector"])),
+        )
 
     def _parse_copy(self, data: bytearray) -> np.ndarray:
         """Binary COPY output of (id bigint, person bigint, vector bytea) -> a NumPy record array.
 
         Every row has the same size (the vectors do), so the whole stream is one array of records."""
         vector = (self.stored_dtype().newbyteorder("<"), (self.embedding_size,))
-        row = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("person_len", ">i4"),
-                        ("person", ">i8"), ("vector_len", ">i4"), ("vector", *vector)])
+        row = np.dtype(
+            [
+                ("fields", ">i2"),
+                ("id_len", ">i4"),
+                ("id", ">i8"),
+                ("person_len", ">i4"),
+                ("person", ">i8"),
+                ("vector_len", ">i4"),
+                ("vector", *vector),
+            ]
+        )
         if not data.startswith(_COPY_SIGNATURE) or len(data) < 21:
             raise GalleryError(f"gallery {self.location}: unexpected answer to COPY; is this a PostgreSQL server?")
         start = 19 + int.from_bytes(data[15:19], "big")  # signature, flags, header extension
@@ -176,8 +210,12 @@ class PostgresStore(SQLStore):
         if body % row.itemsize or data[-2:] != b"\xff\xff":
             raise GalleryError(f"gallery {self.location} holds embeddings of the wrong size; restore it from a backup")
         rows = np.frombuffer(data, row, count=body // row.itemsize, offset=start)
-        if len(rows) and not ((rows["fields"] == 3).all() and (rows["id_len"] == 8).all()
-                              and (rows["person_len"] == 8).all() and (rows["vector_len"] == self.vector_bytes).all()):
+        if len(rows) and not (
+            (rows["fields"] == 3).all()
+            and (rows["id_len"] == 8).all()
+            and (rows["person_len"] == 8).all()
+            and (rows["vector_len"] == self.vector_bytes).all()
+        ):
             raise GalleryError(f"gallery {self.location} holds embeddings of the wrong size; restore it from a backup")
         return rows
 
@@ -210,30 +248,46 @@ class PostgresStore(SQLStore):
                 target.close()
 
 
-def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | None, embedding_size: int | None,
-                    create: bool, storage: str, policy: str | None) -> dict:
+def _prepare_schema(
+    conn: psycopg.Connection,
+    location: str,
+    model_id: str | None,
+    embedding_size: int | None,
+    create: bool,
+    storage: str,
+    policy: str | None,
+) -> dict:
     """Create or migrate the schema (one process at a time) and return the ``meta`` table."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        present = {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-            "AND table_name = ANY(%s)", (list(_OUR_TABLES),))}
+        present = {
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+                "AND table_name = ANY(%s)",
+                (list(_OUR_TABLES),),
+            )
+        }
         if "facenet_schema" in present:
             [(version,)] = conn.execute("SELECT max(version) FROM facenet_schema").fetchall()
         elif present:
-            raise GalleryError(f"database {location} holds tables of another application "
-                               f"({', '.join(sorted(present))}) "
-                               "and no facenet schema; it was left untouched — use a database of its own")
+            raise GalleryError(
+                f"database {location} holds tables of another application "
+                f"({', '.join(sorted(present))}) "
+                "and no facenet schema; it was left untouched — use a database of its own"
+            )
         elif not create:
             raise GalleryError(f"no gallery in database {location}; enrol someone first or pass the right --gallery")
         elif model_id is None or embedding_size is None:
-            raise GalleryError(f"no gallery in database {location}; creating one needs a model "
-                               "(its id and embedding size)")
+            raise GalleryError(
+                f"no gallery in database {location}; creating one needs a model (its id and embedding size)"
+            )
         else:
             version = None
         if version is not None and version > SCHEMA_VERSION:
-            raise GalleryError(f"gallery {location} was written by a newer facenet (schema {version}); "
-                               "upgrade facenet to read it")
+            raise GalleryError(
+                f"gallery {location} was written by a newer facenet (schema {version}); upgrade facenet to read it"
+            )
         for step in range(0 if version is None else version, SCHEMA_VERSION):
             for statement in _MIGRATIONS[step].split(";"):
                 conn.execute(statement)
@@ -241,8 +295,9 @@ def _prepare_schema(conn: psycopg.Connection, location: str, model_id: str | Non
             conn.execute("UPDATE facenet_schema SET version = %s", (SCHEMA_VERSION,))
         if version is None:
             assert model_id is not None and embedding_size is not None  # refused above otherwise
-            conn.cursor().executemany("INSERT INTO meta (key, value) VALUES (%s, %s)",
-                                      meta_rows(model_id, embedding_size, storage, policy))
+            conn.cursor().executemany(
+                "INSERT INTO meta (key, value) VALUES (%s, %s)", meta_rows(model_id, embedding_size, storage, policy)
+            )
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
@@ -253,7 +308,8 @@ def _errors(location: str):
         yield
     except (psycopg.OperationalError, PoolTimeout) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise GalleryUnavailableError(f"PostgreSQL gallery {location} cannot be reached or failed ({reason}); "
-                                      "retry when the server is back") from exc
+        raise GalleryUnavailableError(
+            f"PostgreSQL gallery {location} cannot be reached or failed ({reason}); retry when the server is back"
+        ) from exc
     except psycopg.Error as exc:
         raise GalleryError(f"PostgreSQL gallery {location} refused the request: {str(exc).strip()}") from exc

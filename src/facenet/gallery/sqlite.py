@@ -60,8 +60,9 @@ INSERT INTO feed (id, head) VALUES (1, 0)
 
 
 class SQLiteStore(SQLStore):
-    def __init__(self, path: Path, conn: sqlite3.Connection, model_id: str, embedding_size: int, storage: str,
-                 policy: str):
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, model_id: str, embedding_size: int, storage: str, policy: str
+    ):
         super().__init__(model_id, embedding_size, storage, policy)
         self.path, self.location, self._conn = path, str(path), conn
         self._wipe_lock = threading.Lock()
@@ -70,8 +71,15 @@ class SQLiteStore(SQLStore):
         self._closed = threading.Event()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model_id: str | None, embedding_size: int | None, create: bool,
-             storage: str, policy: str | None = None) -> SQLiteStore:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        model_id: str | None,
+        embedding_size: int | None,
+        create: bool,
+        storage: str,
+        policy: str | None = None,
+    ) -> SQLiteStore:
         path = Path(path).expanduser()
         if not path.exists() or path.stat().st_size == 0:
             if not create:
@@ -89,8 +97,9 @@ class SQLiteStore(SQLStore):
                 _migrate(conn, path)
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             except sqlite3.DatabaseError as exc:
-                raise GalleryError(f"gallery {path} is damaged and cannot be read ({exc}); "
-                                   "restore it from an export") from exc
+                raise GalleryError(
+                    f"gallery {path} is damaged and cannot be read ({exc}); restore it from an export"
+                ) from exc
             store = cls(path, conn, *check_model(str(path), meta, model_id, embedding_size, policy))
         except BaseException:
             conn.close()
@@ -201,8 +210,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated it
         if version > SCHEMA_VERSION:
-            raise GalleryError(f"gallery {path} was written by a newer facenet (schema {version}); "
-                               "upgrade facenet to read it")
+            raise GalleryError(
+                f"gallery {path} was written by a newer facenet (schema {version}); upgrade facenet to read it"
+            )
         for step in range(version, SCHEMA_VERSION):
             for statement in _MIGRATIONS[step].split(";"):
                 conn.execute(statement)
@@ -221,14 +231,19 @@ def _check_header(path: Path) -> None:
     except OSError as exc:
         raise GalleryError(f"cannot read gallery {path}: {exc.strerror}") from exc
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise GalleryError(f"{path} is not a facenet gallery (not an SQLite database); it was left untouched — "
-                           "pass another --gallery")
+        raise GalleryError(
+            f"{path} is not a facenet gallery (not an SQLite database); it was left untouched — pass another --gallery"
+        )
     if int.from_bytes(header[68:72], "big") != APPLICATION_ID:
-        raise GalleryError(f"{path} is an SQLite database of another application, not a facenet gallery; "
-                           "it was left untouched — pass another --gallery")
+        raise GalleryError(
+            f"{path} is an SQLite database of another application, not a facenet gallery; "
+            "it was left untouched — pass another --gallery"
+        )
     if int.from_bytes(header[60:64], "big") > SCHEMA_VERSION:
-        raise GalleryError(f"gallery {path} was written by a newer facenet (schema "
-                           f"{int.from_bytes(header[60:64], 'big')}); upgrade facenet to read it")
+        raise GalleryError(
+            f"gallery {path} was written by a newer facenet (schema "
+            f"{int.from_bytes(header[60:64], 'big')}); upgrade facenet to read it"
+        )
 
 
 def _create(path: Path, meta: list[tuple[str, str]]) -> None:
@@ -242,4 +257,3 @@ def _create(path: Path, meta: list[tuple[str, str]]) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
         finally:
             conn.close()
-

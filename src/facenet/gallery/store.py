@@ -84,8 +84,9 @@ def is_url(location) -> bool:
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
 
 
-def check_model(location: str, meta: dict, model_id: str | None, embedding_size: int | None,
-                policy: str | None = None) -> tuple[str, int, str, str]:
+def check_model(
+    location: str, meta: dict, model_id: str | None, embedding_size: int | None, policy: str | None = None
+) -> tuple[str, int, str, str]:
     """The (model id, embedding size, storage, policy) a store records, refusing another model's gallery, or
     another policy than the one asked for (``None``: any). A gallery without a policy predates them: nearest."""
     try:
@@ -93,24 +94,34 @@ def check_model(location: str, meta: dict, model_id: str | None, embedding_size:
     except (KeyError, ValueError) as exc:
         raise GalleryError(f"gallery {location} has no valid model record; restore it from an export") from exc
     if model_id is not None and model_id != stored_model:
-        raise GalleryError(f"gallery {location} holds embeddings of model {stored_model!r} but model {model_id!r} "
-                           "is in use; embeddings of different models cannot be compared — use that model "
-                           "or another --gallery")
+        raise GalleryError(
+            f"gallery {location} holds embeddings of model {stored_model!r} but model {model_id!r} "
+            "is in use; embeddings of different models cannot be compared — use that model "
+            "or another --gallery"
+        )
     if embedding_size is not None and int(embedding_size) != stored_size:
-        raise GalleryError(f"gallery {location} holds {stored_size}-D embeddings but the model in use makes "
-                           f"{embedding_size}-D ones; use another --gallery")
+        raise GalleryError(
+            f"gallery {location} holds {stored_size}-D embeddings but the model in use makes "
+            f"{embedding_size}-D ones; use another --gallery"
+        )
     stored_policy = parse_policy(meta.get("policy", LEGACY_POLICY)).name
     if policy is not None and parse_policy(policy).name != stored_policy:
-        raise GalleryError(f"gallery {location} scores people by policy {stored_policy!r}, chosen when it was "
-                           f"created, not {parse_policy(policy).name!r}; leave the policy out to use it, or "
-                           "create another gallery")
+        raise GalleryError(
+            f"gallery {location} scores people by policy {stored_policy!r}, chosen when it was "
+            f"created, not {parse_policy(policy).name!r}; leave the policy out to use it, or "
+            "create another gallery"
+        )
     return stored_model, stored_size, stored_storage, stored_policy
 
 
 def meta_rows(model_id: str, embedding_size: int, storage: str, policy: str | None) -> list[tuple[str, str]]:
     """The ``meta`` table of a new gallery: what its embeddings are and how it scores people."""
-    return [("model_id", model_id), ("embedding_size", str(embedding_size)), ("storage", storage),
-            ("policy", parse_policy(policy).name)]
+    return [
+        ("model_id", model_id),
+        ("embedding_size", str(embedding_size)),
+        ("storage", storage),
+        ("policy", parse_policy(policy).name),
+    ]
 
 
 class SQLStore:
@@ -159,8 +170,9 @@ class SQLStore:
 
     def enroll(self, records: Iterable[Record], merge: bool = True) -> None:
         """Write several people's faces in one transaction: all of them or none."""
-        self.write_encoded([(r.name, self.encode(r.embeddings), list(r.sources)) for r in map(self.check, records)],
-                           merge)
+        self.write_encoded(
+            [(r.name, self.encode(r.embeddings), list(r.sources)) for r in map(self.check, records)], merge
+        )
 
     def write_encoded(self, people: list[tuple[str, list[bytes], list[str]]], merge: bool) -> None:
         """``enroll`` for embeddings already in this store's byte format (copies between stores)."""
@@ -168,8 +180,10 @@ class SQLStore:
         with self._change() as (cur, seq):
             taken, faces = [], []
             for name, blobs, sources in people:
-                row = cur.execute("INSERT INTO people (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
-                                  "RETURNING id", (name, now)).fetchone()
+                row = cur.execute(
+                    "INSERT INTO people (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING RETURNING id",
+                    (name, now),
+                ).fetchone()
                 if row is None:
                     taken.append(name)
                     if not merge:
@@ -177,15 +191,19 @@ class SQLStore:
                     row = cur.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
                 faces += [(row[0], blob, str(source)) for blob, source in zip(blobs, sources)]
             if taken and not merge:
-                raise GalleryError(f"{len(taken)} name(s) already in gallery {self.location}: "
-                                   f"{', '.join(taken[:5])}; pass --merge to add their faces to them")
+                raise GalleryError(
+                    f"{len(taken)} name(s) already in gallery {self.location}: "
+                    f"{', '.join(taken[:5])}; pass --merge to add their faces to them"
+                )
             self._insert_faces(cur, faces, now, seq)
 
     def _insert_faces(self, cur, faces: list[tuple[int, bytes, str]], now: float, seq: int) -> None:
         """Insert (person id, stored vector, source) rows stamped with change ``seq``."""
         for person_id, blob, source in faces:
-            face_id = cur.execute("INSERT INTO faces (person_id, source, created, seq) VALUES (?, ?, ?, ?) "
-                                  "RETURNING id", (person_id, source, now, seq)).fetchone()[0]
+            face_id = cur.execute(
+                "INSERT INTO faces (person_id, source, created, seq) VALUES (?, ?, ?, ?) RETURNING id",
+                (person_id, source, now, seq),
+            ).fetchone()[0]
             cur.execute("INSERT INTO embeddings (face_id, vector) VALUES (?, ?)", (face_id, blob))
 
     def remove(self, name: str) -> int:
@@ -193,11 +211,13 @@ class SQLStore:
         with self._change() as (cur, seq):
             row = cur.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise GalleryError(f"no person named {name!r} in gallery {self.location}; "
-                                   "`facenet gallery list` shows who is enrolled")
+                raise GalleryError(
+                    f"no person named {name!r} in gallery {self.location}; `facenet gallery list` shows who is enrolled"
+                )
             face_ids = [r[0] for r in cur.execute("SELECT id FROM faces WHERE person_id = ?", row).fetchall()]
-            cur.execute("INSERT INTO removed_faces (face_id, seq) SELECT id, ? FROM faces WHERE person_id = ?",
-                        (seq, row[0]))
+            cur.execute(
+                "INSERT INTO removed_faces (face_id, seq) SELECT id, ? FROM faces WHERE person_id = ?", (seq, row[0])
+            )
             cur.execute("DELETE FROM people WHERE id = ?", row)
         return len(face_ids)
 
@@ -218,24 +238,42 @@ class SQLStore:
                 empty = np.empty(0, np.int64)
                 return Changes(head, empty, empty, np.empty((0, self.embedding_size), np.float32))
             window = (after, head)
-            removed = np.array([r[0] for r in cur.execute(
-                "SELECT face_id FROM removed_faces WHERE seq > ? AND seq <= ?", window).fetchall()], np.int64)
-            names = dict(cur.execute("SELECT DISTINCT p.id, p.name FROM people p JOIN faces f ON f.person_id = p.id "
-                                     "WHERE f.seq > ? AND f.seq <= ?", window).fetchall())
+            removed = np.array(
+                [
+                    r[0]
+                    for r in cur.execute(
+                        "SELECT face_id FROM removed_faces WHERE seq > ? AND seq <= ?", window
+                    ).fetchall()
+                ],
+                np.int64,
+            )
+            names = dict(
+                cur.execute(
+                    "SELECT DISTINCT p.id, p.name FROM people p JOIN faces f ON f.person_id = p.id "
+                    "WHERE f.seq > ? AND f.seq <= ?",
+                    window,
+                ).fetchall()
+            )
             return Changes(head, *self._fetch_faces(cur, "f.seq > ? AND f.seq <= ?", window), removed, names)
 
     def _fetch_faces(self, cur, where: str, params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(face ids, person ids, float32 vectors) of the faces matching ``where``, by id."""
-        rows = cur.execute("SELECT f.id, f.person_id, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id "
-                           f"WHERE {where} ORDER BY f.id", params).fetchall()
+        rows = cur.execute(
+            "SELECT f.id, f.person_id, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id "
+            f"WHERE {where} ORDER BY f.id",
+            params,
+        ).fetchall()
         ids = np.array([r[0] for r in rows], np.int64)
         persons = np.array([r[1] for r in rows], np.int64)
         return ids, persons, self.decode(b"".join(r[2] for r in rows), len(rows))
 
     def people(self, name: str | None = None) -> list[Person]:
         """Everyone enrolled (or just ``name``), by name, with their number of faces."""
-        sql = ("SELECT p.name, count(f.id), p.created FROM people p LEFT JOIN faces f ON f.person_id = p.id "
-               + ("WHERE p.name = ? " if name is not None else "") + "GROUP BY p.id, p.name, p.created ORDER BY p.name")
+        sql = (
+            "SELECT p.name, count(f.id), p.created FROM people p LEFT JOIN faces f ON f.person_id = p.id "
+            + ("WHERE p.name = ? " if name is not None else "")
+            + "GROUP BY p.id, p.name, p.created ORDER BY p.name"
+        )
         with self._read() as cur:
             return [Person(*row) for row in cur.execute(sql, (name,) if name is not None else ()).fetchall()]
 
@@ -244,8 +282,11 @@ class SQLStore:
         with self._read() as cur:
             people = cur.execute("SELECT id, name FROM people ORDER BY id").fetchall()
             for person_id, name in people:
-                rows = cur.execute("SELECT f.source, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id "
-                                   "WHERE f.person_id = ? ORDER BY f.id", (person_id,)).fetchall()
+                rows = cur.execute(
+                    "SELECT f.source, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id "
+                    "WHERE f.person_id = ? ORDER BY f.id",
+                    (person_id,),
+                ).fetchall()
                 yield name, [bytes(r[1]) for r in rows], [r[0] for r in rows]
 
     def records(self) -> Iterator[Record]:

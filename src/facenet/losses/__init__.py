@@ -4,4 +4,14 @@ from facenet.losses.miners import MINERS, active_fraction, get_miner, pairwise_s
 from facenet.losses.softmax import CentreLoss, FaceLoss, SoftmaxHead
 from facenet.losses.triplet import TripletLoss, triplet_loss
 
-__all__ = ["MINERS", "active_fraction", "get_miner", "pairwise_sq_dists", "CentreLoss", "FaceLoss", "SoftmaxHead", "TripletLoss", "triplet_loss"]
+__all__ = [
+    "MINERS",
+    "active_fraction",
+    "get_miner",
+    "pairwise_sq_dists",
+    "CentreLoss",
+    "FaceLoss",
+    "SoftmaxHead",
+    "TripletLoss",
+    "triplet_loss",
+]

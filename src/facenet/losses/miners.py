@@ -62,7 +62,8 @@ def _prepare(embeddings: torch.Tensor, labels: torch.Tensor, dists: torch.Tensor
     if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
         raise FaceNetError(
             f"miner needs embeddings (N, d) and labels (N,); got {tuple(embeddings.shape)} and "
-            f"{tuple(labels.shape)}: pass one label per embedding row")
+            f"{tuple(labels.shape)}: pass one label per embedding row"
+        )
     d = pairwise_sq_dists(embeddings.detach()) if dists is None else dists.detach()
     return d, labels
 
@@ -82,15 +83,19 @@ def _search_pairs(vals: torch.Tensor, d: torch.Tensor, pos: torch.Tensor, shift:
     a, p = pos.nonzero(as_tuple=True)
     counts = pos.sum(dim=1)
     rank = torch.arange(len(a), device=d.device) - (counts.cumsum(0) - counts)[a]
-    table = torch.full((len(d), int(counts.max()) if len(a) else 0), float("inf"),
-                       dtype=d.dtype, device=d.device)
+    table = torch.full((len(d), int(counts.max()) if len(a) else 0), float("inf"), dtype=d.dtype, device=d.device)
     table[a, rank] = d[a, p] + shift
     return a, p, torch.searchsorted(vals, table, right=right)[a, rank]
 
 
 @torch.no_grad()
-def semihard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
-             dists: torch.Tensor | None = None, fallback: str = "closest_hard") -> Triplets:
+def semihard(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+    dists: torch.Tensor | None = None,
+    fallback: str = "closest_hard",
+) -> Triplets:
     """The paper's mining: every anchor-positive pair, each with one semi-hard negative.
 
     For each ordered pair (a, p), a != p, same label, the negative is the *hardest semi-hard*
@@ -125,8 +130,9 @@ def semihard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
 
 
 @torch.no_grad()
-def hard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
-         dists: torch.Tensor | None = None) -> Triplets:
+def hard(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, dists: torch.Tensor | None = None
+) -> Triplets:
     """Batch-hard (Hermans et al. 2017): per anchor, its farthest positive and nearest negative.
 
     Anchors without a positive or without a negative in the batch are skipped; ``margin`` is
@@ -153,8 +159,9 @@ def _active_counts(d: torch.Tensor, labels: torch.Tensor, margin: float):
 
 
 @torch.no_grad()
-def batch_all(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
-              dists: torch.Tensor | None = None) -> Triplets:
+def batch_all(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, dists: torch.Tensor | None = None
+) -> Triplets:
     """Batch-all: every valid triplet with non-zero loss, d(a,p) - d(a,n) + m > 0.
 
     Grouped by pair (a, p) in row-major order, negatives nearest first. Work and memory are
@@ -171,8 +178,13 @@ def batch_all(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.
 
 
 @torch.no_grad()
-def sandberg(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
-             dists: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Triplets:
+def sandberg(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+    dists: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Triplets:
     """davidsandberg/facenet's ``select_triplets``: per anchor-positive pair, a *random* negative
     among those with d(a,n) - d(a,p) < m (so hard negatives are allowed too).
 
@@ -185,8 +197,9 @@ def sandberg(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
     keep = count > 0
     a, p, count = a[keep], p[keep], count[keep]
     # drawn where the generator lives (a CPU generator works with CUDA embeddings too)
-    u = torch.rand(len(a), generator=generator, dtype=torch.float64,
-                   device=generator.device if generator is not None else d.device).to(d.device)
+    u = torch.rand(
+        len(a), generator=generator, dtype=torch.float64, device=generator.device if generator is not None else d.device
+    ).to(d.device)
     pick = (u * count).long().clamp_max(count - 1)
     return a, p, cols[a, pick]
 
@@ -213,8 +226,9 @@ def miner_accepts(miner: Callable[..., Triplets], option: str) -> bool:
 
 
 @torch.no_grad()
-def active_fraction(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
-                    dists: torch.Tensor | None = None) -> float:
+def active_fraction(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, dists: torch.Tensor | None = None
+) -> float:
     """Fraction of *all* valid triplets in the batch with non-zero loss (Hermans et al.'s
     training monitor: it falls as the embedding learns; 0.0 when the batch has no triplet).
     Counts without materialising the triplets."""

@@ -20,11 +20,12 @@ from facenet.models.base import l2_normalize
 def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Refuse labels outside 0..num_classes-1 when they are on the CPU; reading them on a GPU would make the
     host wait for the device every step, and there the kernels' own index checks stop the run instead."""
-    if labels.device.type == "cpu" and len(labels) and \
-            (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise FaceNetError(f"labels must be identity numbers 0..{num_classes - 1}; got "
-                           f"{int(labels.min())}..{int(labels.max())}: set num_classes to the "
-                           "number of training identities")
+    if labels.device.type == "cpu" and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise FaceNetError(
+            f"labels must be identity numbers 0..{num_classes - 1}; got "
+            f"{int(labels.min())}..{int(labels.max())}: set num_classes to the "
+            "number of training identities"
+        )
 
 
 class SoftmaxHead(nn.Module):
@@ -79,31 +80,42 @@ class FaceLoss(nn.Module):
     reads them only at steps that log).
     """
 
-    def __init__(self, embedding_size: int, num_classes: int | None = None,
-                 triplet_weight: float = 1.0, softmax_weight: float = 0.0,
-                 centre_weight: float = 0.0, miner: str = "semihard", margin: float = 0.2,
-                 centre_update_rate: float = 0.05, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int | None = None,
+        triplet_weight: float = 1.0,
+        softmax_weight: float = 0.0,
+        centre_weight: float = 0.0,
+        miner: str = "semihard",
+        margin: float = 0.2,
+        centre_update_rate: float = 0.05,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
-        if min(triplet_weight, softmax_weight, centre_weight) < 0 or \
-                triplet_weight + softmax_weight + centre_weight == 0:
+        if (
+            min(triplet_weight, softmax_weight, centre_weight) < 0
+            or triplet_weight + softmax_weight + centre_weight == 0
+        ):
             raise FaceNetError("loss weights must be non-negative with at least one positive")
         if (softmax_weight or centre_weight) and not num_classes:
             raise FaceNetError("softmax and centre losses need num_classes (the training identities)")
         self.weights = {"triplet": triplet_weight, "softmax": softmax_weight, "centre": centre_weight}
         self.triplet = TripletLoss(miner, margin, generator) if triplet_weight else None
         self.softmax = SoftmaxHead(embedding_size, num_classes) if softmax_weight else None
-        self.centre = (CentreLoss(embedding_size, num_classes, centre_update_rate)
-                       if centre_weight else None)
+        self.centre = CentreLoss(embedding_size, num_classes, centre_update_rate) if centre_weight else None
 
-    def forward(self, prelogits: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def forward(
+        self, prelogits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         # The losses, and the mining inside the triplet part, run in float32 whatever precision
         # the network ran in, so mixed-precision training selects the same triplets as float32.
         with torch.autocast(prelogits.device.type, enabled=False):
             return self._combine(full_precision(prelogits), labels)
 
-    def _combine(self, prelogits: torch.Tensor, labels: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def _combine(
+        self, prelogits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         parts: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor | float] = {}
         if self.triplet is not None:

@@ -9,9 +9,14 @@ from facenet.errors import FaceNetError
 from facenet.losses.miners import full_precision, get_miner, miner_accepts, pairwise_sq_dists
 
 
-def triplet_loss(embeddings: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
-                 margin: float = 0.2, dists: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def triplet_loss(
+    embeddings: torch.Tensor,
+    a: torch.Tensor,
+    p: torch.Tensor,
+    n: torch.Tensor,
+    margin: float = 0.2,
+    dists: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean hinge loss over the *active* triplets (positive loss), and the active fraction (a 0-d tensor: the
     host need not wait for the device to know it).
 
@@ -42,8 +47,7 @@ class TripletLoss(nn.Module):
     The distance matrix is computed once and shared by mining and (for many triplets) the loss.
     """
 
-    def __init__(self, miner: str = "semihard", margin: float = 0.2,
-                 generator: torch.Generator | None = None):
+    def __init__(self, miner: str = "semihard", margin: float = 0.2, generator: torch.Generator | None = None):
         super().__init__()
         if margin <= 0:
             raise FaceNetError(f"triplet margin must be positive, got {margin}")
@@ -52,13 +56,15 @@ class TripletLoss(nn.Module):
         self.margin = margin
         self.options = {"generator": generator} if miner_accepts(self.mine, "generator") else {}
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         with torch.autocast(embeddings.device.type, enabled=False):  # float32 under mixed precision
             return self._mine_and_score(full_precision(embeddings), labels)
 
-    def _mine_and_score(self, embeddings: torch.Tensor, labels: torch.Tensor
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def _mine_and_score(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         dists = pairwise_sq_dists(embeddings)
         a, p, n = self.mine(embeddings, labels, self.margin, dists=dists, **self.options)
         # few triplets: exact row differences, backward O(T d); many: gather from the matrix,

@@ -28,8 +28,9 @@ class EmbeddingModel(nn.Module):
     arch: str = ""
     input_size: int = 160
 
-    def __init__(self, feature_size: int, embedding_size: int = 128, dropout: float = 0.0,
-                 num_classes: int | None = None):
+    def __init__(
+        self, feature_size: int, embedding_size: int = 128, dropout: float = 0.0, num_classes: int | None = None
+    ):
         super().__init__()
         self.feature_size = feature_size
         self.embedding_size = embedding_size

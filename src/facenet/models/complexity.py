@@ -63,6 +63,5 @@ def describe_models(embedding_size: int = 128) -> list[Complexity]:
     for name in list_models():
         with torch.device("meta"):
             model = create_model(name, embedding_size=embedding_size)
-        rows.append(Complexity(name, count_parameters(model), count_flops(model), model.input_size,
-                               embedding_size))
+        rows.append(Complexity(name, count_parameters(model), count_flops(model), model.input_size, embedding_size))
     return rows

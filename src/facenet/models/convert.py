@@ -33,8 +33,9 @@ def load_published_weights(path: str | os.PathLike, embedding_size: int | None =
     return model
 
 
-def convert_published_weights(src: str | os.PathLike, dst: str | os.PathLike, embedding_size: int | None = None,
-                              standardisation: str = "fixed") -> ModelInfo:
+def convert_published_weights(
+    src: str | os.PathLike, dst: str | os.PathLike, embedding_size: int | None = None, standardisation: str = "fixed"
+) -> ModelInfo:
     """Write ``src`` (a facenet-pytorch ``.pt``) as a facenet model file at ``dst``.
 
     The published weights expect ``fixed`` standardisation, (x - 127.5) / 128.
@@ -46,19 +47,22 @@ def convert_published_weights(src: str | os.PathLike, dst: str | os.PathLike, em
     reset = _resize_head(model, embedding_size)
     with open(src, "rb") as fh:
         source_sha = hashlib.file_digest(fh, "sha256").hexdigest()
-    provenance = {"source": src.name, "source_sha256": source_sha,
-                  "head": "reinitialised" if reset else "published"}
+    provenance = {"source": src.name, "source_sha256": source_sha, "head": "reinitialised" if reset else "published"}
     return save_model(model, dst, model_info_for(model, standardisation=standardisation, provenance=provenance))
 
 
 def _load_published(path: Path) -> EmbeddingModel:
     state = _read_state_dict(path)
     if "last_linear.weight" not in state:
-        raise ModelFileError(f"{path}: no 'last_linear.weight'; not an Inception-ResNet-v1 "
-                             "(facenet-pytorch) state dict")
+        raise ModelFileError(
+            f"{path}: no 'last_linear.weight'; not an Inception-ResNet-v1 (facenet-pytorch) state dict"
+        )
     logits = state.get("logits.weight")
-    model = create_model(ARCH, embedding_size=state["last_linear.weight"].shape[0],
-                         num_classes=logits.shape[0] if logits is not None else None)
+    model = create_model(
+        ARCH,
+        embedding_size=state["last_linear.weight"].shape[0],
+        num_classes=logits.shape[0] if logits is not None else None,
+    )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -84,10 +88,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else 'empty'}); "
-                             "expected a facenet-pytorch .pt file") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch state dict ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'empty'}); "
+            "expected a facenet-pytorch .pt file"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise ModelFileError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     return state

@@ -28,8 +28,17 @@ import torch
 from facenet.errors import ModelFileError
 
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-_TAGS = ("input_rgb_image_sized", "con_4", "affine_", "relu_", "max_pool_2", "avg_pool_2", "add_prev_", "fc_2",
-         "loss_metric_2")
+_TAGS = (
+    "input_rgb_image_sized",
+    "con_4",
+    "affine_",
+    "relu_",
+    "max_pool_2",
+    "avg_pool_2",
+    "add_prev_",
+    "fc_2",
+    "loss_metric_2",
+)
 _TAG_PATTERN = re.compile(b"|".join(bytes([1, len(t)]) + t.encode() for t in _TAGS))
 
 
@@ -126,11 +135,14 @@ def dlib_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[fl
     affines = [layer for layer in layers if layer.tag == "affine_"]
     fcs = [layer for layer in layers if layer.tag == "fc_2"]
     inputs = [layer for layer in layers if layer.tag == "input_rgb_image_sized"]
-    targets = [(model.conv1, model.bn1)] + [(getattr(b, f"conv{i}"), getattr(b, f"bn{i}"))
-                                              for b in model.blocks for i in (1, 2)]
+    targets = [(model.conv1, model.bn1)] + [
+        (getattr(b, f"conv{i}"), getattr(b, f"bn{i}")) for b in model.blocks for i in (1, 2)
+    ]
     if len(convs) != len(targets) or len(affines) != len(targets) or len(fcs) != 1 or len(inputs) != 1:
-        raise ModelFileError(f"{path}: layer counts ({len(convs)} conv, {len(affines)} affine, {len(fcs)} fc) "
-                             f"do not match dlib's face ResNet ({len(targets)} conv, {len(targets)} affine, 1 fc)")
+        raise ModelFileError(
+            f"{path}: layer counts ({len(convs)} conv, {len(affines)} affine, {len(fcs)} fc) "
+            f"do not match dlib's face ResNet ({len(targets)} conv, {len(targets)} affine, 1 fc)"
+        )
     if inputs[0].settings != (model.input_size, model.input_size):
         raise ModelFileError(f"{path}: input size {inputs[0].settings}, expected 150x150")
     state: dict[str, torch.Tensor] = {}
@@ -142,9 +154,13 @@ def dlib_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[fl
         state[names[conv] + ".bias"] = torch.from_numpy(con.params[weight_count:])
         _frozen_bn(state, names[bn], affine.params, conv.out_channels, path)
     outputs, inputs_count = fcs[0].settings
-    if (outputs, inputs_count) != (model.embedding_size, model.feature_size) or fcs[0].params.size != outputs * inputs_count:
-        raise ModelFileError(f"{path}: final layer {inputs_count}->{outputs}, expected "
-                             f"{model.feature_size}->{model.embedding_size} without bias")
+    if (outputs, inputs_count) != (model.embedding_size, model.feature_size) or fcs[
+        0
+    ].params.size != outputs * inputs_count:
+        raise ModelFileError(
+            f"{path}: final layer {inputs_count}->{outputs}, expected "
+            f"{model.feature_size}->{model.embedding_size} without bias"
+        )
     # dlib's fc weights are (inputs, outputs), row-major: output = x @ W.
     state["last_linear.weight"] = torch.from_numpy(fcs[0].params.reshape(inputs_count, outputs).T.copy())
     ones = np.ones(outputs, np.float32)
@@ -155,10 +171,19 @@ def dlib_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[fl
 def _check_conv(path: Path, conv: torch.nn.Conv2d, con: DlibLayer) -> None:
     filters, nr, nc, stride_y, stride_x, pad_y, pad_x = con.settings
     expected = (conv.out_channels, *conv.kernel_size, *conv.stride, *conv.padding)
-    if (filters, nr, nc, stride_y, stride_x, pad_y, pad_x) != expected or \
-            con.params.size != conv.weight.numel() + conv.out_channels:
-        raise ModelFileError(f"{path}: convolution {con.settings} with {con.params.size} values does not match "
-                             f"dlib's face ResNet (expected {expected})")
+    if (
+        filters,
+        nr,
+        nc,
+        stride_y,
+        stride_x,
+        pad_y,
+        pad_x,
+    ) != expected or con.params.size != conv.weight.numel() + conv.out_channels:
+        raise ModelFileError(
+            f"{path}: convolution {con.settings} with {con.params.size} values does not match "
+            f"dlib's face ResNet (expected {expected})"
+        )
 
 
 def _frozen_bn(state: dict, prefix: str, gamma_beta: np.ndarray, channels: int, path: Path, eps: float = 1e-5) -> None:

@@ -51,8 +51,7 @@ class Concat(nn.Module):
 class ResidualInception(Concat):
     """x + scale * conv1x1(concat(branches(x))), then ReLU unless it is the last block."""
 
-    def __init__(self, channels: int, branch_channels: int, scale: float, *branches: nn.Module,
-                 relu: bool = True):
+    def __init__(self, channels: int, branch_channels: int, scale: float, *branches: nn.Module, relu: bool = True):
         super().__init__(*branches)
         self.scale = scale
         self.conv2d = nn.Conv2d(branch_channels, channels, kernel_size=1)
@@ -65,27 +64,36 @@ class ResidualInception(Concat):
 def block35(scale: float = 0.17) -> ResidualInception:
     """35x35 grid block (17x17 at 160 px input), 256 channels."""
     return ResidualInception(
-        256, 96, scale,
+        256,
+        96,
+        scale,
         _chain((256, 32, 1)),
         _chain((256, 32, 1), (32, 32, 3, 1, 1)),
-        _chain((256, 32, 1), (32, 32, 3, 1, 1), (32, 32, 3, 1, 1)))
+        _chain((256, 32, 1), (32, 32, 3, 1, 1), (32, 32, 3, 1, 1)),
+    )
 
 
 def block17(scale: float = 0.10) -> ResidualInception:
     """17x17 grid block (8x8 at 160 px), 896 channels, factorised 7x7."""
     return ResidualInception(
-        896, 256, scale,
+        896,
+        256,
+        scale,
         _chain((896, 128, 1)),
-        _chain((896, 128, 1), (128, 128, (1, 7), 1, (0, 3)), (128, 128, (7, 1), 1, (3, 0))))
+        _chain((896, 128, 1), (128, 128, (1, 7), 1, (0, 3)), (128, 128, (7, 1), 1, (3, 0))),
+    )
 
 
 def block8(scale: float = 0.20, relu: bool = True) -> ResidualInception:
     """8x8 grid block (3x3 at 160 px), 1792 channels, factorised 3x3."""
     return ResidualInception(
-        1792, 384, scale,
+        1792,
+        384,
+        scale,
         _chain((1792, 192, 1)),
         _chain((1792, 192, 1), (192, 192, (1, 3), 1, (0, 1)), (192, 192, (3, 1), 1, (1, 0))),
-        relu=relu)
+        relu=relu,
+    )
 
 
 def mixed_6a() -> Concat:
@@ -93,7 +101,8 @@ def mixed_6a() -> Concat:
     return Concat(
         _chain((256, 384, 3, 2)),
         _chain((256, 192, 1), (192, 192, 3, 1, 1), (192, 256, 3, 2)),
-        nn.MaxPool2d(3, stride=2))
+        nn.MaxPool2d(3, stride=2),
+    )
 
 
 def mixed_7a() -> Concat:
@@ -102,7 +111,8 @@ def mixed_7a() -> Concat:
         _chain((896, 256, 1), (256, 384, 3, 2)),
         _chain((896, 256, 1), (256, 256, 3, 2)),
         _chain((896, 256, 1), (256, 256, 3, 1, 1), (256, 256, 3, 2)),
-        nn.MaxPool2d(3, stride=2))
+        nn.MaxPool2d(3, stride=2),
+    )
 
 
 @register("inception_resnet_v1")
@@ -129,8 +139,21 @@ class InceptionResnetV1(EmbeddingModel):
         self.avgpool_1a = nn.AdaptiveAvgPool2d(1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in (self.conv2d_1a, self.conv2d_2a, self.conv2d_2b, self.maxpool_3a, self.conv2d_3b,
-                      self.conv2d_4a, self.conv2d_4b, self.repeat_1, self.mixed_6a, self.repeat_2,
-                      self.mixed_7a, self.repeat_3, self.block8, self.avgpool_1a):
+        for layer in (
+            self.conv2d_1a,
+            self.conv2d_2a,
+            self.conv2d_2b,
+            self.maxpool_3a,
+            self.conv2d_3b,
+            self.conv2d_4a,
+            self.conv2d_4b,
+            self.repeat_1,
+            self.mixed_6a,
+            self.repeat_2,
+            self.mixed_7a,
+            self.repeat_3,
+            self.block8,
+            self.avgpool_1a,
+        ):
             x = layer(x)
         return x.flatten(1)

@@ -26,12 +26,22 @@ STAGES = ((2, 64, 2, 2), (4, 128, 1, 2), (2, 128, 2, 1), (4, 128, 1, 2), (2, 128
 class ConvBN(nn.Sequential):
     """Conv (no bias) -> BatchNorm -> PReLU (or nothing, for linear layers)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 act: bool = True, padding: int | None = None):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        padding: int | None = None,
+    ):
         padding = kernel // 2 if padding is None else padding
-        super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout),
-                         *([nn.PReLU(cout)] if act else []))
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            *([nn.PReLU(cout)] if act else []),
+        )
 
 
 class Bottleneck(nn.Module):
@@ -41,8 +51,9 @@ class Bottleneck(nn.Module):
         super().__init__()
         hidden = cin * expansion
         self.residual = stride == 1 and cin == cout
-        self.body = nn.Sequential(ConvBN(cin, hidden), ConvBN(hidden, hidden, 3, stride, groups=hidden),
-                                  ConvBN(hidden, cout, act=False))
+        self.body = nn.Sequential(
+            ConvBN(cin, hidden), ConvBN(hidden, hidden, 3, stride, groups=hidden), ConvBN(hidden, cout, act=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x) if self.residual else self.body(x)
@@ -69,6 +80,8 @@ class MobileFaceNet(EmbeddingModel):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise BadImageError(f"mobilefacenet needs {self.input_size}x{self.input_size} face crops, "
-                                f"got {x.shape[-2]}x{x.shape[-1]}; resize or re-align the faces")
+            raise BadImageError(
+                f"mobilefacenet needs {self.input_size}x{self.input_size} face crops, "
+                f"got {x.shape[-2]}x{x.shape[-1]}; resize or re-align the faces"
+            )
         return self.gdc(self.body(x)).flatten(1)

@@ -81,20 +81,28 @@ def check_thresholds(threshold: float, far_thresholds: dict) -> None:
     values = [("verification threshold", threshold)] + [(f"threshold at FAR {k}", v) for k, v in far_thresholds.items()]
     for what, value in values:
         if not (isinstance(value, (int, float)) and -1e-6 <= value <= 4.0 + 1e-6):  # float rounding at the ends
-            raise ModelFileError(f"{what} {value!r} is not a squared L2 distance between unit embeddings "
-                                 "(0 to 4); recalibrate with `facenet evaluate --write-thresholds`")
+            raise ModelFileError(
+                f"{what} {value!r} is not a squared L2 distance between unit embeddings "
+                "(0 to 4); recalibrate with `facenet evaluate --write-thresholds`"
+            )
     try:
         ordered = sorted((float(k), v) for k, v in far_thresholds.items())
     except ValueError:
         raise ModelFileError(f"FAR table keys must be rates such as '1e-03', got {sorted(far_thresholds)}") from None
     if any(low[1] > high[1] for low, high in zip(ordered, ordered[1:])):
-        raise ModelFileError("the FAR table's thresholds do not grow with the false-accept rate "
-                             f"({dict(ordered)}); recalibrate with `facenet evaluate --write-thresholds`")
+        raise ModelFileError(
+            "the FAR table's thresholds do not grow with the false-accept rate "
+            f"({dict(ordered)}); recalibrate with `facenet evaluate --write-thresholds`"
+        )
 
 
 def model_info_for(model: EmbeddingModel, **overrides) -> ModelInfo:
-    info = ModelInfo(arch=model.arch, embedding_size=model.embedding_size, input_size=model.input_size,
-                     num_classes=model.logits.out_features if model.logits is not None else None)
+    info = ModelInfo(
+        arch=model.arch,
+        embedding_size=model.embedding_size,
+        input_size=model.input_size,
+        num_classes=model.logits.out_features if model.logits is not None else None,
+    )
     return dataclasses.replace(info, **overrides)
 
 
@@ -122,8 +130,9 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: not a facenet model file ({exc})") from None
     if "facenet" not in meta:
-        raise ModelFileError(f"{path}: safetensors file without facenet metadata; "
-                             "convert bare state dicts with `facenet convert`")
+        raise ModelFileError(
+            f"{path}: safetensors file without facenet metadata; convert bare state dicts with `facenet convert`"
+        )
     try:
         return ModelInfo.from_json(meta["facenet"])
     except (ValueError, TypeError) as exc:
@@ -142,8 +151,9 @@ def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(f"{path}: weights do not match architecture {info.arch!r}: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise ModelFileError(
+            f"{path}: weights do not match architecture {info.arch!r}: {str(exc).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), info
 
 

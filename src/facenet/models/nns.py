@@ -37,8 +37,14 @@ class NNS(EmbeddingModel):
 
     input_size = 64
 
-    def __init__(self, embedding_size: int = 128, dropout: float = 0.0, num_classes: int | None = None,
-                 width: int = 32, input_size: int | None = None):
+    def __init__(
+        self,
+        embedding_size: int = 128,
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+        width: int = 32,
+        input_size: int | None = None,
+    ):
         widths = [width, 2 * width, 4 * width, 8 * width]
         super().__init__(widths[-1], embedding_size, dropout, num_classes)
         if input_size is not None:

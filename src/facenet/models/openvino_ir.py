@@ -24,8 +24,19 @@ EMBEDDING_SIZE = 256  # face-reidentification-retail-0095 gives 256-D embeddings
 ELEMENT_TYPES = {"f16": np.float16, "f32": np.float32}
 # Layers whose computation the converted network reproduces; anything else (a quantised IR's
 # FakeQuantize, a reshape) means another network.
-SUPPORTED = {"Parameter", "Const", "Convert", "Multiply", "Add", "Convolution", "GroupConvolution",
-             "PReLU", "AvgPool", "Sigmoid", "Result"}
+SUPPORTED = {
+    "Parameter",
+    "Const",
+    "Convert",
+    "Multiply",
+    "Add",
+    "Convolution",
+    "GroupConvolution",
+    "PReLU",
+    "AvgPool",
+    "Sigmoid",
+    "Result",
+}
 
 
 @dataclass
@@ -54,8 +65,10 @@ def read_ir(xml_path: str | os.PathLike) -> list[Layer]:
     elements = {el.get("id"): el for el in root.find("layers")}
     unsupported = sorted({el.get("type") for el in elements.values()} - SUPPORTED)
     if unsupported:
-        raise ModelFileError(f"{xml_path}: layers of type {', '.join(unsupported)} are not supported; "
-                             "use the FP16 or FP32 IR of face-reidentification-retail-0095, not the INT8 one")
+        raise ModelFileError(
+            f"{xml_path}: layers of type {', '.join(unsupported)} are not supported; "
+            "use the FP16 or FP32 IR of face-reidentification-retail-0095, not the INT8 one"
+        )
     sources: dict[str, list[tuple[int, str]]] = {}
     for edge in root.find("edges"):
         sources.setdefault(edge.get("to-layer"), []).append((int(edge.get("to-port")), edge.get("from-layer")))
@@ -72,8 +85,10 @@ def read_ir(xml_path: str | os.PathLike) -> list[Layer]:
         offset, size = int(data.get("offset")), int(data.get("size"))
         shape = tuple(int(d) for d in data.get("shape").replace(" ", "").split(",") if d)
         if dtype is None or offset + size > len(blob) or size != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-            raise ModelFileError(f"{bin_path}: constant {element.get('name')!r} does not fit the file "
-                                 "(truncated .bin, or the .bin of another IR)")
+            raise ModelFileError(
+                f"{bin_path}: constant {element.get('name')!r} does not fit the file "
+                "(truncated .bin, or the .bin of another IR)"
+            )
         return np.frombuffer(blob, dtype, int(np.prod(shape)), offset).astype(np.float32).reshape(shape)
 
     computing = [i for i, el in elements.items() if el.get("type") not in ("Const", "Convert")]
@@ -110,13 +125,17 @@ def reid_state_dict(xml_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     residuals = sum(1 for layer in layers if layer.type == "Add" and len(layer.inputs) == 2)
     expected_residuals = sum(1 for block in model.blocks if block.residual)
     if len(constants) != len(keys) or residuals != expected_residuals:
-        raise ModelFileError(f"{xml_path}: {len(constants)} constants and {residuals} residual additions, where "
-                             f"face-reidentification-retail-0095 has {len(keys)} and {expected_residuals}; "
-                             "this IR holds another network")
+        raise ModelFileError(
+            f"{xml_path}: {len(constants)} constants and {residuals} residual additions, where "
+            f"face-reidentification-retail-0095 has {len(keys)} and {expected_residuals}; "
+            "this IR holds another network"
+        )
     for key, value in zip(keys, constants):
         if value.size != state[key].numel():
-            raise ModelFileError(f"{xml_path}: a constant of shape {value.shape} where {key} has "
-                                 f"{tuple(state[key].shape)}; this IR holds another network")
+            raise ModelFileError(
+                f"{xml_path}: a constant of shape {value.shape} where {key} has "
+                f"{tuple(state[key].shape)}; this IR holds another network"
+            )
         state[key] = torch.from_numpy(value.copy()).reshape(state[key].shape)
     # BGR pixels in [0, 255] -> RGB in [0, 1]: reverse the channels and take the 255 into the scale.
     state["input_scale"] = state["input_scale"].flip(0) * 255.0

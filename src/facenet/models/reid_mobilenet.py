@@ -24,17 +24,22 @@ from facenet.models.base import EmbeddingModel
 
 # One bottleneck per row: (input channels, expanded channels, output channels, stride).
 BLOCKS = (
-    (64, 128, 64, 2), *[(64, 128, 64, 1)] * 4,
-    (64, 256, 128, 2), *[(128, 256, 128, 1)] * 6,
-    (128, 512, 128, 2), *[(128, 256, 128, 1)] * 2,
+    (64, 128, 64, 2),
+    *[(64, 128, 64, 1)] * 4,
+    (64, 256, 128, 2),
+    *[(128, 256, 128, 1)] * 6,
+    (128, 512, 128, 2),
+    *[(128, 256, 128, 1)] * 2,
 )
 SE_REDUCTION = 8
 
 
-def _conv(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False,
-          padding: int | None = None) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel, stride, kernel // 2 if padding is None else padding,
-                     groups=cin if depthwise else 1)
+def _conv(
+    cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, padding: int | None = None
+) -> nn.Conv2d:
+    return nn.Conv2d(
+        cin, cout, kernel, stride, kernel // 2 if padding is None else padding, groups=cin if depthwise else 1
+    )
 
 
 class SqueezeExcite(nn.Module):
@@ -88,7 +93,9 @@ class ReidMobileNet(EmbeddingModel):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise BadImageError(f"reid_mobilenet needs {self.input_size}x{self.input_size} face crops, "
-                                f"got {x.shape[-2]}x{x.shape[-1]}; resize or re-align the faces")
+            raise BadImageError(
+                f"reid_mobilenet needs {self.input_size}x{self.input_size} face crops, "
+                f"got {x.shape[-2]}x{x.shape[-1]}; resize or re-align the faces"
+            )
         x = x * self.input_scale.view(1, 3, 1, 1) + self.input_shift.view(1, 3, 1, 1)
         return self.gdc(self.widen(self.blocks(self.stem(x)))).flatten(1)

@@ -94,8 +94,12 @@ async def read_uploads(files: list[StarletteUpload]) -> list[Upload]:
         name = clean_label(part.filename, f"photo {number}")
         kind = (part.content_type or "").split(";")[0].strip().lower()
         if not kind.startswith("image/"):
-            raise Problem(415, f"{name}: uploads must be photos declared as images (image/jpeg, image/png, ...), "
-                               f"not {kind or 'an undeclared type'}; choose a photo file", code="not_an_image")
+            raise Problem(
+                415,
+                f"{name}: uploads must be photos declared as images (image/jpeg, image/png, ...), "
+                f"not {kind or 'an undeclared type'}; choose a photo file",
+                code="not_an_image",
+            )
         uploads.append(Upload(name, await part.read()))
     return uploads
 
@@ -103,8 +107,11 @@ async def read_uploads(files: list[StarletteUpload]) -> list[Upload]:
 def require_multipart(request: Request) -> None:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
-        raise Problem(415, f"send photos as multipart/form-data, not {kind or 'a body without Content-Type'}",
-                      code="not_multipart")
+        raise Problem(
+            415,
+            f"send photos as multipart/form-data, not {kind or 'a body without Content-Type'}",
+            code="not_multipart",
+        )
 
 
 # A person's name: 1 to MAX_NAME_LENGTH characters, no control characters, not blank. Written as a
@@ -114,8 +121,11 @@ NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\
 
 def check_person_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name):
-        raise Problem(422, f"a person's name must be 1 to {MAX_NAME_LENGTH} characters, not blank, without "
-                           "control characters", code="bad_name")
+        raise Problem(
+            422,
+            f"a person's name must be 1 to {MAX_NAME_LENGTH} characters, not blank, without control characters",
+            code="bad_name",
+        )
     return name.strip()
 
 
@@ -140,15 +150,19 @@ def get_engine(request: Request) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
-                          description="the read key (list and search the gallery) or the admin key (also enrol "
-                                      "and remove people)")
+key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="the read key (list and search the gallery) or the admin key (also enrol and remove people)",
+)
 
 
 def needs(level: Access):
     """A dependency that answers 401/403 unless the request's key grants ``level``; it gives the access."""
+
     def check(request: Request, key: Annotated[str | None, Security(key_header)] = None) -> Access:
         return request.app.state.keys.require(key, level)
+
     return check
 
 
@@ -172,8 +186,9 @@ async def readyz(engine: EngineDep):
     return {"status": "ready"}
 
 
-@service_routes.get("/api/model", response_model=ModelOut,
-             summary="which model answers: name, id, threshold and what it was trained on")
+@service_routes.get(
+    "/api/model", response_model=ModelOut, summary="which model answers: name, id, threshold and what it was trained on"
+)
 async def model(engine: EngineDep):
     return engine.model()
 
@@ -183,44 +198,70 @@ async def model(engine: EngineDep):
 face_routes = APIRouter(tags=["faces"], dependencies=[Depends(require_multipart)])
 
 
-@face_routes.post("/api/verify", response_model=VerifyResult,
-            summary="are the people in two photos the same person? (says which face of each it compared)")
-async def verify(engine: EngineDep, a: Annotated[UploadFile, File(description="first photo")],
-                 b: Annotated[UploadFile, File(description="second photo")],
-                 threshold: Annotated[float | None, THRESHOLD] = None,
-                 which: Annotated[str | None, Form(pattern="^(largest|central)$",
-                                                   description="the face to compare in a photo with several "
-                                                               "(default: the model's choice, the largest)")] = None):
+@face_routes.post(
+    "/api/verify",
+    response_model=VerifyResult,
+    summary="are the people in two photos the same person? (says which face of each it compared)",
+)
+async def verify(
+    engine: EngineDep,
+    a: Annotated[UploadFile, File(description="first photo")],
+    b: Annotated[UploadFile, File(description="second photo")],
+    threshold: Annotated[float | None, THRESHOLD] = None,
+    which: Annotated[
+        str | None,
+        Form(
+            pattern="^(largest|central)$",
+            description="the face to compare in a photo with several (default: the model's choice, the largest)",
+        ),
+    ] = None,
+):
     return await engine.run(engine.verify, await read_uploads([a, b]), threshold, which)
 
 
-@face_routes.post("/api/embed", response_model=EmbedResult,
-            summary="unit embeddings (the model's embedding_size, see /api/model) of the largest face in each photo")
+@face_routes.post(
+    "/api/embed",
+    response_model=EmbedResult,
+    summary="unit embeddings (the model's embedding_size, see /api/model) of the largest face in each photo",
+)
 async def embed(engine: EngineDep, photos: Annotated[list[UploadFile], File(description="one or more photos")]):
     check_count(photos, engine.limits.max_files, "embedding")
     return await engine.run(engine.embed_photos, await read_uploads(photos))
 
 
-@face_routes.post("/api/identify", response_model=IdentifyResult,
-            summary="who is in this photo? for every face, the best-matching enrolled people within the "
-                    "threshold, or unknown (needs the read or admin key)",
-            description="Without the admin key, `threshold` may not exceed the model's open-set threshold for "
-                        f"this gallery and `top_k` may not exceed {READ_MAX_TOP_K}: a wider search is refused with 403 "
-                        "(`search_too_wide`), never silently narrowed.")
-async def identify(engine: EngineDep, access: Reader, photo: Annotated[UploadFile, File(description="a photo")],
-                   top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
-                   threshold: Annotated[float | None, THRESHOLD] = None,
-                   which: Annotated[str, Form(pattern="^(all|largest|central)$",
-                                              description="every face (all), or the largest or central one")] = "all"):
-    return await engine.run(engine.identify, (await read_uploads([photo]))[0], top_k, threshold, which,
-                            access.may_widen)
+@face_routes.post(
+    "/api/identify",
+    response_model=IdentifyResult,
+    summary="who is in this photo? for every face, the best-matching enrolled people within the "
+    "threshold, or unknown (needs the read or admin key)",
+    description="Without the admin key, `threshold` may not exceed the model's open-set threshold for "
+    f"this gallery and `top_k` may not exceed {READ_MAX_TOP_K}: a wider search is refused with 403 "
+    "(`search_too_wide`), never silently narrowed.",
+)
+async def identify(
+    engine: EngineDep,
+    access: Reader,
+    photo: Annotated[UploadFile, File(description="a photo")],
+    top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
+    threshold: Annotated[float | None, THRESHOLD] = None,
+    which: Annotated[
+        str, Form(pattern="^(all|largest|central)$", description="every face (all), or the largest or central one")
+    ] = "all",
+):
+    return await engine.run(
+        engine.identify, (await read_uploads([photo]))[0], top_k, threshold, which, access.may_widen
+    )
 
 
-@face_routes.post("/api/cluster", response_model=ClusterResult, summary="group photos by person (the gallery is not read)")
-async def cluster(engine: EngineDep, photos: Annotated[list[UploadFile], File(description="photos to group")],
-                  threshold: Annotated[float | None, THRESHOLD] = None,
-                  method: Annotated[str, Form(pattern="^(agglomerative|dbscan|chinese_whispers)$")]
-                  = "agglomerative"):
+@face_routes.post(
+    "/api/cluster", response_model=ClusterResult, summary="group photos by person (the gallery is not read)"
+)
+async def cluster(
+    engine: EngineDep,
+    photos: Annotated[list[UploadFile], File(description="photos to group")],
+    threshold: Annotated[float | None, THRESHOLD] = None,
+    method: Annotated[str, Form(pattern="^(agglomerative|dbscan|chinese_whispers)$")] = "agglomerative",
+):
     check_count(photos, engine.limits.max_files, "clustering")
     return await engine.run(engine.cluster, await read_uploads(photos), threshold, method)
 
@@ -235,16 +276,43 @@ async def people(engine: EngineDep, access: Reader):
     return await engine.run(engine.people)
 
 
-@gallery_routes.post("", response_model=PersonOut, status_code=201, summary="enrol a person (needs the admin key)",
-              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                  "type": "object", "required": ["name", "photos"],
-                  "properties": {
-                      "name": {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": NAME_PATTERN,
-                               "description": "the person's name (no control characters, not blank)"},
-                      "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                 "description": "photos of this person, one face each (all must have a face)"},
-                      "merge": {"type": "boolean", "default": False,
-                                "description": "add the photos to a person already enrolled under this name"}}}}}}})
+@gallery_routes.post(
+    "",
+    response_model=PersonOut,
+    status_code=201,
+    summary="enrol a person (needs the admin key)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["name", "photos"],
+                        "properties": {
+                            "name": {
+                                "type": "string",
+                                "maxLength": MAX_NAME_LENGTH,
+                                "pattern": NAME_PATTERN,
+                                "description": "the person's name (no control characters, not blank)",
+                            },
+                            "photos": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "photos of this person, one face each (all must have a face)",
+                            },
+                            "merge": {
+                                "type": "boolean",
+                                "default": False,
+                                "description": "add the photos to a person already enrolled under this name",
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
 async def enrol(request: Request, engine: EngineDep, access: Admin):
     # the key is checked (a dependency) before the body is read: strangers cannot make us parse uploads
     require_multipart(request)
@@ -257,12 +325,21 @@ async def enrol(request: Request, engine: EngineDep, access: Admin):
     return await engine.run(engine.enrol, name, await read_uploads(photos), merge)
 
 
-@gallery_routes.delete("/{name:path}", response_model=RemoveResult,
-                summary="remove a person and all their faces (needs the admin key)")
-async def remove(engine: EngineDep, access: Admin,
-                 name: Annotated[str, Path(max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN,
-                                           description="the name as enrolled (surrounding spaces are ignored, "
-                                                       "as at enrolment)")]):
+@gallery_routes.delete(
+    "/{name:path}", response_model=RemoveResult, summary="remove a person and all their faces (needs the admin key)"
+)
+async def remove(
+    engine: EngineDep,
+    access: Admin,
+    name: Annotated[
+        str,
+        Path(
+            max_length=MAX_NAME_LENGTH,
+            pattern=NAME_PATTERN,
+            description="the name as enrolled (surrounding spaces are ignored, as at enrolment)",
+        ),
+    ],
+):
     return await engine.run(engine.remove, check_person_name(name))
 
 
@@ -320,8 +397,13 @@ def add_error_handlers(app: FastAPI) -> None:
 # -- the application -------------------------------------------------------------------------------
 
 
-def create_app(embedder: FaceEmbedder, gallery: str | FilePath, keys: Keys = Keys(),
-               limits: Limits = Limits(), policy: str | None = None) -> FastAPI:
+def create_app(
+    embedder: FaceEmbedder,
+    gallery: str | FilePath,
+    keys: Keys = Keys(),
+    limits: Limits = Limits(),
+    policy: str | None = None,
+) -> FastAPI:
     """The service over ``embedder`` (loaded) and the gallery at ``gallery`` (a file path or a
     PostgreSQL URL; created if absent, scoring people by ``policy``, see ``facenet.gallery.policy``).
 
@@ -339,9 +421,14 @@ def create_app(embedder: FaceEmbedder, gallery: str | FilePath, keys: Keys = Key
             await engine.stop()
 
     # Swagger UI 5 from the fastapi-offline wheel: /docs reads OpenAPI 3.1 and works offline
-    app = FastAPIOffline(title="facenet", summary="Face verification, identification and clustering "
-                         "(FaceNet embeddings)", lifespan=lifespan, redoc_url=None, static_url="/docs-assets",
-                         favicon_url="/favicon.ico")
+    app = FastAPIOffline(
+        title="facenet",
+        summary="Face verification, identification and clustering (FaceNet embeddings)",
+        lifespan=lifespan,
+        redoc_url=None,
+        static_url="/docs-assets",
+        favicon_url="/favicon.ico",
+    )
     app.state.engine, app.state.keys = engine, keys
     if limits.rate_limit is not None:
         app.add_middleware(RateLimitMiddleware, keys=keys, rate=limits.rate_limit)

@@ -80,9 +80,13 @@ class Deadline:
         cannot be interrupted, so a request overruns its budget by at most the stage it was in."""
         if time.monotonic() >= self.at:
             # within one budget, every request that waited before this one has finished or been dropped
-            raise Problem(503, f"this request needed more than the server's time budget of {self.budget_s:g} s "
-                               "(the server is busy, or the photos are many or large); retry later",
-                          code="over_time_budget", headers={"Retry-After": str(math.ceil(self.budget_s))})
+            raise Problem(
+                503,
+                f"this request needed more than the server's time budget of {self.budget_s:g} s "
+                "(the server is busy, or the photos are many or large); retry later",
+                code="over_time_budget",
+                headers={"Retry-After": str(math.ceil(self.budget_s))},
+            )
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,12 @@ class Engine:
                 log.exception("facenet service failed to start")
             return
         self.not_ready = None
-        log.info("facenet service ready: model %s, gallery %s (%d faces)", self.embedder.name,
-                 self.gallery.location, len(self.gallery))
+        log.info(
+            "facenet service ready: model %s, gallery %s (%d faces)",
+            self.embedder.name,
+            self.gallery.location,
+            len(self.gallery),
+        )
         self._follower = asyncio.create_task(self._follow_changes())
 
     async def stop(self) -> None:
@@ -169,16 +177,24 @@ class Engine:
 
     def check_ready(self) -> None:
         if not self.ready:
-            raise Problem(503, f"the service is starting: {self.not_ready or 'stopping'}; retry in a moment",
-                          code="not_ready", headers={"Retry-After": "1"})
+            raise Problem(
+                503,
+                f"the service is starting: {self.not_ready or 'stopping'}; retry in a moment",
+                code="not_ready",
+                headers={"Retry-After": "1"},
+            )
 
     async def run(self, job, *args):
         """Admit a request and await ``job(deadline, *args)``; 503 while the service is not ready, or when
         ``max_pending`` are already in progress."""
         self.check_ready()
         if self.pending >= self.limits.max_pending:
-            raise Problem(503, f"the server is busy ({self.pending} requests in progress); retry in a moment",
-                          code="busy", headers={"Retry-After": "1"})
+            raise Problem(
+                503,
+                f"the server is busy ({self.pending} requests in progress); retry in a moment",
+                code="busy",
+                headers={"Retry-After": "1"},
+            )
         self.pending += 1
         try:
             return await job(Deadline(self.limits.time_budget_s), *args)
@@ -187,12 +203,17 @@ class Engine:
 
     async def _call(self, executor: ThreadPoolExecutor | None, fn, *args):
         if executor is None:
-            raise Problem(503, "the server is starting or stopping; retry in a moment", code="not_ready",
-                          headers={"Retry-After": "1"})
+            raise Problem(
+                503,
+                "the server is starting or stopping; retry in a moment",
+                code="not_ready",
+                headers={"Retry-After": "1"},
+            )
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def _on_worker(self, deadline: Deadline, fn, *args):
         """``fn(*args)`` on the gallery's worker, only if the deadline still holds when the worker takes it up."""
+
         def checked():
             deadline.check()
             return fn(*args)
@@ -202,8 +223,9 @@ class Engine:
     def _open_gallery(self) -> None:
         from facenet.gallery import Gallery
 
-        gallery = Gallery.open(self.gallery_location, self.embedder.name, self.embedder.embedding_size,
-                               policy=self.policy)
+        gallery = Gallery.open(
+            self.gallery_location, self.embedder.name, self.embedder.embedding_size, policy=self.policy
+        )
         gallery.sync()  # every face in the index before the first request
         self.gallery = gallery
 
@@ -227,9 +249,17 @@ class Engine:
         shared = embedder.finder()
         finders.put(shared)
         for _ in range(self.limits.workers - 1):
-            finders.put(shared if shared.thread_safe else FaceFinder(
-                _own_copy(embedder.detector, device), embedder.recipe, embedder.info.input_size,
-                _own_copy(embedder.fallback_detector, device), embedder.min_face))
+            finders.put(
+                shared
+                if shared.thread_safe
+                else FaceFinder(
+                    _own_copy(embedder.detector, device),
+                    embedder.recipe,
+                    embedder.info.input_size,
+                    _own_copy(embedder.fallback_detector, device),
+                    embedder.min_face,
+                )
+            )
         return finders
 
     def check_size(self, upload: Upload) -> None:
@@ -245,8 +275,12 @@ class Engine:
             width = height = 0  # not readable; the finder says why
         if width is None or width * height > self.limits.max_pixels:
             size = "over 179 million" if width is None else f"{width}x{height}"
-            raise Problem(413, f"{upload.filename}: a {size}-pixel photo is above this server's limit of "
-                               f"{self.limits.max_pixels} pixels; send a smaller photo", code="too_many_pixels")
+            raise Problem(
+                413,
+                f"{upload.filename}: a {size}-pixel photo is above this server's limit of "
+                f"{self.limits.max_pixels} pixels; send a smaller photo",
+                code="too_many_pixels",
+            )
 
     def analyse(self, upload: Upload, deadline: Deadline, which: str | None = None) -> Analysed:
         """The photo's faces (``which``: "all", "largest", "central"; ``None``: the recipe's), embedded,
@@ -264,18 +298,26 @@ class Engine:
         width, height = found.size
         chosen = select_faces([f.detection for f in found.faces], (height, width), self.embedder.recipe.which)[0]
         faces = sorted(found.faces, key=lambda f: f.detection is not chosen)
-        report = {"filename": upload.filename, "width": width, "height": height,
-                  "faces": [{"box": _box(d), "score": _score(d), "used": any(d is f.detection for f in faces)}
-                            for d in found.detections]}
+        report = {
+            "filename": upload.filename,
+            "width": width,
+            "height": height,
+            "faces": [
+                {"box": _box(d), "score": _score(d), "used": any(d is f.detection for f in faces)}
+                for d in found.detections
+            ],
+        }
         return Analysed(faces, self.embedder.embed_crops([f.image for f in faces]), report)
 
-    async def analyse_all(self, uploads: list[Upload], deadline: Deadline, which: str | None = None,
-                          skip_bad: bool = False) -> list:
+    async def analyse_all(
+        self, uploads: list[Upload], deadline: Deadline, which: str | None = None, skip_bad: bool = False
+    ) -> list:
         """Every photo analysed at once in the pool, in upload order. The first photo's error (in upload
         order, whichever thread met one first) is raised; with ``skip_bad``, a photo that is unreadable
         or shows no face stays in the list as its error."""
-        results = await asyncio.gather(*(self._call(self._pool, self.analyse, u, deadline, which) for u in uploads),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._call(self._pool, self.analyse, u, deadline, which) for u in uploads), return_exceptions=True
+        )
         skippable = (BadImageError, NoFaceError) if skip_bad else ()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, skippable):
@@ -284,21 +326,32 @@ class Engine:
 
     # -- the jobs behind the endpoints: job(deadline, *args) --
 
-    async def verify(self, deadline: Deadline, uploads: list[Upload], threshold: float | None,
-                     which: str | None) -> dict:
+    async def verify(
+        self, deadline: Deadline, uploads: list[Upload], threshold: float | None, which: str | None
+    ) -> dict:
         a, b = await self.analyse_all(uploads, deadline, which)
         limit = self.embedder.threshold if threshold is None else threshold
         distance = float(squared_l2(a.embeddings[0], b.embeddings[0]))
-        return {"distance": distance, "threshold": limit, "same": distance < limit, "model": self.embedder.name,
-                "photos": [a.report, b.report], "faces": [_face(a.faces[0]), _face(b.faces[0])]}
+        return {
+            "distance": distance,
+            "threshold": limit,
+            "same": distance < limit,
+            "model": self.embedder.name,
+            "photos": [a.report, b.report],
+            "faces": [_face(a.faces[0]), _face(b.faces[0])],
+        }
 
     async def embed_photos(self, deadline: Deadline, uploads: list[Upload]) -> dict:
         photos = await self.analyse_all(uploads, deadline)
-        return {"model": self.embedder.name, "embeddings": [p.embeddings[0].tolist() for p in photos],
-                "photos": [p.report for p in photos]}
+        return {
+            "model": self.embedder.name,
+            "embeddings": [p.embeddings[0].tolist() for p in photos],
+            "photos": [p.report for p in photos],
+        }
 
-    async def identify(self, deadline: Deadline, upload: Upload, top_k: int, threshold: float | None,
-                       which: str, may_widen: bool) -> dict:
+    async def identify(
+        self, deadline: Deadline, upload: Upload, top_k: int, threshold: float | None, which: str, may_widen: bool
+    ) -> dict:
         """``may_widen`` (the admin key): ``threshold`` past the model's open-set threshold for this
         gallery and ``top_k`` past ``READ_MAX_TOP_K`` are allowed; otherwise they are refused with 403."""
         if top_k > READ_MAX_TOP_K and not may_widen:
@@ -311,15 +364,30 @@ class Engine:
 
         open_set = identification_threshold(self.embedder, self.gallery.comparisons())
         if threshold is not None and threshold > open_set and not may_widen:
-            raise Problem(403, f"without the admin key, the threshold is at most the model's open-set threshold "
-                               f"for this gallery, {open_set:.4f}; leave it out to use that", code="search_too_wide")
+            raise Problem(
+                403,
+                f"without the admin key, the threshold is at most the model's open-set threshold "
+                f"for this gallery, {open_set:.4f}; leave it out to use that",
+                code="search_too_wide",
+            )
         limit = open_set if threshold is None else threshold
         answers = self.gallery.identify(photo.embeddings, k=top_k, threshold=limit)
-        faces = [{**_face(face), "known": bool(matches),
-                  "matches": [{"name": m.name, "distance": m.distance} for m in matches]}
-                 for face, matches in zip(photo.faces, answers)]
-        return {"known": faces[0]["known"], "matches": faces[0]["matches"], "threshold": limit,
-                "model": self.embedder.name, "photo": photo.report, "faces": faces}
+        faces = [
+            {
+                **_face(face),
+                "known": bool(matches),
+                "matches": [{"name": m.name, "distance": m.distance} for m in matches],
+            }
+            for face, matches in zip(photo.faces, answers)
+        ]
+        return {
+            "known": faces[0]["known"],
+            "matches": faces[0]["matches"],
+            "threshold": limit,
+            "model": self.embedder.name,
+            "photo": photo.report,
+            "faces": faces,
+        }
 
     async def enrol(self, deadline: Deadline, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
         photos = await self.analyse_all(uploads, deadline)  # every photo must have a face, or nothing is enrolled
@@ -335,8 +403,9 @@ class Engine:
         except GalleryError as exc:
             if merge or isinstance(exc, GalleryUnavailableError):
                 raise
-            raise Problem(409, f"{name!r} is already enrolled; send merge=true to add these photos to them",
-                          code="name_taken") from exc
+            raise Problem(
+                409, f"{name!r} is already enrolled; send merge=true to add these photos to them", code="name_taken"
+            ) from exc
         person = next(p for p in self.gallery.people() if p.name == name)
         return PersonOut(name=person.name, faces=person.faces, created=person.created)
 
@@ -344,16 +413,23 @@ class Engine:
         from facenet.embedder import trained_on
 
         info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
-        return {"name": self.embedder.name, "model_id": info.id if info else self.embedder.name,
-                "embedding_size": self.embedder.embedding_size, "threshold": self.embedder.threshold,
-                "trained_on": trained_on(info) if info else "see its own documentation"}
+        return {
+            "name": self.embedder.name,
+            "model_id": info.id if info else self.embedder.name,
+            "embedding_size": self.embedder.embedding_size,
+            "threshold": self.embedder.threshold,
+            "trained_on": trained_on(info) if info else "see its own documentation",
+        }
 
     async def people(self, deadline: Deadline) -> dict:
         return await self._on_worker(deadline, self._people)
 
     def _people(self) -> dict:
-        return {"model": self.gallery.model_id, "policy": self.gallery.policy,
-                "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()]}
+        return {
+            "model": self.gallery.model_id,
+            "policy": self.gallery.policy,
+            "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()],
+        }
 
     async def remove(self, deadline: Deadline, name: str) -> dict:
         return await self._on_worker(deadline, self._remove, name)
@@ -364,8 +440,11 @@ class Engine:
         except GalleryUnavailableError:
             raise
         except GalleryError as exc:
-            raise Problem(404, f"no person named {name!r} in the gallery; GET /api/people lists who is enrolled",
-                          code="unknown_person") from exc
+            raise Problem(
+                404,
+                f"no person named {name!r} in the gallery; GET /api/people lists who is enrolled",
+                code="unknown_person",
+            ) from exc
 
     async def cluster(self, deadline: Deadline, uploads: list[Upload], threshold: float | None, method: str) -> dict:
         from facenet.cluster import cluster_embeddings
@@ -373,16 +452,25 @@ class Engine:
         photos = await self.analyse_all(uploads, deadline, skip_bad=True)  # a photo without a face is skipped
         members = list(enumerate(zip(uploads, photos)))
         kept = [{"index": i, "filename": u.filename} for i, (u, p) in members if isinstance(p, Analysed)]
-        skipped = [{"index": i, "filename": u.filename, "detail": str(p)} for i, (u, p) in members
-                   if not isinstance(p, Analysed)]
+        skipped = [
+            {"index": i, "filename": u.filename, "detail": str(p)}
+            for i, (u, p) in members
+            if not isinstance(p, Analysed)
+        ]
         emb = np.array([p.embeddings[0] for p in photos if isinstance(p, Analysed)], np.float32)
         limit = self.embedder.threshold if threshold is None else threshold
         deadline.check()
-        labels = await self._call(self._pool, lambda: cluster_embeddings(
-            emb.reshape(-1, self.embedder.embedding_size), method=method, threshold=limit))
+        labels = await self._call(
+            self._pool,
+            lambda: cluster_embeddings(emb.reshape(-1, self.embedder.embedding_size), method=method, threshold=limit),
+        )
         clusters = [[m for m, lab in zip(kept, labels) if lab == c] for c in range(int(labels.max(initial=-1)) + 1)]
-        return {"threshold": limit, "clusters": clusters, "skipped": skipped,
-                "unclustered": [m for m, lab in zip(kept, labels) if lab < 0]}
+        return {
+            "threshold": limit,
+            "clusters": clusters,
+            "skipped": skipped,
+            "unclustered": [m for m, lab in zip(kept, labels) if lab < 0],
+        }
 
 
 def _own_copy(detector, device: str):

@@ -21,27 +21,34 @@ PROBLEM = "application/problem+json"
 PHOTO_TYPE = "image/*"  # what the server accepts for a photo part (read_uploads checks image/...)
 
 PROBLEM_SCHEMA = {
-    "type": "object", "title": "Problem", "description": "RFC 9457 problem details",
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details",
     "required": ["type", "title", "status", "detail"],
-    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                   "detail": {"type": "string", "description": "what went wrong and what to do, for people"},
-                   "code": {"type": "string", "description": "a stable identifier for programs"}}}
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "what went wrong and what to do, for people"},
+        "code": {"type": "string", "description": "a stable identifier for programs"},
+    },
+}
 
 ERRORS = {
     400: "a photo could not be decoded (bad_image), or the multipart body is malformed",
     401: "the key is missing (missing_api_key) or wrong (wrong_api_key), or this server has none (no_api_key)",
     403: "the read key cannot change the gallery (read_only_key), or a search wider than the model's open-set "
-         f"threshold or top_k {READ_MAX_TOP_K} needs the admin key (search_too_wide)",
+    f"threshold or top_k {READ_MAX_TOP_K} needs the admin key (search_too_wide)",
     404: "no person by that name",
     409: "the name is already enrolled; send merge=true to add the photos (name_taken)",
     413: "the request body, or a photo's pixel count, is over the server's limit",
     415: "the body is not multipart/form-data (not_multipart), or a part is not declared as an image",
     422: "a field is invalid (invalid_request), the photo count or name is out of bounds, or a photo shows "
-         "no face (no_face)",
+    "no face (no_face)",
     429: "too many requests from this client (rate_limited; see Retry-After)",
     500: "an unexpected server error (logged)",
     503: "the server is busy (busy), the request ran over its time budget (over_time_budget), the gallery is "
-         "unreachable, or the service is starting (see Retry-After)",
+    "unreachable, or the service is starting (see Retry-After)",
 }
 
 
@@ -50,8 +57,9 @@ def install(app: FastAPI, max_files: int) -> None:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(get_openapi(title=app.title, version=app.version, summary=app.summary,
-                                                      routes=app.routes), max_files)
+            app.openapi_schema = complete(
+                get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes), max_files
+            )
         return app.openapi_schema
 
     app.openapi = openapi
@@ -70,7 +78,8 @@ def complete(schema: dict, max_files: int) -> dict:
             for status in _statuses(path, method, op, multipart is not None):
                 op["responses"][str(status)] = {
                     "description": ERRORS[status],
-                    "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+                    "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
     return schema
 
 

@@ -29,16 +29,43 @@ class FaceOut(BaseModel):
 
 
 class VerifyResult(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "distance": 0.0712, "threshold": 0.1837, "same": True, "model": "reid_mobilenet-256d-e98ad4ce4936f086",
-        "photos": [{"filename": "a.jpg", "width": 1600, "height": 1200,
-                    "faces": [{"box": BOX_A, "score": 0.9998, "used": True}]},
-                   {"filename": "b.jpg", "width": 1200, "height": 900,
-                    "faces": [{"box": [30.0, 22.5, 61.0, 60.2], "score": 0.9101, "used": True}]}],
-        "faces": [{"box": BOX_A, "score": 0.9998, "notes": []},
-                  {"box": [30.0, 22.5, 61.0, 60.2], "score": 0.9101,
-                   "notes": ["the face is only 31x38 px (under 38 px, a quarter of the model's input): "
-                             "its answer is unreliable"]}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "distance": 0.0712,
+                    "threshold": 0.1837,
+                    "same": True,
+                    "model": "reid_mobilenet-256d-e98ad4ce4936f086",
+                    "photos": [
+                        {
+                            "filename": "a.jpg",
+                            "width": 1600,
+                            "height": 1200,
+                            "faces": [{"box": BOX_A, "score": 0.9998, "used": True}],
+                        },
+                        {
+                            "filename": "b.jpg",
+                            "width": 1200,
+                            "height": 900,
+                            "faces": [{"box": [30.0, 22.5, 61.0, 60.2], "score": 0.9101, "used": True}],
+                        },
+                    ],
+                    "faces": [
+                        {"box": BOX_A, "score": 0.9998, "notes": []},
+                        {
+                            "box": [30.0, 22.5, 61.0, 60.2],
+                            "score": 0.9101,
+                            "notes": [
+                                "the face is only 31x38 px (under 38 px, a quarter of the model's input): "
+                                "its answer is unreliable"
+                            ],
+                        },
+                    ],
+                }
+            ]
+        }
+    )
 
     distance: float  # squared L2, in [0, 4]
     threshold: float
@@ -69,15 +96,37 @@ class IdentifyResult(BaseModel):
     ``matches`` repeat the answer for ``faces[0]``, the face the model's recipe chooses (the largest), as
     before ``faces`` existed."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "known": True, "matches": [{"name": "Ann", "distance": 0.0655}], "threshold": 0.1484,
-        "model": "reid_mobilenet-256d-e98ad4ce4936f086",
-        "photo": {"filename": "party.jpg", "width": 1600, "height": 1200,
-                  "faces": [{"box": BOX_B, "score": 0.9999, "used": True},
-                            {"box": BOX_A, "score": 0.9998, "used": True}]},
-        "faces": [{"box": BOX_A, "score": 0.9998, "notes": [], "known": True,
-                   "matches": [{"name": "Ann", "distance": 0.0655}]},
-                  {"box": BOX_B, "score": 0.9999, "notes": [], "known": False, "matches": []}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "known": True,
+                    "matches": [{"name": "Ann", "distance": 0.0655}],
+                    "threshold": 0.1484,
+                    "model": "reid_mobilenet-256d-e98ad4ce4936f086",
+                    "photo": {
+                        "filename": "party.jpg",
+                        "width": 1600,
+                        "height": 1200,
+                        "faces": [
+                            {"box": BOX_B, "score": 0.9999, "used": True},
+                            {"box": BOX_A, "score": 0.9998, "used": True},
+                        ],
+                    },
+                    "faces": [
+                        {
+                            "box": BOX_A,
+                            "score": 0.9998,
+                            "notes": [],
+                            "known": True,
+                            "matches": [{"name": "Ann", "distance": 0.0655}],
+                        },
+                        {"box": BOX_B, "score": 0.9999, "notes": [], "known": False, "matches": []},
+                    ],
+                }
+            ]
+        }
+    )
 
     known: bool  # faces[0]'s
     matches: list[MatchOut]  # faces[0]'s

@@ -40,14 +40,18 @@ PUBLIC_ENV = "FACENET_PUBLIC"
 API_KEY_HEADER = "X-API-Key"
 MIN_KEY_LENGTH = 16
 PROBLEM_TYPE = "application/problem+json"
-HOW_TO_SET_KEYS = (f"set the admin key with ${API_KEY_ENV} or --api-key-file FILE and a read-only key with "
-                   f"${READ_KEY_ENV} or --read-key-file FILE, or start with --public (${PUBLIC_ENV}=1) for a local "
-                   "demo")
+HOW_TO_SET_KEYS = (
+    f"set the admin key with ${API_KEY_ENV} or --api-key-file FILE and a read-only key with "
+    f"${READ_KEY_ENV} or --read-key-file FILE, or start with --public (${PUBLIC_ENV}=1) for a local "
+    "demo"
+)
 
 # The page is self-contained (no CDN): scripts, styles and fetches from this origin only,
 # images also from blob: URLs (the photos the user picked, drawn locally).
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 class Problem(HTTPException):
@@ -69,10 +73,12 @@ def problem_body(status: int, detail: str, code: str | None = None) -> dict:
     return body
 
 
-def problem_response(status: int, detail: str, code: str | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(problem_body(status, detail, code), status_code=status, headers=headers,
-                        media_type=PROBLEM_TYPE)
+def problem_response(
+    status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(status, detail, code), status_code=status, headers=headers, media_type=PROBLEM_TYPE
+    )
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -120,24 +126,45 @@ class Keys:
         or 403 (the read key where the admin key is needed) ``Problem`` saying what to do."""
         access = self.access(provided)
         if access is None:
-            raise Problem(401, f"the {API_KEY_HEADER} header holds none of this server's keys",
-                          code="wrong_api_key", headers={"WWW-Authenticate": API_KEY_HEADER})
+            raise Problem(
+                401,
+                f"the {API_KEY_HEADER} header holds none of this server's keys",
+                code="wrong_api_key",
+                headers={"WWW-Authenticate": API_KEY_HEADER},
+            )
         if access >= needed or needed is Access.READ and self.public:
             return access
         if needed is Access.ADMIN and self.admin is None:
-            raise Problem(401, "this server has no admin key configured, so enrolling and removing people is "
-                               f"disabled; restart it with ${API_KEY_ENV} set or with --api-key-file FILE",
-                          code="no_api_key")
+            raise Problem(
+                401,
+                "this server has no admin key configured, so enrolling and removing people is "
+                f"disabled; restart it with ${API_KEY_ENV} set or with --api-key-file FILE",
+                code="no_api_key",
+            )
         if self.admin is None and self.read is None:
-            raise Problem(401, "this server has no key configured, so the gallery (who is enrolled) cannot be "
-                               f"read; {HOW_TO_SET_KEYS}", code="no_api_key")
+            raise Problem(
+                401,
+                "this server has no key configured, so the gallery (who is enrolled) cannot be "
+                f"read; {HOW_TO_SET_KEYS}",
+                code="no_api_key",
+            )
         if access is Access.READ:
-            raise Problem(403, "the read key cannot change the gallery; enrolling and removing people need the "
-                               "admin key", code="read_only_key")
-        what = "changes the gallery and needs the admin key" if needed is Access.ADMIN else \
-            "reads the gallery (who is enrolled) and needs the read key or the admin key"
-        raise Problem(401, f"this request {what} in the {API_KEY_HEADER} header", code="missing_api_key",
-                      headers={"WWW-Authenticate": API_KEY_HEADER})
+            raise Problem(
+                403,
+                "the read key cannot change the gallery; enrolling and removing people need the admin key",
+                code="read_only_key",
+            )
+        what = (
+            "changes the gallery and needs the admin key"
+            if needed is Access.ADMIN
+            else "reads the gallery (who is enrolled) and needs the read key or the admin key"
+        )
+        raise Problem(
+            401,
+            f"this request {what} in the {API_KEY_HEADER} header",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
 
 
 def load_key(path: str | os.PathLike | None, env: str) -> str | None:
@@ -157,19 +184,23 @@ def load_key(path: str | os.PathLike | None, env: str) -> str | None:
         if not key:
             return None
     if len(key) < MIN_KEY_LENGTH:
-        raise FaceNetError(f"the key in {source} has {len(key)} characters; use at least {MIN_KEY_LENGTH} "
-                           "random ones, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        raise FaceNetError(
+            f"the key in {source} has {len(key)} characters; use at least {MIN_KEY_LENGTH} "
+            "random ones, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     return key
 
 
-def load_keys(admin_file: str | os.PathLike | None = None, read_file: str | os.PathLike | None = None,
-              public: bool = False) -> Keys:
+def load_keys(
+    admin_file: str | os.PathLike | None = None, read_file: str | os.PathLike | None = None, public: bool = False
+) -> Keys:
     """The keys ``facenet serve`` runs with: from the files given, else from the environment."""
     flag = os.environ.get(PUBLIC_ENV, "").strip().lower()
     if flag not in ("", "0", "1", "false", "true", "no", "yes"):
         raise FaceNetError(f"${PUBLIC_ENV} must be 1 or 0 (true/false), not {flag!r}")
-    return Keys(load_key(admin_file, API_KEY_ENV), load_key(read_file, READ_KEY_ENV),
-                public or flag in ("1", "true", "yes"))
+    return Keys(
+        load_key(admin_file, API_KEY_ENV), load_key(read_file, READ_KEY_ENV), public or flag in ("1", "true", "yes")
+    )
 
 
 # -- rate limit ----------------------------------------------------------------------------------
@@ -180,8 +211,9 @@ def parse_rate(text: str) -> RateLimitItem:
     try:
         return parse(text)
     except ValueError:
-        raise FaceNetError(f"rate limit {text!r} is not a rate; write it as N/second, N/minute or N/hour, "
-                           "e.g. 120/minute") from None
+        raise FaceNetError(
+            f"rate limit {text!r} is not a rate; write it as N/second, N/minute or N/hour, e.g. 120/minute"
+        ) from None
 
 
 class RateLimitMiddleware:
@@ -205,8 +237,12 @@ class RateLimitMiddleware:
         if self.limiter.hit(self.rate, client):
             return await self.app(scope, receive, send)
         wait = max(1, math.ceil(self.limiter.get_window_stats(self.rate, client).reset_time - time.time()))
-        response = problem_response(429, f"too many requests from this client (the limit is {self.rate}); "
-                                         f"retry in {wait} s", "rate_limited", {"Retry-After": str(wait)})
+        response = problem_response(
+            429,
+            f"too many requests from this client (the limit is {self.rate}); retry in {wait} s",
+            "rate_limited",
+            {"Retry-After": str(wait)},
+        )
         await response(scope, receive, send)
 
 
@@ -244,15 +280,25 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     def _too_large(self) -> str:
-        return (f"request body is larger than this server's {self.max_bytes / 2**20:.3g} MiB limit; "
-                "send smaller photos or fewer at a time (the limit is --max-upload-mb)")
+        return (
+            f"request body is larger than this server's {self.max_bytes / 2**20:.3g} MiB limit; "
+            "send smaller photos or fewer at a time (the limit is --max-upload-mb)"
+        )
 
 
 async def _send_problem(send, status: int, detail: str) -> None:
     body = json.dumps(problem_body(status, detail, "body_too_large")).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -271,8 +317,11 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                            (b"referrer-policy", b"no-referrer")]
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
                 if strict:
                     headers.append((b"content-security-policy", PAGE_CSP.encode()))
                 message = {**message, "headers": headers}

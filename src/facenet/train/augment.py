@@ -26,10 +26,10 @@ class Augmentation:
     flat band over the eyes or the lower face stands in (synthetic faces, box crops)."""
 
     size: int
-    crop: bool = True            # random shift/scale/rotation jitter (the reference's random 160 crop of 182)
+    crop: bool = True  # random shift/scale/rotation jitter (the reference's random 160 crop of 182)
     flip: bool = True
-    colour: float = 0.2          # max relative brightness / contrast / saturation change
-    occlusion: float = 0.0       # probability of an occluder
+    colour: float = 0.2  # max relative brightness / contrast / saturation change
+    occlusion: float = 0.0  # probability of an occluder
     landmarks: tuple | None = None  # ((x, y) x 5) in a size x size crop: landmark-placed occluders
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -89,9 +89,9 @@ def _occlude(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     colour = rng.integers(0, 256, size=3, dtype=np.uint8)
     if rng.random() < 0.5:
         top = int(size * rng.uniform(0.28, 0.38))
-        out[top:top + int(size * 0.14)] = colour
+        out[top : top + int(size * 0.14)] = colour
     else:
-        out[int(size * rng.uniform(0.55, 0.68)):] = colour
+        out[int(size * rng.uniform(0.55, 0.68)) :] = colour
     return out
 
 
@@ -113,17 +113,17 @@ class BatchAugmentation:
     colour: float = 0.2
     occlusion: float = 0.0
 
-    def __call__(self, images: torch.Tensor, seed: int, first: int = 0, total: int | None = None
-                 ) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seed: int, first: int = 0, total: int | None = None) -> torch.Tensor:
         """uint8 (or float 0..255) N,3,S,S -> float32 N,3,S,S in 0..255, on the images' device."""
         n, size = len(images), images.shape[-1]
         total = n if total is None else total
         u = torch.rand(total, 14, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        u = u[first:first + n]
+        u = u[first : first + n]
         x = images.float()
         if self.crop:
-            x = jitter_batch(x, scale=0.9 + 0.2 * u[:, 0], angle=-8 + 16 * u[:, 1],
-                             shift=(-0.06 + 0.12 * u[:, 2:4]) * size)
+            x = jitter_batch(
+                x, scale=0.9 + 0.2 * u[:, 0], angle=-8 + 16 * u[:, 1], shift=(-0.06 + 0.12 * u[:, 2:4]) * size
+            )
         if self.flip:
             x = torch.where(_per_image(u[:, 4] < 0.5, x), x.flip(3), x)
         if self.colour > 0:
@@ -153,7 +153,7 @@ def jitter_batch(x: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, shif
     centre = size / 2
     # OpenCV's forward map in pixel coordinates: dst = A src + t
     t = torch.stack([(1 - alpha) * centre - beta * centre, beta * centre + (1 - alpha) * centre], 1) + shift
-    inv = torch.stack([torch.stack([alpha, -beta], 1), torch.stack([beta, alpha], 1)], 1) / (scale ** 2)[:, None, None]
+    inv = torch.stack([torch.stack([alpha, -beta], 1), torch.stack([beta, alpha], 1)], 1) / (scale**2)[:, None, None]
     # grid_sample's normalised coordinates (align_corners=False): pixel = k * u + o
     k, o = size / 2, (size - 1) / 2
     offset = (inv @ (o - t)[:, :, None])[:, :, 0] - o
@@ -162,8 +162,9 @@ def jitter_batch(x: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, shif
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def colour_batch(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-                 saturation: torch.Tensor) -> torch.Tensor:
+def colour_batch(
+    x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
+) -> torch.Tensor:
     """``_colour``'s saturation, contrast and brightness change, per image, without the uint8 rounding."""
     grey = x.mean(dim=1, keepdim=True)
     x = grey + (x - grey) * _per_image(saturation, x)
@@ -172,8 +173,9 @@ def colour_batch(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tens
     return x.clamp(0, 255)
 
 
-def occlude_batch(x: torch.Tensor, apply: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor,
-                  colours: torch.Tensor) -> torch.Tensor:
+def occlude_batch(
+    x: torch.Tensor, apply: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, colours: torch.Tensor
+) -> torch.Tensor:
     """Rows ``top`` (inclusive) to ``bottom`` (exclusive) of the images where ``apply`` filled with a flat colour."""
     rows = torch.arange(x.shape[2], device=x.device, dtype=x.dtype).view(1, 1, -1, 1)
     band = (rows >= _per_image(top, x)) & (rows < _per_image(bottom, x)) & _per_image(apply, x)

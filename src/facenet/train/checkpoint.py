@@ -34,5 +34,6 @@ def load_checkpoint(run_dir: str | Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise TrainingError(f"{path} is unreadable ({str(exc).splitlines()[0]}); "
-                            "remove it to restart the run from scratch") from None
+        raise TrainingError(
+            f"{path} is unreadable ({str(exc).splitlines()[0]}); remove it to restart the run from scratch"
+        ) from None

@@ -110,8 +110,10 @@ class CachedCrops:
         need = len(source) * size * size * 3
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
         if free is not None and need > free // 2:
-            raise DataError(f"caching {len(source)} crops of {size} px needs {need / 1e9:.1f} GB of RAM and "
-                            f"{free / 1e9:.1f} GB are free; train without --cache")
+            raise DataError(
+                f"caching {len(source)} crops of {size} px needs {need / 1e9:.1f} GB of RAM and "
+                f"{free / 1e9:.1f} GB are free; train without --cache"
+            )
         self.crops = np.empty((len(source), size, size, 3), np.uint8)
 
         def fill(i: int) -> None:
@@ -131,7 +133,7 @@ def split_identities(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     """Indices of (training, held-out) images; held-out identities never appear in training."""
     identities = np.unique(labels)
     rng = np.random.default_rng([seed, 7])
-    held = rng.permutation(identities)[:int(round(len(identities) * fraction))]
+    held = rng.permutation(identities)[: int(round(len(identities) * fraction))]
     mask = np.isin(labels, held)
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
@@ -157,14 +159,19 @@ def data_summary(config, train, unlabelled=None) -> dict:
     """People and images per data folder (and unlabelled photos), from the sources ``build_sources`` and
     ``build_unlabelled`` made (the folders are not scanned again): recorded in the run and its model file."""
     if config.data is None:
-        return {"synthetic_identities": config.synthetic_identities,
-                "images_per_identity": config.synthetic_images_per_identity}
+        return {
+            "synthetic_identities": config.synthetic_identities,
+            "images_per_identity": config.synthetic_images_per_identity,
+        }
     dataset = train.dataset  # every data folder, held-out people included
     summary = dataset.summary()
     if config.exclude_identities:
         excluded = _identity_labels(dataset.classes, config.exclude_identities)
-        summary["excluded"] = {"file": str(config.exclude_identities), "people": len(excluded),
-                               "images": int(dataset.images_per_class[excluded].sum())}
+        summary["excluded"] = {
+            "file": str(config.exclude_identities),
+            "people": len(excluded),
+            "images": int(dataset.images_per_class[excluded].sum()),
+        }
     if unlabelled is not None:
         summary["unlabelled"] = unlabelled.dataset.summary()
     return summary
@@ -192,8 +199,10 @@ def data_recipe(config) -> dict | None:
     found = {_recipe_key(r) for r in recipes.values() if r is not None}
     if len(found) > 1 or (found and None in recipes.values()):
         listing = "; ".join(f"{f}: {r}" for f, r in recipes.items())
-        raise DataError(f"the data folders were not all aligned with one recipe ({listing}); align them "
-                        "with the same `facenet align` options")
+        raise DataError(
+            f"the data folders were not all aligned with one recipe ({listing}); align them "
+            "with the same `facenet align` options"
+        )
     return next((r for r in recipes.values() if r is not None), None)
 
 
@@ -207,11 +216,17 @@ def _sources(config):
 
         held = int(round(config.synthetic_identities * config.holdout_identities))
         train_ids = config.synthetic_identities - held
-        faces = SyntheticFaces(config.synthetic_identities, seed=config.seed, size=config.image_size,
-                               occlusion_prob=config.augment_occlusion)
+        faces = SyntheticFaces(
+            config.synthetic_identities,
+            seed=config.seed,
+            size=config.image_size,
+            occlusion_prob=config.augment_occlusion,
+        )
         per = config.synthetic_images_per_identity
-        return (SyntheticSource(faces, 0, train_ids, per),
-                SyntheticSource(faces, train_ids, held, per) if held >= 2 else None)
+        return (
+            SyntheticSource(faces, 0, train_ids, per),
+            SyntheticSource(faces, train_ids, held, per) if held >= 2 else None,
+        )
     from facenet.data.folder import FolderDataset
 
     dataset = FolderDataset(config.data, min_images=config.min_images_per_identity, merge_names=config.merge_names)
@@ -237,8 +252,10 @@ def _identity_labels(classes: list[str], names_file: str) -> np.ndarray:
         names = {person_name(line) for line in open(names_file, encoding="utf-8") if line.strip()}
     except OSError as exc:
         raise DataError(f"cannot read the identities to exclude: {exc}") from None
-    return np.array([i for i, c in enumerate(classes)
-                     if person_name(c) in names or person_name(c.rsplit("/", 1)[-1]) in names], np.int64)
+    return np.array(
+        [i for i, c in enumerate(classes) if person_name(c) in names or person_name(c.rsplit("/", 1)[-1]) in names],
+        np.int64,
+    )
 
 
 @dataclass
@@ -265,8 +282,17 @@ class StepBatches(Dataset):
     all-gathered embeddings.
     """
 
-    def __init__(self, source, sampler: PKSampler, augment: Augmentation, seed: int, shard: tuple[int, int] = (0, 1),
-                 unlabelled=None, unlabelled_count: int = 0, teacher: TeacherFeed | None = None):
+    def __init__(
+        self,
+        source,
+        sampler: PKSampler,
+        augment: Augmentation,
+        seed: int,
+        shard: tuple[int, int] = (0, 1),
+        unlabelled=None,
+        unlabelled_count: int = 0,
+        teacher: TeacherFeed | None = None,
+    ):
         if len(sampler) == 0:
             raise DataError("the training set is too small for one P x K batch")
         self.source, self.sampler, self.augment, self.seed = source, sampler, augment, seed
@@ -293,8 +319,10 @@ class StepBatches(Dataset):
         batch = [(self.source, i) for i in labelled] + [(self.unlabelled, i) for i in extra]
         per_rank = len(batch) // self.world_size
         mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
-        views = [self.augment.views(batch[pos][0].image(batch[pos][1]), np.random.default_rng([self.seed, step, pos]))
-                 for pos in mine]
+        views = [
+            self.augment.views(batch[pos][0].image(batch[pos][1]), np.random.default_rng([self.seed, step, pos]))
+            for pos in mine
+        ]
         images = _tensor([v[0] for v in views])
         labels = np.concatenate([self.source.labels[labelled], np.full(len(extra), -1)])
         feed = self.teacher
@@ -327,9 +355,17 @@ def step_loader(batches: StepBatches, steps: range, workers: int, pin_memory: bo
     ``pin_memory`` puts them in page-locked memory, from which a copy to a GPU can be asynchronous
     (``non_blocking=True``) and overlap the previous step's work.
     """
-    return iter(DataLoader(batches, batch_size=None, sampler=steps, num_workers=workers,
-                           persistent_workers=False, pin_memory=pin_memory,
-                           prefetch_factor=2 if workers else None))
+    return iter(
+        DataLoader(
+            batches,
+            batch_size=None,
+            sampler=steps,
+            num_workers=workers,
+            persistent_workers=False,
+            pin_memory=pin_memory,
+            prefetch_factor=2 if workers else None,
+        )
+    )
 
 
 def batch_augmentation(config) -> BatchAugmentation | None:
@@ -338,8 +374,9 @@ def batch_augmentation(config) -> BatchAugmentation | None:
     if config.augment_on != "device":
         return None
     band = config.augment_occlusion if training_landmarks(config) is None else 0.0
-    return BatchAugmentation(crop=config.augment_crop, flip=config.augment_flip, colour=config.augment_colour,
-                             occlusion=band)
+    return BatchAugmentation(
+        crop=config.augment_crop, flip=config.augment_flip, colour=config.augment_colour, occlusion=band
+    )
 
 
 def face_augmentation(config) -> Augmentation:
@@ -347,9 +384,14 @@ def face_augmentation(config) -> Augmentation:
     occluders) when the device augments."""
     on_workers = config.augment_on == "workers"
     landmarks = training_landmarks(config) if config.augment_occlusion > 0 else None
-    return Augmentation(config.image_size, crop=config.augment_crop and on_workers,
-                        flip=config.augment_flip and on_workers, colour=config.augment_colour if on_workers else 0.0,
-                        occlusion=config.augment_occlusion if on_workers or landmarks else 0.0, landmarks=landmarks)
+    return Augmentation(
+        config.image_size,
+        crop=config.augment_crop and on_workers,
+        flip=config.augment_flip and on_workers,
+        colour=config.augment_colour if on_workers else 0.0,
+        occlusion=config.augment_occlusion if on_workers or landmarks else 0.0,
+        landmarks=landmarks,
+    )
 
 
 def augment_seed(seed: int, step: int) -> int:
@@ -375,8 +417,14 @@ def measure_loader(config, device: torch.device, steps: int = 20, warmup: int = 
             images = augment(images, augment_seed(config.seed, step))
         standardise(images, config.standardisation).sum().item()  # wait for the device
     seconds = time.perf_counter() - start
-    return {"images_per_s": steps * config.batch_size / seconds, "workers": workers, "steps": steps,
-            "batch_size": config.batch_size, "cached": config.cache_crops, "augment_on": config.augment_on}
+    return {
+        "images_per_s": steps * config.batch_size / seconds,
+        "workers": workers,
+        "steps": steps,
+        "batch_size": config.batch_size,
+        "cached": config.cache_crops,
+        "augment_on": config.augment_on,
+    }
 
 
 @dataclass
@@ -389,8 +437,9 @@ class HeldOutPairs:
     folds: np.ndarray
 
 
-def held_out_pairs(labels: np.ndarray, max_pairs: int, seed: int, n_folds: int = 10,
-                   max_images: int | None = None) -> HeldOutPairs:
+def held_out_pairs(
+    labels: np.ndarray, max_pairs: int, seed: int, n_folds: int = 10, max_images: int | None = None
+) -> HeldOutPairs:
     """Balanced verification pairs among held-out images: up to ``max_pairs // 2`` positive pairs and as
     many negative ones, distinct, sampled without listing every pair (memory O(max_pairs), not O(images^2)).
 

@@ -82,7 +82,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         rows = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * rows:(dist.get_rank() + 1) * rows]
+        return grad[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
 
 
 class _AllReduce(torch.autograd.Function):
@@ -117,7 +117,7 @@ def average_gradients(model: nn.Module, ctx: Context) -> None:
     flat /= ctx.world_size
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -156,7 +156,7 @@ class CpuSyncBatchNorm(_BatchNorm):
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         with torch.no_grad():
             self.num_batches_tracked += 1
             self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
@@ -179,8 +179,9 @@ def sync_batchnorm(model: nn.Module, ctx: Context) -> nn.Module:
 
 def _convert_cpu(module: nn.Module) -> nn.Module:
     if isinstance(module, _BatchNorm):
-        new = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+        new = CpuSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         new.load_state_dict(module.state_dict())
         return new
     for name, child in module.named_children():

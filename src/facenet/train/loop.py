@@ -53,9 +53,23 @@ from facenet.train.validate import verification
 if TYPE_CHECKING:  # the teacher module is imported only by runs that use one
     from facenet.train.teacher import OnlineTeacher
 
-METRICS_FIELDS = ["step", "loss", "triplet_loss", "softmax_loss", "centre_loss", "distill_agreement",
-                  "distill_relations", "active_fraction", "num_triplets", "d_ap", "d_an", "lr", "images_per_s",
-                  "val_accuracy", "val_threshold"]
+METRICS_FIELDS = [
+    "step",
+    "loss",
+    "triplet_loss",
+    "softmax_loss",
+    "centre_loss",
+    "distill_agreement",
+    "distill_relations",
+    "active_fraction",
+    "num_triplets",
+    "d_ap",
+    "d_an",
+    "lr",
+    "images_per_s",
+    "val_accuracy",
+    "val_threshold",
+]
 MODEL_NAME = "model.safetensors"
 
 
@@ -116,19 +130,24 @@ class _Run:
     last_check: tuple | None = None  # the last held-out verification (accuracy, threshold, FAR table)
 
 
-def _check_start(run_dir: Path, config: TrainConfig, resume: bool, checkpoint: dict | None,
-                 ctx: distributed.Context) -> None:
+def _check_start(
+    run_dir: Path, config: TrainConfig, resume: bool, checkpoint: dict | None, ctx: distributed.Context
+) -> None:
     """Refuse a run that cannot start (a finished run's folder without --resume, an uneven batch split);
     record its configuration."""
     if resume and checkpoint is None and ctx.is_main:
-        print(f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting from step 0",
-              file=sys.stderr)
+        print(
+            f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting from step 0",
+            file=sys.stderr,
+        )
     if not resume and (run_dir / "checkpoint.pt").exists():
-        raise TrainingError(f"{run_dir} already holds a training run; continue it with --resume "
-                            "or choose another --out")
+        raise TrainingError(
+            f"{run_dir} already holds a training run; continue it with --resume or choose another --out"
+        )
     if config.batch_size % ctx.world_size:
-        raise TrainingError(f"the batch of {config.batch_size} faces does not split evenly over "
-                            f"{ctx.world_size} processes")
+        raise TrainingError(
+            f"the batch of {config.batch_size} faces does not split evenly over {ctx.world_size} processes"
+        )
     if ctx.is_main:
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config.to_json()))
 
@@ -143,8 +162,11 @@ def _setup(config: TrainConfig, ctx: distributed.Context, run_dir: Path) -> _Run
         atomic_write(run_dir / "data.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     trainer = TrainingStep.build(config, ctx, train_source.num_identities)
     schedule = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, _lr_factor(config))
-    pairs = held_out_pairs(held_source.labels, 6000, config.seed, max_images=config.eval_max_images) \
-        if held_source is not None else None
+    pairs = (
+        held_out_pairs(held_source.labels, 6000, config.seed, max_images=config.eval_max_images)
+        if held_source is not None
+        else None
+    )
     return _Run(config, ctx, run_dir, train_source, held_source, unlabelled, summary, trainer, schedule, pairs)
 
 
@@ -173,19 +195,35 @@ def _resume(run: _Run, checkpoint: dict | None) -> None:
 def _open_batches(run: _Run, checkpoint: dict | None, progress: bool) -> None:
     """The batches of the steps still to run: the loader's, or the offline miner's pool."""
     config, ctx = run.config, run.ctx
-    sampler = PKSampler(run.train_source.labels, config.identities_per_batch, config.faces_per_identity,
-                        seed=config.seed, weights=run.train_source.identity_weights)
+    sampler = PKSampler(
+        run.train_source.labels,
+        config.identities_per_batch,
+        config.faces_per_identity,
+        seed=config.seed,
+        weights=run.train_source.identity_weights,
+    )
     augment = face_augmentation(config)
-    batches = StepBatches(run.train_source, sampler, augment, config.seed, shard=(ctx.rank, ctx.world_size),
-                          unlabelled=run.unlabelled, unlabelled_count=config.unlabelled_batch_size,
-                          teacher=_teacher_feed(run.trainer, run.train_source, run.unlabelled, augment, progress))
+    batches = StepBatches(
+        run.train_source,
+        sampler,
+        augment,
+        config.seed,
+        shard=(ctx.rank, ctx.world_size),
+        unlabelled=run.unlabelled,
+        unlabelled_count=config.unlabelled_batch_size,
+        teacher=_teacher_feed(run.trainer, run.train_source, run.unlabelled, augment, progress),
+    )
     if config.offline_every:
         if ctx.distributed:
             raise TrainingError("offline mining runs in one process; drop --offline-every under torchrun")
         run.offline = OfflineTriplets(batches, config, ctx.device, checkpoint.get("offline") if checkpoint else None)
     else:
-        run.loader = step_loader(batches, range(run.start, config.steps), loader_workers(config.workers),
-                                 pin_memory=ctx.device.type == "cuda")
+        run.loader = step_loader(
+            batches,
+            range(run.start, config.steps),
+            loader_workers(config.workers),
+            pin_memory=ctx.device.type == "cuda",
+        )
 
 
 def _validate(run: _Run) -> tuple[float, float, dict] | None:
@@ -251,20 +289,36 @@ def _step(run: _Run, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None
 def _check_health(config: TrainConfig, done: int, loss: torch.Tensor, collapsed: torch.Tensor) -> None:
     """Stop a run whose embeddings collapsed for ``collapse_patience`` steps or whose loss is not finite."""
     if int(collapsed) >= config.collapse_patience:
-        raise TrainingError(f"embeddings collapsed by step {done}: every face maps to the same point. "
-                            "Lower the learning rate (--lr), use the semihard miner, or add softmax "
-                            "(--loss both)")
+        raise TrainingError(
+            f"embeddings collapsed by step {done}: every face maps to the same point. "
+            "Lower the learning rate (--lr), use the semihard miner, or add softmax "
+            "(--loss both)"
+        )
     if not math.isfinite(loss.item()):
         raise TrainingError(f"loss became {loss.item()} by step {done}; lower the learning rate")
 
 
-def _record(run: _Run, metrics: _MetricsLog, bar, done: int, loss: torch.Tensor, stats: dict,
-            images_per_s: float, evaluated: bool, logged: bool) -> None:
+def _record(
+    run: _Run,
+    metrics: _MetricsLog,
+    bar,
+    done: int,
+    loss: torch.Tensor,
+    stats: dict,
+    images_per_s: float,
+    evaluated: bool,
+    logged: bool,
+) -> None:
     """The step's metrics row (with a held-out check when due) to metrics.csv and the progress bar; the losses'
     statistics are device tensors until here."""
     stats = {key: float(value) for key, value in stats.items()}
-    row = {"step": done, "loss": loss.item(), "lr": run.schedule.get_last_lr()[0], **stats,
-           "images_per_s": images_per_s}
+    row = {
+        "step": done,
+        "loss": loss.item(),
+        "lr": run.schedule.get_last_lr()[0],
+        **stats,
+        "images_per_s": images_per_s,
+    }
     if evaluated:
         run.last_check = _validate(run)
         if run.last_check:
@@ -274,8 +328,12 @@ def _record(run: _Run, metrics: _MetricsLog, bar, done: int, loss: torch.Tensor,
         metrics.write(row)
     if bar is not None:
         val = run.history[-1].get("val_accuracy")
-        bar.set_postfix(loss=f"{row['loss']:.3f}", active=f"{stats.get('active_fraction', 0):.2f}",
-                        img_s=f"{row['images_per_s']:.0f}", val=f"{val:.3f}" if val else "-")
+        bar.set_postfix(
+            loss=f"{row['loss']:.3f}",
+            active=f"{stats.get('active_fraction', 0):.2f}",
+            img_s=f"{row['images_per_s']:.0f}",
+            val=f"{val:.3f}" if val else "-",
+        )
 
 
 def _save(run: _Run, done: int, saved: bool) -> None:
@@ -285,17 +343,32 @@ def _save(run: _Run, done: int, saved: bool) -> None:
         return
     if config.snapshot_every and done % config.snapshot_every == 0 and done < config.steps:
         (run.run_dir / "snapshots").mkdir(exist_ok=True)
-        _save_model(trainer.model, config, run.train_source, run.summary,
-                    run.run_dir / "snapshots" / f"step-{done:06d}.safetensors", run.last_check,
-                    run.history[-1].get("val_accuracy"), steps=done)
+        _save_model(
+            trainer.model,
+            config,
+            run.train_source,
+            run.summary,
+            run.run_dir / "snapshots" / f"step-{done:06d}.safetensors",
+            run.last_check,
+            run.history[-1].get("val_accuracy"),
+            steps=done,
+        )
     if saved:
-        save_checkpoint(run.run_dir, {
-            "model": trainer.model.state_dict(), "loss": trainer.loss_fn.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
-            "scaler": trainer.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
-            "step": done,
-            "history": run.history, **({"offline": run.offline.state_dict()} if run.offline is not None else {})})
+        save_checkpoint(
+            run.run_dir,
+            {
+                "model": trainer.model.state_dict(),
+                "loss": trainer.loss_fn.state_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "schedule": run.schedule.state_dict(),
+                "scaler": trainer.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+                "step": done,
+                "history": run.history,
+                **({"offline": run.offline.state_dict()} if run.offline is not None else {}),
+            },
+        )
 
 
 def _finish(run: _Run, initial: float | None) -> TrainResult:
@@ -306,8 +379,9 @@ def _finish(run: _Run, initial: float | None) -> TrainResult:
     threshold = run.last_check[1] if run.last_check else None
     model_path = run.run_dir / MODEL_NAME
     if run.ctx.is_main:
-        _save_model(run.trainer.model, run.config, run.train_source, run.summary, model_path, run.last_check,
-                    final_accuracy)
+        _save_model(
+            run.trainer.model, run.config, run.train_source, run.summary, model_path, run.last_check, final_accuracy
+        )
     return TrainResult(run.run_dir, model_path, run.config.steps, initial, final_accuracy, threshold, run.history)
 
 
@@ -316,11 +390,21 @@ def _finished(run_dir: Path, config: TrainConfig, checkpoint: dict) -> TrainResu
     model_path = run_dir / MODEL_NAME
     info = read_model_info(model_path)
     history = [dict(row) for row in checkpoint["history"]]
-    print(f"{run_dir} finished at step {config.steps}; its model {model_path} is left as it is "
-          "(raise --steps to train further)", file=sys.stderr)
+    print(
+        f"{run_dir} finished at step {config.steps}; its model {model_path} is left as it is "
+        "(raise --steps to train further)",
+        file=sys.stderr,
+    )
     final = history[-1].get("val_accuracy") if len(history) > 1 else None
-    return TrainResult(run_dir, model_path, config.steps, history[0].get("val_accuracy") if history else None,
-                       final, info.threshold, history)
+    return TrainResult(
+        run_dir,
+        model_path,
+        config.steps,
+        history[0].get("val_accuracy") if history else None,
+        final,
+        info.threshold,
+        history,
+    )
 
 
 @dataclass
@@ -348,11 +432,16 @@ class TrainingStep:
         # channels_last: about 15% faster convolutions on CPUs and tensor cores alike
         model = distributed.sync_batchnorm(model, ctx).to(ctx.device, memory_format=torch.channels_last)
         generator = torch.Generator()
-        loss_fn = FaceLoss(config.embedding_size, num_classes=num_classes,
-                           triplet_weight=0.0 if config.loss == "softmax" else 1.0,
-                           softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
-                           centre_weight=config.centre_loss_weight, miner=config.miner, margin=config.margin,
-                           generator=generator).to(ctx.device)
+        loss_fn = FaceLoss(
+            config.embedding_size,
+            num_classes=num_classes,
+            triplet_weight=0.0 if config.loss == "softmax" else 1.0,
+            softmax_weight=0.0 if config.loss == "triplet" else config.softmax_weight,
+            centre_weight=config.centre_loss_weight,
+            miner=config.miner,
+            margin=config.margin,
+            generator=generator,
+        ).to(ctx.device)
         optimizer = _optimizer(config, list(model.parameters()) + list(loss_fn.parameters()), ctx.device)
         precision = resolve_precision(config.precision, ctx.device)
         mode, teacher = None, None
@@ -361,8 +450,18 @@ class TrainingStep:
 
             mode = resolve_mode(config.teacher, config.teacher_mode, ctx.device)
             teacher = OnlineTeacher(teacher_path(config.teacher), ctx.device) if mode == "online" else None
-        return cls(config, ctx, model, loss_fn, optimizer, grad_scaler(precision, ctx.device), precision, generator,
-                   mode, teacher)
+        return cls(
+            config,
+            ctx,
+            model,
+            loss_fn,
+            optimizer,
+            grad_scaler(precision, ctx.device),
+            precision,
+            generator,
+            mode,
+            teacher,
+        )
 
     def __post_init__(self):
         # compiling the bound method leaves the module (and so its state dict and checkpoints) as it is
@@ -382,15 +481,16 @@ class TrainingStep:
         self.generator.manual_seed(config.seed * 1_000_003 + step)
         per_rank = len(labels) // ctx.world_size  # the loader hands each rank its share (StepBatches' shard)
         if len(images) != per_rank:  # a whole global batch (one process, offline mining, the benchmark)
-            images = images[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
+            images = images[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
         local = self._augmented(images, step, per_rank, len(labels))
         x = standardise(local, config.standardisation).contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, ctx.device):  # the network only: losses and mining stay float32
             prelogits = distributed.gather_with_grad(self.embed(x).float(), ctx)
         labels = labels.to(ctx.device, non_blocking=True)
         if triplets is not None:
-            loss, active = triplet_loss(l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets),
-                                        margin=config.margin)
+            loss, active = triplet_loss(
+                l2_normalize(prelogits), *(t.to(ctx.device) for t in triplets), margin=config.margin
+            )
             stats = {"num_triplets": float(len(triplets[0])), "active_fraction": active}
         elif config.loss == "none":
             loss, stats = prelogits.sum() * 0, {}
@@ -398,9 +498,9 @@ class TrainingStep:
             labelled = config.labelled_batch_size
             loss, stats = self.loss_fn(prelogits[:labelled], labels[:labelled])
         if self.teacher_mode is not None:
-            distill, distill_stats = distillation_loss(l2_normalize(prelogits),
-                                                       self._teacher_embeddings(local, teacher_input, step, per_rank,
-                                                                                len(labels)))
+            distill, distill_stats = distillation_loss(
+                l2_normalize(prelogits), self._teacher_embeddings(local, teacher_input, step, per_rank, len(labels))
+            )
             loss = loss + config.distill_weight * distill
             stats.update(distill_stats)
         self.optimizer.zero_grad(set_to_none=True)
@@ -417,14 +517,18 @@ class TrainingStep:
             return local
         return self.augment(local, augment_seed(self.config.seed, step), self.ctx.rank * per_rank, total)
 
-    def _teacher_embeddings(self, local: torch.Tensor, teacher_input, step: int, per_rank: int,
-                            total: int) -> torch.Tensor:
+    def _teacher_embeddings(
+        self, local: torch.Tensor, teacher_input, step: int, per_rank: int, total: int
+    ) -> torch.Tensor:
         """The teacher's unit embeddings of the whole global batch: cached rows from the loader, or the
         online teacher on this rank's views (those without occluders when the loader made them), gathered."""
         if self.teacher_mode == "cached":
             return teacher_input.to(self.ctx.device, non_blocking=True)
-        views = local if teacher_input is None or not teacher_input.numel() else \
-            self._augmented(teacher_input, step, per_rank, total)  # same seed: the same jitter, flip and colour
+        views = (
+            local
+            if teacher_input is None or not teacher_input.numel()
+            else self._augmented(teacher_input, step, per_rank, total)
+        )  # same seed: the same jitter, flip and colour
         return distributed.gather_with_grad(self.teacher(views), self.ctx)
 
 
@@ -432,8 +536,10 @@ def _optimizer(config: TrainConfig, params, device: torch.device) -> torch.optim
     """The run's optimizer; weight decay applies to weight matrices and filters only, never to BatchNorm
     scales and shifts or biases (decaying those pulls normalised activations towards zero, not complexity)."""
     params = list(params)
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     if config.optimizer == "adagrad":  # the paper's choice; its fused kernel is CPU-only
         return torch.optim.Adagrad(groups, lr=config.lr)
     # on GPUs, one fused kernel updates every parameter (instead of several launches per tensor group)
@@ -477,9 +583,11 @@ def _load_init(model, config: TrainConfig) -> None:
     """Start from a model file's weights (fine-tuning); its head must match the run's embedding size."""
     start, info = load_model_file(config.init)
     if (info.arch, info.embedding_size) != (config.arch, config.embedding_size):
-        raise TrainingError(f"--init {config.init} is a {info.arch} with {info.embedding_size}-D embeddings, "
-                            f"but the run asks for {config.arch} with {config.embedding_size}-D; "
-                            "drop --arch/--embedding-size to take the file's")
+        raise TrainingError(
+            f"--init {config.init} is a {info.arch} with {info.embedding_size}-D embeddings, "
+            f"but the run asks for {config.arch} with {config.embedding_size}-D; "
+            "drop --arch/--embedding-size to take the file's"
+        )
     state = {k: v for k, v in start.state_dict().items() if not k.startswith("logits.")}
     model.load_state_dict(state, strict=False)
 
@@ -492,12 +600,14 @@ def _teacher_feed(trainer: TrainingStep, source, unlabelled, augment, progress: 
         from facenet.train.teacher import cached_targets
 
         if getattr(source, "path", None) is None:
-            raise TrainingError("a cached teacher embeds the training photos' files; synthetic faces have none "
-                                "(use --teacher-mode online with a model file)")
+            raise TrainingError(
+                "a cached teacher embeds the training photos' files; synthetic faces have none "
+                "(use --teacher-mode online with a model file)"
+            )
         paths = [source.path(i) for i in range(len(source))]
         extra = [unlabelled.path(i) for i in range(len(unlabelled))] if unlabelled is not None else []
         targets = cached_targets(config.teacher, paths + extra, progress)  # one teacher, one pass over the cache
-        return TeacherFeed(targets=targets[:len(paths)], unlabelled_targets=targets[len(paths):] if extra else None)
+        return TeacherFeed(targets=targets[: len(paths)], unlabelled_targets=targets[len(paths) :] if extra else None)
     if trainer.teacher_mode == "online" and augment.landmarks is not None and augment.occlusion > 0:
         return TeacherFeed(clean_views=True)
     return None
@@ -511,22 +621,30 @@ def _recipe(config: TrainConfig) -> dict:
     return read_model_info(config.init).recipe if config.init else {}
 
 
-def _save_model(model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy,
-                steps: int | None = None) -> ModelInfo:
+def _save_model(
+    model, config: TrainConfig, source, summary: dict, path: Path, check, accuracy, steps: int | None = None
+) -> ModelInfo:
     """The model file after ``steps`` (the final one by default), with the last held-out check's thresholds
     (verification and FAR table)."""
     clean = create_model(config.arch, embedding_size=config.embedding_size)
     clean.load_state_dict(model.state_dict())
     clean.input_size = config.image_size
-    provenance = {"trained_by": "facenet train", "data": ", ".join(config.data) if config.data else "synthetic",
-                  "identities": int(source.num_identities), "images": int(len(source)), "data_summary": summary,
-                  "steps": steps or config.steps,
-                  "seed": config.seed, "loss": config.loss, "miner": config.miner,
-                  "held_out_accuracy": accuracy, **({"init": config.init} if config.init else {}),
-                  **({"teacher": config.teacher, "distill_weight": config.distill_weight} if config.teacher else {}),
-                  **({"occlusion": config.augment_occlusion} if config.augment_occlusion else {})}
-    info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance,
-                          recipe=_recipe(config))
+    provenance = {
+        "trained_by": "facenet train",
+        "data": ", ".join(config.data) if config.data else "synthetic",
+        "identities": int(source.num_identities),
+        "images": int(len(source)),
+        "data_summary": summary,
+        "steps": steps or config.steps,
+        "seed": config.seed,
+        "loss": config.loss,
+        "miner": config.miner,
+        "held_out_accuracy": accuracy,
+        **({"init": config.init} if config.init else {}),
+        **({"teacher": config.teacher, "distill_weight": config.distill_weight} if config.teacher else {}),
+        **({"occlusion": config.augment_occlusion} if config.augment_occlusion else {}),
+    }
+    info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance, recipe=_recipe(config))
     if check is not None:
         info = dataclasses.replace(info, threshold=check[1], far_thresholds=check[2])
     return save_model(clean, path, info)
@@ -560,7 +678,8 @@ class _MetricsLog:
             return
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, METRICS_FIELDS, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
         if self.board is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):

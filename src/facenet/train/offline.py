@@ -36,20 +36,24 @@ class OfflineTriplets:
         if self.mined_at is None or step - self.mined_at >= every:
             self._mine(step - step % every, model)
         share = math.ceil(len(self.triplets) / every) if len(self.triplets) else 0
-        part = self.triplets[(step - self.mined_at) * share:(step - self.mined_at + 1) * share]
+        part = self.triplets[(step - self.mined_at) * share : (step - self.mined_at + 1) * share]
         used, positions = torch.unique(part.reshape(-1), return_inverse=True)
         positions = positions.reshape(-1, 3)
         source, augment, seed = self.batches.source, self.batches.augment, self.batches.seed
         crops = [augment(source.image(int(i)), np.random.default_rng([seed, step, pos])) for pos, i in enumerate(used)]
         size = self.config.image_size
-        images = (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous() if crops
-                  else torch.empty(0, 3, size, size, dtype=torch.uint8))
+        images = (
+            torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+            if crops
+            else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        )
         labels = torch.as_tensor(source.labels[used.numpy()], dtype=torch.int64)
         return images, labels, (positions[:, 0], positions[:, 1], positions[:, 2])
 
     def _mine(self, step: int, model) -> None:
-        pool = np.unique(np.concatenate([self.batches.indices(step + i)
-                                         for i in range(self.config.offline_pool_batches)]))
+        pool = np.unique(
+            np.concatenate([self.batches.indices(step + i) for i in range(self.config.offline_pool_batches)])
+        )
         embeddings = torch.from_numpy(embed_source(model, self.batches.source, pool, self.config, self.device))
         labels = torch.as_tensor(self.batches.source.labels[pool])
         a, p, n = get_miner(self.config.miner)(embeddings, labels, self.config.margin)

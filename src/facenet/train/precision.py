@@ -29,8 +29,10 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise TrainingError(f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; "
-                            "use --precision fp16 (with loss scaling) or fp32")
+        raise TrainingError(
+            f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; "
+            "use --precision fp16 (with loss scaling) or fp32"
+        )
     return requested
 
 

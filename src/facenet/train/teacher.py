@@ -55,8 +55,10 @@ def resolve_mode(spec: str, mode: str, device: torch.device) -> str:
     path = teacher_path(spec)
     online_possible = path is not None and path.suffix.lower() != ".onnx"
     if mode == "online" and not online_possible:
-        raise TrainingError(f"teacher {spec!r} cannot run inside the training step (only a project model file "
-                            "can); use --teacher-mode cached")
+        raise TrainingError(
+            f"teacher {spec!r} cannot run inside the training step (only a project model file "
+            "can); use --teacher-mode cached"
+        )
     if mode == "auto":
         return "online" if online_possible and device.type == "cuda" else "cached"
     return mode
@@ -78,8 +80,9 @@ class OnlineTeacher:
         x = views.float()
         size = self.info.input_size
         if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                                align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         x = standardise(x, self.info.standardisation).contiguous(memory_format=torch.channels_last)
         return l2_normalize(self.model.prelogits(x).float())
 
@@ -124,7 +127,7 @@ def cached_targets(spec: str, paths: list, progress: bool = True) -> np.ndarray:
             bar = _bar(progress, len(missing), f"teacher {spec}: embedding training photos once")
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
                 for start in range(0, len(missing), CHUNK):
-                    part = missing[start:start + CHUNK]
+                    part = missing[start : start + CHUNK]
                     images = list(pool.map(lambda i: load_image(paths[i]), part))
                     rows = embedder.embed(images)
                     cache.put({keys[i]: row for i, row in zip(part, rows)})  # committed: a killed fill resumes
@@ -155,16 +158,19 @@ class TeacherCache:
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
         wanted, out = sorted(set(keys)), {}
         for start in range(0, len(wanted), 900):  # SQLite's limit on bound parameters
-            part = wanted[start:start + 900]
-            rows = self.db.execute(f"SELECT photo, vector FROM embedding WHERE photo IN ({','.join('?' * len(part))})",
-                                   part)
+            part = wanted[start : start + 900]
+            rows = self.db.execute(
+                f"SELECT photo, vector FROM embedding WHERE photo IN ({','.join('?' * len(part))})", part
+            )
             out.update({k: np.frombuffer(v, np.float32) for k, v in rows})
         return out
 
     def put(self, rows: dict[str, np.ndarray]) -> None:
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)",
-                                [(k, np.asarray(v, np.float32).tobytes()) for k, v in rows.items()])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO embedding VALUES (?, ?)",
+                [(k, np.asarray(v, np.float32).tobytes()) for k, v in rows.items()],
+            )
 
     def close(self) -> None:
         self.db.close()

@@ -13,8 +13,9 @@ from facenet.models.modelfile import model_info_for
 from facenet.train.config import TrainConfig
 
 
-def embed_source(model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig,
-                 device: torch.device, batch_size: int = 64) -> np.ndarray:
+def embed_source(
+    model: EmbeddingModel, source, indices: np.ndarray, config: TrainConfig, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
     """Embed some of a source's images as inference would see them: the inference embedder, no augmentation."""
     from facenet.data.images import fit_to_input
     from facenet.embedder import FaceEmbedder
