@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from facenet.data.synthetic import SyntheticFaces
+from facenet.embedder import load_embedder
+from facenet.gallery import Gallery, Record
 
 KEY = "live-test-key-0123456789"
 FACES = SyntheticFaces(8, seed=5, size=64)
@@ -26,6 +28,17 @@ def png(identity: int, index: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(FACES.render(identity, index)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def big_gallery(path: Path, model: Path | str, faces: int, per_person: int = 200) -> None:
+    """``faces`` faces for ``model``, enrolled fast: ``per_person`` random unit rows a person, repeated (what a
+    start-up measures is the load, not the rows)."""
+    embedder = load_embedder(model, detect=False, backend="torch")
+    rows = np.random.default_rng(0).standard_normal((per_person, embedder.embedding_size)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    people = (Record(f"p{i}", rows, ["x.png"] * per_person) for i in range(faces // per_person))
+    with Gallery.open(path, embedder.name, embedder.embedding_size, policy="nearest") as g:
+        g.enroll_many(people, merge=False)
 
 
 def free_port() -> int:

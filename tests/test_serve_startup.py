@@ -5,30 +5,16 @@ Started without any key, it answers 401 to the gallery's endpoints and says how 
 import time
 
 import httpx
-import numpy as np
 import pytest
-from live import KEY, Server, png
-
-from facenet.embedder import load_embedder
-from facenet.gallery import Gallery, Record
+from live import KEY, Server, big_gallery, png
 
 pytestmark = pytest.mark.slow
 FACES = 60_000  # past the exact index's limit: an HNSW build of about 10 s on two loaded cores
-PER_PERSON = 200
-
-
-def big_gallery(path, model_file) -> None:
-    """FACES faces for the model in ``model_file``, enrolled in a second or two (PER_PERSON a person)."""
-    embedder = load_embedder(model_file, detect=False, backend="torch")
-    rows = np.random.default_rng(0).standard_normal((PER_PERSON, embedder.embedding_size)).astype(np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    with Gallery.open(path, embedder.name, embedder.embedding_size, policy="nearest") as g:
-        g.enroll_many((Record(f"p{i}", rows, ["x.png"] * PER_PERSON) for i in range(FACES // PER_PERSON)), merge=False)
 
 
 def test_healthz_answers_while_a_big_gallery_loads(tmp_path, model_file):
     gallery = tmp_path / "big.db"
-    big_gallery(gallery, model_file)
+    big_gallery(gallery, model_file, FACES)
     server = Server(tmp_path, model_file, gallery=str(gallery), key=False, wait=False)
     try:
         deadline = time.monotonic() + 120
