@@ -94,7 +94,9 @@ def test_removal_beside_a_35s_snapshot_returns_at_once_and_the_next_command_wipe
         try:
             started = time.monotonic()
             assert g.remove(NAME) == 4
-            assert time.monotonic() - started < 10
+            took = time.monotonic() - started
+            print(f"removal beside a 35 s snapshot: {took:.3f} s")  # RESULTS.md quotes it (pytest -s)
+            assert took < 10
             assert reader.stdout.readline().split() == ["ended", "1"]  # its snapshot still held the person
             assert [p.name for p in g.people()][:2] == ["person 0", "person 1"]  # one more gallery command
             assert traces(tmp_path, blobs) == []
