@@ -66,6 +66,7 @@ class Detector(Protocol):
 # name -> "module:factory"; modules import lazily so a missing optional backend costs nothing.
 _BACKENDS: dict[str, str] = {
     "mtcnn": "facenet.align.mtcnn:MTCNNDetector",
+    "mtcnn-pnet": "facenet.align.mtcnn:mtcnn_pnet",
     "yunet": "facenet.align.yunet:YuNetDetector",
     "dlib": "facenet.align.dlib_hog:DlibDetector",
     "center": "facenet.align.center:CenterDetector",
