@@ -270,8 +270,8 @@ def test_unwritable_cache_keeps_the_export_in_memory(monkeypatch, tmp_path, capl
 
 
 def test_proposals_choice(proposed):
-    """``mtcnn`` proposes with YuNet and finds faces down to YuNet's 16 px; ``mtcnn-pnet`` is the cascade alone."""
-    assert (proposed.name, proposed.min_face_size, type(proposed.proposer).__name__) == ("mtcnn", 16, "YuNetDetector")
+    """``mtcnn`` proposes with YuNet and finds faces down to 15 px; ``mtcnn-pnet`` is the cascade alone."""
+    assert (proposed.name, proposed.min_face_size, type(proposed.proposer).__name__) == ("mtcnn", 15, "YuNetDetector")
     pnet = get_detector("mtcnn-pnet", device="cpu")
     assert (pnet.name, pnet.min_face_size, pnet.proposer) == ("mtcnn-pnet", 20, None)
     assert get_detector("mtcnn", proposals="pnet", min_face_size=30).min_face_size == 30

@@ -78,7 +78,7 @@ def list_detectors() -> list[str]:
 
 
 def get_detector(name: str, device: str | None = None, **options) -> Detector:
-    """Build the detector backend ``name`` ("mtcnn", "yunet", "dlib", "center") with its options.
+    """Build the detector backend ``name`` ("mtcnn", "mtcnn-pnet", "yunet", "dlib", "center") with its options.
 
     ``device`` (e.g. "cuda") goes to backends that can run there (MTCNN is torch) and is ignored by
     those that cannot (OpenCV's YuNet, dlib's HOG, the centre crop run on the CPU), so that one
