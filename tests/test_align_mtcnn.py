@@ -338,3 +338,16 @@ def test_blank_photo_falls_back_to_the_pnet_cascade(monkeypatch, proposed):
     monkeypatch.setattr(proposed, "_cascade", counted)
     assert proposed.detect(np.full((90, 120, 3), 128, np.uint8)) == []
     assert calls == [((0.6, 0.7, 0.7), True), ((0.6, 0.7, 0.7), False), ((0.5, 0.4, 0.5), False)]
+
+
+def test_a_pickled_copy_finds_the_same_faces(lfw_dir, proposed):
+    """Worker processes get pickled copies of a detector that is not thread-safe (MTCNN on PyTorch): its
+    YuNet proposer travels without its OpenCV network and loads its own."""
+    import pickle
+
+    image = load_image(lfw_dir / "images" / LFW_SAMPLES[2])
+    on_torch = get_detector("mtcnn", backend="torch")
+    copy = pickle.loads(pickle.dumps(on_torch))
+    assert copy.proposer is not None
+    assert_same_faces(copy.detect(image), on_torch.detect(image), score_tol=1e-6)
+    assert_same_faces(on_torch.detect(image), proposed.detect(image))

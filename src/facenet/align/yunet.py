@@ -73,6 +73,14 @@ class YuNetDetector:
         self._local = threading.local()
         self._network()  # a file OpenCV cannot load is refused now, not at the first photo
 
+    def __getstate__(self):
+        """Picklable (worker processes get copies of detectors that hold one, e.g. MTCNN's proposals on
+        PyTorch): the OpenCV networks stay behind and each process loads its own."""
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _local=threading.local())
+
     def _network(self):
         net = getattr(self._local, "net", None)
         if net is None:
