@@ -58,7 +58,7 @@ def test_reduced_copy_finds_the_faces_full_resolution_finds(lfw_dir, model):
         reduced = finder.find(data, "all").detections
         for face in (d for d in full_size.find(data, "all").detections if d.width >= 100):  # 5% of the side
             errors.append(min(box_error(d.box, face.box) for d in reduced))
-    assert open_photo(data, shorter_side=finder.working_side).pixels.shape[0] == 1000  # really reduced
+    assert open_photo(data, shorter_side=finder.working_side).pixels.shape[0] == 750  # really reduced (15 px / 2%)
     assert len(errors) >= len(people)
     assert np.median(errors) < 0.02 and max(errors) < 0.05, errors
 
@@ -77,9 +77,11 @@ def test_the_visible_face_wins_over_one_cut_by_the_border(lfw_dir, model):
         lfw(lfw_dir, "Calista_Flockhart/Calista_Flockhart_0001.jpg"),
         lfw(lfw_dir, "Calista_Flockhart/Calista_Flockhart_0003.jpg"),
     )
-    found = model.find_faces(a)
+    cascade = FaceFinder(get_detector("mtcnn-pnet"), model.recipe, model.info.input_size)  # YuNet passes over
+    found = cascade.find(a)  # the half face, so the published cascade shows the choice
     assert len(found.detections) >= 2 and found.faces[0].detection.box[0] > 0
     assert max(d.area for d in found.detections) > found.faces[0].detection.area  # the box alone would pick wrong
+    assert model.find_faces(a).faces[0].detection.box[0] > 0
     assert facenet.verify(a, b, model=model).same
 
 
@@ -123,6 +125,19 @@ def test_cut_from_a_finer_copy_when_the_face_is_small(lfw_dir, model):
     crops = model.embed_crops([f.image for f in sorted(found.faces, key=lambda f: f.detection.box[0])])
     assert len(found.faces) == 2
     assert np.all(np.sum((crops - thumbs) ** 2, axis=1) < 0.5 * model.threshold)
+
+
+def test_faces_at_the_smallest_default_size_are_found_in_a_12_mp_photo(lfw_dir, model):
+    """Faces just above the default --min-face (2.2% of 3000 px: about 66 px, 16 px in the working copy)
+    are all found at their places; a 12 MP photo is decoded straight at 1/4 (750 px), with no resize."""
+    people = ["Colin_Powell", "Serena_Williams", "Tony_Blair"]
+    photo, placed = fullsize_photos.group([lfw(lfw_dir, f"{p}/{p}_0001.jpg") for p in people], 12, face_fraction=0.022)
+    data = fullsize_photos.jpeg(photo)
+    working = open_photo(data, shorter_side=model.finder().working_side)
+    assert working.pixels.shape[:2] == (750, 1000) and len(working._levels) == 1  # no resized copy
+    found = model.find_faces(data, which="all").detections
+    for x1, y1, x2, y2 in placed:  # each thumbnail's main face, near its centre
+        assert any(abs(d.center[0] - (x1 + x2) / 2) < 0.2 * (x2 - x1) and y1 < d.center[1] < y2 for d in found)
 
 
 # -- bad input: the right face or a clear error, never a crash or a hang --
@@ -232,15 +247,18 @@ def test_min_face_sets_the_working_size():
 
 
 def test_a_face_that_fills_the_photo_is_found(lfw_dir, model):
-    """Cut as an ID photo (benchmarks/tight_lfw.py) MTCNN alone finds nothing in this one; the second
-    look inside a frame of edge pixels finds the face, and it embeds as the same person as the uncut photo."""
+    """Cut as an ID photo (benchmarks/tight_lfw.py) the published cascade alone finds nothing in this one;
+    the second look inside a frame of edge pixels finds the face, and it embeds as the same person as the
+    uncut photo. The default (YuNet's proposals) finds it at the first look, as the same person."""
     import tight_lfw
 
     rel = "Arminio_Fraga/Arminio_Fraga_0002.jpg"
     whole = Image.open(lfw(lfw_dir, rel)).convert("RGB")
     cut = np.asarray(whole.crop(tight_lfw.tight_box(rel, *whole.size)))
-    assert get_detector("mtcnn").detect(cut) == []
-    found = model.find_faces(cut)
-    assert len(found.faces) == 1 and not found.fallback
-    distance = facenet.distance(model.embed_crops([found.faces[0].image])[0], model.embed([lfw(lfw_dir, rel)])[0])
-    assert distance < model.threshold
+    cascade = get_detector("mtcnn-pnet")
+    assert cascade.detect(cut) == [] and model.detector.detect(cut) != []
+    uncut = model.embed([lfw(lfw_dir, rel)])[0]
+    for finder in (FaceFinder(cascade, model.recipe, model.info.input_size), model.finder()):
+        found = finder.find(cut)
+        assert len(found.faces) == 1 and not found.fallback
+        assert facenet.distance(model.embed_crops([found.faces[0].image])[0], uncut) < model.threshold

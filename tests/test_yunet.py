@@ -38,6 +38,11 @@ def test_a_face_filling_a_big_photo_is_found_whole(lfw_dir):
     (lx, ly), (rx, ry) = found[0].landmarks[EYE_LINE]
     assert lx < 400 < rx and abs(ly - ry) < 40  # upright eyes either side of the middle
 
+    # the photo and its reduced copy each keep a network at their own size: OpenCV sets none up again
+    for role, side in (("photo", 800), ("reduced", 240)):
+        assert detector._network(role).getInputSize() == (side, side)
+    assert detector._network("photo") is not detector._network("reduced")
+
 
 def test_threads_share_one_detector(lfw_dir):
     """Each thread gets its own OpenCV network: answers under threads equal answers one at a time."""

@@ -66,6 +66,7 @@ class Detector(Protocol):
 # name -> "module:factory"; modules import lazily so a missing optional backend costs nothing.
 _BACKENDS: dict[str, str] = {
     "mtcnn": "facenet.align.mtcnn:MTCNNDetector",
+    "mtcnn-pnet": "facenet.align.mtcnn:mtcnn_pnet",
     "yunet": "facenet.align.yunet:YuNetDetector",
     "dlib": "facenet.align.dlib_hog:DlibDetector",
     "center": "facenet.align.center:CenterDetector",
@@ -77,7 +78,7 @@ def list_detectors() -> list[str]:
 
 
 def get_detector(name: str, device: str | None = None, **options) -> Detector:
-    """Build the detector backend ``name`` ("mtcnn", "yunet", "dlib", "center") with its options.
+    """Build the detector backend ``name`` ("mtcnn", "mtcnn-pnet", "yunet", "dlib", "center") with its options.
 
     ``device`` (e.g. "cuda") goes to backends that can run there (MTCNN is torch) and is ignored by
     those that cannot (OpenCV's YuNet, dlib's HOG, the centre crop run on the CPU), so that one

@@ -17,6 +17,13 @@ path stays for GPUs. Every resize (pyramid levels, R-/O-Net patches) uses the bi
 a summed-area table in numpy, all of a photo's boxes in one gather. ``detect_many`` gives R-Net
 and O-Net the candidates of all its photos together.
 
+Proposals (``proposals``): P-Net's pyramid is most of MTCNN's cost on big photos (a 1333x1000
+working copy: 12 levels, about 970,000 pixels, 1.8 GMAC), so by default YuNet (``facenet.align.yunet``,
+shipped with the package) proposes the faces instead, and R-Net and O-Net refine them as they refine
+P-Net's: boxes, scores and the 5 landmarks stay MTCNN's, so the models' crops stay the kind they were
+measured with (RESULTS.md, issue 28). Where that finds nothing, the P-Net cascade runs. ``"pnet"``
+(detector ``mtcnn-pnet``) is the published cascade alone, as facenet-pytorch runs it.
+
 One addition: a photo where the standard thresholds find nothing is searched again with lower
 ones (``retry_thresholds``, 0.5/0.4/0.5). Faces behind masks lose the mouth and nose the
 refinement stages look for: on 1,194 real photos of masked people the retry raised MTCNN's
@@ -51,6 +58,14 @@ OPSET = 17  # as for the embedding models' exports (facenet.export.DEFAULT_OPSET
 EXPORT_TOLERANCE = 1e-4  # max abs difference of any net output, ONNX Runtime vs PyTorch
 CPU_BATCH = 32  # patches per R-/O-Net call on the CPU (see MTCNNDetector._run)
 STAGE_OUTPUTS = ((4, 2), (4, 2), (4, 10, 2))  # widths of each net's outputs: box offsets, [landmarks,] probabilities
+PROPOSALS = ("auto", "yunet", "pnet")
+# R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
+# (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
+YUNET_SQUARE = 0.92
+# The smallest face (px) YuNet's proposals are relied on for: LFW faces shrunk to 15 px were all found (80 of
+# 80, as at 16-24 px; 79 at 14); a phone's 12 MP photo (shorter side 3000-3024 px) at the default 2% then
+# decodes straight at 1/4 (750 px), with no resize.
+YUNET_MIN_FACE = 15
 log = logging.getLogger(__name__)
 
 
@@ -150,23 +165,31 @@ class MTCNNDetector:
     ``backend``: "onnx" runs the three nets on ONNX Runtime (CPU only), "torch" on PyTorch (any
     device), "auto" picks ONNX Runtime on the CPU and PyTorch elsewhere, falling back to PyTorch with
     a warning when the export fails. Both find the same faces (tests compare them on LFW).
+    ``proposals``: "yunet" (YuNet proposes, R-Net and O-Net refine; P-Net only where that finds
+    nothing), "pnet" (the published cascade), "auto" (YuNet when OpenCV can load it, else P-Net).
+    ``min_face_size`` (px): 15 with YuNet's proposals (``YUNET_MIN_FACE``), 20 with P-Net's.
     """
-
-    name = "mtcnn"
 
     def __init__(
         self,
         weights: str | os.PathLike | None = None,
-        min_face_size: int = 20,
+        min_face_size: int | None = None,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
         device: str | torch.device = "cpu",
         retry_thresholds: tuple[float, float, float] | None = (0.5, 0.4, 0.5),
         backend: str = "auto",
+        proposals: str = "auto",
     ):
         if backend not in BACKENDS:
             raise FaceNetError(f"unknown MTCNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if proposals not in PROPOSALS:
+            raise FaceNetError(f"unknown MTCNN proposals {proposals!r}; choose one of {', '.join(PROPOSALS)}")
         folder = find_weights(weights)
+        self.proposer = None if proposals == "pnet" else _yunet(required=proposals == "yunet")
+        self.name = "mtcnn-pnet" if proposals == "pnet" else "mtcnn"  # the registry name that builds it again
+        if min_face_size is None:
+            min_face_size = YUNET_MIN_FACE if self.proposer else 20
         self.min_face_size, self.thresholds, self.factor = min_face_size, tuple(thresholds), factor
         self.retry_thresholds = tuple(retry_thresholds) if retry_thresholds else None
         self.device = torch.device(device)
@@ -221,20 +244,30 @@ class MTCNNDetector:
             torch.set_num_threads(threads)
 
     def _detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        tables = [_integral(image) for image in images]
-        found = self._cascade(tables, self.thresholds)
-        empty = [i for i, faces in enumerate(found) if not faces]
-        if empty and self.retry_thresholds:
-            for i, faces in zip(empty, self._cascade([tables[i] for i in empty], self.retry_thresholds)):
+        """YuNet's proposals refined (when there is a proposer), then, for the photos still without a face,
+        the P-Net cascade at the standard and at the retry thresholds."""
+        photos = [_Pixels(image) for image in images]
+        attempts = [(self.thresholds, True)] if self.proposer else []
+        attempts += [(self.thresholds, False)] + ([(self.retry_thresholds, False)] if self.retry_thresholds else [])
+        found = [[] for _ in photos]
+        for thresholds, from_yunet in attempts:
+            empty = [i for i, faces in enumerate(found) if not faces]
+            if not empty:
+                break
+            for i, faces in zip(empty, self._cascade([photos[i] for i in empty], thresholds, from_yunet)):
                 found[i] = faces
         return found
 
-    def _cascade(self, tables: list[np.ndarray], thresholds) -> list[list[Detection]]:
-        """The three stages on several photos (their summed-area tables); R-Net and O-Net batch all photos."""
-        boxes = [self._propose(table, thresholds[0]) for table in tables]
-        boxes = self._refine(tables, boxes, thresholds[1])
+    def _cascade(self, photos: list[_Pixels], thresholds, from_yunet: bool = False) -> list[list[Detection]]:
+        """The three stages on several photos (YuNet's proposals instead of P-Net's with ``from_yunet``);
+        R-Net and O-Net batch all photos."""
+        if from_yunet:
+            boxes = [self._yunet_boxes(photo.image) for photo in photos]
+        else:
+            boxes = [self._propose(photo.table, thresholds[0]) for photo in photos]
+        boxes = self._refine(photos, boxes, thresholds[1])
         found = []
-        for photo_boxes, points in zip(*self._output(tables, boxes, thresholds[2])):
+        for photo_boxes, points in zip(*self._output(photos, boxes, thresholds[2])):
             found.append([Detection(b[:4].tolist(), b[4], p) for b, p in zip(photo_boxes, points)])
         return found
 
@@ -253,10 +286,10 @@ class MTCNNDetector:
         return [y.cpu().numpy() for y in net(torch.from_numpy(x).to(self.device))]
 
     def _run_batched(
-        self, stage: int, tables: list[np.ndarray], boxes: list[np.ndarray], size: int
+        self, stage: int, photos: list[_Pixels], boxes: list[np.ndarray], size: int
     ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """Cut every photo's boxes, run net ``stage`` on all the patches together, split its outputs per photo."""
-        cut = [_patches(table, photo_boxes, size) for table, photo_boxes in zip(tables, boxes)]
+        cut = [photo.patches(photo_boxes, size) for photo, photo_boxes in zip(photos, boxes)]
         boxes = [photo_boxes for photo_boxes, _ in cut]
         patches = np.concatenate([photo_patches for _, photo_patches in cut])
         if not len(patches):  # nothing to run; empty outputs of the right widths
@@ -274,6 +307,16 @@ class MTCNNDetector:
             scale *= self.factor
             side *= self.factor
         return scales
+
+    def _yunet_boxes(self, image: np.ndarray) -> np.ndarray:
+        """Stage 1 from YuNet: a square (N, 5: x1 y1 x2 y2 score) around each face it finds, sized as
+        MTCNN's own refined squares are (``YUNET_SQUARE``)."""
+        found = self.proposer.detect(image)
+        if not found:
+            return np.zeros((0, 5))
+        cx, cy = np.array([d.center for d in found]).T
+        half = 0.5 * YUNET_SQUARE * np.array([d.height for d in found])
+        return np.stack([cx - half, cy - half, cx + half, cy + half, [d.score for d in found]], axis=1)
 
     def _propose(self, table: np.ndarray, threshold: float) -> np.ndarray:
         """Stage 1: P-Net over the pyramid -> squared candidate boxes (N, 5: x1 y1 x2 y2 score)."""
@@ -305,10 +348,10 @@ class MTCNNDetector:
         boxes = np.concatenate([cand[:, :4] + cand[:, 5:9] * size, cand[:, 4:5]], axis=1)
         return _square(boxes)
 
-    def _refine(self, tables: list[np.ndarray], boxes: list[np.ndarray], threshold: float) -> list[np.ndarray]:
+    def _refine(self, photos: list[_Pixels], boxes: list[np.ndarray], threshold: float) -> list[np.ndarray]:
         """Stage 2: R-Net rescoring and box regression (NMS per photo)."""
         refined = []
-        for photo_boxes, (reg, prob) in zip(*self._run_batched(1, tables, boxes, 24)):
+        for photo_boxes, (reg, prob) in zip(*self._run_batched(1, photos, boxes, 24)):
             score = prob[:, 1]
             keep = score > threshold
             photo_boxes, reg = np.concatenate([photo_boxes[keep, :4], score[keep, None]], axis=1), reg[keep]
@@ -317,11 +360,11 @@ class MTCNNDetector:
         return refined
 
     def _output(
-        self, tables: list[np.ndarray], boxes: list[np.ndarray], threshold: float
+        self, photos: list[_Pixels], boxes: list[np.ndarray], threshold: float
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Stage 3: O-Net final score, box regression and landmarks (NMS per photo)."""
         final, landmarks = [], []
-        for photo_boxes, (reg, marks, prob) in zip(*self._run_batched(2, tables, boxes, 48)):
+        for photo_boxes, (reg, marks, prob) in zip(*self._run_batched(2, photos, boxes, 48)):
             score = prob[:, 1]
             keep = score > threshold
             photo_boxes = np.concatenate([photo_boxes[keep, :4], score[keep, None]], axis=1)
@@ -334,6 +377,54 @@ class MTCNNDetector:
             final.append(photo_boxes[pick])
             landmarks.append(points[pick])
         return final, landmarks
+
+
+def mtcnn_pnet(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", backend: str = "auto", **options
+) -> MTCNNDetector:
+    """The published cascade alone (detector ``mtcnn-pnet``): P-Net proposes every face."""
+    return MTCNNDetector(weights, device=device, backend=backend, proposals="pnet", **options)
+
+
+def _yunet(required: bool):
+    """YuNet for the proposals; ``None`` (with a warning) where it cannot be built and was not required."""
+    from facenet.align.yunet import YuNetDetector
+
+    try:
+        return YuNetDetector()
+    except (FaceNetError, AttributeError) as exc:  # no model file, or an OpenCV without FaceDetectorYN
+        if required:
+            raise FaceNetError(f"YuNet proposals unavailable ({exc}); use proposals='pnet'") from None
+        log.warning("YuNet proposals unavailable (%s); MTCNN uses P-Net's", exc)
+        return None
+
+
+class _Pixels:
+    """One photo as the cascade reads it: the summed-area table of the whole photo is built only when
+    P-Net's pyramid needs it; R-Net and O-Net patches of YuNet's few proposals come from tables of their
+    own windows (the same integer sums, so the same patches)."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self._table = None
+
+    @property
+    def table(self) -> np.ndarray:
+        if self._table is None:
+            self._table = _integral(self.image)
+        return self._table
+
+    def patches(self, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes`` that keep pixels and their patches at ``size`` x ``size``, normalised."""
+        h, w = self.image.shape[:2]
+        boxes, windows = _windows(boxes, h, w)
+        if self._table is not None:
+            return boxes, _normalise(_area_resize(self._table, windows, size, size))
+        patches = np.empty((len(windows), 3, size, size), np.float32)
+        for i, (top, left, height, width) in enumerate(windows):
+            table = _integral(self.image[top : top + height, left : left + width])
+            patches[i] = _area_resize(table, np.array([[0, 0, height, width]]), size, size)[0]
+        return boxes, _normalise(patches)
 
 
 def onnx_cache_paths(folder: Path, opset: int = OPSET) -> list[Path]:
@@ -513,16 +604,14 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def _patches(table: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut each box (clipped to the image, 1-based inclusive as in the original code), resize it to
-    ``size`` x ``size`` and normalise; boxes left with no pixels are dropped."""
-    h, w = table.shape[1] - 1, table.shape[2] - 1
+def _windows(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each box clipped to an h x w image (1-based inclusive as in the original code) as a window (top,
+    left, height, width); boxes left with no pixels are dropped."""
     ibox = np.trunc(boxes[:, :4]).astype(np.int64)
     x1, y1 = np.maximum(ibox[:, 0], 1), np.maximum(ibox[:, 1], 1)
     x2, y2 = np.minimum(ibox[:, 2], w), np.minimum(ibox[:, 3], h)
     ok = (x2 > x1 - 1) & (y2 > y1 - 1)
-    windows = np.stack([y1 - 1, x1 - 1, y2 - y1 + 1, x2 - x1 + 1], axis=1)[ok]
-    return boxes[ok], _normalise(_area_resize(table, windows, size, size))
+    return boxes[ok], np.stack([y1 - 1, x1 - 1, y2 - y1 + 1, x2 - x1 + 1], axis=1)[ok]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:

@@ -29,7 +29,8 @@ def add_model_options(parser: argparse.ArgumentParser, model_option: bool = True
     parser.add_argument(
         "--detector",
         default=None,
-        help="face detector for whole photos: mtcnn, yunet, dlib, center "
+        help="face detector for whole photos: mtcnn (YuNet's proposals, MTCNN's boxes and landmarks), "
+        "mtcnn-pnet (the published MTCNN cascade), yunet, dlib, center "
         "(default: the one the model's recipe names, mtcnn for the pretrained model)",
     )
     parser.add_argument(
