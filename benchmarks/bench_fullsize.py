@@ -145,6 +145,8 @@ def _spawn(pipeline: str, photos: list[str], args, before_src: Path | None, thum
     env = dict(os.environ)
     if pipeline == "before":
         env["PYTHONPATH"] = str(before_src)
+        if args.before_model:  # the default model of that time, where today's is unknown to its code
+            env["FACENET_MODEL"] = str(args.before_model)
     command = [
         sys.executable,
         __file__,
@@ -190,6 +192,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per photo; the best counts (default 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per process")
     ap.add_argument("--before-src", type=Path, help="src folder of the checkout before the change (omit: no 'before')")
+    ap.add_argument(
+        "--before-model",
+        type=Path,
+        help="model file the code before loads (default: the installed default; e.g. the dlib model file when "
+        "that code predates today's default)",
+    )
     ap.add_argument("--skip-dlib", action="store_true", help="leave out dlib's pipeline")
     ap.add_argument(
         "--lfw-rate", type=int, default=0, metavar="N", help="photos/s on N LFW thumbnails, default vs dlib"
