@@ -44,10 +44,10 @@ def box_error(a, b):
 
 
 def test_reduced_copy_finds_the_faces_full_resolution_finds(lfw_dir, model):
-    """LFW photos upscaled 8x (2000 px): detection on the reduced copy (1000 px) finds the faces detection at
-    full size finds, with box corners within 2% of the face size at the median and 5% at worst. MTCNN's own
-    repeatability bounds what can be asked: the same photo at full size, JPEG q90 against lossless, moves
-    its boxes by up to 4% (RESULTS.md, "Photos as people take them")."""
+    """LFW photos upscaled 8x (2000 px): detection on the reduced copy (750 px) finds the faces detection at
+    full size finds, with box corners within 2% of the face size at the median and 5% at worst. The issue
+    asked for 1%; the reduction moves boxes by about 1.4% at the median (benchmarks/box_stability.py,
+    RESULTS.md "Photos as people take them")."""
     finder = model.finder()
     full_size = FaceFinder(finder.detector, finder.recipe, finder.input_size, min_face=None)
     people = sorted(p.name for p in (lfw_dir / "images").iterdir())[::700][:8]
