@@ -119,7 +119,7 @@ def test_convert_command_writes_a_model_file_with_its_recipe(dlib_env, converted
     model, info = load_model_file(out)
     assert (info.arch, info.input_size, info.standardisation) == ("dlib_resnet", 150, "dlib")
     assert info.recipe == {
-        "detector": "mtcnn",
+        "detector": "mtcnn-pnet",  # the landmarks its template and thresholds were measured with
         "mode": "similarity",
         "template": "dlib",
         "margin": 0.0,
