@@ -104,7 +104,8 @@ class SQLiteStore(SQLStore):
         except BaseException:
             conn.close()
             raise
-        if _wal_path(path).exists() and _wal_path(path).stat().st_size:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size:
             store._wipe_later()  # a removal of another process may have left its log unwiped
         return store
 
@@ -162,30 +163,28 @@ class SQLiteStore(SQLStore):
         """Finish a pending wipe unless a reader holds a snapshot from before it (never waiting for one);
         then a thread tries again every ``_WIPE_RETRY_S`` until it succeeds or the store is closed."""
         with self._wipe_lock:
-            if not self._wipe_pending:
+            if self._wiped() or self._retrier is not None or self._closed.is_set():
                 return
-            self._wipe_pending = not _truncate_wal(self.path)
-            if self._wipe_pending and self._retrier is None and not self._closed.is_set():
-                self._retrier = threading.Thread(target=self._retry_wipe, name="facenet-gallery-wipe", daemon=True)
-                self._retrier.start()
+            self._retrier = threading.Thread(target=self._retry_wipe, name="facenet-gallery-wipe", daemon=True)
+            self._retrier.start()
 
     def _retry_wipe(self) -> None:
         while not self._closed.wait(_WIPE_RETRY_S):
             with self._wipe_lock:
-                if self._wipe_pending:
-                    self._wipe_pending = not _truncate_wal(self.path)
-                if not self._wipe_pending:
+                if self._wiped():
                     self._retrier = None
                     return
+
+    def _wiped(self) -> bool:
+        """Try a pending wipe once (the caller holds ``_wipe_lock``); True when nothing is left to wipe."""
+        if self._wipe_pending:
+            self._wipe_pending = not _truncate_wal(self.path)
+        return not self._wipe_pending
 
     def export(self, path: str | os.PathLike) -> None:
         """Write a compact, self-contained copy (a gallery file itself; deleted pages are not copied)."""
         with atomic_path(path) as tmp:
             self._conn.execute("VACUUM INTO ?", (str(tmp),))
-
-
-def _wal_path(path: Path) -> Path:
-    return path.with_name(path.name + "-wal")
 
 
 def _truncate_wal(path: Path) -> bool:
