@@ -1,31 +1,83 @@
-"""FAR thresholds against a brute-force count, and the open-set threshold they give a gallery."""
+"""FAR calibration against a brute-force count, the impostor tail model against known quantiles, and the
+open-set threshold and promise they give a gallery."""
 
 import itertools
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
 from facenet.errors import DataError
-from facenet.evaluate.calibrate import far_thresholds, openset_threshold
+from facenet.evaluate import calibrate as cal
+from facenet.evaluate.calibrate import calibrate, fit_tail, openset_promise, openset_threshold
+from facenet.models.modelfile import ModelInfo
 
 
-def test_far_thresholds_match_a_brute_force_count():
+def _unit(rng, n, d=8):
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def _brute_force(emb, labels, groups=None):
+    groups = np.zeros(len(labels)) if groups is None else groups
+    impostor, genuine = [], []
+    for i, j in itertools.combinations(range(len(emb)), 2):
+        if groups[i] != groups[j]:
+            continue
+        (genuine if labels[i] == labels[j] else impostor).append(float(np.sum((emb[i] - emb[j]) ** 2)))
+    return np.array(impostor), np.array(genuine)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_measured_entries_match_a_brute_force_count(monkeypatch, grouped):
+    monkeypatch.setattr(cal, "BLOCK", 64)  # several tiles, diagonal and not
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(300, 8)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    labels = rng.integers(0, 40, 300)
-    negatives = np.array(
-        [np.sum((emb[i] - emb[j]) ** 2) for i, j in itertools.combinations(range(300), 2) if labels[i] != labels[j]]
-    )
-    table = far_thresholds(emb, labels, fars=(1e-1, 1e-2, 1e-3, 1e-6))
-    assert set(table) == {"1e-01", "1e-02", "1e-03"}  # 1e-6 of ~44k pairs is not measurable: left out
-    for key, threshold in table.items():
-        assert np.count_nonzero(negatives < threshold) == int(float(key) * len(negatives))
+    emb, labels = _unit(rng, 300), rng.integers(0, 40, 300)
+    groups = rng.integers(0, 2, 300) if grouped else None  # pairs only within a group
+    impostor, genuine = _brute_force(emb, labels, groups)
+    result = calibrate(emb, labels, groups, fars=(1e-1, 1e-2, 1e-3, 1e-7))
+    details = result.details
+    assert details["impostor_pairs"] == len(impostor) and details["genuine_pairs"] == len(genuine)
+    for key, threshold in result.thresholds.items():
+        entry = details["entries"][key]
+        if entry["kind"] == "measured":
+            assert np.count_nonzero(impostor < threshold) == int(float(key) * len(impostor)) == entry["pairs_below"]
+        assert entry["tar"] == pytest.approx(np.mean(genuine < threshold), abs=1e-4)
+    assert details["entries"]["1e-01"]["kind"] == "measured"
+    assert "1e-07" not in result.thresholds  # far beyond the smallest measured rate / EXTRAPOLATION: left out
     with pytest.raises(DataError, match="two different people"):
-        far_thresholds(emb[:5], np.zeros(5))
+        calibrate(emb[:5], np.zeros(5))
 
 
-def test_openset_threshold_divides_the_far_among_the_people():
+def test_the_tail_model_recovers_known_quantiles_of_a_normal_distribution():
+    """Distances from N(1.9, 0.2) (the shape of impostor distances): 10M draws measure down to 1e-5 (100 pairs);
+    the model, fitted to the smallest 1,000, extrapolates two decades further to within 2x of the true rate."""
+    rng = np.random.default_rng(1)
+    n, truth = 10_000_000, norm(1.9, 0.2)
+    smallest = np.sort(np.partition(truth.rvs(n, random_state=rng), 2000)[:2001])
+    tail = fit_tail(smallest, n, bootstrap=30)
+    assert tail.count == 1000
+    for far in (1e-5, 1e-6, 1e-7):
+        assert 1 / 2 < truth.cdf(tail.threshold(far)) / far < 2
+        lo, hi = tail.interval(far)
+        assert lo < truth.ppf(far) < hi
+        assert tail.far(tail.threshold(far)) == pytest.approx(far, rel=1e-6)
+
+
+def test_extrapolated_entries_say_so_and_stay_ordered():
+    rng = np.random.default_rng(2)
+    emb, labels = _unit(rng, 3000, d=16), np.arange(3000)  # 4.5M pairs: measured to ~2e-5
+    result = calibrate(emb, labels, on="synthetic")
+    kinds = {k: e["kind"] for k, e in result.details["entries"].items()}
+    assert kinds["1e-04"] == "measured" and kinds["1e-06"] == "extrapolated" and "1e-08" not in kinds
+    lo, hi = result.details["entries"]["1e-06"]["interval"]
+    assert lo <= result.thresholds["1e-06"] <= hi
+    values = [result.thresholds[k] for k in sorted(result.thresholds, key=float)]
+    assert values == sorted(values)
+    assert result.details["on"] == "synthetic" and result.details["tail"]["fitted_pairs"] >= cal.MIN_TAIL
+
+
+def test_openset_threshold_divides_the_far_among_the_comparisons():
     table = {"1e-02": 0.30, "1e-03": 0.20, "1e-04": 0.10}
     assert openset_threshold(table, 1e-2, 1) == (0.30, True)
     assert openset_threshold(table, 1e-2, 10) == (pytest.approx(0.20), True)  # 1e-3 per comparison
@@ -34,3 +86,19 @@ def test_openset_threshold_divides_the_far_among_the_people():
     assert openset_threshold(table, 1e-3, 1000) == (0.10, False)  # beyond the calibration: the strictest
     with pytest.raises(DataError, match="no FAR calibration"):
         openset_threshold({}, 1e-3, 5)
+
+
+def test_the_promise_says_what_a_gallery_of_its_size_gets():
+    table = {f"1e-0{i}": 1.5 - 0.1 * i for i in range(2, 9)}
+    entries = {
+        k: {"kind": "measured", "tar": 0.99 - 0.02 * i} for i, k in enumerate(sorted(table, key=float, reverse=True))
+    }
+    info = ModelInfo(arch="x", embedding_size=8, far_thresholds=table, far_calibration={"entries": entries})
+    small, large = openset_promise(info, 1e-2, 1_000), openset_promise(info, 1e-2, 1_000_000)
+    assert small.met and large.met and large.threshold < small.threshold  # 1e-5 vs 1e-8 per comparison
+    assert small.expected_far == 1e-2 and large.expected_tar < small.expected_tar
+    beyond = openset_promise(info, 1e-3, 1_000_000)  # 1e-9 per comparison
+    assert not beyond.met and beyond.threshold == table["1e-08"]
+    assert beyond.expected_far == pytest.approx(1 - (1 - 1e-8) ** 1_000_000)
+    assert "beyond this model's calibration" in beyond.note and beyond.as_dict()["note"] == beyond.note
+    assert openset_promise(ModelInfo(arch="x", embedding_size=8), 1e-2, 10).calibrated is False

@@ -193,13 +193,16 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
 
     import numpy as np
 
-    from facenet.evaluate.calibrate import far_thresholds
+    from facenet.embedder import model_file
+    from facenet.evaluate.calibrate import calibrate
     from facenet.models.modelfile import check_thresholds, load_model_file, save_model
 
     paths = sorted(result.embeddings)
-    table = far_thresholds(np.stack([result.embeddings[p] for p in paths]), np.array([p.parent.name for p in paths]))
-    from facenet.embedder import model_file
-
+    on = f"{args.pairs.name} images ({len(paths)} images of {len({p.parent for p in paths})} people)"
+    calibration = calibrate(
+        np.stack([result.embeddings[p] for p in paths]), np.array([p.parent.name for p in paths]), on=on
+    )
+    table = calibration.thresholds
     path = model_file(args.model)
     model, info = load_model_file(path)
     check_thresholds(round(result.threshold, 4), table)  # before the file is touched
@@ -207,12 +210,10 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
         info,
         threshold=round(result.threshold, 4),
         far_thresholds=table,
-        provenance={
-            **info.provenance,
-            "thresholds": f"facenet evaluate on {args.pairs.name} "
-            f"({len(paths)} images of {len({p.parent for p in paths})} people)",
-        },
+        far_calibration=calibration.details,
+        provenance={**info.provenance, "thresholds": f"facenet evaluate on {on}"},
     )
     save_model(model, path, info)
-    far_text = ", ".join(f"FAR {k}: {v:.4f}" for k, v in table.items())
+    entries = calibration.details["entries"]
+    far_text = ", ".join(f"FAR {k}: {v:.4f} ({entries[k]['kind']})" for k, v in table.items())
     print(f"thresholds written to {path}: verification {info.threshold:.4f}; {far_text}")

@@ -1,76 +1,215 @@
 """Thresholds at fixed false-accept rates, and the open-set threshold they give for a gallery.
 
 Verification's threshold maximises accuracy on balanced pairs; it is the wrong one for open-set
-identification, where a stranger is compared with every enrolled person and is falsely accepted
-if *any* of them is close enough: with N people the false-accept rate grows about N-fold. So a
-model file also stores thresholds at fixed per-comparison false-accept rates (FAR), measured on
-every pair of *different* identities among held-out faces (not only a few thousand protocol
-pairs: FAR 1e-4 needs millions of pairs to be measured at all). For a gallery of N people and a
-wanted FAR per stranger query, ``openset_threshold`` takes the per-comparison FAR / N
-(union bound) and interpolates the stored table in log FAR.
+identification, where a stranger is compared with every enrolled face and is falsely accepted if
+*any* of them is close enough: with N comparisons the false-accept rate grows about N-fold. So a
+model file also stores thresholds at fixed per-comparison false-accept rates (FAR) from 1e-2 down
+to 1e-8, what a gallery of 10^6 faces needs for a 1% stranger rate (``openset_threshold`` divides
+the wanted rate among the comparisons, a union bound, and interpolates the table in log FAR).
+
+- **Measured** entries are order statistics of every different-identity pair among the calibration
+  faces, streamed in blocks (memory grows with the faces and the ~1% smallest distances, never with
+  the pairs), where at least ``MIN_MEASURED`` pairs lie below them (or fewer, but at least one, where
+  the data are too few for a tail model).
+- **Extrapolated** entries come from a generalised Pareto model of the impostor tail (extreme value
+  theory: the smallest distances below a low threshold follow it whatever the bulk looks like), fitted
+  to the smallest ``TAIL_SHARE`` of the pairs, with a bootstrap interval, and never further than
+  ``EXTRAPOLATION`` times below the smallest measured rate.
+- Faces of sources whose people may overlap (two public collections can hold the same celebrity) are
+  only paired within their own source (``groups``): a same-person pair counted as an impostor would
+  decide the rarest rates.
+
+Each entry records its kind, how many impostor pairs it rests on, and the share of same-identity pairs
+that pass it (TAR), which is what a gallery of that size can promise to enrolled people.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from facenet.distances import squared_l2
 from facenet.errors import DataError
 
-CALIBRATED_FARS = (1e-2, 1e-3, 1e-4, 1e-5)
-log = logging.getLogger(__name__)
+CALIBRATED_FARS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 DEFAULT_OPENSET_FAR = 1e-2  # chance that a stranger is taken for someone enrolled (LFW: RESULTS.md)
-MAX_IMAGES = 8000  # 32M different-identity pairs at most: about 130 MB of distances
+MIN_MEASURED = 100  # impostor pairs below a threshold for its rate to count as measured
+TAIL_SHARE = 1e-4  # the tail model is fitted to this share of the smallest impostor distances...
+MIN_TAIL = 500  # ...and to at least this many of them
+EXTRAPOLATION = 100.0  # the tail model answers down to the smallest measured rate / this
+BOOTSTRAP = 200  # refits of the tail model for its interval
+BLOCK = 2048  # rows and columns of distances computed at once (16 MB of float32)
+log = logging.getLogger(__name__)
 
 
 def far_key(far: float) -> str:
     return f"{far:.0e}"
 
 
-def far_thresholds(embeddings: np.ndarray, labels: np.ndarray, fars=CALIBRATED_FARS, seed: int = 0) -> dict[str, float]:
-    """Squared-L2 thresholds t with FAR(t) = share of different-identity pairs closer than t, per FAR.
+@dataclass(frozen=True)
+class TailModel:
+    """Generalised Pareto model of the impostor distances below ``u``: a share ``far_u`` of all pairs
+    lies below ``u``, and u - d for those pairs follows GPD(``xi``, ``sigma``); ``fits`` are bootstrap
+    refits (xi, sigma) for the interval."""
 
-    Uses every pair of images with different labels (a seeded sample of ``MAX_IMAGES`` images when
-    there are more). A FAR smaller than one pair in the set is left out rather than guessed.
-    """
-    embeddings = np.asarray(embeddings, dtype=np.float32)
+    u: float
+    far_u: float
+    xi: float
+    sigma: float
+    count: int
+    fits: tuple = ()
+
+    def threshold(self, far: float, xi: float | None = None, sigma: float | None = None) -> float:
+        """The distance below which a share ``far`` (< ``far_u``) of the impostor pairs falls."""
+        from scipy.stats import genpareto
+
+        xi, sigma = (self.xi, self.sigma) if xi is None else (xi, sigma)
+        return max(0.0, self.u - float(genpareto.isf(far / self.far_u, xi, scale=sigma)))
+
+    def interval(self, far: float, level: float = 0.9) -> tuple[float, float]:
+        """A bootstrap interval (``level``) of ``threshold(far)``."""
+        values = [self.threshold(far, xi, sigma) for xi, sigma in self.fits]
+        lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2]) if values else (math.nan, math.nan)
+        return float(lo), float(hi)
+
+    def far(self, threshold: float) -> float:
+        """The model's share of impostor pairs below ``threshold`` (<= ``u``)."""
+        from scipy.stats import genpareto
+
+        return float(self.far_u * genpareto.sf(self.u - threshold, self.xi, scale=self.sigma))
+
+
+def fit_tail(smallest: np.ndarray, pairs: int, seed: int = 0, bootstrap: int = BOOTSTRAP) -> TailModel:
+    """The tail model from the sorted smallest impostor distances of ``pairs`` pairs in all; it is fitted to
+    the smallest ``max(MIN_TAIL, TAIL_SHARE * pairs)`` of them (maximum likelihood, location fixed at u)."""
+    from scipy.stats import genpareto
+
+    count = min(len(smallest) - 1, max(MIN_TAIL, int(TAIL_SHARE * pairs)))
+    if count < MIN_TAIL:
+        raise DataError(
+            f"the impostor tail needs at least {MIN_TAIL + 1} different-identity pairs, got {len(smallest)}"
+        )
+    u = float(smallest[count])
+    excess = u - np.asarray(smallest[:count], np.float64)
+
+    def fit(sample: np.ndarray) -> tuple[float, float]:
+        xi, _, sigma = genpareto.fit(sample, floc=0.0)
+        return float(xi), float(sigma)
+
+    xi, sigma = fit(excess)
+    rng = np.random.default_rng(seed)
+    fits = tuple(fit(rng.choice(excess, len(excess))) for _ in range(bootstrap))
+    return TailModel(u, count / pairs, xi, sigma, count, fits)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate`` measured: ``thresholds`` ("1e-03" -> squared L2; ``ModelInfo.far_thresholds``) and
+    ``details`` (``ModelInfo.far_calibration``): pairs and faces used, the tail model, and per entry its
+    kind ("measured" or "extrapolated"), the impostor pairs below it and the TAR it gives."""
+
+    thresholds: dict
+    details: dict
+
+
+def calibrate(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    fars=CALIBRATED_FARS,
+    on: str = "",
+    seed: int = 0,
+) -> Calibration:
+    """Thresholds at each rate of ``fars`` over every different-identity pair of ``embeddings`` (pairs only
+    within the same ``groups`` value when given), measured where the data holds ``MIN_MEASURED`` pairs below
+    them and extrapolated by the tail model below that; ``on`` says what the faces are, for the record."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
-    if len(embeddings) > MAX_IMAGES:
-        keep = np.sort(np.random.default_rng(seed).choice(len(embeddings), MAX_IMAGES, replace=False))
-        embeddings, labels = embeddings[keep], labels[keep]
-    negatives = _different_identity_distances(embeddings, labels)
-    if len(negatives) == 0:
+    groups = np.zeros(len(labels), np.int64) if groups is None else np.asarray(groups)
+    parts = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    pairs = sum(_impostor_pairs(labels[rows]) for rows in parts)
+    if pairs == 0:
         raise DataError("FAR calibration needs faces of at least two different people")
-    result = {}
-    for far in fars:
-        rank = far * len(negatives)
-        if rank < 1:
+    keep = min(pairs, max(int(max(fars) * pairs) + 2, MIN_TAIL + 1))
+    scans = [_scan(embeddings[rows], labels[rows], keep) for rows in parts]
+    smallest = np.sort(np.concatenate([s for s, _ in scans]))[:keep]
+    genuine = np.sort(np.concatenate([g for _, g in scans]))
+    tail = fit_tail(smallest, pairs, seed) if len(smallest) > MIN_TAIL else None
+    smallest_measured = MIN_MEASURED / pairs
+    thresholds, entries = {}, {}
+    for far in sorted(fars, reverse=True):
+        rank = int(math.floor(far * pairs))
+        extrapolate = tail is not None and smallest_measured / EXTRAPOLATION <= far < tail.far_u
+        if rank >= MIN_MEASURED or (rank >= 1 and not extrapolate):  # few pairs are still data: pairs_below says
+            threshold = float((smallest[rank - 1] + smallest[rank]) / 2)  # the midpoint of two order statistics
+            entry = {"kind": "measured", "pairs_below": rank}
+        elif extrapolate:
+            threshold = tail.threshold(far)
+            entry = {"kind": "extrapolated", "pairs_below": int(np.searchsorted(smallest, threshold))}
+            entry["interval"] = [round(v, 4) for v in tail.interval(far)]
+        else:
             continue
-        # the threshold below which a fraction `far` of the negatives falls: midpoint of two order statistics
-        k = int(math.floor(rank))
-        part = np.partition(negatives, (k - 1, k))
-        result[far_key(far)] = float((part[k - 1] + part[k]) / 2)
-    return result
+        thresholds[far_key(far)] = round(threshold, 4)
+        entry["tar"] = round(float(np.searchsorted(genuine, threshold)) / len(genuine), 4) if len(genuine) else None
+        entries[far_key(far)] = entry
+    details = {
+        "on": on,
+        "faces": int(len(labels)),
+        "people": int(sum(len(np.unique(labels[rows])) for rows in parts)),
+        "impostor_pairs": int(pairs),
+        "genuine_pairs": int(len(genuine)),
+        "entries": entries,
+    }
+    if tail is not None:
+        details["tail"] = {"model": "genpareto", "u": tail.u, "far_u": tail.far_u, "xi": tail.xi, "sigma": tail.sigma}
+        details["tail"]["fitted_pairs"] = tail.count
+    return Calibration(thresholds, details)
 
 
-def _different_identity_distances(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
+def _impostor_pairs(labels: np.ndarray) -> int:
+    _, counts = np.unique(labels, return_counts=True)
+    n = int(counts.sum())
+    return (n * n - int(np.sum(counts.astype(np.int64) ** 2))) // 2
+
+
+def _scan(embeddings: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``keep`` smallest different-identity distances, every same-identity distance), each pair once,
+    from BLOCK x BLOCK tiles of distances: memory stays near ``keep`` + one tile whatever the pairs."""
     _, codes = np.unique(labels, return_inverse=True)
-    embeddings = embeddings.astype(np.float64)
-    parts = []
-    for start in range(0, len(embeddings), chunk):
-        rows = slice(start, start + chunk)
-        d = squared_l2(embeddings[rows], embeddings[start:], pairwise=True)
-        upper = np.triu(np.ones(d.shape, dtype=bool), k=1)  # each pair once, never an image with itself
-        different = codes[rows, None] != codes[None, start:]
-        parts.append(d[upper & different].astype(np.float32))
-    return np.concatenate(parts)
+    norms = np.einsum("ij,ij->i", embeddings, embeddings)
+    smallest, genuine = np.empty(0, np.float32), []
+    cut = np.inf  # once ``keep`` are held, larger distances cannot enter
+    n = len(embeddings)
+    for r in range(0, n, BLOCK):
+        for c in range(r, n, BLOCK):
+            d = (
+                norms[r : r + BLOCK, None]
+                + norms[None, c : c + BLOCK]
+                - 2 * embeddings[r : r + BLOCK] @ embeddings[c : c + BLOCK].T
+            )
+            np.maximum(d, 0, out=d)
+            same = codes[r : r + BLOCK, None] == codes[None, c : c + BLOCK]
+            if r == c:  # a diagonal tile: each pair once, never a face with itself
+                upper = np.triu(np.ones(d.shape, bool), k=1)
+                genuine.append(d[same & upper])
+                impostor = d[~same & upper]
+            else:
+                genuine.append(d[same])
+                impostor = d[~same]
+            smallest = np.concatenate([smallest, impostor[impostor < cut]])
+            if len(smallest) > 2 * keep:
+                smallest = np.partition(smallest, keep - 1)[:keep]
+                cut = smallest.max()
+    if len(smallest) > keep:
+        smallest = np.partition(smallest, keep - 1)[:keep]
+    return smallest, np.concatenate(genuine) if genuine else np.empty(0, np.float32)
 
 
-def openset_threshold(table: dict[str, float], far: float, people: int) -> tuple[float, bool]:
-    """The threshold for a gallery of ``people`` so a stranger is falsely accepted with probability ~``far``.
+def openset_threshold(table: dict[str, float], far: float, comparisons: int) -> tuple[float, bool]:
+    """The threshold for a gallery a stranger is compared ``comparisons`` times with, so the stranger is
+    falsely accepted with probability ~``far``.
 
     Returns (threshold, exact): ``exact`` is False when the per-comparison FAR needed lies below the
     smallest calibrated one, so the strictest stored threshold is used and the real rate is higher.
@@ -82,37 +221,105 @@ def openset_threshold(table: dict[str, float], far: float, people: int) -> tuple
         )
     if not 0 < far < 1:
         raise DataError(f"FAR must be between 0 and 1, got {far}")
-    points = sorted((float(k), v) for k, v in table.items())
-    logs = np.log10([f for f, _ in points])
-    values = np.array([t for _, t in points])
-    wanted = math.log10(far / max(people, 1))
+    logs, values = _log_table(table)
+    wanted = math.log10(far / max(comparisons, 1))
     if wanted < logs[0]:
         return float(values[0]), False
     return float(np.interp(wanted, logs, values)), True
 
 
-def identification_threshold(embedder, people: int, far: float = DEFAULT_OPENSET_FAR) -> float:
-    """The open-set threshold of ``embedder`` for a gallery of ``people``: a stranger is accepted with
-    probability about ``far``. With several photos per person, pass what a stranger is compared with
-    under the gallery's policy (``Gallery.comparisons``: its faces, or its people). Embedders without a FAR
-    calibration (``info.far_thresholds``) fall back to their verification threshold, with a warning: it accepts
-    strangers far more often."""
+def _log_table(table: dict) -> tuple[np.ndarray, np.ndarray]:
+    points = sorted((float(k), v) for k, v in table.items())
+    return np.log10([f for f, _ in points]), np.array([v for _, v in points], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class OpenSetPromise:
+    """What a gallery of ``comparisons`` (per stranger query) can promise with a model at the asked
+    stranger false-accept rate: the ``threshold`` used, the stranger rate it gives (``expected_far``:
+    the asked one when ``met``, else the union bound at the strictest calibrated threshold), and the
+    share of enrolled people's photos expected to pass it (``expected_tar``; None when the model's
+    calibration does not record it)."""
+
+    threshold: float
+    asked_far: float
+    expected_far: float
+    expected_tar: float | None
+    comparisons: int
+    met: bool
+    calibrated: bool = True
+
+    @property
+    def note(self) -> str:
+        """One sentence for a person when the promise does not hold; empty when it does."""
+        if not self.calibrated:
+            return (
+                "this model has no FAR calibration: the verification threshold is used, and strangers are "
+                "accepted far more often than asked"
+            )
+        if self.met:
+            return ""
+        return (
+            f"a stranger false-accept rate of {self.asked_far:g} is beyond this model's calibration at "
+            f"{self.comparisons:,} comparisons: expect about {self.expected_far:.2g}"
+        )
+
+    def as_dict(self) -> dict:
+        out = {
+            "threshold": round(self.threshold, 4),
+            "asked_far": self.asked_far,
+            "expected_far": float(f"{self.expected_far:.3g}"),
+            "expected_tar": self.expected_tar,
+            "comparisons": self.comparisons,
+            "met": self.met,
+        }
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def openset_promise(info, far: float, comparisons: int) -> OpenSetPromise:
+    """The open-set promise of a model (its ``ModelInfo``, or None for a model without one) for a gallery
+    a stranger is compared ``comparisons`` times with (``Gallery.comparisons``), at stranger rate ``far``."""
+    table = getattr(info, "far_thresholds", None)
+    if not table:
+        threshold = float(getattr(info, "threshold", 0.0))
+        return OpenSetPromise(threshold, far, math.nan, None, comparisons, False, calibrated=False)
+    threshold, met = openset_threshold(table, far, comparisons)
+    if met:
+        expected = far
+    else:  # the strictest calibrated rate, compared with every enrolled face
+        strictest = min(float(k) for k in table)
+        expected = -math.expm1(max(comparisons, 1) * math.log1p(-strictest))
+    entries = (getattr(info, "far_calibration", None) or {}).get("entries", {})
+    tars = {k: e["tar"] for k, e in entries.items() if e.get("tar") is not None and k in table}
+    tar = None
+    if tars:
+        logs, values = _log_table(tars)
+        position = math.log10(max(far / max(comparisons, 1), 10 ** logs[0]))
+        tar = round(float(np.interp(position, logs, values)), 4)
+    return OpenSetPromise(threshold, far, expected, tar, comparisons, met)
+
+
+def identification_promise(embedder, comparisons: int, far: float = DEFAULT_OPENSET_FAR) -> OpenSetPromise:
+    """``openset_promise`` for an embedder (its ``info``), logging what it cannot keep; the open-set threshold of
+    every command, the API and the service. With several photos per person, ``comparisons`` is what a stranger
+    is compared with under the gallery's policy (``Gallery.comparisons``)."""
     info = getattr(embedder, "info", None)
-    if info is None or not info.far_thresholds:
+    promise = openset_promise(info if info is not None else embedder, far, comparisons)
+    if not promise.calibrated:
         log.warning(
             "model %s has no FAR calibration: identification uses the verification threshold, which "
             "accepts a stranger about as often as the number of people enrolled times its pair FAR; "
             "calibrate with `facenet evaluate --write-thresholds`",
             embedder.name,
         )
-        return float(embedder.threshold)
-    threshold, exact = openset_threshold(info.far_thresholds, far, people)
-    if not exact:
-        log.warning(
-            "a stranger FAR of %g with %d people needs a per-pair FAR below the model's calibration; "
-            "using its strictest threshold %.4f",
-            far,
-            people,
-            threshold,
-        )
-    return threshold
+        return OpenSetPromise(float(embedder.threshold), far, math.nan, None, comparisons, False, calibrated=False)
+    if not promise.met:
+        log.warning("%s; using the strictest threshold %.4f", promise.note, promise.threshold)
+    return promise
+
+
+def identification_threshold(embedder, comparisons: int, far: float = DEFAULT_OPENSET_FAR) -> float:
+    """The threshold of ``identification_promise``."""
+    return identification_promise(embedder, comparisons, far).threshold

@@ -38,6 +38,7 @@ class ModelInfo:
     provenance: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)  # how input crops are made: facenet.align.Recipe fields
     far_thresholds: dict = field(default_factory=dict)  # "1e-03" -> squared L2 at that per-pair FAR (open-set use)
+    far_calibration: dict = field(default_factory=dict)  # how that table was made (evaluate.calibrate.Calibration)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -127,7 +127,7 @@ class _Run:
     history: list[dict] = field(default_factory=list)
     loader: object = None  # the batches of the steps to come, or (offline mining) ...
     offline: OfflineTriplets | None = None  # ... the pool of offline-mined triplets
-    last_check: tuple | None = None  # the last held-out verification (accuracy, threshold, FAR table)
+    last_check: tuple | None = None  # the last held-out verification (accuracy, threshold, Calibration)
 
 
 def _check_start(
@@ -646,7 +646,10 @@ def _save_model(
     }
     info = model_info_for(clean, standardisation=config.standardisation, provenance=provenance, recipe=_recipe(config))
     if check is not None:
-        info = dataclasses.replace(info, threshold=check[1], far_thresholds=check[2])
+        calibration = check[2]
+        info = dataclasses.replace(
+            info, threshold=check[1], far_thresholds=calibration.thresholds, far_calibration=calibration.details
+        )
     return save_model(clean, path, info)
 
 

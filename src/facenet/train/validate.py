@@ -25,10 +25,11 @@ def embed_source(
     return embedder.embed_crops(crops, batch_size=batch_size)
 
 
-def verification(model, source, pairs, config: TrainConfig, device: torch.device) -> tuple[float, float, dict]:
+def verification(model, source, pairs, config: TrainConfig, device: torch.device) -> tuple[float, float, object]:
     """10-fold verification accuracy on held-out identities, the threshold fitted on all pairs, and the
-    thresholds at fixed FARs over every pair of different held-out people among the images checked."""
-    from facenet.evaluate.calibrate import far_thresholds
+    FAR calibration (``facenet.evaluate.calibrate.Calibration``) over every pair of different held-out people
+    among the images checked."""
+    from facenet.evaluate.calibrate import calibrate
     from facenet.evaluate.metrics import best_threshold, kfold_metrics
 
     used = np.unique(np.concatenate([pairs.first, pairs.second]))
@@ -38,4 +39,5 @@ def verification(model, source, pairs, config: TrainConfig, device: torch.device
     e2 = emb[[row[i] for i in pairs.second]]
     result = kfold_metrics(e1, e2, pairs.same, pairs.folds)
     threshold, _ = best_threshold(np.sum((e1 - e2) ** 2, axis=1), pairs.same)
-    return float(result.accuracy.mean()), float(threshold), far_thresholds(emb, source.labels[used])
+    calibration = calibrate(emb, source.labels[used], on=f"held-out training identities ({len(used)} images)")
+    return float(result.accuracy.mean()), float(threshold), calibration
