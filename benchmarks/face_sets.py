@@ -50,7 +50,7 @@ def embed_aligned(embedder, paths: list[Path], cache: Path, batch: int = 256) ->
     todo = [p for p in paths if str(p) not in done]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
-        crops = [np.asarray(Image.open(p).convert("RGB").resize((embedder.input_size,) * 2)) for p in chunk]
+        crops = [np.asarray(Image.open(p).convert("RGB").resize((embedder.info.input_size,) * 2)) for p in chunk]
         done.update(zip(map(str, chunk), embedder.embed_crops(crops)))
         print(f"\rembedding {cache.stem}: {len(done)}/{len(paths)}", end="", flush=True)
     if todo:

@@ -125,17 +125,9 @@ def calibrate(
     """Thresholds at each rate of ``fars`` over every different-identity pair of ``embeddings`` (pairs only
     within the same ``groups`` value when given), measured where the data holds ``MIN_MEASURED`` pairs below
     them and extrapolated by the tail model below that; ``on`` says what the faces are, for the record."""
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    pairs, smallest, genuine = pair_distances(embeddings, labels, groups, keep_share=max(fars))
     labels = np.asarray(labels)
-    groups = np.zeros(len(labels), np.int64) if groups is None else np.asarray(groups)
-    parts = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    pairs = sum(_impostor_pairs(labels[rows]) for rows in parts)
-    if pairs == 0:
-        raise DataError("FAR calibration needs faces of at least two different people")
-    keep = min(pairs, max(int(max(fars) * pairs) + 2, MIN_TAIL + 1))
-    scans = [_scan(embeddings[rows], labels[rows], keep) for rows in parts]
-    smallest = np.sort(np.concatenate([s for s, _ in scans]))[:keep]
-    genuine = np.sort(np.concatenate([g for _, g in scans]))
+    parts = _parts(groups, len(labels))
     tail = fit_tail(smallest, pairs, seed) if len(smallest) > MIN_TAIL else None
     smallest_measured = MIN_MEASURED / pairs
     thresholds, entries = {}, {}
@@ -166,6 +158,28 @@ def calibrate(
         details["tail"] = {"model": "genpareto", "u": tail.u, "far_u": tail.far_u, "xi": tail.xi, "sigma": tail.sigma}
         details["tail"]["fitted_pairs"] = tail.count
     return Calibration(thresholds, details)
+
+
+def pair_distances(
+    embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, keep_share: float = 1e-2
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """(different-identity pairs, the smallest ``keep_share`` of their distances sorted, every same-identity
+    distance sorted): each pair once, only within the same ``groups`` value when given."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels)
+    parts = _parts(groups, len(labels))
+    pairs = sum(_impostor_pairs(labels[rows]) for rows in parts)
+    if pairs == 0:
+        raise DataError("FAR calibration needs faces of at least two different people")
+    keep = min(pairs, max(int(keep_share * pairs) + 2, MIN_TAIL + 1))
+    scans = [_scan(embeddings[rows], labels[rows], keep) for rows in parts]
+    smallest = np.sort(np.concatenate([s for s, _ in scans]))[:keep]
+    return pairs, smallest, np.sort(np.concatenate([g for _, g in scans]))
+
+
+def _parts(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
+    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
+    return [np.flatnonzero(groups == g) for g in np.unique(groups)]
 
 
 def _impostor_pairs(labels: np.ndarray) -> int:

@@ -1,0 +1,212 @@
+"""Open-set identification as galleries grow (issue 23; the MegaFace idea on our data).
+
+LFW people with at least 6 photos are enrolled with their first 1 or 5 photos; their other photos are the
+known probes; every photo of LFW people with fewer than 6 photos is a stranger probe (never enrolled).
+Beside them, N distractor faces are enrolled, each as a person of its own (as MegaFace does): faces of
+the LFW-free sources (``face_sets.py``: UTKFace, Extended Yale B, CelebA, and the PubFig83 / Glint people
+who are not in LFW), in a seeded random order, N from 0 up to all of them. A ``--cohort`` of those faces
+is kept out of every gallery for score normalisation.
+
+Per gallery size, policy (``facenet.gallery.policy``) and scoring (raw, or cohort-normalised):
+
+* asked 1e-2 / 1e-3: the threshold the model's FAR table gives for that many comparisons
+  (``facenet.evaluate.calibrate.openset_promise``, the product's path), the measured stranger
+  false-accept rate there (share of stranger probes whose best person passes it, with a 95% Wilson
+  interval) and the DIR there (known probes whose best person is right and passes it); raw scores only,
+  since the table is calibrated for raw distances;
+* DIR at a measured 1% stranger rate (the threshold that accepts 1% of the stranger probes): how well the
+  scores rank, whatever the calibration; normalisation is judged on this;
+* rank-1 (closed set).
+
+    .venv/bin/python benchmarks/openset_scale.py --faces ~/faces/aligned --lfw ../shared/data/lfw/images \\
+        --cache /tmp/openset --json /tmp/openset/scale.json --plot docs/openset_scale.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import face_sets
+import numpy as np
+
+import facenet
+from facenet.evaluate.calibrate import openset_promise
+from facenet.gallery.policy import parse_policy, templates
+
+ASKED = (1e-2, 1e-3)
+SIZES = (0, 100, 1_000, 3_000, 10_000, 30_000)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
+    return float(centre - half), float(centre + half)
+
+
+def best_people(queries, people_faces, owners, distractors, policy, cohort=None) -> tuple[np.ndarray, np.ndarray]:
+    """(best person index, its score) per query; enrolled people first (by ``owners``), then each distractor
+    face as a person. Scores are squared L2 (or, with a cohort, z-scores of it against the query's distances
+    to the cohort)."""
+    policy = parse_policy(policy)
+    people = int(owners.max()) + 1
+    best = np.empty(len(queries), np.int64)
+    score = np.empty(len(queries), np.float64)
+    _, template = templates(people_faces, owners) if policy.uses_template else (None, None)
+    for start in range(0, len(queries), 512):
+        q = queries[start : start + 512].astype(np.float32)
+        d = np.maximum(2.0 - 2.0 * q @ people_faces.T, 0.0)
+        if policy.uses_template:
+            per_person = np.maximum(2.0 - 2.0 * q @ template.T, 0.0)
+        else:
+            per_person = np.full((len(q), people), np.inf)
+            for p in range(people):
+                cols = d[:, owners == p]
+                k = min(policy.k, cols.shape[1])
+                per_person[:, p] = np.sort(cols, axis=1)[:, :k].mean(axis=1)
+        if len(distractors):
+            per_person = np.concatenate([per_person, np.maximum(2.0 - 2.0 * q @ distractors.T, 0.0)], axis=1)
+        if cohort is not None:
+            c = np.maximum(2.0 - 2.0 * q @ cohort.T, 0.0)
+            per_person = (per_person - c.mean(axis=1, keepdims=True)) / c.std(axis=1, keepdims=True)
+        best[start : start + len(q)] = per_person.argmin(axis=1)
+        score[start : start + len(q)] = per_person.min(axis=1)
+    return best, score
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--faces", type=Path, required=True, help="the aligned folders of scripts/prepare_training_data.py")
+    ap.add_argument("--lfw", type=Path, required=True, help="LFW's images folder")
+    ap.add_argument("--cache", type=Path, required=True, help="folder keeping the embeddings")
+    ap.add_argument("--policies", default="nearest,mean-of-3,template")
+    ap.add_argument("--cohort", type=int, default=1000, help="distractor-pool faces kept out for normalisation")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--plot", type=Path, help="PNG of DIR and measured stranger rate against gallery size")
+    args = ap.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    embedder = facenet.load_model(detect=False)
+    info = embedder.info
+    lfw_paths, lfw_labels, lfw_emb = face_sets.lfw_faces(
+        args.lfw, face_sets.lfw_embedder(), args.cache / "lfw.reid.npz"
+    )
+    overlap = (
+        set((args.faces.parent / "lfw_overlap.txt").read_text().split("\n"))
+        if (args.faces.parent / "lfw_overlap.txt").exists()
+        else set()
+    )
+    pool_paths, pool_labels, _ = face_sets.aligned_faces(
+        args.faces, face_sets.DISTRACTOR_SOURCES + face_sets.CALIBRATION_SOURCES
+    )
+    pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "pool.reid.npz")
+    keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
+    pool_emb = pool_emb[keep]
+    order = np.random.default_rng(0).permutation(len(pool_emb))
+    cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
+    names, counts = np.unique(lfw_labels, return_counts=True)
+    known_people = names[counts >= 6]
+    stranger = ~np.isin(lfw_labels, known_people)
+    sizes = [n for n in SIZES if n < len(pool_emb)] + [len(pool_emb)]
+    print(
+        f"LFW: {len(known_people)} people enrolled, {int(stranger.sum())} stranger photos; distractor pool "
+        f"{len(pool_emb):,} faces (LFW-free, {len(overlap)} LFW people left out), cohort {len(cohort)}; model {info.id}"
+    )
+    rows = []
+    for enrolled in (1, 5):
+        enrol_idx, owners, probe_idx, truth = [], [], [], []
+        for p, person in enumerate(known_people):
+            idx = np.flatnonzero(lfw_labels == person)  # sorted paths: first photos by file name
+            enrol_idx += list(idx[:enrolled])
+            owners += [p] * enrolled
+            probe_idx += list(idx[5:])
+            truth += [p] * len(idx[5:])
+        faces, owners, truth = lfw_emb[enrol_idx], np.array(owners), np.array(truth)
+        known_q, stranger_q = lfw_emb[probe_idx], lfw_emb[stranger]
+        for policy in args.policies.split(","):
+            for n in sizes:
+                distractors = pool_emb[:n]
+                people, gallery_faces = len(known_people) + n, len(faces) + n
+                comparisons = parse_policy(policy).comparisons(people, gallery_faces)
+                row = {
+                    "enrolled": enrolled,
+                    "policy": policy,
+                    "distractors": n,
+                    "faces": gallery_faces,
+                    "comparisons": comparisons,
+                }
+                for scoring, c in (("raw", None), ("cohort", cohort)):
+                    kb, ks = best_people(known_q, faces, owners, distractors, policy, c)
+                    _, ss = best_people(stranger_q, faces, owners, distractors, policy, c)
+                    right = kb == truth
+                    t1 = np.quantile(ss, 0.01)
+                    row[scoring] = {
+                        "rank1": float(right.mean()),
+                        "dir_at_measured_1pct": float(np.mean(right & (ks <= t1))),
+                    }
+                    if scoring == "raw":
+                        for far in ASKED:
+                            promise = openset_promise(info, far, comparisons)
+                            accepted = int(np.sum(ss <= promise.threshold))
+                            row["raw"][f"{far:g}"] = {
+                                "threshold": promise.threshold,
+                                "met": promise.met,
+                                "expected_far": promise.expected_far,
+                                "expected_tar": promise.expected_tar,
+                                "stranger_far": accepted / len(ss),
+                                "stranger_far_95": wilson(accepted, len(ss)),
+                                "dir": float(np.mean(right & (ks <= promise.threshold))),
+                            }
+                rows.append(row)
+                print(summary(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"model": info.id, "rows": rows}, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def summary(row: dict) -> str:
+    r = row["raw"]
+    asked = "  ".join(
+        f"asked {k}: FAR {r[k]['stranger_far']:.4f} DIR {r[k]['dir']:.3f}{'' if r[k]['met'] else ' (not met)'}"
+        for k in ("0.01", "0.001")
+    )
+    return (
+        f"{row['enrolled']} photo(s) {row['policy']:<10} +{row['distractors']:>6,} distractors  "
+        f"rank-1 {r['rank1']:.3f}  {asked}  DIR at a measured 1%: raw {r['dir_at_measured_1pct']:.3f}, "
+        f"cohort {row['cohort']['dir_at_measured_1pct']:.3f}"
+    )
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for enrolled, style in ((1, "--"), (5, "-")):
+        for policy in sorted({r["policy"] for r in rows}):
+            sel = [r for r in rows if r["enrolled"] == enrolled and r["policy"] == policy]
+            x = [max(r["faces"], 1) for r in sel]
+            a.plot(x, [r["raw"]["0.01"]["dir"] for r in sel], style, label=f"{policy}, {enrolled} photo(s)")
+            b.plot(x, [r["raw"]["0.01"]["stranger_far"] for r in sel], style, label=f"{policy}, {enrolled} photo(s)")
+    b.axhline(0.01, color="k", lw=0.8)
+    b.axhspan(0.005, 0.02, color="k", alpha=0.08, label="asked 1% (within 2x)")
+    for ax, title in ((a, "enrolled people identified (DIR), asked 1%"), (b, "measured stranger false-accept rate")):
+        ax.set_xscale("log")
+        ax.set_xlabel("faces in the gallery")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
