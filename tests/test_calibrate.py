@@ -102,3 +102,25 @@ def test_the_promise_says_what_a_gallery_of_its_size_gets():
     assert beyond.expected_far == pytest.approx(1 - (1 - 1e-8) ** 1_000_000)
     assert "beyond this model's calibration" in beyond.note and beyond.as_dict()["note"] == beyond.note
     assert openset_promise(ModelInfo(arch="x", embedding_size=8), 1e-2, 10).calibrated is False
+
+
+def test_the_python_api_answers_carry_the_promise(model_file, tmp_path):
+    """``facenet.identify``: each face's answer says what the gallery's size gets (``Identified.open_set``)."""
+    import dataclasses
+
+    import facenet
+    from facenet.data.synthetic import SyntheticFaces
+    from facenet.embedder import FaceEmbedder
+    from facenet.models.modelfile import load_model_file
+
+    model, info = load_model_file(model_file)
+    info = dataclasses.replace(info, far_thresholds={"1e-02": 0.5, "1e-03": 0.3})
+    embedder = FaceEmbedder(model, info, detector=None)
+    faces = SyntheticFaces(3, seed=1, size=48)
+    gallery = tmp_path / "g.db"
+    facenet.enroll("a", [faces.render(0, 0)], gallery=gallery, model=embedder, policy="nearest")
+    (answer,) = facenet.identify(faces.render(0, 0), gallery=gallery, model=embedder)
+    assert answer.known and answer.open_set.met and answer.open_set.comparisons == 1
+    assert answer.open_set.threshold == 0.5 and answer.open_set.expected_far == 1e-2
+    (answer,) = facenet.identify(faces.render(0, 0), gallery=gallery, model=embedder, far=1e-4)  # 1e-4 < 1e-3
+    assert not answer.open_set.met and "beyond this model's calibration" in answer.open_set.note

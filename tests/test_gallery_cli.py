@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from facenet.commands import cluster as cluster_cmd
 from facenet.commands import gallery as gallery_cmd
 from facenet.embedder import FoundFaces
 from facenet.errors import NoFaceError
-from facenet.gallery import Gallery
+from facenet.gallery import Gallery, Record
 
 D = 8
 COLOURS = {"red": 0, "green": 1, "blue": 2}
@@ -40,9 +41,30 @@ class FakeEmbedder:
         return np.stack(out)
 
 
+# a FAR table that stops early: past 10 comparisons, a 1e-2 stranger rate needs less than 1e-3 per comparison
+SHORT_TABLE = {"1e-02": 0.45, "1e-03": 0.3}
+TARS = {"entries": {"1e-02": {"kind": "measured", "tar": 0.95}, "1e-03": {"kind": "measured", "tar": 0.9}}}
+
+
+class CalibratedEmbedder(FakeEmbedder):
+    """The fake model with a FAR calibration (its ``info``, as a real embedder's)."""
+
+    info = SimpleNamespace(id="fake-model", threshold=0.5, far_thresholds=SHORT_TABLE, far_calibration=TARS)
+
+
+def add_strangers(path, count: int) -> None:
+    """``count`` more people of one random face each: a bigger gallery for a stranger to be compared with."""
+    rng = np.random.default_rng(count)
+    x = rng.standard_normal((count, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with Gallery.open(path, "fake-model", D, create=False) as g:
+        g.enroll_many([Record(f"stranger {len(g.people())} {i}", x[i : i + 1], ["x"]) for i in range(count)])
+
+
 @pytest.fixture
 def photos(tmp_path, monkeypatch):
     monkeypatch.setattr(gallery_cmd, "embedder_from_args", lambda args: FakeEmbedder())
+    monkeypatch.setattr(gallery_cmd, "_model_info", lambda args: SimpleNamespace(id="fake-model", threshold=0.5))
     monkeypatch.setattr(cluster_cmd, "embedder_from_args", lambda args: FakeEmbedder())
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     made = {}
@@ -133,6 +155,72 @@ def test_enroll_several_photos_under_a_policy(photos, tmp_path, capsys):
     new = tmp_path / "n.db"
     assert main(["gallery", "enroll", "x", str(photos["r1"]), "--policy", "closest", "--gallery", str(new)]) == 2
     assert "choose one of: nearest, mean-of-K" in capsys.readouterr().err and not new.exists()
+
+
+def test_identify_says_when_the_gallery_is_too_large_for_the_asked_rate(photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gallery_cmd, "embedder_from_args", lambda args: CalibratedEmbedder())
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g), "--policy", "nearest"]) == 0
+    add_strangers(g, 1)  # 2 comparisons: 5e-3 per comparison, within the table
+    capsys.readouterr()
+    identify = ["identify", str(photos["r1"]), "--gallery", str(g)]
+    assert main([*identify, "--strict"]) == 0
+    err = capsys.readouterr().err
+    assert "open set at 2 comparison(s) per query: strangers taken for someone enrolled: 0.01 (as asked)" in err
+    assert "warning" not in err
+    add_strangers(g, 30)  # 32 comparisons: 3.1e-4 per comparison, below the table's smallest entry
+    assert main(identify) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{photos['r1']}: red 0.000")
+    note = (
+        "a stranger false-accept rate of 0.01 is beyond this model's calibration at 32 comparisons: expect about 0.032"
+    )
+    assert f"facenet identify: warning: {note}" in captured.err
+    assert "(asked 0.01: beyond the model's calibration)" in captured.err
+    assert main([*identify, "--strict"]) == 2  # refused before any photo is read
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"facenet identify: error: --strict: {note}; ask a larger --far" in captured.err
+    assert main([*identify, "--strict", "--far", "0.5"]) == 0  # 1.6e-2 per comparison: kept
+    assert main([*identify, "--strict", "--threshold", "0.3"]) == 0  # by hand: nothing is promised
+    assert "(by hand: no stranger rate)" in capsys.readouterr().err
+
+
+def test_identify_strict_refuses_a_model_without_calibration(photos, tmp_path, capsys):
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g)]) == 0
+    capsys.readouterr()
+    assert main(["identify", str(photos["r1"]), "--gallery", str(g)]) == 0
+    assert "facenet identify: warning: this model has no FAR calibration" in capsys.readouterr().err
+    assert main(["identify", str(photos["r1"]), "--gallery", str(g), "--strict"]) == 2
+    assert "--strict: this model has no FAR calibration" in capsys.readouterr().err
+
+
+def test_gallery_list_states_the_stranger_rate(photos, tmp_path, capsys, monkeypatch, model_file):
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "red", str(photos["r1"]), "--gallery", str(g), "--policy", "nearest"]) == 0
+    capsys.readouterr()
+    assert main(["gallery", "list", "--gallery", str(g)]) == 0  # the fixture's model: no calibration
+    assert "# warning: this model has no FAR calibration" in capsys.readouterr().out
+    monkeypatch.setattr(gallery_cmd, "_model_info", lambda args: CalibratedEmbedder.info)
+    assert main(["gallery", "list", "--gallery", str(g)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (
+        "# open set at 1 comparison(s) per query: strangers taken for someone enrolled: 0.01 (as asked); "
+        "enrolled people's photos identified: about 95.0%"
+    )
+    assert out[2:] == ["red\t1"]
+    add_strangers(g, 30)
+    assert main(["gallery", "list", "--gallery", str(g)]) == 0
+    out = capsys.readouterr().out
+    assert "strangers taken for someone enrolled: 0.031 (asked 0.01: beyond the model's calibration)" in out
+    assert "# warning: a stranger false-accept rate of 0.01 is beyond this model's calibration at 31 comp" in out
+    assert main(["gallery", "list", "--gallery", str(g), "--far", "0.5"]) == 0
+    assert "0.5 (as asked)" in capsys.readouterr().out
+    # the real reader: a model file that is not the gallery's says so, and the list still comes
+    monkeypatch.undo()
+    assert main(["gallery", "list", "--gallery", str(g), "--model", str(model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "# open set: unknown, the gallery holds embeddings of model fake-model, not " in out and "red\t1" in out
 
 
 def test_identify_skips_and_reports(photos, tmp_path, capsys):

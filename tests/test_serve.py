@@ -1,6 +1,7 @@
 """The HTTP service in process (FastAPI TestClient): answers agree with the library called directly,
 the guards (API key, sizes, content types) hold, and every error is problem details."""
 
+import dataclasses
 import io
 import struct
 import threading
@@ -173,6 +174,48 @@ def test_enrol_several_photos_at_once_under_the_template_policy(embedder, tmp_pa
     mean = embedder.embed(images).astype(np.float64).mean(0)
     expected = float(((mean / np.linalg.norm(mean) - embedder.embed([photo(3, 4)])[0]) ** 2).sum())
     assert r["matches"][0]["name"] == "Di" and r["matches"][0]["distance"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_model_people_and_identify_say_what_the_gallery_size_promises(model_file, tmp_path):
+    """A FAR table that stops at 1e-3: past 10 faces (policy nearest), a 1e-2 stranger rate cannot be kept."""
+    model, info = load_model_file(model_file)
+    entries = {"1e-02": {"kind": "measured", "tar": 0.95}, "1e-03": {"kind": "measured", "tar": 0.9}}
+    info = dataclasses.replace(info, far_thresholds={"1e-02": 0.5, "1e-03": 0.3}, far_calibration={"entries": entries})
+    calibrated = FaceEmbedder(model, info, detector=None)
+    with started(create_app(calibrated, tmp_path / "g.db", keys=ADMIN, policy="nearest")) as c:
+        assert c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH).is_success
+        kept = {
+            "threshold": 0.5,
+            "asked_far": 0.01,
+            "expected_far": 0.01,
+            "expected_tar": 0.95,
+            "comparisons": 1,
+            "met": True,
+            "calibrated": True,
+            "note": None,
+        }
+        assert c.get("/api/model").json()["open_set"] == kept
+        assert c.get("/api/people", headers=AUTH).json()["open_set"] == kept
+        assert c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}).json()["open_set"] == kept
+        crowd = [("photos", part(photo(1, i), f"{i}.png")) for i in range(11)]
+        assert c.post("/api/people", data={"name": "Crowd"}, files=crowd, headers=AUTH).is_success
+        beyond = c.get("/api/model").json()["open_set"]  # 12 faces: 8.3e-4 per comparison, below the table
+        assert beyond["met"] is False and beyond["comparisons"] == 12 and beyond["threshold"] == 0.3
+        assert beyond["expected_far"] == pytest.approx(1 - 0.999**12, rel=1e-2) and beyond["expected_tar"] == 0.9
+        assert "a stranger false-accept rate of 0.01 is beyond this model's calibration" in beyond["note"]
+        assert c.get("/api/people", headers=AUTH).json()["open_set"] == beyond
+        found = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}).json()
+        assert found["open_set"] == beyond and found["threshold"] == 0.3
+        by_hand = c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}, data={"threshold": "1"})
+        assert by_hand.json()["open_set"] is None  # a threshold of its own: nothing is promised for it
+
+
+def test_a_model_without_calibration_says_so(client):
+    assert client.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH)
+    for answer in (client.get("/api/model").json(), client.get("/api/people", headers=AUTH).json()):
+        open_set = answer["open_set"]
+        assert open_set["calibrated"] is False and open_set["met"] is False and open_set["expected_far"] is None
+        assert "no FAR calibration" in open_set["note"]
 
 
 def test_cluster_matches_direct_clustering(client, embedder):

@@ -6,12 +6,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facenet.data.images import ImageLike
 from facenet.distances import squared_l2
 from facenet.embedder import FaceEmbedder, load_embedder
+
+if TYPE_CHECKING:
+    from facenet.evaluate.calibrate import OpenSetPromise
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,16 @@ class Verification:
 @dataclass(frozen=True)
 class Identified:
     """One face of a photo and who it is: ``matches`` best first (empty: unknown, the open set),
-    squared-L2 scores by the gallery's policy; ``notes`` say why the answer may be unreliable."""
+    squared-L2 scores by the gallery's policy; ``notes`` say why the answer may be unreliable.
+    ``open_set`` is what the gallery's size gets with the model (``facenet.evaluate.calibrate.OpenSetPromise``:
+    ``expected_far``, the chance a stranger is taken for someone; ``expected_tar``, the share of enrolled
+    people's photos identified; ``met`` False and a ``note`` when the asked rate cannot be kept)."""
 
     box: tuple[float, float, float, float]
     score: float
     matches: list
     notes: tuple[str, ...] = ()
+    open_set: OpenSetPromise | None = None
 
     @property
     def known(self) -> bool:
@@ -114,8 +122,9 @@ def identify(
 ) -> list[Identified]:
     """Who is in ``photo``? Every face (``which="all"``; or the "largest" / "central" one), each with up
     to ``top_k`` enrolled people within the open-set threshold that ``far`` (the wanted chance that a
-    stranger is taken for someone; default 1e-2) gives for the gallery's size."""
-    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_threshold
+    stranger is taken for someone; default 1e-2) gives for the gallery's size. Each answer's ``open_set`` says
+    what that size gets (and, with ``met`` False and a ``note``, when the asked rate cannot be kept)."""
+    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
     from facenet.gallery import Gallery
     from facenet.paths import gallery_location
 
@@ -123,9 +132,9 @@ def identify(
     faces = embedder.find_faces(photo, which=which).faces
     rows = embedder.embed_crops([f.image for f in faces])
     with Gallery.open(gallery_location(gallery), embedder.name, embedder.embedding_size, create=False) as g:
-        limit = identification_threshold(embedder, g.comparisons(), far or DEFAULT_OPENSET_FAR)
-        matches = g.identify(rows, k=top_k, threshold=limit)
-    return [Identified(f.detection.box, f.detection.score, m, f.notes) for f, m in zip(faces, matches)]
+        promise = identification_promise(embedder, g.comparisons(), far or DEFAULT_OPENSET_FAR)
+        matches = g.identify(rows, k=top_k, threshold=promise.threshold)
+    return [Identified(f.detection.box, f.detection.score, m, f.notes, promise) for f, m in zip(faces, matches)]
 
 
 def enroll(

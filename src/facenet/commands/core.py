@@ -113,12 +113,13 @@ OUTPUT_FORMATS = (".npy", ".csv", ".json", ".parquet")
 ROW_FIELDS = ("image", "face", "faces", "x1", "y1", "x2", "y2", "score")
 
 
-def add_batch_options(parser: argparse.ArgumentParser, report_default: str) -> None:
-    """The options of every command that embeds a collection (one policy for photos that fail)."""
+def add_batch_options(parser: argparse.ArgumentParser, report_default: str, strict_also: str = "") -> None:
+    """The options of every command that embeds a collection (one policy for photos that fail); ``strict_also``
+    says what else ``--strict`` refuses for this command."""
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="exit 2 if any photo is skipped (unreadable, or no face); by default skipped photos "
+        help=f"exit 2 if any photo is skipped (unreadable, or no face){strict_also}; by default skipped photos "
         "are reported and the rest is used, and only a run where nothing succeeded fails",
     )
     parser.add_argument(

@@ -14,7 +14,7 @@ from facenet.commands.core import (
     embedder_from_args,
     expand_image_paths,
 )
-from facenet.errors import GalleryError
+from facenet.errors import FaceNetError, GalleryError
 from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location
 
@@ -85,6 +85,39 @@ def run_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_info(args: argparse.Namespace):
+    """The ``ModelInfo`` of ``--model`` (default: $FACENET_MODEL, else the installed default), read without
+    building the network."""
+    from facenet.embedder import model_file
+    from facenet.models.modelfile import read_model_info
+
+    path = model_file(args.model)
+    if path.suffix.lower() == ".onnx":
+        from facenet.export import load_onnx
+
+        return load_onnx(path)[1]
+    return read_model_info(path)
+
+
+def _open_set_lines(args: argparse.Namespace, g) -> list[str]:
+    """What the gallery's size gets at ``--far`` with the gallery's model: the promise's summary, and its note
+    when the asked rate cannot be kept; a line saying why not when the model cannot be read or is another."""
+    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
+
+    try:
+        info = _model_info(args)
+    except FaceNetError as exc:
+        return [f"open set: unknown, the model cannot be read ({exc})"]
+    if info.id != g.model_id:
+        return [
+            f"open set: unknown, the gallery holds embeddings of model {g.model_id}, not {info.id}; "
+            "pass its --model to see the stranger rate"
+        ]
+    promise = identification_promise(info, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
+    lines = [promise.summary] if promise.calibrated else []
+    return lines + ([f"warning: {promise.note}"] if promise.note else [])
+
+
 def run_list(args: argparse.Namespace) -> int:
     with _open_existing(args) as g:
         people = g.people()
@@ -92,6 +125,8 @@ def run_list(args: argparse.Namespace) -> int:
             f"# gallery {g.location}: model {g.model_id}, {g.embedding_size}-D {g.storage}, policy {g.policy}, "
             f"{len(people)} people, {sum(p.faces for p in people)} faces"
         )
+        for line in _open_set_lines(args, g):
+            print(f"# {line}")
         for person in people:
             print(f"{person.name}\t{person.faces}")
     return 0
@@ -129,16 +164,23 @@ def run_import(args: argparse.Namespace) -> int:
 def run_identify(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise GalleryError("--top-k must be at least 1")
-    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_threshold
+    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
 
     embedder = embedder_from_args(args)
     with _open(args, embedder.name, embedder.embedding_size, create=False) as g:
-        threshold = (
-            args.threshold
-            if args.threshold is not None
-            else identification_threshold(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
-        )
-        print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
+        if args.threshold is not None:
+            threshold = args.threshold
+            print(f"# model {embedder.name}, threshold {threshold:.4f} (by hand: no stranger rate)", file=sys.stderr)
+        else:
+            promise = identification_promise(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
+            threshold = promise.threshold
+            print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
+            if promise.calibrated:
+                print(f"# {promise.summary}", file=sys.stderr)
+            if promise.note and args.strict:
+                raise FaceNetError(f"--strict: {promise.note}; {_keep_the_promise(promise)}")
+            if promise.note:
+                print(f"facenet identify: warning: {promise.note}", file=sys.stderr)
         rows, emb, report, report_path = _embed_collection(args, embedder, "identify")
         results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
     for row, matches in zip(rows, results):
@@ -152,6 +194,16 @@ def run_identify(args: argparse.Namespace) -> int:
     if status:
         return status
     return 0 if all(results) else EXIT_UNIDENTIFIED
+
+
+def _keep_the_promise(promise) -> str:
+    """What to do about a stranger rate that cannot be kept."""
+    if not promise.calibrated:
+        return "calibrate the model with `facenet evaluate --write-thresholds`, or pass --threshold"
+    return (
+        "ask a larger --far, enrol fewer faces, or calibrate the model to rarer rates "
+        "(`facenet evaluate --write-thresholds` on more faces)"
+    )
 
 
 def register(sub) -> None:
@@ -194,8 +246,21 @@ def register(sub) -> None:
     add_model_options(v)
     v.set_defaults(func=run_enroll)
 
-    v = verbs.add_parser("list", help="who is enrolled, with their number of faces")
+    v = verbs.add_parser(
+        "list",
+        help="who is enrolled, with their number of faces, and the stranger rate the gallery's size gets",
+        description="Everyone enrolled with their number of faces, after a header: the gallery's model, "
+        "storage and policy, and what `identify` can promise at this size with the model's FAR "
+        "calibration (the chance a stranger is taken for someone enrolled, and the share of enrolled "
+        "people's photos identified), with a warning when --far cannot be kept.",
+    )
     v.add_argument("--gallery", help=gallery_help)
+    v.add_argument(
+        "--model",
+        help="the gallery's model file, whose calibration gives the stranger rate (default: $FACENET_MODEL, "
+        "else the installed default model)",
+    )
+    v.add_argument("--far", type=float, default=None, help="the stranger rate asked for, as identify's (default 1e-2)")
     v.set_defaults(func=run_list)
 
     v = verbs.add_parser(
@@ -231,8 +296,11 @@ def register(sub) -> None:
         "people within the threshold, with "
         "their squared-L2 scores (by the gallery's policy: see `gallery enroll --policy`), "
         "or 'unknown'. Photos that cannot be read or show no "
-        "face are skipped and reported. Exit 0 all identified, 1 some unknown, 2 error "
-        "(no photo usable, or, with --strict, any skipped).",
+        "face are skipped and reported. Before the answers, stderr states what the gallery's size "
+        "gets with the model's FAR calibration (the chance a stranger is taken for someone enrolled, "
+        "the share of enrolled people's photos identified) and warns when --far cannot be kept. "
+        "Exit 0 all identified, 1 some unknown, 2 error "
+        "(no photo usable, or, with --strict, any skipped or a --far the gallery cannot keep).",
     )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders")
     p.add_argument("--top-k", type=int, default=5, help="how many candidate people to show (default 5)")
@@ -246,7 +314,12 @@ def register(sub) -> None:
     )
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
-    add_batch_options(p, "none; skipped photos are printed")
+    add_batch_options(
+        p,
+        "none; skipped photos are printed",
+        ", or, before any photo is read, if the gallery's size with this model cannot keep --far (beyond the "
+        "model's FAR calibration, or none; not with --threshold)",
+    )
     add_which_option(p, "all")
     add_model_options(p)
     p.set_defaults(func=run_identify)

@@ -253,7 +253,8 @@ class OpenSetPromise:
     stranger false-accept rate: the ``threshold`` used, the stranger rate it gives (``expected_far``:
     the asked one when ``met``, else the union bound at the strictest calibrated threshold), and the
     share of enrolled people's photos expected to pass it (``expected_tar``; None when the model's
-    calibration does not record it)."""
+    calibration does not record it). Without a calibration (``calibrated`` False) the rate is unknown:
+    ``expected_far`` is NaN (None in ``as_dict``)."""
 
     threshold: float
     asked_far: float
@@ -278,14 +279,29 @@ class OpenSetPromise:
             f"{self.comparisons:,} comparisons: expect about {self.expected_far:.2g}"
         )
 
+    @property
+    def summary(self) -> str:
+        """One line for a person: the stranger rate this gallery size gets, and the enrolled people's rate."""
+        if not self.calibrated:
+            return f"open set: {self.note}"
+        asked = "as asked" if self.met else f"asked {self.asked_far:g}: beyond the model's calibration"
+        tar = (
+            "" if self.expected_tar is None else f"; enrolled people's photos identified: about {self.expected_tar:.1%}"
+        )
+        return (
+            f"open set at {self.comparisons:,} comparison(s) per query: strangers taken for someone enrolled: "
+            f"{self.expected_far:.2g} ({asked}){tar}"
+        )
+
     def as_dict(self) -> dict:
         out = {
             "threshold": round(self.threshold, 4),
             "asked_far": self.asked_far,
-            "expected_far": float(f"{self.expected_far:.3g}"),
+            "expected_far": None if math.isnan(self.expected_far) else float(f"{self.expected_far:.3g}"),
             "expected_tar": self.expected_tar,
             "comparisons": self.comparisons,
             "met": self.met,
+            "calibrated": self.calibrated,
         }
         if self.note:
             out["note"] = self.note
@@ -316,21 +332,21 @@ def openset_promise(info, far: float, comparisons: int) -> OpenSetPromise:
 
 
 def identification_promise(embedder, comparisons: int, far: float = DEFAULT_OPENSET_FAR) -> OpenSetPromise:
-    """``openset_promise`` for an embedder (its ``info``), logging what it cannot keep; the open-set threshold of
-    every command, the API and the service. With several photos per person, ``comparisons`` is what a stranger
-    is compared with under the gallery's policy (``Gallery.comparisons``)."""
+    """``openset_promise`` for an embedder (its ``info``; or a ``ModelInfo`` itself), logging what it cannot
+    keep; the open-set threshold of every command, the API and the service, which also put the promise (and its
+    ``note``) in their answers. With several photos per person, ``comparisons`` is what a stranger is compared
+    with under the gallery's policy (``Gallery.comparisons``)."""
     info = getattr(embedder, "info", None)
     promise = openset_promise(info if info is not None else embedder, far, comparisons)
     if not promise.calibrated:
-        log.warning(
+        log.info(
             "model %s has no FAR calibration: identification uses the verification threshold, which "
             "accepts a stranger about as often as the number of people enrolled times its pair FAR; "
             "calibrate with `facenet evaluate --write-thresholds`",
-            embedder.name,
+            getattr(embedder, "name", None) or getattr(embedder, "id", "?"),
         )
-        return OpenSetPromise(float(embedder.threshold), far, math.nan, None, comparisons, False, calibrated=False)
-    if not promise.met:
-        log.warning("%s; using the strictest threshold %.4f", promise.note, promise.threshold)
+    elif not promise.met:
+        log.info("%s; using the strictest threshold %.4f", promise.note, promise.threshold)
     return promise
 
 

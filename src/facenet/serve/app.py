@@ -190,7 +190,7 @@ async def readyz(engine: EngineDep):
     "/api/model", response_model=ModelOut, summary="which model answers: name, id, threshold and what it was trained on"
 )
 async def model(engine: EngineDep):
-    return engine.model()
+    return await engine.model()
 
 
 # -- faces: photos in, answers out ---------------------------------------------------------------

@@ -149,6 +149,11 @@ class Engine:
             self.gallery.location,
             len(self.gallery),
         )
+        try:  # what the gallery's size gets; every answer about the gallery says it too (open_set)
+            promise = await self._call(self._executor, self._promise)
+            log.log(logging.WARNING if promise.note else logging.INFO, "%s", promise.note or promise.summary)
+        except FaceNetError as exc:
+            log.warning("open-set promise unavailable: %s", exc)
         self._follower = asyncio.create_task(self._follow_changes())
 
     async def stop(self) -> None:
@@ -359,10 +364,15 @@ class Engine:
         (photo,) = await self.analyse_all([upload], deadline, which)
         return await self._on_worker(deadline, self._identify, photo, top_k, threshold, may_widen)
 
-    def _identify(self, photo: Analysed, top_k: int, threshold: float | None, may_widen: bool) -> dict:
-        from facenet.evaluate.calibrate import identification_threshold
+    def _promise(self):
+        """The open-set promise at the gallery's current size (``identification_promise``); on the worker."""
+        from facenet.evaluate.calibrate import identification_promise
 
-        open_set = identification_threshold(self.embedder, self.gallery.comparisons())
+        return identification_promise(self.embedder, self.gallery.comparisons())
+
+    def _identify(self, photo: Analysed, top_k: int, threshold: float | None, may_widen: bool) -> dict:
+        promise = self._promise()
+        open_set = promise.threshold
         if threshold is not None and threshold > open_set and not may_widen:
             raise Problem(
                 403,
@@ -387,6 +397,7 @@ class Engine:
             "model": self.embedder.name,
             "photo": photo.report,
             "faces": faces,
+            "open_set": promise.as_dict() if threshold is None else None,
         }
 
     async def enrol(self, deadline: Deadline, name: str, uploads: list[Upload], merge: bool) -> PersonOut:
@@ -409,16 +420,25 @@ class Engine:
         person = next(p for p in self.gallery.people() if p.name == name)
         return PersonOut(name=person.name, faces=person.faces, created=person.created)
 
-    def model(self) -> dict:
+    async def model(self) -> dict:
+        """The model, and its open-set promise at the gallery's current size (None until the gallery is loaded,
+        or while it cannot be read: this answer never waits for the gallery or fails with it)."""
         from facenet.embedder import trained_on
 
         info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
+        open_set = None
+        if self.ready:
+            try:
+                open_set = (await self._call(self._executor, self._promise)).as_dict()
+            except FaceNetError as exc:
+                log.warning("open-set promise unavailable for /api/model: %s", exc)
         return {
             "name": self.embedder.name,
             "model_id": info.id if info else self.embedder.name,
             "embedding_size": self.embedder.embedding_size,
             "threshold": self.embedder.threshold,
             "trained_on": trained_on(info) if info else "see its own documentation",
+            "open_set": open_set,
         }
 
     async def people(self, deadline: Deadline) -> dict:
@@ -429,6 +449,7 @@ class Engine:
             "model": self.gallery.model_id,
             "policy": self.gallery.policy,
             "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()],
+            "open_set": self._promise().as_dict(),
         }
 
     async def remove(self, deadline: Deadline, name: str) -> dict:

@@ -81,6 +81,37 @@ class EmbedResult(BaseModel):
     photos: list[PhotoReport]
 
 
+class OpenSetOut(BaseModel):
+    """What the gallery's current size gets with this model at the asked stranger false-accept rate, from the
+    model's FAR calibration (``facenet.evaluate.calibrate.OpenSetPromise``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "threshold": 0.1484,
+                    "asked_far": 0.01,
+                    "expected_far": 0.01,
+                    "expected_tar": 0.912,
+                    "comparisons": 120,
+                    "met": True,
+                    "calibrated": True,
+                    "note": None,
+                }
+            ]
+        }
+    )
+
+    threshold: float  # the open-set threshold (squared L2) that keeps the asked rate
+    asked_far: float  # the chance a stranger may be taken for someone enrolled, as asked
+    expected_far: float | None  # the chance this gallery size gives (None: the model has no calibration)
+    expected_tar: float | None  # the share of enrolled people's photos identified (None: not recorded)
+    comparisons: int  # single-photo comparisons a stranger's query counts as under the gallery's policy
+    met: bool  # false: the asked rate cannot be kept (beyond the model's calibration, or none)
+    calibrated: bool  # false: the model has no FAR calibration; the verification threshold is used
+    note: str | None = None  # one sentence when met is false
+
+
 class MatchOut(BaseModel):
     name: str
     distance: float
@@ -123,6 +154,16 @@ class IdentifyResult(BaseModel):
                         },
                         {"box": BOX_B, "score": 0.9999, "notes": [], "known": False, "matches": []},
                     ],
+                    "open_set": {
+                        "threshold": 0.1484,
+                        "asked_far": 0.01,
+                        "expected_far": 0.01,
+                        "expected_tar": 0.912,
+                        "comparisons": 120,
+                        "met": True,
+                        "calibrated": True,
+                        "note": None,
+                    },
                 }
             ]
         }
@@ -134,6 +175,7 @@ class IdentifyResult(BaseModel):
     model: str
     photo: PhotoReport
     faces: list[IdentifiedFace]  # the recipe's choice first, then by detector score
+    open_set: OpenSetOut | None  # what the open-set threshold promises; None when the request set its own threshold
 
 
 class ModelOut(BaseModel):
@@ -142,6 +184,7 @@ class ModelOut(BaseModel):
     embedding_size: int
     threshold: float  # squared L2; same person when the distance is below it
     trained_on: str  # from the model file's provenance
+    open_set: OpenSetOut | None  # at the gallery's current size; None while the gallery loads or cannot be read
 
 
 class PersonOut(BaseModel):
@@ -154,6 +197,7 @@ class PeopleResult(BaseModel):
     model: str
     policy: str  # how a person with several photos is scored (facenet.gallery.policy)
     people: list[PersonOut]
+    open_set: OpenSetOut  # what identification promises at this gallery's size
 
 
 class RemoveResult(BaseModel):

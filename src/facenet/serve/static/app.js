@@ -222,7 +222,8 @@ $("api-key").addEventListener("change", () => {
   }
   try {
     const m = await api("GET", "/api/model");
-    $("status").textContent = `ready — model ${m.name} (threshold ${m.threshold.toFixed(3)}; trained on ${m.trained_on})`;
+    const warning = m.open_set && m.open_set.note ? ` — ${m.open_set.note}` : "";
+    $("status").textContent = `ready — model ${m.name} (threshold ${m.threshold.toFixed(3)}; trained on ${m.trained_on})${warning}`;
   } catch (err) { $("status").textContent = "not ready: " + err.message; }
   await refreshPeople();
 })();
