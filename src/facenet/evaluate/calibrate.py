@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facenet.distances import squared_l2
 from facenet.errors import DataError
 
 CALIBRATED_FARS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
@@ -192,18 +193,12 @@ def _scan(embeddings: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.nda
     """(the ``keep`` smallest different-identity distances, every same-identity distance), each pair once,
     from BLOCK x BLOCK tiles of distances: memory stays near ``keep`` + one tile whatever the pairs."""
     _, codes = np.unique(labels, return_inverse=True)
-    norms = np.einsum("ij,ij->i", embeddings, embeddings)
     smallest, genuine = np.empty(0, np.float32), []
     cut = np.inf  # once ``keep`` are held, larger distances cannot enter
     n = len(embeddings)
     for r in range(0, n, BLOCK):
         for c in range(r, n, BLOCK):
-            d = (
-                norms[r : r + BLOCK, None]
-                + norms[None, c : c + BLOCK]
-                - 2 * embeddings[r : r + BLOCK] @ embeddings[c : c + BLOCK].T
-            )
-            np.maximum(d, 0, out=d)
+            d = squared_l2(embeddings[r : r + BLOCK], embeddings[c : c + BLOCK], pairwise=True)
             same = codes[r : r + BLOCK, None] == codes[None, c : c + BLOCK]
             if r == c:  # a diagonal tile: each pair once, never a face with itself
                 upper = np.triu(np.ones(d.shape, bool), k=1)
