@@ -35,7 +35,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     embedder = facenet.load_model(detect=False)
     paths, labels, groups = face_sets.aligned_faces(args.faces, face_sets.CALIBRATION_SOURCES)
-    emb = face_sets.embed_aligned(embedder, paths, args.cache / "calibration.reid.npz")
+    emb = face_sets.embed_aligned(embedder, paths, args.cache / "aligned.reid.npz")
     sources = ", ".join(f"{g} {np.sum(groups == g)}" for g in face_sets.CALIBRATION_SOURCES)
     tracemalloc.start()
     started = time.perf_counter()

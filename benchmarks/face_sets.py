@@ -1,5 +1,5 @@
 """The real faces behind the default model's FAR calibration and ``openset_scale.py``, embedded once per
-model and cached (``--cache DIR``: one .npz per set and model; nothing is ever written into the repository).
+model and cached (``--cache DIR``: the aligned faces in one .npz, LFW in another; nothing is ever written into the repository).
 
 * ``lfw``: every photo of ``../shared/data/lfw/images``, its central face (a centred crop where none is
   found, as ``facenet evaluate`` does). Used for measuring only.

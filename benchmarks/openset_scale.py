@@ -104,7 +104,7 @@ def main() -> None:
     pool_paths, pool_labels, _ = face_sets.aligned_faces(
         args.faces, face_sets.DISTRACTOR_SOURCES + face_sets.CALIBRATION_SOURCES
     )
-    pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "pool.reid.npz")
+    pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
     pool_emb = pool_emb[keep]
     order = np.random.default_rng(0).permutation(len(pool_emb))

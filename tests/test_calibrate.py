@@ -35,7 +35,7 @@ def test_measured_entries_match_a_brute_force_count(monkeypatch, grouped):
     emb, labels = _unit(rng, 300), rng.integers(0, 40, 300)
     groups = rng.integers(0, 2, 300) if grouped else None  # pairs only within a group
     impostor, genuine = _brute_force(emb, labels, groups)
-    result = calibrate(emb, labels, groups, fars=(1e-1, 1e-2, 1e-3, 1e-7))
+    result = calibrate(emb, labels, groups, fars=(1e-1, 1e-2, 1e-3, 1e-7), drop_mislabelled=False)
     details = result.details
     assert details["impostor_pairs"] == len(impostor) and details["genuine_pairs"] == len(genuine)
     for key, threshold in result.thresholds.items():
@@ -67,7 +67,7 @@ def test_the_tail_model_recovers_known_quantiles_of_a_normal_distribution():
 def test_extrapolated_entries_say_so_and_stay_ordered():
     rng = np.random.default_rng(2)
     emb, labels = _unit(rng, 3000, d=16), np.arange(3000)  # 4.5M pairs: measured to ~2e-5
-    result = calibrate(emb, labels, on="synthetic")
+    result = calibrate(emb, labels, on="synthetic")  # one face each: nobody can be flagged as mislabelled
     kinds = {k: e["kind"] for k, e in result.details["entries"].items()}
     assert kinds["1e-04"] == "measured" and kinds["1e-06"] == "extrapolated" and "1e-08" not in kinds
     lo, hi = result.details["entries"]["1e-06"]["interval"]
@@ -75,6 +75,26 @@ def test_extrapolated_entries_say_so_and_stay_ordered():
     values = [result.thresholds[k] for k in sorted(result.thresholds, key=float)]
     assert values == sorted(values)
     assert result.details["on"] == "synthetic" and result.details["tail"]["fitted_pairs"] >= cal.MIN_TAIL
+
+
+def test_a_face_filed_under_the_wrong_name_is_left_out():
+    """Ten people of 20 faces around their own centres; one face of person 0 filed under person 1. Only it is
+    flagged, and without it the closest "impostor" pair is no longer a same-person pair."""
+    rng = np.random.default_rng(3)
+    centres = _unit(rng, 10, d=32)
+    emb = centres.repeat(20, axis=0) + 0.15 * rng.normal(size=(200, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.arange(200) // 20
+    labels[5] = 1  # a face of person 0 under person 1's name
+    flagged = cal.probably_mislabelled(emb, labels)
+    assert np.flatnonzero(flagged).tolist() == [5]
+    kept = calibrate(emb, labels, fars=(1e-2,), bootstrap=0)
+    assert kept.details["dropped_as_mislabelled"] == 1
+    impostor, _ = _brute_force(emb[~flagged], labels[~flagged])
+    assert kept.details["impostor_pairs"] == len(impostor)
+    assert calibrate(emb, labels, fars=(1e-2,), drop_mislabelled=False, bootstrap=0).details["impostor_pairs"] > len(
+        impostor
+    )
 
 
 def test_openset_threshold_divides_the_far_among_the_comparisons():
