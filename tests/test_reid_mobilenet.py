@@ -203,3 +203,27 @@ def _write_reference(xml: str) -> None:
 
 if __name__ == "__main__":
     _write_reference(sys.argv[1])
+
+
+def test_an_earlier_facenets_default_takes_todays_thresholds_but_an_owners_calibration_stays(tmp_path, monkeypatch):
+    """A default written by an earlier facenet (the LFW-only FAR table) is rewritten with today's metadata on
+    use; one its owner recalibrated (``evaluate --write-thresholds``) or a model of their own is left alone."""
+    import dataclasses
+
+    from facenet.embedder import ensure_default_model
+    from facenet.models.modelfile import load_model_file, read_model_info, save_model
+
+    monkeypatch.delenv("FACENET_MODEL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    path = ensure_default_model()
+    model, info = load_model_file(path)
+    older = {"1e-02": 1.5182, "1e-03": 1.3187, "1e-04": 1.1469, "1e-05": 0.9919}
+    save_model(model, path, dataclasses.replace(info, far_thresholds=older, far_calibration={}))
+    ensure_default_model()
+    now = read_model_info(path)
+    assert now.far_thresholds == REID.far_thresholds and now.far_calibration == REID.far_calibration
+    assert now.id == info.id  # same weights: galleries stay usable
+    owned = dataclasses.replace(info, far_thresholds=older, provenance={**info.provenance, "thresholds": "mine"})
+    save_model(model, path, owned)
+    ensure_default_model()
+    assert read_model_info(path).far_thresholds == older

@@ -45,20 +45,21 @@ def ensure_default_model() -> Path:
 
     The default is the shipped model ``facenet.models.pretrained.DEFAULT`` as a project model
     file, written from the weights inside the package, offline, in well under a second, the first
-    time it is needed (``scripts/install.sh`` does it at install time). ``$FACENET_MODEL`` names
-    another file, which is never created.
+    time it is needed (``scripts/install.sh`` does it at install time), and brought up to date when an
+    earlier facenet wrote it (``refresh_shipped``). ``$FACENET_MODEL`` names another file, which is
+    never created or changed.
     """
+    from facenet.models.pretrained import install_default_model, refresh_shipped
+
     path = default_model_path()
-    if path.is_file() or os.environ.get(MODEL_ENV):
+    if os.environ.get(MODEL_ENV):
         if not path.is_file():
             raise ModelFileError(
                 f"${MODEL_ENV} names {path}, which does not exist; unset it to use the "
                 "installed default model, or point it at a model file"
             )
         return path
-    from facenet.models.pretrained import install_default_model
-
-    return install_default_model(path)
+    return refresh_shipped(path) if path.is_file() else install_default_model(path)
 
 
 def model_file(spec: str | os.PathLike | None) -> Path:

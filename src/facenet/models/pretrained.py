@@ -15,6 +15,7 @@ Each is saved with its preprocessing recipe and the thresholds measured for it o
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import warnings
@@ -27,6 +28,7 @@ import torch
 from facenet.errors import FaceNetError, ModelFileError
 from facenet.models.modelfile import ModelInfo, read_model_info, save_model
 
+log = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install face_recognition_models "setuptools<81"'
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 REID_WEIGHTS = WEIGHTS_DIR / "face-reidentification-retail-0095.safetensors"
@@ -43,7 +45,8 @@ class Pretrained:
     standardisation: str
     recipe: dict
     threshold: float  # squared L2: the mean of the ten per-fold best thresholds on LFW View 2
-    far_thresholds: dict  # per-pair FAR -> squared L2, over every pair of different people in LFW View 2
+    far_thresholds: dict  # per-pair FAR -> squared L2 (ModelInfo.far_thresholds)
+    far_calibration: dict  # how that table was made (ModelInfo.far_calibration; empty for the LFW-only table)
     about: dict  # provenance: what it was trained on ("data"), who trained it, its licence
     file_name: str  # its name in the models folder when it is not the default
 
@@ -58,7 +61,8 @@ DLIB = Pretrained(
     # (with YuNet's proposals this network drops to 99.00% on LFW; RESULTS.md, issue 28)
     recipe={"detector": "mtcnn-pnet", "mode": "similarity", "template": "dlib", "margin": 0.0, "which": "largest"},
     threshold=0.1837,
-    far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},
+    far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},  # every pair of LFW View 2
+    far_calibration={},
     about={
         "data": "~3M faces (FaceScrub, VGG, web photos)",
         "trained_by": "Davis King (dlib)",
@@ -75,7 +79,41 @@ REID = Pretrained(
     standardisation="unit",
     recipe={"detector": "mtcnn", "mode": "similarity", "template": "openvino", "margin": 0.0, "which": "largest"},
     threshold=1.4199,
-    far_thresholds={"1e-02": 1.5182, "1e-03": 1.3187, "1e-04": 1.1469, "1e-05": 0.9919},
+    # benchmarks/calibrate_default.py: LFW-free sources (pairs within each), measured on LFW (RESULTS.md, issue 23)
+    far_thresholds={
+        "1e-02": 1.4942,
+        "1e-03": 1.3018,
+        "1e-04": 1.1586,
+        "1e-05": 1.0462,
+        "1e-06": 0.9569,
+        "1e-07": 0.8834,
+        "1e-08": 0.8245,
+    },
+    far_calibration={
+        "on": "LFW-free sources, pairs within each (pubfig83 12172, glint 10238, celeba 5812 faces)",
+        "faces": 28053,
+        "people": 301,
+        "dropped_as_mislabelled": 169,
+        "impostor_pairs": 137735792,
+        "genuine_pairs": 4141120,
+        "entries": {
+            "1e-02": {"kind": "measured", "pairs_below": 1377357, "tar": 0.9353},
+            "1e-03": {"kind": "measured", "pairs_below": 137735, "tar": 0.8406},
+            "1e-04": {"kind": "measured", "pairs_below": 13773, "tar": 0.7297},
+            "1e-05": {"kind": "measured", "pairs_below": 1377, "tar": 0.6164},
+            "1e-06": {"kind": "measured", "pairs_below": 137, "tar": 0.5129},
+            "1e-07": {"kind": "extrapolated", "pairs_below": 15, "interval": [0.8757, 0.891], "tar": 0.4228},
+            "1e-08": {"kind": "extrapolated", "pairs_below": 1, "interval": [0.8109, 0.8371], "tar": 0.3498},
+        },
+        "tail": {
+            "model": "genpareto",
+            "u": 1.1586188077926636,
+            "far_u": 9.99957948475731e-05,
+            "xi": -0.09284110742904259,
+            "sigma": 0.05396519774813703,
+            "fitted_pairs": 13773,
+        },
+    },
     about={
         "data": "unpublished data",
         "trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095)",
@@ -121,6 +159,7 @@ def convert_pretrained(name: str, dst: str | os.PathLike, src: str | os.PathLike
         standardisation=pretrained.standardisation,
         threshold=pretrained.threshold,
         far_thresholds=dict(pretrained.far_thresholds),
+        far_calibration=dict(pretrained.far_calibration),
         recipe=dict(pretrained.recipe),
         provenance={**source, "converted_by": "facenet convert", "pretrained": pretrained.name, **pretrained.about},
     )
@@ -154,6 +193,20 @@ def install_pretrained(
     return path
 
 
+def refresh_shipped(path: str | os.PathLike) -> Path:
+    """``path`` rewritten with today's metadata when it is a shipped model an earlier facenet wrote (same
+    weights, so galleries stay usable; thresholds and calibration as measured now); any other file untouched."""
+    installed = _installed_pretrained(Path(path))
+    if installed is None or installed[1] == "current" or "thresholds" in read_model_info(path).provenance:
+        return Path(path)  # not shipped, up to date, or recalibrated by its owner (evaluate --write-thresholds)
+    try:
+        convert_pretrained(installed[0], path)
+        log.info("%s: updated to this facenet's thresholds for %s", path, installed[0])
+    except FaceNetError as exc:  # e.g. dlib's weights no longer installed: the file keeps working as it is
+        log.warning("%s keeps an earlier facenet's thresholds (%s)", path, exc)
+    return Path(path)
+
+
 def install_default_model(path: str | os.PathLike, replace: bool = False, src: str | os.PathLike | None = None) -> Path:
     """The default shipped model (``DEFAULT``) at ``path``; see ``install_pretrained``."""
     return install_pretrained(DEFAULT.name, path, replace, src)
@@ -181,6 +234,7 @@ def _installed_pretrained(path: Path) -> tuple[str, str] | None:
         info.threshold == pretrained.threshold
         and info.recipe == pretrained.recipe
         and info.far_thresholds == pretrained.far_thresholds
+        and info.far_calibration == pretrained.far_calibration
         and all(info.provenance.get(k) == v for k, v in pretrained.about.items())
     )
     return pretrained.name, "current" if current else "older"
