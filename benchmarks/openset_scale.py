@@ -1,7 +1,8 @@
 """Open-set identification as galleries grow (issue 23; the MegaFace idea on our data).
 
-LFW people with at least 6 photos are enrolled with their first 1 or 5 photos; their other photos are the
-known probes; every photo of LFW people with fewer than 6 photos is a stranger probe (never enrolled).
+Only LFW's half B (``face_sets.lfw_calibration_half``: half A is what the default's FAR table was
+calibrated on). Its people with at least 6 photos are enrolled with their first 1 or 5 photos; their other
+photos are the known probes; every photo of its people with fewer than 6 photos is a stranger probe.
 Beside them, N distractor faces are enrolled, each as a person of its own (as MegaFace does): faces of
 the LFW-free sources (``face_sets.py``: UTKFace, Extended Yale B, CelebA, and the PubFig83 / Glint people
 who are not in LFW), in a seeded random order, N from 0 up to all of them. A ``--cohort`` of those faces
@@ -114,7 +115,7 @@ def main() -> None:
     stranger = ~np.isin(lfw_labels, known_people)
     sizes = [n for n in SIZES if n < len(pool_emb)] + [len(pool_emb)]
     print(
-        f"LFW: {len(known_people)} people enrolled, {int(stranger.sum())} stranger photos; distractor pool "
+        f"LFW half B: {len(known_people)} people enrolled, {int(stranger.sum())} stranger photos; distractor pool "
         f"{len(pool_emb):,} faces (LFW-free, {len(overlap)} LFW people left out), cohort {len(cohort)}; model {info.id}"
     )
     rows = []
