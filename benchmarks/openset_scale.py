@@ -5,7 +5,9 @@ calibrated on). Its people with at least 6 photos are enrolled with their first 
 photos are the known probes; every photo of its people with fewer than 6 photos is a stranger probe.
 Beside them, N distractor faces are enrolled, each as a person of its own (as MegaFace does): faces of
 the LFW-free sources (``face_sets.py``: UTKFace, Extended Yale B, CelebA, and the PubFig83 / Glint people
-who are not in LFW), in a seeded random order, N from 0 up to all of them. A ``--cohort`` of those faces
+who are not in LFW), in a seeded random order, N from 0 up to all of them. UTKFace holds celebrities, some
+in LFW: faces matching two photos of one LFW person are left out (``lfw_people_among``; as MegaFace's
+distractors were cleaned of its probes' people). A ``--cohort`` of those faces
 is kept out of every gallery for score normalisation.
 
 Per gallery size, policy (``facenet.gallery.policy``) and scoring (raw, or cohort-normalised):
@@ -49,6 +51,21 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
         z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
     )
     return float(centre - half), float(centre + half)
+
+
+def lfw_people_among(pool: np.ndarray, lfw: np.ndarray, lfw_labels: np.ndarray, threshold: float) -> np.ndarray:
+    """A mask of the pool faces closer than ``threshold`` to two photos of one LFW person: that person, not a
+    distractor (UTKFace holds celebrities, some of them in LFW; a stranger matching them would count as a
+    false accept). Two photos must agree, so a look-alike is left in: the chance of a stranger passing the
+    1e-6 threshold twice is about 1e-12."""
+    _, owner = np.unique(lfw_labels, return_inverse=True)
+    flagged = np.zeros(len(pool), bool)
+    for start in range(0, len(pool), 1024):
+        close = np.maximum(2.0 - 2.0 * pool[start : start + 1024] @ lfw.T, 0.0) < threshold
+        for row, cols in enumerate(close):
+            people = owner[cols]
+            flagged[start + row] = len(people) > len(np.unique(people))
+    return flagged
 
 
 def best_people(queries, people_faces, owners, distractors, policy, cohort=None) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +114,8 @@ def main() -> None:
     lfw_paths, lfw_labels, lfw_emb = face_sets.lfw_faces(
         args.lfw, face_sets.lfw_embedder(), args.cache / "lfw.reid.npz"
     )
+    half_b = ~face_sets.lfw_calibration_half(lfw_labels)
+    lfw_labels, lfw_emb = lfw_labels[half_b], lfw_emb[half_b]
     overlap = (
         set((args.faces.parent / "lfw_overlap.txt").read_text().split("\n"))
         if (args.faces.parent / "lfw_overlap.txt").exists()
@@ -108,6 +127,8 @@ def main() -> None:
     pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
     pool_emb = pool_emb[keep]
+    same_as_lfw = lfw_people_among(pool_emb, lfw_emb, lfw_labels, info.far_thresholds["1e-06"])
+    pool_emb = pool_emb[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
     names, counts = np.unique(lfw_labels, return_counts=True)
@@ -116,7 +137,8 @@ def main() -> None:
     sizes = [n for n in SIZES if n < len(pool_emb)] + [len(pool_emb)]
     print(
         f"LFW half B: {len(known_people)} people enrolled, {int(stranger.sum())} stranger photos; distractor pool "
-        f"{len(pool_emb):,} faces (LFW-free, {len(overlap)} LFW people left out), cohort {len(cohort)}; model {info.id}"
+        f"{len(pool_emb):,} faces (LFW-free: {len(overlap)} people named in LFW and {int(same_as_lfw.sum())} faces "
+        f"matching two photos of one LFW person left out), cohort {len(cohort)}; model {info.id}"
     )
     rows = []
     for enrolled in (1, 5):
