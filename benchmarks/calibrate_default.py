@@ -57,15 +57,16 @@ def main() -> None:
         f"(embeddings {emb.nbytes / 2**20:.0f} MiB)"
     )
     half_b = ~half_a
-    lfw_pairs, lfw_smallest, lfw_genuine = pair_distances(lfw_emb[half_b], lfw_labels[half_b], keep_share=2e-2)
+    lfw = pair_distances(lfw_emb[half_b], lfw_labels[half_b], keep_share=2e-2)
+    lfw_pairs = lfw.impostor_count
     print(f"measured on LFW half B: {int(half_b.sum()):,} photos, {lfw_pairs:,} different-identity pairs")
     header = f"{'FAR':>6} {'threshold':>9} {'kind':>12} {'pairs below':>12} {'TAR':>6}  {'90% interval':>15}"
     print(header + f" {'B FAR':>9} {'x asked':>8} {'B TAR':>8}")
     check = {}
     for key, threshold in result.thresholds.items():
         entry = d["entries"][key]
-        below = int(np.searchsorted(lfw_smallest, threshold))
-        lfw_far, lfw_tar = below / lfw_pairs, float(np.searchsorted(lfw_genuine, threshold)) / len(lfw_genuine)
+        below = int(np.searchsorted(lfw.smallest, threshold))
+        lfw_far, lfw_tar = below / lfw_pairs, lfw.tar(threshold)
         check[key] = {"lfw_pairs_below": below, "lfw_far": lfw_far, "lfw_tar": round(lfw_tar, 4)}
         interval = "-".join(f"{v:.4f}" for v in entry.get("interval", ())) or "-"
         print(

@@ -24,7 +24,8 @@ the wanted rate among the comparisons, a union bound, and interpolates the table
   decide the rarest rates.
 
 Each entry records its kind, how many impostor pairs it rests on, and the share of same-identity pairs
-that pass it (TAR), which is what a gallery of that size can promise to enrolled people.
+that pass it per person (TAR, each person counted once), which is what a gallery of that size can
+promise to enrolled people.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def calibrate(
     if dropped.any():
         embeddings, labels = np.asarray(embeddings)[~dropped], labels[~dropped]
         groups = None if groups is None else np.asarray(groups)[~dropped]
-    pairs, smallest, genuine = pair_distances(embeddings, labels, groups, keep_share=max(fars))
+    scanned = pair_distances(embeddings, labels, groups, keep_share=max(fars))
+    pairs, smallest = scanned.impostor_count, scanned.smallest
     parts = _parts(groups, len(labels))
     tail = fit_tail(smallest, pairs, seed, bootstrap) if len(smallest) > MIN_TAIL else None
     smallest_measured = MIN_MEASURED / pairs
@@ -158,7 +160,8 @@ def calibrate(
         else:
             continue
         thresholds[far_key(far)] = round(threshold, 4)
-        entry["tar"] = round(float(np.searchsorted(genuine, threshold)) / len(genuine), 4) if len(genuine) else None
+        tar = scanned.tar(threshold)
+        entry["tar"] = None if tar is None else round(tar, 4)
         entries[far_key(far)] = entry
     details = {
         "on": on,
@@ -166,7 +169,7 @@ def calibrate(
         "people": int(sum(len(np.unique(labels[rows])) for rows in parts)),
         "dropped_as_mislabelled": int(dropped.sum()),
         "impostor_pairs": int(pairs),
-        "genuine_pairs": int(len(genuine)),
+        "genuine_pairs": int(len(scanned.genuine)),
         "entries": entries,
     }
     if tail is not None:
@@ -200,11 +203,31 @@ def probably_mislabelled(embeddings: np.ndarray, labels: np.ndarray, groups: np.
     return flagged
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """What ``pair_distances`` streamed: the count of different-identity pairs, the smallest of their distances
+    (sorted), and every same-identity distance (sorted) with its person (an index per group and label)."""
+
+    impostor_count: int
+    smallest: np.ndarray
+    genuine: np.ndarray
+    genuine_person: np.ndarray
+
+    def tar(self, threshold: float) -> float | None:
+        """The share of a person's same-identity pairs closer than ``threshold``, averaged over people: each
+        person counts once, however many photos (pairs grow with their square)."""
+        if not len(self.genuine):
+            return None
+        people = np.bincount(self.genuine_person)
+        passed = np.bincount(self.genuine_person, weights=self.genuine < threshold, minlength=len(people))
+        return float(np.mean(passed[people > 0] / people[people > 0]))
+
+
 def pair_distances(
     embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, keep_share: float = 1e-2
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """(different-identity pairs, the smallest ``keep_share`` of their distances sorted, every same-identity
-    distance sorted): each pair once, only within the same ``groups`` value when given."""
+) -> Pairs:
+    """Every pair once, only within the same ``groups`` value when given: the different-identity ones counted
+    and the smallest ``keep_share`` of them kept, the same-identity ones all kept."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
     parts = _parts(groups, len(labels))
@@ -213,8 +236,12 @@ def pair_distances(
         raise DataError("FAR calibration needs faces of at least two different people")
     keep = min(pairs, max(int(keep_share * pairs) + 2, MIN_TAIL + 1))
     scans = [_scan(embeddings[rows], labels[rows], keep) for rows in parts]
-    smallest = np.sort(np.concatenate([s for s, _ in scans]))[:keep]
-    return pairs, smallest, np.sort(np.concatenate([g for _, g in scans]))
+    smallest = np.sort(np.concatenate([s for s, _, _ in scans]))[:keep]
+    offsets = np.cumsum([0] + [len(np.unique(labels[rows])) for rows in parts])
+    genuine = np.concatenate([g for _, g, _ in scans])
+    person = np.concatenate([p + offset for (_, _, p), offset in zip(scans, offsets)])
+    order = np.argsort(genuine, kind="stable")
+    return Pairs(pairs, smallest, genuine[order], person[order])
 
 
 def _parts(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
@@ -228,11 +255,12 @@ def _impostor_pairs(labels: np.ndarray) -> int:
     return (n * n - int(np.sum(counts.astype(np.int64) ** 2))) // 2
 
 
-def _scan(embeddings: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the ``keep`` smallest different-identity distances, every same-identity distance), each pair once,
-    from BLOCK x BLOCK tiles of distances: memory stays near ``keep`` + one tile whatever the pairs."""
+def _scan(embeddings: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the ``keep`` smallest different-identity distances, every same-identity distance, its person's index
+    in ``np.unique(labels)``), each pair once, from BLOCK x BLOCK tiles of distances: memory stays near
+    ``keep`` + one tile whatever the pairs."""
     _, codes = np.unique(labels, return_inverse=True)
-    smallest, genuine = np.empty(0, np.float32), []
+    smallest, genuine, person = np.empty(0, np.float32), [], []
     cut = np.inf  # once ``keep`` are held, larger distances cannot enter
     n = len(embeddings)
     for r in range(0, n, BLOCK):
@@ -241,18 +269,21 @@ def _scan(embeddings: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.nda
             same = codes[r : r + BLOCK, None] == codes[None, c : c + BLOCK]
             if r == c:  # a diagonal tile: each pair once, never a face with itself
                 upper = np.triu(np.ones(d.shape, bool), k=1)
-                genuine.append(d[same & upper])
+                same &= upper
                 impostor = d[~same & upper]
             else:
-                genuine.append(d[same])
                 impostor = d[~same]
+            genuine.append(d[same])
+            person.append(np.broadcast_to(codes[r : r + BLOCK, None], d.shape)[same])
             smallest = np.concatenate([smallest, impostor[impostor < cut]])
             if len(smallest) > 2 * keep:
                 smallest = np.partition(smallest, keep - 1)[:keep]
                 cut = smallest.max()
     if len(smallest) > keep:
         smallest = np.partition(smallest, keep - 1)[:keep]
-    return smallest, np.concatenate(genuine) if genuine else np.empty(0, np.float32)
+    if not genuine:
+        return smallest, np.empty(0, np.float32), np.empty(0, np.int64)
+    return smallest, np.concatenate(genuine), np.concatenate(person)
 
 
 def openset_threshold(table: dict[str, float], far: float, comparisons: int) -> tuple[float, bool]:
