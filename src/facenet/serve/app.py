@@ -211,7 +211,7 @@ async def verify(
     which: Annotated[
         str | None,
         Form(
-            pattern="^(largest|central)$",
+            pattern="^(largest|central)?$",  # empty: the default (FastAPI reads an empty form field as absent)
             description="the face to compare in a photo with several (default: the model's choice, the largest)",
         ),
     ] = None,
@@ -245,7 +245,11 @@ async def identify(
     top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 5,
     threshold: Annotated[float | None, THRESHOLD] = None,
     which: Annotated[
-        str, Form(pattern="^(all|largest|central)$", description="every face (all), or the largest or central one")
+        str,
+        Form(
+            pattern="^(all|largest|central)?$",
+            description="every face (all, the default), or the largest or central one",
+        ),
     ] = "all",
 ):
     return await engine.run(
@@ -260,7 +264,9 @@ async def cluster(
     engine: EngineDep,
     photos: Annotated[list[UploadFile], File(description="photos to group")],
     threshold: Annotated[float | None, THRESHOLD] = None,
-    method: Annotated[str, Form(pattern="^(agglomerative|dbscan|chinese_whispers)$")] = "agglomerative",
+    method: Annotated[
+        str, Form(pattern="^(agglomerative|dbscan|chinese_whispers)?$")
+    ] = "agglomerative",  # empty: default
 ):
     check_count(photos, engine.limits.max_files, "clustering")
     return await engine.run(engine.cluster, await read_uploads(photos), threshold, method)
