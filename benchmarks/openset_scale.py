@@ -145,7 +145,7 @@ def main() -> None:
     pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
     pool_emb = pool_emb[keep]
-    same_as_lfw = lfw_people_among(pool_emb, lfw_emb, lfw_labels, info.far_thresholds["1e-06"])
+    same_as_lfw = lfw_people_among(pool_emb, lfw_emb, lfw_labels, embedder.info.far_thresholds["1e-06"])
     pool_emb = pool_emb[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
