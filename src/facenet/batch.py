@@ -141,6 +141,78 @@ def embed_photos(
     no more than ``2 * batch_size`` photos are in flight at a time, so memory stays bounded
     whatever the number of photos.
     """
+    rows: list[FaceRow] = []
+    for _path, result in _photo_results(embedder, paths, report, all_faces, batch_size, workers, progress):
+        if isinstance(result, Skipped):
+            continue
+        rows.extend(result)
+        while len(rows) >= batch_size:
+            chunk, rows = rows[:batch_size], rows[batch_size:]
+            yield chunk, embedder.embed_crops([r.crop for r in chunk], batch_size=batch_size)
+    if rows:
+        yield rows, embedder.embed_crops([r.crop for r in rows], batch_size=batch_size)
+
+
+@dataclass
+class PhotoGroup:
+    """Consecutive photos, each done: its face rows (crops released) with their embeddings, or why it
+    was skipped. ``photos`` lists every photo of the group in input order, embedded or skipped."""
+
+    photos: list[str]
+    rows: list[FaceRow]
+    embeddings: np.ndarray
+    skipped: list[Skipped]
+
+
+def embed_photo_groups(
+    embedder,
+    paths: list[Path],
+    report: BatchReport,
+    group_size: int,
+    all_faces: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Iterator[PhotoGroup]:
+    """``embed_photos`` cut at photo boundaries: groups of ``group_size`` photos (the last may be smaller),
+    every face of a photo in the same group, so that each group can be written (a shard) and counted as
+    done as a whole. One worker pool serves the whole run; faces are still embedded ``batch_size`` at a time."""
+    if group_size < 1:
+        raise FaceNetError("the group (shard) size must be at least 1 photo")
+    dims = embedder.embedding_size
+    group = PhotoGroup([], [], np.empty((0, dims), np.float32), [])
+    pending: list[FaceRow] = []  # rows of this group not embedded yet
+    blocks: list[np.ndarray] = []
+
+    def embed_pending() -> None:
+        nonlocal pending
+        if pending:
+            blocks.append(embedder.embed_crops([r.crop for r in pending], batch_size=batch_size))
+            group.rows.extend(replace(r, crop=None) for r in pending)  # the crop is not kept: memory stays bounded
+            pending = []
+
+    for path, result in _photo_results(embedder, paths, report, all_faces, batch_size, workers, progress):
+        group.photos.append(str(path))
+        if isinstance(result, Skipped):
+            group.skipped.append(result)
+        else:
+            pending.extend(result)
+            if len(pending) >= batch_size:
+                embed_pending()
+        if len(group.photos) >= group_size:
+            embed_pending()
+            group.embeddings = np.concatenate(blocks) if blocks else group.embeddings
+            yield group
+            group, blocks = PhotoGroup([], [], np.empty((0, dims), np.float32), []), []
+    if group.photos:
+        embed_pending()
+        group.embeddings = np.concatenate(blocks) if blocks else group.embeddings
+        yield group
+
+
+def _photo_results(embedder, paths, report, all_faces, batch_size, workers, progress):
+    """(path, rows | Skipped) for each photo in input order, counted in ``report`` (skipped photos added to
+    it), with the progress bar and the "several faces" notes."""
     if batch_size < 1:
         raise FaceNetError("--batch-size must be at least 1")
     report.photos += len(paths)
@@ -149,23 +221,25 @@ def embed_photos(
         on_accelerator = str(getattr(detector, "device", "cpu")) != "cpu"  # detect there, in this process
         few = len(paths) <= batch_size
         workers = 0 if few or on_accelerator else max(1, (os.cpu_count() or 1) - 1)
-    rows: list[FaceRow] = []
     with progress_bar(len(paths), "embedding", unit="photo", enabled=progress and len(paths) > batch_size) as bar:
-        for _path, result in _found_faces(embedder, paths, all_faces, workers, window=2 * batch_size):
+        for path, result in _found_faces(embedder, paths, all_faces, workers, window=2 * batch_size):
             bar.update()
             if isinstance(result, Skipped):
                 report.skipped.append(result)
-                continue
-            report.embedded_photos += 1
-            if not all_faces and (note := several_faces_note(result[0], embedder.recipe.which)):
-                print(note, file=sys.stderr)
-            report.faces += len(result)
-            rows.extend(result)
-            while len(rows) >= batch_size:
-                chunk, rows = rows[:batch_size], rows[batch_size:]
-                yield chunk, embedder.embed_crops([r.crop for r in chunk], batch_size=batch_size)
-        if rows:
-            yield rows, embedder.embed_crops([r.crop for r in rows], batch_size=batch_size)
+            else:
+                report.embedded_photos += 1
+                if not all_faces and (note := several_faces_note(result[0], embedder.recipe.which)):
+                    print(note, file=sys.stderr)
+                report.faces += len(result)
+            yield path, result
+
+
+def read_shards(directory: str | os.PathLike):
+    """The rows of a shard directory written by ``facenet embed --out DIR/`` (``facenet.shards.read_shards``):
+    ``.paths`` (one per row) and ``.embeddings`` (N, d) float32, in shard order; see there."""
+    from facenet.shards import read_shards as read
+
+    return read(directory)
 
 
 def collect(

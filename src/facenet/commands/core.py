@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -146,8 +147,14 @@ def run_embed(args: argparse.Namespace) -> int:
     from facenet.fileio import atomic_write
 
     out = Path(args.out)
+    if is_shard_dir(args.out):
+        return run_embed_shards(args, out)
+    if args.shard_size is not None:
+        raise FaceNetError("--shard-size is for a shard directory: --out DIR/ (with the trailing slash)")
     if out.suffix not in OUTPUT_FORMATS:
-        raise FaceNetError(f"--out must end in {', '.join(OUTPUT_FORMATS)}, not {out.name!r}")
+        raise FaceNetError(
+            f"--out must end in {', '.join(OUTPUT_FORMATS)}, or be a directory (DIR/), not {out.name!r}"
+        )
     if out.suffix == ".parquet":
         _require_pyarrow()
     paths = expand_image_paths(args.paths)
@@ -172,6 +179,51 @@ def run_embed(args: argparse.Namespace) -> int:
     print(
         f"wrote {written['n']} embeddings of {embedder.embedding_size} dims from {report.embedded_photos} "
         f"photo(s) to {out}{described}"
+    )
+    return report.finish(args.strict, report_path)
+
+
+SHARD_SIZE = 1000
+
+
+def is_shard_dir(out: str) -> bool:
+    """``--out DIR/`` (a trailing slash) or an existing directory: a resumable directory of shards."""
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def run_embed_shards(args: argparse.Namespace, out: Path) -> int:
+    """``--out DIR/``: Parquet shards of ``--shard-size`` photos and a manifest; a re-run goes on where a run
+    stopped, each photo done once (``facenet.shards``)."""
+    from facenet.batch import BatchReport, embed_photo_groups
+    from facenet.shards import ShardDir, run_identity
+
+    _require_pyarrow()
+    shard_size = SHARD_SIZE if args.shard_size is None else args.shard_size
+    if shard_size < 1:
+        raise FaceNetError("--shard-size must be at least 1 photo")
+    paths = list(dict.fromkeys(os.path.abspath(p) for p in expand_image_paths(args.paths)))  # each photo once
+    embedder = embedder_from_args(args)
+    detector = None if args.no_detect else (args.detector or embedder.recipe.detector)
+    identity = run_identity(embedder, detector, all_faces(args))
+    with ShardDir.open(out, identity) as shards:
+        todo = [Path(p) for p in paths if p not in shards.done]
+        if len(todo) < len(paths):
+            print(
+                f"{out}: {len(paths) - len(todo)} of the {len(paths)} photo(s) already done "
+                f"({len(shards.shards)} shard(s)); embedding the other {len(todo)}"
+            )
+        run = BatchReport("embed")
+        groups = embed_photo_groups(
+            embedder, todo, run, shard_size, all_faces=all_faces(args), batch_size=args.batch_size, workers=args.workers
+        )
+        for group in groups:
+            shards.write(group)
+        report = shards.report()
+    report_path = Path(args.skipped_report) if args.skipped_report else out / "skipped.json"
+    report.write(report_path)
+    print(
+        f"wrote {run.faces} embeddings of {embedder.embedding_size} dims from {run.embedded_photos} photo(s) "
+        f"to {out}; it holds {report.faces} from {report.embedded_photos} photo(s) in {len(shards.shards)} shard(s)"
     )
     return report.finish(args.strict, report_path)
 
@@ -330,18 +382,31 @@ def register(sub) -> None:
         "(x1, y1, x2, y2 in photo pixels) and the detector's score. Photos that cannot "
         "be read or show no face are skipped and listed, with the reason, in "
         "OUT.skipped.json; the others are written. Exit 0, or 2 when nothing could "
-        "be embedded (or, with --strict, when anything was skipped).",
+        "be embedded (or, with --strict, when anything was skipped). For a big collection, "
+        "--out DIR/ writes a directory of Parquet shards and a manifest instead: a run that is "
+        "stopped (even killed) goes on where it stopped when re-run with the same DIR, each "
+        "photo embedded once.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     p.add_argument(
         "--out",
         required=True,
         help="output file: .npy (matrix; where each row comes from in OUT.rows.csv), .csv, .json "
-        "(array of objects) or .parquet (needs pyarrow)",
+        "(array of objects) or .parquet (needs pyarrow); or DIR/ (a trailing slash, or an existing "
+        "directory): resumable Parquet shards part-00000.parquet, ... and DIR/manifest.json (needs "
+        "pyarrow); a re-run with the same DIR skips the photos already done (refused if the model or "
+        "options differ); read it with facenet.batch.read_shards(DIR)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --out DIR/: photos per shard (all their faces), the most a killed run loses (default {SHARD_SIZE})",
     )
     p.add_argument("--all-faces", action="store_true", help="embed every face found (the same as --which all)")
     add_which_option(p, None)
-    add_batch_options(p, "OUT.skipped.json")
+    add_batch_options(p, "OUT.skipped.json, DIR/skipped.json")
     add_model_options(p)
     p.set_defaults(func=run_embed)
 
