@@ -33,6 +33,7 @@ from facenet.errors import FaceNetError
 from facenet.progress import progress_bar
 
 EXIT_FAILED = 2
+NO_CROP = np.empty((0, 0, 3), np.uint8)  # a row's crop once it is embedded and released
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def embed_photo_groups(
         nonlocal pending
         if pending:
             blocks.append(embedder.embed_crops([r.crop for r in pending], batch_size=batch_size))
-            group.rows.extend(replace(r, crop=None) for r in pending)  # the crop is not kept: memory stays bounded
+            group.rows.extend(replace(r, crop=NO_CROP) for r in pending)  # crops are not kept: memory stays bounded
             pending = []
 
     for path, result in _photo_results(embedder, paths, report, all_faces, batch_size, workers, progress):

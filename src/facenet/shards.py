@@ -39,6 +39,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,9 @@ class ShardDir:
             _check_identity(self.directory, manifest["identity"], self.identity)
             self.shards = list(manifest["shards"])
         elif any(self.directory.iterdir()) and not _only_ours(self.directory):
-            raise FaceNetError(f"{self.directory} is not empty and holds no {MANIFEST}: choose a new or empty directory")
+            raise FaceNetError(
+                f"{self.directory} is not empty and holds no {MANIFEST}: choose a new or empty directory"
+            )
         for leftover in self.directory.iterdir():
             if LEFTOVER_RE.match(leftover.name):
                 leftover.unlink()
@@ -160,7 +163,8 @@ class ShardDir:
         for entry in self.shards:
             problem = _shard_problem(self.directory / entry["file"], entry["rows"])
             if problem:
-                _warn(f"{self.directory / entry['file']}: {problem}; its {len(entry['photos'])} photo(s) are embedded again")
+                redo = len(entry["photos"])
+                _warn(f"{self.directory / entry['file']}: {problem}; its {redo} photo(s) are embedded again")
                 with contextlib.suppress(FileNotFoundError):
                     (self.directory / entry["file"]).unlink()
                 changed = True
@@ -170,13 +174,13 @@ class ShardDir:
         self.done = {p for entry in self.shards for p in entry["photos"]}
         listed = {entry["file"] for entry in self.shards}
         for shard in sorted(p for p in self.directory.iterdir() if SHARD_RE.match(p.name) and p.name not in listed):
-            entry, problem = self._adoptable(shard)
-            if entry is None:
+            adopted, problem = self._adoptable(shard)
+            if adopted is None:
                 _warn(f"{shard}: not in {MANIFEST} and {problem}: deleted, its photos are embedded again")
                 shard.unlink()
             else:
-                self.shards.append(entry)
-                self.done.update(entry["photos"])
+                self.shards.append(adopted)
+                self.done.update(adopted["photos"])
             changed = True
         self.shards.sort(key=lambda e: e["file"])
         if changed or not path.exists():
@@ -212,14 +216,16 @@ class ShardDir:
         if repeated:
             raise FaceNetError(f"{self.directory}: photo(s) already done: {sorted(repeated)[:3]}")
         index = 1 + max((int(SHARD_RE.match(e["file"]).group(1)) for e in self.shards), default=-1)  # type: ignore[union-attr]
-        entry = {
+        entry: dict[str, Any] = {
             "file": shard_name(index),
             "rows": len(group.rows),
             "photos": list(group.photos),
             "skipped": [{"path": s.path, "reason": s.reason} for s in group.skipped],
         }
         dims = int(self.identity["embedding_size"])
-        schema = shard_schema(dims).with_metadata({METADATA_KEY: json.dumps({"identity": self.identity, "entry": entry})})
+        schema = shard_schema(dims).with_metadata(
+            {METADATA_KEY: json.dumps({"identity": self.identity, "entry": entry})}
+        )
         rows = group.rows
         emb = np.ascontiguousarray(group.embeddings, np.float32).reshape(-1)
         arrays = [
@@ -329,13 +335,19 @@ def read_shards(directory: str | os.PathLike) -> EmbeddedShards:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FaceNetError(f"{directory}: no {MANIFEST} (not a directory written by facenet embed --out DIR/)") from None
+        raise FaceNetError(
+            f"{directory}: no {MANIFEST} (not a directory written by facenet embed --out DIR/)"
+        ) from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise FaceNetError(f"{path} is not a facenet shard manifest of version {VERSION}")
     identity = manifest["identity"]
     dims = int(identity["embedding_size"])
     paths: list[str] = []
-    blocks, faces, boxes, scores, notes = [], [], [], [], []
+    blocks: list[np.ndarray] = []
+    faces: list[np.ndarray] = []
+    boxes: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    notes: list[tuple[str, ...]] = []
     for entry in manifest["shards"]:
         shard = directory / entry["file"]
         try:

@@ -152,9 +152,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.shard_size is not None:
         raise FaceNetError("--shard-size is for a shard directory: --out DIR/ (with the trailing slash)")
     if out.suffix not in OUTPUT_FORMATS:
-        raise FaceNetError(
-            f"--out must end in {', '.join(OUTPUT_FORMATS)}, or be a directory (DIR/), not {out.name!r}"
-        )
+        raise FaceNetError(f"--out must end in {', '.join(OUTPUT_FORMATS)}, or be a directory (DIR/), not {out.name!r}")
     if out.suffix == ".parquet":
         _require_pyarrow()
     paths = expand_image_paths(args.paths)
