@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from video_scenes import Actor, who_is_at, write_scene
 
 pytest.importorskip("norfair", reason="norfair (the tracker) is not installed: pip install norfair")
@@ -133,11 +132,20 @@ def test_command_writes_the_timeline_annotated_video_and_snapshots(lfw_dir, gall
     rows = (out / "timeline.csv").read_text().splitlines()
     assert rows[0] == "person,start,end,confidence,distance,tracks" and len(rows) == 1 + 4
     assert rows[2].startswith("Colin_Powell,0.6,2.8,1.0,")
-    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["Colin_Powell.png", "Tony_Blair.png", "Unknown 1.png"]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [
+        "Colin_Powell.png",
+        "Tony_Blair.png",
+        "Unknown 1.png",
+    ]
     capture = cv2.VideoCapture(str(out / "annotated.mp4"))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 30 and capture.get(cv2.CAP_PROP_FRAME_WIDTH) == SIZE[0]
     capture.release()
-    for path in (out / "timeline.json", out / "timeline.csv", out / "annotated.mp4", out / "snapshots" / "Tony_Blair.png"):
+    for path in (
+        out / "timeline.json",
+        out / "timeline.csv",
+        out / "annotated.mp4",
+        out / "snapshots" / "Tony_Blair.png",
+    ):
         assert path.stat().st_mode & 0o077 == 0  # faces and who was where: owner-only
     assert "Colin_Powell\t0.60\t2.80" in capsys.readouterr().out
 

@@ -20,6 +20,7 @@ Memory is bounded: a live track holds ``BEST_CROPS`` model-sized crops, an ended
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -41,6 +42,9 @@ MIN_SIGHTINGS = 2  # a track seen fewer times is a flicker, not a person
 TRACK_MEMORY_S = 1.0  # a track missed for longer than this (in video time) has ended
 IOU_MATCH = 0.1  # a detection continues a track when their boxes overlap at least this much (IoU)
 UNKNOWN = "Unknown"
+VIDEO_MIN_FACE = 0.05  # smallest face found: 5% of the frame's shorter side (36 px at 720p, 54 px at 1080p); a
+# face much smaller is too small to identify (``facenet.align.finder.SMALL_FACE``), and a video's frames are
+# detected 4x faster at this working size than at photos' 2%
 
 
 # ----------------------------------------------------------------------------------------------- frames
@@ -253,6 +257,7 @@ class Track:
     embedding: np.ndarray | None = None  # mean of the best crops' embeddings, unit
     best: list = field(default_factory=list)  # [(quality, crop, embedding or None)], best first
     identified_at: int = 0  # sightings when last identified
+    named: str | None = None  # the timeline's name: ``person``, or the stranger's cluster over the whole video
 
     def keep(self, crop: np.ndarray, q: float) -> bool:
         """Keep the crop if it is among the best; True when the best set changed."""
@@ -360,10 +365,14 @@ class Timeline:
 
         out = Path(out_dir)
         text = json.dumps(self.as_dict(), indent=2) + "\n"
-        atomic_write(out / "timeline.json", lambda tmp: tmp.write_text(text))
         table = self.csv_text()
-        atomic_write(out / "timeline.csv", lambda tmp: tmp.write_text(table))
+        atomic_write(out / "timeline.json", functools.partial(_write_text, text=text))
+        atomic_write(out / "timeline.csv", functools.partial(_write_text, text=table))
         return out / "timeline.json", out / "timeline.csv"
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
 
 
 # ----------------------------------------------------------------------------------------------- analysis
@@ -384,6 +393,7 @@ class VideoAnalysis:
         frame_events: bool = False,
         reconnect_s: float = 30.0,
         on_frame: Callable[[Frame, list[Track]], None] | None = None,
+        min_face: float | None = VIDEO_MIN_FACE,
     ):
         from norfair import Tracker
 
@@ -394,7 +404,11 @@ class VideoAnalysis:
         if fps is not None and fps <= 0:
             raise VideoError(f"--fps must be positive (or omitted for every frame), not {fps}")
         self.embedder = embedder
-        self.finder = embedder.finder()
+        from facenet.align.finder import FaceFinder
+
+        self.finder = FaceFinder(
+            embedder.detector, embedder.recipe, embedder.info.input_size, embedder.fallback_detector, min_face
+        )
         self.source = source
         self.frames = open_frames(source, fps, reconnect_s)
         self.fps = fps
@@ -477,7 +491,8 @@ class VideoAnalysis:
             track = self.live.get(obj.id)
             if track is None:
                 track = self.live[obj.id] = Track(0, frame.time, frame.time, face.detection.box)
-            track.last, track.box = frame.time, tuple(float(v) for v in face.detection.box)
+            x1, y1, x2, y2 = (float(v) for v in face.detection.box)
+            track.last, track.box = frame.time, (x1, y1, x2, y2)
             track.sightings += 1
             q = quality(face.image, face.detection.box, face.detection.score, self.embedder.info.input_size)
             track.keep(face.image, q)
@@ -562,20 +577,26 @@ class VideoAnalysis:
 
     def tracks(self) -> list[Track]:
         """Every track seen at least ``MIN_SIGHTINGS`` times and identified, ended or live, by first sighting,
-        with strangers renamed by clustering the whole video."""
+        each ``named`` for the timeline: strangers by clustering the whole video."""
         done = [t for t in self.ended + list(self.live.values()) if t.id and t.embedding is not None]
         done.sort(key=lambda t: (t.first, t.id))
-        strangers = [t for t in done if t.person is None or t.person.startswith(UNKNOWN)]
+        strangers = []
+        for t in done:
+            t.named = t.person
+            if t.person is None or t.person.startswith(UNKNOWN):
+                strangers.append(t)
         if strangers:
             from facenet.cluster import cluster_embeddings
 
             labels = cluster_embeddings(
-                np.stack([t.embedding for t in strangers]), threshold=self.embedder.threshold, min_size=1
+                np.stack([t.embedding for t in strangers if t.embedding is not None]),
+                threshold=self.embedder.threshold,
+                min_size=1,
             )
             names: dict[int, str] = {}
             for t, label in zip(strangers, labels):  # numbered by first appearance
                 names.setdefault(int(label), f"{UNKNOWN} {len(names) + 1}")
-                t.person = names[int(label)]
+                t.named = names[int(label)]
         return done
 
     def timeline(self, gap: float | None = None) -> Timeline:
@@ -585,11 +606,12 @@ class VideoAnalysis:
         segments: list[Segment] = []
         by_person: dict[str, list[Track]] = {}
         for t in self.tracks():
-            by_person.setdefault(t.person or UNKNOWN, []).append(t)
+            by_person.setdefault(t.named or UNKNOWN, []).append(t)
         for person, tracks in by_person.items():
             group: list[Track] = []
-            for t in sorted(tracks, key=lambda t: t.first) + [None]:
-                if group and (t is None or t.first > max(g.last for g in group) + gap):
+            ordered: list[Track | None] = [*sorted(tracks, key=lambda t: t.first), None]
+            for nxt in ordered:
+                if group and (nxt is None or nxt.first > max(g.last for g in group) + gap):
                     weights = [g.sightings for g in group]
                     distances = [g.distance for g in group if g.distance is not None]
                     segments.append(
@@ -603,8 +625,8 @@ class VideoAnalysis:
                         )
                     )
                     group = []
-                if t is not None:
-                    group.append(t)
+                if nxt is not None:
+                    group.append(nxt)
         segments.sort(key=lambda s: (s.start, s.person))
         duration = self.frames.duration if self.complete and getattr(self.frames, "duration", None) else None
         return Timeline(
@@ -620,8 +642,9 @@ class VideoAnalysis:
         """The best face crop (model-sized, RGB) of each person of the timeline."""
         best: dict[str, tuple[float, np.ndarray]] = {}
         for t in self.tracks():
-            if t.best and (t.person not in best or t.best[0][0] > best[t.person][0]):
-                best[t.person or UNKNOWN] = (t.best[0][0], t.best[0][1])
+            name = t.named or UNKNOWN
+            if t.best and (name not in best or t.best[0][0] > best[name][0]):
+                best[name] = (t.best[0][0], t.best[0][1])
         return {k: v[1] for k, v in best.items()}
 
 
@@ -634,6 +657,7 @@ def video(
     threshold: float | None = None,
     frame_events: bool = False,
     reconnect_s: float = 30.0,
+    min_face: float | None = VIDEO_MIN_FACE,
 ) -> VideoAnalysis:
     """Who appears when in ``source`` (a video file, a webcam index, or an rtsp/http stream URL), against the
     gallery at ``gallery`` (default: the CLI's). Iterate the result for ``Event``s as they happen; then (or after
@@ -641,9 +665,13 @@ def video(
 
     ``fps``: frames analysed per second of video (``None``: every frame). ``far``: the wanted chance that a
     stranger is taken for someone enrolled, which sets the open-set threshold for the gallery's size as in
-    ``facenet.identify`` (``threshold``: a squared-L2 one by hand). Raises ``VideoError`` for a source that
+    ``facenet.identify`` (``threshold``: a squared-L2 one by hand). ``min_face``: the smallest face found, as a
+    fraction of the frame's shorter side (frames are detected on a copy reduced to match; ``None``: full size).
+    Raises ``VideoError`` for a source that
     cannot be opened; a file that turns out truncated or corrupt raises it at the end of the iteration, after
     the tracks seen so far have ended (their events yielded, the timeline kept)."""
     from facenet.api import _resolve
 
-    return VideoAnalysis(source, _resolve(model), gallery, fps, far, threshold, frame_events, reconnect_s)
+    return VideoAnalysis(
+        source, _resolve(model), gallery, fps, far, threshold, frame_events, reconnect_s, min_face=min_face
+    )
