@@ -162,17 +162,8 @@ class LiveFrames:
         while not self._stop.is_set():
             ok, bgr = capture.read() if capture is not None else (False, None)
             if ok and bgr is not None:
-                frame = Frame(time.monotonic() - self._start, index, bgr)
+                self._offer(Frame(time.monotonic() - self._start, index, bgr))
                 index += 1
-                try:
-                    self._latest.put_nowait(frame)
-                except queue.Full:  # the analysis has not taken the previous one: it is stale now
-                    try:
-                        self._latest.get_nowait()
-                        self.dropped += 1
-                    except queue.Empty:
-                        pass
-                    self._latest.put_nowait(frame)
                 continue
             if capture is not None:
                 capture.release()
@@ -185,11 +176,24 @@ class LiveFrames:
             if capture is None:
                 if not self._stop.is_set():
                     self._error = f"the live source {self._shown()} gave no frame for {self.reconnect_s:.0f} s"
-                self._latest.put(None)
+                self._offer(None)
                 return
             self.reconnects += 1
         if capture is not None:
             capture.release()
+
+    def _offer(self, frame: Frame | None) -> None:
+        """Make ``frame`` the one waiting (None: the end); one the analysis has not taken yet is stale: dropped."""
+        while True:
+            try:
+                self._latest.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    if self._latest.get_nowait() is not None:
+                        self.dropped += 1
+                except queue.Empty:
+                    pass
 
     def __iter__(self) -> Iterator[Frame]:
         due = 0.0
@@ -414,9 +418,11 @@ class VideoAnalysis:
         self.fps = fps
         self.frame_events = frame_events
         self.on_frame = on_frame
-        self.gallery = Gallery.open(
-            gallery_location(gallery), embedder.name, embedder.embedding_size, create=False
-        )  # an owned gallery object: closed with the analysis
+        try:  # closed with the analysis
+            self.gallery = Gallery.open(gallery_location(gallery), embedder.name, embedder.embedding_size, create=False)
+        except BaseException:
+            self.frames.close()
+            raise
         self.promise = None
         if threshold is None:
             self.promise = identification_promise(embedder, self.gallery.comparisons(), far or DEFAULT_OPENSET_FAR)
