@@ -71,11 +71,10 @@ def every_frame(path: Path, gallery: Path, model, far: float | None = None) -> s
     """Detect, embed and identify every face of every frame, as face_recognition's webcam example does."""
     import cv2
 
+    from facenet.align.finder import FaceFinder
     from facenet.errors import NoFaceError
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
     from facenet.gallery import Gallery
-
-    from facenet.align.finder import FaceFinder
     from facenet.video_analysis import VIDEO_MIN_FACE
 
     finder = FaceFinder(model.detector, model.recipe, model.info.input_size, None, VIDEO_MIN_FACE)  # same detection
