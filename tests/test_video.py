@@ -175,6 +175,27 @@ def test_a_truncated_video_ends_in_a_clear_error_with_the_timeline_of_what_was_r
     assert "no such video file" in capsys.readouterr().err
 
 
+def test_ctrl_c_in_the_command_writes_the_timeline_of_what_was_seen(lfw_dir, gallery, tmp_path, capsys, monkeypatch):
+    from facenet.cli import main
+    from facenet.commands import video as command
+
+    write_scene(tmp_path / "scene.mp4", comings_and_goings(lfw_dir), duration=6.0, size=SIZE)
+
+    def interrupt_at_two_seconds(self, frame, tracks):
+        if frame.time >= 2.0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(command.Progress, "__call__", interrupt_at_two_seconds)
+    out = tmp_path / "out"
+    assert main(["video", str(tmp_path / "scene.mp4"), "--gallery", str(gallery), "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    data = json.loads((out / "timeline.json").read_text())
+    assert data["complete"] is False
+    assert [p["person"] for p in data["people"]] == ["Unknown 1", "Colin_Powell"]
+    (powell,) = data["people"][1]["segments"]
+    assert powell["start"] == 0.6 and powell["end"] == 2.0  # the frame analysed when Ctrl-C came
+
+
 def test_stopping_early_keeps_a_complete_timeline(lfw_dir, gallery, model, tmp_path):
     """What Ctrl-C does: the tracks alive when it came end there, and the timeline says it is incomplete."""
     import facenet

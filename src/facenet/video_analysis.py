@@ -14,7 +14,8 @@ The loop the rest of the project lacked, built from its parts:
 - **Strangers**: tracks nobody in the gallery matches are clustered over the whole video (``facenet.cluster``,
   the model's threshold) into stable "Unknown N" identities, numbered by first appearance.
 
-Memory is bounded: a live track holds ``BEST_CROPS`` model-sized crops, an ended one its summary only.
+Memory is bounded: a live track holds ``BEST_CROPS`` model-sized crops, an ended one its summary and (unless
+``keep_faces=False``) its best crop.
 """
 
 from __future__ import annotations
@@ -398,6 +399,7 @@ class VideoAnalysis:
         reconnect_s: float = 30.0,
         on_frame: Callable[[Frame, list[Track]], None] | None = None,
         min_face: float | None = VIDEO_MIN_FACE,
+        keep_faces: bool = True,
     ):
         from norfair import Tracker
 
@@ -418,6 +420,7 @@ class VideoAnalysis:
         self.fps = fps
         self.frame_events = frame_events
         self.on_frame = on_frame
+        self.keep_faces = keep_faces
         try:  # closed with the analysis
             self.gallery = Gallery.open(gallery_location(gallery), embedder.name, embedder.embedding_size, create=False)
         except BaseException:
@@ -565,7 +568,7 @@ class VideoAnalysis:
             event = self._identify(track, track.last)
             if event:
                 yield event
-        track.best = track.best[:1]  # memory: an ended track keeps its best face only
+        track.best = track.best[:1] if self.keep_faces else []  # memory: an ended track keeps its best face only
         self.ended.append(track)
         yield Event("left", track.last, track.id, track.person, track.confidence, track.box)
 
@@ -664,6 +667,7 @@ def video(
     frame_events: bool = False,
     reconnect_s: float = 30.0,
     min_face: float | None = VIDEO_MIN_FACE,
+    keep_faces: bool = True,
 ) -> VideoAnalysis:
     """Who appears when in ``source`` (a video file, a webcam index, or an rtsp/http stream URL), against the
     gallery at ``gallery`` (default: the CLI's). Iterate the result for ``Event``s as they happen; then (or after
@@ -673,11 +677,21 @@ def video(
     stranger is taken for someone enrolled, which sets the open-set threshold for the gallery's size as in
     ``facenet.identify`` (``threshold``: a squared-L2 one by hand). ``min_face``: the smallest face found, as a
     fraction of the frame's shorter side (frames are detected on a copy reduced to match; ``None``: full size).
+    ``keep_faces=False``: ended tracks keep no face crop (``snapshots()`` is then empty; for very long videos).
     Raises ``VideoError`` for a source that
     cannot be opened; a file that turns out truncated or corrupt raises it at the end of the iteration, after
     the tracks seen so far have ended (their events yielded, the timeline kept)."""
     from facenet.api import _resolve
 
     return VideoAnalysis(
-        source, _resolve(model), gallery, fps, far, threshold, frame_events, reconnect_s, min_face=min_face
+        source,
+        _resolve(model),
+        gallery,
+        fps,
+        far,
+        threshold,
+        frame_events,
+        reconnect_s,
+        min_face=min_face,
+        keep_faces=keep_faces,
     )

@@ -105,6 +105,7 @@ def run_video(args: argparse.Namespace) -> int:
         reconnect_s=args.reconnect,
         on_frame=on_frame,
         min_face=args.min_face or None,
+        keep_faces=args.snapshots,
     )
     out = Path(args.out)
     progress = Progress(analysis.frames, enabled=not args.quiet and not is_live(args.source))
