@@ -110,7 +110,8 @@ class FileFrames:
                 yield Frame(t, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             self.capture.release()
-        if self.frame_count is not None and index + 1 < self.frame_count - 1:
+        # containers whose header only estimates the count (from duration x rate) may promise a few frames more
+        if self.frame_count is not None and self.frame_count - (index + 1) > max(2, 0.02 * self.frame_count):
             raise VideoError(
                 f"{self.path} ends at frame {index + 1} of the {self.frame_count} its header promises "
                 f"({(index + 1) / self.native_fps:.1f} s): the file is truncated or corrupt"
@@ -281,7 +282,8 @@ class Track:
 @dataclass(frozen=True)
 class Event:
     """What happened: ``kind`` "appeared" (a track's first identification), "identified" (its identity changed
-    on new evidence), "left" (the track ended), or "frame" (a sampled frame's tracked faces, with
+    on new evidence), "left" (the track ended: ``time`` is its last sighting, reported once the tracker has
+    given it up, up to ``TRACK_MEMORY_S`` later), or "frame" (a sampled frame's tracked faces, with
     ``frame_events=True``). ``time`` in seconds of video; ``person`` "Unknown N" for strangers (numbered as they
     come; the timeline's numbers come from clustering the whole video)."""
 
