@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from video_scenes import Actor, who_is_at, write_scene
 
-pytest.importorskip("norfair", reason="norfair (the tracker) is not installed: pip install norfair")
+pytest.importorskip(
+    "norfair", reason="the tracker norfair is not installed: pip install --no-deps 'norfair==2.3.0' (install.sh does)"
+)
 
 FPS = 5.0  # analysed frames per second
 STEP = 1.0 / FPS

@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facenet.errors import NoFaceError, VideoError
+from facenet.errors import FaceNetError, NoFaceError, VideoError
 
 BEST_CROPS = 3  # crops kept (and embedded) per track
 MIN_SIGHTINGS = 2  # a track seen fewer times is a flicker, not a person
@@ -403,7 +403,13 @@ class VideoAnalysis:
         min_face: float | None = VIDEO_MIN_FACE,
         keep_faces: bool = True,
     ):
-        from norfair import Tracker
+        try:
+            from norfair import Tracker
+        except ImportError:
+            raise FaceNetError(
+                "facenet video needs the tracker norfair: pip install --no-deps 'norfair==2.3.0' "
+                "(scripts/install.sh does; --no-deps keeps its numpy<2 pin from downgrading numpy)"
+            ) from None
 
         from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
         from facenet.gallery import Gallery
