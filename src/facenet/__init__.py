@@ -16,12 +16,15 @@ from facenet.errors import (
     ModelFileError,
     NoFaceError,
     TrainingError,
+    VideoError,
 )
 
 _API = ("load_model", "embed", "distance", "verify", "identify", "enroll", "Verification", "Identified")
+_VIDEO = ("video",)
 
 __all__ = [
     *_API,
+    *_VIDEO,
     "FaceNetError",
     "BadImageError",
     "NoFaceError",
@@ -29,6 +32,7 @@ __all__ = [
     "DataError",
     "GalleryError",
     "TrainingError",
+    "VideoError",
 ]
 
 
@@ -37,4 +41,8 @@ def __getattr__(name: str):
         from facenet import api
 
         return getattr(api, name)
+    if name in _VIDEO:
+        from facenet import video_analysis
+
+        return getattr(video_analysis, name)
     raise AttributeError(f"module 'facenet' has no attribute {name!r}")

@@ -35,3 +35,7 @@ class TrainingError(FaceNetError):
 
 class GalleryUnavailableError(GalleryError):
     """The gallery's database server cannot be reached right now; retrying later may succeed."""
+
+
+class VideoError(FaceNetError):
+    """A video source cannot be opened or read (missing, not a video, truncated, corrupt, a stream gone)."""
