@@ -59,6 +59,10 @@ EXPORT_TOLERANCE = 1e-4  # max abs difference of any net output, ONNX Runtime vs
 CPU_BATCH = 32  # patches per R-/O-Net call on the CPU (see MTCNNDetector._run)
 STAGE_OUTPUTS = ((4, 2), (4, 2), (4, 10, 2))  # widths of each net's outputs: box offsets, [landmarks,] probabilities
 PROPOSALS = ("auto", "yunet", "pnet")
+# O-Net run again this many times on each found face's own square, the box and landmarks moved halfway to
+# its new answer each time: where O-Net ends depends less on where the proposal started, so the same face
+# gets the same box on a reduced copy as at full size (benchmarks/box_stability.py; RESULTS.md, issue 28)
+SETTLE_PASSES = 4
 # R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
 # (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
 YUNET_SQUARE = 0.92
@@ -168,6 +172,7 @@ class MTCNNDetector:
     ``proposals``: "yunet" (YuNet proposes, R-Net and O-Net refine; P-Net only where that finds
     nothing), "pnet" (the published cascade), "auto" (YuNet when OpenCV can load it, else P-Net).
     ``min_face_size`` (px): 15 with YuNet's proposals (``YUNET_MIN_FACE``), 20 with P-Net's.
+    ``settle_passes``: damped O-Net passes over each found face (``SETTLE_PASSES``; 0: O-Net answers once).
     """
 
     def __init__(
@@ -180,6 +185,7 @@ class MTCNNDetector:
         retry_thresholds: tuple[float, float, float] | None = (0.5, 0.4, 0.5),
         backend: str = "auto",
         proposals: str = "auto",
+        settle_passes: int = SETTLE_PASSES,
     ):
         if backend not in BACKENDS:
             raise FaceNetError(f"unknown MTCNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -192,6 +198,7 @@ class MTCNNDetector:
             min_face_size = YUNET_MIN_FACE if self.proposer else 20
         self.min_face_size, self.thresholds, self.factor = min_face_size, tuple(thresholds), factor
         self.retry_thresholds = tuple(retry_thresholds) if retry_thresholds else None
+        self.settle_passes = settle_passes
         self.device = torch.device(device)
         if backend == "onnx" and self.device.type != "cpu":
             raise FaceNetError(f"the MTCNN onnx backend runs on the CPU, not {self.device}; use backend='torch'")
@@ -267,7 +274,7 @@ class MTCNNDetector:
             boxes = [self._propose(photo.table, thresholds[0]) for photo in photos]
         boxes = self._refine(photos, boxes, thresholds[1])
         found = []
-        for photo_boxes, points in zip(*self._output(photos, boxes, thresholds[2])):
+        for photo_boxes, points in zip(*self._settle(photos, *self._output(photos, boxes, thresholds[2]))):
             found.append([Detection(b[:4].tolist(), b[4], p) for b, p in zip(photo_boxes, points)])
         return found
 
@@ -368,21 +375,40 @@ class MTCNNDetector:
             score = prob[:, 1]
             keep = score > threshold
             photo_boxes = np.concatenate([photo_boxes[keep, :4], score[keep, None]], axis=1)
-            reg, marks = reg[keep], marks[keep].astype(np.float64)
-            x1, y1 = photo_boxes[:, 0:1], photo_boxes[:, 1:2]
-            bw, bh = photo_boxes[:, 2:3] - x1 + 1, photo_boxes[:, 3:4] - y1 + 1
-            points = np.stack([bw * marks[:, :5] + x1 - 1, bh * marks[:, 5:] + y1 - 1], axis=2)
-            photo_boxes = _regress(photo_boxes, reg)
+            photo_boxes, points = _onet_answer(photo_boxes, reg[keep], marks[keep])
             pick = nms(photo_boxes[:, :4], photo_boxes[:, 4], 0.7, method="min")
             final.append(photo_boxes[pick])
             landmarks.append(points[pick])
         return final, landmarks
 
+    def _settle(
+        self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``settle_passes`` damped O-Net passes over the found faces (scores kept from the first pass). A face
+        stays where it is once its square reaches past the photo (O-Net would see black where the head goes on:
+        a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face)."""
+        moving = [np.ones(len(b), bool) for b in boxes]
+        for _ in range(self.settle_passes):
+            squares = [_square(b) for b in boxes]
+            cut, outputs = self._run_batched(2, photos, squares, 48)
+            for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
+                if len(square) != len(boxes[i]):  # a face left the photo: keep what the cascade found
+                    continue
+                h, w = photos[i].image.shape[:2]
+                inside = (square[:, 0] >= 0) & (square[:, 1] >= 0) & (square[:, 2] < w) & (square[:, 3] < h)
+                moved, moved_points = _onet_answer(square, reg, marks)
+                moving[i] &= inside & (prob[:, 1] > self.thresholds[2])
+                m = moving[i]
+                boxes[i][m, :4] = (boxes[i][m, :4] + moved[m, :4]) / 2
+                points[i][m] = (points[i][m] + moved_points[m]) / 2
+        return boxes, points
+
 
 def mtcnn_pnet(
     weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", backend: str = "auto", **options
 ) -> MTCNNDetector:
-    """The published cascade alone (detector ``mtcnn-pnet``): P-Net proposes every face."""
+    """The published cascade alone (detector ``mtcnn-pnet``): P-Net proposes every face, O-Net answers once."""
+    options.setdefault("settle_passes", 0)
     return MTCNNDetector(weights, device=device, backend=backend, proposals="pnet", **options)
 
 
@@ -602,6 +628,15 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
     boxes[:, :4] += reg[:, :4] * np.stack([w, h, w, h], axis=1)
     return boxes
+
+
+def _onet_answer(boxes: np.ndarray, reg: np.ndarray, marks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """O-Net's boxes (its offsets applied) and five landmarks (N, 5, 2) for the squares it was shown."""
+    marks = marks.astype(np.float64)
+    x1, y1 = boxes[:, 0:1], boxes[:, 1:2]
+    bw, bh = boxes[:, 2:3] - x1 + 1, boxes[:, 3:4] - y1 + 1
+    points = np.stack([bw * marks[:, :5] + x1 - 1, bh * marks[:, 5:] + y1 - 1], axis=2)
+    return _regress(boxes, reg), points
 
 
 def _windows(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
