@@ -74,23 +74,14 @@ def run_identity(embedder, detector: str | None, all_faces: bool) -> dict:
     }
 
 
-def shard_schema(dims: int):
+def shard_schema(dims: int, notes: bool = True):
+    """The columns of an embedding table: a shard's, or (``notes=False``) a single ``.parquet`` output's."""
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("image", pa.string()),
-            ("face", pa.int32()),
-            ("faces", pa.int32()),
-            ("x1", pa.float32()),
-            ("y1", pa.float32()),
-            ("x2", pa.float32()),
-            ("y2", pa.float32()),
-            ("score", pa.float32()),
-            ("notes", pa.list_(pa.string())),
-            ("embedding", pa.list_(pa.float32(), dims)),
-        ]
-    )
+    fields = [("image", pa.string()), ("face", pa.int32()), ("faces", pa.int32())]
+    fields += [(name, pa.float32()) for name in ("x1", "y1", "x2", "y2", "score")]
+    fields += [("notes", pa.list_(pa.string()))] if notes else []
+    return pa.schema([*fields, ("embedding", pa.list_(pa.float32(), dims))])
 
 
 class ShardDir:

@@ -309,19 +309,9 @@ def _write_parquet(tmp: Path, out: Path, chunks, dims: int) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            ("image", pa.string()),
-            ("face", pa.int32()),
-            ("faces", pa.int32()),
-            ("x1", pa.float32()),
-            ("y1", pa.float32()),
-            ("x2", pa.float32()),
-            ("y2", pa.float32()),
-            ("score", pa.float32()),
-            ("embedding", pa.list_(pa.float32(), dims)),
-        ]
-    )
+    from facenet.shards import shard_schema
+
+    schema = shard_schema(dims, notes=False)
     n = 0
     with pq.ParquetWriter(str(tmp), schema) as writer:
         for chunk, emb in chunks:

@@ -81,26 +81,23 @@ class EmbedResult(BaseModel):
     photos: list[PhotoReport]
 
 
+OPEN_SET_EXAMPLE = {
+    "threshold": 0.1484,
+    "asked_far": 0.01,
+    "expected_far": 0.01,
+    "expected_tar": 0.912,
+    "comparisons": 120,
+    "met": True,
+    "calibrated": True,
+    "note": None,
+}
+
+
 class OpenSetOut(BaseModel):
     """What the gallery's current size gets with this model at the asked stranger false-accept rate, from the
     model's FAR calibration (``facenet.evaluate.calibrate.OpenSetPromise``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "threshold": 0.1484,
-                    "asked_far": 0.01,
-                    "expected_far": 0.01,
-                    "expected_tar": 0.912,
-                    "comparisons": 120,
-                    "met": True,
-                    "calibrated": True,
-                    "note": None,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [OPEN_SET_EXAMPLE]})
 
     threshold: float  # the open-set threshold (squared L2) that keeps the asked rate
     asked_far: float  # the chance a stranger may be taken for someone enrolled, as asked
@@ -154,16 +151,7 @@ class IdentifyResult(BaseModel):
                         },
                         {"box": BOX_B, "score": 0.9999, "notes": [], "known": False, "matches": []},
                     ],
-                    "open_set": {
-                        "threshold": 0.1484,
-                        "asked_far": 0.01,
-                        "expected_far": 0.01,
-                        "expected_tar": 0.912,
-                        "comparisons": 120,
-                        "met": True,
-                        "calibrated": True,
-                        "note": None,
-                    },
+                    "open_set": OPEN_SET_EXAMPLE,
                 }
             ]
         }
