@@ -27,10 +27,13 @@ def lfw_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory) -> Path:
     """An untrained nns model file at 48 px: fast, and enough wherever the weights' quality does not matter."""
+    import torch
+
     from facenet.models import create_model
     from facenet.models.modelfile import save_model
 
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    torch.manual_seed(0)  # the same untrained weights in every run: tests that lean on what they see stay put
     save_model(create_model("nns", input_size=48), path)
     return path
 

@@ -101,6 +101,9 @@ def test_a_face_filed_under_the_wrong_name_is_left_out():
     assert calibrate(emb, labels, fars=(1e-2,), drop_mislabelled=False, bootstrap=0).details["impostor_pairs"] > len(
         impostor
     )
+    shuffled = rng.permutation(labels)  # a model that cannot tell these people apart: half the faces flagged
+    weak = calibrate(emb, shuffled, fars=(1e-2,), bootstrap=0).details
+    assert weak["flagged_as_mislabelled"] > 0.02 * 200 and weak["dropped_as_mislabelled"] == 0
 
 
 def test_openset_threshold_divides_the_far_among_the_comparisons():

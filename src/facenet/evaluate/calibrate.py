@@ -45,6 +45,7 @@ MIN_MEASURED = 100  # impostor pairs below a threshold for its rate to count as 
 TAIL_SHARE = 1e-4  # the tail model is fitted to this share of the smallest impostor distances...
 MIN_TAIL = 500  # ...and to at least this many of them
 EXTRAPOLATION = 100.0  # the tail model answers down to the smallest measured rate / this
+MAX_MISLABELLED = 0.02  # more faces than this share flagged as mislabelled: none is dropped (a weak model)
 BOOTSTRAP = 200  # refits of the tail model for its interval
 BLOCK = 2048  # rows and columns of distances computed at once (16 MB of float32)
 log = logging.getLogger(__name__)
@@ -133,10 +134,15 @@ def calibrate(
     """Thresholds at each rate of ``fars`` over every different-identity pair of ``embeddings`` (pairs only
     within the same ``groups`` value when given), measured where the data holds ``MIN_MEASURED`` pairs below
     them and extrapolated by the tail model below that; ``on`` says what the faces are, for the record.
-    ``drop_mislabelled``: faces ``probably_mislabelled`` are left out (how many is recorded); ``bootstrap``:
+    ``drop_mislabelled``: faces ``probably_mislabelled`` are left out (how many is recorded), unless more than
+    ``MAX_MISLABELLED`` of them are: then it is the model that cannot tell the people apart yet (an early
+    training check), not the labels, and every face stays; ``bootstrap``:
     refits of the tail model for the intervals."""
     labels = np.asarray(labels)
     dropped = probably_mislabelled(embeddings, labels, groups) if drop_mislabelled else np.zeros(len(labels), bool)
+    flagged = int(dropped.sum())
+    if flagged > MAX_MISLABELLED * len(labels):  # that many: the model cannot tell these people apart yet
+        dropped[:] = False
     if dropped.any():
         embeddings, labels = np.asarray(embeddings)[~dropped], labels[~dropped]
         groups = None if groups is None else np.asarray(groups)[~dropped]
@@ -168,6 +174,7 @@ def calibrate(
         "faces": int(len(labels)),
         "people": int(sum(len(np.unique(labels[rows])) for rows in parts)),
         "dropped_as_mislabelled": int(dropped.sum()),
+        "flagged_as_mislabelled": flagged,
         "impostor_pairs": int(pairs),
         "genuine_pairs": int(len(scanned.genuine)),
         "entries": entries,

@@ -96,6 +96,7 @@ REID = Pretrained(
         "faces": 34436,
         "people": 3201,
         "dropped_as_mislabelled": 184,
+        "flagged_as_mislabelled": 184,
         "impostor_pairs": 158045294,
         "genuine_pairs": 4199771,
         "entries": {
