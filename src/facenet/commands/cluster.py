@@ -241,7 +241,7 @@ def register(sub) -> None:
         "--index",
         choices=("auto", "exact", "ivf"),
         default="auto",
-        help="graph: FAISS neighbour search (default auto: exact up to 100,000 faces, IVF above)",
+        help="graph: FAISS neighbour search (default auto: exact up to 20,000 faces, IVF above)",
     )
     p.add_argument(
         "--linkage",
