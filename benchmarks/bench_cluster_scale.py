@@ -110,7 +110,9 @@ def fit_noise(genuine_lfw: np.ndarray, rank: int) -> tuple[float, float]:
     return float(best[1]), float(best[2])
 
 
-def write_shards(folder: Path, n: int, people: int, rank: int, mu: float, sigma: float) -> tuple[list[Path], np.ndarray]:
+def write_shards(
+    folder: Path, n: int, people: int, rank: int, mu: float, sigma: float
+) -> tuple[list[Path], np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     shards, labels = [], []
     for i, (emb, lab) in enumerate(synthetic(n, people, rank, mu, sigma)):
@@ -140,20 +142,35 @@ def run_cli(args: list[str]) -> tuple[float, float, str]:
 
 def quality(name: str, emb: np.ndarray, labels: np.ndarray, verification: float, graph_t: float, agglo: bool):
     rows = []
-    runs = [("graph leiden", "graph", graph_t, {"graph_algorithm": "leiden"}),
-            ("graph components", "graph", graph_t, {"graph_algorithm": "components"})]
+    runs = [
+        ("graph leiden", "graph", graph_t, {"graph_algorithm": "leiden"}),
+        ("graph components", "graph", graph_t, {"graph_algorithm": "components"}),
+    ]
     if agglo:
-        runs = [("agglomerative (today's default)", "agglomerative", verification, {}),
-                ("agglomerative at the graph threshold", "agglomerative", graph_t, {})] + runs
+        runs = [
+            ("agglomerative (today's default)", "agglomerative", verification, {}),
+            ("agglomerative at the graph threshold", "agglomerative", graph_t, {}),
+        ] + runs
     for label, method, t, extra in runs:
         start = time.perf_counter()
         pred = cluster_embeddings(emb, method, threshold=t, **extra)
         seconds = time.perf_counter() - start
         s = clustering_scores(pred, labels)
-        rows.append({"set": name, "faces": len(emb), "method": label, "threshold": round(t, 4),
-                     "seconds": round(seconds, 2), **{k: round(v, 4) for k, v in s.items()}})
-        print(f"| {name} | {label} | {t:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f_measure']:.4f} | "
-              f"{s['bcubed_f']:.4f} | {s['nmi']:.4f} | {seconds:.1f} |", flush=True)
+        rows.append(
+            {
+                "set": name,
+                "faces": len(emb),
+                "method": label,
+                "threshold": round(t, 4),
+                "seconds": round(seconds, 2),
+                **{k: round(v, 4) for k, v in s.items()},
+            }
+        )
+        print(
+            f"| {name} | {label} | {t:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f_measure']:.4f} | "
+            f"{s['bcubed_f']:.4f} | {s['nmi']:.4f} | {seconds:.1f} |",
+            flush=True,
+        )
     return rows
 
 
@@ -184,10 +201,18 @@ def main() -> None:
 
     info = REID  # the default model's calibration (facenet.models.pretrained)
     verification, graph_t = info.threshold, graph_threshold(info)
-    result: dict = {"cpu": cpu_name(), "cores": os.cpu_count(), "verification_threshold": verification,
-                    "graph_threshold": graph_t, "quality": [], "scale": []}
-    print(f"CPU: {result['cpu']} ({os.cpu_count()} cores visible); model {info.name}: verification threshold "
-          f"{verification}, graph threshold {graph_t:.4f} (FAR-table distance at per-pair FAR 1e-6)")
+    result: dict = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "verification_threshold": verification,
+        "graph_threshold": graph_t,
+        "quality": [],
+        "scale": [],
+    }
+    print(
+        f"CPU: {result['cpu']} ({os.cpu_count()} cores visible); model {info.name}: verification threshold "
+        f"{verification}, graph threshold {graph_t:.4f} (FAR-table distance at per-pair FAR 1e-6)"
+    )
     lfw = load(args.lfw) if args.lfw else {}
     if lfw or args.free:
         print("\n| set | method | threshold | pairwise P | pairwise R | pairwise F | BCubed F | NMI | seconds |")
@@ -206,45 +231,82 @@ def main() -> None:
         emb, lab = next(synthetic(100_000, 10_000, args.rank, mu, sigma, seed=9))
         syn_g, syn_i = genuine_impostor(emb, lab)
         qs = [1e-4, 0.01, 0.1, 0.5, 0.9, 0.99]
-        print(f"\nSynthetic faces: per-person noise log-normal (median {mu:.3f}, sigma {sigma:.2f}), centres in a "
-              f"{args.rank}-D subspace. Squared-distance quantiles, LFW vs synthetic:")
+        print(
+            f"\nSynthetic faces: per-person noise log-normal (median {mu:.3f}, sigma {sigma:.2f}), centres in a "
+            f"{args.rank}-D subspace. Squared-distance quantiles, LFW vs synthetic:"
+        )
         print("| pairs | " + " | ".join(f"q{q:g}" for q in qs) + " |\n|---|" + "---|" * len(qs))
-        for name, values in [("LFW genuine", lfw_g), ("synthetic genuine", syn_g),
-                             ("LFW strangers", lfw_i), ("synthetic strangers", syn_i)]:
+        for name, values in [
+            ("LFW genuine", lfw_g),
+            ("synthetic genuine", syn_g),
+            ("LFW strangers", lfw_i),
+            ("synthetic strangers", syn_i),
+        ]:
             print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in np.quantile(values, qs)) + " |")
-        result["synthetic"] = {"noise_median": mu, "noise_sigma": sigma, "rank": args.rank,
-                               "quantiles": qs, **{k: np.quantile(v, qs).round(4).tolist() for k, v in
-                                                  [("lfw_genuine", lfw_g), ("synthetic_genuine", syn_g),
-                                                   ("lfw_strangers", lfw_i), ("synthetic_strangers", syn_i)]}}
+        result["synthetic"] = {
+            "noise_median": mu,
+            "noise_sigma": sigma,
+            "rank": args.rank,
+            "quantiles": qs,
+            **{
+                k: np.quantile(v, qs).round(4).tolist()
+                for k, v in [
+                    ("lfw_genuine", lfw_g),
+                    ("synthetic_genuine", syn_g),
+                    ("lfw_strangers", lfw_i),
+                    ("synthetic_strangers", syn_i),
+                ]
+            },
+        }
         del emb, lab
-        print("\n| faces (synthetic) | people | write shards s | `facenet cluster` s | peak RSS GB | clusters | "
-              "pairwise F | BCubed F | NMI |\n|---|---|---|---|---|---|---|---|---|")
+        print(
+            "\n| faces (synthetic) | people | write shards s | `facenet cluster` s | peak RSS GB | clusters | "
+            "pairwise F | BCubed F | NMI |\n|---|---|---|---|---|---|---|---|---|"
+        )
         for n in args.sizes:
             people = int(n / args.faces_per_person)
             folder = args.work / f"n{n}"
             start = time.perf_counter()
             shards, truth = write_shards(folder / "shards", n, people, args.rank, mu, sigma)
             written = time.perf_counter() - start
-            seconds, rss, out = run_cli(["--embeddings", *map(str, shards), "--out", str(folder / "out"),
-                                         "--no-sheets"])
+            seconds, rss, out = run_cli(
+                ["--embeddings", *map(str, shards), "--out", str(folder / "out"), "--no-sheets"]
+            )
             pred = np.load(folder / "out" / "embeddings.npz")["labels"]
             s = clustering_scores(pred, truth)
             clusters = int(pred.max() + 1)
-            print(f"| {n:,} | {people:,} | {written:.0f} | {seconds:.0f} | {rss:.2f} | {clusters:,} | "
-                  f"{s['f_measure']:.4f} | {s['bcubed_f']:.4f} | {s['nmi']:.4f} |", flush=True)
-            result["scale"].append({"faces": n, "people": people, "seconds": round(seconds, 1), "peak_rss_gb":
-                                    round(rss, 3), "clusters": clusters, **{k: round(v, 4) for k, v in s.items()},
-                                    "cli_output": out.strip().splitlines()[-1]})
+            print(
+                f"| {n:,} | {people:,} | {written:.0f} | {seconds:.0f} | {rss:.2f} | {clusters:,} | "
+                f"{s['f_measure']:.4f} | {s['bcubed_f']:.4f} | {s['nmi']:.4f} |",
+                flush=True,
+            )
+            result["scale"].append(
+                {
+                    "faces": n,
+                    "people": people,
+                    "seconds": round(seconds, 1),
+                    "peak_rss_gb": round(rss, 3),
+                    "clusters": clusters,
+                    **{k: round(v, 4) for k, v in s.items()},
+                    "cli_output": out.strip().splitlines()[-1],
+                }
+            )
         if args.sheets_at:
             n = args.sheets_at
             folder = args.work / f"sheets{n}"
             shards, _ = write_shards(folder / "shards", n, int(n / args.faces_per_person), args.rank, mu, sigma)
             seconds, rss, _ = run_cli(["--embeddings", *map(str, shards), "--out", str(folder / "out")])
             sheets = sum(1 for p in (folder / "out").iterdir() if p.suffix == ".png")
-            print(f"\nwith contact sheets ({n:,} synthetic faces, photos absent: grey tiles): {seconds:.0f} s, "
-                  f"peak RSS {rss:.2f} GB, {sheets:,} sheets")
-            result["sheets"] = {"faces": n, "seconds": round(seconds, 1), "peak_rss_gb": round(rss, 3),
-                                "sheets": sheets}
+            print(
+                f"\nwith contact sheets ({n:,} synthetic faces, photos absent: grey tiles): {seconds:.0f} s, "
+                f"peak RSS {rss:.2f} GB, {sheets:,} sheets"
+            )
+            result["sheets"] = {
+                "faces": n,
+                "seconds": round(seconds, 1),
+                "peak_rss_gb": round(rss, 3),
+                "sheets": sheets,
+            }
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -88,13 +88,14 @@ def run_cluster(args: argparse.Namespace) -> int:
         raise DataError("give photo folders or files, or --embeddings shards")
     previous = _read_previous(Path(args.previous)) if args.previous else None
     known = set(previous[0]) if previous else set()
-    embedder = embedder_from_args(args)
+    # the model: to embed photos, or for its thresholds (not needed for shards with --threshold)
+    embedder = embedder_from_args(args) if args.photos or args.threshold is None else None
     report = BatchReport("cluster")
     report_path = Path(args.skipped_report) if args.skipped_report else Path(args.out) / "skipped.json"
     files: list[str] = []
     crops: list = []
     blocks = []
-    if args.photos:
+    if embedder is not None and args.photos:
         paths = [p for p in expand_image_paths(args.photos) if str(p) not in known]  # earlier photos: not again
         thumb = lambda crop: np.asarray(Image.fromarray(crop).resize((THUMB, THUMB), Image.BILINEAR))  # noqa: E731
         rows, emb = collect(
