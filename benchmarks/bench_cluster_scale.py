@@ -126,18 +126,20 @@ def write_shards(
     return shards, np.concatenate(labels)
 
 
-def run_cli(args: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GB) of ``facenet cluster ARGS`` in a child process, and its output."""
+def run_cli(args: list[str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system, all threads), peak RSS (GB) of ``facenet cluster ARGS`` in a
+    child process, and its output. CPU seconds do not depend on what else the machine runs."""
     cmd = [sys.executable, "-m", "facenet.cli", "cluster", *args]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"facenet cluster failed ({proc.returncode}):\n{out}")
-    return seconds, usage.ru_maxrss / 1024**2, out
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024**2, out
 
 
 def quality(name: str, emb: np.ndarray, labels: np.ndarray, verification: float, graph_t: float, agglo: bool):
@@ -201,7 +203,9 @@ def main() -> None:
 
     info = REID  # the default model's calibration (facenet.models.pretrained)
     verification, graph_t = info.threshold, graph_threshold(info)
+    load_average = os.getloadavg()[0]  # others' work on the machine: wall times stretch, CPU seconds do not
     result: dict = {
+        "load_average_at_start": load_average,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "verification_threshold": verification,
@@ -211,7 +215,8 @@ def main() -> None:
     }
     print(
         f"CPU: {result['cpu']} ({os.cpu_count()} cores visible); model {info.name}: verification threshold "
-        f"{verification}, graph threshold {graph_t:.4f} (FAR-table distance at per-pair FAR 1e-6)"
+        f"{verification}, graph threshold {graph_t:.4f} (FAR-table distance at per-pair FAR 1e-6); "
+        f"load average {load_average:.1f}"
     )
     lfw = load(args.lfw) if args.lfw else {}
     if lfw or args.free:
@@ -260,8 +265,8 @@ def main() -> None:
         }
         del emb, lab
         print(
-            "\n| faces (synthetic) | people | write shards s | `facenet cluster` s | peak RSS GB | clusters | "
-            "pairwise F | BCubed F | NMI |\n|---|---|---|---|---|---|---|---|---|"
+            "\n| faces (synthetic) | people | write shards s | `facenet cluster` wall s | CPU s (user+sys) | "
+            "peak RSS GB | clusters | pairwise F | BCubed F | NMI |\n|---|---|---|---|---|---|---|---|---|---|"
         )
         for n in args.sizes:
             people = int(n / args.faces_per_person)
@@ -269,14 +274,14 @@ def main() -> None:
             start = time.perf_counter()
             shards, truth = write_shards(folder / "shards", n, people, args.rank, mu, sigma)
             written = time.perf_counter() - start
-            seconds, rss, out = run_cli(
+            seconds, cpu, rss, out = run_cli(
                 ["--embeddings", *map(str, shards), "--out", str(folder / "out"), "--no-sheets"]
             )
             pred = np.load(folder / "out" / "embeddings.npz")["labels"]
             s = clustering_scores(pred, truth)
             clusters = int(pred.max() + 1)
             print(
-                f"| {n:,} | {people:,} | {written:.0f} | {seconds:.0f} | {rss:.2f} | {clusters:,} | "
+                f"| {n:,} | {people:,} | {written:.0f} | {seconds:.0f} | {cpu:.0f} | {rss:.2f} | {clusters:,} | "
                 f"{s['f_measure']:.4f} | {s['bcubed_f']:.4f} | {s['nmi']:.4f} |",
                 flush=True,
             )
@@ -285,6 +290,7 @@ def main() -> None:
                     "faces": n,
                     "people": people,
                     "seconds": round(seconds, 1),
+                    "cpu_seconds": round(cpu, 1),
                     "peak_rss_gb": round(rss, 3),
                     "clusters": clusters,
                     **{k: round(v, 4) for k, v in s.items()},
@@ -295,15 +301,17 @@ def main() -> None:
             n = args.sheets_at
             folder = args.work / f"sheets{n}"
             shards, _ = write_shards(folder / "shards", n, int(n / args.faces_per_person), args.rank, mu, sigma)
-            seconds, rss, _ = run_cli(["--embeddings", *map(str, shards), "--out", str(folder / "out")])
+            seconds, cpu, rss, _ = run_cli(["--embeddings", *map(str, shards), "--out", str(folder / "out")])
             sheets = sum(1 for p in (folder / "out").iterdir() if p.suffix == ".png")
             print(
-                f"\nwith contact sheets ({n:,} synthetic faces, photos absent: grey tiles): {seconds:.0f} s, "
+                f"\nwith contact sheets ({n:,} synthetic faces, photos absent: grey tiles): {seconds:.0f} s wall, "
+                f"{cpu:.0f} s CPU, "
                 f"peak RSS {rss:.2f} GB, {sheets:,} sheets"
             )
             result["sheets"] = {
                 "faces": n,
                 "seconds": round(seconds, 1),
+                "cpu_seconds": round(cpu, 1),
                 "peak_rss_gb": round(rss, 3),
                 "sheets": sheets,
             }
