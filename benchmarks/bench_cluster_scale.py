@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facenet.cluster import cluster_embeddings, clustering_scores, graph_threshold
+from facenet.cluster import assign_incremental, cluster_embeddings, clustering_scores, graph_threshold
 from facenet.models.pretrained import REID
 
 DIM = 256
@@ -176,6 +176,42 @@ def quality(name: str, emb: np.ndarray, labels: np.ndarray, verification: float,
     return rows
 
 
+def incremental(n: int, faces_per_person: float, rank: int, mu: float, sigma: float) -> dict:
+    """Cluster ``n`` synthetic faces at once, and the first 90% then the other 10% added with
+    ``assign_incremental`` (faces shuffled, so the new ones are of known people and of new ones)."""
+    emb = np.concatenate([e for e, _ in synthetic(n, int(n / faces_per_person), rank, mu, sigma)])
+    truth = np.concatenate([t for _, t in synthetic(n, int(n / faces_per_person), rank, mu, sigma)])
+    order = np.random.default_rng(3).permutation(n)
+    emb, truth = emb[order], truth[order]
+    threshold = graph_threshold(REID)
+    old = int(0.9 * n)
+    start = time.perf_counter()
+    full = cluster_embeddings(emb, "graph", threshold)
+    t_full = time.perf_counter() - start
+    start = time.perf_counter()
+    first = cluster_embeddings(emb[:old], "graph", threshold)
+    t_first = time.perf_counter() - start
+    start = time.perf_counter()
+    kept, new = assign_incremental(emb[:old], first, emb[old:], threshold)
+    t_add = time.perf_counter() - start
+    both = np.concatenate([kept, new])
+    s_full, s_inc = clustering_scores(full, truth), clustering_scores(both, truth)
+    print(
+        f"\nincremental ({n:,} synthetic faces): all at once {t_full:.0f} s, pairwise F {s_full['f_measure']:.4f}, "
+        f"BCubed F {s_full['bcubed_f']:.4f}; first 90% {t_first:.0f} s, then the last {n - old:,} added in "
+        f"{t_add:.0f} s: pairwise F {s_inc['f_measure']:.4f}, BCubed F {s_inc['bcubed_f']:.4f} "
+        f"(old labels unchanged: {bool((kept[first >= 0] == first[first >= 0]).all())})"
+    )
+    return {
+        "faces": n,
+        "all_at_once_s": round(t_full, 1),
+        "first_90_s": round(t_first, 1),
+        "add_10_s": round(t_add, 1),
+        "all_at_once": {k: round(v, 4) for k, v in s_full.items()},
+        "incremental": {k: round(v, 4) for k, v in s_inc.items()},
+    }
+
+
 def load(path: Path, sources=None):
     z = np.load(path)
     paths = [str(p) for p in z["paths"]]
@@ -197,6 +233,9 @@ def main() -> None:
     ap.add_argument("--faces-per-person", type=float, default=10.0)
     ap.add_argument("--rank", type=int, default=54, help="synthetic centres' subspace (stranger spread)")
     ap.add_argument("--sheets-at", type=int, default=0, help="also time contact sheets at this synthetic size")
+    ap.add_argument(
+        "--incremental-at", type=int, default=0, help="also time adding 10%% new faces to this many (synthetic)"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/cluster_scale"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -315,6 +354,8 @@ def main() -> None:
                 "peak_rss_gb": round(rss, 3),
                 "sheets": sheets,
             }
+        if args.incremental_at:
+            result["incremental"] = incremental(args.incremental_at, args.faces_per_person, args.rank, mu, sigma)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 
