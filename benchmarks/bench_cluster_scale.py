@@ -267,7 +267,7 @@ def main() -> None:
         for name, (emb, labels) in load(args.free, args.sources.split(",")).items():
             result["quality"] += quality(name, emb, labels, verification, graph_t, not args.no_agglomerative)
 
-    if args.sizes or args.sheets_at:
+    if args.sizes or args.sheets_at or args.incremental_at:
         if not lfw:
             raise SystemExit("--sizes needs --lfw (the genuine distances the synthetic faces are fitted to)")
         lfw_g, lfw_i = genuine_impostor(*lfw["lfw"])
