@@ -153,7 +153,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         )
     manifest = write_clusters(args.out, files, labels, thumb=THUMB, crops=crops, sheets=args.sheets)
     state = {"paths": np.array(files, dtype=str), "embeddings": emb, "labels": labels}
-    atomic_write(Path(args.out) / STATE, lambda tmp: tmp.write_bytes(_npz_bytes(state)))
+    atomic_write(Path(args.out) / STATE, lambda tmp: _save_npz(tmp, state))
     print(
         f"{len(manifest['clusters'])} cluster(s), {len(manifest['unclustered'])} unclustered face(s), "
         f"{len(report.skipped)} skipped photo(s) (threshold {threshold:.4f}); manifest"
@@ -163,12 +163,9 @@ def run_cluster(args: argparse.Namespace) -> int:
     return report.finish(args.strict, report_path) if args.photos else 0
 
 
-def _npz_bytes(arrays: dict) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+def _save_npz(path: Path, arrays: dict) -> None:
+    with path.open("wb") as fh:  # a file object: no copy of the arrays in memory, no ".npz" appended
+        np.savez(fh, **arrays)
 
 
 def _read_previous(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
