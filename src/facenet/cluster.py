@@ -304,11 +304,16 @@ def chinese_whispers(emb: np.ndarray, threshold: float, seed: int = 0, max_iter:
 
 
 def _relabel(raw: np.ndarray, min_size: int) -> np.ndarray:
+    """O(n log n): one ``unique`` and a lookup table (not one pass over the faces per cluster)."""
+    raw = np.asarray(raw)
     out = np.full(len(raw), -1, np.int64)
-    values, counts = np.unique(raw[raw >= 0], return_counts=True)
-    kept = sorted((-c, v) for v, c in zip(values, counts) if c >= min_size)  # largest first, ties by value
-    for new, (_, value) in enumerate(kept):
-        out[raw == value] = new
+    valid = raw >= 0
+    values, inverse, counts = np.unique(raw[valid], return_inverse=True, return_counts=True)
+    order = np.lexsort((values, -counts))  # largest first, ties by value
+    order = order[counts[order] >= min_size]
+    table = np.full(len(values), -1, np.int64)
+    table[order] = np.arange(len(order))
+    out[valid] = table[inverse]
     return out
 
 
