@@ -43,7 +43,7 @@ def _manifest(out: Path) -> dict:
 
 def _check_exactly_once(out: Path, photos: Path) -> None:
     """Every photo in exactly one listed shard; its rows there; shards on disk = shards listed."""
-    from facenet.batch import read_shards
+    from facenet.shards import read_shards
 
     manifest = _manifest(out)
     listed = [p for e in manifest["shards"] for p in e["photos"]]
@@ -61,7 +61,7 @@ def _check_exactly_once(out: Path, photos: Path) -> None:
 
 
 def test_a_rerun_does_no_work_and_gives_the_same_rows(tmp_path, model_file, photos, capsys):
-    from facenet.batch import read_shards
+    from facenet.shards import read_shards
 
     out = tmp_path / "shards"
     assert _embed(out, photos, model_file, "--shard-size", "16") == 0
@@ -195,3 +195,16 @@ def test_damaged_and_unlisted_shards_are_reconciled(tmp_path, model_file, photos
     files = [e["file"] for e in _manifest(out)["shards"]]
     assert files == [f"part-{i:05d}.parquet" for i in (0, 1, 3, 4, 5, 6, 7)]
     _check_exactly_once(out, photos)
+
+
+def test_cluster_reads_a_shard_directory(tmp_path, model_file, photos):
+    """`facenet cluster --embeddings DIR/` reads what `facenet embed --out DIR/` wrote: the same rows, each embedded
+    photo once."""
+    from facenet.commands.cluster import read_shards as read_for_cluster
+    from facenet.shards import read_shards
+
+    out = tmp_path / "shards"
+    assert _embed(out, photos, model_file, "--shard-size", "25") == 0
+    paths, emb = read_for_cluster([str(out)])
+    table = read_shards(out)
+    assert paths == [str(p) for p in table.paths] and np.array_equal(emb, table.embeddings) and len(set(paths)) == 60

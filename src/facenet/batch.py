@@ -235,14 +235,6 @@ def _photo_results(embedder, paths, report, all_faces, batch_size, workers, prog
             yield path, result
 
 
-def read_shards(directory: str | os.PathLike):
-    """The rows of a shard directory written by ``facenet embed --out DIR/`` (``facenet.shards.read_shards``):
-    ``.paths`` (one per row) and ``.embeddings`` (N, d) float32, in shard order; see there."""
-    from facenet.shards import read_shards as read
-
-    return read(directory)
-
-
 def collect(
     chunks: Iterator[tuple[list[FaceRow], np.ndarray]], embedding_size: int, keep_crop=None
 ) -> tuple[list[FaceRow], np.ndarray]:

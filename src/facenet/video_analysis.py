@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facenet.distances import squared_l2
 from facenet.errors import FaceNetError, NoFaceError, VideoError
 
 BEST_CROPS = 3  # crops kept (and embedded) per track
@@ -561,7 +562,7 @@ class VideoAnalysis:
     def _unknown(self, embedding: np.ndarray) -> str:
         """The running "Unknown N" of a stranger: the nearest earlier stranger within the model's threshold."""
         for centroid, name in self._unknowns:
-            if float(np.sum((centroid - embedding) ** 2)) < self.embedder.threshold:
+            if float(squared_l2(centroid, embedding)) < self.embedder.threshold:
                 return name
         name = f"{UNKNOWN} {len(self._unknowns) + 1}"
         self._unknowns.append((embedding, name))

@@ -25,13 +25,20 @@ STATE = "embeddings.npz"  # what `--previous DIR` reads back: paths, embeddings,
 
 
 def read_shards(files: list[str]) -> tuple[list[str], np.ndarray]:
-    """Paths and one float32 (n, d) matrix from embedding shards: ``facenet embed`` ``.npy`` files (memory-mapped;
+    """Paths and one float32 (n, d) matrix from embedding shards: ``facenet embed --out DIR/`` directories
+    (``facenet.shards.read_shards``), ``facenet embed`` ``.npy`` files (memory-mapped;
     paths from their ``.rows.csv``) or ``.npz`` files with ``embeddings`` and ``paths`` (a cluster run's
     ``embeddings.npz``). The matrix is allocated once: peak memory is the embeddings plus one shard."""
     shapes, loaders = [], []
     for name in files:
         path = Path(name)
-        if path.suffix == ".npy":
+        if path.is_dir():  # `facenet embed --out DIR/`: Parquet shards and their manifest
+            from facenet.shards import read_shards as read_directory
+
+            table = read_directory(path)
+            shapes.append(table.embeddings.shape)
+            loaders.append((lambda t=table: t.embeddings, lambda t=table: t.paths))
+        elif path.suffix == ".npy":
             rows_csv = path.with_suffix(".rows.csv")
             if not rows_csv.is_file():
                 raise DataError(f"{path}: its rows file {rows_csv} (written by `facenet embed`) is missing")
@@ -45,7 +52,10 @@ def read_shards(files: list[str]) -> tuple[list[str], np.ndarray]:
                 shapes.append(z["embeddings"].shape)
             loaders.append((lambda p=path: np.load(p)["embeddings"], lambda p=path: list(np.load(p)["paths"])))
         else:
-            raise DataError(f"{path}: embedding shards are .npy (from `facenet embed`) or .npz files")
+            raise DataError(
+                f"{path}: embedding shards are a `facenet embed --out DIR/` directory, .npy (from `facenet embed`) "
+                "or .npz files"
+            )
     dims = {s[1] for s in shapes if len(s) == 2}
     if len(dims) != 1 or any(len(s) != 2 for s in shapes):
         raise DataError(f"embedding shards must be 2-D with one width, got shapes {shapes}")
@@ -200,8 +210,9 @@ def register(sub) -> None:
         "--embeddings",
         nargs="+",
         metavar="SHARD",
-        help="cluster precomputed embeddings: `facenet embed` .npy files (with their .rows.csv) or .npz files "
-        "with 'embeddings' and 'paths' (e.g. an earlier DIR/embeddings.npz); sheets then show the photos",
+        help="cluster precomputed embeddings: `facenet embed --out DIR/` shard directories, `facenet embed` .npy "
+        "files (with their .rows.csv) or .npz files with 'embeddings' and 'paths' (e.g. an earlier "
+        "DIR/embeddings.npz); sheets then show the photos",
     )
     p.add_argument(
         "--previous",

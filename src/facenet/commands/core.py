@@ -383,7 +383,7 @@ def register(sub) -> None:
         "(array of objects) or .parquet (needs pyarrow); or DIR/ (a trailing slash, or an existing "
         "directory): resumable Parquet shards part-00000.parquet, ... and DIR/manifest.json (needs "
         "pyarrow); a re-run with the same DIR skips the photos already done (refused if the model or "
-        "options differ); read it with facenet.batch.read_shards(DIR)",
+        "options differ); read it with facenet.shards.read_shards(DIR)",
     )
     p.add_argument(
         "--shard-size",
