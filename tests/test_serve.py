@@ -194,12 +194,15 @@ def test_model_people_and_identify_say_what_the_gallery_size_promises(model_file
             "calibrated": True,
             "note": None,
         }
-        assert c.get("/api/model").json()["open_set"] == kept
+        assert c.get("/api/model", headers=AUTH).json()["open_set"] == kept
+        assert c.get("/api/model").json()["open_set"] is None  # no key: how many are enrolled is not told
         assert c.get("/api/people", headers=AUTH).json()["open_set"] == kept
         assert c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}).json()["open_set"] == kept
         crowd = [("photos", part(photo(1, i), f"{i}.png")) for i in range(11)]
         assert c.post("/api/people", data={"name": "Crowd"}, files=crowd, headers=AUTH).is_success
-        beyond = c.get("/api/model").json()["open_set"]  # 12 faces: 8.3e-4 per comparison, below the table
+        beyond = c.get("/api/model", headers=AUTH).json()[
+            "open_set"
+        ]  # 12 faces: 8.3e-4 per comparison, below the table
         assert beyond["met"] is False and beyond["comparisons"] == 12 and beyond["threshold"] == 0.3
         assert beyond["expected_far"] == pytest.approx(1 - 0.999**12, rel=1e-2) and beyond["expected_tar"] == 0.9
         assert "a stranger false-accept rate of 0.01 is beyond this model's calibration" in beyond["note"]
@@ -212,7 +215,7 @@ def test_model_people_and_identify_say_what_the_gallery_size_promises(model_file
 
 def test_a_model_without_calibration_says_so(client):
     assert client.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 0))}, headers=AUTH)
-    for answer in (client.get("/api/model").json(), client.get("/api/people", headers=AUTH).json()):
+    for answer in (client.get("/api/model", headers=AUTH).json(), client.get("/api/people", headers=AUTH).json()):
         open_set = answer["open_set"]
         assert open_set["calibrated"] is False and open_set["met"] is False and open_set["expected_far"] is None
         assert "no FAR calibration" in open_set["note"]

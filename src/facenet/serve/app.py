@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Path, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.security import APIKeyHeader
@@ -189,8 +189,15 @@ async def readyz(engine: EngineDep):
 @service_routes.get(
     "/api/model", response_model=ModelOut, summary="which model answers: name, id, threshold and what it was trained on"
 )
-async def model(engine: EngineDep):
-    return await engine.model()
+async def model(
+    request: Request,
+    engine: EngineDep,
+    key: Annotated[
+        str | None, Header(alias=API_KEY_HEADER, description="the read or admin key: adds open_set (not needed)")
+    ] = None,
+):
+    # the open-set promise tells how many faces are enrolled: only for callers who may read the gallery
+    return await engine.model(open_set=request.app.state.keys.may_read(key))
 
 
 # -- faces: photos in, answers out ---------------------------------------------------------------

@@ -420,16 +420,17 @@ class Engine:
         person = next(p for p in self.gallery.people() if p.name == name)
         return PersonOut(name=person.name, faces=person.faces, created=person.created)
 
-    async def model(self) -> dict:
-        """The model, and its open-set promise at the gallery's current size (None until the gallery is loaded,
-        or while it cannot be read: this answer never waits for the gallery or fails with it)."""
+    async def model(self, open_set: bool = True) -> dict:
+        """The model, and (``open_set``: for callers who may read the gallery) its open-set promise at the
+        gallery's current size (None until the gallery is loaded, or while it cannot be read: this answer
+        never waits for the gallery or fails with it)."""
         from facenet.embedder import trained_on
 
         info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
-        open_set = None
-        if self.ready:
+        promise = None
+        if open_set and self.ready:
             try:
-                open_set = (await self._call(self._executor, self._promise)).as_dict()
+                promise = (await self._call(self._executor, self._promise)).as_dict()
             except FaceNetError as exc:
                 log.warning("open-set promise unavailable for /api/model: %s", exc)
         return {
@@ -438,7 +439,7 @@ class Engine:
             "embedding_size": self.embedder.embedding_size,
             "threshold": self.embedder.threshold,
             "trained_on": trained_on(info) if info else "see its own documentation",
-            "open_set": open_set,
+            "open_set": promise,
         }
 
     async def people(self, deadline: Deadline) -> dict:

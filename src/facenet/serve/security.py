@@ -121,6 +121,11 @@ class Keys:
                 return access
         return None
 
+    def may_read(self, provided: str | None) -> bool:
+        """Whether a request with this key may read the gallery (what ``require(key, READ)`` would let through)."""
+        access = self.access(provided)
+        return access is not None and (access >= Access.READ or self.public)
+
     def require(self, provided: str | None, needed: Access) -> Access:
         """The request's access if it reaches ``needed``; else a 401 (no key, a wrong one, none configured)
         or 403 (the read key where the admin key is needed) ``Problem`` saying what to do."""
