@@ -24,28 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 from facenet.cluster import assign_incremental, cluster_embeddings, clustering_scores, graph_threshold
 from facenet.models.pretrained import REID
 
 DIM = 256
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def genuine_impostor(emb: np.ndarray, labels: np.ndarray, pairs: int = 400_000, seed: int = 0):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from facenet.gallery.store import SQLStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import pgcluster  # noqa: E402
+from machine import cpu_name  # noqa: E402  (bench_replicas, bench_serve_startup import it from here)
 
 D = 128
 FACES_PER_PERSON = 10
@@ -46,14 +46,6 @@ DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     x = rng.standard_normal((n, D), dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return "unknown CPU"
 
 
 def fill(location: str, n: int, seed: int) -> tuple[float, np.ndarray]:

@@ -35,15 +35,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # video_scenes.py, shared with t
 LFW = HERE.parent.parent / "shared" / "data" / "lfw" / "images"
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_name  # noqa: E402
 
 
 def scene(lfw: Path, seconds: float):

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from test_cluster import identities
 
 from facenet.cluster import (
     _relabel,
@@ -19,15 +20,6 @@ from facenet.cluster import (
 )
 from facenet.errors import DataError
 from facenet.models.modelfile import ModelInfo
-
-
-def identities(n_ids=8, per_id=12, d=64, noise=0.25, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_ids, d))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(n_ids), per_id)
-    x = centres[labels] + noise / np.sqrt(d) * rng.standard_normal((len(labels), d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
 
 
 @pytest.mark.parametrize("algorithm", ["leiden", "components"])
