@@ -148,7 +148,6 @@ def calibrate(
         groups = None if groups is None else np.asarray(groups)[~dropped]
     scanned = pair_distances(embeddings, labels, groups, keep_share=max(fars))
     pairs, smallest = scanned.impostor_count, scanned.smallest
-    parts = _parts(groups, len(labels))
     tail = fit_tail(smallest, pairs, seed, bootstrap) if len(smallest) > MIN_TAIL else None
     smallest_measured = MIN_MEASURED / pairs
     thresholds, entries = {}, {}
@@ -172,7 +171,7 @@ def calibrate(
     details = {
         "on": on,
         "faces": int(len(labels)),
-        "people": int(sum(len(np.unique(labels[rows])) for rows in parts)),
+        "people": scanned.people,
         "dropped_as_mislabelled": int(dropped.sum()),
         "flagged_as_mislabelled": flagged,
         "impostor_pairs": int(pairs),
@@ -213,9 +212,11 @@ def probably_mislabelled(embeddings: np.ndarray, labels: np.ndarray, groups: np.
 @dataclass(frozen=True)
 class Pairs:
     """What ``pair_distances`` streamed: the count of different-identity pairs, the smallest of their distances
-    (sorted), and every same-identity distance (sorted) with its person (an index per group and label)."""
+    (sorted), every same-identity distance (sorted) with its person (an index per group and label), and how
+    many people (labels per group) there are."""
 
     impostor_count: int
+    people: int
     smallest: np.ndarray
     genuine: np.ndarray
     genuine_person: np.ndarray
@@ -248,7 +249,7 @@ def pair_distances(
     genuine = np.concatenate([g for _, g, _ in scans])
     person = np.concatenate([p + offset for (_, _, p), offset in zip(scans, offsets)])
     order = np.argsort(genuine, kind="stable")
-    return Pairs(pairs, smallest, genuine[order], person[order])
+    return Pairs(pairs, int(offsets[-1]), smallest, genuine[order], person[order])
 
 
 def _parts(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
