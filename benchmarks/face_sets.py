@@ -10,8 +10,10 @@ the repository).
   default model's FAR table is calibrated on these, pairing faces only within a source (their people
   overlap: 17 Glint people are in PubFig83, and CelebA may hold any of them). The celebrity sources alone
   hold 301 people: too few pairs of look-alikes for the rarest rates, which LFW's 2,900 people add.
-* ``distractors``: faces neither calibrated on nor in LFW's labels: UTKFace's unlabelled photos (one
-  person each as far as anyone knows) and Extended Yale B (38 people).
+* ``distractors`` (``DISTRACTOR_SOURCES``): sources never calibrated on: UTKFace's unlabelled photos (one
+  person each as far as anyone knows) and Extended Yale B (38 people). ``openset_scale.py`` enrols the
+  calibration sources' faces beside them too: a stranger against a distractor is a pair across sources,
+  which calibration never pairs.
 """
 
 from __future__ import annotations

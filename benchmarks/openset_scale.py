@@ -38,6 +38,7 @@ import face_sets
 import numpy as np
 
 import facenet
+from facenet.distances import squared_l2
 from facenet.evaluate.calibrate import openset_promise
 from facenet.gallery.policy import parse_policy, templates
 
@@ -64,7 +65,7 @@ def lfw_people_among(pool: np.ndarray, lfw: np.ndarray, lfw_labels: np.ndarray, 
     _, owner = np.unique(lfw_labels, return_inverse=True)
     flagged = np.zeros(len(pool), bool)
     for start in range(0, len(pool), 1024):
-        close = np.maximum(2.0 - 2.0 * pool[start : start + 1024] @ lfw.T, 0.0) < threshold
+        close = squared_l2(pool[start : start + 1024], lfw, pairwise=True) < threshold
         for row, cols in enumerate(close):
             people = owner[cols]
             flagged[start + row] = len(people) > len(np.unique(people))
@@ -83,19 +84,19 @@ def best_people(queries, people_faces, owners, distractors, policy, cohort=None)
     _, template = templates(people_faces, owners) if policy.uses_template else (None, None)
     for start in range(0, len(queries), 512):
         q = queries[start : start + 512].astype(np.float32)
-        d = np.maximum(2.0 - 2.0 * q @ people_faces.T, 0.0)
         if policy.uses_template:
-            per_person = np.maximum(2.0 - 2.0 * q @ template.T, 0.0)
-        else:
+            per_person = squared_l2(q, template, pairwise=True)
+        else:  # Policy.score for every query and person at once
+            d = squared_l2(q, people_faces, pairwise=True)
             per_person = np.full((len(q), people), np.inf)
             for p in range(people):
                 cols = d[:, owners == p]
                 k = min(policy.k, cols.shape[1])
                 per_person[:, p] = np.sort(cols, axis=1)[:, :k].mean(axis=1)
         if len(distractors):
-            per_person = np.concatenate([per_person, np.maximum(2.0 - 2.0 * q @ distractors.T, 0.0)], axis=1)
+            per_person = np.concatenate([per_person, squared_l2(q, distractors, pairwise=True)], axis=1)
         if cohort is not None:
-            c = np.maximum(2.0 - 2.0 * q @ cohort.T, 0.0)
+            c = squared_l2(q, cohort, pairwise=True)
             per_person = (per_person - c.mean(axis=1, keepdims=True)) / c.std(axis=1, keepdims=True)
         best[start : start + len(q)] = per_person.argmin(axis=1)
         two = np.partition(per_person, 1, axis=1)[:, :2]

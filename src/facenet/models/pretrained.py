@@ -200,8 +200,8 @@ def refresh_shipped(path: str | os.PathLike) -> Path:
     """``path`` rewritten with today's metadata when it is a shipped model an earlier facenet wrote (same
     weights, so galleries stay usable; thresholds and calibration as measured now); any other file untouched."""
     installed = _installed_pretrained(Path(path))
-    if installed is None or installed[1] == "current" or "thresholds" in read_model_info(path).provenance:
-        return Path(path)  # not shipped, up to date, or recalibrated by its owner (evaluate --write-thresholds)
+    if installed is None or installed[1] != "older":
+        return Path(path)  # not shipped, up to date, or recalibrated by its owner
     try:
         convert_pretrained(installed[0], path)
         log.info("%s: updated to this facenet's thresholds for %s", path, installed[0])
@@ -222,8 +222,9 @@ def _pretrained(name: str) -> Pretrained:
 
 
 def _installed_pretrained(path: Path) -> tuple[str, str] | None:
-    """(shipped model's name, "current" | "older") for a file ``convert_pretrained`` wrote (today's
-    metadata, or an earlier facenet's: safe to replace), None for any other model."""
+    """(shipped model's name, "current" | "older" | "recalibrated") for a file ``convert_pretrained`` wrote:
+    today's metadata, an earlier facenet's (safe to replace), or thresholds its owner measured since
+    (``evaluate --write-thresholds``: replaced only when asked); None for any other model."""
     try:
         info = read_model_info(path)
     except ModelFileError:
@@ -240,7 +241,9 @@ def _installed_pretrained(path: Path) -> tuple[str, str] | None:
         and info.far_calibration == pretrained.far_calibration
         and all(info.provenance.get(k) == v for k, v in pretrained.about.items())
     )
-    return pretrained.name, "current" if current else "older"
+    if current:
+        return pretrained.name, "current"
+    return pretrained.name, "recalibrated" if "thresholds" in info.provenance else "older"
 
 
 def _dlib_state(src: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
