@@ -389,8 +389,9 @@ class MTCNNDetector:
         a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face)."""
         moving = [np.ones(len(b), bool) for b in boxes]
         for _ in range(self.settle_passes):
-            squares = [_square(b) for b in boxes]
-            cut, outputs = self._run_batched(2, photos, squares, 48)
+            if not any(m.any() for m in moving):  # every face has stopped: no pass can change anything
+                break
+            cut, outputs = self._run_batched(2, photos, [_square(b) for b in boxes], 48)
             for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
                 if len(square) != len(boxes[i]):  # a face left the photo: keep what the cascade found
                     continue
