@@ -47,6 +47,7 @@ def test_hnsw_rebuilds_after_many_removals_and_pads_short_results():
     idx.remove(range(5))
     assert idx._removed  # filtered, not yet rebuilt
     idx.remove(range(5, 30))
+    assert idx.wait_for_build(30)  # rebuilt off the caller's path
     assert not idx._removed and idx._index.ntotal == 10  # rebuilt from live vectors
     dist, got = idx.search(v[35:36], 20)
     assert sorted(got[0].tolist()) == list(range(30, 40))
@@ -61,6 +62,7 @@ def test_auto_switches_to_hnsw_past_threshold(monkeypatch):
     idx.rebuild(np.arange(30), v[:30])
     assert idx.kind == "exact"
     idx.add(np.arange(30, 80), v[30:])
+    assert idx.wait_for_build(30)  # built in the background
     assert idx.kind == "hnsw" and len(idx) == 80
     assert isinstance(faiss.downcast_index(idx._index.index), faiss.IndexHNSWFlat)
     _, got = idx.search(v, 1)
@@ -102,3 +104,55 @@ def test_identify_with_fewer_people_than_k_searches_once(tmp_path, monkeypatch):
         monkeypatch.setattr(gallery._index, "search", lambda q, k: asked.append(k) or search(q, k))
         (matches,) = gallery.identify(unit(rng, 1), k=5)
     assert len(matches) == 3 and asked == [20]  # before: 20 -> 80 -> 90 (the whole gallery)
+
+
+def test_switch_to_hnsw_happens_off_the_callers_path(monkeypatch):
+    """The add that crosses the threshold returns at once; searches answer (exactly) from the old index
+    while HNSW is built; adds and removals made meanwhile are replayed onto the new one."""
+    import threading
+
+    monkeypatch.setattr(index_mod, "AUTO_THRESHOLD", 50)
+    release, started = threading.Event(), threading.Event()
+    make = FaceIndex._make
+
+    def slow_make(self, kind, ids, vectors):
+        if kind == "hnsw":
+            started.set()
+            assert release.wait(30)
+        return make(self, kind, ids, vectors)
+
+    monkeypatch.setattr(FaceIndex, "_make", slow_make)
+    rng = np.random.default_rng(6)
+    v = unit(rng, 120)
+    idx = FaceIndex(32, "auto")
+    idx.rebuild(np.arange(40), v[:40])
+    idx.add(np.arange(40, 60), v[40:60])  # crosses the threshold: returns although the build is held
+    assert started.wait(30) and idx.building and idx.kind == "exact"
+    _, got = idx.search(v[:60], 1)
+    assert (got[:, 0] == np.arange(60)).all()  # answered by the exact index meanwhile
+    idx.add(np.arange(60, 120), v[60:])
+    idx.remove(range(0, 10))
+    idx.remove(range(100, 110))
+    _, got = idx.search(v[10:100], 1)
+    assert (got[:, 0] == np.arange(10, 100)).all()
+    release.set()
+    assert idx.wait_for_build(30) and idx.kind == "hnsw" and len(idx) == 100
+    live = np.r_[10:100, 110:120]
+    dist, got = idx.search(v[live], 1)
+    assert not set(got.ravel().tolist()) & (set(range(10)) | set(range(100, 110)))
+    assert (got[:, 0] == live).mean() > 0.95
+
+
+def test_serialized_hnsw_holds_no_removed_vectors():
+    rng = np.random.default_rng(7)
+    v = unit(rng, 200)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(np.arange(200), v)
+    idx.remove(range(10))
+    kind, data, removed = idx.serialize()
+    assert kind == "hnsw" and sorted(removed.tolist()) == list(range(10))
+    raw = data.tobytes()
+    assert v[3].tobytes() not in raw and v[50].tobytes() in raw
+    again = FaceIndex.deserialize(32, "hnsw", kind, data, removed)
+    np.testing.assert_array_equal(again.search(v[10:], 3)[1], idx.search(v[10:], 3)[1])
+    np.testing.assert_allclose(idx.vectors([3]), v[3:4])  # the live index still holds it (until a rebuild)
