@@ -19,17 +19,23 @@ Every process keeps its own index and brings it up to date from the store's chan
 ``facenet.gallery.store``) before it answers: one cheap query of the feed's head, and when another
 process (a CLI, another ``facenet serve`` replica) wrote since, the faces it added and the ids it
 removed — never skipping a change, whoever made it and in whatever order transactions overlapped.
+A process starts from the index snapshot saved with the gallery when there is a valid one, and catches up
+through the feed from the position it was taken at (``facenet.gallery.snapshot``). Index builds after the
+first load (the switch to HNSW, the rebuild after many removals) happen off the request path
+(``facenet.gallery.index``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from facenet.distances import squared_l2
 from facenet.errors import GalleryError
+from facenet.gallery import snapshot
 from facenet.gallery.index import KINDS, FaceIndex
 from facenet.gallery.policy import parse_policy, templates
 from facenet.gallery.sqlite import SQLiteStore
@@ -74,6 +80,11 @@ class Gallery:
         self._face_person: dict[int, int] = {}
         self._person_faces: dict[int, set[int]] = {}  # faces in the index per person: who can be found, from what
         self._names: dict[int, str] = {}
+        self._lock = threading.RLock()  # sync's changes vs a snapshot's copy (taken on another thread)
+        self.snapshots = True  # load/write index snapshots (``facenet.gallery.snapshot``)
+        self._snapshot_seq: int | None = None  # feed position of the last snapshot loaded or written
+        self._changed_since_snapshot = 0  # faces added or removed since
+        self._writer = snapshot.Writer(self)
 
     @classmethod
     def open(
@@ -123,7 +134,32 @@ class Gallery:
         return self.scorer.name
 
     def close(self) -> None:
+        """Close the store, first finishing a snapshot being written, and writing one when enough changed."""
+        try:
+            self._writer.wait()
+            if (
+                self.snapshots
+                and self._index is not None
+                and self._changed_since_snapshot >= snapshot.CHANGES_BEFORE_CLOSE
+                and len(self._face_person) >= snapshot.MIN_FACES
+            ):
+                snapshot.save(self)
+        except Exception as exc:  # an optimisation: never keeps the gallery from closing
+            snapshot.log.warning("gallery %s: index snapshot not written at close: %s", self.location, exc)
         self.store.close()
+
+    def write_snapshot(self) -> tuple:
+        """Bring the index up to date, let a background build finish, and write its snapshot now, whatever
+        the gallery's size (``facenet gallery snapshot``); returns (path, snapshot, bytes)."""
+        self.sync()
+        for index in (self._index, self._templates):
+            if index is not None:
+                index.wait_for_build()
+        self._writer.wait()
+        written = snapshot.save(self)
+        if written is None:
+            raise GalleryError(f"gallery {self.location}: someone was removed while the snapshot was written; try again")
+        return written
 
     def __enter__(self) -> Gallery:
         return self
@@ -137,7 +173,7 @@ class Gallery:
         """Add faces to ``name`` (created if new) in one transaction; returns the person's new totals."""
         sources = [""] * len(np.atleast_2d(embeddings)) if sources is None else sources
         self.enroll_many([Record(name, embeddings, sources)])
-        return self.store.people(name.strip())[0]
+        return self.person(name)
 
     def enroll_many(self, records: Iterable[Record], merge: bool = True) -> None:
         """Enrol several people in one transaction (bulk loads, imports): all of them or none.
@@ -147,8 +183,11 @@ class Gallery:
         self.store.enroll(records, merge)  # the index learns of it from the feed, before the next search
 
     def remove(self, name: str) -> int:
-        """Delete ``name`` with all their faces and embeddings; returns how many faces went."""
-        return self.store.remove(name)  # likewise leaves the index on the next search
+        """Delete ``name`` with all their faces and embeddings; returns how many faces went. An index snapshot
+        holding their faces is deleted before this returns (``facenet.gallery.snapshot``)."""
+        removed = self.store.remove(name)  # likewise leaves the index on the next search
+        snapshot.discard(snapshot.snapshot_path(self.location))  # whoever wrote it
+        return removed
 
     def export(self, path: str | os.PathLike) -> None:
         """Write a self-contained gallery file (SQLite, owner-only) holding everyone in this gallery."""
@@ -166,6 +205,13 @@ class Gallery:
     def people(self) -> list[Person]:
         """Everyone enrolled, by name, with their number of faces."""
         return self.store.people()
+
+    def person(self, name: str) -> Person:
+        """One enrolled person by name (an indexed lookup: its cost does not grow with the gallery)."""
+        found = self.store.people(name.strip())
+        if not found:
+            raise GalleryError(f"no person named {name.strip()!r} in gallery {self.location}")
+        return found[0]
 
     def records(self) -> Iterator[Record]:
         """Each person's faces as float32 unit rows with their source labels."""
@@ -217,15 +263,24 @@ class Gallery:
         return self.store.wait_for_change(timeout)
 
     def sync(self) -> int:
-        """Bring the index up to date with the store's change feed (loading it all the first time); returns
-        the feed position it now reflects."""
+        """Bring the index up to date with the store's change feed (the first time: from the index snapshot
+        if a valid one exists, else loading every face); returns the feed position it now reflects."""
+        with self._lock:
+            return self._sync()
+
+    def _sync(self) -> int:
         if self._index is not None and self.store.head() == self._seq:
             return self._seq  # the common case, one cheap query
+        rebuilt = False
+        if self._index is None and self.snapshots:
+            snapshot.load(self)  # sets the index and ``_seq`` when a valid snapshot exists
         changes = self.store.changes(self._seq)
         changed: set[int] = set()  # people who gained or lost faces: their templates are stale
         if self._index is None:
             self._index = FaceIndex(self.embedding_size, self._index_kind)
             self._index.rebuild(changes.ids, changes.vectors)
+            self._index.on_built = self._snapshot_later
+            rebuilt = True
         else:
             gone = [f for f in changes.removed.tolist() if f in self._face_person]
             if gone:
@@ -238,6 +293,7 @@ class Gallery:
                         del self._person_faces[person]
             if len(changes.ids):
                 self._index.add(changes.ids, changes.vectors)
+            self._changed_since_snapshot += len(gone) + len(changes.ids)
         for face_id, person in zip(changes.ids.tolist(), changes.persons.tolist()):
             self._face_person[face_id] = person
             self._person_faces.setdefault(person, set()).add(face_id)
@@ -246,7 +302,29 @@ class Gallery:
             self._update_templates(changed)
         self._names.update(changes.names)
         self._seq = changes.head
+        if self.snapshots and len(changes.removed):  # a snapshot on disk may hold someone now removed
+            snapshot.discard(snapshot.snapshot_path(self.location), before=self._seq)
+        if self.snapshots and (rebuilt or len(changes.removed)) and not self._index.building:
+            self._snapshot_later()
         return self._seq
+
+    def _install(self, index: FaceIndex, ids: np.ndarray, persons: np.ndarray, seq: int) -> None:
+        """Take ``index`` (holding faces ``ids`` of ``persons``, at feed position ``seq``) as this gallery's
+        index: from a snapshot, before catching up (``facenet.gallery.snapshot.load``)."""
+        self._index, self._seq, self._snapshot_seq = index, seq, seq
+        index.on_built = self._snapshot_later
+        self._face_person = dict(zip(ids.tolist(), persons.tolist()))
+        self._person_faces = {}
+        for face_id, person in self._face_person.items():
+            self._person_faces.setdefault(person, set()).add(face_id)
+        self._names = self.store.names()
+        if self.scorer.uses_template:
+            self._update_templates(set(self._person_faces))
+
+    def _snapshot_later(self) -> None:
+        """Write a snapshot on the background writer (automatic ones: from ``snapshot.MIN_FACES`` faces)."""
+        if self.snapshots and len(self._face_person) >= snapshot.MIN_FACES:
+            self._writer.later()
 
     # -- internals -----------------------------------------------------------------------------
 

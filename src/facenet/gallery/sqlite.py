@@ -28,7 +28,7 @@ from pathlib import Path
 
 from facenet.errors import GalleryError
 from facenet.fileio import atomic_path
-from facenet.gallery.store import Changes, SQLStore, check_model, meta_rows
+from facenet.gallery.store import Changes, SQLStore, check_model, meta_rows, new_gallery_id
 
 APPLICATION_ID = 0x464E4554  # "FNET"
 SCHEMA_VERSION = 2
@@ -185,6 +185,12 @@ class SQLiteStore(SQLStore):
         """Write a compact, self-contained copy (a gallery file itself; deleted pages are not copied)."""
         with atomic_path(path) as tmp:
             self._conn.execute("VACUUM INTO ?", (str(tmp),))
+            copy = sqlite3.connect(tmp, isolation_level=None)
+            try:  # the copy goes its own way: an index snapshot of this gallery is not one of it
+                copy.execute("DELETE FROM meta WHERE key = 'gallery_id'")
+                copy.execute("INSERT INTO meta (key, value) VALUES ('gallery_id', ?)", (new_gallery_id(),))
+            finally:
+                copy.close()
 
 
 def _truncate_wal(path: Path) -> bool:

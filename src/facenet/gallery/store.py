@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,13 +116,19 @@ def check_model(
 
 
 def meta_rows(model_id: str, embedding_size: int, storage: str, policy: str | None) -> list[tuple[str, str]]:
-    """The ``meta`` table of a new gallery: what its embeddings are and how it scores people."""
+    """The ``meta`` table of a new gallery: what its embeddings are, how it scores people, and a random
+    ``gallery_id`` (an index snapshot of another gallery is never taken for this one's)."""
     return [
         ("model_id", model_id),
         ("embedding_size", str(embedding_size)),
         ("storage", storage),
         ("policy", parse_policy(policy).name),
+        ("gallery_id", new_gallery_id()),
     ]
+
+
+def new_gallery_id() -> str:
+    return uuid.uuid4().hex
 
 
 class SQLStore:
@@ -297,6 +304,48 @@ class SQLStore:
     def count(self) -> int:
         with self._read() as cur:
             return cur.execute("SELECT count(*) FROM faces").fetchone()[0]
+
+    # -- for index snapshots (facenet.gallery.snapshot) -----------------------------------------
+
+    def gallery_id(self) -> str:
+        """This gallery's random identity (recorded at creation; a gallery older than it gets one now)."""
+        with self._read() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'gallery_id'").fetchone()
+        if row is not None:
+            return row[0]
+        with self._write() as cur:  # another process may do the same at once: the first one wins
+            cur.execute(
+                "INSERT INTO meta (key, value) VALUES ('gallery_id', ?) ON CONFLICT (key) DO NOTHING",
+                (new_gallery_id(),),
+            )
+            return cur.execute("SELECT value FROM meta WHERE key = 'gallery_id'").fetchone()[0]
+
+    def names(self) -> dict[int, str]:
+        """Person id -> name, everyone."""
+        with self._read() as cur:
+            return dict(cur.execute("SELECT id, name FROM people").fetchall())
+
+    def faces_upto(self, seq: int) -> tuple[int, int, int, np.ndarray]:
+        """In one read: (head, count and sum of ids of the faces present that were added at or before feed
+        position ``seq``, ids of the faces removed after it)."""
+        with self._read() as cur:
+            head = cur.execute("SELECT head FROM feed WHERE id = 1").fetchone()[0]
+            count, total = cur.execute(
+                "SELECT count(*), coalesce(sum(id), 0) FROM faces WHERE seq <= ?", (seq,)
+            ).fetchone()
+            removed = [r[0] for r in cur.execute("SELECT face_id FROM removed_faces WHERE seq > ?", (seq,)).fetchall()]
+        return head, int(count), int(total), np.array(removed, np.int64)
+
+    def stored_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """face id -> float32 vector, for those of ``ids`` still present."""
+        if not len(ids):
+            return {}
+        marks = ", ".join("?" * len(ids))
+        with self._read() as cur:
+            rows = cur.execute(
+                f"SELECT face_id, vector FROM embeddings WHERE face_id IN ({marks})", tuple(int(i) for i in ids)
+            ).fetchall()
+        return {r[0]: self.decode(bytes(r[1]), 1)[0] for r in rows}
 
     # -- embeddings <-> bytes ------------------------------------------------------------------
 
