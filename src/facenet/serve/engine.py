@@ -417,7 +417,7 @@ class Engine:
             raise Problem(
                 409, f"{name!r} is already enrolled; send merge=true to add these photos to them", code="name_taken"
             ) from exc
-        person = next(p for p in self.gallery.people() if p.name == name)
+        person = self.gallery.person(name)  # one indexed lookup, not a listing of everyone
         return PersonOut(name=person.name, faces=person.faces, created=person.created)
 
     async def model(self, open_set: bool = True) -> dict:
