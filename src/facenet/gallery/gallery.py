@@ -84,6 +84,8 @@ class Gallery:
         self.snapshots = True  # load/write index snapshots (``facenet.gallery.snapshot``)
         self._snapshot_seq: int | None = None  # feed position of the last snapshot loaded or written
         self._changed_since_snapshot = 0  # faces added or removed since
+        self._removals_seen = 0  # counts removals made or seen: a snapshot copied before one is not kept
+        self._gallery_id: str | None = None  # read on the gallery's thread (an SQLite connection is bound to it)
         self._writer = snapshot.Writer(self)
 
     @classmethod
@@ -186,6 +188,7 @@ class Gallery:
         """Delete ``name`` with all their faces and embeddings; returns how many faces went. An index snapshot
         holding their faces is deleted before this returns (``facenet.gallery.snapshot``)."""
         removed = self.store.remove(name)  # likewise leaves the index on the next search
+        self._removals_seen += 1  # before the deletion: a snapshot being written now is deleted by its writer
         snapshot.discard(snapshot.snapshot_path(self.location))  # whoever wrote it
         return removed
 
@@ -272,6 +275,8 @@ class Gallery:
         if self._index is not None and self.store.head() == self._seq:
             return self._seq  # the common case, one cheap query
         rebuilt = False
+        if self.snapshots and self._gallery_id is None:
+            self._gallery_id = self.store.gallery_id()
         if self._index is None and self.snapshots:
             snapshot.load(self)  # sets the index and ``_seq`` when a valid snapshot exists
         changes = self.store.changes(self._seq)
@@ -303,6 +308,7 @@ class Gallery:
         self._names.update(changes.names)
         self._seq = changes.head
         if self.snapshots and len(changes.removed):  # a snapshot on disk may hold someone now removed
+            self._removals_seen += 1
             snapshot.discard(snapshot.snapshot_path(self.location), before=self._seq)
         if self.snapshots and (rebuilt or len(changes.removed)) and not self._index.building:
             self._snapshot_later()

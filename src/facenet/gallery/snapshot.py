@@ -182,7 +182,7 @@ def capture(gallery) -> Snapshot | None:
     persons = np.fromiter(gallery._face_person.values(), np.int64, len(gallery._face_person))
     header = {
         "format": FORMAT,
-        "gallery_id": gallery.store.gallery_id(),
+        "gallery_id": gallery._gallery_id,
         "model_id": gallery.model_id,
         "embedding_size": gallery.embedding_size,
         "storage": gallery.storage,
@@ -200,11 +200,12 @@ def save(gallery, path: Path | None = None) -> tuple[Path, Snapshot, int] | None
     or a removal happened since the copy was taken (the next write covers it)."""
     path = path or snapshot_path(gallery.location)
     with gallery._lock:
-        snap = capture(gallery)
+        snap, removals = capture(gallery), gallery._removals_seen
     if snap is None:
         return None
     write(path, snap)
-    if gallery.store.removed_after(snap.seq):  # someone was removed meanwhile: this copy may hold them
+    # May run on the writer thread: the store (an SQLite connection belongs to its thread) is not asked.
+    if gallery._removals_seen != removals:  # someone was removed meanwhile: this copy may hold them
         discard(path, before=snap.seq + 1)
         return None
     gallery._snapshot_seq, gallery._changed_since_snapshot = snap.seq, 0
@@ -243,7 +244,7 @@ def load(gallery) -> int | None:
 
 def _check(gallery, snap: Snapshot) -> None:
     h = snap.header
-    if h.get("gallery_id") != gallery.store.gallery_id():
+    if h.get("gallery_id") != gallery._gallery_id:
         raise SnapshotError("it belongs to another gallery (gallery_id differs)")
     for key, want in (
         ("model_id", gallery.model_id),
