@@ -94,7 +94,7 @@ def test_snapshot_round_trip_gives_identical_answers(tmp_path, monkeypatch, capl
     assert names(after) == names(before)
 
 
-def test_catch_up_applies_enrolments_and_removals_made_after_the_snapshot(tmp_path, monkeypatch):
+def test_catch_up_applies_enrolments_and_removals_made_after_the_snapshot(tmp_path, monkeypatch, caplog):
     rng = np.random.default_rng(1)
     path = tmp_path / "g.db"
     vectors = fill(path, rng)
@@ -106,9 +106,10 @@ def test_catch_up_applies_enrolments_and_removals_made_after_the_snapshot(tmp_pa
         g.store.remove("p3")  # as a process that died before deleting the snapshot would leave it
     assert snapshot_path(path).exists()
     rebuilds = NoRebuild(monkeypatch)
-    with opened(path) as g:
+    with caplog.at_level(logging.INFO, logger="facenet.gallery.snapshot"), opened(path) as g:
         (found,), (gone,) = g.identify(newcomer[:1], k=1), g.identify(vectors[15:16], k=1)
-        assert g._snapshot_seq == seq and g._seq == seq + 2
+        assert f"loaded from snapshot {snapshot_path(path)} (feed position {seq})" in caplog.text
+        assert g._seq == seq + 2
         assert found[0].name == "newcomer" and found[0].distance < 1e-5
         assert gone[0].name != "p3"
         assert all(p != "p3" for p in g._names.values() if p in {m.name for m in gone})
