@@ -154,6 +154,8 @@ class Gallery:
         """Bring the index up to date, let a background build finish, and write its snapshot now, whatever
         the gallery's size (``facenet gallery snapshot``); returns (path, snapshot, bytes)."""
         self.sync()
+        if self._gallery_id is None:
+            self._gallery_id = self.store.gallery_id()
         for index in (self._index, self._templates):
             if index is not None:
                 index.wait_for_build()

@@ -175,7 +175,7 @@ def discard(path: Path, before: int | None = None) -> bool:
 def capture(gallery) -> Snapshot | None:
     """What ``gallery``'s index holds now (None before its first load); the caller holds its lock."""
     index = gallery._index
-    if index is None:
+    if index is None or gallery._gallery_id is None:  # the id is read by the gallery's own thread
         return None
     kind, data, removed = index.serialize()
     ids = np.fromiter(gallery._face_person.keys(), np.int64, len(gallery._face_person))
