@@ -358,3 +358,29 @@ def test_snapshot_command_writes_one_whatever_the_size(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "wrote index snapshot" in out and "20 faces" in out
     assert snapshot.read_header(snapshot_path(path))["faces"] == 20
+
+
+def test_a_process_without_automatic_snapshots_writes_a_usable_one(tmp_path, monkeypatch):
+    rng = np.random.default_rng(12)
+    path = tmp_path / "g.db"
+    vectors = fill(path, rng)
+    with opened(path) as g:
+        g.snapshots = False  # e.g. a benchmark's rebuild: the id of the gallery was never read
+        g.sync()
+        g.write_snapshot()
+    rebuilds = NoRebuild(monkeypatch)
+    with opened(path) as g:
+        (m,) = g.identify(vectors[:1], k=1)
+    assert rebuilds.calls == 0 and m[0].name == "p0"
+
+
+def test_person_is_looked_up_by_name(tmp_path):
+    from facenet.errors import GalleryError
+
+    rng = np.random.default_rng(13)
+    path = tmp_path / "g.db"
+    fill(path, rng, people=3)
+    with opened(path) as g:
+        assert g.person(" p1 ").faces == 5
+        with pytest.raises(GalleryError, match="no person named 'nobody'"):
+            g.person("nobody")
