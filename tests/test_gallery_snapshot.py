@@ -384,3 +384,35 @@ def test_person_is_looked_up_by_name(tmp_path):
         assert g.person(" p1 ").faces == 5
         with pytest.raises(GalleryError, match="no person named 'nobody'"):
             g.person("nobody")
+
+
+def test_snapshots_on_both_stores(gallery_location, tmp_path, monkeypatch, caplog):
+    """PostgreSQL too: the snapshot lives in the cache folder; catch-up and removal as for a file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(14)
+    vectors = fill(gallery_location, rng)
+    snapshot_written(gallery_location)
+    with opened(gallery_location) as g:
+        g.enroll("late", unit(rng, 2))
+    rebuilds = NoRebuild(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="facenet.gallery.snapshot"), opened(gallery_location) as g:
+        (m,) = g.identify(vectors[12:13], k=1)
+        assert m[0].name == "p2" and len(g._face_person) == 302
+        g.remove("p2")
+        assert not snapshot_path(gallery_location).exists()
+    assert rebuilds.calls == 0 and "loaded from snapshot" in caplog.text
+
+
+def test_a_gallery_older_than_gallery_ids_gets_one(tmp_path):
+    import sqlite3
+
+    rng = np.random.default_rng(15)
+    path = tmp_path / "g.db"
+    fill(path, rng, people=2)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM meta WHERE key = 'gallery_id'")
+    conn.commit()
+    conn.close()
+    with opened(path) as g:
+        first = g.store.gallery_id()
+        assert first and g.store.gallery_id() == first
