@@ -87,6 +87,7 @@ class Gallery:
         self._removals_seen = 0  # counts removals made or seen: a snapshot copied before one is not kept
         self._gallery_id: str | None = None  # read on the gallery's thread (an SQLite connection is bound to it)
         self._writer = snapshot.Writer(self)
+        self._closing = False
 
     @classmethod
     def open(
@@ -137,6 +138,7 @@ class Gallery:
 
     def close(self) -> None:
         """Close the store, first finishing a snapshot being written, and writing one when enough changed."""
+        self._closing = True  # a background build ending now writes no snapshot after the store is gone
         try:
             self._writer.wait()
             if (
@@ -331,7 +333,7 @@ class Gallery:
 
     def _snapshot_later(self) -> None:
         """Write a snapshot on the background writer (automatic ones: from ``snapshot.MIN_FACES`` faces)."""
-        if self.snapshots and len(self._face_person) >= snapshot.MIN_FACES:
+        if self.snapshots and not self._closing and len(self._face_person) >= snapshot.MIN_FACES:
             self._writer.later()
 
     # -- internals -----------------------------------------------------------------------------
