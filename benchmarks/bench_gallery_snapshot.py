@@ -72,8 +72,15 @@ def replica(args) -> None:
     g.sync()
     ready_s, ready_cpu = time.perf_counter() - w0, cpu_s() - c0
     rss, peak = rss_mib()
-    out = {"mode": args.mode, "ready_s": ready_s, "ready_cpu_s": ready_cpu, "rss_mib": rss, "peak_mib": peak,
-           "kind": g._index.kind, "faces": len(g._index)}
+    out = {
+        "mode": args.mode,
+        "ready_s": ready_s,
+        "ready_cpu_s": ready_cpu,
+        "rss_mib": rss,
+        "peak_mib": peak,
+        "kind": g._index.kind,
+        "faces": len(g._index),
+    }
     hits, times = 0, []
     for q, t_id in zip(queries, face_truth):
         t = time.perf_counter()
@@ -106,7 +113,7 @@ def run_replica(common: list[str], mode: str) -> dict:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"replica {mode} failed")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 # -- the parent -----------------------------------------------------------------------------------------
@@ -125,7 +132,11 @@ def build_gallery(path: Path, n: int, per_person: int = 10, start_person: int = 
             x = unit(rng, min(chunk, n - s))
             vectors[s : s + len(x)] = x
             g.enroll_many(
-                Record(f"{name}{start_person + (s + i) // per_person}", x[i : i + per_person], [""] * len(x[i : i + per_person]))
+                Record(
+                    f"{name}{start_person + (s + i) // per_person}",
+                    x[i : i + per_person],
+                    [""] * len(x[i : i + per_person]),
+                )
                 for i in range(0, len(x), per_person)
             )
     return vectors
@@ -144,7 +155,9 @@ def readiness(args) -> list[dict]:
     near = vectors[picked] + 0.06 * rng.standard_normal((args.queries, D), dtype=np.float32)
     queries = near / np.linalg.norm(near, axis=1, keepdims=True)
     norms = (vectors**2).sum(1)
-    nearest = np.concatenate([np.argmin(norms - 2 * (queries[i : i + 50] @ vectors.T), axis=1) for i in range(0, len(queries), 50)])
+    nearest = np.concatenate(
+        [np.argmin(norms - 2 * (queries[i : i + 50] @ vectors.T), axis=1) for i in range(0, len(queries), 50)]
+    )
     del vectors, norms
     np.savez(tmp / "truth.npz", queries=queries, faces=nearest + 1, people=nearest // 10)  # AUTOINCREMENT ids from 1
     common = ["--gallery", str(path), "--truth", str(tmp / "truth.npz"), "--threads", str(args.threads)]
@@ -189,8 +202,13 @@ def crossing(args) -> dict:
         g._index.wait_for_build()
         waited = time.perf_counter() - t
         crossed = next(i for i, k in enumerate(kinds) if "building" in k or k == "hnsw")
-    return {"times_ms": [round(x * 1e3, 1) for x in times], "kinds": kinds, "crossed_at": crossed,
-            "build_left_s": waited, "faces_before": before}
+    return {
+        "times_ms": [round(x * 1e3, 1) for x in times],
+        "kinds": kinds,
+        "crossed_at": crossed,
+        "build_left_s": waited,
+        "faces_before": before,
+    }
 
 
 def enrol_cost(args) -> list[dict]:
@@ -214,8 +232,15 @@ def enrol_cost(args) -> list[dict]:
                 t = time.perf_counter()
                 next(p for p in g.people() if p.name == f"e{i}")  # what enrolment did before
                 old.append(time.perf_counter() - t)
-            rows.append({"people": people, "kind": g._index.kind, "enrol_ms": float(np.median(new)) * 1e3,
-                         "enrol_p90_ms": float(np.percentile(new, 90)) * 1e3, "listing_ms": float(np.median(old)) * 1e3})
+            rows.append(
+                {
+                    "people": people,
+                    "kind": g._index.kind,
+                    "enrol_ms": float(np.median(new)) * 1e3,
+                    "enrol_p90_ms": float(np.percentile(new, 90)) * 1e3,
+                    "listing_ms": float(np.median(old)) * 1e3,
+                }
+            )
         print("# " + json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -251,15 +276,21 @@ def main() -> None:
     print(f"\n{cpu_name()}, {os.cpu_count()} cores visible, threads={args.threads}; d={D}, random unit faces")
     if ready:
         print(f"\nTime to ready of a replica, N={args.n:,} faces ({args.queries} noisy-copy queries; recall vs exact)")
-        print(f"{'start':28} {'ready s':>8} {'cpu s':>7} {'RSS MiB':>8} {'peak':>7} {'index':>6} "
-              f"{'search p50/p99 ms':>18} {'R@1':>6} {'identify p50/p99 ms':>20} {'R@1':>6}")
+        print(
+            f"{'start':28} {'ready s':>8} {'cpu s':>7} {'RSS MiB':>8} {'peak':>7} {'index':>6} "
+            f"{'search p50/p99 ms':>18} {'R@1':>6} {'identify p50/p99 ms':>20} {'R@1':>6}"
+        )
         for r in ready:
-            print(f"{r['mode']:28} {r['ready_s']:8.2f} {r['ready_cpu_s']:7.1f} {r['rss_mib']:8.0f} {r['peak_mib']:7.0f} "
-                  f"{r['kind']:>6} {r['search_p50_ms']:8.2f}/{r['search_p99_ms']:<9.2f} {r['search_recall1']:6.3f} "
-                  f"{r['identify_p50_ms']:9.2f}/{r['identify_p99_ms']:<10.2f} {r['identify_recall1']:6.3f}")
+            print(
+                f"{r['mode']:28} {r['ready_s']:8.2f} {r['ready_cpu_s']:7.1f} {r['rss_mib']:8.0f} {r['peak_mib']:7.0f} "
+                f"{r['kind']:>6} {r['search_p50_ms']:8.2f}/{r['search_p99_ms']:<9.2f} {r['search_recall1']:6.3f} "
+                f"{r['identify_p50_ms']:9.2f}/{r['identify_p99_ms']:<10.2f} {r['identify_recall1']:6.3f}"
+            )
         r = ready[0]
-        print(f"snapshot written in {r['write_s']:.1f} s ({r['write_cpu_s']:.1f} CPU s), {r['snapshot_mib']:.0f} MiB; "
-              f"ready {ready[0]['ready_s'] / ready[1]['ready_s']:.0f}x sooner from it")
+        print(
+            f"snapshot written in {r['write_s']:.1f} s ({r['write_cpu_s']:.1f} CPU s), {r['snapshot_mib']:.0f} MiB; "
+            f"ready {ready[0]['ready_s'] / ready[1]['ready_s']:.0f}x sooner from it"
+        )
     if cross:
         print(f"\nEnrolments (10 faces + sync + identify) from {cross['faces_before']:,} faces across the switch:")
         for i, (t, k) in enumerate(zip(cross["times_ms"], cross["kinds"])):
@@ -269,7 +300,9 @@ def main() -> None:
         print("\nEnrolment of one more person (5 faces; enrol + Gallery.person + sync), median")
         print(f"{'people':>8} {'index':>6} {'enrol ms':>9} {'p90 ms':>8} {'old: list everyone ms':>22}")
         for r in enrol:
-            print(f"{r['people']:8,} {r['kind']:>6} {r['enrol_ms']:9.2f} {r['enrol_p90_ms']:8.2f} {r['listing_ms']:22.2f}")
+            print(
+                f"{r['people']:8,} {r['kind']:>6} {r['enrol_ms']:9.2f} {r['enrol_p90_ms']:8.2f} {r['listing_ms']:22.2f}"
+            )
         print(f"ratio 100,000 / 100 people: {enrol[1]['enrol_ms'] / enrol[0]['enrol_ms']:.2f}x")
 
 

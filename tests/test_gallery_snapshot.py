@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from facenet.gallery import Gallery, Record
+from facenet.gallery import Gallery, Record, snapshot
 from facenet.gallery import index as index_mod
-from facenet.gallery import snapshot
 from facenet.gallery.index import FaceIndex
 from facenet.gallery.snapshot import snapshot_path
 
@@ -37,9 +36,7 @@ def small_snapshots(monkeypatch):
 def fill(path, rng, people=60, faces=5, index="auto", policy="nearest"):
     vectors = unit(rng, people * faces)
     with Gallery.open(path, "m", D, index=index, policy=policy) as g:
-        g.enroll_many(
-            [Record(f"p{i}", vectors[i * faces : (i + 1) * faces], [""] * faces) for i in range(people)]
-        )
+        g.enroll_many([Record(f"p{i}", vectors[i * faces : (i + 1) * faces], [""] * faces) for i in range(people)])
     return vectors
 
 

@@ -164,7 +164,9 @@ class Gallery:
         self._writer.wait()
         written = snapshot.save(self)
         if written is None:
-            raise GalleryError(f"gallery {self.location}: someone was removed while the snapshot was written; try again")
+            raise GalleryError(
+                f"gallery {self.location}: someone was removed while the snapshot was written; try again"
+            )
         return written
 
     def __enter__(self) -> Gallery:

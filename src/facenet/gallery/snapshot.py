@@ -139,7 +139,10 @@ def read(path: Path) -> Snapshot:
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(bytes(data["header"]).decode())
-            snap = Snapshot({k: v for k, v in header.items() if k != "crc"}, *(data[k] for k in ("index", "removed", "ids", "persons")))
+            snap = Snapshot(
+                {k: v for k, v in header.items() if k != "crc"},
+                *(data[k] for k in ("index", "removed", "ids", "persons")),
+            )
     except FileNotFoundError:
         raise
     except Exception as exc:
@@ -232,12 +235,21 @@ def load(gallery) -> int | None:
         return None
     except Exception as exc:  # a damaged, stale or foreign snapshot is never used: rebuilt from the store
         reason = str(exc) if isinstance(exc, GalleryError) else f"{type(exc).__name__}: {exc}"
-        log.warning("gallery %s: index snapshot %s not used: %s; rebuilding the index from the store", gallery.location, path, reason)
+        log.warning(
+            "gallery %s: index snapshot %s not used: %s; rebuilding the index from the store",
+            gallery.location,
+            path,
+            reason,
+        )
         return None
     gallery._install(index, snap.ids, snap.persons, snap.seq)
     log.info(
         "gallery %s: index of %d faces loaded from snapshot %s (feed position %d) in %.2f s",
-        gallery.location, len(snap.ids), path, snap.seq, time.perf_counter() - started,
+        gallery.location,
+        len(snap.ids),
+        path,
+        snap.seq,
+        time.perf_counter() - started,
     )
     return snap.seq
 
@@ -273,7 +285,9 @@ def _check_store(gallery, snap: Snapshot, index) -> None:
     sample = np.unique(np.concatenate([np.sort(present)[-_SAMPLE:], rng.choice(present, min(_SAMPLE, len(present)))]))
     stored = gallery.store.stored_vectors(sample.tolist())
     sample = np.array([i for i in sample.tolist() if i in stored], np.int64)  # removed meanwhile: not comparable
-    if len(sample) and not np.allclose(index.vectors(sample), np.stack([stored[i] for i in sample.tolist()]), atol=1e-6):
+    if len(sample) and not np.allclose(
+        index.vectors(sample), np.stack([stored[i] for i in sample.tolist()]), atol=1e-6
+    ):
         raise SnapshotError("its vectors differ from the store's (a stale or foreign snapshot)")
 
 
@@ -305,8 +319,13 @@ class Writer:
             try:
                 written = save(self.gallery)
                 if written:
-                    log.info("gallery %s: index snapshot written to %s (%d faces, %d bytes)",
-                             self.gallery.location, written[0], len(written[1].ids), written[2])
+                    log.info(
+                        "gallery %s: index snapshot written to %s (%d faces, %d bytes)",
+                        self.gallery.location,
+                        written[0],
+                        len(written[1].ids),
+                        written[2],
+                    )
             except Exception as exc:  # a snapshot is an optimisation: never fatal
                 log.warning("gallery %s: index snapshot not written: %s", self.gallery.location, exc)
             with self._lock:
