@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from facenet.align.finder import MIN_FACE
-from facenet.data.images import IMAGE_SUFFIXES
-from facenet.errors import BadImageError, FaceNetError
+from facenet.data.images import expand_image_paths
+from facenet.errors import FaceNetError
+from facenet.shards import SHARD_SIZE
 
 EXIT_DIFFERENT = 1
 BATCH = 32
@@ -93,23 +94,6 @@ def all_faces(args: argparse.Namespace) -> bool:
     return getattr(args, "which", None) == "all" or getattr(args, "all_faces", False)
 
 
-def expand_image_paths(inputs: list[str]) -> list[Path]:
-    """Files as given; directories expand to the images below them, sorted."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise BadImageError(f"no images found in folder {path}")
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise BadImageError(f"no such file or folder: {path}")
-    return paths
-
-
 OUTPUT_FORMATS = (".npy", ".csv", ".json", ".parquet")
 ROW_FIELDS = ("image", "face", "faces", "x1", "y1", "x2", "y2", "score")
 
@@ -179,9 +163,6 @@ def run_embed(args: argparse.Namespace) -> int:
         f"photo(s) to {out}{described}"
     )
     return report.finish(args.strict, report_path)
-
-
-SHARD_SIZE = 1000
 
 
 def is_shard_dir(out: str) -> bool:
