@@ -133,6 +133,8 @@ def run_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if is_shard_dir(args.out):
         return run_embed_shards(args, out)
+    if args.ray is not None:
+        raise FaceNetError("--ray writes a directory of shards: --out DIR/ (with the trailing slash)")
     if args.shard_size is not None:
         raise FaceNetError("--shard-size is for a shard directory: --out DIR/ (with the trailing slash)")
     if out.suffix not in OUTPUT_FORMATS:
@@ -180,6 +182,10 @@ def run_embed_shards(args: argparse.Namespace, out: Path) -> int:
     shard_size = SHARD_SIZE if args.shard_size is None else args.shard_size
     if shard_size < 1:
         raise FaceNetError("--shard-size must be at least 1 photo")
+    if args.ray is not None:
+        return run_embed_ray(args, out, shard_size)
+    if args.ray_actors is not None:
+        raise FaceNetError("--ray-actors is for a run on Ray: add --ray [ADDRESS]")
     paths = list(dict.fromkeys(os.path.abspath(p) for p in expand_image_paths(args.paths)))  # each photo once
     embedder = embedder_from_args(args)
     detector = None if args.no_detect else (args.detector or embedder.recipe.detector)
@@ -203,6 +209,48 @@ def run_embed_shards(args: argparse.Namespace, out: Path) -> int:
     print(
         f"wrote {run.faces} embeddings of {embedder.embedding_size} dims from {run.embedded_photos} photo(s) "
         f"to {out}; it holds {report.faces} from {report.embedded_photos} photo(s) in {len(shards.shards)} shard(s)"
+    )
+    return report.finish(args.strict, report_path)
+
+
+def run_embed_ray(args: argparse.Namespace, out: Path, shard_size: int) -> int:
+    """``--out DIR/ --ray [ADDRESS]``: the same directory, the photos embedded by a pool of Ray actors
+    (``facenet.ray_embed``)."""
+    from facenet.ray_embed import embed_on_ray
+
+    if args.workers is not None:
+        raise FaceNetError("--workers is for a run in one process; on Ray, --ray-actors sets how many embed at once")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise FaceNetError("--ray-actors must be at least 1")
+    done = embed_on_ray(
+        args.paths,
+        out,
+        args.model,
+        address=args.ray or None,
+        actors=args.ray_actors,
+        gpus_per_actor=0.0 if args.device == "cpu" else 1.0,
+        device=args.device,
+        detector=args.detector,
+        detect=not args.no_detect,
+        backend=args.backend,
+        which=None if args.which == "all" else args.which,
+        all_faces=all_faces(args),
+        min_face=args.min_face or None,
+        batch_size=args.batch_size,
+        shard_size=shard_size,
+    )
+    if done.already_done:
+        print(
+            f"{out}: {done.already_done} of the {done.already_done + done.run.photos} photo(s) were already done; "
+            f"embedded the other {done.run.photos} on Ray"
+        )
+    report, run = done.total, done.run
+    report_path = Path(args.skipped_report) if args.skipped_report else out / "skipped.json"
+    report.write(report_path)
+    print(
+        f"wrote {run.faces} embeddings of {done.embedding_size} dims from {run.embedded_photos} photo(s) on Ray "
+        f"to {out}; it holds "
+        f"{report.faces} from {report.embedded_photos} photo(s) in {done.shards} shard(s)"
     )
     return report.finish(args.strict, report_path)
 
@@ -372,6 +420,25 @@ def register(sub) -> None:
         default=None,
         metavar="N",
         help=f"with --out DIR/: photos per shard (all their faces), the most a killed run loses (default {SHARD_SIZE})",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="with --out DIR/: embed on Ray (pip install 'facenet-triplet[ray]'), a pool of actors each holding the "
+        "model once, into the same directory of shards; without ADDRESS a local Ray on this machine's cores, "
+        "'auto' the cluster this machine belongs to (ray start), ray://HOST:10001 through Ray Client. PATHs may "
+        "also be fsspec URLs (s3://..., gs://..., file://...); photos must be readable by every worker, DIR is "
+        "written here. With --device cuda each actor takes a GPU",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ray: actors embedding at once, one core (or GPU) each (default: as many as the cluster has)",
     )
     p.add_argument("--all-faces", action="store_true", help="embed every face found (the same as --which all)")
     add_which_option(p, None)
