@@ -288,15 +288,21 @@ class _EmbedActor:
 
 
 def _read_url(url: str) -> bytes:
+    """A photo's bytes through fsspec; a failure is the photo's skip reason (``BadImageError``), worded as for a
+    local file and without the location a filesystem's own message repeats."""
     import fsspec
+
+    from facenet.errors import BadImageError
 
     try:
         with fsspec.open(url, "rb") as fh:
             return fh.read()
-    except OSError:
-        raise
+    except FileNotFoundError:
+        raise BadImageError(f"{url}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise BadImageError(f"{url}: is a directory, not an image file") from None
     except Exception as exc:  # noqa: BLE001 - a remote filesystem's own errors: the photo is skipped, with why
-        raise OSError(f"cannot read ({type(exc).__name__}: {exc})") from None
+        raise BadImageError(f"{url}: cannot read ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
 
 
 def _groups(batches, shard_size: int, dims: int, run: BatchReport, which: str, all_faces: bool) -> Iterator[PhotoGroup]:
