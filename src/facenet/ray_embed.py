@@ -111,7 +111,8 @@ def embed_on_ray(
     ``model`` is a model file or a shipped model's name (``None``: the installed default), read here and sent
     to the actors. Ray: the one this process has already initialised (``ray.init`` with your own
     ``runtime_env``, say), else ``address`` (``"auto"``: the cluster this machine belongs to; ``"ray://host:10001"``:
-    Ray Client), else a local Ray started here on ``num_cpus`` cores (default: all) and shut down at the end.
+    Ray Client), else the cluster ``$RAY_ADDRESS`` names, else a local Ray started here on ``num_cpus`` cores
+    (default: all); a Ray started here is shut down at the end.
     ``actors`` (default: as many as the cluster's CPUs, or GPUs with ``gpus_per_actor``, allow) each hold the
     model once and take ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs; ``device`` defaults to ``cuda`` for GPU
     actors, else ``cpu``. ``detector``, ``detect``, ``backend``, ``which``, ``all_faces`` and ``min_face`` mean what

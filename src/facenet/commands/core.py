@@ -402,7 +402,7 @@ def register(sub) -> None:
         "be embedded (or, with --strict, when anything was skipped). For a big collection, "
         "--out DIR/ writes a directory of Parquet shards and a manifest instead: a run that is "
         "stopped (even killed) goes on where it stopped when re-run with the same DIR, each "
-        "photo embedded once.",
+        "photo embedded once; with --ray a pool of Ray actors embeds the photos into the same kind of DIR.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     p.add_argument(
@@ -428,7 +428,8 @@ def register(sub) -> None:
         default=None,
         metavar="ADDRESS",
         help="with --out DIR/: embed on Ray (pip install 'facenet-triplet[ray]'), a pool of actors each holding the "
-        "model once, into the same directory of shards; without ADDRESS a local Ray on this machine's cores, "
+        "model once, into the same directory of shards; without ADDRESS a local Ray on this machine's cores (or the "
+        "cluster $RAY_ADDRESS names), "
         "'auto' the cluster this machine belongs to (ray start), ray://HOST:10001 through Ray Client. PATHs may "
         "also be fsspec URLs (s3://..., gs://..., file://...); photos must be readable by every worker, DIR is "
         "written here. With --device cuda each actor takes a GPU",
