@@ -174,7 +174,7 @@ def embed_on_ray(
 def _ray_rows(todo: list[str], spec: dict, actors, cpus_per_actor, gpus_per_actor, progress) -> Iterator[dict]:
     """Ray Data over the photo list: the actors' output batches (numpy columns), in photo order."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     if actors is None:
         resources = ray.cluster_resources()
@@ -183,9 +183,23 @@ def _ray_rows(todo: list[str], spec: dict, actors, cpus_per_actor, gpus_per_acto
         else:
             actors = int(resources.get("CPU", 1) // max(cpus_per_actor, 1e-9))
         actors = max(1, min(actors, len(todo)))
-    context = DataContext.get_current()
+    context = DataContext.get_current()  # this process's: what is changed here is put back at the end
+    saved = context.execution_options.preserve_order, context.enable_progress_bars
     context.execution_options.preserve_order = True  # shards hold the photos in input order, as a one-process run's
     context.enable_progress_bars = progress
+    try:
+        yield from _dataset(todo, spec, actors, cpus_per_actor, gpus_per_actor).iter_batches(
+            batch_size=None, batch_format="numpy"
+        )
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+
+def _dataset(todo: list[str], spec: dict, actors: int, cpus_per_actor: float, gpus_per_actor: float):
+    """The photo list as a Ray dataset, mapped by a pool of ``actors`` embedding actors."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
     size = spec["batch_size"]
     blocks = max(1, min(len(todo), max(actors, -(-len(todo) // size))))
     dataset = ray.data.from_items([{"photo": s} for s in todo], override_num_blocks=blocks)
@@ -198,7 +212,7 @@ def _ray_rows(todo: list[str], spec: dict, actors, cpus_per_actor, gpus_per_acto
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
     )
-    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+    return dataset
 
 
 class _EmbedActor:
