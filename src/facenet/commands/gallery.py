@@ -12,8 +12,8 @@ from facenet.commands.core import (
     add_which_option,
     all_faces,
     embedder_from_args,
-    expand_image_paths,
 )
+from facenet.data.images import expand_image_paths
 from facenet.errors import FaceNetError, GalleryError
 from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location
