@@ -626,13 +626,8 @@ def _subpixel_patch(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray
     steps = np.arange(size + 1) / size
     ys, xs = y0 - top + (y1 - y0) * steps, x0 - left + (x1 - x0) * steps
     (r, fy), (c, fx) = _cell(ys, table.shape[1] - 1), _cell(xs, table.shape[2] - 1)
-    fy, fx = fy[:, None], fx[None, :]
-    sums = (
-        table[:, r][:, :, c] * (1 - fy) * (1 - fx)
-        + table[:, r + 1][:, :, c] * fy * (1 - fx)
-        + table[:, r][:, :, c + 1] * (1 - fy) * fx
-        + table[:, r + 1][:, :, c + 1] * fy * fx
-    )
+    at_rows = table[:, r] * (1 - fy)[:, None] + table[:, r + 1] * fy[:, None]  # interpolated along y, then x
+    sums = at_rows[:, :, c] * (1 - fx) + at_rows[:, :, c + 1] * fx
     cells = sums[:, 1:, 1:] - sums[:, :-1, 1:] - sums[:, 1:, :-1] + sums[:, :-1, :-1]
     return (cells / (np.diff(ys)[:, None] * np.diff(xs)[None, :])).astype(np.float32)
 
