@@ -146,20 +146,30 @@ def main() -> None:
 
         results = {kind: run_replica(args, kind, queries_file) for kind in ("exact", "pgvector", "hnsw")}
         truth = results["exact"]["ef0"]["names"]
-        print(f"\n{args.n:,} random unit {D}-D faces, {FACES_PER_PERSON} per person, policy {args.policy}; "
-              f"{args.queries} noisy-copy queries (noise {NOISE}), k 5; CPU: {cpu_name()} ({os.cpu_count()} cores)")
+        print(
+            f"\n{args.n:,} random unit {D}-D faces, {FACES_PER_PERSON} per person, policy {args.policy}; "
+            f"{args.queries} noisy-copy queries (noise {NOISE}), k 5; CPU: {cpu_name()} ({os.cpu_count()} cores)"
+        )
         print(f"pgvector one-off enable (copy into side table + HNSW m 16 ef_construction 64): {build:.0f} s")
-        print("| replica | search breadth | ready (s) | identify p50 (ms) | p99 (ms) | recall@1 vs exact | RSS (MiB) | peak RSS (MiB) |")
+        print(
+            "| replica | search breadth | ready (s) | identify p50 (ms) | p99 (ms) | recall@1 vs exact | RSS (MiB) | peak RSS (MiB) |"
+        )
         print("|---|---|---|---|---|---|---|---|")
-        for kind, label in (("exact", "FAISS exact (flat)"), ("hnsw", "FAISS HNSW in-process"), ("pgvector", "pgvector")):
+        for kind, label in (
+            ("exact", "FAISS exact (flat)"),
+            ("hnsw", "FAISS HNSW in-process"),
+            ("pgvector", "pgvector"),
+        ):
             r = results[kind]
             for key, value in r.items():
                 if not key.startswith("ef"):
                     continue
                 recall = np.mean([a == b for a, b in zip(value["names"], truth)])
                 breadth = {"exact": "all", "hnsw": f"efSearch {key[2:]}", "pgvector": f"ef_search {key[2:]}"}[kind]
-                print(f"| {label} | {breadth} | {r['ready_s']:.1f} | {value['p50']:.1f} | {value['p99']:.1f} | "
-                      f"{recall:.3f} | {r['rss_mib']:.0f} | {r['hwm_mib']:.0f} |")
+                print(
+                    f"| {label} | {breadth} | {r['ready_s']:.1f} | {value['p50']:.1f} | {value['p99']:.1f} | "
+                    f"{recall:.3f} | {r['rss_mib']:.0f} | {r['hwm_mib']:.0f} |"
+                )
         os.unlink(queries_file)
     finally:
         if cluster is not None:
