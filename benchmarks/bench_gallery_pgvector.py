@@ -152,7 +152,8 @@ def main() -> None:
         )
         print(f"pgvector one-off enable (copy into side table + HNSW m 16 ef_construction 64): {build:.0f} s")
         print(
-            "| replica | search breadth | ready (s) | identify p50 (ms) | p99 (ms) | recall@1 vs exact | RSS (MiB) | peak RSS (MiB) |"
+            "| replica | search breadth | ready (s) | identify p50 (ms) | p99 (ms) | recall@1 vs exact "
+            "| RSS (MiB) | peak RSS (MiB) |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for kind, label in (

@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 from test_gallery import D, brute_identify, unit
+from test_gallery_cli import photos  # noqa: F401  (a fixture: photos of coloured "faces" and a fake model)
 
 from facenet.errors import GalleryError
 from facenet.gallery import Gallery, Record
@@ -139,3 +140,27 @@ def test_a_server_without_pgvector_is_a_clear_error(pg_cluster):
         Gallery.open(url, "m1", D, index="pgvector")
     with Gallery.open(url, "m1", D) as g:  # nothing was left half made
         assert g.identify(unit(np.random.default_rng(3), 1), k=1)[0][0].name == "a"
+
+
+def test_the_cli_offers_every_index_the_gallery_does():
+    from facenet.commands.gallery import INDEXES
+    from facenet.gallery.gallery import INDEXES as GALLERY_INDEXES
+
+    assert INDEXES == GALLERY_INDEXES
+
+
+def test_identify_cli_with_pgvector(photos, url, tmp_path, capsys):
+    from facenet.cli import main
+
+    assert main(["gallery", "enroll", "Red Person", str(photos["r1"]), "--gallery", url]) == 0
+    assert main(["gallery", "enroll", "green", str(photos["g1"]), "--gallery", url]) == 0
+    capsys.readouterr()
+    assert main(["identify", str(photos["r2"]), str(photos["b1"]), "--gallery", url, "--index", "pgvector"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{photos['r2']}: Red Person") and out[1] == f"{photos['b1']}: unknown"
+
+    file = tmp_path / "g.db"
+    assert main(["gallery", "enroll", "green", str(photos["g1"]), "--gallery", str(file)]) == 0
+    capsys.readouterr()
+    assert main(["identify", str(photos["g1"]), "--gallery", str(file), "--index", "pgvector"]) == 2
+    assert "needs a postgresql:// gallery" in capsys.readouterr().err
