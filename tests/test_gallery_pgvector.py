@@ -149,7 +149,7 @@ def test_the_cli_offers_every_index_the_gallery_does():
     assert INDEXES == GALLERY_INDEXES
 
 
-def test_identify_cli_with_pgvector(photos, url, tmp_path, capsys):
+def test_identify_cli_with_pgvector(photos, url, tmp_path, capsys):  # noqa: F811 (the fixture)
     from facenet.cli import main
 
     assert main(["gallery", "enroll", "Red Person", str(photos["r1"]), "--gallery", url]) == 0
