@@ -79,6 +79,7 @@ def replica(args) -> None:
     out["rss_mib"], out["hwm_mib"] = status_mib("VmRSS"), status_mib("VmHWM")
     out["kind"] = args.replica if args.replica == "pgvector" else g._index.kind
     g.close()
+    Path(f"{args.queries_file}.{args.replica}.json").write_text(json.dumps(out))  # kept should the run stop later
     print(json.dumps(out))
 
 
