@@ -158,6 +158,7 @@ class PgvectorSearch:
 
     def __init__(self, store, scorer, ef_search: int = EF_SEARCH):
         self.store, self.scorer, self.ef_search = store, scorer, ef_search
+        self._counted: tuple[int, int] | None = None  # (feed head, comparisons) of the last count
         enable(store)
 
     def sync(self) -> int:
@@ -165,33 +166,31 @@ class PgvectorSearch:
         return self.store.head()
 
     def comparisons(self) -> int:
+        """Counted in the database (a scan: once per change of the feed, not per request)."""
         with self.store._read() as cur:
-            people, faces = cur.raw.execute(
-                "SELECT (SELECT count(*) FROM people p WHERE EXISTS (SELECT 1 FROM faces f WHERE f.person_id = p.id)), "
-                "(SELECT count(*) FROM faces)"
-            ).fetchone()
-        return self.scorer.comparisons(people, faces)
+            head = cur.raw.execute("SELECT head FROM feed WHERE id = 1").fetchone()[0]
+            if self._counted is None or self._counted[0] != head:
+                people, faces = cur.raw.execute(
+                    "SELECT (SELECT count(*) FROM people p WHERE EXISTS (SELECT 1 FROM faces f WHERE f.person_id = "
+                    "p.id)), (SELECT count(*) FROM faces)"
+                ).fetchone()
+                self._counted = (head, self.scorer.comparisons(people, faces))
+        return self._counted[1]
 
     def identify(self, queries: np.ndarray, k: int, threshold: float | None) -> list[list[Match]]:
         """See the module docstring; ``queries`` are already checked (n, d) float32 rows."""
         with self.store._read() as cur:
             raw = cur.raw
-            people, total = raw.execute(
-                "SELECT (SELECT count(DISTINCT person_id) FROM faces), (SELECT count(*) FROM faces)"
-            ).fetchone()
-            if not total or k < 1:
+            if k < 1:
                 return [[] for _ in queries]
-            wanted = min(k, people)  # with fewer people than k, all of them is a full answer
             raw.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # LIMIT beyond ef_search, still in order
             raw.execute(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}")
             faces: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # person -> (face ids, vectors), read once
             names: dict[int, str] = {}
             results = []
             table = TEMPLATES if self.scorer.uses_template else TABLE
-            if self.scorer.uses_template:
-                total = people  # one template per person
             for query in queries:
-                fetch = min(total, 4 * k)
+                fetch = 4 * k
                 literal = _literal(query)
                 while True:
                     rows = raw.execute(
@@ -200,11 +199,12 @@ class PgvectorSearch:
                     ).fetchall()
                     candidates = list(dict.fromkeys(r[0] for r in rows))
                     self._read_people(raw, [p for p in candidates if p not in faces], faces, names)
-                    result = self._score(query, candidates, faces, names)[:wanted]
+                    result = self._score(query, candidates, faces, names)[:k]
                     farthest = float(rows[-1][1]) ** 2 if rows else np.inf
-                    if fetch >= total or (len(result) == wanted and result[-1].distance <= farthest + _ROUNDING):
+                    # fewer rows than asked: every face (or template) was seen (no count of them is needed)
+                    if len(rows) < fetch or (len(result) == k and result[-1].distance <= farthest + _ROUNDING):
                         break
-                    fetch = min(total, fetch * 4)
+                    fetch *= 4
                 if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
                     result = [m for m in result if m.distance < threshold]
                 results.append(result)
