@@ -89,7 +89,9 @@ def test_removal_is_visible_on_the_next_query(url):
         g.enroll_many([Record(n, e, [""] * len(e)) for n, e in people.items()])
         face = people["p3"][0]
         assert g.identify(face, k=1)[0][0].name == "p3"
+        before = g.comparisons()  # counted once, then again only after a change of the feed
         assert g.remove("p3") == len(people["p3"])
+        assert g.comparisons() == before - len(people["p3"])
         assert all(m.name != "p3" for m in g.identify(face, k=30)[0])
         import psycopg
 
