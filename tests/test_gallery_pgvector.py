@@ -166,3 +166,26 @@ def test_identify_cli_with_pgvector(photos, url, tmp_path, capsys):  # noqa: F81
     capsys.readouterr()
     assert main(["identify", str(photos["g1"]), "--gallery", str(file), "--index", "pgvector"]) == 2
     assert "needs a postgresql:// gallery" in capsys.readouterr().err
+
+
+def test_the_service_with_index_pgvector(model_file, url):
+    """``create_app(..., index="pgvector")``: ready without loading faces; enrol then identify through the API."""
+    pytest.importorskip("httpx")
+    from test_serve import started
+    from test_serve_postgres import KEY, photo
+
+    from facenet.embedder import FaceEmbedder
+    from facenet.models.modelfile import load_model_file
+    from facenet.serve import create_app
+    from facenet.serve.security import Keys
+
+    model, info = load_model_file(model_file)
+    embedder = FaceEmbedder(model, info, detector=None)
+    app = create_app(embedder, url, keys=Keys(admin=KEY), index="pgvector")
+    with started(app, headers={"X-API-Key": KEY}) as client:
+        enrol = dict(url="/api/people", headers={"X-API-Key": KEY})
+        assert client.post(**enrol, data={"name": "ann"}, files=[("photos", photo(0))]).status_code == 201
+        r = client.post("/api/identify", files={"photo": photo(0)})
+        assert r.status_code == 200, r.text
+        assert [m["name"] for m in r.json()["matches"]][:1] == ["ann"]
+        assert np.isclose(r.json()["matches"][0]["distance"], 0, atol=1e-5)
