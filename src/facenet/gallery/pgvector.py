@@ -201,7 +201,8 @@ class PgvectorSearch:
                     self._read_people(raw, [p for p in candidates if p not in faces], faces, names)
                     result = self._score(query, candidates, faces, names)[:k]
                     farthest = float(rows[-1][1]) ** 2 if rows else np.inf
-                    # fewer rows than asked: every face (or template) was seen (no count of them is needed)
+                    # fewer rows than asked: every face (or template) was seen, or pgvector's iterative scan reached
+                    # hnsw.max_scan_tuples (20,000 by default): nothing more to fetch either way
                     if len(rows) < fetch or (len(result) == k and result[-1].distance <= farthest + _ROUNDING):
                         break
                     fetch *= 4
