@@ -92,6 +92,8 @@ class PostgresStore(SQLStore):
         super().__init__(model_id, embedding_size, storage, policy)
         self.location, self._url, self._pool = redact(url), url, pool
         self._listener: psycopg.Connection | None = None
+        self._has_vectors = False  # the pgvector side table exists (asked per enrolment until it does)
+        self._has_templates = False  # ... and its table of templates (policy "template")
 
     @classmethod
     def open(
@@ -168,6 +170,25 @@ class PostgresStore(SQLStore):
         cur.executemany(
             "INSERT INTO embeddings (face_id, vector) VALUES (?, ?)", [(i, blob) for i, (_, blob, _) in zip(ids, faces)]
         )
+        self._insert_vectors(cur, ids, faces)
+
+    def _insert_vectors(self, cur, ids: list[int], faces: list[tuple[int, bytes, str]]) -> None:
+        """Index pgvector: once a process enabled it (``facenet.gallery.pgvector``), every enrolment, by any process,
+        writes its faces' vectors to its side table too, in the same transaction. Asked after the faces are
+        inserted (with the feed's row lock held), so the enabling transaction has either committed (and is seen)
+        or will copy these faces itself."""
+        if not self._has_vectors:
+            self._has_vectors, self._has_templates = cur.execute(
+                "SELECT to_regclass('face_vectors') IS NOT NULL, to_regclass('person_templates') IS NOT NULL"
+            ).fetchone()
+        if self._has_vectors and ids:
+            from facenet.gallery.pgvector import refresh_templates, write_vectors
+
+            persons = np.array([person_id for person_id, _, _ in faces], np.int64)
+            vectors = self.decode(b"".join(blob for _, blob, _ in faces), len(faces))
+            write_vectors(cur.raw, np.array(ids, np.int64), persons, vectors)
+            if self._has_templates:
+                refresh_templates(cur.raw, sorted(set(persons.tolist())))
 
     def _fetch_faces(self, cur, where: str, params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sql = (
