@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from facenet.errors import GalleryError
+from facenet.gallery.postgres import copy_row
 from facenet.gallery.store import Match
 
 TABLE = "face_vectors"
@@ -52,19 +53,7 @@ def vector_copy(ids: np.ndarray, persons: np.ndarray, vectors: np.ndarray) -> by
 
     pgvector's binary form is int16 dimensions, int16 unused, then big-endian float4 components."""
     n, d = vectors.shape
-    row = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("id_len", ">i4"),
-            ("id", ">i8"),
-            ("person_len", ">i4"),
-            ("person", ">i8"),
-            ("vector_len", ">i4"),
-            ("dim", ">i2"),
-            ("unused", ">i2"),
-            ("vector", ">f4", (d,)),
-        ]
-    )
+    row = copy_row([("dim", ">i2"), ("unused", ">i2"), ("vector", ">f4", (d,))])
     rows = np.zeros(n, row)
     rows["fields"], rows["id_len"], rows["person_len"], rows["vector_len"], rows["dim"] = 3, 8, 8, 4 + 4 * d, d
     rows["id"], rows["person"], rows["vector"] = ids, persons, vectors

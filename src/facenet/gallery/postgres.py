@@ -74,6 +74,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def copy_row(vector: list[tuple]) -> np.dtype:
+    """One row of a binary COPY of (id bigint, person bigint, vector): the field count, then each field's
+    length and value; ``vector`` gives the vector's own fields (bytea here, pgvector's ``vector`` type there)."""
+    head = [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("person_len", ">i4"), ("person", ">i8")]
+    return np.dtype([*head, ("vector_len", ">i4"), *vector])
+
+
 class _Cursor:
     """A psycopg cursor that takes the stores' shared SQL (``?`` placeholders)."""
 
@@ -212,18 +219,7 @@ class PostgresStore(SQLStore):
         """Binary COPY output of (id bigint, person bigint, vector bytea) -> a NumPy record array.
 
         Every row has the same size (the vectors do), so the whole stream is one array of records."""
-        vector = (self.stored_dtype().newbyteorder("<"), (self.embedding_size,))
-        row = np.dtype(
-            [
-                ("fields", ">i2"),
-                ("id_len", ">i4"),
-                ("id", ">i8"),
-                ("person_len", ">i4"),
-                ("person", ">i8"),
-                ("vector_len", ">i4"),
-                ("vector", *vector),
-            ]
-        )
+        row = copy_row([("vector", self.stored_dtype().newbyteorder("<"), (self.embedding_size,))])
         if not data.startswith(_COPY_SIGNATURE) or len(data) < 21:
             raise GalleryError(f"gallery {self.location}: unexpected answer to COPY; is this a PostgreSQL server?")
         start = 19 + int.from_bytes(data[15:19], "big")  # signature, flags, header extension
