@@ -7,7 +7,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${FACENET_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev,dlib,parquet]"
+.venv/bin/python -m pip install -q -e ".[dev,dlib,parquet,ray]"
 # facenet-pytorch carries the published MTCNN weights in its wheel; --no-deps keeps its
 # torchvision requirement (a CUDA-only build for this torch) out of the environment.
 .venv/bin/python -m pip install -q --no-deps "facenet-pytorch==2.5.3"

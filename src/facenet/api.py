@@ -119,11 +119,14 @@ def identify(
     top_k: int = 5,
     far: float | None = None,
     which: str = "all",
+    index: str = "auto",
 ) -> list[Identified]:
     """Who is in ``photo``? Every face (``which="all"``; or the "largest" / "central" one), each with up
     to ``top_k`` enrolled people within the open-set threshold that ``far`` (the wanted chance that a
     stranger is taken for someone; default 1e-2) gives for the gallery's size. Each answer's ``open_set`` says
-    what that size gets (and, with ``met`` False and a ``note``, when the asked rate cannot be kept)."""
+    what that size gets (and, with ``met`` False and a ``note``, when the asked rate cannot be kept).
+    ``index`` is how the gallery is searched (``Gallery.open``; "pgvector" for a PostgreSQL gallery searched
+    inside the database)."""
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
     from facenet.gallery import Gallery
     from facenet.paths import gallery_location
@@ -131,7 +134,9 @@ def identify(
     embedder = _resolve(model)
     faces = embedder.find_faces(photo, which=which).faces
     rows = embedder.embed_crops([f.image for f in faces])
-    with Gallery.open(gallery_location(gallery), embedder.name, embedder.embedding_size, create=False) as g:
+    with Gallery.open(
+        gallery_location(gallery), embedder.name, embedder.embedding_size, create=False, index=index
+    ) as g:
         promise = identification_promise(embedder, g.comparisons(), far or DEFAULT_OPENSET_FAR)
         matches = g.identify(rows, k=top_k, threshold=promise.threshold)
     return [Identified(f.detection.box, f.detection.score, m, f.notes, promise) for f, m in zip(faces, matches)]

@@ -47,6 +47,7 @@ from facenet.batch import BatchReport, PhotoGroup, Skipped
 from facenet.errors import FaceNetError
 
 MANIFEST = "manifest.json"
+SHARD_SIZE = 1000  # photos per shard unless told (--shard-size): the most a killed run loses
 FORMAT = "facenet-embed-shards"
 VERSION = 1
 METADATA_KEY = b"facenet"

@@ -59,10 +59,14 @@ EXPORT_TOLERANCE = 1e-4  # max abs difference of any net output, ONNX Runtime vs
 CPU_BATCH = 32  # patches per R-/O-Net call on the CPU (see MTCNNDetector._run)
 STAGE_OUTPUTS = ((4, 2), (4, 2), (4, 10, 2))  # widths of each net's outputs: box offsets, [landmarks,] probabilities
 PROPOSALS = ("auto", "yunet", "pnet")
-# O-Net run again this many times on each found face's own square, the box and landmarks moved halfway to
-# its new answer each time: where O-Net ends depends less on where the proposal started, so the same face
-# gets the same box on a reduced copy as at full size (benchmarks/box_stability.py; RESULTS.md, issue 28)
-SETTLE_PASSES = 4
+# O-Net run again this many times on each found face's own square (cut at sub-pixel bounds), the box and
+# landmarks moved halfway to its new answer each time: where O-Net ends depends less on where the proposal
+# started, so the same face gets the same box on a reduced copy as at full size (benchmarks/box_stability.py;
+# RESULTS.md, issue 28: 4 passes 87% of faces within 1% of their width, 8 passes 93%)
+SETTLE_PASSES = 8
+# A face stops settling once O-Net's answer lies within this fraction of its width of where it stands (the
+# pass then moves it by half of that): most faces settle in 3-5 passes, not 8.
+SETTLED = 0.002
 # R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
 # (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
 YUNET_SQUARE = 0.92
@@ -293,10 +297,10 @@ class MTCNNDetector:
         return [y.cpu().numpy() for y in net(torch.from_numpy(x).to(self.device))]
 
     def _run_batched(
-        self, stage: int, photos: list[_Pixels], boxes: list[np.ndarray], size: int
+        self, stage: int, photos: list[_Pixels], boxes: list[np.ndarray], size: int, subpixel: bool = False
     ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """Cut every photo's boxes, run net ``stage`` on all the patches together, split its outputs per photo."""
-        cut = [photo.patches(photo_boxes, size) for photo, photo_boxes in zip(photos, boxes)]
+        cut = [photo.patches(photo_boxes, size, subpixel) for photo, photo_boxes in zip(photos, boxes)]
         boxes = [photo_boxes for photo_boxes, _ in cut]
         patches = np.concatenate([photo_patches for _, photo_patches in cut])
         if not len(patches):  # nothing to run; empty outputs of the right widths
@@ -386,12 +390,14 @@ class MTCNNDetector:
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """``settle_passes`` damped O-Net passes over the found faces (scores kept from the first pass). A face
         stays where it is once its square reaches past the photo (O-Net would see black where the head goes on:
-        a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face)."""
+        a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face).
+        The squares are cut at their exact sub-pixel bounds: cut at whole pixels, a face on a reduced copy
+        could only settle to the nearest pixel of that copy, a step of 1-2% of a 60-100 px face."""
         moving = [np.ones(len(b), bool) for b in boxes]
         for _ in range(self.settle_passes):
             if not any(m.any() for m in moving):  # every face has stopped: no pass can change anything
                 break
-            cut, outputs = self._run_batched(2, photos, [_square(b) for b in boxes], 48)
+            cut, outputs = self._run_batched(2, photos, [_square(b) for b in boxes], 48, subpixel=True)
             for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
                 if len(square) != len(boxes[i]):  # a face left the photo: keep what the cascade found
                     continue
@@ -400,8 +406,10 @@ class MTCNNDetector:
                 moved, moved_points = _onet_answer(square, reg, marks)
                 moving[i] &= inside & (prob[:, 1] > self.thresholds[2])
                 m = moving[i]
+                step = np.abs(moved[:, :4] - boxes[i][:, :4]).max(1) / (boxes[i][:, 2] - boxes[i][:, 0])
                 boxes[i][m, :4] = (boxes[i][m, :4] + moved[m, :4]) / 2
                 points[i][m] = (points[i][m] + moved_points[m]) / 2
+                moving[i] &= step > SETTLED  # this pass moved it by half of that: no further pass is worth it
         return boxes, points
 
 
@@ -441,10 +449,13 @@ class _Pixels:
             self._table = _integral(self.image)
         return self._table
 
-    def patches(self, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``boxes`` that keep pixels and their patches at ``size`` x ``size``, normalised."""
+    def patches(self, boxes: np.ndarray, size: int, subpixel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes`` that keep pixels and their patches at ``size`` x ``size``, normalised. ``subpixel``: each
+        box's exact area (``_subpixel_patch``) instead of the published cascade's whole-pixel window."""
         h, w = self.image.shape[:2]
         boxes, windows = _windows(boxes, h, w)
+        if subpixel:
+            return boxes, _normalise(np.stack([_subpixel_patch(self.image, b, size) for b in boxes]))
         if self._table is not None:
             return boxes, _normalise(_area_resize(self._table, windows, size, size))
         patches = np.empty((len(windows), 3, size, size), np.float32)
@@ -600,6 +611,31 @@ def _area_resize(table: np.ndarray, windows: np.ndarray, out_h: int, out_w: int)
         a, b, c, d = (flat.take(index) for index in corners)
         out[:, channel] = (a - b - c + d) / pixels
     return out
+
+
+def _subpixel_patch(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """The part of ``image`` under ``box`` (1-based inclusive corners, as the cascade's, so pixels x1-1 .. x2
+    continuously; clipped to the image) averaged into ``size`` x ``size`` cells of equal fractional extent:
+    (3, size, size) float32. Exact areas: a summed-area table of a piecewise-constant image is bilinear
+    inside each pixel, so interpolating it bilinearly gives the exact sum up to any fractional corner."""
+    h, w = image.shape[:2]
+    x0, y0 = min(max(box[0] - 1, 0.0), w - 1.0), min(max(box[1] - 1, 0.0), h - 1.0)
+    x1, y1 = min(max(box[2], x0 + 1), float(w)), min(max(box[3], y0 + 1), float(h))
+    left, top = int(x0), int(y0)
+    table = _integral(image[top : int(np.ceil(y1)), left : int(np.ceil(x1))]).astype(np.float64)
+    steps = np.arange(size + 1) / size
+    ys, xs = y0 - top + (y1 - y0) * steps, x0 - left + (x1 - x0) * steps
+    (r, fy), (c, fx) = _cell(ys, table.shape[1] - 1), _cell(xs, table.shape[2] - 1)
+    at_rows = table[:, r] * (1 - fy)[:, None] + table[:, r + 1] * fy[:, None]  # interpolated along y, then x
+    sums = at_rows[:, :, c] * (1 - fx) + at_rows[:, :, c + 1] * fx
+    cells = sums[:, 1:, 1:] - sums[:, :-1, 1:] - sums[:, 1:, :-1] + sums[:, :-1, :-1]
+    return (cells / (np.diff(ys)[:, None] * np.diff(xs)[None, :])).astype(np.float32)
+
+
+def _cell(at: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel index (0 .. n-1) and fraction inside it of each coordinate in [0, n]."""
+    index = np.minimum(at.astype(np.int64), n - 1)
+    return index, at - index
 
 
 def _bins(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

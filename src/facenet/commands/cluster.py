@@ -16,8 +16,8 @@ from facenet.commands.core import (
     add_which_option,
     all_faces,
     embedder_from_args,
-    expand_image_paths,
 )
+from facenet.data.images import expand_image_paths
 from facenet.errors import DataError
 
 THUMB = 96  # contact-sheet tile side in pixels

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from facenet.align.finder import MIN_FACE
-from facenet.data.images import IMAGE_SUFFIXES
-from facenet.errors import BadImageError, FaceNetError
+from facenet.data.images import expand_image_paths
+from facenet.errors import FaceNetError
+from facenet.shards import SHARD_SIZE
 
 EXIT_DIFFERENT = 1
 BATCH = 32
@@ -93,23 +94,6 @@ def all_faces(args: argparse.Namespace) -> bool:
     return getattr(args, "which", None) == "all" or getattr(args, "all_faces", False)
 
 
-def expand_image_paths(inputs: list[str]) -> list[Path]:
-    """Files as given; directories expand to the images below them, sorted."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise BadImageError(f"no images found in folder {path}")
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise BadImageError(f"no such file or folder: {path}")
-    return paths
-
-
 OUTPUT_FORMATS = (".npy", ".csv", ".json", ".parquet")
 ROW_FIELDS = ("image", "face", "faces", "x1", "y1", "x2", "y2", "score")
 
@@ -149,6 +133,8 @@ def run_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if is_shard_dir(args.out):
         return run_embed_shards(args, out)
+    if args.ray is not None:
+        raise FaceNetError("--ray writes a directory of shards: --out DIR/ (with the trailing slash)")
     if args.shard_size is not None:
         raise FaceNetError("--shard-size is for a shard directory: --out DIR/ (with the trailing slash)")
     if out.suffix not in OUTPUT_FORMATS:
@@ -181,9 +167,6 @@ def run_embed(args: argparse.Namespace) -> int:
     return report.finish(args.strict, report_path)
 
 
-SHARD_SIZE = 1000
-
-
 def is_shard_dir(out: str) -> bool:
     """``--out DIR/`` (a trailing slash) or an existing directory: a resumable directory of shards."""
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
@@ -199,6 +182,10 @@ def run_embed_shards(args: argparse.Namespace, out: Path) -> int:
     shard_size = SHARD_SIZE if args.shard_size is None else args.shard_size
     if shard_size < 1:
         raise FaceNetError("--shard-size must be at least 1 photo")
+    if args.ray is not None:
+        return run_embed_ray(args, out, shard_size)
+    if args.ray_actors is not None:
+        raise FaceNetError("--ray-actors is for a run on Ray: add --ray [ADDRESS]")
     paths = list(dict.fromkeys(os.path.abspath(p) for p in expand_image_paths(args.paths)))  # each photo once
     embedder = embedder_from_args(args)
     detector = None if args.no_detect else (args.detector or embedder.recipe.detector)
@@ -222,6 +209,48 @@ def run_embed_shards(args: argparse.Namespace, out: Path) -> int:
     print(
         f"wrote {run.faces} embeddings of {embedder.embedding_size} dims from {run.embedded_photos} photo(s) "
         f"to {out}; it holds {report.faces} from {report.embedded_photos} photo(s) in {len(shards.shards)} shard(s)"
+    )
+    return report.finish(args.strict, report_path)
+
+
+def run_embed_ray(args: argparse.Namespace, out: Path, shard_size: int) -> int:
+    """``--out DIR/ --ray [ADDRESS]``: the same directory, the photos embedded by a pool of Ray actors
+    (``facenet.ray_embed``)."""
+    from facenet.ray_embed import embed_on_ray
+
+    if args.workers is not None:
+        raise FaceNetError("--workers is for a run in one process; on Ray, --ray-actors sets how many embed at once")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise FaceNetError("--ray-actors must be at least 1")
+    done = embed_on_ray(
+        args.paths,
+        out,
+        args.model,
+        address=args.ray or None,
+        actors=args.ray_actors,
+        gpus_per_actor=0.0 if args.device == "cpu" else 1.0,
+        device=args.device,
+        detector=args.detector,
+        detect=not args.no_detect,
+        backend=args.backend,
+        which=None if args.which == "all" else args.which,
+        all_faces=all_faces(args),
+        min_face=args.min_face or None,
+        batch_size=args.batch_size,
+        shard_size=shard_size,
+    )
+    if done.already_done:
+        print(
+            f"{out}: {done.already_done} of the {done.already_done + done.run.photos} photo(s) were already done; "
+            f"embedded the other {done.run.photos} on Ray"
+        )
+    report, run = done.total, done.run
+    report_path = Path(args.skipped_report) if args.skipped_report else out / "skipped.json"
+    report.write(report_path)
+    print(
+        f"wrote {run.faces} embeddings of {done.embedding_size} dims from {run.embedded_photos} photo(s) on Ray "
+        f"to {out}; it holds "
+        f"{report.faces} from {report.embedded_photos} photo(s) in {done.shards} shard(s)"
     )
     return report.finish(args.strict, report_path)
 
@@ -373,7 +402,7 @@ def register(sub) -> None:
         "be embedded (or, with --strict, when anything was skipped). For a big collection, "
         "--out DIR/ writes a directory of Parquet shards and a manifest instead: a run that is "
         "stopped (even killed) goes on where it stopped when re-run with the same DIR, each "
-        "photo embedded once.",
+        "photo embedded once; with --ray a pool of Ray actors embeds the photos into the same kind of DIR.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     p.add_argument(
@@ -391,6 +420,26 @@ def register(sub) -> None:
         default=None,
         metavar="N",
         help=f"with --out DIR/: photos per shard (all their faces), the most a killed run loses (default {SHARD_SIZE})",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="with --out DIR/: embed on Ray (pip install 'facenet-triplet[ray]'), a pool of actors each holding the "
+        "model once, into the same directory of shards; without ADDRESS a local Ray on this machine's cores (or the "
+        "cluster $RAY_ADDRESS names), "
+        "'auto' the cluster this machine belongs to (ray start), ray://HOST:10001 through Ray Client. PATHs may "
+        "also be fsspec URLs (s3://..., gs://..., file://...); photos must be readable by every worker, DIR is "
+        "written here. With --device cuda each actor takes a GPU",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ray: actors embedding at once, one core (or GPU) each (default: as many as the cluster has)",
     )
     p.add_argument("--all-faces", action="store_true", help="embed every face found (the same as --which all)")
     add_which_option(p, None)

@@ -83,7 +83,7 @@ def _crops(folder: str | None, size: int, count: int):
 
         faces = SyntheticFaces(count, seed=0, size=size)
         return [faces.render(i, 0) for i in range(count)]
-    from facenet.commands.core import expand_image_paths
+    from facenet.data.images import expand_image_paths
 
     paths = expand_image_paths([folder])
     if len(paths) < 16:

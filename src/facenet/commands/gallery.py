@@ -12,13 +12,19 @@ from facenet.commands.core import (
     add_which_option,
     all_faces,
     embedder_from_args,
-    expand_image_paths,
 )
+from facenet.data.images import expand_image_paths
 from facenet.errors import FaceNetError, GalleryError
 from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 from facenet.paths import GALLERY_ENV, gallery_location
 
 EXIT_UNIDENTIFIED = 1
+INDEXES = ("auto", "exact", "hnsw", "ivf", "pgvector")  # facenet.gallery.gallery.INDEXES, without loading FAISS
+INDEX_HELP = (
+    "how the gallery is searched: auto (default: exact up to 50,000 faces, HNSW above), exact, hnsw, ivf "
+    "(FAISS, every face loaded into this process), or pgvector (PostgreSQL galleries only: HNSW inside the "
+    "database with the pgvector extension, nothing loaded here)"
+)
 
 
 GALLERY_HELP = (
@@ -180,7 +186,7 @@ def run_identify(args: argparse.Namespace) -> int:
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
 
     embedder = embedder_from_args(args)
-    with _open(args, embedder.name, embedder.embedding_size, create=False) as g:
+    with _open(args, embedder.name, embedder.embedding_size, create=False, index=args.index) as g:
         if args.threshold is not None:
             threshold = args.threshold
             print(f"# model {embedder.name}, threshold {threshold:.4f} (by hand: no stranger rate)", file=sys.stderr)
@@ -340,6 +346,7 @@ def register(sub) -> None:
     )
     p.add_argument("--threshold", type=float, help="squared-L2 threshold (overrides --far)")
     p.add_argument("--gallery", help=gallery_help)
+    p.add_argument("--index", choices=INDEXES, default="auto", help=INDEX_HELP)
     add_batch_options(
         p,
         "none; skipped photos are printed",

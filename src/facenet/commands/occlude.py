@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from facenet.align import FaceFinder, Recipe, get_detector
-    from facenet.commands.core import expand_image_paths
+    from facenet.data.images import expand_image_paths
     from facenet.errors import DataError, FaceNetError
     from facenet.fileio import atomic_write
     from facenet.occlusion import occlude

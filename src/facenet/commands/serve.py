@@ -8,6 +8,7 @@ import os
 import sys
 
 from facenet.commands.core import add_model_options, embedder_from_args
+from facenet.commands.gallery import INDEX_HELP, INDEXES
 from facenet.errors import FaceNetError
 from facenet.gallery.policy import CHOICES, DEFAULT_POLICY
 
@@ -34,7 +35,7 @@ def run_serve(args: argparse.Namespace) -> int:
         parse_rate(rate)  # a wrong rate fails here, in one line
     embedder = embedder_from_args(args)
     gallery = gallery_location(args.gallery)
-    with Gallery.open(gallery, embedder.name, embedder.embedding_size, policy=args.policy) as g:
+    with Gallery.open(gallery, embedder.name, embedder.embedding_size, policy=args.policy, index=args.index) as g:
         shown, policy = g.location, g.policy  # a wrong gallery fails here, in one line; never a URL's password
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -45,7 +46,7 @@ def run_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         rate_limit=rate,
     )
-    app = create_app(embedder, gallery, keys=keys, limits=limits, policy=args.policy)
+    app = create_app(embedder, gallery, keys=keys, limits=limits, policy=args.policy, index=args.index)
     print(f"facenet serve: {_access_line(keys)}", file=sys.stderr)
     if not _is_loopback(args.host):
         print(
@@ -118,6 +119,7 @@ def register(sub) -> None:
         help=f"how a new gallery scores a person with several photos: {CHOICES} (default: "
         f"{DEFAULT_POLICY}); an existing gallery keeps its own, and asking it for another is an error",
     )
+    p.add_argument("--index", choices=INDEXES, default="auto", help=INDEX_HELP)
     p.add_argument(
         "--api-key-file",
         metavar="FILE",

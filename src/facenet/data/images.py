@@ -191,6 +191,23 @@ def _opened(data: bytes, name: str, max_pixels: int):
         raise BadImageError(f"{name}: corrupt image header ({exc}); re-download or re-export it") from None
 
 
+def expand_image_paths(inputs: list[str]) -> list[Path]:
+    """Files as given; directories expand to the images below them, sorted."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise BadImageError(f"no images found in folder {path}")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise BadImageError(f"no such file or folder: {path}")
+    return paths
+
+
 def fit_to_input(image: ImageLike, size: int) -> np.ndarray:
     """Centre-crop an (already face-cropped) image to a square and resize it to ``size`` x ``size``.
 

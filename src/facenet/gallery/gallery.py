@@ -42,6 +42,9 @@ from facenet.gallery.sqlite import SQLiteStore
 from facenet.gallery.store import STORAGES, Match, Person, Record, SQLStore, is_url
 
 _ROUNDING = 1e-5  # FAISS and NumPy may round the same float32 distance differently by this much
+# -- pgvector (facenet.gallery.pgvector): the search runs in PostgreSQL, the process keeps no index --
+PGVECTOR = "pgvector"
+INDEXES = (*KINDS, PGVECTOR)  # what ``index`` (and the CLI's --index) accepts
 
 
 def open_store(
@@ -88,6 +91,12 @@ class Gallery:
         self._gallery_id: str | None = None  # read on the gallery's thread (an SQLite connection is bound to it)
         self._writer = snapshot.Writer(self)
         self._closing = False
+        self._pgvector = None  # pgvector hook: a PgvectorSearch that replaces the in-process index
+        if index == PGVECTOR:
+            from facenet.gallery.pgvector import PgvectorSearch
+
+            self._pgvector = PgvectorSearch(store, self.scorer)
+            self.snapshots = False  # no in-process index: nothing to snapshot
 
     @classmethod
     def open(
@@ -105,12 +114,24 @@ class Gallery:
         ``location`` is a file path (SQLite) or a ``postgresql://user@host/db`` URL. ``model_id``/
         ``embedding_size`` of ``None`` accept whatever the gallery holds (listing, export); creating one
         needs both. ``storage`` ("float32" or "int8") only matters on creation; ``index`` is the FAISS
-        index kind (see ``facenet.gallery.index``). ``policy`` (see ``facenet.gallery.policy``) is recorded
-        on creation (``None``: the default); opening a gallery with another policy than asked is an error.
+        index kind (see ``facenet.gallery.index``), or "pgvector" for a PostgreSQL gallery searched inside the
+        database, no copy in this process (see ``facenet.gallery.pgvector``). ``policy`` (see
+        ``facenet.gallery.policy``) is recorded on creation (``None``: the default); opening a gallery with
+        another policy than asked is an error.
         """
-        if index not in KINDS:  # before anything is opened
-            raise GalleryError(f"unknown index kind {index!r}; choose one of {', '.join(KINDS)}")
-        return cls(open_store(location, model_id, embedding_size, create, storage, policy), index)
+        if index not in INDEXES:  # before anything is opened
+            raise GalleryError(f"unknown index kind {index!r}; choose one of {', '.join(INDEXES)}")
+        if index == PGVECTOR and not is_url(location):
+            raise GalleryError(
+                "index pgvector searches inside PostgreSQL: it needs a postgresql:// gallery, not the file "
+                f"{location}; use another index ({', '.join(KINDS)})"
+            )
+        store = open_store(location, model_id, embedding_size, create, storage, policy)
+        try:
+            return cls(store, index)
+        except BaseException:
+            store.close()
+            raise
 
     @property
     def location(self) -> str:
@@ -233,6 +254,8 @@ class Gallery:
     def comparisons(self) -> int:
         """What a stranger's query amounts to in single-photo comparisons under this gallery's policy: the
         gallery size the open-set threshold is set for (``facenet.evaluate.calibrate.identification_threshold``)."""
+        if self._pgvector is not None:  # pgvector hook
+            return self._pgvector.comparisons()
         self.sync()  # counted from the index kept in step, not by a query over every person
         return self.scorer.comparisons(len(self._person_faces), len(self._face_person))
 
@@ -241,6 +264,8 @@ class Gallery:
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.embedding_size:
             raise GalleryError(f"queries must be (n, {self.embedding_size}) embeddings, got shape {queries.shape}")
+        if self._pgvector is not None:  # pgvector hook: candidates from the database, scored from the store
+            return self._pgvector.identify(queries, k, threshold)
         self.sync()
         if not self._person_faces or k < 1:
             return [[] for _ in queries]
@@ -274,6 +299,8 @@ class Gallery:
     def sync(self) -> int:
         """Bring the index up to date with the store's change feed (the first time: from the index snapshot
         if a valid one exists, else loading every face); returns the feed position it now reflects."""
+        if self._pgvector is not None:  # pgvector hook: nothing held here, nothing to load or snapshot
+            return self._pgvector.sync()
         with self._lock:
             return self._sync()
 

@@ -74,6 +74,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def copy_row(vector: list[tuple]) -> np.dtype:
+    """One row of a binary COPY of (id bigint, person bigint, vector): the field count, then each field's
+    length and value; ``vector`` gives the vector's own fields (bytea here, pgvector's ``vector`` type there)."""
+    head = [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("person_len", ">i4"), ("person", ">i8")]
+    return np.dtype([*head, ("vector_len", ">i4"), *vector])
+
+
 class _Cursor:
     """A psycopg cursor that takes the stores' shared SQL (``?`` placeholders)."""
 
@@ -92,6 +99,8 @@ class PostgresStore(SQLStore):
         super().__init__(model_id, embedding_size, storage, policy)
         self.location, self._url, self._pool = redact(url), url, pool
         self._listener: psycopg.Connection | None = None
+        self._has_vectors = False  # the pgvector side table exists (asked per enrolment until it does)
+        self._has_templates = False  # ... and its table of templates (policy "template")
 
     @classmethod
     def open(
@@ -168,6 +177,25 @@ class PostgresStore(SQLStore):
         cur.executemany(
             "INSERT INTO embeddings (face_id, vector) VALUES (?, ?)", [(i, blob) for i, (_, blob, _) in zip(ids, faces)]
         )
+        self._insert_vectors(cur, ids, faces)
+
+    def _insert_vectors(self, cur, ids: list[int], faces: list[tuple[int, bytes, str]]) -> None:
+        """Index pgvector: once a process enabled it (``facenet.gallery.pgvector``), every enrolment, by any process,
+        writes its faces' vectors to its side table too, in the same transaction. Asked after the faces are
+        inserted (with the feed's row lock held), so the enabling transaction has either committed (and is seen)
+        or will copy these faces itself."""
+        if not self._has_vectors:
+            self._has_vectors, self._has_templates = cur.execute(
+                "SELECT to_regclass('face_vectors') IS NOT NULL, to_regclass('person_templates') IS NOT NULL"
+            ).fetchone()
+        if self._has_vectors and ids:
+            from facenet.gallery.pgvector import refresh_templates, write_vectors
+
+            persons = np.array([person_id for person_id, _, _ in faces], np.int64)
+            vectors = self.decode(b"".join(blob for _, blob, _ in faces), len(faces))
+            write_vectors(cur.raw, np.array(ids, np.int64), persons, vectors)
+            if self._has_templates:
+                refresh_templates(cur.raw, sorted(set(persons.tolist())))
 
     def _fetch_faces(self, cur, where: str, params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sql = (
@@ -191,18 +219,7 @@ class PostgresStore(SQLStore):
         """Binary COPY output of (id bigint, person bigint, vector bytea) -> a NumPy record array.
 
         Every row has the same size (the vectors do), so the whole stream is one array of records."""
-        vector = (self.stored_dtype().newbyteorder("<"), (self.embedding_size,))
-        row = np.dtype(
-            [
-                ("fields", ">i2"),
-                ("id_len", ">i4"),
-                ("id", ">i8"),
-                ("person_len", ">i4"),
-                ("person", ">i8"),
-                ("vector_len", ">i4"),
-                ("vector", *vector),
-            ]
-        )
+        row = copy_row([("vector", self.stored_dtype().newbyteorder("<"), (self.embedding_size,))])
         if not data.startswith(_COPY_SIGNATURE) or len(data) < 21:
             raise GalleryError(f"gallery {self.location}: unexpected answer to COPY; is this a PostgreSQL server?")
         start = 19 + int.from_bytes(data[15:19], "big")  # signature, flags, header extension

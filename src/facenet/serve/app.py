@@ -416,14 +416,16 @@ def create_app(
     keys: Keys = Keys(),
     limits: Limits = Limits(),
     policy: str | None = None,
+    index: str = "auto",
 ) -> FastAPI:
     """The service over ``embedder`` (loaded) and the gallery at ``gallery`` (a file path or a
     PostgreSQL URL; created if absent, scoring people by ``policy``, see ``facenet.gallery.policy``).
 
+    ``index`` is how each replica searches (``Gallery.open``; "pgvector": inside PostgreSQL, no copy here).
     ``keys`` says who may read and change the gallery (``facenet.serve.security.Keys``; by default
     nobody: the gallery endpoints answer 401 with how to set a key).
     """
-    engine = Engine(embedder, str(gallery), limits, policy)
+    engine = Engine(embedder, str(gallery), limits, policy, index)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

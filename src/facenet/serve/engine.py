@@ -101,8 +101,11 @@ class Analysed:
 class Engine:
     """The embedder, the photo pool and the gallery's worker (see the module docstring)."""
 
-    def __init__(self, embedder: FaceEmbedder, gallery_location: str, limits: Limits, policy: str | None = None):
+    def __init__(
+        self, embedder: FaceEmbedder, gallery_location: str, limits: Limits, policy: str | None = None, index="auto"
+    ):
         self.embedder, self.gallery_location, self.limits, self.policy = embedder, gallery_location, limits, policy
+        self.index = index
         self.gallery = None
         self.pending = 0
         self.not_ready = "the gallery is loading"  # why /readyz says 503; None once ready
@@ -229,7 +232,11 @@ class Engine:
         from facenet.gallery import Gallery
 
         gallery = Gallery.open(
-            self.gallery_location, self.embedder.name, self.embedder.embedding_size, policy=self.policy
+            self.gallery_location,
+            self.embedder.name,
+            self.embedder.embedding_size,
+            policy=self.policy,
+            index=self.index,
         )
         gallery.sync()  # every face in the index before the first request
         self.gallery = gallery
