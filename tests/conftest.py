@@ -85,3 +85,25 @@ def gallery_location(request, tmp_path) -> str:
 def no_gallery_from_environment(monkeypatch):
     """A developer's $FACENET_GALLERY (perhaps a real PostgreSQL database) is never used by the tests."""
     monkeypatch.delenv("FACENET_GALLERY", raising=False)
+
+
+@pytest.fixture
+def held_hnsw_build(monkeypatch):
+    """Holds every HNSW build of ``FaceIndex`` until the test sets ``release``; ``started`` is set when one
+    begins. Yields (started, release); released at the end whatever the test did."""
+    import threading
+
+    from facenet.gallery.index import FaceIndex
+
+    started, release = threading.Event(), threading.Event()
+    make = FaceIndex._make
+
+    def held_make(self, kind, ids, vectors):
+        if kind == "hnsw":
+            started.set()
+            assert release.wait(60)
+        return make(self, kind, ids, vectors)
+
+    monkeypatch.setattr(FaceIndex, "_make", held_make)
+    yield started, release
+    release.set()

@@ -106,22 +106,11 @@ def test_identify_with_fewer_people_than_k_searches_once(tmp_path, monkeypatch):
     assert len(matches) == 3 and asked == [20]  # before: 20 -> 80 -> 90 (the whole gallery)
 
 
-def test_switch_to_hnsw_happens_off_the_callers_path(monkeypatch):
+def test_switch_to_hnsw_happens_off_the_callers_path(monkeypatch, held_hnsw_build):
     """The add that crosses the threshold returns at once; searches answer (exactly) from the old index
     while HNSW is built; adds and removals made meanwhile are replayed onto the new one."""
-    import threading
-
     monkeypatch.setattr(index_mod, "AUTO_THRESHOLD", 50)
-    release, started = threading.Event(), threading.Event()
-    make = FaceIndex._make
-
-    def slow_make(self, kind, ids, vectors):
-        if kind == "hnsw":
-            started.set()
-            assert release.wait(30)
-        return make(self, kind, ids, vectors)
-
-    monkeypatch.setattr(FaceIndex, "_make", slow_make)
+    started, release = held_hnsw_build
     rng = np.random.default_rng(6)
     v = unit(rng, 120)
     idx = FaceIndex(32, "auto")

@@ -4,7 +4,6 @@ import logging
 import os
 import shutil
 import stat
-import threading
 import time
 
 import numpy as np
@@ -275,20 +274,11 @@ def test_postgres_snapshots_live_in_the_cache(monkeypatch, tmp_path):
     assert snapshot_path(tmp_path / "g.db") == tmp_path / "g.db.index"
 
 
-def test_enrolment_crossing_the_hnsw_switch_does_not_wait_for_the_build(tmp_path, monkeypatch):
+def test_enrolment_crossing_the_hnsw_switch_does_not_wait_for_the_build(tmp_path, monkeypatch, held_hnsw_build):
     """The enrolment (and the searches after it) that takes the gallery past AUTO_THRESHOLD returns while
     the HNSW index is still being built; answers stay right meanwhile and after the swap."""
     monkeypatch.setattr(index_mod, "AUTO_THRESHOLD", 200)
-    release, started = threading.Event(), threading.Event()
-    make = FaceIndex._make
-
-    def held_make(self, kind, ids, vectors):
-        if kind == "hnsw":
-            started.set()
-            assert release.wait(60)
-        return make(self, kind, ids, vectors)
-
-    monkeypatch.setattr(FaceIndex, "_make", held_make)
+    started, release = held_hnsw_build
     rng = np.random.default_rng(9)
     path = tmp_path / "g.db"
     vectors = fill(path, rng, people=39)  # 195 faces: exact
