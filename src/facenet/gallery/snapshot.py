@@ -94,7 +94,7 @@ def snapshot_path(location: str | os.PathLike) -> Path:
 def _crc(header: dict, arrays: list[np.ndarray]) -> int:
     crc = zlib.crc32(json.dumps(header, sort_keys=True).encode())
     for a in arrays:
-        crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
+        crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1).data, crc)
     return crc
 
 
