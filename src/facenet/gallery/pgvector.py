@@ -32,8 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from facenet.errors import GalleryError
-from facenet.gallery.postgres import copy_row
-from facenet.gallery.store import Match
+from facenet.gallery.store import Match, copy_row
 
 TABLE = "face_vectors"
 INDEX = "face_vectors_hnsw"
@@ -87,14 +86,12 @@ def enable(store) -> None:
     """Create the extension, the side table (filled with the faces already there) and its HNSW index, once."""
     import psycopg
 
-    from facenet.gallery.postgres import _SCHEMA_LOCK
-
     with store._write() as cur:
         raw = cur.raw
         template = store.policy == "template"
         if _ready(raw, template):
             return
-        raw.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))  # one process enables it
+        raw.execute("SELECT pg_advisory_xact_lock(%s)", (store.schema_lock,))  # one process enables it
         raw.execute("SELECT head FROM feed WHERE id = 1 FOR UPDATE")  # every writer waits until we commit
         try:
             with raw.connection.transaction():  # a savepoint: the error alone is reported, not an aborted transaction

@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from facenet.errors import GalleryError, GalleryUnavailableError
 from facenet.fileio import atomic_path
-from facenet.gallery.store import SQLStore, check_model, meta_rows
+from facenet.gallery.store import SQLStore, check_model, copy_row, meta_rows
 
 SCHEMA_VERSION = 1
 CHANNEL = "facenet_gallery"
@@ -74,13 +74,6 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def copy_row(vector: list[tuple]) -> np.dtype:
-    """One row of a binary COPY of (id bigint, person bigint, vector): the field count, then each field's
-    length and value; ``vector`` gives the vector's own fields (bytea here, pgvector's ``vector`` type there)."""
-    head = [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("person_len", ">i4"), ("person", ">i8")]
-    return np.dtype([*head, ("vector_len", ">i4"), *vector])
-
-
 class _Cursor:
     """A psycopg cursor that takes the stores' shared SQL (``?`` placeholders)."""
 
@@ -95,6 +88,8 @@ class _Cursor:
 
 
 class PostgresStore(SQLStore):
+    schema_lock = _SCHEMA_LOCK  # also taken by facenet.gallery.pgvector when it adds its tables
+
     def __init__(self, url: str, pool: ConnectionPool, model_id: str, embedding_size: int, storage: str, policy: str):
         super().__init__(model_id, embedding_size, storage, policy)
         self.location, self._url, self._pool = redact(url), url, pool

@@ -131,6 +131,14 @@ def new_gallery_id() -> str:
     return uuid.uuid4().hex
 
 
+def copy_row(vector: list[tuple]) -> np.dtype:
+    """One row of PostgreSQL's binary COPY of (id bigint, person bigint, vector): the field count, then each
+    field's length and value; ``vector`` gives the vector's own fields (a bytea for the faces table in
+    ``postgres``, pgvector's ``vector`` type for its side table in ``pgvector``)."""
+    head = [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("person_len", ">i4"), ("person", ">i8")]
+    return np.dtype([*head, ("vector_len", ">i4"), *vector])
+
+
 class SQLStore:
     """SQL shared by the stores. Subclasses provide connections (``_read``, ``_write``) and may speed up
     ``_insert_faces`` and ``_fetch_faces``; they set ``location`` (shown in messages, never a password)."""
