@@ -65,7 +65,7 @@ PROPOSALS = ("auto", "yunet", "pnet")
 # RESULTS.md, issue 28: 4 passes 87% of faces within 1% of their width, 8 passes 93%)
 SETTLE_PASSES = 8
 # A face stops settling once O-Net's answer lies within this fraction of its width of where it stands (the
-# pass then moves it by half of that): on 80 LFW photos 5.0 passes per photo on average, a quarter using all 8.
+# pass then moves it by half of that): on 80 LFW photos 6.0 passes per photo on average, a quarter using all 8.
 SETTLED = 0.002
 # R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
 # (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
