@@ -45,10 +45,10 @@ def test_hnsw_rebuilds_after_many_removals_and_pads_short_results():
     idx = FaceIndex(32, "hnsw")
     idx.rebuild(np.arange(40), v)
     idx.remove(range(5))
-    assert idx._removed  # filtered, not yet rebuilt
+    assert idx._built.removed  # filtered, not yet rebuilt
     idx.remove(range(5, 30))
     assert idx.wait_for_build(30)  # rebuilt off the caller's path
-    assert not idx._removed and idx._index.ntotal == 10  # rebuilt from live vectors
+    assert not idx._built.removed and idx._built.index.ntotal == 10  # rebuilt from live vectors
     dist, got = idx.search(v[35:36], 20)
     assert sorted(got[0].tolist()) == list(range(30, 40))
     assert got[0, 0] == 35 and dist[0, 0] == pytest.approx(0, abs=1e-6)
@@ -64,7 +64,7 @@ def test_auto_switches_to_hnsw_past_threshold(monkeypatch):
     idx.add(np.arange(30, 80), v[30:])
     assert idx.wait_for_build(30)  # built in the background
     assert idx.kind == "hnsw" and len(idx) == 80
-    assert isinstance(faiss.downcast_index(idx._index.index), faiss.IndexHNSWFlat)
+    assert isinstance(faiss.downcast_index(idx._built.index.index), faiss.IndexHNSWFlat)
     _, got = idx.search(v, 1)
     assert (got[:, 0] == np.arange(80)).mean() > 0.95
 
@@ -84,8 +84,8 @@ def test_hnsw_search_after_removals_fetches_only_k(monkeypatch):
     idx.rebuild(np.arange(400), v)
     idx.remove(range(0, 80))  # 20%: below the rebuild point, so the selector is used
     asked = []
-    inner_search = idx._index.search
-    monkeypatch.setattr(idx._index, "search", lambda q, k, **kw: asked.append(k) or inner_search(q, k, **kw))
+    inner_search = idx._built.index.search
+    monkeypatch.setattr(idx._built.index, "search", lambda q, k, **kw: asked.append(k) or inner_search(q, k, **kw))
     dist, got = idx.search(v[100:110], 5)
     assert asked == [5] and not (set(got.ravel().tolist()) & set(range(80)))
     assert (got[:, 0] == np.arange(100, 110)).all()
@@ -145,3 +145,51 @@ def test_serialized_hnsw_holds_no_removed_vectors():
     again = FaceIndex.deserialize(32, "hnsw", kind, data, removed)
     np.testing.assert_array_equal(again.search(v[10:], 3)[1], idx.search(v[10:], 3)[1])
     np.testing.assert_allclose(idx.vectors([3]), v[3:4])  # the live index still holds it (until a rebuild)
+
+
+def test_new_hnsw_faces_are_searched_beside_the_graph_then_folded_in(monkeypatch):
+    """Faces added to an HNSW index skip the graph insertion (an exact side index answers for them) until
+    ``FRESH_FOLD_AT`` gather; a background fold then moves them into the graph; searches, removals and
+    vectors give the same answers throughout (brute force over the live faces)."""
+    monkeypatch.setattr(index_mod, "FRESH_FOLD_AT", 60)
+    rng = np.random.default_rng(8)
+    v, queries = unit(rng, 400), unit(rng, 20)
+    ids = np.arange(1000, 1400, dtype=np.int64)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(ids[:300], v[:300])
+    idx.add(ids[300:350], v[300:350])  # below the fold point: all fresh
+    assert idx._built.fresh.ntotal == 50 and idx._built.index.ntotal == 300 and idx._folder is None
+    idx.remove([1000, 1001, 1310, 1311])  # two in the graph, two fresh
+    live = np.isin(ids[:350], [1000, 1001, 1310, 1311], invert=True)
+    assert len(idx) == 346 and idx._built.fresh.ntotal == 48 and idx._built.removed == {1000, 1001}
+    ref_d, ref_i = brute(v[:350][live], ids[:350][live], np.r_[queries, v[305:315]], 5)
+    dist, got = idx.search(np.r_[queries, v[305:315]], 5)
+    np.testing.assert_array_equal(got, ref_i)  # 346 faces: the graph search at ef 512 is exhaustive
+    np.testing.assert_allclose(dist, ref_d, atol=1e-5)
+    np.testing.assert_allclose(idx.vectors([1320, 5 + 1000, 1349]), v[[320, 5, 349]])
+
+    idx.add(ids[350:], v[350:])  # 98 fresh: a fold starts
+    assert idx.wait_for_build(30)
+    assert idx._built.fresh.ntotal == 0 and idx._built.index.ntotal == 398 and len(idx) == 396  # 2 skipped
+    live = np.isin(ids, [1000, 1001, 1310, 1311], invert=True)
+    ref_d, ref_i = brute(v[live], ids[live], queries, 5)
+    np.testing.assert_array_equal(idx.search(queries, 5)[1], ref_i)
+    np.testing.assert_allclose(idx.vectors(ids[live]), v[live])
+
+
+def test_a_rebuild_takes_the_fresh_faces_and_a_snapshot_holds_them(monkeypatch):
+    monkeypatch.setattr(index_mod, "REBUILD_FRACTION", 0.1)
+    rng = np.random.default_rng(9)
+    v = unit(rng, 300)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(np.arange(200), v[:200])
+    idx.add(np.arange(200, 250), v[200:250])  # fresh
+    idx.remove(range(0, 25))  # > 10% of the graph: rebuilt in the background from graph + fresh faces
+    idx.add(np.arange(250, 300), v[250:])  # during the build or after: fresh again either way
+    assert idx.wait_for_build(30) and not idx._built.removed and len(idx) == 275
+    assert idx._built.index.ntotal + idx._built.fresh.ntotal == 275
+    kind, data, removed = idx.serialize()  # folds the fresh faces into the graph it writes
+    assert idx._built.fresh.ntotal == 0 and idx._built.index.ntotal == 275
+    again = FaceIndex.deserialize(32, "hnsw", kind, data, removed)
+    assert len(again) == 275
+    np.testing.assert_array_equal(again.search(v[25:], 1)[1][:, 0], np.arange(25, 300))

@@ -7,7 +7,11 @@ Distances are squared L2 (FAISS's L2 indexes return squared distances, which is 
   for the candidates it returns). HNSW cannot delete, so removed ids go into a set that the graph
   search itself skips (a FAISS ID selector: no over-fetching, so the cost does not grow with the
   removals); once removed faces exceed a quarter of the index it is rebuilt from the live vectors.
-  Removal is therefore visible on the very next query.
+  Removal is therefore visible on the very next query. Inserting into the graph costs about a
+  millisecond per face at 100,000 faces (and grows with the graph), so new faces first go to a small
+  exact index searched beside the graph (``fresh``) and are folded into the graph on a background
+  thread once ``FRESH_FOLD_AT`` have gathered, ``FOLD_SLICE`` at a time: enrolment costs what it costs
+  in a small gallery, and a query waits at most one slice.
 * ``ivf``: ``IndexIVFFlat`` trained once on the faces present when it is built (needs at least
   ``IVF_MIN_TRAIN`` faces, otherwise exact search is used); later faces go to the trained lists
   without retraining; removal is direct.
@@ -46,15 +50,102 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 512
 REBUILD_FRACTION = 0.25
+FRESH_FOLD_AT = 256  # new faces searched exactly beside the HNSW graph before a background fold starts
+FOLD_SLICE = 16  # faces folded into the graph per hold of the lock (~1 ms each at 100,000 faces)
 _REPLAY_UNDER_LOCK = 256  # journalled changes a finished build replays while holding the lock (the rest before)
 
 log = logging.getLogger(__name__)
 
 
+class _Built:
+    """One built FAISS index and what goes with it: for HNSW, the faces added since the graph was built
+    (``fresh``: exact, searched beside the graph) and the removed ids its search skips."""
+
+    def __init__(self, kind: str, index, dim: int):
+        self.kind, self.index = kind, index
+        self.fresh = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+        self.removed: set[int] = set()
+        self.skip: tuple | None = None  # (search parameters skipping ``removed``, what they point to), on demand
+
+    def __len__(self) -> int:
+        return self.index.ntotal - len(self.removed) + self.fresh.ntotal
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        (self.fresh if self.kind == "hnsw" else self.index).add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        if self.kind != "hnsw":
+            self.index.remove_ids(ids)
+            return
+        fresh = self._in_fresh(ids)
+        if fresh.any():
+            self.fresh.remove_ids(ids[fresh])
+        if not fresh.all():
+            self.removed.update(ids[~fresh].tolist())
+            self.skip = None
+
+    def fold(self, n: int) -> None:
+        """Move up to ``n`` fresh faces into the graph."""
+        n = min(n, self.fresh.ntotal)
+        ids = faiss.vector_to_array(self.fresh.id_map)[:n].astype(np.int64)
+        self.index.add_with_ids(self.fresh.index.reconstruct_n(0, n), ids)
+        self.fresh.remove_ids(ids)
+
+    def search(self, queries: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.removed:
+            dist, ids = self.index.search(queries, k, params=self._skip_removed(ef_search))
+        else:
+            dist, ids = self.index.search(queries, k)
+        if self.fresh.ntotal:  # both lists, nearest first
+            fresh_dist, fresh_ids = self.fresh.search(queries, min(k, self.fresh.ntotal))
+            dist, ids = np.concatenate([dist, fresh_dist], 1), np.concatenate([ids, fresh_ids], 1)
+            dist = np.where(ids < 0, np.inf, dist)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            dist, ids = np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+        return dist, ids
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        fresh = self._in_fresh(ids)
+        if not fresh.any():
+            return self.index.reconstruct_batch(ids)
+        out = np.empty((len(ids), self.index.d), np.float32)
+        out[fresh] = self.fresh.reconstruct_batch(ids[fresh])
+        if not fresh.all():
+            out[~fresh] = self.index.reconstruct_batch(ids[~fresh])
+        return out
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and vectors still present (exact and HNSW keep full vectors behind an id map)."""
+        parts = []
+        for index in (self.index, self.fresh):
+            n = index.ntotal
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            parts.append((ids, index.index.reconstruct_n(0, n) if n else np.empty((0, index.d), np.float32)))
+        ids, vectors = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if self.removed:
+            keep = ~np.isin(ids, np.fromiter(self.removed, np.int64, len(self.removed)))
+            ids, vectors = ids[keep], vectors[keep]
+        return ids, vectors
+
+    def _in_fresh(self, ids: np.ndarray) -> np.ndarray:
+        if not self.fresh.ntotal:
+            return np.zeros(len(ids), bool)
+        return np.isin(ids, faiss.vector_to_array(self.fresh.id_map))
+
+    def _skip_removed(self, ef_search: int):
+        """HNSW search parameters whose selector skips the removed faces (built once per set of removals)."""
+        if self.skip is None:
+            removed = faiss.IDSelectorBatch(np.fromiter(self.removed, np.int64, len(self.removed)))
+            keep = faiss.IDSelectorNot(removed)
+            params = faiss.SearchParametersHNSW(sel=keep, efSearch=ef_search)
+            self.skip = (params, keep, removed)  # SWIG holds raw pointers: keep the Python objects alive
+        return self.skip[0]
+
+
 class FaceIndex:
     """Face ids -> vectors; ``search`` returns (squared distances, face ids), nearest first.
 
-    Safe to use from several threads (one lock); the background builder is the only other thread."""
+    Safe to use from several threads (one lock); the background builder and folder are the only others."""
 
     def __init__(self, dim: int, kind: str = "auto", ef_search: int = HNSW_EF_SEARCH):
         if kind not in KINDS:
@@ -63,15 +154,14 @@ class FaceIndex:
         self._lock = threading.RLock()
         self._journal: list[tuple[str, np.ndarray, np.ndarray | None]] | None = None  # changes during a build
         self._builder: threading.Thread | None = None
+        self._folder: threading.Thread | None = None
         self._generation = 0  # a synchronous rebuild makes an in-flight background build obsolete
         self.on_built: Callable[[], None] | None = None  # called (on the builder thread) after a background swap
-        self._removed: set[int] = set()
-        self._skip = None
-        self._build(np.empty(0, np.int64), np.empty((0, dim), np.float32))
+        self._built = self._make(self._choose(0), *_empty(dim))
 
     @property
     def kind(self) -> str:
-        return self._kind
+        return self._built.kind
 
     @property
     def building(self) -> bool:
@@ -82,53 +172,50 @@ class FaceIndex:
         """HNSW breadth of search: higher = better recall, slower (no effect on other kinds)."""
         with self._lock:
             self.ef_search = ef
-            self._skip = None
-            if self._kind == "hnsw":
-                faiss.downcast_index(self._index.index).hnsw.efSearch = ef
+            self._built.skip = None
+            if self._built.kind == "hnsw":
+                faiss.downcast_index(self._built.index.index).hnsw.efSearch = ef
 
     def __len__(self) -> int:
         with self._lock:
-            return self._index.ntotal - len(self._removed)
+            return len(self._built)
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the whole content now (a first load); a background build in flight is abandoned."""
+        ids, vectors = np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32)
         with self._lock:
             self._generation += 1
             self._journal, self._builder = None, None
-            self._build(np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32))
+            self._built = self._make(self._choose(len(ids)), ids, vectors)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.asarray(ids, np.int64)
         vectors = np.ascontiguousarray(vectors, np.float32)
         with self._lock:
-            self._index.add_with_ids(vectors, ids)
+            self._built.add(ids, vectors)
             if self._journal is not None:
                 self._journal.append(("add", ids, vectors))
-            elif self.requested == "auto" and self._kind == "exact" and len(self) > AUTO_THRESHOLD:
+            elif self.requested == "auto" and self._built.kind == "exact" and len(self._built) > AUTO_THRESHOLD:
                 self._build_in_background()  # exact keeps answering (and growing) until HNSW is ready
+            elif self._built.fresh.ntotal >= FRESH_FOLD_AT:
+                self._fold_in_background()
 
     def remove(self, ids) -> None:
         ids = np.asarray(list(ids), np.int64)
         with self._lock:
-            if self._kind != "hnsw":
-                self._index.remove_ids(ids)
-            else:
-                self._removed.update(ids.tolist())
-                self._skip = None  # the selector is rebuilt on the next search
+            built = self._built
+            built.remove(ids)
             if self._journal is not None:
                 self._journal.append(("remove", ids, None))
-            elif self._kind == "hnsw" and len(self._removed) > REBUILD_FRACTION * max(self._index.ntotal, 1):
+            elif built.kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(built.index.ntotal, 1):
                 self._build_in_background()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """k nearest live faces per query; missing slots have id -1 and distance inf."""
         queries = np.ascontiguousarray(queries, np.float32)
         with self._lock:
-            k = max(1, min(k, len(self)))
-            if self._removed:
-                dist, ids = self._index.search(queries, k, params=self._skip_removed())
-            else:
-                dist, ids = self._index.search(queries, k)
+            k = max(1, min(k, len(self._built)))
+            dist, ids = self._built.search(queries, k, self.ef_search)
         dist = np.where(ids < 0, np.inf, np.maximum(dist, 0.0))
         return dist.astype(np.float32), ids
 
@@ -138,29 +225,33 @@ class FaceIndex:
         if not len(ids):
             return np.empty((0, self.dim), np.float32)
         with self._lock:
-            return self._index.reconstruct_batch(ids)
+            return self._built.vectors(ids)
 
     def wait_for_build(self, timeout: float | None = None) -> bool:
-        """Block until no background build runs (True), or ``timeout`` s passed (False)."""
-        builder = self._builder
-        if builder is not None:
-            builder.join(timeout)
-        return self._builder is None
+        """Block until no background build or fold runs (True), or ``timeout`` s passed (False)."""
+        for thread in (self._builder, self._folder):
+            if thread is not None:
+                thread.join(timeout)
+        return self._builder is None and self._folder is None
 
     # -- snapshots (facenet.gallery.snapshot) ----------------------------------------------------
 
     def serialize(self) -> tuple[str, np.ndarray, np.ndarray]:
-        """(kind, FAISS bytes, removed ids) of the index now. An HNSW graph cannot drop a node, so the
-        vectors of removed faces are zeroed in a copy first: their embeddings never reach the bytes."""
+        """(kind, FAISS bytes, removed ids) of the index now, fresh faces folded into the graph first. An HNSW
+        graph cannot drop a node, so the vectors of removed faces are zeroed in a copy: their embeddings never
+        reach the bytes."""
         with self._lock:
-            index, removed = self._index, np.fromiter(self._removed, np.int64, len(self._removed))
+            built = self._built
+            if built.fresh.ntotal:
+                built.fold(built.fresh.ntotal)
+            index, removed = built.index, np.fromiter(built.removed, np.int64, len(built.removed))
             if len(removed):
                 index = faiss.clone_index(index)
                 inner = faiss.downcast_index(index.index)
                 storage = faiss.downcast_index(inner.storage)
                 stored = faiss.rev_swig_ptr(storage.get_xb(), inner.ntotal * self.dim).reshape(-1, self.dim)
                 stored[np.isin(faiss.vector_to_array(index.id_map), removed)] = 0.0
-            return self._kind, faiss.serialize_index(index), removed
+            return built.kind, faiss.serialize_index(index), removed
 
     @classmethod
     def deserialize(
@@ -175,23 +266,15 @@ class FaceIndex:
         if kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = ef_search
         with self._lock:
-            self._index, self._kind, self._removed, self._skip = index, kind, set(removed.tolist()), None
-            if self.requested == "auto" and kind == "exact" and len(self) > AUTO_THRESHOLD:
+            self._built = built = _Built(kind, index, dim)
+            built.removed = set(removed.tolist())
+            if self.requested == "auto" and kind == "exact" and len(built) > AUTO_THRESHOLD:
                 self._build_in_background()
-            elif kind == "hnsw" and len(self._removed) > REBUILD_FRACTION * max(index.ntotal, 1):
+            elif kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(index.ntotal, 1):
                 self._build_in_background()
         return self
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _skip_removed(self):
-        """HNSW search parameters whose selector skips the removed faces (built once per set of removals)."""
-        if self._skip is None:
-            removed = faiss.IDSelectorBatch(np.fromiter(self._removed, np.int64, len(self._removed)))
-            keep = faiss.IDSelectorNot(removed)
-            params = faiss.SearchParametersHNSW(sel=keep, efSearch=self.ef_search)
-            self._skip = (params, keep, removed)  # SWIG holds raw pointers: keep the Python objects alive
-        return self._skip[0]
 
     def _choose(self, n: int) -> str:
         kind = self.requested
@@ -201,8 +284,8 @@ class FaceIndex:
             kind = "exact"
         return kind
 
-    def _make(self, kind: str, ids: np.ndarray, vectors: np.ndarray):
-        """A new FAISS index of ``kind`` holding ``vectors`` under ``ids`` (touches nothing of ``self``)."""
+    def _make(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> _Built:
+        """A new index of ``kind`` holding ``vectors`` under ``ids`` (touches nothing of ``self``)."""
         if kind == "exact":
             index = faiss.IndexIDMap2(faiss.IndexFlatL2(self.dim))
         elif kind == "hnsw":
@@ -218,16 +301,12 @@ class FaceIndex:
             index.set_direct_map_type(faiss.DirectMap.Hashtable)  # vectors by id (``vectors``), removal kept
         if len(ids):
             index.add_with_ids(vectors, ids)
-        return index
-
-    def _build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        kind = self._choose(len(ids))
-        self._index, self._kind, self._removed, self._skip = self._make(kind, ids, vectors), kind, set(), None
+        return _Built(kind, index, self.dim)
 
     def _build_in_background(self) -> None:
         """Start building the index the live faces call for (the caller holds the lock); changes from now on
         are journalled for the builder to replay."""
-        ids, vectors = self._live()
+        ids, vectors = self._built.live()
         self._journal = []
         generation = self._generation
         self._builder = threading.Thread(
@@ -238,24 +317,23 @@ class FaceIndex:
     def _build_then_swap(self, generation: int, ids: np.ndarray, vectors: np.ndarray) -> None:
         built = False
         try:
-            kind = self._choose(len(ids))
-            index = self._make(kind, ids, vectors)  # the slow part, without the lock: searches go on
+            new = self._make(self._choose(len(ids)), ids, vectors)  # the slow part, without the lock
             del ids, vectors
-            removed: set[int] = set()
             while True:
                 with self._lock:
                     if generation != self._generation:
                         return  # replaced by a synchronous rebuild meanwhile
                     journal = self._journal or []
                     if len(journal) <= _REPLAY_UNDER_LOCK:
-                        _replay(index, kind, removed, journal)
-                        self._index, self._kind, self._removed, self._skip = index, kind, removed, None
-                        self._journal, self._builder = None, None
+                        _replay(new, journal)
+                        self._built, self._journal, self._builder = new, None, None
                         built = True
-                        log.info("gallery index now %s over %d faces (built off the request path)", kind, len(self))
+                        log.info("gallery index now %s over %d faces (built off the request path)", new.kind, len(new))
+                        if new.fresh.ntotal >= FRESH_FOLD_AT:
+                            self._fold_in_background()
                         break
                     self._journal = []
-                _replay(index, kind, removed, journal)  # a long backlog: replayed without the lock, then again
+                _replay(new, journal)  # a long backlog: replayed without the lock, then again
         except Exception:  # never leave the index stuck "building": the old one keeps answering
             log.exception("background index build failed; the previous index keeps answering")
             with self._lock:
@@ -264,23 +342,37 @@ class FaceIndex:
         if built and self.on_built is not None:
             self.on_built()
 
-    def _live(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and vectors still present (exact and HNSW keep full vectors behind an id map)."""
-        n = self._index.ntotal
-        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        vectors = self._index.index.reconstruct_n(0, n) if n else np.empty((0, self.dim), np.float32)
-        if self._removed:
-            keep = ~np.isin(ids, np.fromiter(self._removed, np.int64, len(self._removed)))
-            ids, vectors = ids[keep], vectors[keep]
-        return ids, vectors
+    def _fold_in_background(self) -> None:
+        """Start folding the fresh faces into the HNSW graph (the caller holds the lock)."""
+        if self._folder is None:
+            self._folder = threading.Thread(target=self._fold, name="facenet-index-fold", daemon=True)
+            self._folder.start()
+
+    def _fold(self) -> None:
+        """Fold ``FOLD_SLICE`` faces per hold of the lock until none is left; a build started meanwhile
+        takes the fresh faces with it (and restarts the folding when it is done)."""
+        try:
+            while True:
+                with self._lock:
+                    built = self._built
+                    if built.kind != "hnsw" or not built.fresh.ntotal or self._journal is not None:
+                        self._folder = None
+                        return
+                    built.fold(FOLD_SLICE)
+        except Exception:  # the fresh faces stay searchable where they are
+            log.exception("folding new faces into the HNSW graph failed; they stay in the exact side index")
+            with self._lock:
+                self._folder = None
 
 
-def _replay(index, kind: str, removed: set[int], journal) -> None:
-    """Apply journalled adds and removals to a freshly built index (HNSW: removals become skipped ids)."""
+def _empty(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+
+
+def _replay(built: _Built, journal) -> None:
+    """Apply journalled adds and removals to a freshly built index (HNSW: adds go to its fresh faces)."""
     for op, ids, vectors in journal:
         if op == "add":
-            index.add_with_ids(vectors, ids)
-        elif kind == "hnsw":
-            removed.update(ids.tolist())
+            built.add(ids, vectors)
         else:
-            index.remove_ids(ids)
+            built.remove(ids)
