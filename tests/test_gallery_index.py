@@ -193,3 +193,37 @@ def test_a_rebuild_takes_the_fresh_faces_and_a_snapshot_holds_them(monkeypatch):
     again = FaceIndex.deserialize(32, "hnsw", kind, data, removed)
     assert len(again) == 275
     np.testing.assert_array_equal(again.search(v[25:], 1)[1][:, 0], np.arange(25, 300))
+
+
+def test_a_fold_in_flight_neither_blocks_adds_nor_shows_twice():
+    """While a fold inserts into the graph (holding only the graph's lock), an add returns; once the faces
+    are in both the graph and the side index, searches, lengths and removals count each face once."""
+    import threading
+
+    rng = np.random.default_rng(10)
+    v = unit(rng, 120)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(np.arange(100), v[:100])
+    idx.add(np.arange(100, 110), v[100:110])
+    built = idx._built
+    with idx._lock:
+        ids, vectors = built.take_fold(8)  # faces 100..107 now in flight
+    with built.graph_lock:  # the fold inserting: an add from another thread does not wait for it
+        adder = threading.Thread(target=idx.add, args=(np.arange(110, 120), v[110:120]))
+        adder.start()
+        adder.join(10)
+        assert not adder.is_alive() and built.fresh.ntotal == 20
+        built.index.add_with_ids(vectors, ids)
+    assert len(idx) == 120
+    dist, got = idx.search(v[100:120], 3)
+    assert (got[:, 0] == np.arange(100, 120)).all()
+    assert all(len(set(row)) == 3 for row in got.tolist())  # no face twice in a result
+    live_ids, _ = built.live()
+    assert sorted(live_ids.tolist()) == list(range(120))
+    idx.remove([103])  # in flight: leaves the side index now, and is skipped in the graph once the fold ends
+    with idx._lock:
+        built.end_fold(ids)
+    assert len(idx) == 119 and built.removed == {103} and built.fresh.ntotal == 12
+    assert 103 not in idx.search(v[103:104], 5)[1].ravel().tolist()
+    ref_d, ref_i = brute(np.delete(v, 103, 0), np.delete(np.arange(120), 103), v[::7], 4)
+    np.testing.assert_array_equal(idx.search(v[::7], 4)[1], ref_i)

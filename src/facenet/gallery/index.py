@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import faiss
@@ -51,7 +52,9 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 512
 REBUILD_FRACTION = 0.25
 FRESH_FOLD_AT = 256  # new faces searched exactly beside the HNSW graph before a background fold starts
-FOLD_SLICE = 16  # faces folded into the graph per hold of the lock (~1 ms each at 100,000 faces)
+FRESH_MAX = 10_000  # beyond this (a bulk load, or faces arriving faster than folded) adds go to the graph
+FOLD_SLICE = 8  # faces folded per hold of the graph's lock (~1 ms each at 100,000 faces): a search waits that
+FOLD_PAUSE = 0.0005  # s between slices: locks are not fair, so a waiting search gets its turn
 _REPLAY_UNDER_LOCK = 256  # journalled changes a finished build replays while holding the lock (the rest before)
 
 log = logging.getLogger(__name__)
@@ -59,78 +62,113 @@ log = logging.getLogger(__name__)
 
 class _Built:
     """One built FAISS index and what goes with it: for HNSW, the faces added since the graph was built
-    (``fresh``: exact, searched beside the graph) and the removed ids its search skips."""
+    (``fresh``: exact, searched beside the graph), the removed ids its search skips, and the faces being
+    folded into it. The caller holds the index's lock; the graph itself also has its own (``graph_lock``),
+    the only one the folder holds while it inserts, so adding faces never waits for an insertion."""
 
     def __init__(self, kind: str, index, dim: int):
         self.kind, self.index = kind, index
         self.fresh = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
         self.removed: set[int] = set()
         self.skip: tuple | None = None  # (search parameters skipping ``removed``, what they point to), on demand
+        self.graph_lock = threading.Lock()
+        self.graph_count = index.ntotal  # faces in the graph, those of a fold in flight not yet counted
+        self.folding: np.ndarray | None = None  # ids of the fold in flight (still in ``fresh`` until it ends)
 
     def __len__(self) -> int:
-        return self.index.ntotal - len(self.removed) + self.fresh.ntotal
+        return self.graph_count - len(self.removed) + self.fresh.ntotal
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        (self.fresh if self.kind == "hnsw" else self.index).add_with_ids(vectors, ids)
+        if self.kind == "hnsw" and self.fresh.ntotal + len(ids) <= FRESH_MAX:
+            self.fresh.add_with_ids(vectors, ids)
+            return
+        with self.graph_lock:  # a bulk load, or fresh faces arriving faster than they are folded: pay now
+            self.index.add_with_ids(vectors, ids)
+        self.graph_count += len(ids)
 
     def remove(self, ids: np.ndarray) -> None:
         if self.kind != "hnsw":
             self.index.remove_ids(ids)
+            self.graph_count = self.index.ntotal
             return
         fresh = self._in_fresh(ids)
         if fresh.any():
             self.fresh.remove_ids(ids[fresh])
         if not fresh.all():
-            self.removed.update(ids[~fresh].tolist())
-            self.skip = None
+            self._skip(ids[~fresh])
 
-    def fold(self, n: int) -> None:
-        """Move up to ``n`` fresh faces into the graph."""
+    def take_fold(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` fresh faces, now the fold in flight (they stay searchable in ``fresh``)."""
         n = min(n, self.fresh.ntotal)
-        ids = faiss.vector_to_array(self.fresh.id_map)[:n].astype(np.int64)
-        self.index.add_with_ids(self.fresh.index.reconstruct_n(0, n), ids)
-        self.fresh.remove_ids(ids)
+        self.folding = faiss.vector_to_array(self.fresh.id_map)[:n].astype(np.int64)
+        return self.folding, self.fresh.index.reconstruct_n(0, n)
+
+    def end_fold(self, ids: np.ndarray) -> None:
+        """The fold of ``ids`` reached the graph: drop them from ``fresh`` (one removed meanwhile is now a
+        removed graph face)."""
+        fresh = self._in_fresh(ids)
+        self.fresh.remove_ids(ids[fresh])
+        self.graph_count += len(ids)
+        self.folding = None
+        if not fresh.all():
+            self._skip(ids[~fresh])
+
+    def fold_all(self) -> None:
+        """Every fresh face into the graph now (no fold in flight: the caller made sure)."""
+        ids, vectors = self.take_fold(self.fresh.ntotal)
+        with self.graph_lock:
+            self.index.add_with_ids(vectors, ids)
+        self.end_fold(ids)
 
     def search(self, queries: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.removed:
-            dist, ids = self.index.search(queries, k, params=self._skip_removed(ef_search))
-        else:
-            dist, ids = self.index.search(queries, k)
-        if self.fresh.ntotal:  # both lists, nearest first
-            fresh_dist, fresh_ids = self.fresh.search(queries, min(k, self.fresh.ntotal))
-            dist, ids = np.concatenate([dist, fresh_dist], 1), np.concatenate([ids, fresh_ids], 1)
-            dist = np.where(ids < 0, np.inf, dist)
-            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-            dist, ids = np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
-        return dist, ids
+        with self.graph_lock:
+            if self.removed:
+                dist, ids = self.index.search(queries, k, params=self._skip_removed(ef_search))
+            else:
+                dist, ids = self.index.search(queries, k)
+        if not self.fresh.ntotal:
+            return dist, ids
+        if self.folding is not None:  # a fold in flight may have reached the graph: ``fresh`` answers for it
+            ids = np.where(np.isin(ids, self.folding), -1, ids)
+        fresh_dist, fresh_ids = self.fresh.search(queries, min(k, self.fresh.ntotal))
+        dist, ids = np.concatenate([dist, fresh_dist], 1), np.concatenate([ids, fresh_ids], 1)
+        dist = np.where(ids < 0, np.inf, dist)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         fresh = self._in_fresh(ids)
-        if not fresh.any():
-            return self.index.reconstruct_batch(ids)
         out = np.empty((len(ids), self.index.d), np.float32)
-        out[fresh] = self.fresh.reconstruct_batch(ids[fresh])
+        if fresh.any():
+            out[fresh] = self.fresh.reconstruct_batch(ids[fresh])
         if not fresh.all():
-            out[~fresh] = self.index.reconstruct_batch(ids[~fresh])
+            with self.graph_lock:
+                out[~fresh] = self.index.reconstruct_batch(ids[~fresh])
         return out
 
     def live(self) -> tuple[np.ndarray, np.ndarray]:
         """Ids and vectors still present (exact and HNSW keep full vectors behind an id map)."""
-        parts = []
-        for index in (self.index, self.fresh):
-            n = index.ntotal
-            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-            parts.append((ids, index.index.reconstruct_n(0, n) if n else np.empty((0, index.d), np.float32)))
-        ids, vectors = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        if self.removed:
-            keep = ~np.isin(ids, np.fromiter(self.removed, np.int64, len(self.removed)))
+        with self.graph_lock:
+            n = self.index.ntotal
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            vectors = self.index.index.reconstruct_n(0, n) if n else np.empty((0, self.index.d), np.float32)
+        skip = self.removed | (set(self.folding.tolist()) if self.folding is not None else set())
+        if skip:  # removed, or in a fold in flight (``fresh`` holds those)
+            keep = ~np.isin(ids, np.fromiter(skip, np.int64, len(skip)))
             ids, vectors = ids[keep], vectors[keep]
+        if self.fresh.ntotal:
+            ids = np.concatenate([ids, faiss.vector_to_array(self.fresh.id_map).astype(np.int64)])
+            vectors = np.concatenate([vectors, self.fresh.index.reconstruct_n(0, self.fresh.ntotal)])
         return ids, vectors
 
     def _in_fresh(self, ids: np.ndarray) -> np.ndarray:
         if not self.fresh.ntotal:
             return np.zeros(len(ids), bool)
         return np.isin(ids, faiss.vector_to_array(self.fresh.id_map))
+
+    def _skip(self, ids: np.ndarray) -> None:
+        self.removed.update(ids.tolist())
+        self.skip = None
 
     def _skip_removed(self, ef_search: int):
         """HNSW search parameters whose selector skips the removed faces (built once per set of removals)."""
@@ -174,7 +212,8 @@ class FaceIndex:
             self.ef_search = ef
             self._built.skip = None
             if self._built.kind == "hnsw":
-                faiss.downcast_index(self._built.index.index).hnsw.efSearch = ef
+                with self._built.graph_lock:
+                    faiss.downcast_index(self._built.index.index).hnsw.efSearch = ef
 
     def __len__(self) -> int:
         with self._lock:
@@ -207,7 +246,7 @@ class FaceIndex:
             built.remove(ids)
             if self._journal is not None:
                 self._journal.append(("remove", ids, None))
-            elif built.kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(built.index.ntotal, 1):
+            elif built.kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(built.graph_count, 1):
                 self._build_in_background()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,18 +279,24 @@ class FaceIndex:
         """(kind, FAISS bytes, removed ids) of the index now, fresh faces folded into the graph first. An HNSW
         graph cannot drop a node, so the vectors of removed faces are zeroed in a copy: their embeddings never
         reach the bytes."""
-        with self._lock:
-            built = self._built
-            if built.fresh.ntotal:
-                built.fold(built.fresh.ntotal)
-            index, removed = built.index, np.fromiter(built.removed, np.int64, len(built.removed))
-            if len(removed):
-                index = faiss.clone_index(index)
-                inner = faiss.downcast_index(index.index)
-                storage = faiss.downcast_index(inner.storage)
-                stored = faiss.rev_swig_ptr(storage.get_xb(), inner.ntotal * self.dim).reshape(-1, self.dim)
-                stored[np.isin(faiss.vector_to_array(index.id_map), removed)] = 0.0
-            return built.kind, faiss.serialize_index(index), removed
+        while True:
+            folder = self._folder
+            if folder is not None:
+                folder.join()  # without the lock: the fold needs it to end
+            with self._lock:
+                if self._folder is not None:
+                    continue  # a new fold started meanwhile
+                built = self._built
+                if built.fresh.ntotal:
+                    built.fold_all()
+                index, removed = built.index, np.fromiter(built.removed, np.int64, len(built.removed))
+                if len(removed):
+                    index = faiss.clone_index(index)
+                    inner = faiss.downcast_index(index.index)
+                    storage = faiss.downcast_index(inner.storage)
+                    stored = faiss.rev_swig_ptr(storage.get_xb(), inner.ntotal * self.dim).reshape(-1, self.dim)
+                    stored[np.isin(faiss.vector_to_array(index.id_map), removed)] = 0.0
+                return built.kind, faiss.serialize_index(index), removed
 
     @classmethod
     def deserialize(
@@ -349,8 +394,9 @@ class FaceIndex:
             self._folder.start()
 
     def _fold(self) -> None:
-        """Fold ``FOLD_SLICE`` faces per hold of the lock until none is left; a build started meanwhile
-        takes the fresh faces with it (and restarts the folding when it is done)."""
+        """Fold ``FOLD_SLICE`` faces at a time until none is left, inserting them into the graph under the
+        graph's lock only (adds go on meanwhile); a build started meanwhile takes the fresh faces with it
+        (and restarts the folding when it is done)."""
         try:
             while True:
                 with self._lock:
@@ -358,7 +404,12 @@ class FaceIndex:
                     if built.kind != "hnsw" or not built.fresh.ntotal or self._journal is not None:
                         self._folder = None
                         return
-                    built.fold(FOLD_SLICE)
+                    ids, vectors = built.take_fold(FOLD_SLICE)
+                with built.graph_lock:
+                    built.index.add_with_ids(vectors, ids)
+                with self._lock:
+                    built.end_fold(ids)
+                time.sleep(FOLD_PAUSE)
         except Exception:  # the fresh faces stay searchable where they are
             log.exception("folding new faces into the HNSW graph failed; they stay in the exact side index")
             with self._lock:
