@@ -397,7 +397,8 @@ class MTCNNDetector:
         for _ in range(self.settle_passes):
             if not any(m.any() for m in moving):  # every face has stopped: no pass can change anything
                 break
-            cut, outputs = self._run_batched(2, photos, [_square(b) for b in boxes], 48, subpixel=True)
+            squares = [_square_within(b, *photo.image.shape[:2]) for photo, b in zip(photos, boxes)]
+            cut, outputs = self._run_batched(2, photos, squares, 48, subpixel=True)
             for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
                 if len(square) != len(boxes[i]):  # a face left the photo: keep what the cascade found
                     continue
@@ -657,6 +658,20 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     boxes[:, 1] += (h - side) / 2
     boxes[:, 2:4] = boxes[:, 0:2] + side[:, None]
     return boxes
+
+
+def _square_within(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``_square``, each square moved (not resized) to lie inside an h x w photo where it fits: O-Net then
+    sees the face off-centre rather than black where the photo ends."""
+    squares = _square(boxes)
+    side = squares[:, 2] - squares[:, 0]
+    for lo, limit in ((0, w), (1, h)):
+        fits = side <= limit - 2
+        start = np.clip(squares[:, lo], 1, np.maximum(limit - 1 - side, 1))
+        shift = np.where(fits, start - squares[:, lo], 0.0)
+        squares[:, lo] += shift
+        squares[:, lo + 2] += shift
+    return squares
 
 
 def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
