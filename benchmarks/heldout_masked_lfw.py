@@ -1,0 +1,136 @@
+"""LFW View 2 with masks the project never trained on: `facenet.evaluate.heldout_masks` on each pair's second photo.
+
+Why: `facenet evaluate --occlude` draws its masks with `facenet.occlusion`, the renderer whose other looks
+training augments with; this measures masks drawn another way (dlib's 68 landmarks, jaw-following
+outlines, other looks), which training never sees.
+
+For each `--kind`, the mask goes on the whole second photo of every pair (dlib finds the face; the largest
+one); photos where dlib finds no face stay clean and are counted apart. Every photo is then scored through
+the public API's whole-photo path (`facenet.load_model()`, `facenet.embed`): a photo where the model finds
+no face answers its pair wrong (masked or clean alike). Reported per kind: 10-fold accuracy (thresholds
+fitted on the other folds' scored pairs, unscored pairs counted wrong), the share of masked photos whose
+face the model found, and dlib's misses; the "none" row is the same pairs clean.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/heldout_masked_lfw.py --pairs ../shared/data/lfw/pairs.txt \\
+        --images ../shared/data/lfw/images              # all 6,000 pairs, every kind
+    ... --limit 200                                      # a quick look: 200 pairs spread over the 10 folds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+import facenet
+from facenet.data.images import load_image
+from facenet.errors import NoFaceError
+from facenet.evaluate.heldout_masks import KINDS, mask_photo
+from facenet.evaluate.metrics import kfold_metrics
+from facenet.evaluate.pairs import read_pairs
+
+
+def embedding(model, photo) -> np.ndarray | None:
+    """The photo's embedding through the public whole-photo path, or None where the model finds no face."""
+    try:
+        return facenet.embed(photo, model)[0]
+    except NoFaceError:
+        return None
+
+
+def accuracy(pairs: list, first: dict, second: dict) -> tuple[float, float]:
+    """10-fold accuracy (mean, std) where a pair with a photo lacking an embedding counts as answered wrong."""
+    folds = np.array([p.fold for p in pairs])
+    scored = [i for i, p in enumerate(pairs) if first[p.path1] is not None and second[p.path2] is not None]
+    per_fold = dict.fromkeys(np.unique(folds).tolist(), 0.0)
+    if scored:
+        m = kfold_metrics(
+            np.stack([first[pairs[i].path1] for i in scored]),
+            np.stack([second[pairs[i].path2] for i in scored]),
+            np.array([pairs[i].same for i in scored]),
+            folds[scored],
+        )
+        for fold, acc in zip(np.unique(folds[scored]).tolist(), m.accuracy):
+            per_fold[fold] = acc * np.sum(folds[scored] == fold) / np.sum(folds == fold)
+    values = np.array(list(per_fold.values()))
+    return float(values.mean()), float(values.std())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=Path, default=Path("../shared/data/lfw/pairs.txt"))
+    parser.add_argument("--images", type=Path, default=Path("../shared/data/lfw/images"))
+    parser.add_argument("--model", default=None, help="model file (default: the installed default model)")
+    parser.add_argument("--kind", action="append", choices=KINDS, help="mask kind (repeatable; default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="use N pairs spread evenly over the file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    pairs = read_pairs(args.pairs, args.images).pairs
+    if args.limit:
+        pairs = pairs[:: max(1, len(pairs) // args.limit)][: args.limit]  # every fold, both kinds of pair
+    model = facenet.load_model(args.model)
+    start = time.perf_counter()
+    clean = {path: embedding(model, str(path)) for path in sorted({q for p in pairs for q in (p.path1, p.path2)})}
+    mean, std = accuracy(pairs, clean, clean)
+    missed = sum(e is None for e in clean.values())
+    rows = [
+        {
+            "kind": "none",
+            "pairs": len(pairs),
+            "accuracy": mean,
+            "std": std,
+            "photos": len(clean),
+            "face_found": 1 - missed / len(clean),
+            "dlib_no_face": None,
+        }
+    ]
+    print(f"none: {len(clean)} photos, no face in {missed}, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    for kind in args.kind or KINDS:
+        start = time.perf_counter()
+        second, masked, found, dlib_missed = {}, 0, 0, 0
+        for path in sorted({p.path2 for p in pairs}):
+            try:
+                photo = mask_photo(load_image(path), kind, seed=zlib.crc32(f"{args.seed}:{path.name}".encode()))
+            except NoFaceError:  # nothing to draw on: the photo stays clean, counted apart
+                dlib_missed += 1
+                second[path] = clean[path]
+                continue
+            masked += 1
+            second[path] = embedding(model, photo)
+            found += second[path] is not None
+        mean, std = accuracy(pairs, clean, second)
+        rows.append(
+            {
+                "kind": kind,
+                "pairs": len(pairs),
+                "accuracy": mean,
+                "std": std,
+                "photos": masked,
+                "face_found": found / max(masked, 1),
+                "dlib_no_face": dlib_missed,
+            }
+        )
+        print(f"{kind}: {masked} masked, {found} faces found, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        if args.json:  # after every kind: a long run stopped early keeps what it measured
+            args.json.write_text(json.dumps({"model": args.model or "default", "rows": rows}, indent=2))
+
+    print(f"\nLFW View 2, {len(pairs)} pairs, held-out mask on the second photo, model {args.model or 'default'}\n")
+    print("| mask | accuracy | model found the face | dlib found no face (left clean) |\n|---|---|---|---|")
+    for r in rows:
+        dlib_missed = "-" if r["dlib_no_face"] is None else r["dlib_no_face"]
+        print(
+            f"| {r['kind']} | {r['accuracy']:.4f} +- {r['std']:.4f} | {r['face_found']:.1%} of {r['photos']} "
+            f"| {dlib_missed} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
