@@ -124,10 +124,9 @@ def main(argv=None) -> int:
     print(f"\nLFW View 2, {len(pairs)} pairs, held-out mask on the second photo, model {args.model or 'default'}\n")
     print("| mask | accuracy | model found the face | dlib found no face (left clean) |\n|---|---|---|---|")
     for r in rows:
-        dlib_missed = "-" if r["dlib_no_face"] is None else r["dlib_no_face"]
         print(
             f"| {r['kind']} | {r['accuracy']:.4f} +- {r['std']:.4f} | {r['face_found']:.1%} of {r['photos']} "
-            f"| {dlib_missed} |"
+            f"| {'-' if r['dlib_no_face'] is None else r['dlib_no_face']} |"
         )
     return 0
 
