@@ -34,7 +34,7 @@ def nearest_errors(found, reference) -> list[float]:
 
 def reaches_past(box, side: int) -> bool:
     """Whether the face's square (O-Net's input, the box's longer side around its centre) leaves the photo:
-    MTCNN leaves such a face unsettled (``MTCNNDetector._settle``)."""
+    MTCNN settles such a face on the square moved inside the photo (``_square_within``)."""
     half = max(box[2] - box[0], box[3] - box[1]) / 2
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return min(cx, cy) - half < 0 or max(cx, cy) + half > side
@@ -68,7 +68,7 @@ def main() -> None:
         print(f"{label:<44}{np.median(e):>8.2%}{np.percentile(e, 90):>8.2%}{e.max():>8.2%}{np.mean(e < 0.01):>11.0%}")
     e, border = np.array(reduced), np.array(border)
     print(
-        f"reduced copy: {border.sum()} faces whose square reaches past the photo (left unsettled), worst "
+        f"reduced copy: {border.sum()} faces whose square reaches past the photo (settled on it moved inside), worst "
         f"{e[border].max() if border.any() else float('nan'):.2%}; the other {(~border).sum()}: worst "
         f"{e[~border].max():.2%}, {np.mean(e[~border] < 0.01):.0%} within 1%; faces over 1%: "
         + ", ".join(f"{x:.2%}{' (border)' if b else ''}" for x, b in zip(e, border) if x >= 0.01)

@@ -389,8 +389,9 @@ class MTCNNDetector:
         self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray]
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """``settle_passes`` damped O-Net passes over the found faces (scores kept from the first pass). A face
-        stays where it is once its square reaches past the photo (O-Net would see black where the head goes on:
-        a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face).
+        stays where it is once its square, moved inside the photo (``_square_within``), still reaches past it (O-Net
+        would see black where the head goes on: a face filling an ID photo drifts) or O-Net no longer sees a face
+        in it (a small or blurred face).
         The squares are cut at their exact sub-pixel bounds: cut at whole pixels, a face on a reduced copy
         could only settle to the nearest pixel of that copy, a step of 1-2% of a 60-100 px face."""
         moving = [np.ones(len(b), bool) for b in boxes]
