@@ -227,3 +227,45 @@ def test_a_fold_in_flight_neither_blocks_adds_nor_shows_twice():
     assert 103 not in idx.search(v[103:104], 5)[1].ravel().tolist()
     ref_d, ref_i = brute(np.delete(v, 103, 0), np.delete(np.arange(120), 103), v[::7], 4)
     np.testing.assert_array_equal(idx.search(v[::7], 4)[1], ref_i)
+
+
+def test_adds_removals_and_searches_from_several_threads_while_folding(monkeypatch):
+    """A writer enrols and removes while a reader searches and the folder folds: no result ever holds a face
+    twice, and once everything settles the index answers as brute force over the live faces does."""
+    import threading
+
+    monkeypatch.setattr(index_mod, "FRESH_FOLD_AT", 16)
+    monkeypatch.setattr(index_mod, "FOLD_SLICE", 3)
+    rng = np.random.default_rng(11)
+    v = unit(rng, 700)
+    idx = FaceIndex(32, "hnsw")
+    idx.rebuild(np.arange(200), v[:200])
+    gone = set(range(0, 700, 9))
+    done, twice = threading.Event(), []
+
+    def write():
+        queue = sorted(gone)
+        for start in range(200, 700, 5):
+            idx.add(np.arange(start, start + 5), v[start : start + 5])
+            due = [i for i in queue if i < start + 5]
+            queue = queue[len(due) :]
+            idx.remove(due + due[-1:])  # the last one twice: a face already gone is not counted again
+        done.set()
+
+    def read():
+        while not done.is_set():
+            _, got = idx.search(v[rng.integers(0, 700, 4)], 8)
+            twice.extend(row for row in got.tolist() if len({i for i in row if i >= 0}) != sum(i >= 0 for i in row))
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert done.is_set() and not twice
+    assert idx.wait_for_build(30) and idx._built.fresh.ntotal == 0
+    live = np.array([i not in gone for i in range(700)])
+    assert len(idx) == live.sum()
+    ref_d, ref_i = brute(v[live], np.arange(700)[live], v[::11], 5)
+    dist, got = idx.search(v[::11], 5)
+    assert (got[:, 0] == ref_i[:, 0]).mean() > 0.95 and not set(got.ravel().tolist()) & gone

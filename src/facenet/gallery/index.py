@@ -94,8 +94,10 @@ class _Built:
         fresh = self._in_fresh(ids)
         if fresh.any():
             self.fresh.remove_ids(ids[fresh])
-        if not fresh.all():
-            self._skip(ids[~fresh])
+        rest = ids[~fresh]
+        if len(rest):
+            with self.graph_lock:  # only faces the graph holds (one removed twice, or never added, is not)
+                self._skip(rest[np.isin(rest, faiss.vector_to_array(self.index.id_map))])
 
     def take_fold(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``n`` fresh faces, now the fold in flight (they stay searchable in ``fresh``)."""
@@ -167,8 +169,9 @@ class _Built:
         return np.isin(ids, faiss.vector_to_array(self.fresh.id_map))
 
     def _skip(self, ids: np.ndarray) -> None:
-        self.removed.update(ids.tolist())
-        self.skip = None
+        if len(ids):
+            self.removed.update(ids.tolist())
+            self.skip = None
 
     def _skip_removed(self, ef_search: int):
         """HNSW search parameters whose selector skips the removed faces (built once per set of removals)."""
