@@ -212,6 +212,31 @@ def crossing(args) -> dict:
     }
 
 
+def searches_while_folding(index, rng: np.random.Generator) -> dict:
+    """Single searches (k=5) through an HNSW index while it folds 1,000 new faces into its graph, then as
+    many once it is done: what a fold costs the queries that meet it (each waits for at most one slice)."""
+    index.wait_for_build()
+    first = 10**9
+    index.add(np.arange(first, first + 1_000), unit(rng, 1_000))  # past FRESH_FOLD_AT: a fold starts
+    during, after = [], []
+    while index.building or index._folder is not None:
+        q = unit(rng, 1)
+        t = time.perf_counter()
+        index.search(q, 5)
+        during.append(time.perf_counter() - t)
+    for _ in range(max(len(during), 200)):
+        q = unit(rng, 1)
+        t = time.perf_counter()
+        index.search(q, 5)
+        after.append(time.perf_counter() - t)
+    ms = {k: np.array(v) * 1e3 for k, v in (("during", during), ("after", after))}
+    return {
+        f"search_{k}_{stat}_ms": float(f(v))
+        for k, v in ms.items()
+        for stat, f in (("p50", np.median), ("p99", lambda x: np.percentile(x, 99)), ("max", np.max))
+    } | {"searches_during_fold": len(during)}
+
+
 def enrol_cost(args) -> list[dict]:
     """Both galleries open side by side, enrolments interleaved (the same load for both), after a warm-up
     (the first enrolments after a bulk load checkpoint its log)."""
@@ -242,6 +267,7 @@ def enrol_cost(args) -> list[dict]:
             t = time.perf_counter()
             next(p for p in g.people() if p.name == f"e{i}")  # what enrolment did before
             old[people].append(time.perf_counter() - t)
+    searches = searches_while_folding(galleries[100_000]._index, rng)
     for people, g in galleries.items():
         rows.append(
             {
@@ -253,6 +279,7 @@ def enrol_cost(args) -> list[dict]:
                 "enrol_mean_ms": float(np.mean(new[people])) * 1e3,
                 "listing_ms": float(np.median(old[people])) * 1e3,
                 "waiting_to_fold": waiting[people],  # after the last enrolment
+                **(searches if people == 100_000 else {}),
             }
         )
         g.close()
@@ -329,6 +356,13 @@ def main() -> None:
             f"ratio 100,000 / 100 people: {enrol[1]['enrol_ms'] / enrol[0]['enrol_ms']:.2f}x (median), "
             f"{enrol[1]['enrol_mean_ms'] / enrol[0]['enrol_mean_ms']:.2f}x (mean); new faces not yet folded into "
             f"the HNSW graph after the last enrolment: {enrol[1]['waiting_to_fold']}"
+        )
+        r = enrol[1]
+        print(
+            f"searches (k=5) at 100,000 faces while 1,000 new ones are folded in ({r['searches_during_fold']} "
+            f"searches): p50 {r['search_during_p50_ms']:.2f} ms, p99 {r['search_during_p99_ms']:.2f} ms, max "
+            f"{r['search_during_max_ms']:.2f} ms; after: p50 {r['search_after_p50_ms']:.2f} ms, p99 "
+            f"{r['search_after_p99_ms']:.2f} ms, max {r['search_after_max_ms']:.2f} ms"
         )
 
 
