@@ -11,7 +11,7 @@ Distances are squared L2 (FAISS's L2 indexes return squared distances, which is 
   millisecond per face at 100,000 faces (and grows with the graph), so new faces first go to a small
   exact index searched beside the graph (``fresh``) and are folded into the graph on a background
   thread once ``FRESH_FOLD_AT`` have gathered, ``FOLD_SLICE`` at a time: enrolment costs what it costs
-  in a small gallery, and a query waits at most one slice.
+  in a small gallery; a query meeting a fold waits while a slice goes in (RESULTS.md: +2 ms at the median).
 * ``ivf``: ``IndexIVFFlat`` trained once on the faces present when it is built (needs at least
   ``IVF_MIN_TRAIN`` faces, otherwise exact search is used); later faces go to the trained lists
   without retraining; removal is direct.
@@ -53,7 +53,7 @@ HNSW_EF_SEARCH = 512
 REBUILD_FRACTION = 0.25
 FRESH_FOLD_AT = 256  # new faces searched exactly beside the HNSW graph before a background fold starts
 FRESH_MAX = 10_000  # beyond this (a bulk load, or faces arriving faster than folded) adds go to the graph
-FOLD_SLICE = 8  # faces folded per hold of the graph's lock (~1 ms each at 100,000 faces): a search waits that
+FOLD_SLICE = 8  # faces folded per hold of the graph's lock (~1 ms each at 100,000 faces)
 FOLD_PAUSE = 0.0005  # s between slices: locks are not fair, so a waiting search gets its turn
 _REPLAY_UNDER_LOCK = 256  # journalled changes a finished build replays while holding the lock (the rest before)
 
