@@ -156,6 +156,13 @@ class FaceEmbedder:
             out[start : start + len(batch)] = self.backend(standardise(batch, self.info.standardisation))
         return out
 
+    def occlusion(self, faces: Sequence[np.ndarray] | np.ndarray) -> list[tuple[str, float]]:
+        """What covers each face crop (or embedding of one): ``("none" | "lower" | "eyes", probability)``;
+        ``facenet.occluder``. A model without a trained occluder detector raises ``NoOccluderDetector``."""
+        from facenet.occluder import occlusion
+
+        return occlusion(self, faces)
+
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or arrays): one unit row per image.
 

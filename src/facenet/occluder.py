@@ -1,0 +1,168 @@
+"""Is a face occluded, and where? ``none``, ``lower`` (mask, N95, cloth mask, scarf, hand over the mouth)
+or ``eyes`` (sunglasses), from the face's embedding.
+
+Why this way: a masked probe should be compared like with like (issue 24), so the first thing to know
+is whether a face is covered. The embedding network already sees the crop, and its 256-D embedding
+says a lot about what covers the face, so a tiny softmax head over it (a few KB, read from beside the
+models' weights) answers at no extra network cost. The head is trained by
+``scripts/train_occluder.py`` on ``facenet.occlusion``'s *training* looks drawn on LFW-free faces and
+measured by ``benchmarks/occluder_detection.py`` on the *evaluation* looks over LFW and on real masked
+photos (RWMFD part 1). A cap's shadow is ``none``: it darkens, it does not cover.
+
+A head only means something for the embeddings it was trained on: each weights file records the id of
+its model (``FaceEmbedder.name``), and any other model gets ``NoOccluderDetector``, never a guess.
+
+>>> import facenet
+>>> model = facenet.load_model()
+>>> crop = model.find_faces("photo.jpg").faces[0].image
+>>> model.occlusion([crop])   # [("lower", 0.97)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from facenet.errors import FaceNetError
+
+CLASSES = ("none", "lower", "eyes")
+# facenet.occlusion's kinds by the class they make (cap_shadow: "none", a shadow covers nothing)
+CLASS_OF_KIND = {
+    "mask": "lower",
+    "cloth_mask": "lower",
+    "n95": "lower",
+    "scarf": "lower",
+    "hand": "lower",
+    "sunglasses": "eyes",
+    "cap_shadow": "none",
+}
+WEIGHTS_DIR = Path(__file__).parent / "models" / "weights"
+PATTERN = "occluder-*.safetensors"
+
+
+class NoOccluderDetector(FaceNetError):
+    """No occluder detector was trained for this model's embeddings."""
+
+
+class OccluderDetector:
+    """A softmax head over unit embeddings: ``probabilities(E)`` is (n, 3) in ``CLASSES`` order.
+
+    ``layers`` is a list of (weight, bias) pairs, weight of shape (out, in); every layer but the last
+    is followed by a ReLU. ``model_id`` is the embedding model it belongs to."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], model_id: str, about: dict | None = None):
+        self.layers = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in layers]
+        self.model_id = model_id
+        self.about = dict(about or {})
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.layers[0][0].shape[1])
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings, np.float32).reshape(-1, self.embedding_size)
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w.T + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0)
+        x = x - x.max(axis=1, keepdims=True)
+        p = np.exp(x)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def classify(self, embeddings: np.ndarray) -> list[tuple[str, float]]:
+        """The likeliest class of each embedding and its probability."""
+        p = self.probabilities(embeddings)
+        best = p.argmax(axis=1)
+        return [(CLASSES[k], float(p[i, k])) for i, k in enumerate(best)]
+
+    def save(self, path: str | Path, half: bool = False) -> None:
+        """Write the head as safetensors, in float16 with ``half`` (half the size; answers unchanged)."""
+        from safetensors.numpy import save_file
+
+        dtype = np.float16 if half else np.float32
+        tensors = {}
+        for i, (w, b) in enumerate(self.layers):
+            tensors[f"layer{i}.weight"] = np.ascontiguousarray(w, dtype=dtype)  # safetensors writes raw buffers
+            tensors[f"layer{i}.bias"] = np.ascontiguousarray(b, dtype=dtype)
+        meta = {"model_id": self.model_id, "classes": ",".join(CLASSES), **{k: str(v) for k, v in self.about.items()}}
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> OccluderDetector:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("classes") != ",".join(CLASSES):
+                raise FaceNetError(f"{path}: not an occluder detector of classes {CLASSES}")
+            n = sum(1 for k in f.keys() if k.endswith(".weight"))
+            layers = [(f.get_tensor(f"layer{i}.weight"), f.get_tensor(f"layer{i}.bias")) for i in range(n)]
+        model_id = meta.pop("model_id", "")
+        meta.pop("classes", None)
+        return cls(layers, model_id, meta)
+
+
+def shipped() -> dict[str, Path]:
+    """The occluder detectors that come with facenet, by the id of the model they belong to."""
+    from safetensors import safe_open
+
+    found = {}
+    for path in sorted(WEIGHTS_DIR.glob(PATTERN)):
+        with safe_open(str(path), framework="numpy") as f:
+            found[(f.metadata() or {}).get("model_id", "")] = path
+    return found
+
+
+@lru_cache(maxsize=4)
+def detector_for(model_id: str) -> OccluderDetector:
+    """The shipped occluder detector for the model with this id; ``NoOccluderDetector`` when there is none."""
+    files = shipped()
+    if model_id not in files:
+        known = ", ".join(sorted(files)) or "none"
+        raise NoOccluderDetector(
+            f"no occluder detector for model {model_id}: one is trained for the embeddings of a model only "
+            f"(shipped for: {known}); train one with scripts/train_occluder.py"
+        )
+    return OccluderDetector.load(files[model_id])
+
+
+def occlusion(embedder, faces: Sequence[np.ndarray] | np.ndarray) -> list[tuple[str, float]]:
+    """What covers each face: ``("none" | "lower" | "eyes", probability)`` per face.
+
+    ``faces``: model-sized crops (H,W,3 uint8, e.g. ``find_faces(photo).faces[i].image``) or the
+    embeddings the model made of them (an (n, d) float array)."""
+    head = detector_for(embedder.name)
+    if isinstance(faces, np.ndarray) and faces.ndim == 2 and faces.shape[1] == embedder.embedding_size:
+        rows = faces
+    elif isinstance(faces, np.ndarray) and faces.ndim == 3:
+        rows = embedder.embed_crops([faces])
+    else:
+        rows = embedder.embed_crops(list(faces)) if len(faces) else np.zeros((0, embedder.embedding_size))
+    return head.classify(rows)
+
+
+def occluded_crops(finder, pixels: np.ndarray, kinds: Sequence[str | None], seed: int, variant: str) -> list:
+    """Training or evaluation looks of one photo: for each of ``kinds``, that occluder (None: clean)
+    drawn on the chosen face of ``pixels`` (placed from the landmarks ``finder`` finds on the clean
+    photo), then the face cut by ``finder`` from the occluded photo, as it would be from a real one.
+    None for a look where finding fails (all None where the clean photo shows no face)."""
+    from facenet.occlusion import occlude
+
+    try:
+        found = finder.find(pixels)
+    except FaceNetError:
+        return [None] * len(kinds)
+    crops = []
+    for kind in kinds:
+        if kind is None:
+            crops.append(found.faces[0].image)
+            continue
+        drawn = occlude(pixels, found.faces[0].detection.landmarks, kind, seed, variant)
+        try:
+            crops.append(finder.find(drawn).faces[0].image)
+        except FaceNetError:
+            crops.append(None)
+    return crops
