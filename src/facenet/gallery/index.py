@@ -82,9 +82,13 @@ class _Built:
         if self.kind == "hnsw" and self.fresh.ntotal + len(ids) <= FRESH_MAX:
             self.fresh.add_with_ids(vectors, ids)
             return
-        with self.graph_lock:  # a bulk load, or fresh faces arriving faster than they are folded: pay now
-            self.index.add_with_ids(vectors, ids)
+        self.insert(ids, vectors)  # a bulk load, or fresh faces arriving faster than they are folded: pay now
         self.graph_count += len(ids)
+
+    def insert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Into the index itself (the graph, for HNSW), under the graph's lock only."""
+        with self.graph_lock:
+            self.index.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> None:
         if self.kind != "hnsw":
@@ -95,9 +99,9 @@ class _Built:
         if fresh.any():
             self.fresh.remove_ids(ids[fresh])
         rest = ids[~fresh]
-        if len(rest):
-            with self.graph_lock:  # only faces the graph holds (one removed twice, or never added, is not)
-                self._skip(rest[np.isin(rest, faiss.vector_to_array(self.index.id_map))])
+        if len(rest):  # only faces the graph holds (one removed twice, or never added, is not)
+            with self.graph_lock:
+                self._skip(np.array([i for i in rest.tolist() if i not in self.removed and self._holds(i)], np.int64))
 
     def take_fold(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``n`` fresh faces, now the fold in flight (they stay searchable in ``fresh``)."""
@@ -118,8 +122,7 @@ class _Built:
     def fold_all(self) -> None:
         """Every fresh face into the graph now (no fold in flight: the caller made sure)."""
         ids, vectors = self.take_fold(self.fresh.ntotal)
-        with self.graph_lock:
-            self.index.add_with_ids(vectors, ids)
+        self.insert(ids, vectors)
         self.end_fold(ids)
 
     def search(self, queries: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +171,14 @@ class _Built:
             return np.zeros(len(ids), bool)
         return np.isin(ids, faiss.vector_to_array(self.fresh.id_map))
 
+    def _holds(self, face_id: int) -> bool:
+        """Whether the graph holds ``face_id`` (its id map answers in O(1), by raising when it does not)."""
+        try:
+            self.index.reconstruct(face_id)
+        except RuntimeError:
+            return False
+        return True
+
     def _skip(self, ids: np.ndarray) -> None:
         if len(ids):
             self.removed.update(ids.tolist())
@@ -198,7 +209,7 @@ class FaceIndex:
         self._folder: threading.Thread | None = None
         self._generation = 0  # a synchronous rebuild makes an in-flight background build obsolete
         self.on_built: Callable[[], None] | None = None  # called (on the builder thread) after a background swap
-        self._built = self._make(self._choose(0), *_empty(dim))
+        self._built = self._make(self._choose(0), np.empty(0, np.int64), np.empty((0, dim), np.float32))
 
     @property
     def kind(self) -> str:
@@ -237,19 +248,18 @@ class FaceIndex:
             self._built.add(ids, vectors)
             if self._journal is not None:
                 self._journal.append(("add", ids, vectors))
-            elif self.requested == "auto" and self._built.kind == "exact" and len(self._built) > AUTO_THRESHOLD:
-                self._build_in_background()  # exact keeps answering (and growing) until HNSW is ready
+            elif self._build_due():
+                self._build_in_background()  # the old index keeps answering (and growing) until the new is ready
             elif self._built.fresh.ntotal >= FRESH_FOLD_AT:
                 self._fold_in_background()
 
     def remove(self, ids) -> None:
         ids = np.asarray(list(ids), np.int64)
         with self._lock:
-            built = self._built
-            built.remove(ids)
+            self._built.remove(ids)
             if self._journal is not None:
                 self._journal.append(("remove", ids, None))
-            elif built.kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(built.graph_count, 1):
+            elif self._build_due():
                 self._build_in_background()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -314,11 +324,9 @@ class FaceIndex:
         if kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = ef_search
         with self._lock:
-            self._built = built = _Built(kind, index, dim)
-            built.removed = set(removed.tolist())
-            if self.requested == "auto" and kind == "exact" and len(built) > AUTO_THRESHOLD:
-                self._build_in_background()
-            elif kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(index.ntotal, 1):
+            self._built = _Built(kind, index, dim)
+            self._built.removed = set(removed.tolist())
+            if self._build_due():
                 self._build_in_background()
         return self
 
@@ -331,6 +339,14 @@ class FaceIndex:
         if kind == "ivf" and n < IVF_MIN_TRAIN:
             kind = "exact"
         return kind
+
+    def _build_due(self) -> bool:
+        """The index now calls for a new one (the caller holds the lock): ``auto``'s exact index has grown past
+        ``AUTO_THRESHOLD``, or an HNSW graph holds more than ``REBUILD_FRACTION`` removed faces."""
+        built = self._built
+        if self.requested == "auto" and built.kind == "exact" and len(built) > AUTO_THRESHOLD:
+            return True
+        return built.kind == "hnsw" and len(built.removed) > REBUILD_FRACTION * max(built.graph_count, 1)
 
     def _make(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> _Built:
         """A new index of ``kind`` holding ``vectors`` under ``ids`` (touches nothing of ``self``)."""
@@ -408,8 +424,7 @@ class FaceIndex:
                         self._folder = None
                         return
                     ids, vectors = built.take_fold(FOLD_SLICE)
-                with built.graph_lock:
-                    built.index.add_with_ids(vectors, ids)
+                built.insert(ids, vectors)  # the slow part: adds and removals go on meanwhile
                 with self._lock:
                     built.end_fold(ids)
                 time.sleep(FOLD_PAUSE)
@@ -417,10 +432,6 @@ class FaceIndex:
             log.exception("folding new faces into the HNSW graph failed; they stay in the exact side index")
             with self._lock:
                 self._folder = None
-
-
-def _empty(dim: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty(0, np.int64), np.empty((0, dim), np.float32)
 
 
 def _replay(built: _Built, journal) -> None:
