@@ -332,10 +332,7 @@ class Gallery:
             if len(changes.ids):
                 self._index.add(changes.ids, changes.vectors)
             self._changed_since_snapshot += len(gone) + len(changes.ids)
-        for face_id, person in zip(changes.ids.tolist(), changes.persons.tolist()):
-            self._face_person[face_id] = person
-            self._person_faces.setdefault(person, set()).add(face_id)
-            changed.add(person)
+        changed |= self._note_owners(changes.ids, changes.persons)
         if self.scorer.uses_template:
             self._update_templates(changed)
         self._names.update(changes.names)
@@ -352,13 +349,18 @@ class Gallery:
         index: from a snapshot, before catching up (``facenet.gallery.snapshot.load``)."""
         self._index, self._seq, self._snapshot_seq = index, seq, seq
         index.on_built = self._snapshot_later
-        self._face_person = dict(zip(ids.tolist(), persons.tolist()))
-        self._person_faces = {}
-        for face_id, person in self._face_person.items():
-            self._person_faces.setdefault(person, set()).add(face_id)
+        self._face_person, self._person_faces = {}, {}
+        people = self._note_owners(ids, persons)
         self._names = self.store.names()
         if self.scorer.uses_template:
-            self._update_templates(set(self._person_faces))
+            self._update_templates(people)
+
+    def _note_owners(self, ids: np.ndarray, persons: np.ndarray) -> set[int]:
+        """Record that faces ``ids`` in the index belong to ``persons``; returns the people concerned."""
+        for face_id, person in zip(ids.tolist(), persons.tolist()):
+            self._face_person[face_id] = person
+            self._person_faces.setdefault(person, set()).add(face_id)
+        return set(persons.tolist())
 
     def _snapshot_later(self) -> None:
         """Write a snapshot on the background writer (automatic ones: from ``snapshot.MIN_FACES`` faces)."""
