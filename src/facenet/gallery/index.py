@@ -286,6 +286,12 @@ class FaceIndex:
                 thread.join(timeout)
         return self._builder is None and self._folder is None
 
+    def wait_for_fold(self) -> None:
+        """Block until no background fold runs (one may start again with the next add)."""
+        folder = self._folder
+        if folder is not None:
+            folder.join()
+
     # -- snapshots (facenet.gallery.snapshot) ----------------------------------------------------
 
     def serialize(self) -> tuple[str, np.ndarray, np.ndarray]:
@@ -293,9 +299,7 @@ class FaceIndex:
         graph cannot drop a node, so the vectors of removed faces are zeroed in a copy: their embeddings never
         reach the bytes."""
         while True:
-            folder = self._folder
-            if folder is not None:
-                folder.join()  # without the lock: the fold needs it to end
+            self.wait_for_fold()  # without the lock: the fold needs it to end
             with self._lock:
                 if self._folder is not None:
                     continue  # a new fold started meanwhile

@@ -202,17 +202,19 @@ def save(gallery, path: Path | None = None) -> tuple[Path, Snapshot, int] | None
     """Write ``gallery``'s index as a snapshot; (path, snapshot, bytes), or None when there is nothing to write
     or a removal happened since the copy was taken (the next write covers it)."""
     path = path or snapshot_path(gallery.location)
+    if gallery._index is not None:
+        gallery._index.wait_for_fold()  # before the gallery's lock: its queries go on while new faces go in
     with gallery._lock:
         snap, removals = capture(gallery), gallery._removals_seen
     if snap is None:
         return None
-    write(path, snap)
+    size = write(path, snap)
     # May run on the writer thread: the store (an SQLite connection belongs to its thread) is not asked.
     if gallery._removals_seen != removals:  # someone was removed meanwhile: this copy may hold them
         discard(path, before=snap.seq + 1)
         return None
     gallery._snapshot_seq, gallery._changed_since_snapshot = snap.seq, 0
-    return path, snap, path.stat().st_size
+    return path, snap, size
 
 
 def load(gallery) -> int | None:
