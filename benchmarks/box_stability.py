@@ -49,14 +49,16 @@ def main() -> None:
     finder = model.finder()
     full_size = FaceFinder(finder.detector, finder.recipe, finder.input_size, min_face=None)
     names = sorted(p.name for p in args.images.iterdir())
-    reduced, repeat, border = [], [], []
+    reduced, repeat, border, unreliable = [], [], [], []
     for person in names[:: max(1, len(names) // args.people)][: args.people]:
         big = Image.open(args.images / person / f"{person}_0001.jpg").convert("RGB").resize((2000, 2000), Image.BICUBIC)
         data, lossless = jpeg(big), io.BytesIO()
         big.save(lossless, "PNG")
-        faces = [d for d in full_size.find(data, "all").detections if d.width >= 100]
+        found = [f for f in full_size.find(data, "all").faces if f.detection.width >= 100]
+        faces = [f.detection for f in found]
         reduced += nearest_errors(finder.find(data, "all").detections, faces)
         border += [reaches_past(face.box, 2000) for face in faces]
+        unreliable += [bool(f.notes) for f in found]
         repeat += nearest_errors(full_size.find(lossless.getvalue(), "all").detections, faces)
     print(
         f"{args.people} LFW photos upscaled 8x to 2000 px, {len(reduced)} faces of at least 100 px, detector "
@@ -72,6 +74,12 @@ def main() -> None:
         f"{e[border].max() if border.any() else float('nan'):.2%}; the other {(~border).sum()}: worst "
         f"{e[~border].max():.2%}, {np.mean(e[~border] < 0.01):.0%} within 1%; faces over 1%: "
         + ", ".join(f"{x:.2%}{' (border)' if b else ''}" for x, b in zip(e, border) if x >= 0.01)
+    )
+    unreliable = np.array(unreliable)
+    print(
+        f"faces whose answer is reliable (no note): {(~unreliable).sum()}, worst {e[~unreliable].max():.2%}, "
+        f"{np.mean(e[~unreliable] < 0.01):.0%} within 1%; marked unreliable (mostly outside the photo): "
+        + ", ".join(f"{x:.2%}" for x in e[unreliable])
     )
 
 

@@ -104,6 +104,10 @@ def test_matches_facenet_pytorch_reference(rel, lfw_dir, mtcnn, reference_detect
             image, 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, [0.6, 0.7, 0.7], 0.709, torch.device("cpu")
         )
     ref_boxes, ref_points = np.asarray(ref_boxes[0], dtype=float), np.asarray(ref_points[0], dtype=float)
+    # The published cascade numbers a box by its first pixel 1-based and its last inclusive, and its landmarks
+    # from the box's left edge; a Detection holds pixel edges and pixel centres (facenet.align.base).
+    ref_boxes[:, :2] -= 1
+    ref_points -= 0.5
     ours = mtcnn.detect(image)
     assert len(ours) == len(ref_boxes) >= 1
     order = np.argsort(-ref_boxes[:, 4], kind="stable")

@@ -44,12 +44,11 @@ def box_error(a, b):
 
 
 def test_reduced_copy_finds_the_faces_full_resolution_finds(lfw_dir, model):
-    """LFW photos upscaled 8x (2000 px): detection on the reduced copy (750 px) finds the faces detection at
-    full size finds, with box corners within 0.5% of the face size at the median, most within 1% and none
-    beyond 2.5%. The issue asked for every face within 1%: on 46 faces 93% are (98% of those O-Net settles;
-    the detector's own repeatability at full size is 98% too), the median is 0.36% and the worst 2.95%, a
-    face whose square reaches past the photo (``SETTLE_PASSES``; one O-Net pass gave 1.43% and 3.75%;
-    benchmarks/box_stability.py, RESULTS.md "Photos as people take them")."""
+    """LFW photos upscaled 8x (2000 px): detection on the reduced copy (750 px) finds every face detection at
+    full size finds, each with box corners within 1% of the face size, and within 0.2% at the median (a face
+    mostly outside the photo, whose answer is marked unreliable, aside: its box is a guess at what is not
+    there). On 45 faces the worst reliable one is 0.33% off (benchmarks/box_stability.py, RESULTS.md "Photos as
+    people take them"); before landmark-placed squares it was 1.41%, before boxes kept pixel edges 2.06%."""
     finder = model.finder()
     full_size = FaceFinder(finder.detector, finder.recipe, finder.input_size, min_face=None)
     people = sorted(p.name for p in (lfw_dir / "images").iterdir())[::700][:8]
@@ -58,11 +57,12 @@ def test_reduced_copy_finds_the_faces_full_resolution_finds(lfw_dir, model):
         big = Image.open(lfw(lfw_dir, f"{person}/{person}_0001.jpg")).convert("RGB").resize((2000, 2000), Image.BICUBIC)
         data = fullsize_photos.jpeg(big)
         reduced = finder.find(data, "all").detections
-        for face in (d for d in full_size.find(data, "all").detections if d.width >= 100):  # 5% of the side
-            errors.append(min(box_error(d.box, face.box) for d in reduced))
+        for face in full_size.find(data, "all").faces:
+            if face.detection.width >= 100 and not face.notes:  # 5% of the side
+                errors.append(min(box_error(d.box, face.detection.box) for d in reduced))
     assert open_photo(data, shorter_side=finder.working_side).pixels.shape[0] == 750  # really reduced (15 px / 2%)
     assert len(errors) >= len(people)
-    assert np.median(errors) < 0.005 and np.mean(np.array(errors) < 0.01) >= 0.85 and max(errors) < 0.025, errors
+    assert np.median(errors) < 0.002 and max(errors) < 0.01, errors
 
 
 def test_a_big_photo_gives_the_crop_of_its_thumbnail(lfw_dir, model):

@@ -24,7 +24,12 @@ from facenet.errors import FaceNetError
 
 @dataclass(frozen=True)
 class Detection:
-    """One face: box corners (x1, y1, x2, y2), detector score, and (5, 2) landmarks (see module doc)."""
+    """One face: box corners (x1, y1, x2, y2), detector score, and (5, 2) landmarks (see module doc).
+
+    Box corners are pixel *edges* (pixel column i covers [i, i+1), so a box holds x2 - x1 pixels across);
+    landmarks are pixel *centres*, as OpenCV and dlib number them (pixel i's centre at i). Both then map
+    between copies of a photo at different sizes exactly (``finder._moved``): the same face gets the same
+    box on a reduced copy as at full size."""
 
     box: tuple[float, float, float, float]
     score: float

@@ -144,7 +144,7 @@ class FaceFinder:
         scale = min(1.0, FRAMED_SIDE / min(framed.shape[:2]))
         if scale < 1.0:
             framed = cv2.resize(framed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        found = [_map(_rescaled(d, 1 / scale), lambda x, y: (x - pad, y - pad)) for d in self.detector.detect(framed)]
+        found = [_moved(_moved(d, 1 / scale), offset=(pad, pad)) for d in self.detector.detect(framed)]
         return [d for d in found if d.box[2] - d.box[0] >= 0.5 * min(h, w)]
 
     def locate(self, image: ImageLike) -> tuple[Photo, list[Detection], bool]:
@@ -155,7 +155,7 @@ class FaceFinder:
         fallback = not detections and self.fallback is not None
         if fallback:
             detections = self.fallback.detect(photo.pixels)
-        return photo, [_rescaled(d, 1 / photo.scale) for d in detections], fallback
+        return photo, [_moved(d, 1 / photo.scale) for d in detections], fallback
 
     def _whole(self, image: ImageLike) -> FoundFaces:
         """No detector: the image is a face crop; its central square is the one face."""
@@ -178,7 +178,7 @@ class FaceFinder:
         left, top = max(int((x0 + 0.5) * scale) - 2, 0), max(int((y0 + 0.5) * scale) - 2, 0)
         right, bottom = min(math.ceil((x1 + 0.5) * scale) + 2, w), min(math.ceil((y1 + 0.5) * scale) + 2, h)
         if scale <= wanted or right <= left or bottom <= top:  # cut straight from this copy
-            return AlignedFace(cut_face(pixels, _rescaled(detection, scale), self.input_size, self.recipe), detection)
+            return AlignedFace(cut_face(pixels, _moved(detection, scale), self.input_size, self.recipe), detection)
         region = pixels[top:bottom, left:right]
         factor = wanted / scale
         small = cv2.resize(
@@ -187,9 +187,7 @@ class FaceFinder:
             interpolation=cv2.INTER_AREA,
         )
         fx, fy = small.shape[1] / region.shape[1], small.shape[0] / region.shape[0]
-        local = _map(
-            _rescaled(detection, scale), lambda x, y: ((x - left + 0.5) * fx - 0.5, (y - top + 0.5) * fy - 0.5)
-        )
+        local = _moved(_moved(detection, scale), (fx, fy), offset=(left, top))
         return AlignedFace(cut_face(small, local, self.input_size, self.recipe), detection)
 
 
@@ -231,19 +229,17 @@ def extract_faces(
     return FaceFinder(detector, recipe, size).find(image, which, source).faces
 
 
-def _map(detection: Detection, fn) -> Detection:
-    """The detection with ``fn(x, y)`` applied to its box corners and landmarks."""
-    x1, y1 = fn(detection.box[0], detection.box[1])
-    x2, y2 = fn(detection.box[2], detection.box[3])
-    marks = np.array([fn(x, y) for x, y in detection.landmarks]) if np.any(detection.landmarks) else detection.landmarks
-    return Detection((x1, y1, x2, y2), detection.score, marks)
-
-
-def _rescaled(detection: Detection, factor: float) -> Detection:
-    """The detection in a copy of the photo ``factor`` times as large (pixel centres kept aligned)."""
-    if factor == 1.0:
-        return detection
-    return _map(detection, lambda x, y: ((x + 0.5) * factor - 0.5, (y + 0.5) * factor - 0.5))
+def _moved(detection: Detection, factor: float | tuple[float, float] = 1.0, offset=(0.0, 0.0)) -> Detection:
+    """The detection in another copy of the photo: ``factor`` times as large, cut at pixel ``offset`` of this
+    copy (applied first). Box corners are pixel edges and landmarks pixel centres (``base.Detection``), so a
+    box keeps the same pixels at any size."""
+    fx, fy = (factor, factor) if np.isscalar(factor) else factor
+    (x1, y1, x2, y2), (ox, oy) = detection.box, offset
+    box = ((x1 - ox) * fx, (y1 - oy) * fy, (x2 - ox) * fx, (y2 - oy) * fy)
+    marks = detection.landmarks
+    if np.any(marks):
+        marks = (marks + 0.5 - (ox, oy)) * (fx, fy) - 0.5
+    return Detection(box, detection.score, marks)
 
 
 def describe(image: ImageLike) -> str:

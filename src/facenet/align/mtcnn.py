@@ -59,14 +59,23 @@ EXPORT_TOLERANCE = 1e-4  # max abs difference of any net output, ONNX Runtime vs
 CPU_BATCH = 32  # patches per R-/O-Net call on the CPU (see MTCNNDetector._run)
 STAGE_OUTPUTS = ((4, 2), (4, 2), (4, 10, 2))  # widths of each net's outputs: box offsets, [landmarks,] probabilities
 PROPOSALS = ("auto", "yunet", "pnet")
-# O-Net run again this many times on each found face's own square (cut at sub-pixel bounds), the box and
-# landmarks moved halfway to its new answer each time: where O-Net ends depends less on where the proposal
-# started, so the same face gets the same box on a reduced copy as at full size (benchmarks/box_stability.py;
-# RESULTS.md, issue 28: 4 passes 87% of faces within 1% of their width, 8 passes 93%)
+# O-Net run again this many times on each found face, each time on a square placed by the face's landmarks
+# (``_landmark_square``; cut at sub-pixel bounds), the landmarks moved halfway to its new answer and the box
+# taken from it: the square, so the box, then depends on the face and not on where the proposal started, and
+# the same face gets the same box on a reduced copy as at full size (benchmarks/box_stability.py; RESULTS.md,
+# issue 28). Squares that followed O-Net's own boxes stopped anywhere along a line of answers O-Net is
+# content with (1.4% apart for one LFW face): its box regression barely pulls a chin back.
 SETTLE_PASSES = 8
-# A face stops settling once O-Net's answer lies within this fraction of its width of where it stands (the
-# pass then moves it by half of that): on 80 LFW photos 6.0 passes per photo on average, a quarter using all 8.
+# A face stops settling once O-Net's landmarks lie within this fraction of its square's side of where they
+# stand (the pass then moves them by half of that).
 SETTLED = 0.002
+# The landmark square: side = LANDMARK_SIDE x the geometric mean of the eye distance and the eyes-to-mouth
+# distance, centre = the landmarks' mean raised (towards the eyes) by LANDMARK_RISE x the side: the medians of
+# O-Net's own squares over 157 LFW faces of at least 60 px (spread: 7% of the side between quartiles). It
+# stays within LANDMARK_SPAN of the cascade's square either way (a profile's eyes nearly meet).
+LANDMARK_SIDE = 2.876
+LANDMARK_RISE = 0.076
+LANDMARK_SPAN = 1.5
 # R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
 # (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
 YUNET_SQUARE = 0.92
@@ -74,6 +83,8 @@ YUNET_SQUARE = 0.92
 # 80, as at 16-24 px; 79 at 14); a phone's 12 MP photo (shorter side 3000-3024 px) at the default 2% then
 # decodes straight at 1/4 (750 px), with no resize.
 YUNET_MIN_FACE = 15
+LANDMARK_SIDE = 2.876
+LANDMARK_RISE = 0.076
 log = logging.getLogger(__name__)
 
 
@@ -279,7 +290,7 @@ class MTCNNDetector:
         boxes = self._refine(photos, boxes, thresholds[1])
         found = []
         for photo_boxes, points in zip(*self._settle(photos, *self._output(photos, boxes, thresholds[2]))):
-            found.append([Detection(b[:4].tolist(), b[4], p) for b, p in zip(photo_boxes, points)])
+            found.append([Detection(*_as_pixels(b, p)) for b, p in zip(photo_boxes, points)])
         return found
 
     def _run(self, stage: int, x: np.ndarray) -> list[np.ndarray]:
@@ -327,7 +338,8 @@ class MTCNNDetector:
             return np.zeros((0, 5))
         cx, cy = np.array([d.center for d in found]).T
         half = 0.5 * YUNET_SQUARE * np.array([d.height for d in found])
-        return np.stack([cx - half, cy - half, cx + half, cy + half, [d.score for d in found]], axis=1)
+        # Pixel edges to the cascade's numbering (first pixel 1-based, last inclusive: ``_as_pixels``).
+        return np.stack([cx - half + 1, cy - half + 1, cx + half, cy + half, [d.score for d in found]], axis=1)
 
     def _propose(self, table: np.ndarray, threshold: float) -> np.ndarray:
         """Stage 1: P-Net over the pyramid -> squared candidate boxes (N, 5: x1 y1 x2 y2 score)."""
@@ -388,17 +400,22 @@ class MTCNNDetector:
     def _settle(
         self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray]
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``settle_passes`` damped O-Net passes over the found faces (scores kept from the first pass). A face
-        stays where it is once its square, moved inside the photo (``_square_within``), still reaches past it (O-Net
-        would see black where the head goes on: a face filling an ID photo drifts) or O-Net no longer sees a face
-        in it (a small or blurred face).
+        """``settle_passes`` O-Net passes over the found faces (scores kept from the first pass), each on the
+        square the face's landmarks place (``_landmark_square``): its landmarks move halfway to O-Net's new ones,
+        its box becomes O-Net's box. A face stays where it is once its square, moved inside the photo
+        (``_square_within``), still reaches past it (O-Net would see black where the head goes on: a face filling
+        an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face).
         The squares are cut at their exact sub-pixel bounds: cut at whole pixels, a face on a reduced copy
         could only settle to the nearest pixel of that copy, a step of 1-2% of a 60-100 px face."""
         moving = [np.ones(len(b), bool) for b in boxes]
+        sides = [np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) for b in boxes]  # the cascade's squares
         for _ in range(self.settle_passes):
             if not any(m.any() for m in moving):  # every face has stopped: no pass can change anything
                 break
-            squares = [_square_within(b, *photo.image.shape[:2]) for photo, b in zip(photos, boxes)]
+            squares = [
+                _square_within(_landmark_square(p, side), *photo.image.shape[:2])
+                for photo, p, side in zip(photos, points, sides)
+            ]
             cut, outputs = self._run_batched(2, photos, squares, 48, subpixel=True)
             for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
                 if len(square) != len(boxes[i]):  # a face left the photo: keep what the cascade found
@@ -408,10 +425,10 @@ class MTCNNDetector:
                 moved, moved_points = _onet_answer(square, reg, marks)
                 moving[i] &= inside & (prob[:, 1] > self.thresholds[2])
                 m = moving[i]
-                step = np.abs(moved[:, :4] - boxes[i][:, :4]).max(1) / (boxes[i][:, 2] - boxes[i][:, 0])
-                boxes[i][m, :4] = (boxes[i][m, :4] + moved[m, :4]) / 2
+                step = np.abs(moved_points - points[i]).max((1, 2)) / (square[:, 2] - square[:, 0])
+                boxes[i][m, :4] = moved[m, :4]
                 points[i][m] = (points[i][m] + moved_points[m]) / 2
-                moving[i] &= step > SETTLED  # this pass moved it by half of that: no further pass is worth it
+                moving[i] &= step > SETTLED  # this pass moved them by half of that: no further pass is worth it
         return boxes, points
 
 
@@ -661,6 +678,18 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     return boxes
 
 
+def _landmark_square(points: np.ndarray, cascade_side: np.ndarray) -> np.ndarray:
+    """O-Net's square (N, 5, the cascade's numbering) for each face's five landmarks (N, 5, 2; pixel edges), its
+    side kept within ``LANDMARK_SPAN`` of ``cascade_side`` (module constants LANDMARK_*)."""
+    eyes = np.linalg.norm(points[:, 1] - points[:, 0], axis=1)
+    up = (points[:, 0] + points[:, 1] - points[:, 3] - points[:, 4]) / 2  # from the mouth to the eyes
+    length = np.linalg.norm(up, axis=1)
+    side = np.clip(LANDMARK_SIDE * np.sqrt(eyes * length), cascade_side / LANDMARK_SPAN, cascade_side * LANDMARK_SPAN)
+    centre = points.mean(1) + (LANDMARK_RISE * side / np.maximum(length, 1e-9))[:, None] * up
+    low, high = centre - side[:, None] / 2, centre + side[:, None] / 2
+    return np.concatenate([low + 1, high, np.ones((len(points), 1))], axis=1)  # first pixel 1-based (_as_pixels)
+
+
 def _square_within(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
     """``_square``, each square moved (not resized) to lie inside an h x w photo where it fits: O-Net then
     sees the face off-centre rather than black where the photo ends."""
@@ -673,6 +702,15 @@ def _square_within(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
         squares[:, lo] += shift
         squares[:, lo + 2] += shift
     return squares
+
+
+def _as_pixels(box: np.ndarray, points: np.ndarray) -> tuple[list[float], float, np.ndarray]:
+    """A cascade box and its landmarks as ``Detection`` numbers them. The cascade numbers a box by its first
+    pixel, 1-based, and its last, inclusive (it looks at pixels x1-1 .. x2-1, so from edge x1-1 to edge x2),
+    and places landmarks as fractions of that span, from its left edge (pixel edges); a ``Detection`` holds
+    pixel edges for its box and pixel centres for its landmarks. Without this, a box mapped from a reduced
+    copy to the full photo would be off by a pixel of the copy (RESULTS.md, issue 28)."""
+    return [box[0] - 1, box[1] - 1, box[2], box[3]], box[4], points - 0.5
 
 
 def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
