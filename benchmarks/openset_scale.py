@@ -137,10 +137,11 @@ def main() -> None:
         else set()
     )
     pool_paths, pool_labels, pool_sources = face_sets.aligned_faces(args.faces, tuple(args.distractors.split(",")))
-    pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
-    same_as_lfw, cleaning = judge_lfw_people(args, judge, info.recipe, pool_paths, pool_sources, keep, lfw_judged)
-    pool_emb = pool_emb[keep & ~same_as_lfw]
+    pool_paths, pool_sources = [p for p, k in zip(pool_paths, keep) if k], pool_sources[keep]
+    pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
+    same_as_lfw, cleaning = judge_lfw_people(args, judge, info.recipe, pool_paths, pool_sources, lfw_judged)
+    pool_emb = pool_emb[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
     names, counts = np.unique(lfw_labels, return_counts=True)
@@ -207,12 +208,12 @@ def main() -> None:
         plot(rows, args.plot)
 
 
-def judge_lfw_people(args, judge, recipe, paths, sources, keep, lfw_judged) -> tuple[np.ndarray, dict]:
+def judge_lfw_people(args, judge, recipe, paths, sources, lfw_judged) -> tuple[np.ndarray, dict]:
     """(mask of the pool faces the judge takes for a person of LFW half B, a summary in counts only). Only
     ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``; the judge's threshold is its ``JUDGE_FAR``
     over CelebA's different-identity pairs (a calibration source, never measured on), mislabels filtered."""
     flagged = np.zeros(len(paths), bool)
-    judged = keep & np.isin(sources, face_sets.JUDGED_SOURCES)
+    judged = np.isin(sources, face_sets.JUDGED_SOURCES)
     if args.clean == "none":
         return flagged, {"clean": "none"}
     celeba_paths, celeba_labels, _ = face_sets.aligned_faces(args.faces, ("celeba",))
