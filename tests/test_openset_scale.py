@@ -67,3 +67,25 @@ def test_embed_cached_embeds_each_path_once_and_keeps_order(tmp_path):
     assert first[:, 0].tolist() == [0, 1, 2]
     assert again[:, 0].tolist() == [4, 3, 2, 1, 0]
     assert sorted(p.name for chunk in calls for p in chunk) == ["0", "1", "2", "3", "4"]
+
+
+def test_plot_draws_one_line_for_one_photo_and_one_per_policy_for_five(tmp_path):
+    pytest.importorskip("matplotlib")
+
+    def row(enrolled, policy, faces):
+        asked = {k: {"dir": 0.9, "stranger_far": float(k)} for k in ("0.01", "0.001")}
+        return {"enrolled": enrolled, "policy": policy, "faces": faces, "raw": asked}
+
+    rows = [row(1, "nearest", f) for f in (156, 1156)]
+    rows += [row(5, p, f) for p in ("nearest", "template") for f in (780, 1780)]
+    openset_scale.plot(rows, tmp_path / "p.png")
+    import matplotlib.pyplot as plt
+
+    (dir_axes, _) = plt.gcf().axes
+    assert [line.get_label() for line in dir_axes.get_lines()] == [
+        "1 photo (every policy)",
+        "nearest, 5 photos",
+        "template, 5 photos",
+    ]
+    assert all(len(line.get_xdata()) == 2 for line in dir_axes.get_lines())
+    assert (tmp_path / "p.png").stat().st_size > 0
