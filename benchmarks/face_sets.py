@@ -40,6 +40,8 @@ JUDGE = "dlib"
 # CelebA's celebrities. Yale B's are 38 lab volunteers; the PubFig83 / Glint people named in LFW are left out
 # by name and the rest are named people who are not in LFW.
 JUDGED_SOURCES = ("utk", "celeba")
+# Where the judge's threshold is calibrated: labelled faces of a source the model is never measured on.
+JUDGE_CALIBRATION = "pubfig83"
 
 
 def aligned_faces(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ who are not in LFW), in a seeded random order, N from 0 up to all of them. UTKFa
 celebrities, some of them LFW people: a stranger matching their photo is no false accept. With ``--clean
 judge`` (the default) an independent judge (``face_sets.JUDGE``, not the model under test) removes the
 distractors it takes for a person of LFW's half B, as MegaFace's distractors were cleaned of FaceScrub's
-people: those nearer than its ``JUDGE_FAR`` threshold (calibrated on CelebA's different-identity pairs,
+people: those nearer than its ``JUDGE_FAR`` threshold (calibrated on PubFig83's different-identity pairs,
 seen through the same crops) to any half-B photo; ``--clean none`` keeps them, for the raw figures. A
 ``--cohort`` of the remaining faces is kept out of every gallery for score normalisation.
 
@@ -218,14 +218,14 @@ def judge_lfw_people(
 ) -> tuple[np.ndarray, dict]:
     """(mask of the pool faces the judge takes for a person of LFW half B, a summary in counts only). Only
     ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``; the judge's threshold is its ``JUDGE_FAR``
-    over CelebA's different-identity pairs (a calibration source, never measured on), mislabels filtered."""
+    over the different-identity pairs of ``face_sets.JUDGE_CALIBRATION`` (never measured on), mislabels filtered."""
     flagged = np.zeros(len(paths), bool)
     judged = np.isin(sources, face_sets.JUDGED_SOURCES)
     if args.clean == "none":
         return flagged, {"clean": "none"}
-    celeba_paths, celeba_labels, _ = face_sets.aligned_faces(args.faces, ("celeba",))
-    celeba = face_sets.judge_aligned(judge, recipe, celeba_paths, args.cache / "aligned.dlib.npz")
-    table = calibrate(celeba, celeba_labels, fars=(JUDGE_FAR, 10 * JUDGE_FAR))
+    known_paths, known_labels, _ = face_sets.aligned_faces(args.faces, (face_sets.JUDGE_CALIBRATION,))
+    known = face_sets.judge_aligned(judge, recipe, known_paths, args.cache / "aligned.dlib.npz")
+    table = calibrate(known, known_labels, fars=(JUDGE_FAR, 10 * JUDGE_FAR))
     threshold, looser = (table.thresholds[far_key(f)] for f in (JUDGE_FAR, 10 * JUDGE_FAR))
     rows = np.flatnonzero(judged)
     emb = face_sets.judge_aligned(judge, recipe, [paths[i] for i in rows], args.cache / "aligned.dlib.npz")
@@ -238,7 +238,8 @@ def judge_lfw_people(
         "judge": face_sets.JUDGE,
         "judge_far": JUDGE_FAR,
         "judge_threshold": threshold,
-        "judge_tar_on_celeba": table.details["entries"][far_key(JUDGE_FAR)]["tar"],
+        "judge_calibration": {k: table.details[k] for k in ("faces", "people", "impostor_pairs")},
+        "judge_entries": table.details["entries"],
         "judged": {s: int(np.sum(judged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
         "removed": {s: int(np.sum(flagged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
         "removed_matching_a_stranger": int(np.sum(~np.isin(matched, known_people))),
