@@ -61,21 +61,22 @@ def aligned_faces(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarr
 
 
 def embed_cached(paths: list[Path], cache: Path, embed, batch: int = 256) -> np.ndarray:
-    """``embed(chunk of paths)`` for every path, cached in ``cache`` (.npz) by path and saved after each chunk,
-    so a long run on a loaded machine resumes where it stopped."""
+    """``embed(chunk of paths)`` for every path, cached in ``cache`` (.npz) by absolute path (``../x`` and
+    ``/abs/x`` are one photo) and saved after each chunk, so a long run on a loaded machine resumes."""
     done = {}
     if cache.exists():
         with np.load(cache, allow_pickle=False) as data:
             done = dict(zip(data["paths"].tolist(), data["embeddings"]))
-    todo = [p for p in paths if str(p) not in done]
+    key = {p: str(Path(p).resolve()) for p in paths}
+    todo = [p for p in paths if key[p] not in done]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
-        done.update(zip(map(str, chunk), embed(chunk)))
+        done.update(zip((key[p] for p in chunk), embed(chunk)))
         np.savez(cache, paths=np.array(list(done)), embeddings=np.stack(list(done.values())))
         print(f"\rembedding {cache.stem}: {len(done)}/{len(paths)}", end="", flush=True)
     if todo:
         print()
-    return np.stack([done[str(p)] for p in paths])
+    return np.stack([done[key[p]] for p in paths])
 
 
 def read_crop(path: Path, size: int | None = None) -> np.ndarray:

@@ -53,17 +53,19 @@ def test_dlib_chip_puts_the_landmarks_on_dlib_template():
     assert chip[140:].max() == 0  # below the tight crop: nothing to show
 
 
-def test_embed_cached_embeds_each_path_once_and_keeps_order(tmp_path):
+def test_embed_cached_embeds_each_photo_once_and_keeps_order(tmp_path, monkeypatch):
     calls = []
 
     def embed(chunk):
         calls.append(list(chunk))
         return np.array([[float(p.name)] for p in chunk])
 
-    paths = [Path(str(i)) for i in range(5)]
+    paths = [tmp_path / str(i) for i in range(5)]
     cache = tmp_path / "e.npz"
     first = face_sets.embed_cached(paths[:3], cache, embed, batch=2)
-    again = face_sets.embed_cached(paths[::-1], cache, embed, batch=2)
+    relative = [Path("..") / tmp_path.name / p.name for p in paths[::-1]]  # the same photos, spelt otherwise
+    monkeypatch.chdir(tmp_path)
+    again = face_sets.embed_cached(relative, cache, embed, batch=2)
     assert first[:, 0].tolist() == [0, 1, 2]
     assert again[:, 0].tolist() == [4, 3, 2, 1, 0]
     assert sorted(p.name for chunk in calls for p in chunk) == ["0", "1", "2", "3", "4"]
