@@ -37,7 +37,7 @@ def main() -> None:
     embedder = facenet.load_model(detect=False)
     paths, labels, groups = face_sets.aligned_faces(args.faces, face_sets.CALIBRATION_SOURCES)
     emb = face_sets.embed_aligned(embedder, paths, args.cache / "aligned.reid.npz")
-    lfw_paths, lfw_labels, lfw_emb = face_sets.lfw_faces(
+    lfw_paths, lfw_labels, lfw_emb, _ = face_sets.lfw_faces(
         args.lfw, face_sets.lfw_embedder(), args.cache / "lfw.reid.npz"
     )
     half_a = face_sets.lfw_calibration_half(lfw_labels)

@@ -14,6 +14,10 @@ the repository).
   person each as far as anyone knows) and Extended Yale B (38 people). ``openset_scale.py`` enrols the
   calibration sources' faces beside them too: a stranger against a distractor is a pair across sources,
   which calibration never pairs.
+* the ``judge`` (``JUDGE``, dlib's ResNet: another network, trained on other faces) decides which
+  distractors are people of the LFW photos measured on, as MegaFace's distractors were cleaned of
+  FaceScrub's people. It sees the same crops the model under test sees, re-framed to its own chip
+  (``dlib_chip``), so both sides of every comparison are cut alike.
 """
 
 from __future__ import annotations
@@ -21,14 +25,23 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
+from facenet.align.crop import similarity_transform, template_points
 from facenet.data.images import IMAGE_SUFFIXES
-from facenet.evaluate.protocol import embed_paths
+from facenet.distances import squared_l2
 
 CALIBRATION_SOURCES = ("pubfig83", "glint", "celeba")
 DISTRACTOR_SOURCES = ("utk", "yale")
+JUDGE = "dlib"
+# The distractor sources whose photos may show anyone, LFW's people included: UTKFace's web photos and
+# CelebA's celebrities. Yale B's are 38 lab volunteers; the PubFig83 / Glint people named in LFW are left out
+# by name and the rest are named people who are not in LFW.
+JUDGED_SOURCES = ("utk", "celeba")
+# Where the judge's threshold is calibrated: labelled faces of a source the model is never measured on.
+JUDGE_CALIBRATION = "pubfig83"
 
 
 def aligned_faces(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -47,31 +60,59 @@ def aligned_faces(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarr
     return paths, np.array(labels), np.array(groups)
 
 
-def embed_aligned(embedder, paths: list[Path], cache: Path, batch: int = 256) -> np.ndarray:
-    """Embeddings of ready model-sized crops (``embed_crops``), cached in ``cache`` (.npz) by path."""
+def embed_cached(paths: list[Path], cache: Path, embed, batch: int = 256) -> np.ndarray:
+    """``embed(chunk of paths)`` for every path, cached in ``cache`` (.npz) by absolute path (``../x`` and
+    ``/abs/x`` are one photo) and saved after each chunk, so a long run on a loaded machine resumes."""
     done = {}
     if cache.exists():
         with np.load(cache, allow_pickle=False) as data:
             done = dict(zip(data["paths"].tolist(), data["embeddings"]))
-    todo = [p for p in paths if str(p) not in done]
+    key = {p: str(Path(p).resolve()) for p in paths}
+    todo = [p for p in paths if key[p] not in done]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
-        crops = [np.asarray(Image.open(p).convert("RGB").resize((embedder.info.input_size,) * 2)) for p in chunk]
-        done.update(zip(map(str, chunk), embedder.embed_crops(crops)))
+        done.update(zip((key[p] for p in chunk), embed(chunk)))
+        np.savez(cache, paths=np.array(list(done)), embeddings=np.stack(list(done.values())))
         print(f"\rembedding {cache.stem}: {len(done)}/{len(paths)}", end="", flush=True)
     if todo:
         print()
-        np.savez(cache, paths=np.array(list(done)), embeddings=np.stack(list(done.values())))
-    return np.stack([done[str(p)] for p in paths])
+    return np.stack([done[key[p]] for p in paths])
 
 
-def lfw_faces(images: Path, embedder, cache: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """(paths, labels, embeddings) of every LFW photo; ``embedder`` takes the central face, falling back to
-    the centre (see ``lfw_embedder``)."""
+def read_crop(path: Path, size: int | None = None) -> np.ndarray:
+    image = Image.open(path).convert("RGB")
+    return np.asarray(image if size is None else image.resize((size, size)))
+
+
+def embed_aligned(embedder, paths: list[Path], cache: Path) -> np.ndarray:
+    """Embeddings of ready model-sized crops (``embed_crops``), cached in ``cache`` (.npz) by path."""
+    size = embedder.info.input_size
+    return embed_cached(paths, cache, lambda chunk: embedder.embed_crops([read_crop(p, size) for p in chunk]))
+
+
+def lfw_faces(
+    images: Path, embedder, cache: Path, half: str | None = None, judge=None
+) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray | None]:
+    """(paths, labels, embeddings, the ``judge``'s embeddings or None) of every LFW photo, or of one ``half``
+    ("a" or "b": ``lfw_calibration_half``, so a measurement on half B embeds only that). ``embedder`` takes
+    the central face, falling back to the centre (see ``lfw_embedder``); each face is found once and the
+    judge sees the same crop (``dlib_chip``)."""
     paths = sorted(images.glob("*/*.jpg"))
-    emb, failed = embed_paths(embedder, paths, "none", 32, True, cache)
-    paths = [p for p in paths if p in emb]
-    return paths, np.array([p.parent.name for p in paths]), np.stack([emb[p] for p in paths])
+    if half is not None:
+        in_a = lfw_calibration_half(np.array([p.parent.name for p in paths]))
+        paths = [p for p, a in zip(paths, in_a) if a == (half == "a")]
+
+    def embed(chunk):
+        crops = [embedder.find_faces(str(p)).faces[0].image for p in chunk]
+        rows = embedder.embed_crops(crops)
+        if judge is None:
+            return rows
+        return np.hstack([rows, judge.embed_crops([dlib_chip(c, embedder.info.recipe) for c in crops])])
+
+    rows = embed_cached(paths, cache, embed, batch=64)
+    size = embedder.embedding_size
+    judged = rows[:, size:] if judge is not None else None
+    return paths, np.array([p.parent.name for p in paths]), rows[:, :size], judged
 
 
 def lfw_calibration_half(labels: np.ndarray) -> np.ndarray:
@@ -87,3 +128,28 @@ def lfw_embedder(model: str | None = None):
     embedder = facenet.load_model(model, which="central")
     embedder.fallback_detector = get_detector("center")
     return embedder
+
+
+def dlib_chip(crop: np.ndarray, recipe: dict) -> np.ndarray:
+    """``crop`` (cut by ``recipe``: its template and margin) re-framed to dlib's 150 px chip, the framing the
+    judge was trained on; what the crop does not hold is black (below the chin for the default's tight crop)."""
+    size = crop.shape[0]
+    matrix = similarity_transform(
+        template_points(size, recipe["margin"], recipe["template"]), template_points(150, 0.0, "dlib")
+    )
+    return cv2.warpAffine(np.ascontiguousarray(crop), matrix, (150, 150), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def judge_aligned(judge, recipe: dict, paths: list[Path], cache: Path) -> np.ndarray:
+    """The judge's embeddings of aligned crops that ``recipe`` cut (``scripts/prepare_training_data.py``)."""
+    return embed_cached(paths, cache, lambda chunk: judge.embed_crops([dlib_chip(read_crop(p), recipe) for p in chunk]))
+
+
+def nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(squared L2 distance, index) of each query's nearest row of ``refs``, a chunk of queries at a time."""
+    dist, index = np.empty(len(queries), np.float64), np.empty(len(queries), np.int64)
+    for start in range(0, len(queries), chunk):
+        d = squared_l2(queries[start : start + chunk], refs, pairwise=True)
+        index[start : start + len(d)] = d.argmin(axis=1)
+        dist[start : start + len(d)] = d[np.arange(len(d)), index[start : start + len(d)]]
+    return dist, index

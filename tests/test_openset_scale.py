@@ -1,0 +1,93 @@
+"""benchmarks/openset_scale.py and face_sets.py: the pieces its figures rest on (the figures live in RESULTS.md)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import poisson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import face_sets  # noqa: E402
+import openset_scale  # noqa: E402
+
+from facenet.align.crop import template_points  # noqa: E402
+
+
+@pytest.mark.parametrize("k, n", [(0, 3865), (1, 3865), (4, 3865), (16, 3865), (300, 100_000)])
+def test_poisson_interval_is_exact(k, n):
+    low, high = openset_scale.poisson_interval(k, n)
+    assert low <= k / n <= high
+    # each end is the rate at which the observed count is just 2.5% likely on its side
+    assert poisson.cdf(k, high * n) == pytest.approx(0.025, abs=1e-6)
+    if k:
+        assert poisson.sf(k - 1, low * n) == pytest.approx(0.025, abs=1e-6)
+    else:
+        assert low == 0.0
+
+
+def test_poisson_interval_known_values():
+    # Garwood's table: 0 events -> [0, 3.689], 4 events -> [1.090, 10.242]
+    assert openset_scale.poisson_interval(0, 1) == pytest.approx((0.0, 3.689), abs=1e-3)
+    assert openset_scale.poisson_interval(4, 1) == pytest.approx((1.090, 10.242), abs=1e-3)
+
+
+def test_nearest_matches_brute_force():
+    rng = np.random.default_rng(1)
+    queries, refs = rng.normal(size=(70, 8)).astype(np.float32), rng.normal(size=(33, 8)).astype(np.float32)
+    dist, index = face_sets.nearest(queries, refs, chunk=16)
+    brute = ((queries[:, None, :].astype(np.float64) - refs[None]) ** 2).sum(-1)
+    assert np.array_equal(index, brute.argmin(1))
+    assert np.allclose(dist, brute.min(1), atol=1e-4)
+
+
+def test_dlib_chip_puts_the_landmarks_on_dlib_template():
+    recipe = {"template": "openvino", "margin": 0.0}
+    crop = np.zeros((128, 128, 3), np.uint8)
+    for x, y in template_points(128, 0.0, "openvino").round().astype(int):
+        crop[y - 1 : y + 2, x - 1 : x + 2] = 255
+    chip = face_sets.dlib_chip(crop, recipe)
+    assert chip.shape == (150, 150, 3)
+    for x, y in template_points(150, 0.0, "dlib").round().astype(int):
+        assert chip[y - 1 : y + 2, x - 1 : x + 2].max() > 100
+    assert chip[140:].max() == 0  # below the tight crop: nothing to show
+
+
+def test_embed_cached_embeds_each_photo_once_and_keeps_order(tmp_path, monkeypatch):
+    calls = []
+
+    def embed(chunk):
+        calls.append(list(chunk))
+        return np.array([[float(p.name)] for p in chunk])
+
+    paths = [tmp_path / str(i) for i in range(5)]
+    cache = tmp_path / "e.npz"
+    first = face_sets.embed_cached(paths[:3], cache, embed, batch=2)
+    relative = [Path("..") / tmp_path.name / p.name for p in paths[::-1]]  # the same photos, spelt otherwise
+    monkeypatch.chdir(tmp_path)
+    again = face_sets.embed_cached(relative, cache, embed, batch=2)
+    assert first[:, 0].tolist() == [0, 1, 2]
+    assert again[:, 0].tolist() == [4, 3, 2, 1, 0]
+    assert sorted(p.name for chunk in calls for p in chunk) == ["0", "1", "2", "3", "4"]
+
+
+def test_plot_draws_one_line_for_one_photo_and_one_per_policy_for_five(tmp_path):
+    pytest.importorskip("matplotlib")
+
+    def row(enrolled, policy, faces):
+        asked = {k: {"dir": 0.9, "stranger_far": float(k)} for k in ("0.01", "0.001")}
+        return {"enrolled": enrolled, "policy": policy, "faces": faces, "raw": asked}
+
+    rows = [row(1, "nearest", f) for f in (156, 1156)]
+    rows += [row(5, p, f) for p in ("nearest", "template") for f in (780, 1780)]
+    openset_scale.plot(rows, tmp_path / "p.png")
+    import matplotlib.pyplot as plt
+
+    (dir_axes, _) = plt.gcf().axes
+    assert [line.get_label() for line in dir_axes.get_lines()] == [
+        "1 photo (every policy)",
+        "nearest, 5 photos",
+        "template, 5 photos",
+    ]
+    assert all(len(line.get_xdata()) == 2 for line in dir_axes.get_lines())
+    assert (tmp_path / "p.png").stat().st_size > 0
