@@ -39,6 +39,8 @@ CLASS_OF_KIND = {
     "sunglasses": "eyes",
     "cap_shadow": "none",
 }
+# the training looks drawn on a clean face to compare it with a masked one (``as_masked``)
+AS_MASKED_KINDS = ("mask", "cloth_mask", "n95")
 WEIGHTS_DIR = Path(__file__).parent / "models" / "weights"
 PATTERN = "occluder-*.safetensors"
 
@@ -166,3 +168,30 @@ def occluded_crops(finder, pixels: np.ndarray, kinds: Sequence[str | None], seed
         except FaceNetError:
             crops.append(None)
     return crops
+
+
+
+def as_masked(embedder, face, photo_size: tuple[int, int]) -> np.ndarray:
+    """The embedding of a clean face as if masked (issue 24, item 2): the unit mean of the embeddings of
+    ``masked_looks`` of its crop.
+
+    Why: a masked probe compared with a clean photo compares a covered lower face with an uncovered one;
+    covering the clean side's lower face too compares like with like. ``face``: an ``AlignedFace`` found in
+    a photo of ``photo_size`` (width, height), e.g. ``embedder.find_faces(photo)``'s."""
+    return unit_mean(embedder.embed_crops(masked_looks(embedder, face, photo_size)))
+
+
+def masked_looks(embedder, face, photo_size: tuple[int, int], kinds: Sequence[str] = AS_MASKED_KINDS) -> list:
+    """The face's crop with each of ``kinds`` drawn on it: ``facenet.occlusion``'s *training* looks (never
+    the evaluation ones), placed from the face's landmarks."""
+    from facenet.align.crop import landmarks_in_crop
+    from facenet.occlusion import occlude
+
+    points = landmarks_in_crop(face.detection, embedder.info.input_size, embedder.recipe, photo_size)
+    return [occlude(face.image, points, kind, seed=0, variant="train") for kind in kinds]
+
+
+def unit_mean(rows: np.ndarray) -> np.ndarray:
+    """The mean of unit embeddings, back on the unit sphere."""
+    mean = np.asarray(rows, np.float32).mean(axis=0)
+    return mean / np.linalg.norm(mean)
