@@ -36,7 +36,7 @@ from facenet.errors import NoFaceError
 from facenet.evaluate import heldout_masks
 from facenet.evaluate.metrics import best_threshold
 from facenet.evaluate.pairs import read_pairs
-from facenet.occluder import AS_MASKED_KINDS, OccluderDetector, masked_looks, unit_mean
+from facenet.occluder import AS_MASKED_KINDS, OccluderDetector, masked_looks, to_mask, unit_mean
 from facenet.occlusion import occlude
 
 RENDERERS = {"heldout": heldout_masks.KINDS, "eval": ("mask", "cloth_mask", "n95")}
@@ -79,13 +79,13 @@ def comparisons(first: Face | None, second: Face | None, masked_second: bool, lo
         (distance(first.per_kind[look], second.plain), True) if masked_second else (plain, False)
     )
     out["oracle: fused"] = ((plain + as_masked_d) / 2, masked_second)
-    lower = (first.occlusion == "lower", second.occlusion == "lower")
-    if lower[0] == lower[1]:  # neither or both covered: alike already
+    side = to_mask([first.occlusion, second.occlusion])
+    if side is None:
         detected = plain
-    else:  # the clean side's as-masked view against the covered side
-        detected = distance(first.masked, second.plain) if lower[1] else distance(first.plain, second.masked)
-    out["detector: as masked"] = (detected, lower[0] != lower[1])
-    out["detector: fused"] = ((plain + detected) / 2, lower[0] != lower[1])
+    else:  # the uncovered side's as-masked view against the covered side
+        detected = distance(first.masked, second.plain) if side == 0 else distance(first.plain, second.masked)
+    out["detector: as masked"] = (detected, side is not None)
+    out["detector: fused"] = ((plain + detected) / 2, side is not None)
     return out
 
 

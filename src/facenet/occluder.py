@@ -171,6 +171,30 @@ def occluded_crops(finder, pixels: np.ndarray, kinds: Sequence[str | None], seed
 
 
 
+
+def like_with_like(embedder, faces: Sequence, sizes: Sequence, rows: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Two faces' embeddings as they should be compared, and whether they are compared as masked: where the
+    model's occluder detector calls exactly one face's lower half covered, the other face's row is replaced
+    by its ``as_masked`` view; otherwise (no detector for the model, neither covered, or both) the rows
+    are returned as they are. ``faces``: the two ``AlignedFace``s, found in photos of ``sizes`` (width, height)."""
+    try:
+        head = detector_for(embedder.name)
+    except NoOccluderDetector:
+        return rows, False
+    clean = to_mask([label for label, _ in head.classify(rows)])
+    if clean is None or not faces[clean].detection.landmarks.any():  # no landmarks (a ready crop): no mask to place
+        return rows, False
+    rows = np.array(rows, copy=True)
+    rows[clean] = as_masked(embedder, faces[clean], sizes[clean])
+    return rows, True
+
+
+def to_mask(labels: Sequence[str]) -> int | None:
+    """Which of two faces (by their occluder classes) to compare as masked: the uncovered one when the other's
+    lower half is covered; None when neither or both are (alike already)."""
+    lower = [label == "lower" for label in labels]
+    return lower.index(False) if lower.count(True) == 1 else None
+
 def as_masked(embedder, face, photo_size: tuple[int, int]) -> np.ndarray:
     """The embedding of a clean face as if masked (issue 24, item 2): the unit mean of the embeddings of
     ``masked_looks`` of its crop.
