@@ -11,7 +11,8 @@ Masks come from the held-out renderer (``facenet.evaluate.heldout_masks``, dlib-
 placed from the model's landmarks on the clean photo). Every photo goes through the public whole-photo path
 (``model.find_faces`` then the network, as ``facenet.embed``); a photo with no face found answers its pair
 wrong. Accuracy is 10-fold; plain and as-masked comparisons get thresholds of their own, each fitted on the
-other folds' pairs of its kind.
+other folds' pairs of its kind; one more row per mask scores the detector-driven comparison with the model's
+own threshold for both kinds, as ``facenet.verify`` does.
 
     PYTHONPATH=src .venv/bin/python benchmarks/mask_aware_lfw.py --limit 600 \\
         --occluder ~/faces/occluder-reid.safetensors --cache /tmp/mask_aware --json mask_aware.json
@@ -99,21 +100,26 @@ METHODS = (
 )
 
 
-def fold_accuracy(d: np.ndarray, masked: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[float, float]:
-    """10-fold accuracy (mean, std): plain and as-masked comparisons each get the threshold best on the other
-    folds' scored pairs of their kind (the pooled one where a kind has none there); NaN distances count wrong."""
-    scores = []
+def fold_accuracy(
+    d: np.ndarray, masked: np.ndarray, same: np.ndarray, folds: np.ndarray, fixed: float | None = None
+) -> tuple[float, float, dict]:
+    """10-fold accuracy (mean, std) and the mean threshold of each comparison kind: plain and as-masked
+    comparisons each get the threshold best on the other folds' scored pairs of their kind (the pooled one
+    where a kind has none there), or ``fixed`` for both; NaN distances count wrong."""
+    scores, thresholds = [], {False: [], True: []}
     for fold in np.unique(folds):
         train, test = (folds != fold) & ~np.isnan(d), folds == fold
-        pooled = best_threshold(d[train], same[train])[0]
+        pooled = best_threshold(d[train], same[train])[0] if fixed is None else fixed
         right = 0
         for kind in (False, True):
             fit = train & (masked == kind)
-            threshold = best_threshold(d[fit], same[fit])[0] if fit.any() else pooled
+            threshold = best_threshold(d[fit], same[fit])[0] if fit.any() and fixed is None else pooled
             sel = test & (masked == kind) & ~np.isnan(d)
             right += np.sum((d[sel] < threshold) == same[sel])
+            thresholds[kind].append(threshold)
         scores.append(right / test.sum())
-    return float(np.mean(scores)), float(np.std(scores))
+    kinds = {"plain": float(np.mean(thresholds[False])), "as masked": float(np.mean(thresholds[True]))}
+    return float(np.mean(scores)), float(np.std(scores)), kinds
 
 
 def draw(renderer: str, kind: str, path: Path, clean_found, seed: int) -> np.ndarray:
@@ -177,17 +183,18 @@ def main(argv=None) -> int:
         per_pair = [
             comparisons(clean[p.path1][0], second[p.path2], p.path2 in drawn, MATCHING.get(kind, kind)) for p in pairs
         ]
-        for method in METHODS:
+        for method, fixed in [(m, None) for m in METHODS] + [("detector: as masked", model.threshold)]:
             if kind == "none" and method.startswith("oracle"):
                 continue
             d = np.array([c[method][0] for c in per_pair])
             masked = np.array([c[method][1] for c in per_pair])
-            mean, std = fold_accuracy(d, masked, same, folds)
+            mean, std, thresholds = fold_accuracy(d, masked, same, folds, fixed)
             rows.append(
                 {
                     "renderer": renderer,
                     "kind": kind,
-                    "method": method,
+                    "method": method + (", the model's threshold (facenet.verify)" if fixed else ""),
+                    "thresholds": thresholds,
                     "pairs": len(pairs),
                     "accuracy": mean,
                     "std": std,
@@ -223,14 +230,18 @@ def main(argv=None) -> int:
             print(f"{renderer} {kind}: {len(drawn)} masked, {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     print(f"\nLFW View 2, {len(pairs)} pairs, mask on the second photo\n")
-    print("| renderer | mask | method | accuracy | pairs compared as masked | masked faces called lower |")
+    print("| renderer | mask | method | accuracy | pairs compared as masked | thresholds: plain, as masked |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        lower = "-" if r["detector_lower"] is None else f"{r['detector_lower']:.1%}"
+        t = r["thresholds"]
         print(
             f"| {r['renderer']} | {r['kind']} | {r['method']} | {r['accuracy']:.2%} +- {r['std']:.2%} | "
-            f"{r['compared_as_masked']:.1%} | {lower} |"
+            f"{r['compared_as_masked']:.1%} | {t['plain']:.3f}, {t['as masked']:.3f} |"
         )
+    for renderer, kind, lower in sorted(
+        {(r["renderer"], r["kind"], r["detector_lower"]) for r in rows if r["detector_lower"] is not None}
+    ):
+        print(f"{renderer} {kind}: the detector calls {lower:.1%} of the masked faces found 'lower'")
     return 0
 
 

@@ -170,8 +170,6 @@ def occluded_crops(finder, pixels: np.ndarray, kinds: Sequence[str | None], seed
     return crops
 
 
-
-
 def like_with_like(embedder, faces: Sequence, sizes: Sequence, rows: np.ndarray) -> tuple[np.ndarray, bool]:
     """Two faces' embeddings as they should be compared, and whether they are compared as masked: where the
     model's occluder detector calls exactly one face's lower half covered, the other face's row is replaced
@@ -194,6 +192,7 @@ def to_mask(labels: Sequence[str]) -> int | None:
     lower half is covered; None when neither or both are (alike already)."""
     lower = [label == "lower" for label in labels]
     return lower.index(False) if lower.count(True) == 1 else None
+
 
 def as_masked(embedder, face, photo_size: tuple[int, int]) -> np.ndarray:
     """The embedding of a clean face as if masked (issue 24, item 2): the unit mean of the embeddings of

@@ -192,9 +192,7 @@ def cut_face(pixels: np.ndarray, detection: Detection, size: int = 160, recipe: 
     return align_face(pixels, detection, size, recipe.margin, recipe.template)
 
 
-def landmarks_in_crop(
-    detection: Detection, size: int, recipe: Recipe, photo_size: tuple[int, int]
-) -> np.ndarray:
+def landmarks_in_crop(detection: Detection, size: int, recipe: Recipe, photo_size: tuple[int, int]) -> np.ndarray:
     """Where the detection's five landmarks fall in the crop ``cut_face`` makes of it ((5, 2), crop pixels),
     so what is drawn from landmarks (``facenet.occlusion``) can be drawn on the crop itself. ``photo_size``:
     the photo's (width, height), where a box crop is clipped."""
