@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="model file (default: the installed default model)")
     parser.add_argument("--occluder", type=Path, default=None, help="an occluder head (default: the shipped one)")
     parser.add_argument("--renderer", action="append", choices=sorted(RENDERERS), help="default: both")
+    parser.add_argument("--kind", action="append", help="only these masks of the renderers (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="use N pairs spread evenly over the file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping the face records between runs")
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
 
     measure("-", "none", {p: r[0] for p, r in clean.items()}, set())
     for renderer in args.renderer or sorted(RENDERERS, reverse=True):
-        for kind in RENDERERS[renderer]:
+        for kind in [k for k in RENDERERS[renderer] if not args.kind or k in args.kind]:
             start = time.perf_counter()
 
             def masked_records(renderer=renderer, kind=kind):
