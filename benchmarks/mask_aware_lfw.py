@@ -1,6 +1,6 @@
 """Mask-aware matching on LFW (issue 24, item 2): a masked second photo against a clean first photo, compared
-plainly, "as masked" (the clean side re-embedded with training-look masks drawn on it,
-``facenet.occluder.as_masked``), or by the mean of the two distances.
+plainly, "as masked" (the clean side re-embedded with training-look masks drawn on its crop,
+``facenet.occluder.masked_looks``), or by the mean of the two distances.
 
 Why: the lever the issue names is comparing like with like; this measures whether it helps, first with an
 oracle that knows which side is masked, then driven by the occluder detector (``facenet.occluder``), which
@@ -10,9 +10,10 @@ Masks come from the held-out renderer (``facenet.evaluate.heldout_masks``, dlib-
 ``heldout_masked_lfw.py``) or from the project's own evaluation looks (``facenet.occlusion``, variant "eval",
 placed from the model's landmarks on the clean photo). Every photo goes through the public whole-photo path
 (``model.find_faces`` then the network, as ``facenet.embed``); a photo with no face found answers its pair
-wrong. Accuracy is 10-fold; plain and as-masked comparisons get thresholds of their own, each fitted on the
-other folds' pairs of its kind; one more row per mask scores the detector-driven comparison with the model's
-own threshold for both kinds, as ``facenet.verify`` does.
+wrong. Accuracy is 10-fold: plain and as-masked comparisons get thresholds of their own, each fitted on
+the other folds' pairs of its kind; one more row per mask scores the detector-driven comparison with the
+model's own threshold for both kinds (what ``facenet.verify`` would do without one of its own for them).
+AUC (over the scored pairs) is the finer measure on a few hundred pairs.
 
     PYTHONPATH=src .venv/bin/python benchmarks/mask_aware_lfw.py --limit 600 \\
         --occluder ~/faces/occluder-reid.safetensors --cache /tmp/mask_aware --json mask_aware.json
@@ -35,9 +36,9 @@ import facenet
 from facenet.data.images import load_image
 from facenet.errors import NoFaceError
 from facenet.evaluate import heldout_masks
-from facenet.evaluate.metrics import best_threshold
+from facenet.evaluate.metrics import best_threshold, roc
 from facenet.evaluate.pairs import read_pairs
-from facenet.occluder import AS_MASKED_KINDS, OccluderDetector, masked_looks, to_mask, unit_mean
+from facenet.occluder import AS_MASKED_KINDS, OccluderDetector, masked_looks, to_mask
 from facenet.occlusion import occlude
 
 RENDERERS = {"heldout": heldout_masks.KINDS, "eval": ("mask", "cloth_mask", "n95")}
@@ -47,7 +48,7 @@ MATCHING = {"surgical": "mask", "n95": "n95", "cloth": "cloth_mask", "kn95": "n9
 @dataclass
 class Face:
     plain: np.ndarray
-    masked: np.ndarray  # facenet.occluder.as_masked: the mean over AS_MASKED_KINDS
+    masked: np.ndarray  # the face as masked: the unit mean over its AS_MASKED_KINDS looks
     per_kind: dict  # one look's embedding
     occlusion: str  # the detector's class
 
@@ -61,7 +62,8 @@ def face_record(model, head, image) -> tuple[Face | None, object]:
     face = found.faces[0]
     plain, *looks = model.embed_crops([face.image, *masked_looks(model, face, found.size)])  # one batch
     label = head.classify(plain[None])[0][0]
-    return Face(plain, unit_mean(looks), dict(zip(AS_MASKED_KINDS, looks)), label), found
+    mean = np.mean(looks, axis=0)
+    return Face(plain, mean / np.linalg.norm(mean), dict(zip(AS_MASKED_KINDS, looks)), label), found
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,6 +82,8 @@ def comparisons(first: Face | None, second: Face | None, masked_second: bool, lo
         (distance(first.per_kind[look], second.plain), True) if masked_second else (plain, False)
     )
     out["oracle: fused"] = ((plain + as_masked_d) / 2, masked_second)
+    both = distance(first.masked, second.masked) if masked_second else plain  # the same looks over both sides
+    out["oracle: as masked, both sides"] = (both, masked_second)
     side = to_mask([first.occlusion, second.occlusion])
     if side is None:
         detected = plain
@@ -95,6 +99,7 @@ METHODS = (
     "oracle: as masked (3 looks)",
     "oracle: as masked (matching look)",
     "oracle: fused",
+    "oracle: as masked, both sides",
     "detector: as masked",
     "detector: fused",
 )
@@ -190,15 +195,17 @@ def main(argv=None) -> int:
             d = np.array([c[method][0] for c in per_pair])
             masked = np.array([c[method][1] for c in per_pair])
             mean, std, thresholds = fold_accuracy(d, masked, same, folds, fixed)
+            scored = ~np.isnan(d)
             rows.append(
                 {
                     "renderer": renderer,
                     "kind": kind,
-                    "method": method + (", the model's threshold (facenet.verify)" if fixed else ""),
+                    "method": method + (", the model's threshold" if fixed else ""),
                     "thresholds": thresholds,
                     "pairs": len(pairs),
                     "accuracy": mean,
                     "std": std,
+                    "auc": roc(d[scored], same[scored]).auc,  # one score for every scored pair, mixed kinds alike
                     "compared_as_masked": float(masked.mean()),
                     "masked_photos": len(drawn),
                     "detector_lower": float(np.mean([second[q].occlusion == "lower" for q in drawn if second[q]]))
@@ -231,13 +238,13 @@ def main(argv=None) -> int:
             print(f"{renderer} {kind}: {len(drawn)} masked, {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     print(f"\nLFW View 2, {len(pairs)} pairs, mask on the second photo\n")
-    print("| renderer | mask | method | accuracy | pairs compared as masked | thresholds: plain, as masked |")
-    print("|---|---|---|---|---|---|")
+    print("| renderer | mask | method | accuracy | AUC | compared as masked | thresholds: plain, as masked |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["thresholds"]
         print(
             f"| {r['renderer']} | {r['kind']} | {r['method']} | {r['accuracy']:.2%} +- {r['std']:.2%} | "
-            f"{r['compared_as_masked']:.1%} | {t['plain']:.3f}, {t['as masked']:.3f} |"
+            f"{r['auc']:.4f} | {r['compared_as_masked']:.1%} | {t['plain']:.3f}, {t['as masked']:.3f} |"
         )
     for renderer, kind, lower in sorted(
         {(r["renderer"], r["kind"], r["detector_lower"]) for r in rows if r["detector_lower"] is not None}

@@ -21,16 +21,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Verification:
     """The outcome of comparing two faces; ``distance`` and ``threshold`` are squared L2. ``boxes`` are
-    the faces compared, one per photo (x1, y1, x2, y2), and ``notes`` why the answer may be unreliable.
-    ``compared_as_masked``: one face's lower half was covered, so the other was compared with a mask drawn
-    on it (``facenet.occluder.like_with_like``)."""
+    the faces compared, one per photo (x1, y1, x2, y2), and ``notes`` why the answer may be unreliable."""
 
     distance: float
     threshold: float
     same: bool
     boxes: tuple = ()
     notes: tuple[str, ...] = ()
-    compared_as_masked: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,25 +102,13 @@ def verify(
     which: str | None = None,
 ) -> Verification:
     """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes.
-    Of a photo with several faces the ``which`` one is compared ("largest", "central"; default: the recipe's).
-    Where the model has an occluder detector and it finds exactly one face masked, the other is compared as
-    masked (``facenet.occluder.like_with_like``; ``compared_as_masked`` says so)."""
-    from facenet.occluder import like_with_like
-
+    Of a photo with several faces the ``which`` one is compared ("largest", "central"; default: the recipe's)."""
     embedder = _resolve(model)
-    found = [embedder.find_faces(photo, which=which) for photo in (a, b)]
-    fa, fb = (f.faces[0] for f in found)
-    rows, as_masked = like_with_like(
-        embedder, (fa, fb), [f.size for f in found], embedder.embed_crops([fa.image, fb.image])
-    )
-    result = compare(rows[0], rows[1], embedder.threshold if threshold is None else threshold)
+    fa, fb = (embedder.find_faces(photo, which=which).faces[0] for photo in (a, b))
+    ea, eb = embedder.embed_crops([fa.image, fb.image])
+    result = compare(ea, eb, embedder.threshold if threshold is None else threshold)
     return Verification(
-        result.distance,
-        result.threshold,
-        result.same,
-        (fa.detection.box, fb.detection.box),
-        fa.notes + fb.notes,
-        as_masked,
+        result.distance, result.threshold, result.same, (fa.detection.box, fb.detection.box), fa.notes + fb.notes
     )
 
 

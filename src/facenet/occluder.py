@@ -39,7 +39,7 @@ CLASS_OF_KIND = {
     "sunglasses": "eyes",
     "cap_shadow": "none",
 }
-# the training looks drawn on a clean face to compare it with a masked one (``as_masked``)
+# the training looks drawn on a clean face to compare it with a masked one (``masked_looks``)
 AS_MASKED_KINDS = ("mask", "cloth_mask", "n95")
 WEIGHTS_DIR = Path(__file__).parent / "models" / "weights"
 PATTERN = "occluder-*.safetensors"
@@ -170,51 +170,24 @@ def occluded_crops(finder, pixels: np.ndarray, kinds: Sequence[str | None], seed
     return crops
 
 
-def like_with_like(embedder, faces: Sequence, sizes: Sequence, rows: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Two faces' embeddings as they should be compared, and whether they are compared as masked: where the
-    model's occluder detector calls exactly one face's lower half covered, the other face's row is replaced
-    by its ``as_masked`` view; otherwise (no detector for the model, neither covered, or both) the rows
-    are returned as they are. ``faces``: the two ``AlignedFace``s, found in photos of ``sizes`` (width, height)."""
-    try:
-        head = detector_for(embedder.name)
-    except NoOccluderDetector:
-        return rows, False
-    clean = to_mask([label for label, _ in head.classify(rows)])
-    if clean is None or not faces[clean].detection.landmarks.any():  # no landmarks (a ready crop): no mask to place
-        return rows, False
-    rows = np.array(rows, copy=True)
-    rows[clean] = as_masked(embedder, faces[clean], sizes[clean])
-    return rows, True
-
-
 def to_mask(labels: Sequence[str]) -> int | None:
-    """Which of two faces (by their occluder classes) to compare as masked: the uncovered one when the other's
-    lower half is covered; None when neither or both are (alike already)."""
+    """Which of two faces (by their occluder classes) would be compared as masked: the uncovered one when
+    the other's lower half is covered; None when neither or both are (alike already), so a pair the
+    detector calls clean is never compared as masked."""
     lower = [label == "lower" for label in labels]
     return lower.index(False) if lower.count(True) == 1 else None
 
 
-def as_masked(embedder, face, photo_size: tuple[int, int]) -> np.ndarray:
-    """The embedding of a clean face as if masked (issue 24, item 2): the unit mean of the embeddings of
-    ``masked_looks`` of its crop.
+def masked_looks(embedder, face, photo_size: tuple[int, int], kinds: Sequence[str] = AS_MASKED_KINDS) -> list:
+    """A clean face "as masked" (issue 24, item 2): its crop with each of ``kinds`` drawn on it, in
+    ``facenet.occlusion``'s *training* looks (never the evaluation ones), placed from its landmarks.
+    ``face``: an ``AlignedFace`` found in a photo of ``photo_size`` (width, height).
 
     Why: a masked probe compared with a clean photo compares a covered lower face with an uncovered one;
-    covering the clean side's lower face too compares like with like. ``face``: an ``AlignedFace`` found in
-    a photo of ``photo_size`` (width, height), e.g. ``embedder.find_faces(photo)``'s."""
-    return unit_mean(embedder.embed_crops(masked_looks(embedder, face, photo_size)))
-
-
-def masked_looks(embedder, face, photo_size: tuple[int, int], kinds: Sequence[str] = AS_MASKED_KINDS) -> list:
-    """The face's crop with each of ``kinds`` drawn on it: ``facenet.occlusion``'s *training* looks (never
-    the evaluation ones), placed from the face's landmarks."""
+    covering the clean side too would compare like with like. Measured (RESULTS.md, "Mask-aware
+    matching"): for the default model it does not help, so nothing in facenet compares this way yet."""
     from facenet.align.crop import landmarks_in_crop
     from facenet.occlusion import occlude
 
     points = landmarks_in_crop(face.detection, embedder.info.input_size, embedder.recipe, photo_size)
     return [occlude(face.image, points, kind, seed=0, variant="train") for kind in kinds]
-
-
-def unit_mean(rows: np.ndarray) -> np.ndarray:
-    """The mean of unit embeddings, back on the unit sphere."""
-    mean = np.asarray(rows, np.float32).mean(axis=0)
-    return mean / np.linalg.norm(mean)
