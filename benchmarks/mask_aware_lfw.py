@@ -213,9 +213,16 @@ def main(argv=None) -> int:
                     else None,
                 }
             )
+        if drawn:  # how the oracle's AUC moves with the weight of the plain distance in the fusion
+            plain, masked = (np.array([c[m][0] for c in per_pair]) for m in METHODS[:2])
+            scored = ~np.isnan(plain)
+            weights[(renderer, kind)] = {
+                w: roc(w * plain[scored] + (1 - w) * masked[scored], same[scored]).auc for w in (1, 0.75, 0.5, 0.25, 0)
+            }
         if args.json:
             args.json.write_text(json.dumps({"rows": rows}, indent=2))
 
+    weights = {}
     measure("-", "none", {p: r[0] for p, r in clean.items()}, set())
     for renderer in args.renderer or sorted(RENDERERS, reverse=True):
         for kind in [k for k in RENDERERS[renderer] if not args.kind or k in args.kind]:
@@ -250,6 +257,9 @@ def main(argv=None) -> int:
         {(r["renderer"], r["kind"], r["detector_lower"]) for r in rows if r["detector_lower"] is not None}
     ):
         print(f"{renderer} {kind}: the detector calls {lower:.1%} of the masked faces found 'lower'")
+    for (renderer, kind), aucs in weights.items():
+        sweep = ", ".join(f"{w}: {auc:.4f}" for w, auc in aucs.items())
+        print(f"{renderer} {kind}: oracle fusion's AUC by the weight of the plain distance: {sweep}")
     return 0
 
 
