@@ -49,6 +49,16 @@ def scorer(embed) -> Callable:
     return score
 
 
+def spread(pairs: list, limit: int | None) -> list:
+    """``limit`` pairs spread evenly over the file (every fold, both kinds of pair); all without a limit."""
+    return pairs[:: max(1, len(pairs) // limit)][:limit] if limit else pairs
+
+
+def mask_seed(seed: int, path: Path) -> int:
+    """The seed of the mask drawn on ``path``: the same photo gets the same mask in every run."""
+    return zlib.crc32(f"{seed}:{path.name}".encode())
+
+
 def accuracy(pairs: list, first: dict, second: dict) -> tuple[float, float]:
     """10-fold accuracy (mean, std) where a pair with a photo lacking an embedding counts as answered wrong."""
     folds = np.array([p.fold for p in pairs])
@@ -81,9 +91,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    pairs = read_pairs(args.pairs, args.images).pairs
-    if args.limit:
-        pairs = pairs[:: max(1, len(pairs) // args.limit)][: args.limit]  # every fold, both kinds of pair
+    pairs = spread(read_pairs(args.pairs, args.images).pairs, args.limit)
     model = facenet.load_model(args.model)
     scorers = {args.model or "default": scorer(lambda photo: facenet.embed(photo, model)[0])}
     if args.dlib:
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
         masked, found, dlib_missed = 0, dict.fromkeys(scorers, 0), 0
         for path in sorted({p.path2 for p in pairs}):
             try:
-                photo = mask_photo(load_image(path), kind, seed=zlib.crc32(f"{args.seed}:{path.name}".encode()))
+                photo = mask_photo(load_image(path), kind, seed=mask_seed(args.seed, path))
             except NoFaceError:  # nothing to draw on: the photo stays clean, counted apart
                 dlib_missed += 1
                 for name in scorers:

@@ -39,6 +39,8 @@ CLASS_OF_KIND = {
     "sunglasses": "eyes",
     "cap_shadow": "none",
 }
+# the training looks drawn on a clean face to compare it with a masked one (``masked_looks``)
+AS_MASKED_KINDS = ("mask", "cloth_mask", "n95")
 WEIGHTS_DIR = Path(__file__).parent / "models" / "weights"
 PATTERN = "occluder-*.safetensors"
 
@@ -166,3 +168,26 @@ def occluded_crops(finder, pixels: np.ndarray, kinds: Sequence[str | None], seed
         except FaceNetError:
             crops.append(None)
     return crops
+
+
+def to_mask(labels: Sequence[str]) -> int | None:
+    """Which of two faces (by their occluder classes) would be compared as masked: the uncovered one when
+    the other's lower half is covered; None when neither or both are (alike already), so a pair the
+    detector calls clean is never compared as masked."""
+    lower = [label == "lower" for label in labels]
+    return lower.index(False) if lower.count(True) == 1 else None
+
+
+def masked_looks(embedder, face, photo_size: tuple[int, int], kinds: Sequence[str] = AS_MASKED_KINDS) -> list:
+    """A clean face "as masked" (issue 24, item 2): its crop with each of ``kinds`` drawn on it, in
+    ``facenet.occlusion``'s *training* looks (never the evaluation ones), placed from its landmarks.
+    ``face``: an ``AlignedFace`` found in a photo of ``photo_size`` (width, height).
+
+    Why: a masked probe compared with a clean photo compares a covered lower face with an uncovered one;
+    covering the clean side too would compare like with like. Measured (RESULTS.md, "Mask-aware
+    matching"): for the default model it does not help, so nothing in facenet compares this way yet."""
+    from facenet.align.crop import landmarks_in_crop
+    from facenet.occlusion import occlude
+
+    points = landmarks_in_crop(face.detection, embedder.info.input_size, embedder.recipe, photo_size)
+    return [occlude(face.image, points, kind, seed=0, variant="train") for kind in kinds]

@@ -110,14 +110,20 @@ def crop_face(image: np.ndarray, detection: Detection, size: int = 160, margin: 
     ``margin / 2`` of its width (height) on each side, clipped to the image, truncated to
     integers, resized to size x size (bilinear; aspect not kept)."""
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = detection.box
-    grow_x, grow_y = margin * (x2 - x1) / 2, margin * (y2 - y1) / 2
-    left, top = int(max(x1 - grow_x, 0)), int(max(y1 - grow_y, 0))
-    right, bottom = int(min(x2 + grow_x, w)), int(min(y2 + grow_y, h))
+    left, top, right, bottom = _crop_box(detection, margin, (w, h))
     if right <= left or bottom <= top:
         raise FaceNetError(f"face box {detection.box} lies outside the {w}x{h} image; nothing to crop")
     patch = Image.fromarray(np.ascontiguousarray(image[top:bottom, left:right]))
     return np.asarray(patch.resize((size, size), Image.BILINEAR))
+
+
+def _crop_box(detection: Detection, margin: float, photo_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixels ``crop_face`` cuts (left, top, right, bottom): the box grown by ``margin``, clipped, truncated."""
+    w, h = photo_size
+    x1, y1, x2, y2 = detection.box
+    grow_x, grow_y = margin * (x2 - x1) / 2, margin * (y2 - y1) / 2
+    left, top = int(max(x1 - grow_x, 0)), int(max(y1 - grow_y, 0))
+    return left, top, int(min(x2 + grow_x, w)), int(min(y2 + grow_y, h))
 
 
 def template_points(size: int = 160, margin: float = 0.2, template: str = "facenet") -> np.ndarray:
@@ -184,6 +190,18 @@ def cut_face(pixels: np.ndarray, detection: Detection, size: int = 160, recipe: 
     if recipe.mode == "crop":
         return crop_face(pixels, detection, size, recipe.margin)
     return align_face(pixels, detection, size, recipe.margin, recipe.template)
+
+
+def landmarks_in_crop(detection: Detection, size: int, recipe: Recipe, photo_size: tuple[int, int]) -> np.ndarray:
+    """Where the detection's five landmarks fall in the crop ``cut_face`` makes of it ((5, 2), crop pixels),
+    so what is drawn from landmarks (``facenet.occlusion``) can be drawn on the crop itself. ``photo_size``:
+    the photo's (width, height), where a box crop is clipped."""
+    points = detection.landmarks
+    if recipe.mode == "similarity":
+        matrix = similarity_transform(points, template_points(size, recipe.margin, recipe.template))
+        return points @ matrix[:, :2].T + matrix[:, 2]
+    left, top, right, bottom = _crop_box(detection, recipe.margin, photo_size)
+    return (points - [left, top]) * [size / (right - left), size / (bottom - top)]
 
 
 def footprint(detection: Detection, size: int, recipe: Recipe) -> tuple[float, float, float, float]:
