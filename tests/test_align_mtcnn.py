@@ -104,10 +104,7 @@ def test_matches_facenet_pytorch_reference(rel, lfw_dir, mtcnn, reference_detect
             image, 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, [0.6, 0.7, 0.7], 0.709, torch.device("cpu")
         )
     ref_boxes, ref_points = np.asarray(ref_boxes[0], dtype=float), np.asarray(ref_points[0], dtype=float)
-    # The published cascade numbers a box by its first pixel 1-based and its last inclusive, and its landmarks
-    # from the box's left edge; a Detection holds pixel edges and pixel centres (facenet.align.base).
-    ref_boxes[:, :2] -= 1
-    ref_points -= 0.5
+    ref_boxes[:, :2] -= 1  # the published cascade names a box's first pixel 1-based; a Detection its edge
     ours = mtcnn.detect(image)
     assert len(ours) == len(ref_boxes) >= 1
     order = np.argsort(-ref_boxes[:, 4], kind="stable")
@@ -369,8 +366,8 @@ def test_settle_squares_are_averaged_at_their_exact_sub_pixel_bounds():
     up = np.repeat(np.repeat(image.astype(np.float64), 4, 0), 4, 1)
     left, top = int((box[0] - 1) * 4), int((box[1] - 1) * 4)
     expected = up[top : top + 144, left : left + 144].reshape(48, 3, 48, 3, 3).mean((1, 3)).transpose(2, 0, 1)
-    np.testing.assert_allclose(mtcnn_module._subpixel_patch(image, box, 48), expected, atol=1e-3)
-    whole = np.array([11.0, 21.0, 106.0, 116.0])  # pixels 10 .. 105: 96 px, two per cell
     table = mtcnn_module._integral(image)
+    np.testing.assert_allclose(mtcnn_module._subpixel_patch(table, box, 48), expected, atol=1e-3)
+    whole = np.array([11.0, 21.0, 106.0, 116.0])  # pixels 10 .. 105: 96 px, two per cell
     cascade = mtcnn_module._area_resize(table, np.array([[20, 10, 96, 96]]), 48, 48)[0]
-    np.testing.assert_allclose(mtcnn_module._subpixel_patch(image, whole, 48), cascade, atol=1e-3)
+    np.testing.assert_allclose(mtcnn_module._subpixel_patch(table, whole, 48), cascade, atol=1e-3)

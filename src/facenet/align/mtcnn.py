@@ -59,15 +59,17 @@ EXPORT_TOLERANCE = 1e-4  # max abs difference of any net output, ONNX Runtime vs
 CPU_BATCH = 32  # patches per R-/O-Net call on the CPU (see MTCNNDetector._run)
 STAGE_OUTPUTS = ((4, 2), (4, 2), (4, 10, 2))  # widths of each net's outputs: box offsets, [landmarks,] probabilities
 PROPOSALS = ("auto", "yunet", "pnet")
-# O-Net run again this many times on each found face, each time on a square placed by the face's landmarks
-# (``_landmark_square``; cut at sub-pixel bounds), the landmarks moved halfway to its new answer and the box
-# taken from it: the square, so the box, then depends on the face and not on where the proposal started, and
-# the same face gets the same box on a reduced copy as at full size (benchmarks/box_stability.py; RESULTS.md,
-# issue 28). Squares that followed O-Net's own boxes stopped anywhere along a line of answers O-Net is
-# content with (1.4% apart for one LFW face): its box regression barely pulls a chin back.
+# O-Net run again up to this many times on each found face, on squares cut at sub-pixel bounds, its answers
+# damped (each pass moves the face halfway to O-Net's new answer) so that where O-Net ends depends less on
+# where the proposal started: this settles the landmarks (the crops follow them). Then up to LANDMARK_PASSES
+# more on squares placed by those landmarks (``_landmark_square``) settle the box: boxes that placed their own
+# squares stopped anywhere along a line of answers O-Net is content with (1.4% of the width apart on a
+# reduced copy and at full size for one LFW face: its regression barely pulls a chin back); placed by
+# landmarks, every reliable face found on a reduced copy lies within 1% of its full-size box
+# (benchmarks/box_stability.py; RESULTS.md, issue 28).
 SETTLE_PASSES = 8
-# A face stops settling once O-Net's landmarks lie within this fraction of its square's side of where they
-# stand (the pass then moves them by half of that).
+# A face stops settling once O-Net's answer lies within this fraction of its square's side of where it stands
+# (the pass then moves it by half of that).
 SETTLED = 0.002
 # The landmark square: side = LANDMARK_SIDE x the geometric mean of the eye distance and the eyes-to-mouth
 # distance, centre = the landmarks' mean raised (towards the eyes) by LANDMARK_RISE x the side: the medians of
@@ -76,6 +78,7 @@ SETTLED = 0.002
 LANDMARK_SIDE = 2.876
 LANDMARK_RISE = 0.076
 LANDMARK_SPAN = 1.5
+LANDMARK_PASSES = 2
 # R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
 # (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
 YUNET_SQUARE = 0.92
@@ -400,21 +403,34 @@ class MTCNNDetector:
     def _settle(
         self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray]
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``settle_passes`` O-Net passes over the found faces (scores kept from the first pass), each on the
-        square the face's landmarks place (``_landmark_square``): its landmarks move halfway to O-Net's new ones,
-        its box becomes O-Net's box. A face stays where it is once its square, moved inside the photo
-        (``_square_within``), still reaches past it (O-Net would see black where the head goes on: a face filling
-        an ID photo drifts) or O-Net no longer sees a face in it (a small or blurred face).
+        """O-Net passes over the found faces (scores kept from the first pass): up to ``settle_passes`` damped ones
+        on squares their boxes place, which settle the landmarks, then up to ``LANDMARK_PASSES`` on squares those
+        landmarks place, which settle the boxes (SETTLE_PASSES). Those need no damping: O-Net's landmarks hardly
+        follow the square they are shown, so each pass lands near where the face's box settles."""
+        sides = [np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) for b in boxes]  # the cascade's squares
+        boxes, points = self._passes(photos, boxes, points, lambda i, b, p: _square(b), self.settle_passes)
+        placed = min(self.settle_passes, LANDMARK_PASSES)
+        landmark_square = lambda i, b, p: _landmark_square(p, sides[i])  # noqa: E731
+        boxes, _ = self._passes(photos, boxes, [p.copy() for p in points], landmark_square, placed, step=1.0)
+        return boxes, points
+
+    def _passes(
+        self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray], place, passes: int, step=0.5
+    ):
+        """Up to ``passes`` O-Net passes, each on the squares ``place(photo index, boxes, landmarks)`` gives, moved
+        inside the photo (``_square_within``); each face's box and landmarks move ``step`` of the way to O-Net's
+        answer. A face stays where it is once its square still reaches past the photo (O-Net would see black where
+        the head goes on: a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or
+        blurred face).
         The squares are cut at their exact sub-pixel bounds: cut at whole pixels, a face on a reduced copy
         could only settle to the nearest pixel of that copy, a step of 1-2% of a 60-100 px face."""
         moving = [np.ones(len(b), bool) for b in boxes]
-        sides = [np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) for b in boxes]  # the cascade's squares
-        for _ in range(self.settle_passes):
+        for _ in range(passes):
             if not any(m.any() for m in moving):  # every face has stopped: no pass can change anything
                 break
             squares = [
-                _square_within(_landmark_square(p, side), *photo.image.shape[:2])
-                for photo, p, side in zip(photos, points, sides)
+                _square_within(place(i, b, p), *photo.image.shape[:2])
+                for i, (photo, b, p) in enumerate(zip(photos, boxes, points))
             ]
             cut, outputs = self._run_batched(2, photos, squares, 48, subpixel=True)
             for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
@@ -425,10 +441,12 @@ class MTCNNDetector:
                 moved, moved_points = _onet_answer(square, reg, marks)
                 moving[i] &= inside & (prob[:, 1] > self.thresholds[2])
                 m = moving[i]
-                step = np.abs(moved_points - points[i]).max((1, 2)) / (square[:, 2] - square[:, 0])
-                boxes[i][m, :4] = moved[m, :4]
-                points[i][m] = (points[i][m] + moved_points[m]) / 2
-                moving[i] &= step > SETTLED  # this pass moved them by half of that: no further pass is worth it
+                change = np.maximum(
+                    np.abs(moved[:, :4] - boxes[i][:, :4]).max(1), np.abs(moved_points - points[i]).max((1, 2))
+                ) / (square[:, 2] - square[:, 0])
+                boxes[i][m, :4] += step * (moved[m, :4] - boxes[i][m, :4])
+                points[i][m] += step * (moved_points[m] - points[i][m])
+                moving[i] &= change > SETTLED  # this pass moved it (a part of) that: no further pass is worth it
         return boxes, points
 
 
@@ -474,7 +492,7 @@ class _Pixels:
         h, w = self.image.shape[:2]
         boxes, windows = _windows(boxes, h, w)
         if subpixel:
-            return boxes, _normalise(np.stack([_subpixel_patch(self.image, b, size) for b in boxes]))
+            return boxes, _normalise(np.stack([_subpixel_patch(self.table, b, size) for b in boxes]))
         if self._table is not None:
             return boxes, _normalise(_area_resize(self._table, windows, size, size))
         patches = np.empty((len(windows), 3, size, size), np.float32)
@@ -632,21 +650,22 @@ def _area_resize(table: np.ndarray, windows: np.ndarray, out_h: int, out_w: int)
     return out
 
 
-def _subpixel_patch(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """The part of ``image`` under ``box`` (1-based inclusive corners, as the cascade's, so pixels x1-1 .. x2
+def _subpixel_patch(table: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """The part of the image under ``box`` (1-based inclusive corners, as the cascade's, so pixels x1-1 .. x2
     continuously; clipped to the image) averaged into ``size`` x ``size`` cells of equal fractional extent:
-    (3, size, size) float32. Exact areas: a summed-area table of a piecewise-constant image is bilinear
-    inside each pixel, so interpolating it bilinearly gives the exact sum up to any fractional corner."""
-    h, w = image.shape[:2]
+    (3, size, size) float32, from the image's summed-area ``table`` (``_integral``). Exact areas: the table of a
+    piecewise-constant image is bilinear inside each pixel, so interpolating it bilinearly gives the exact sum
+    up to any fractional corner."""
+    h, w = table.shape[1] - 1, table.shape[2] - 1
     x0, y0 = min(max(box[0] - 1, 0.0), w - 1.0), min(max(box[1] - 1, 0.0), h - 1.0)
     x1, y1 = min(max(box[2], x0 + 1), float(w)), min(max(box[3], y0 + 1), float(h))
-    left, top = int(x0), int(y0)
-    table = _integral(image[top : int(np.ceil(y1)), left : int(np.ceil(x1))]).astype(np.float64)
     steps = np.arange(size + 1) / size
-    ys, xs = y0 - top + (y1 - y0) * steps, x0 - left + (x1 - x0) * steps
-    (r, fy), (c, fx) = _cell(ys, table.shape[1] - 1), _cell(xs, table.shape[2] - 1)
-    at_rows = table[:, r] * (1 - fy)[:, None] + table[:, r + 1] * fy[:, None]  # interpolated along y, then x
-    sums = at_rows[:, :, c] * (1 - fx) + at_rows[:, :, c + 1] * fx
+    ys, xs = y0 + (y1 - y0) * steps, x0 + (x1 - x0) * steps
+    (r, fy), (c, fx) = _cell(ys, h), _cell(xs, w)
+    rows, cols = np.stack([r, r + 1])[:, None, :, None], np.stack([c, c + 1])[None, :, None, :]
+    corners = table[:, rows, cols].astype(np.float64)  # (3, 2, 2, size+1, size+1): the four cell corners
+    wy, wx = np.stack([1 - fy, fy])[:, None, :, None], np.stack([1 - fx, fx])[None, :, None, :]
+    sums = (corners * (wy * wx)).sum((1, 2))
     cells = sums[:, 1:, 1:] - sums[:, :-1, 1:] - sums[:, 1:, :-1] + sums[:, :-1, :-1]
     return (cells / (np.diff(ys)[:, None] * np.diff(xs)[None, :])).astype(np.float32)
 
@@ -706,11 +725,11 @@ def _square_within(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _as_pixels(box: np.ndarray, points: np.ndarray) -> tuple[list[float], float, np.ndarray]:
     """A cascade box and its landmarks as ``Detection`` numbers them. The cascade numbers a box by its first
-    pixel, 1-based, and its last, inclusive (it looks at pixels x1-1 .. x2-1, so from edge x1-1 to edge x2),
-    and places landmarks as fractions of that span, from its left edge (pixel edges); a ``Detection`` holds
-    pixel edges for its box and pixel centres for its landmarks. Without this, a box mapped from a reduced
-    copy to the full photo would be off by a pixel of the copy (RESULTS.md, issue 28)."""
-    return [box[0] - 1, box[1] - 1, box[2], box[3]], box[4], points - 0.5
+    pixel, 1-based, and its last, inclusive: it looks at pixels x1-1 .. x2-1, from edge x1-1 to edge x2, the
+    pixel edges a ``Detection`` holds. Without this, a box mapped from a reduced copy to the full photo would
+    be off by a pixel of the copy (RESULTS.md, issue 28). Landmarks are kept as the cascade gives them (read as
+    pixel centres, as facenet-pytorch's users and the crops the accuracy figures were measured on read them)."""
+    return [box[0] - 1, box[1] - 1, box[2], box[3]], box[4], points
 
 
 def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
