@@ -79,6 +79,10 @@ LANDMARK_SIDE = 2.876
 LANDMARK_RISE = 0.076
 LANDMARK_SPAN = 1.5
 LANDMARK_PASSES = 2
+# A box settled on landmark squares is kept only where it overlaps the one its own squares gave by this much
+# (intersection over union): otherwise O-Net answered for a neighbouring face (a face half outside an LFW photo,
+# or one beside the subject, took the subject's box) or placed a turned face's box anew; the box it had stays.
+LANDMARK_IOU = 0.7
 # R-Net's input for a face YuNet finds: a square on YuNet's box centre, this fraction of its height on a side
 # (the side of the squares MTCNN's own R-Net hands O-Net for the same faces: median over 331 LFW photos).
 YUNET_SQUARE = 0.92
@@ -411,7 +415,12 @@ class MTCNNDetector:
         boxes, points = self._passes(photos, boxes, points, lambda i, b, p: _square(b), self.settle_passes)
         placed = min(self.settle_passes, LANDMARK_PASSES)
         landmark_square = lambda i, b, p: _landmark_square(p, sides[i])  # noqa: E731
-        boxes, _ = self._passes(photos, boxes, [p.copy() for p in points], landmark_square, placed, step=1.0)
+        placed_boxes, _ = self._passes(
+            photos, [b.copy() for b in boxes], [p.copy() for p in points], landmark_square, placed, step=1.0
+        )
+        for photo_boxes, settled in zip(boxes, placed_boxes):
+            same = _row_iou(photo_boxes, settled) >= LANDMARK_IOU  # else O-Net answered for a neighbouring face
+            photo_boxes[same, :4] = settled[same, :4]
         return boxes, points
 
     def _passes(
@@ -695,6 +704,14 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     boxes[:, 1] += (h - side) / 2
     boxes[:, 2:4] = boxes[:, 0:2] + side[:, None]
     return boxes
+
+
+def _row_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of each box of ``a`` (N, 4+) with the same row of ``b``."""
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
 
 
 def _landmark_square(points: np.ndarray, cascade_side: np.ndarray) -> np.ndarray:
