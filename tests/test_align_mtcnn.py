@@ -382,7 +382,8 @@ def test_every_face_keeps_a_box_around_its_own_landmarks(name, lfw_dir, proposed
     assert len(faces) >= 2
     for face in faces:
         (x1, y1, x2, y2), marks = face.box, face.landmarks
-        assert (marks[:, 0] > x1).all() and (marks[:, 0] < x2).all() and (marks[:, 1] > y1).all(), (name, face)
+        inside = (marks[:, 0] > x1) & (marks[:, 0] < x2) & (marks[:, 1] > y1) & (marks[:, 1] < y2)
+        assert inside.all(), (name, face)
     boxes = np.array([face.box for face in faces])
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
