@@ -90,8 +90,6 @@ YUNET_SQUARE = 0.92
 # 80, as at 16-24 px; 79 at 14); a phone's 12 MP photo (shorter side 3000-3024 px) at the default 2% then
 # decodes straight at 1/4 (750 px), with no resize.
 YUNET_MIN_FACE = 15
-LANDMARK_SIDE = 2.876
-LANDMARK_RISE = 0.076
 log = logging.getLogger(__name__)
 
 
