@@ -38,14 +38,33 @@ def test_a_face_filling_a_big_photo_is_found_whole(lfw_dir):
     (lx, ly), (rx, ry) = found[0].landmarks[EYE_LINE]
     assert lx < 400 < rx and abs(ly - ry) < 40  # upright eyes either side of the middle
 
-    # the photo and its reduced copy each keep a network at their own size: OpenCV sets none up again
-    for role, side in (("photo", 800), ("reduced", 240)):
-        assert detector._network(role).getInputSize() == (side, side)
-    assert detector._network("photo") is not detector._network("reduced")
+
+def test_the_same_faces_as_opencvs_own_yunet(lfw_dir):
+    """On ONNX Runtime with its own decoding, YuNet finds what OpenCV's FaceDetectorYN finds with the same file:
+    the same faces, boxes and landmarks to 1e-3 px, scores to 1e-4 (LFW photos, a group, odd sizes)."""
+    folder = lfw_dir / "images"
+    photos = [load_image(p) for p in sorted(folder.glob("*/*_0001.jpg"))[::400]]
+    group = np.concatenate([photos[0], photos[1][:, ::-1], photos[2]], axis=1)  # three faces side by side
+    photos += [group, cv2.resize(group, (1001, 333), interpolation=cv2.INTER_AREA), photos[3][:77, :45]]
+    detector = YuNetDetector()
+    opencv = cv2.FaceDetectorYN.create(str(SHIPPED_MODEL), "", (320, 320), 0.6, 0.3, 5000)
+    faces = 0
+    for image in photos:
+        opencv.setInputSize((image.shape[1], image.shape[0]))
+        rows = opencv.detect(np.ascontiguousarray(image[:, :, ::-1]))[1]
+        rows = np.zeros((0, 15)) if rows is None else rows[np.argsort(-rows[:, 14])]
+        ours = detector._detect(image)
+        assert len(ours) == len(rows)
+        for d, row in zip(sorted(ours, key=lambda d: -d.score), rows):
+            assert np.allclose(d.box, (row[0], row[1], row[0] + row[2], row[1] + row[3]), atol=1e-3)
+            assert np.allclose(d.landmarks, row[4:14].reshape(5, 2), atol=1e-3)
+            assert abs(d.score - row[14]) < 1e-4
+        faces += len(rows)
+    assert faces >= len(photos) + 2  # the group's three faces among them
 
 
 def test_threads_share_one_detector(lfw_dir):
-    """Each thread gets its own OpenCV network: answers under threads equal answers one at a time."""
+    """ONNX Runtime's session runs concurrently: answers under threads equal answers one at a time."""
     detector = YuNetDetector()
     names = [
         "Aaron_Eckhart/Aaron_Eckhart_0001.jpg",
@@ -69,8 +88,8 @@ def test_a_photo_turned_sideways_scores_below_the_sure_score(lfw_dir):
     assert all(s < detector.sure_score for s in turned)
 
 
-def test_a_model_opencv_cannot_read_is_refused_at_once(tmp_path):
+def test_a_model_that_cannot_be_read_is_refused_at_once(tmp_path):
     bad = tmp_path / "yunet.onnx"
     bad.write_bytes(b"not an onnx file")
-    with pytest.raises(FaceNetError, match="cannot load"):
+    with pytest.raises(FaceNetError, match="not a usable YuNet model"):
         YuNetDetector(model=bad)

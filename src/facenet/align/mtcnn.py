@@ -33,7 +33,7 @@ thresholds are unaffected.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -42,12 +42,14 @@ import os
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from facenet.align.base import Detection, check_image
+from facenet.align.base import Detection, check_image, cpu_session
 from facenet.errors import FaceNetError
+from facenet.export import export_form
 from facenet.fileio import atomic_write_bytes
 from facenet.paths import cache_home
 
@@ -251,6 +253,15 @@ class MTCNNDetector:
         return self.detect_many([image])[0]
 
     @torch.inference_mode()
+    def glance(self, image: np.ndarray) -> list[Detection]:
+        """The faces the first attempt finds, with ``detect``'s scores but unsettled boxes: YuNet's proposals
+        refined once (with no proposer, P-Net's at the standard thresholds), never searched again. For checks
+        that need a face's score, not its exact place (``finder.FaceFinder``'s turned-photo check): where
+        ``detect`` finds nothing it runs P-Net's pyramid twice more, 20 times a thumbnail's detection."""
+        with self._cpu_threads():
+            return self._cascade([_Pixels(check_image(image))], self.thresholds, bool(self.proposer), False)[0]
+
+    @torch.inference_mode()
     def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
         """Faces in each photo, as ``detect`` finds them. R-Net and O-Net see all photos' candidates
         together: one call each on a GPU; on the CPU in ``CPU_BATCH`` chunks, as fast as one ``detect``
@@ -258,15 +269,21 @@ class MTCNNDetector:
         images = [check_image(image) for image in images]
         if not images:
             return []
-        if self.sessions or self.device.type != "cpu":
+        with self._cpu_threads():
             return self._detect_many(images)
-        # PyTorch on the CPU: the cascade is hundreds of tiny convolutions, extra threads only add
-        # synchronisation, and on a busy CPU they spin (measured on 2 loaded cores: 41 ms/photo on
-        # 1 thread, 1.7 s on 2).
+
+    @contextlib.contextmanager
+    def _cpu_threads(self):
+        """PyTorch on the CPU runs the cascade on one thread: it is hundreds of tiny convolutions, extra
+        threads only add synchronisation, and on a busy CPU they spin (measured on 2 loaded cores: 41 ms/photo
+        on 1 thread, 1.7 s on 2). ONNX Runtime's sessions and GPUs are left as they are."""
+        if self.sessions or self.device.type != "cpu":
+            yield
+            return
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._detect_many(images)
+            yield
         finally:
             torch.set_num_threads(threads)
 
@@ -285,16 +302,18 @@ class MTCNNDetector:
                 found[i] = faces
         return found
 
-    def _cascade(self, photos: list[_Pixels], thresholds, from_yunet: bool = False) -> list[list[Detection]]:
-        """The three stages on several photos (YuNet's proposals instead of P-Net's with ``from_yunet``);
-        R-Net and O-Net batch all photos."""
+    def _cascade(
+        self, photos: list[_Pixels], thresholds, from_yunet: bool = False, settle: bool = True
+    ) -> list[list[Detection]]:
+        """The three stages on several photos (YuNet's proposals instead of P-Net's with ``from_yunet``), then the
+        settle passes (``settle``); R-Net and O-Net batch all photos."""
         if from_yunet:
             boxes = [self._yunet_boxes(photo.image) for photo in photos]
         else:
             boxes = [self._propose(photo.table, thresholds[0]) for photo in photos]
-        boxes = self._refine(photos, boxes, thresholds[1])
+        answers = self._output(photos, self._refine(photos, boxes, thresholds[1]), thresholds[2])
         found = []
-        for photo_boxes, points in zip(*self._settle(photos, *self._output(photos, boxes, thresholds[2]))):
+        for photo_boxes, points in zip(*(self._settle(photos, *answers) if settle else answers)):
             found.append([Detection(*_as_pixels(b, p)) for b, p in zip(photo_boxes, points)])
         return found
 
@@ -471,7 +490,7 @@ def _yunet(required: bool):
 
     try:
         return YuNetDetector()
-    except (FaceNetError, AttributeError) as exc:  # no model file, or an OpenCV without FaceDetectorYN
+    except FaceNetError as exc:  # no model file, or one ONNX Runtime cannot run
         if required:
             raise FaceNetError(f"YuNet proposals unavailable ({exc}); use proposals='pnet'") from None
         log.warning("YuNet proposals unavailable (%s); MTCNN uses P-Net's", exc)
@@ -527,12 +546,12 @@ def onnx_sessions(folder: Path, nets: tuple[nn.Module, nn.Module, nn.Module], op
     for net, path in zip(nets, onnx_cache_paths(folder, opset)):
         if path.is_file():
             try:
-                sessions.append(_session(str(path)))
+                sessions.append(cpu_session(str(path)))
                 continue
             except Exception as exc:  # ORT raises its own untyped errors; a bad cache file is replaced
                 log.warning("ignoring unreadable cached MTCNN export %s (%s)", path, str(exc).splitlines()[0])
         data = export_net(net, opset)
-        sessions.append(_session(data))
+        sessions.append(cpu_session(data))
         _check_export(net, sessions[-1])
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -551,7 +570,7 @@ def export_net(net: nn.Module, opset: int = OPSET) -> bytes:
     outputs = ["reg", "marks", "prob"] if isinstance(net, ONet) else ["reg", "prob"]
     # P-Net keeps PRelu: on whole pyramid levels the spelt-out form's extra full-size tensors took
     # ONNX Runtime's peak memory on a 2400x1800 level from 0.6 to 1.7 GB, for no measurable gain per photo.
-    model = net if isinstance(net, PNet) else _spelt_out_prelu(net)
+    model = net if isinstance(net, PNet) else export_form(net)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
@@ -566,45 +585,6 @@ def export_net(net: nn.Module, opset: int = OPSET) -> bytes:
             dynamic_axes={name: dynamic for name in ["x", *outputs]},
         )
     return buffer.getvalue()
-
-
-class _ExportPReLU(nn.Module):
-    """PReLU spelt out as its definition, max(0, x) + a * min(0, x), which is bit-identical: ONNX
-    Runtime's PRelu kernel took 40% of O-Net's time; in this form R-Net and O-Net run 1.4-1.7x faster."""
-
-    def __init__(self, prelu: nn.PReLU):
-        super().__init__()
-        self.weight = prelu.weight
-
-    def forward(self, x):
-        a = self.weight.view(1, -1, *[1] * (x.dim() - 2))
-        return torch.relu(x) + a * torch.clamp(x, max=0)
-
-
-def _spelt_out_prelu(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` with ``_ExportPReLU``s, for export only (PyTorch's own PReLU kernel is fast)."""
-    net = copy.deepcopy(net)
-    for name, child in list(net.named_children()):
-        if isinstance(child, nn.PReLU):
-            setattr(net, name, _ExportPReLU(child))
-    return net
-
-
-def _session(model: str | bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # One thread: the project runs detectors in parallel over photos (worker processes/threads),
-    # which a thread pool per session would oversubscribe; and the nets are small (P-Net's biggest
-    # level of a 250 px photo is 151 px), so even alone a pool hands off more than it saves. On this
-    # project's busy 2-core CPU, 2 threads took LFW photos from 29-39 to 66-83 ms (3x the CPU time).
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    # No memory arena: a pyramid level's buffers are freed after each call instead of staying reserved
-    # (with arenas a process held 90-110 MB more after its second 48 MP photo; P-Net runs ~7% slower).
-    options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _example(net: nn.Module) -> torch.Tensor:
@@ -624,14 +604,9 @@ def _check_export(net: nn.Module, session) -> None:
 
 
 def _integral(image: np.ndarray) -> np.ndarray:
-    """Summed-area table (3, H+1, W+1) of an H,W,3 uint8 image, in exact integers."""
-    h, w = image.shape[:2]
-    table = np.zeros((3, h + 1, w + 1), np.int64)
-    sums = table[:, 1:, 1:]
-    sums[...] = image.transpose(2, 0, 1)
-    np.cumsum(sums, 1, out=sums)  # in place: 4x faster than cumsum into new arrays here
-    np.cumsum(sums, 2, out=sums)
-    return table
+    """Summed-area table (3, H+1, W+1) of an H,W,3 uint8 image: exact integers in float64 (below 2^53 for any
+    photo), from OpenCV's integral image (4x faster than two numpy cumsums over a 1000x750 copy)."""
+    return np.ascontiguousarray(cv2.integral(image, sdepth=cv2.CV_64F).transpose(2, 0, 1))
 
 
 def _area_resize(table: np.ndarray, windows: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -670,7 +645,7 @@ def _subpixel_patch(table: np.ndarray, box: np.ndarray, size: int) -> np.ndarray
     ys, xs = y0 + (y1 - y0) * steps, x0 + (x1 - x0) * steps
     (r, fy), (c, fx) = _cell(ys, h), _cell(xs, w)
     rows, cols = np.stack([r, r + 1])[:, None, :, None], np.stack([c, c + 1])[None, :, None, :]
-    corners = table[:, rows, cols].astype(np.float64)  # (3, 2, 2, size+1, size+1): the four cell corners
+    corners = table[:, rows, cols]  # (3, 2, 2, size+1, size+1): the four cell corners
     wy, wx = np.stack([1 - fy, fy])[:, None, :, None], np.stack([1 - fx, fx])[None, :, None, :]
     sums = (corners * (wy * wx)).sum((1, 2))
     cells = sums[:, 1:, 1:] - sums[:, :-1, 1:] - sums[:, 1:, :-1] + sums[:, :-1, :-1]
