@@ -357,7 +357,7 @@ def test_a_pickled_copy_finds_the_same_faces(lfw_dir, proposed):
 
 
 def test_settle_squares_are_averaged_at_their_exact_sub_pixel_bounds():
-    """O-Net's settle patches (``_subpixel_patch``) against a brute force: the photo upsampled 4x by pixel
+    """O-Net's settle patches (``_subpixel_patches``) against a brute force: the photo upsampled 4x by pixel
     repetition, so a square on a quarter-pixel grid covers whole upsampled pixels and each 48 x 48 cell is a
     plain mean; a square on whole pixels gives the published cascade's area resize exactly."""
     rng = np.random.default_rng(0)
@@ -366,11 +366,12 @@ def test_settle_squares_are_averaged_at_their_exact_sub_pixel_bounds():
     up = np.repeat(np.repeat(image.astype(np.float64), 4, 0), 4, 1)
     left, top = int((box[0] - 1) * 4), int((box[1] - 1) * 4)
     expected = up[top : top + 144, left : left + 144].reshape(48, 3, 48, 3, 3).mean((1, 3)).transpose(2, 0, 1)
-    table = mtcnn_module._integral(image)
-    np.testing.assert_allclose(mtcnn_module._subpixel_patch(table, box, 48), expected, atol=1e-3)
     whole = np.array([11.0, 21.0, 106.0, 116.0])  # pixels 10 .. 105: 96 px, two per cell
+    table = mtcnn_module._integral(image)
+    both = mtcnn_module._subpixel_patches(table, np.stack([box, whole]), 48)  # two boxes in one gather
+    np.testing.assert_allclose(both[0], expected, atol=1e-3)
     cascade = mtcnn_module._area_resize(table, np.array([[20, 10, 96, 96]]), 48, 48)[0]
-    np.testing.assert_allclose(mtcnn_module._subpixel_patch(table, whole, 48), cascade, atol=1e-3)
+    np.testing.assert_allclose(both[1], cascade, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["Joseph_Biden_0002", "Trent_Lott_0008", "Julianne_Moore_0006", "James_Ivory_0002"])

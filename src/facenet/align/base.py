@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -121,21 +122,43 @@ def sort_by_score(detections: list[Detection]) -> list[Detection]:
     return sorted(detections, key=lambda d: d.score, reverse=True)
 
 
-def cpu_session(model: str | bytes):
-    """An ONNX Runtime session for a detector's network (MTCNN's nets, YuNet) on the CPU.
+# Inputs of at least this many numbers run on every core: YuNet on any photo, O-Net on 3 or more faces, P-Net's
+# pyramid. Below it (R-Net, O-Net on one face) a second thread costs 40-70% more CPU for 0-10% less time.
+WIDE_INPUT = 20_000
 
-    One thread: the project runs detectors in parallel over photos (worker processes/threads), which a thread
-    pool per session would oversubscribe; and the nets are small (P-Net's biggest level of a 250 px photo is
-    151 px), so even alone a pool hands off more than it saves. On this project's busy 2-core CPU, 2 threads
-    took LFW photos from 29-39 to 66-83 ms (3x the CPU time). No memory arena: a pyramid level's buffers are
-    freed after each call instead of staying reserved (with arenas a process held 90-110 MB more after its
-    second 48 MP photo; P-Net runs ~7% slower)."""
+
+class CpuNet:
+    """A detector's network (MTCNN's nets, YuNet) on ONNX Runtime on the CPU, run as ``InferenceSession.run``.
+
+    Small inputs run on one thread: the project runs detectors in parallel over photos (worker threads and
+    processes), and on a 48x48 patch a thread pool hands off more than it saves. Large ones (``WIDE_INPUT``) run
+    on every core, their threads sleeping rather than spinning when idle, so two photos detected at once cost
+    what they cost on one thread each: on 2 cores, YuNet on a 1000x750 working copy took 62 -> 32 ms alone and 34
+    -> 34 ms per photo with two at once (spinning threads: 42). No memory arena: a pyramid level's buffers are
+    freed after each call instead of staying reserved (with arenas a process held 90-110 MB more after its second
+    48 MP photo; P-Net runs ~7% slower)."""
+
+    def __init__(self, model: str | bytes):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.narrow = _cpu_session(model, 1)
+        self.wide = _cpu_session(model, cores) if cores > 1 else self.narrow
+
+    def get_outputs(self):
+        return self.narrow.get_outputs()
+
+    def run(self, output_names, feeds: dict) -> list:
+        size = sum(np.asarray(x).size for x in feeds.values())
+        return (self.wide if size >= WIDE_INPUT else self.narrow).run(output_names, feeds)
+
+
+def _cpu_session(model: str | bytes, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = False
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facenet.align.base import Detection, check_image, cpu_session
+from facenet.align.base import CpuNet, Detection, check_image
 from facenet.errors import FaceNetError
 from facenet.export import export_form
 from facenet.fileio import atomic_write_bytes
@@ -367,7 +367,7 @@ class MTCNNDetector:
 
     def _propose(self, table: np.ndarray, threshold: float) -> np.ndarray:
         """Stage 1: P-Net over the pyramid -> squared candidate boxes (N, 5: x1 y1 x2 y2 score)."""
-        h, w = table.shape[1] - 1, table.shape[2] - 1
+        h, w = table.shape[0] - 1, table.shape[1] - 1
         found = []
         for scale in self._scales(h, w):
             level = _area_resize(table, np.array([[0, 0, h, w]]), int(h * scale + 1), int(w * scale + 1))
@@ -429,7 +429,9 @@ class MTCNNDetector:
         landmarks place, which settle the boxes (SETTLE_PASSES). Those need no damping: O-Net's landmarks hardly
         follow the square they are shown, so each pass lands near where the face's box settles."""
         sides = [np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) for b in boxes]  # the cascade's squares
-        boxes, points = self._passes(photos, boxes, points, lambda i, b, p: _square(b), self.settle_passes)
+        boxes, points = self._passes(
+            photos, boxes, points, lambda i, b, p: _square(b), self.settle_passes, landmarks_only=True
+        )
         placed = min(self.settle_passes, LANDMARK_PASSES)
         landmark_square = lambda i, b, p: _landmark_square(p, sides[i])  # noqa: E731
         placed_boxes, _ = self._passes(
@@ -441,7 +443,14 @@ class MTCNNDetector:
         return boxes, points
 
     def _passes(
-        self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray], place, passes: int, step=0.5
+        self,
+        photos: list[_Pixels],
+        boxes: list[np.ndarray],
+        points: list[np.ndarray],
+        place,
+        passes: int,
+        step: float = 0.5,
+        landmarks_only: bool = False,
     ):
         """Up to ``passes`` O-Net passes, each on the squares ``place(photo index, boxes, landmarks)`` gives, moved
         inside the photo (``_square_within``); each face's box and landmarks move ``step`` of the way to O-Net's
@@ -454,25 +463,27 @@ class MTCNNDetector:
         for _ in range(passes):
             if not any(m.any() for m in moving):  # every face has stopped: no pass can change anything
                 break
-            squares = [
-                _square_within(place(i, b, p), *photo.image.shape[:2])
-                for i, (photo, b, p) in enumerate(zip(photos, boxes, points))
+            squares = [  # only the faces still moving are shown to O-Net again
+                _square_within(place(i, b, p), *photo.image.shape[:2])[m]
+                for i, (photo, b, p, m) in enumerate(zip(photos, boxes, points, moving))
             ]
             cut, outputs = self._run_batched(2, photos, squares, 48, subpixel=True)
             for i, (square, (reg, marks, prob)) in enumerate(zip(cut, outputs)):
-                if len(square) != len(boxes[i]):  # a face left the photo: keep what the cascade found
+                face = np.flatnonzero(moving[i])
+                if len(square) != len(face):  # a face left the photo: keep what the cascade found
                     continue
                 h, w = photos[i].image.shape[:2]
                 inside = (square[:, 0] >= 0) & (square[:, 1] >= 0) & (square[:, 2] < w) & (square[:, 3] < h)
                 moved, moved_points = _onet_answer(square, reg, marks)
-                moving[i] &= inside & (prob[:, 1] > self.thresholds[2])
-                m = moving[i]
-                change = np.maximum(
-                    np.abs(moved[:, :4] - boxes[i][:, :4]).max(1), np.abs(moved_points - points[i]).max((1, 2))
-                ) / (square[:, 2] - square[:, 0])
-                boxes[i][m, :4] += step * (moved[m, :4] - boxes[i][m, :4])
-                points[i][m] += step * (moved_points[m] - points[i][m])
-                moving[i] &= change > SETTLED  # this pass moved it (a part of) that: no further pass is worth it
+                keep = inside & (prob[:, 1] > self.thresholds[2])
+                change = np.abs(moved_points - points[i][face]).max((1, 2))
+                if not landmarks_only:
+                    change = np.maximum(change, np.abs(moved[:, :4] - boxes[i][face, :4]).max(1))
+                change /= square[:, 2] - square[:, 0]
+                f = face[keep]
+                boxes[i][f, :4] += step * (moved[keep, :4] - boxes[i][f, :4])
+                points[i][f] += step * (moved_points[keep] - points[i][f])
+                moving[i][face] = keep & (change > SETTLED)  # this pass moved it (a part of) that: no further pass
         return boxes, points
 
 
@@ -514,11 +525,11 @@ class _Pixels:
 
     def patches(self, boxes: np.ndarray, size: int, subpixel: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``boxes`` that keep pixels and their patches at ``size`` x ``size``, normalised. ``subpixel``: each
-        box's exact area (``_subpixel_patch``) instead of the published cascade's whole-pixel window."""
+        box's exact area (``_subpixel_patches``) instead of the published cascade's whole-pixel window."""
         h, w = self.image.shape[:2]
         boxes, windows = _windows(boxes, h, w)
         if subpixel:
-            return boxes, _normalise(np.stack([_subpixel_patch(self.table, b, size) for b in boxes]))
+            return boxes, _normalise(_subpixel_patches(self.table, boxes, size))
         if self._table is not None:
             return boxes, _normalise(_area_resize(self._table, windows, size, size))
         patches = np.empty((len(windows), 3, size, size), np.float32)
@@ -546,12 +557,12 @@ def onnx_sessions(folder: Path, nets: tuple[nn.Module, nn.Module, nn.Module], op
     for net, path in zip(nets, onnx_cache_paths(folder, opset)):
         if path.is_file():
             try:
-                sessions.append(cpu_session(str(path)))
+                sessions.append(CpuNet(str(path)))
                 continue
             except Exception as exc:  # ORT raises its own untyped errors; a bad cache file is replaced
                 log.warning("ignoring unreadable cached MTCNN export %s (%s)", path, str(exc).splitlines()[0])
         data = export_net(net, opset)
-        sessions.append(cpu_session(data))
+        sessions.append(CpuNet(data))
         _check_export(net, sessions[-1])
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -604,9 +615,9 @@ def _check_export(net: nn.Module, session) -> None:
 
 
 def _integral(image: np.ndarray) -> np.ndarray:
-    """Summed-area table (3, H+1, W+1) of an H,W,3 uint8 image: exact integers in float64 (below 2^53 for any
-    photo), from OpenCV's integral image (4x faster than two numpy cumsums over a 1000x750 copy)."""
-    return np.ascontiguousarray(cv2.integral(image, sdepth=cv2.CV_64F).transpose(2, 0, 1))
+    """Summed-area table (H+1, W+1, 3) of an H,W,3 uint8 image: exact integers in float64 (below 2^53 for any
+    photo), OpenCV's integral image (4x faster than two numpy cumsums over a 1000x750 copy)."""
+    return cv2.integral(image, sdepth=cv2.CV_64F)
 
 
 def _area_resize(table: np.ndarray, windows: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -616,40 +627,41 @@ def _area_resize(table: np.ndarray, windows: np.ndarray, out_h: int, out_w: int)
     rows floor(i*n/out) .. ceil((i+1)*n/out)-1), read from the summed-area table with four gathers
     for all windows at once instead of one torch call per window.
     """
-    _, h1, w1 = table.shape
+    _, w1, _ = table.shape
     top, left, height, width = (windows[:, i : i + 1] for i in range(4))
     (y0, y1), (x0, x1) = _bins(top, height, out_h), _bins(left, width, out_w)
     pixels = (y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]
-    # Offsets into one channel's flattened table, (N, out_h, out_w) once row and column parts are added.
-    row0, row1 = y0[:, :, None] * w1, y1[:, :, None] * w1
-    col0, col1 = x0[:, None, :], x1[:, None, :]
+    # Offsets of the red sums in the flattened table, (N, out_h, out_w) once row and column parts are added.
+    row0, row1 = y0[:, :, None] * w1 * 3, y1[:, :, None] * w1 * 3
+    col0, col1 = x0[:, None, :] * 3, x1[:, None, :] * 3
     corners = [row1 + col1, row0 + col1, row1 + col0, row0 + col0]
+    flat = table.reshape(-1)
     out = np.empty((len(windows), 3, out_h, out_w), np.float32)
     for channel in range(3):  # one channel at a time: a big pyramid level's temporaries stay a third as big
-        flat = table[channel].reshape(-1)
-        a, b, c, d = (flat.take(index) for index in corners)
+        a, b, c, d = (flat.take(index + channel) for index in corners)
         out[:, channel] = (a - b - c + d) / pixels
     return out
 
 
-def _subpixel_patch(table: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """The part of the image under ``box`` (1-based inclusive corners, as the cascade's, so pixels x1-1 .. x2
-    continuously; clipped to the image) averaged into ``size`` x ``size`` cells of equal fractional extent:
-    (3, size, size) float32, from the image's summed-area ``table`` (``_integral``). Exact areas: the table of a
-    piecewise-constant image is bilinear inside each pixel, so interpolating it bilinearly gives the exact sum
-    up to any fractional corner."""
-    h, w = table.shape[1] - 1, table.shape[2] - 1
-    x0, y0 = min(max(box[0] - 1, 0.0), w - 1.0), min(max(box[1] - 1, 0.0), h - 1.0)
-    x1, y1 = min(max(box[2], x0 + 1), float(w)), min(max(box[3], y0 + 1), float(h))
+def _subpixel_patches(table: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """The parts of the image under ``boxes`` (N, 4+; 1-based inclusive corners, as the cascade's, so pixels
+    x1-1 .. x2 continuously; clipped to the image) averaged into ``size`` x ``size`` cells of equal fractional
+    extent: (N, 3, size, size) float32, from the image's summed-area ``table`` (``_integral``). Exact areas: the
+    table of a piecewise-constant image is bilinear inside each pixel, so interpolating it bilinearly gives the
+    exact sum up to any fractional corner."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    x0, y0 = np.clip(boxes[:, 0] - 1, 0.0, w - 1.0), np.clip(boxes[:, 1] - 1, 0.0, h - 1.0)
+    x1, y1 = np.minimum(np.maximum(boxes[:, 2], x0 + 1), w), np.minimum(np.maximum(boxes[:, 3], y0 + 1), h)
     steps = np.arange(size + 1) / size
-    ys, xs = y0 + (y1 - y0) * steps, x0 + (x1 - x0) * steps
+    ys, xs = y0[:, None] + (y1 - y0)[:, None] * steps, x0[:, None] + (x1 - x0)[:, None] * steps  # (N, size+1)
     (r, fy), (c, fx) = _cell(ys, h), _cell(xs, w)
-    rows, cols = np.stack([r, r + 1])[:, None, :, None], np.stack([c, c + 1])[None, :, None, :]
-    corners = table[:, rows, cols]  # (3, 2, 2, size+1, size+1): the four cell corners
-    wy, wx = np.stack([1 - fy, fy])[:, None, :, None], np.stack([1 - fx, fx])[None, :, None, :]
-    sums = (corners * (wy * wx)).sum((1, 2))
+    rows, cols = np.stack([r, r + 1], 1)[:, :, None, :, None], np.stack([c, c + 1], 1)[:, None, :, None, :]
+    wy, wx = np.stack([1 - fy, fy], 1)[:, :, None, :, None], np.stack([1 - fx, fx], 1)[:, None, :, None, :]
+    # The four cell corners (N, 2, 2, size+1, size+1, 3), weighted and summed: the table at each grid point.
+    sums = (table[rows, cols] * (wy * wx)[..., None]).sum((1, 2))
     cells = sums[:, 1:, 1:] - sums[:, :-1, 1:] - sums[:, 1:, :-1] + sums[:, :-1, :-1]
-    return (cells / (np.diff(ys)[:, None] * np.diff(xs)[None, :])).astype(np.float32)
+    area = np.diff(ys)[:, :, None] * np.diff(xs)[:, None, :]
+    return (cells / area[..., None]).transpose(0, 3, 1, 2).astype(np.float32)
 
 
 def _cell(at: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facenet.align.base import Detection, check_image, cpu_session, sort_by_score
+from facenet.align.base import CpuNet, Detection, check_image, sort_by_score
 from facenet.errors import FaceNetError
 
 MODEL_NAME = "face_detection_yunet_2026may.onnx"
@@ -81,7 +81,7 @@ class YuNetDetector:
 
     def _load(self):
         try:
-            session = cpu_session(str(self._path))
+            session = CpuNet(str(self._path))
         except Exception as exc:  # ORT raises its own untyped errors (InvalidProtobuf, Fail, ...)
             raise FaceNetError(
                 f"{self._path}: not a usable YuNet model ({str(exc).splitlines()[0]}); re-download it from OpenCV Zoo"
