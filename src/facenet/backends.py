@@ -64,6 +64,9 @@ class OnnxBackend:
         # torch's default thread count is the number of physical cores; hyper-threads slow GEMMs.
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # Idle threads sleep rather than spin: spinning after a batch took the cores from the detector working on
+        # the next photo (a 12 MP group photo 0.223 -> 0.207 s end to end, LFW thumbnails 27.5 -> 29 photos/s).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

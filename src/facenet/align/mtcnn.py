@@ -14,8 +14,8 @@ On one thread that halved the time per 250 px LFW photo; on large photos the gai
 P-Net on the biggest pyramid levels dominates there and runs about as fast on either. The torch
 path stays for GPUs. Every resize (pyramid levels, R-/O-Net patches) uses the bins of torch's
 ``interpolate(mode="area")``, the resizing facenet-pytorch's boxes depend on, computed exactly from
-a summed-area table in numpy, all of a photo's boxes in one gather. ``detect_many`` gives R-Net
-and O-Net the candidates of all its photos together.
+a summed-area table (OpenCV's integral image) in numpy, all of a photo's boxes in one gather.
+``detect_many`` gives R-Net and O-Net the candidates of all its photos together.
 
 Proposals (``proposals``): P-Net's pyramid is most of MTCNN's cost on big photos (a 1333x1000
 working copy: 12 levels, about 970,000 pixels, 1.8 GMAC), so by default YuNet (``facenet.align.yunet``,
@@ -425,9 +425,11 @@ class MTCNNDetector:
         self, photos: list[_Pixels], boxes: list[np.ndarray], points: list[np.ndarray]
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """O-Net passes over the found faces (scores kept from the first pass): up to ``settle_passes`` damped ones
-        on squares their boxes place, which settle the landmarks, then up to ``LANDMARK_PASSES`` on squares those
-        landmarks place, which settle the boxes (SETTLE_PASSES). Those need no damping: O-Net's landmarks hardly
-        follow the square they are shown, so each pass lands near where the face's box settles."""
+        on squares their boxes place, which settle the landmarks (a face stops once its landmarks do: its box may
+        still wander along O-Net's line of answers, and the next stage places it anew), then up to
+        ``LANDMARK_PASSES`` on squares those landmarks place, which settle the boxes (SETTLE_PASSES). Those need no
+        damping: O-Net's landmarks hardly follow the square they are shown, so each pass lands near where the
+        face's box settles."""
         sides = [np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) for b in boxes]  # the cascade's squares
         boxes, points = self._passes(
             photos, boxes, points, lambda i, b, p: _square(b), self.settle_passes, landmarks_only=True
@@ -454,9 +456,10 @@ class MTCNNDetector:
     ):
         """Up to ``passes`` O-Net passes, each on the squares ``place(photo index, boxes, landmarks)`` gives, moved
         inside the photo (``_square_within``); each face's box and landmarks move ``step`` of the way to O-Net's
-        answer. A face stays where it is once its square still reaches past the photo (O-Net would see black where
-        the head goes on: a face filling an ID photo drifts) or O-Net no longer sees a face in it (a small or
-        blurred face).
+        answer; a face stops once a pass moved it (its landmarks alone with ``landmarks_only``) by at most
+        ``SETTLED``, and is not shown to O-Net again. A face stays where it is once its square still reaches past
+        the photo (O-Net would see black where the head goes on: a face filling an ID photo drifts) or O-Net no
+        longer sees a face in it (a small or blurred face).
         The squares are cut at their exact sub-pixel bounds: cut at whole pixels, a face on a reduced copy
         could only settle to the nearest pixel of that copy, a step of 1-2% of a 60-100 px face."""
         moving = [np.ones(len(b), bool) for b in boxes]

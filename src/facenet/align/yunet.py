@@ -119,8 +119,8 @@ class YuNetDetector:
         """Faces in one image: the network on its BGR pixels padded (bottom, right) to a multiple of 32, every
         prior decoded, then those scoring at least ``score_threshold`` kept by NMS."""
         h, w = image.shape[:2]
-        padded = np.zeros((1, 3, -(-h // STRIDES[-1]) * STRIDES[-1], -(-w // STRIDES[-1]) * STRIDES[-1]), np.float32)
-        padded[0, :, :h, :w] = image[:, :, ::-1].transpose(2, 0, 1)  # YuNet wants BGR, 0-255
+        padded = cv2.copyMakeBorder(image, 0, -h % STRIDES[-1], 0, -w % STRIDES[-1], cv2.BORDER_CONSTANT, value=0)
+        padded = cv2.dnn.blobFromImage(padded, swapRB=True)  # N,C,H,W float32: YuNet wants BGR, 0-255
         out = dict(zip((o.name for o in self._session.get_outputs()), self._session.run(None, {"input": padded})))
         rows = np.concatenate([_decode(out, stride, padded.shape[3] // stride) for stride in STRIDES])
         rows = rows[rows[:, 14] >= self.score_threshold]
