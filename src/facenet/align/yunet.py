@@ -123,7 +123,7 @@ class YuNetDetector:
         padded = cv2.dnn.blobFromImage(padded, swapRB=True)  # N,C,H,W float32: YuNet wants BGR, 0-255
         out = dict(zip((o.name for o in self._session.get_outputs()), self._session.run(None, {"input": padded})))
         rows = np.concatenate([_decode(out, stride, padded.shape[3] // stride) for stride in STRIDES])
-        rows = rows[rows[:, 14] >= self.score_threshold]
+        rows = rows[(rows[:, 14] >= self.score_threshold) & np.isfinite(rows).all(axis=1)]  # exp() may overflow
         # NMS as OpenCV's detector runs it: on the boxes truncated to whole pixels.
         keep = cv2.dnn.NMSBoxes(
             rows[:, :4].astype(np.int32).tolist(),
