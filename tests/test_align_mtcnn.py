@@ -16,8 +16,8 @@ from peers import load_peer_module
 
 from facenet.align import get_detector, select_faces
 from facenet.align import mtcnn as mtcnn_module
+from facenet.align.base import box_iou
 from facenet.align.mtcnn import MTCNNDetector, find_weights, nms
-from facenet.align.yunet import _iou
 from facenet.data.images import load_image
 from facenet.errors import FaceNetError
 
@@ -308,8 +308,8 @@ def test_yunet_proposals_find_the_faces_of_the_published_cascade(lfw_dir, mtcnn,
     errors, central_missed, others, others_missed = [], 0, 0, 0
 
     def match(face, found):
-        best = max(found, key=lambda d: _iou(d.box, face.box), default=None)
-        return best if best is not None and _iou(best.box, face.box) >= 0.5 else None
+        best = max(found, key=lambda d: box_iou(d.box, face.box)[0], default=None)
+        return best if best is not None and box_iou(best.box, face.box)[0] >= 0.5 else None
 
     for image in photos:
         ours, theirs = proposed.detect(image), mtcnn.detect(image)
@@ -388,4 +388,21 @@ def test_every_face_keeps_a_box_around_its_own_landmarks(name, lfw_dir, proposed
     boxes = np.array([face.box for face in faces])
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
-            assert mtcnn_module._row_iou(boxes[i : i + 1], boxes[j : j + 1])[0] < 0.5
+            assert box_iou(boxes[i], boxes[j])[0] < 0.5
+
+
+def test_box_iou_against_a_pixel_count():
+    """``box_iou`` against counting the pixels two whole-pixel boxes cover; disjoint and empty boxes give 0."""
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        a, b = (np.sort(rng.integers(0, 40, (2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]] for _ in range(2))
+        masks = []
+        for x1, y1, x2, y2 in (a, b):
+            mask = np.zeros((40, 40), bool)
+            mask[y1:y2, x1:x2] = True
+            masks.append(mask)
+        union = (masks[0] | masks[1]).sum()
+        expected = (masks[0] & masks[1]).sum() / union if union else 0.0
+        assert box_iou(a, b)[0] == pytest.approx(expected)
+    assert box_iou([0, 0, 10, 10], [20, 20, 30, 30])[0] == 0.0
+    assert box_iou([5, 5, 5, 5], [5, 5, 5, 5])[0] == 0.0

@@ -118,6 +118,16 @@ def default_detector_name() -> str:
     return "mtcnn"
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of each box (x1, y1, x2, y2, ...) of ``a`` with the same row of ``b``: (N,);
+    0 where both are empty."""
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - w * h
+    return np.divide(w * h, union, out=np.zeros_like(union), where=union > 0)
+
+
 def sort_by_score(detections: list[Detection]) -> list[Detection]:
     return sorted(detections, key=lambda d: d.score, reverse=True)
 

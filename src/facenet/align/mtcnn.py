@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facenet.align.base import CpuNet, Detection, check_image
+from facenet.align.base import CpuNet, Detection, box_iou, check_image
 from facenet.errors import FaceNetError
 from facenet.export import export_form
 from facenet.fileio import atomic_write_bytes
@@ -440,7 +440,7 @@ class MTCNNDetector:
             photos, [b.copy() for b in boxes], [p.copy() for p in points], landmark_square, placed, step=1.0
         )
         for photo_boxes, settled in zip(boxes, placed_boxes):
-            same = _row_iou(photo_boxes, settled) >= LANDMARK_IOU  # else O-Net answered for a neighbouring face
+            same = box_iou(photo_boxes, settled) >= LANDMARK_IOU  # else O-Net answered for a neighbouring face
             photo_boxes[same, :4] = settled[same, :4]
         return boxes, points
 
@@ -692,14 +692,6 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     boxes[:, 1] += (h - side) / 2
     boxes[:, 2:4] = boxes[:, 0:2] + side[:, None]
     return boxes
-
-
-def _row_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of each box of ``a`` (N, 4+) with the same row of ``b``."""
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return w * h / (area(a) + area(b) - w * h)
 
 
 def _landmark_square(points: np.ndarray, cascade_side: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facenet.align.base import CpuNet, Detection, check_image, sort_by_score
+from facenet.align.base import CpuNet, Detection, box_iou, check_image, sort_by_score
 from facenet.errors import FaceNetError
 
 MODEL_NAME = "face_detection_yunet_2026may.onnx"
@@ -110,7 +110,7 @@ class YuNetDetector:
             ]
             kept: list[Detection] = []  # one detection per face, the better-scoring size's
             for d in sort_by_score(found + large):
-                if all(_iou(d.box, k.box) <= SAME_FACE_IOU for k in kept):
+                if all(box_iou(d.box, k.box)[0] <= SAME_FACE_IOU for k in kept):
                     kept.append(d)
             return kept
         return sort_by_score(found)
@@ -148,12 +148,3 @@ def _decode(out: dict, stride: int, columns: int) -> np.ndarray:
     corner = (cell + box[:, :2]) * stride - size / 2
     points = (marks.reshape(-1, 5, 2) + cell[:, None, :]) * stride
     return np.concatenate([corner, size, points.reshape(-1, 10), score[:, None]], axis=1)
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
