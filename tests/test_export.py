@@ -162,3 +162,25 @@ def test_int8_calibration_needs_enough_crops(nns_file, tmp_path, capsys):
     Image.fromarray(crops(1, 32)[0]).save(empty / "a.png")
     assert cli_main(["export", str(path), "--int8", "--calibration", str(empty)]) == 2
     assert "at least 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["reid_mobilenet", "mobilefacenet"])
+def test_prelus_export_in_the_form_onnx_runtime_runs_fast_with_the_same_outputs(arch):
+    """One-slope PReLUs (reid_mobilenet) become LeakyRelu and per-channel ones (mobilefacenet) are spelt out:
+    no PRelu node is left in the graph, and ONNX Runtime's embeddings equal PyTorch's."""
+    import onnx
+    import onnxruntime as ort
+
+    model = trained_looking(arch, 3)
+    for prelu in (m for m in model.modules() if isinstance(m, torch.nn.PReLU)):
+        prelu.weight.data.uniform_(-2.0, 2.0)  # slopes of either sign, as the shipped reid weights have
+    info = model_info_for(model, input_size=model.input_size, threshold=1.0)
+    data = onnx_bytes(model, info)
+    ops = {node.op_type for node in onnx.load_from_string(data).graph.node}
+    assert "PRelu" not in ops
+    assert ("LeakyRelu" in ops) == (arch == "reid_mobilenet")
+    x = torch.randn(3, 3, info.input_size, info.input_size, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
