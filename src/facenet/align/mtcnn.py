@@ -71,7 +71,7 @@ PROPOSALS = ("auto", "yunet", "pnet")
 # (benchmarks/box_stability.py; RESULTS.md, issue 28).
 SETTLE_PASSES = 8
 # A face stops settling once O-Net's answer lies within this fraction of its square's side of where it stands
-# (the pass then moves it by half of that).
+# (the damped passes then move it by half of that, the landmark passes all of it).
 SETTLED = 0.002
 # The landmark square: side = LANDMARK_SIDE x the geometric mean of the eye distance and the eyes-to-mouth
 # distance, centre = the landmarks' mean raised (towards the eyes) by LANDMARK_RISE x the side: the medians of
@@ -259,7 +259,8 @@ class MTCNNDetector:
         that need a face's score, not its exact place (``finder.FaceFinder``'s turned-photo check): where
         ``detect`` finds nothing it runs P-Net's pyramid twice more, 20 times a thumbnail's detection."""
         with self._cpu_threads():
-            return self._cascade([_Pixels(check_image(image))], self.thresholds, bool(self.proposer), False)[0]
+            photo = _Pixels(check_image(image))
+            return self._cascade([photo], self.thresholds, from_yunet=bool(self.proposer), settle=False)[0]
 
     @torch.inference_mode()
     def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
@@ -513,8 +514,9 @@ def _yunet(required: bool):
 
 class _Pixels:
     """One photo as the cascade reads it: the summed-area table of the whole photo is built only when
-    P-Net's pyramid needs it; R-Net and O-Net patches of YuNet's few proposals come from tables of their
-    own windows (the same integer sums, so the same patches)."""
+    P-Net's pyramid or the settle passes' sub-pixel squares need it; until then R-Net and O-Net patches of
+    YuNet's few proposals come from tables of their own windows (the same integer sums, so the same patches:
+    a glance, or a photo where nothing is found, never builds the whole table)."""
 
     def __init__(self, image: np.ndarray):
         self.image = image

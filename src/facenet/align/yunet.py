@@ -4,9 +4,9 @@ Its ONNX file (230 kB) ships inside the package (``facenet/models/weights/``, wi
 notice), since PyPI carries no copy of it; ``model=`` or $FACENET_YUNET_MODEL selects another.
 
 The network runs on ONNX Runtime, its outputs decoded as OpenCV's ``cv2.FaceDetectorYN`` decodes them (priors
-on strides 8, 16 and 32, score sqrt(class x objectness), NMS on whole-pixel boxes): the same faces to 1e-4 px
-(``tests/test_yunet.py`` compares them), at half OpenCV's CPU time per photo (a 250 px LFW photo 8 -> 4 ms,
-a 1000x750 working copy 112 -> 53 ms on one core; RESULTS.md, issue 28).
+on strides 8, 16 and 32, score sqrt(class x objectness), NMS on whole-pixel boxes): the same faces, boxes and
+landmarks to 1e-3 px (``tests/test_yunet.py`` compares them), at half OpenCV's CPU time per photo (a 250 px LFW
+photo 8 -> 4 ms, a 1000x750 working copy 112 -> 53-62 ms on one core; RESULTS.md, issue 28).
 OpenCV Zoo says YuNet finds faces of about 10 to 300 px. Photos are detected at a working size
 where the smallest face asked for is ``min_face_size`` px (``facenet.align.finder``); a face much
 larger than 300 px there (a selfie, a portrait cut at the shoulders) is found with a low score and
