@@ -16,8 +16,8 @@ the repository).
   which calibration never pairs.
 * the ``judge`` (``JUDGE``, dlib's ResNet: another network, trained on other faces) decides which
   distractors are people of the LFW photos measured on, as MegaFace's distractors were cleaned of
-  FaceScrub's people. It sees the same crops the model under test sees, re-framed to its own chip
-  (``dlib_chip``), so both sides of every comparison are cut alike.
+  FaceScrub's people. It looks at every photo as dlib's own pipeline does (``judge_own_chips``: dlib's HOG
+  detector, its 5 landmarks and its 150 px chip of the original photo), where it tells people apart best.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from facenet.align.crop import similarity_transform, template_points
 from facenet.data.images import IMAGE_SUFFIXES
 from facenet.distances import squared_l2
 
@@ -40,8 +38,6 @@ JUDGE = "dlib"
 # CelebA's celebrities. Yale B's are 38 lab volunteers; the PubFig83 / Glint people named in LFW are left out
 # by name and the rest are named people who are not in LFW.
 JUDGED_SOURCES = ("utk", "celeba")
-# Where the judge's threshold is calibrated: labelled faces of a source the model is never measured on.
-JUDGE_CALIBRATION = "pubfig83"
 
 
 def aligned_faces(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -91,28 +87,26 @@ def embed_aligned(embedder, paths: list[Path], cache: Path) -> np.ndarray:
 
 
 def lfw_faces(
-    images: Path, embedder, cache: Path, half: str | None = None, judge=None
-) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray | None]:
-    """(paths, labels, embeddings, the ``judge``'s embeddings or None) of every LFW photo, or of one ``half``
-    ("a" or "b": ``lfw_calibration_half``, so a measurement on half B embeds only that). ``embedder`` takes
-    the central face, falling back to the centre (see ``lfw_embedder``); each face is found once and the
-    judge sees the same crop (``dlib_chip``)."""
-    paths = sorted(images.glob("*/*.jpg"))
-    if half is not None:
-        in_a = lfw_calibration_half(np.array([p.parent.name for p in paths]))
-        paths = [p for p, a in zip(paths, in_a) if a == (half == "a")]
+    images: Path, embedder, cache: Path, half: str | None = None
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """(paths, labels, embeddings) of every LFW photo, or of one ``half`` ("a" or "b": ``lfw_calibration_half``,
+    so a measurement on half B embeds only that). ``embedder`` takes the central face, falling back to the
+    centre (see ``lfw_embedder``)."""
+    paths = lfw_photos(images, half)
 
     def embed(chunk):
-        crops = [embedder.find_faces(str(p)).faces[0].image for p in chunk]
-        rows = embedder.embed_crops(crops)
-        if judge is None:
-            return rows
-        return np.hstack([rows, judge.embed_crops([dlib_chip(c, embedder.info.recipe) for c in crops])])
+        return embedder.embed_crops([embedder.find_faces(str(p)).faces[0].image for p in chunk])
 
-    rows = embed_cached(paths, cache, embed, batch=64)
-    size = embedder.embedding_size
-    judged = rows[:, size:] if judge is not None else None
-    return paths, np.array([p.parent.name for p in paths]), rows[:, :size], judged
+    return paths, np.array([p.parent.name for p in paths]), embed_cached(paths, cache, embed, batch=64)
+
+
+def lfw_photos(images: Path, half: str | None = None) -> list[Path]:
+    """Every LFW photo under ``images``, sorted, or those of one ``half`` ("a" or "b")."""
+    paths = sorted(images.glob("*/*.jpg"))
+    if half is None:
+        return paths
+    in_a = lfw_calibration_half(np.array([p.parent.name for p in paths]))
+    return [p for p, a in zip(paths, in_a) if a == (half == "a")]
 
 
 def lfw_calibration_half(labels: np.ndarray) -> np.ndarray:
@@ -130,19 +124,43 @@ def lfw_embedder(model: str | None = None):
     return embedder
 
 
-def dlib_chip(crop: np.ndarray, recipe: dict) -> np.ndarray:
-    """``crop`` (cut by ``recipe``: its template and margin) re-framed to dlib's 150 px chip, the framing the
-    judge was trained on; what the crop does not hold is black (below the chin for the default's tight crop)."""
-    size = crop.shape[0]
-    matrix = similarity_transform(
-        template_points(size, recipe["margin"], recipe["template"]), template_points(150, 0.0, "dlib")
-    )
-    return cv2.warpAffine(np.ascontiguousarray(crop), matrix, (150, 150), flags=cv2.INTER_LINEAR, borderValue=0)
+def judge_own_chips(paths: list[Path], cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(the judge's embeddings, a mask of the photos where dlib's HOG found no face) of ``paths``, original
+    photos seen as dlib's pipeline sees them: HOG (one upsampling), 5 landmarks, its 150 px chip, embedded by
+    the converted network (dlib's C++ network to 1e-4). Where HOG finds nothing, dlib's centred box stands in.
+    Cached in ``cache``; the last column holds the no-face flag."""
+    import facenet
+    from facenet.baselines.dlib_model import DlibEmbedder
+
+    finder, judge = DlibEmbedder(upsample=1), facenet.load_model(JUDGE, detect=False)
+
+    def embed(chunk):
+        chips, missed = [], []
+        for path in chunk:
+            before = finder.fallbacks
+            chips.append(finder.chip(path))
+            missed.append(finder.fallbacks > before)
+        return np.hstack([judge.embed_crops(chips), np.array(missed, np.float32)[:, None]])
+
+    rows = embed_cached(paths, cache, embed, batch=128)
+    return rows[:, :-1], rows[:, -1] > 0
 
 
-def judge_aligned(judge, recipe: dict, paths: list[Path], cache: Path) -> np.ndarray:
-    """The judge's embeddings of aligned crops that ``recipe`` cut (``scripts/prepare_training_data.py``)."""
-    return embed_cached(paths, cache, lambda chunk: judge.embed_crops([dlib_chip(read_crop(p), recipe) for p in chunk]))
+def source_photos(faces: Path, aligned: list[Path]) -> list[Path]:
+    """The photo each aligned crop of a staged source (UTKFace, CelebA, Yale B) was cut from:
+    ``scripts/prepare_training_data.py`` links them under ``<faces>/../staged/<source>/<folder>/`` and writes
+    ``<faces>/<source>/<folder>/<stem>.png`` for each."""
+    staged = faces.parent / "staged"
+    by_stem: dict[Path, dict[str, Path]] = {}
+    photos = []
+    for crop in aligned:
+        folder = staged / crop.relative_to(faces).parent
+        if folder not in by_stem:
+            by_stem[folder] = {p.stem: p for p in folder.iterdir()} if folder.is_dir() else {}
+        if crop.stem not in by_stem[folder]:
+            raise SystemExit(f"{crop}: no photo {folder / crop.stem}.* it was cut from; stage the sources again")
+        photos.append(by_stem[folder][crop.stem])
+    return photos
 
 
 def nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

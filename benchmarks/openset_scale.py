@@ -43,7 +43,7 @@ import numpy as np
 
 import facenet
 from facenet.distances import squared_l2
-from facenet.evaluate.calibrate import calibrate, far_key, openset_promise
+from facenet.evaluate.calibrate import calibrate, far_key, openset_promise, pair_distances
 from facenet.gallery.policy import parse_policy, templates
 
 ASKED = (1e-2, 1e-3)
@@ -131,9 +131,8 @@ def main() -> None:
         if table.weights_id != info.weights_id:
             raise SystemExit(f"{args.table_from} is another network than the default; its table does not apply")
         info = table
-    judge = facenet.load_model(face_sets.JUDGE, detect=False)
-    _, lfw_labels, lfw_emb, lfw_judged = face_sets.lfw_faces(
-        args.lfw, face_sets.lfw_embedder(), args.cache / "lfw-b.reid+dlib.npz", half="b", judge=judge
+    _, lfw_labels, lfw_emb = face_sets.lfw_faces(
+        args.lfw, face_sets.lfw_embedder(), args.cache / "lfw-b.reid.npz", half="b"
     )
     overlap = (
         set((args.faces.parent / "lfw_overlap.txt").read_text().split("\n"))
@@ -146,9 +145,7 @@ def main() -> None:
     pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     names, counts = np.unique(lfw_labels, return_counts=True)
     known_people = names[counts >= 6]
-    same_as_lfw, cleaning = judge_lfw_people(
-        args, judge, info.recipe, pool_paths, pool_sources, lfw_judged, lfw_labels, known_people
-    )
+    same_as_lfw, cleaning = judge_lfw_people(args, pool_paths, pool_sources, lfw_labels, known_people)
     pool_emb = pool_emb[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
@@ -215,34 +212,44 @@ def main() -> None:
         plot(rows, args.plot)
 
 
-def judge_lfw_people(
-    args, judge, recipe, paths, sources, lfw_judged, lfw_labels, known_people
-) -> tuple[np.ndarray, dict]:
+def judge_lfw_people(args, paths, sources, lfw_labels, known_people) -> tuple[np.ndarray, dict]:
     """(mask of the pool faces the judge takes for a person of LFW half B, a summary in counts only). Only
-    ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``; the judge's threshold is its ``--judge-far``
-    over the different-identity pairs of ``face_sets.JUDGE_CALIBRATION`` (never measured on), mislabels filtered."""
+    ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``. The judge sees every photo, the pool's
+    and LFW's, through dlib's own pipeline (``face_sets.judge_own_chips``); its threshold is its
+    ``--judge-far`` over the different-identity pairs of LFW's half A (never measured on), mislabels filtered,
+    and its hit rate on half B's own pairs says how much of the overlap it can catch."""
     flagged = np.zeros(len(paths), bool)
     judged = np.isin(sources, face_sets.JUDGED_SOURCES)
     if args.clean == "none":
         return flagged, {"clean": "none"}
-    known_paths, known_labels, _ = face_sets.aligned_faces(args.faces, (face_sets.JUDGE_CALIBRATION,))
-    known = face_sets.judge_aligned(judge, recipe, known_paths, args.cache / "aligned.dlib.npz")
-    table = calibrate(known, known_labels, fars=(1e-4, 10 * args.judge_far, args.judge_far, args.judge_far / 10))
+    a_paths = face_sets.lfw_photos(args.lfw, "a")
+    a_emb, a_missed = face_sets.judge_own_chips(a_paths, args.cache / "lfw-a.judge.npz")
+    a_labels = np.array([p.parent.name for p in a_paths])
+    table = calibrate(a_emb, a_labels, fars=(1e-4, 10 * args.judge_far, args.judge_far, args.judge_far / 10))
     threshold = table.thresholds[far_key(args.judge_far)]
+    b_emb, b_missed = face_sets.judge_own_chips(face_sets.lfw_photos(args.lfw, "b"), args.cache / "lfw-b.judge.npz")
+    b_pairs = pair_distances(b_emb, lfw_labels, keep_share=1e-3)
     rows = np.flatnonzero(judged)
-    emb = face_sets.judge_aligned(judge, recipe, [paths[i] for i in rows], args.cache / "aligned.dlib.npz")
-    distance, match = face_sets.nearest(emb, lfw_judged)
+    emb, missed = face_sets.judge_own_chips(
+        face_sets.source_photos(args.faces, [paths[i] for i in rows]), args.cache / "aligned.judge.npz"
+    )
+    distance, match = face_sets.nearest(emb, b_emb)
     flagged[rows] = distance < threshold
-    pairs = len(rows) * len(lfw_judged)
+    pairs = len(rows) * len(b_emb)
     matched = lfw_labels[match[distance < threshold]]
     return flagged, {
         "clean": "judge",
-        "judge": face_sets.JUDGE,
+        "judge": f"{face_sets.JUDGE} on dlib's own chips",
         "judge_far": args.judge_far,
         "judge_threshold": threshold,
         "judge_calibration": {k: table.details[k] for k in ("faces", "people", "impostor_pairs")},
         "judge_table": table.thresholds,
         "judge_entries": table.details["entries"],
+        "judge_on_half_b": {
+            "same_person_pairs_below": b_pairs.tar(threshold),
+            "different_person_pairs_below": int(np.searchsorted(b_pairs.smallest, threshold)) / b_pairs.impostor_count,
+        },
+        "no_face_for_dlib": {"lfw_a": int(a_missed.sum()), "lfw_b": int(b_missed.sum()), "pool": int(missed.sum())},
         "judged": {s: int(np.sum(judged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
         "removed": {s: int(np.sum(flagged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
         "removed_matching_a_stranger": int(np.sum(~np.isin(matched, known_people))),

@@ -11,8 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import face_sets  # noqa: E402
 import openset_scale  # noqa: E402
 
-from facenet.align.crop import template_points  # noqa: E402
-
 
 @pytest.mark.parametrize("k, n", [(0, 3865), (1, 3865), (4, 3865), (16, 3865), (300, 100_000)])
 def test_poisson_interval_is_exact(k, n):
@@ -41,16 +39,28 @@ def test_nearest_matches_brute_force():
     assert np.allclose(dist, brute.min(1), atol=1e-4)
 
 
-def test_dlib_chip_puts_the_landmarks_on_dlib_template():
-    recipe = {"template": "openvino", "margin": 0.0}
-    crop = np.zeros((128, 128, 3), np.uint8)
-    for x, y in template_points(128, 0.0, "openvino").round().astype(int):
-        crop[y - 1 : y + 2, x - 1 : x + 2] = 255
-    chip = face_sets.dlib_chip(crop, recipe)
-    assert chip.shape == (150, 150, 3)
-    for x, y in template_points(150, 0.0, "dlib").round().astype(int):
-        assert chip[y - 1 : y + 2, x - 1 : x + 2].max() > 100
-    assert chip[140:].max() == 0  # below the tight crop: nothing to show
+def test_source_photos_finds_the_photo_each_crop_was_cut_from(tmp_path):
+    faces, staged = tmp_path / "aligned", tmp_path / "staged"
+    originals = [staged / "utk/photos/1_0_0_2017.jpg.chip.jpg", staged / "celeba/celeba_12/000123.jpg"]
+    for photo in originals + [staged / "celeba/celeba_12/000124.jpg"]:
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        photo.touch()
+    crops = [faces / "utk/photos/1_0_0_2017.jpg.chip.png", faces / "celeba/celeba_12/000123.png"]
+    assert face_sets.source_photos(faces, crops) == originals
+    with pytest.raises(SystemExit, match="000999"):
+        face_sets.source_photos(faces, [faces / "celeba/celeba_12/000999.png"])
+
+
+def test_lfw_photos_halves_split_by_person(tmp_path):
+    names = ("Ann_A", "Bob_B", "Cy_C", "Di_D", "Ed_E", "Flo_F")
+    for name in names:
+        for i in (1, 2):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / f"{name}_{i:04d}.jpg").touch()
+    a, b = face_sets.lfw_photos(tmp_path, "a"), face_sets.lfw_photos(tmp_path, "b")
+    assert sorted(a + b) == face_sets.lfw_photos(tmp_path)
+    assert not {p.parent.name for p in a} & {p.parent.name for p in b}
+    assert {p.parent.name for p in a} == {n for n in names if face_sets.lfw_calibration_half(np.array([n]))[0]}
 
 
 def test_embed_cached_embeds_each_photo_once_and_keeps_order(tmp_path, monkeypatch):
