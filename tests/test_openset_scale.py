@@ -101,3 +101,30 @@ def test_plot_draws_one_line_for_one_photo_and_one_per_policy_for_five(tmp_path)
     ]
     assert all(len(line.get_xdata()) == 2 for line in dir_axes.get_lines())
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("policy", ["nearest", "mean-of-2", "template"])
+def test_best_people_matches_a_brute_force_over_people_and_distractors(policy):
+    rng = np.random.default_rng(3)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    faces, owners = unit(rng.normal(size=(9, 6))), np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    distractors, queries = unit(rng.normal(size=(5, 6))), unit(rng.normal(size=(40, 6)))
+    best, score, second = openset_scale.best_people(queries, faces, owners, distractors, policy)
+    for q, b, s, s2 in zip(queries, best, score, second):
+        d = ((faces - q) ** 2).sum(1)
+        if policy == "template":
+            per_person = [((unit(faces[owners == p].mean(0, keepdims=True))[0] - q) ** 2).sum() for p in range(3)]
+        else:
+            k = 1 if policy == "nearest" else 2
+            per_person = [np.sort(d[owners == p])[:k].mean() for p in range(3)]
+        scores = np.array(per_person + list(((distractors - q) ** 2).sum(1)))
+        assert b == scores.argmin()
+        assert s == pytest.approx(scores.min(), abs=1e-5)
+        assert s2 == pytest.approx(np.sort(scores)[1], abs=1e-5)
+
+
+def test_dir_at_counts_right_answers_within_the_strangers_quantile():
+    strangers = np.arange(0, 101, dtype=float)  # the 1% quantile is 1.0
+    known = np.array([0.5, 0.9, 1.5, 0.2])
+    right = np.array([True, True, True, False])
+    assert openset_scale.dir_at(right, known, strangers) == pytest.approx(2 / 4)
