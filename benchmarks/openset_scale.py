@@ -7,10 +7,11 @@ Beside them, N distractor faces are enrolled, each as a person of its own (as Me
 the LFW-free sources (``face_sets.py``: UTKFace, Extended Yale B, CelebA, and the PubFig83 / Glint people
 who are not in LFW), in a seeded random order, N from 0 up to all of them. UTKFace and CelebA hold
 celebrities, some of them LFW people: a stranger matching their photo is no false accept. With ``--clean
-judge`` (the default) an independent judge (``face_sets.JUDGE``, not the model under test) removes the
-distractors it takes for a person of LFW's half B, as MegaFace's distractors were cleaned of FaceScrub's
-people: those nearer than its ``--judge-far`` threshold (calibrated on PubFig83's different-identity pairs,
-seen through the same crops) to any half-B photo; ``--clean none`` keeps them, for the raw figures. A
+judge`` (the default) an independent judge (``face_sets.JUDGE``, not the model under test, looking at
+every photo through dlib's own pipeline) removes the distractors it takes for a person of LFW's half B, as
+MegaFace's distractors were cleaned of FaceScrub's people: those nearer than its ``--judge-far`` threshold
+(calibrated on LFW half A's different-identity pairs) to any half-B photo, and every face of a CelebA
+person one of whose faces it removes; ``--clean none`` keeps them, for the raw figures. A
 ``--cohort`` of the remaining faces is kept out of every gallery for score normalisation.
 
 Per gallery size, policy (``facenet.gallery.policy``) and scoring (raw, or cohort-normalised):
@@ -29,7 +30,8 @@ Per gallery size, policy (``facenet.gallery.policy``) and scoring (raw, or cohor
 
     .venv/bin/python benchmarks/openset_scale.py --faces ~/faces/aligned --lfw ../shared/data/lfw/images \\
         --cache /tmp/openset --json /tmp/openset/scale.json --plot docs/openset_scale.png
-    (--clean none: the raw pool; --distractors yale,pubfig83,glint,celeba: the pool without UTKFace)
+    (--clean none: the raw pool; --distractors pubfig83,glint,yale: people named and not in LFW;
+     --distractors utk,yale: sources never calibrated on)
 """
 
 from __future__ import annotations
@@ -141,11 +143,15 @@ def main() -> None:
     )
     pool_paths, pool_labels, pool_sources = face_sets.aligned_faces(args.faces, tuple(args.distractors.split(",")))
     keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
-    pool_paths, pool_sources = [p for p, k in zip(pool_paths, keep) if k], pool_sources[keep]
+    pool_paths, pool_labels, pool_sources = (
+        [p for p, k in zip(pool_paths, keep) if k],
+        pool_labels[keep],
+        pool_sources[keep],
+    )
     pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     names, counts = np.unique(lfw_labels, return_counts=True)
     known_people = names[counts >= 6]
-    same_as_lfw, cleaning = judge_lfw_people(args, pool_paths, pool_sources, lfw_labels, known_people)
+    same_as_lfw, cleaning = judge_lfw_people(args, pool_paths, pool_labels, pool_sources, lfw_labels, known_people)
     pool_emb = pool_emb[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
@@ -212,9 +218,10 @@ def main() -> None:
         plot(rows, args.plot)
 
 
-def judge_lfw_people(args, paths, sources, lfw_labels, known_people) -> tuple[np.ndarray, dict]:
+def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> tuple[np.ndarray, dict]:
     """(mask of the pool faces the judge takes for a person of LFW half B, a summary in counts only). Only
-    ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``. The judge sees every photo, the pool's
+    ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``; where a source labels its people
+    (CelebA), one face taken for an LFW person removes every face of that person. The judge sees every photo, the pool's
     and LFW's, through dlib's own pipeline (``face_sets.judge_own_chips``); its threshold is its
     ``--judge-far`` over the different-identity pairs of LFW's half A (never measured on), mislabels filtered,
     and its hit rate on half B's own pairs says how much of the overlap it can catch."""
@@ -235,6 +242,9 @@ def judge_lfw_people(args, paths, sources, lfw_labels, known_people) -> tuple[np
     )
     distance, match = face_sets.nearest(emb, b_emb)
     flagged[rows] = distance < threshold
+    faces_flagged = flagged.copy()
+    labelled = judged & (sources != "utk")  # UTKFace's photos are one person each
+    flagged |= labelled & np.isin(labels, labels[flagged & labelled])
     pairs = len(rows) * len(b_emb)
     matched = lfw_labels[match[distance < threshold]]
     return flagged, {
@@ -251,7 +261,9 @@ def judge_lfw_people(args, paths, sources, lfw_labels, known_people) -> tuple[np
         },
         "no_face_for_dlib": {"lfw_a": int(a_missed.sum()), "lfw_b": int(b_missed.sum()), "pool": int(missed.sum())},
         "judged": {s: int(np.sum(judged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
+        "flagged": {s: int(np.sum(faces_flagged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
         "removed": {s: int(np.sum(flagged & (sources == s))) for s in face_sets.JUDGED_SOURCES},
+        "people_removed": {s: len(set(labels[flagged & (sources == s)])) for s in face_sets.JUDGED_SOURCES},
         "removed_matching_a_stranger": int(np.sum(~np.isin(matched, known_people))),
         "lfw_people_matched": len(set(matched)),
         "pairs_judged": pairs,
