@@ -20,8 +20,9 @@ Per gallery size, policy (``facenet.gallery.policy``) and scoring (raw, or cohor
   (``facenet.evaluate.calibrate.openset_promise``, the product's path), the measured stranger
   false-accept rate there (share of stranger probes whose best person passes it, with the exact 95%
   Poisson interval of its count: at an asked 1e-3, 3,865 strangers expect about 4 events) and the DIR
-  there (known probes whose best person is right and passes it); raw scores only,
-  since the table is calibrated for raw distances;
+  there (known probes whose best person is right and passes it), and where the accepted strangers' best
+  match lies (an LFW person, or a distractor of which source); raw scores only, since the table is
+  calibrated for raw distances;
 * DIR at a measured 1% stranger rate (the threshold that accepts 1% of the stranger probes): how well the
   scores rank, whatever the calibration; the two decision rules tried are judged on this: cohort
   normalisation (z-score of the best score among the query's distances to the cohort) and a margin (the
@@ -151,11 +152,17 @@ def main() -> None:
     pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     names, counts = np.unique(lfw_labels, return_counts=True)
     known_people = names[counts >= 6]
+    stranger = ~np.isin(lfw_labels, known_people)
     same_as_lfw, cleaning = judge_lfw_people(args, pool_paths, pool_labels, pool_sources, lfw_labels, known_people)
-    pool_emb = pool_emb[~same_as_lfw]
+    table = {k: v for k, v in info.far_thresholds.items() if float(k) <= 1e-3}
+    cleaning["default_pair_rates"] = {
+        "raw": pair_rates(lfw_emb[stranger], pool_emb, pool_sources, table),
+        "cleaned": pair_rates(lfw_emb[stranger], pool_emb[~same_as_lfw], pool_sources[~same_as_lfw], table),
+    }
+    pool_emb, pool_sources = pool_emb[~same_as_lfw], pool_sources[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
-    stranger = ~np.isin(lfw_labels, known_people)
+    pool_sources = pool_sources[order[args.cohort :]]
     sizes = [n for n in SIZES if n < len(pool_emb)] + [len(pool_emb)]
     print(
         f"LFW half B: {len(known_people)} people enrolled, {int(stranger.sum())} stranger photos; distractor pool "
@@ -188,7 +195,7 @@ def main() -> None:
                 }
                 for scoring, c in (("raw", None), ("cohort", cohort)):
                     kb, ks, k2 = best_people(known_q, faces, owners, distractors, policy, c)
-                    _, ss, s2 = best_people(stranger_q, faces, owners, distractors, policy, c)
+                    sb, ss, s2 = best_people(stranger_q, faces, owners, distractors, policy, c)
                     right = kb == truth
                     row[scoring] = {"rank1": float(right.mean()), "dir_at_measured_1pct": dir_at(right, ks, ss)}
                     if scoring == "raw":  # the best score less its lead over the second person
@@ -196,6 +203,8 @@ def main() -> None:
                         for far in ASKED:
                             promise = openset_promise(info, far, comparisons)
                             accepted = int(np.sum(ss <= promise.threshold))
+                            matched = sb[ss <= promise.threshold] - len(known_people)  # < 0: an LFW person
+                            where = np.where(matched < 0, "lfw", pool_sources[np.maximum(matched, 0)])
                             row["raw"][f"{far:g}"] = {
                                 "stranger_accepts": accepted,
                                 "threshold": promise.threshold,
@@ -204,6 +213,9 @@ def main() -> None:
                                 "expected_tar": promise.expected_tar,
                                 "stranger_far": accepted / len(ss),
                                 "stranger_far_95": poisson_interval(accepted, len(ss)),
+                                "accepts_by_source": {
+                                    str(k): int(v) for k, v in zip(*np.unique(where, return_counts=True))
+                                },
                                 "dir": float(np.mean(right & (ks <= promise.threshold))),
                             }
                 rows.append(row)
@@ -221,14 +233,14 @@ def main() -> None:
 def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> tuple[np.ndarray, dict]:
     """(mask of the pool faces the judge takes for a person of LFW half B, a summary in counts only). Only
     ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``; where a source labels its people
-    (CelebA), one face taken for an LFW person removes every face of that person. The judge sees every photo, the pool's
-    and LFW's, through dlib's own pipeline (``face_sets.judge_own_chips``); its threshold is its
+    (CelebA), one face taken for an LFW person removes every face of that person. The judge sees every
+    photo, the pool's and LFW's, through dlib's own pipeline (``face_sets.judge_own_chips``); its threshold is its
     ``--judge-far`` over the different-identity pairs of LFW's half A (never measured on), mislabels filtered,
     and its hit rate on half B's own pairs says how much of the overlap it can catch."""
     flagged = np.zeros(len(paths), bool)
     judged = np.isin(sources, face_sets.JUDGED_SOURCES)
-    if args.clean == "none":
-        return flagged, {"clean": "none"}
+    if args.clean == "none" or not judged.any():
+        return flagged, {"clean": args.clean, "judged": {}}
     a_paths = face_sets.lfw_photos(args.lfw, "a")
     a_emb, a_missed = face_sets.judge_own_chips(a_paths, args.cache / "lfw-a.judge.npz")
     a_labels = np.array([p.parent.name for p in a_paths])
@@ -241,6 +253,8 @@ def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> 
         face_sets.source_photos(args.faces, [paths[i] for i in rows]), args.cache / "aligned.judge.npz"
     )
     distance, match = face_sets.nearest(emb, b_emb)
+    strangers_seen = ~np.isin(lfw_labels, known_people) & ~b_missed
+    judge_rates = pair_rates(b_emb[strangers_seen], emb[~missed], sources[rows][~missed], table.thresholds)
     flagged[rows] = distance < threshold
     faces_flagged = flagged.copy()
     labelled = judged & (sources != "utk")  # UTKFace's photos are one person each
@@ -266,9 +280,26 @@ def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> 
         "people_removed": {s: len(set(labels[flagged & (sources == s)])) for s in face_sets.JUDGED_SOURCES},
         "removed_matching_a_stranger": int(np.sum(~np.isin(matched, known_people))),
         "lfw_people_matched": len(set(matched)),
+        "judge_pair_rates": judge_rates,
         "pairs_judged": pairs,
         "false_flags_expected": args.judge_far * pairs,
         "removed_at": {far: int(np.sum(distance < t)) for far, t in table.thresholds.items()},
+    }
+
+
+def pair_rates(queries, pool, sources, thresholds: dict) -> dict:
+    """Per source, the share of (query, pool face) pairs nearer than each threshold of a FAR table: the
+    table's per-pair promise checked on a population it was not calibrated on (LFW half B's strangers
+    against each distractor source)."""
+    below = {s: np.zeros(len(thresholds), np.int64) for s in np.unique(sources)}
+    limits = np.array(list(thresholds.values()))
+    for start in range(0, len(queries), 512):
+        d = squared_l2(queries[start : start + 512].astype(np.float32), pool, pairwise=True)
+        for s in below:
+            below[s] += (d[:, sources == s, None] < limits).sum(axis=(0, 1))
+    pairs = {s: len(queries) * int(np.sum(sources == s)) for s in below}
+    return {
+        str(s): {"pairs": pairs[s], **{k: float(n) / pairs[s] for k, n in zip(thresholds, below[s])}} for s in below
     }
 
 

@@ -128,3 +128,18 @@ def test_dir_at_counts_right_answers_within_the_strangers_quantile():
     known = np.array([0.5, 0.9, 1.5, 0.2])
     right = np.array([True, True, True, False])
     assert openset_scale.dir_at(right, known, strangers) == pytest.approx(2 / 4)
+
+
+def test_pair_rates_match_a_brute_force_count_per_source():
+    rng = np.random.default_rng(3)
+    queries = rng.normal(size=(700, 8)).astype(np.float32)  # more than one chunk of 512
+    pool = rng.normal(size=(90, 8)).astype(np.float32)
+    sources = rng.choice(["utk", "yale", "glint"], size=90)
+    thresholds = {"1e-03": 6.0, "1e-04": 9.0}
+    rates = openset_scale.pair_rates(queries, pool, sources, thresholds)
+    d = ((queries[:, None, :] - pool[None, :, :]) ** 2).sum(-1)
+    for s in ("utk", "yale", "glint"):
+        cols = d[:, sources == s]
+        assert rates[s]["pairs"] == cols.size
+        for key, t in thresholds.items():
+            assert rates[s][key] == pytest.approx(np.mean(cols < t), abs=1e-9)
