@@ -85,6 +85,23 @@ def embeddings(renderer: str, kind: str, paths: list[Path], args) -> tuple[np.nd
     return emb, found, ~undrawn
 
 
+def split(paths: list[Path]) -> tuple[np.ndarray, list[int], np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """(known people, enrolment photos, their owners, known probes, their truth, strangers) of LFW half B's
+    ``paths``: people with more than ``ENROLLED`` photos enrolled with their first ones."""
+    labels = np.array([p.parent.name for p in paths])
+    names, counts = np.unique(labels, return_counts=True)
+    known_people = names[counts > ENROLLED]
+    enrol, owners, probes, truth = [], [], [], []
+    for p, person in enumerate(known_people):
+        idx = np.flatnonzero(labels == person)
+        enrol += list(idx[:ENROLLED])
+        owners += [p] * ENROLLED
+        probes += list(idx[ENROLLED:])
+        truth += [p] * len(idx[ENROLLED:])
+    strangers = np.flatnonzero(~np.isin(labels, known_people))
+    return known_people, enrol, np.array(owners), probes, np.array(truth), strangers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lfw", type=Path, required=True, help="LFW's images folder")
@@ -97,18 +114,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     info = facenet.load_model(detect=False).info
     paths = face_sets.lfw_photos(args.lfw, "b")
-    labels = np.array([p.parent.name for p in paths])
-    names, counts = np.unique(labels, return_counts=True)
-    known_people = names[counts > ENROLLED]
-    enrol, owners, probes, truth = [], [], [], []
-    for p, person in enumerate(known_people):
-        idx = np.flatnonzero(labels == person)
-        enrol += list(idx[:ENROLLED])
-        owners += [p] * ENROLLED
-        probes += list(idx[ENROLLED:])
-        truth += [p] * len(idx[ENROLLED:])
-    strangers = np.flatnonzero(~np.isin(labels, known_people))
-    owners, truth = np.array(owners), np.array(truth)
+    known_people, enrol, owners, probes, truth, strangers = split(paths)
     clean, clean_found, _ = embeddings("clean", "none", paths, args)
     enrolled = clean_found[enrol]
     faces, owners = clean[enrol][enrolled], owners[enrolled]

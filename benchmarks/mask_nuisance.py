@@ -1,0 +1,112 @@
+"""A linear map against the mask, tried for masked probes against clean enrolments (issue 24; not adopted).
+
+A mask moves a face's embedding along a few directions whatever the person. Drawn on LFW-free crops
+(PubFig83 and Glint people not named in LFW, ``scripts/prepare_training_data.py``'s aligned folders) in
+``facenet.occlusion``'s *training* looks (mask, cloth mask, N95; placed from the crop template's
+landmarks), the (masked - clean) embedding differences give those directions' covariance C; every
+embedding, gallery and probe alike, is then mapped by (C + floor * max eigenvalue)^-1/2 and normalised,
+so the directions a mask moves along count less. Measured on ``masked_openset.py``'s split and cache (LFW
+half B, never trained on; the held-out renderer and the evaluation look): DIR at a *measured* 1% stranger
+rate and rank-1, for clean and masked probes, with and without the map (the FAR table does not apply to
+mapped embeddings, so no asked rate here).
+
+    .venv/bin/python benchmarks/masked_openset.py ...   # first: it embeds half B under each mask
+    .venv/bin/python benchmarks/mask_nuisance.py --faces ~/faces/aligned --lfw ../shared/data/lfw/images \\
+        --cache /tmp/masked_openset --json /tmp/masked_openset/nuisance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import face_sets
+import numpy as np
+from masked_openset import MASKS, embeddings, split
+from openset_scale import best_people, dir_at
+
+import facenet
+from facenet.align.crop import template_points
+from facenet.occlusion import occlude
+
+TRAINING_LOOKS = ("mask", "cloth_mask", "n95")
+
+
+def nuisance_covariance(embedder, faces: Path, count: int, seed: int) -> np.ndarray:
+    """Covariance of (masked - clean) embeddings of ``count`` LFW-free aligned crops, one training look each."""
+    overlap = set((faces.parent / "lfw_overlap.txt").read_text().split("\n"))
+    paths, labels, _ = face_sets.aligned_faces(faces, ("pubfig83", "glint"))
+    paths = [p for p, label in zip(paths, labels) if label.split("/", 1)[1] not in overlap]
+    pick = np.random.default_rng(seed).choice(len(paths), min(count, len(paths)), replace=False)
+    size = embedder.info.input_size
+    recipe = embedder.recipe
+    points = template_points(size, recipe.margin, recipe.template)  # where the aligned crop put the landmarks
+    clean = [face_sets.read_crop(paths[i], size) for i in pick]
+    masked = [occlude(c, points, TRAINING_LOOKS[n % 3], seed=n, variant="train") for n, c in enumerate(clean)]
+    return np.cov((embedder.embed_crops(masked) - embedder.embed_crops(clean)).T)
+
+
+def whitening(covariance: np.ndarray, floor: float) -> np.ndarray:
+    values, vectors = np.linalg.eigh(covariance)
+    return vectors @ np.diag(1 / np.sqrt(values + floor * values.max())) @ vectors.T
+
+
+def mapped(embeddings: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
+    if matrix is None:
+        return embeddings
+    out = embeddings @ matrix
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--faces", type=Path, required=True, help="the aligned folders of scripts/prepare_training_data.py")
+    ap.add_argument("--lfw", type=Path, required=True, help="LFW's images folder")
+    ap.add_argument("--cache", type=Path, required=True, help="masked_openset.py's cache")
+    ap.add_argument("--train", type=int, default=3000, help="LFW-free crops the map is learnt from")
+    ap.add_argument("--floors", default="0.3,0.1,0.03", help="eigenvalue floors tried (share of the largest)")
+    ap.add_argument("--policy", default="template")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    embedder = facenet.load_model(detect=False)
+    covariance = nuisance_covariance(embedder, args.faces, args.train, args.seed)
+    paths = face_sets.lfw_photos(args.lfw, "b")
+    _, enrol, owners, probes, truth, strangers = split(paths)
+    clean, clean_found, _ = embeddings("clean", "none", paths, args)
+    tested = probes + list(strangers)
+    views = {}
+    for renderer, kind in MASKS:
+        emb, found, drawn = embeddings(renderer, kind, [paths[i] for i in tested], args)
+        emb[~drawn], found[~drawn] = clean[tested][~drawn], clean_found[tested][~drawn]  # left clean
+        views[f"{renderer} {kind}"] = (emb, found)
+    rows = []
+    maps = {"none": None} | {f"floor {f}": whitening(covariance, float(f)) for f in args.floors.split(",")}
+    for name, matrix in maps.items():
+        faces = mapped(clean[enrol], matrix)
+        for view, (emb, found) in views.items():
+            known_q, stranger_q = mapped(emb[: len(probes)], matrix), mapped(emb[len(probes) :], matrix)
+            k_found, s_found = found[: len(probes)], found[len(probes) :]
+            none = np.empty((0, faces.shape[1]))
+            kb, ks, _ = best_people(known_q[k_found], faces, owners, none, args.policy)
+            _, ss, _ = best_people(stranger_q[s_found], faces, owners, none, args.policy)
+            right = np.zeros(len(probes), bool)
+            right[k_found] = kb == truth[k_found]
+            known_score, stranger_score = np.full(len(probes), np.inf), np.full(len(strangers), np.inf)
+            known_score[k_found], stranger_score[s_found] = ks, ss
+            row = {
+                "map": name,
+                "probes": view,
+                "dir_at_measured_1pct": dir_at(right, known_score, stranger_score),
+                "rank1": float(right.mean()),
+            }
+            rows.append(row)
+            print(f"{name:<11} {view:<17} DIR@measured 1% {row['dir_at_measured_1pct']:.3f}  rank-1 {row['rank1']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": embedder.info.id, "train": args.train, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""benchmarks/mask_nuisance.py: the whitening against the mask's directions (issue 24, tried)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import mask_nuisance  # noqa: E402
+
+
+def test_whitening_turns_the_floored_covariance_into_the_identity():
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(size=(500, 6)) * [5.0, 1.0, 1.0, 0.5, 0.1, 0.1]
+    covariance = np.cov(diffs.T)
+    floor = 0.1
+    w = mask_nuisance.whitening(covariance, floor)
+    floored = covariance + floor * np.linalg.eigvalsh(covariance).max() * np.eye(6)
+    np.testing.assert_allclose(w @ floored @ w, np.eye(6), atol=1e-9)
+    # the direction the nuisance moves along most shrinks the most
+    top = np.linalg.eigh(covariance)[1][:, -1]
+    low = np.linalg.eigh(covariance)[1][:, 0]
+    assert np.linalg.norm(w @ top) < np.linalg.norm(w @ low)
+
+
+def test_mapped_embeddings_are_unit_and_none_keeps_them():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(20, 6))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert mask_nuisance.mapped(emb, None) is emb
+    out = mask_nuisance.mapped(emb, mask_nuisance.whitening(np.cov(rng.normal(size=(50, 6)).T), 0.1))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-9)
+
+
+def test_masked_openset_split_enrols_the_first_photos_of_people_with_more_than_five():
+    import masked_openset
+
+    paths = [
+        Path(f"/lfw/{name}/{name}_{i:04d}.jpg") for name, n in (("Ann", 7), ("Bob", 5), ("Cy", 6)) for i in range(n)
+    ]
+    known, enrol, owners, probes, truth, strangers = masked_openset.split(paths)
+    assert list(known) == ["Ann", "Cy"]
+    assert enrol == [0, 1, 2, 3, 4, 12, 13, 14, 15, 16] and list(owners) == [0] * 5 + [1] * 5
+    assert probes == [5, 6, 17] and list(truth) == [0, 0, 1]
+    assert list(strangers) == [7, 8, 9, 10, 11]
