@@ -56,6 +56,16 @@ def aligned_faces(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarr
     return paths, np.array(labels), np.array(groups)
 
 
+def faces_not_in_lfw(root: Path, sources) -> tuple[list[Path], np.ndarray, np.ndarray, set[str]]:
+    """``aligned_faces`` less the PubFig83 / Glint people ``scripts/prepare_training_data.py`` found named in
+    LFW (``root/../lfw_overlap.txt``, written whenever those sources are prepared), and those names."""
+    listed = root.parent / "lfw_overlap.txt"
+    named = {name for name in listed.read_text().splitlines() if name} if listed.exists() else set()
+    paths, labels, groups = aligned_faces(root, sources)
+    keep = np.array([label.split("/", 1)[1] not in named for label in labels], bool)
+    return [p for p, k in zip(paths, keep) if k], labels[keep], groups[keep], named
+
+
 def embed_cached(paths: list[Path], cache: Path, embed, batch: int = 256) -> np.ndarray:
     """``embed(chunk of paths)`` for every path, cached in ``cache`` (.npz) by absolute path (``../x`` and
     ``/abs/x`` are one photo) and saved after each chunk, so a long run on a loaded machine resumes."""

@@ -37,9 +37,7 @@ TRAINING_LOOKS = ("mask", "cloth_mask", "n95")
 
 def nuisance_covariance(embedder, faces: Path, count: int, seed: int) -> np.ndarray:
     """Covariance of (masked - clean) embeddings of ``count`` LFW-free aligned crops, one training look each."""
-    overlap = set((faces.parent / "lfw_overlap.txt").read_text().split("\n"))
-    paths, labels, _ = face_sets.aligned_faces(faces, ("pubfig83", "glint"))
-    paths = [p for p, label in zip(paths, labels) if label.split("/", 1)[1] not in overlap]
+    paths, _, _, _ = face_sets.faces_not_in_lfw(faces, ("pubfig83", "glint"))
     pick = np.random.default_rng(seed).choice(len(paths), min(count, len(paths)), replace=False)
     size = embedder.info.input_size
     recipe = embedder.recipe

@@ -137,17 +137,8 @@ def main() -> None:
     _, lfw_labels, lfw_emb = face_sets.lfw_faces(
         args.lfw, face_sets.lfw_embedder(), args.cache / "lfw-b.reid.npz", half="b"
     )
-    overlap = (
-        set((args.faces.parent / "lfw_overlap.txt").read_text().split("\n"))
-        if (args.faces.parent / "lfw_overlap.txt").exists()
-        else set()
-    )
-    pool_paths, pool_labels, pool_sources = face_sets.aligned_faces(args.faces, tuple(args.distractors.split(",")))
-    keep = np.array([label.split("/", 1)[1] not in overlap for label in pool_labels])
-    pool_paths, pool_labels, pool_sources = (
-        [p for p, k in zip(pool_paths, keep) if k],
-        pool_labels[keep],
-        pool_sources[keep],
+    pool_paths, pool_labels, pool_sources, overlap = face_sets.faces_not_in_lfw(
+        args.faces, tuple(args.distractors.split(","))
     )
     pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
     names, counts = np.unique(lfw_labels, return_counts=True)

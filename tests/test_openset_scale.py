@@ -39,6 +39,20 @@ def test_nearest_matches_brute_force():
     assert np.allclose(dist, brute.min(1), atol=1e-4)
 
 
+def test_faces_not_in_lfw_leaves_out_the_people_named_in_lfw(tmp_path):
+    faces = tmp_path / "aligned"
+    for relative in ("pubfig83/Adam Sandler/1.png", "pubfig83/Ann Other/1.png", "glint/m.0x/1.png", "glint/m.0y/2.png"):
+        (faces / relative).parent.mkdir(parents=True, exist_ok=True)
+        (faces / relative).touch()
+    paths, labels, sources, named = face_sets.faces_not_in_lfw(faces, ("pubfig83", "glint"))
+    assert len(paths) == 4 and named == set()  # no list written: nobody left out
+    (tmp_path / "lfw_overlap.txt").write_text("Adam Sandler\nm.0y\n")
+    paths, labels, sources, named = face_sets.faces_not_in_lfw(faces, ("pubfig83", "glint"))
+    assert named == {"Adam Sandler", "m.0y"}
+    assert list(labels) == ["pubfig83/Ann Other", "glint/m.0x"] and list(sources) == ["pubfig83", "glint"]
+    assert paths == [faces / "pubfig83/Ann Other/1.png", faces / "glint/m.0x/1.png"]
+
+
 def test_source_photos_finds_the_photo_each_crop_was_cut_from(tmp_path):
     faces, staged = tmp_path / "aligned", tmp_path / "staged"
     originals = [staged / "utk/photos/1_0_0_2017.jpg.chip.jpg", staged / "celeba/celeba_12/000123.jpg"]
