@@ -25,8 +25,8 @@ from pathlib import Path
 
 import face_sets
 import numpy as np
-from masked_openset import MASKS, embeddings, split
-from openset_scale import best_people, dir_at
+from masked_openset import MASKS, embeddings, identify, masked_probes, split
+from openset_scale import dir_at
 
 import facenet
 from facenet.align.crop import template_points
@@ -116,26 +116,20 @@ def main() -> None:
     paths = face_sets.lfw_photos(args.lfw, "b")
     _, enrol, owners, probes, truth, strangers = split(paths)
     clean, clean_found, _ = embeddings("clean", "none", paths, args)
+    enrolled = clean_found[enrol]
     tested = probes + list(strangers)
-    views = {}
-    for renderer, kind in MASKS:
-        emb, found, drawn = embeddings(renderer, kind, [paths[i] for i in tested], args)
-        emb[~drawn], found[~drawn] = clean[tested][~drawn], clean_found[tested][~drawn]  # left clean
-        views[f"{renderer} {kind}"] = (emb, found)
+    views = {
+        f"{renderer} {kind}": masked_probes(renderer, kind, paths, tested, clean, clean_found, args)[:2]
+        for renderer, kind in MASKS
+    }
     rows = []
     maps = {"none": None} | {f"floor {f}": whitening(covariance, float(f)) for f in args.floors.split(",")}
     for name, matrix in maps.items():
-        faces = mapped(clean[enrol], matrix)
+        faces = mapped(clean[enrol][enrolled], matrix)
         for view, (emb, found) in views.items():
-            known_q, stranger_q = mapped(emb[: len(probes)], matrix), mapped(emb[len(probes) :], matrix)
-            k_found, s_found = found[: len(probes)], found[len(probes) :]
-            none = np.empty((0, faces.shape[1]))
-            kb, ks, _ = best_people(known_q[k_found], faces, owners, none, args.policy)
-            _, ss, _ = best_people(stranger_q[s_found], faces, owners, none, args.policy)
-            right = np.zeros(len(probes), bool)
-            right[k_found] = kb == truth[k_found]
-            known_score, stranger_score = np.full(len(probes), np.inf), np.full(len(strangers), np.inf)
-            known_score[k_found], stranger_score[s_found] = ks, ss
+            right, known_score, stranger_score = identify(
+                mapped(emb, matrix), found, len(probes), faces, owners[enrolled], truth, args.policy
+            )
             row = {
                 "map": name,
                 "probes": view,

@@ -102,6 +102,30 @@ def split(paths: list[Path]) -> tuple[np.ndarray, list[int], np.ndarray, list[in
     return known_people, enrol, np.array(owners), probes, np.array(truth), strangers
 
 
+def masked_probes(renderer, kind, paths, tested, clean, clean_found, args) -> tuple[np.ndarray, ...]:
+    """(embeddings, found, drawn) of the ``tested`` photos under one mask; a photo the renderer finds no face
+    to draw on stays clean."""
+    emb, found, drawn = embeddings(renderer, kind, [paths[i] for i in tested], args)
+    emb[~drawn], found[~drawn] = clean[tested][~drawn], clean_found[tested][~drawn]
+    return emb, found, drawn
+
+
+def identify(emb, found, probes: int, faces, owners, truth, policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(known probe named right, known probes' best scores, strangers' best scores) against the enrolled
+    ``faces``; ``emb`` holds the ``probes`` known probes first, then the strangers. A photo whose face was not
+    found scores infinity: a known probe not identified, a stranger not accepted."""
+    known_q, stranger_q = emb[:probes], emb[probes:]
+    k_found, s_found = found[:probes], found[probes:]
+    none = np.empty((0, faces.shape[1]))
+    kb, ks, _ = best_people(known_q[k_found], faces, owners, none, policy)
+    _, ss, _ = best_people(stranger_q[s_found], faces, owners, none, policy)
+    right = np.zeros(probes, bool)
+    right[k_found] = kb == truth[k_found]
+    known_score, stranger_score = np.full(probes, np.inf), np.full(len(stranger_q), np.inf)
+    known_score[k_found], stranger_score[s_found] = ks, ss
+    return right, known_score, stranger_score
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lfw", type=Path, required=True, help="LFW's images folder")
@@ -125,22 +149,12 @@ def main() -> None:
     tested = probes + list(strangers)
     rows, clean_dir = [], {}
     for renderer, kind in MASKS:
-        emb, found, drawn = embeddings(renderer, kind, [paths[i] for i in tested], args)
-        emb[~drawn], found[~drawn] = clean[tested][~drawn], clean_found[tested][~drawn]  # left clean
-        known_q, stranger_q = emb[: len(probes)], emb[len(probes) :]
+        emb, found, drawn = masked_probes(renderer, kind, paths, tested, clean, clean_found, args)
         k_found, s_found = found[: len(probes)], found[len(probes) :]
         for policy in args.policies.split(","):
             comparisons = parse_policy(policy).comparisons(len(known_people), len(faces))
             promise = openset_promise(info, ASKED, comparisons)
-            kb, ks, _ = best_people(known_q[k_found], faces, owners, np.empty((0, faces.shape[1])), policy)
-            _, ss, _ = best_people(stranger_q[s_found], faces, owners, np.empty((0, faces.shape[1])), policy)
-            # not found: a known probe not identified, a stranger not accepted
-            right = np.zeros(len(probes), bool)
-            right[k_found] = kb == truth[k_found]
-            known_score = np.full(len(probes), np.inf)
-            known_score[k_found] = ks
-            stranger_score = np.full(len(strangers), np.inf)
-            stranger_score[s_found] = ss
+            right, known_score, stranger_score = identify(emb, found, len(probes), faces, owners, truth, policy)
             accepted = int(np.sum(stranger_score <= promise.threshold))
             dir_promise = float(np.mean(right & (known_score <= promise.threshold)))
             row = {

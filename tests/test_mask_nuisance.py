@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import mask_nuisance  # noqa: E402
@@ -43,3 +44,19 @@ def test_masked_openset_split_enrols_the_first_photos_of_people_with_more_than_f
     assert enrol == [0, 1, 2, 3, 4, 12, 13, 14, 15, 16] and list(owners) == [0] * 5 + [1] * 5
     assert probes == [5, 6, 17] and list(truth) == [0, 0, 1]
     assert list(strangers) == [7, 8, 9, 10, 11]
+
+
+def test_identify_counts_a_photo_without_a_face_as_neither_named_nor_accepted():
+    import masked_openset
+
+    rng = np.random.default_rng(2)
+    faces = rng.normal(size=(6, 4))
+    owners = np.array([0, 0, 1, 1, 2, 2])
+    emb = np.vstack([faces[[0, 3, 5]] + 0.01, rng.normal(size=(2, 4))])  # 3 known probes, then 2 strangers
+    found = np.array([True, False, True, True, False])
+    truth = np.array([0, 1, 2])
+    right, known, strangers = masked_openset.identify(emb, found, 3, faces, owners, truth, "nearest")
+    assert list(right) == [True, False, True]
+    assert np.isinf(known[1]) and np.isinf(strangers[1]) and np.isfinite(known[[0, 2]]).all()
+    d = ((emb[3] - faces) ** 2).sum(axis=1)
+    assert strangers[0] == pytest.approx(d.min())
