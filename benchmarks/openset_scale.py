@@ -146,9 +146,10 @@ def main() -> None:
     stranger = ~np.isin(lfw_labels, known_people)
     same_as_lfw, cleaning = judge_lfw_people(args, pool_paths, pool_labels, pool_sources, lfw_labels, known_people)
     table = {k: v for k, v in info.far_thresholds.items() if float(k) <= 1e-3}
+    below = pairs_below(lfw_emb[stranger], pool_emb, table)
     cleaning["default_pair_rates"] = {
-        "raw": pair_rates(lfw_emb[stranger], pool_emb, pool_sources, table),
-        "cleaned": pair_rates(lfw_emb[stranger], pool_emb[~same_as_lfw], pool_sources[~same_as_lfw], table),
+        "raw": pair_rates(below, int(stranger.sum()), pool_sources, table),
+        "cleaned": pair_rates(below[~same_as_lfw], int(stranger.sum()), pool_sources[~same_as_lfw], table),
     }
     pool_emb, pool_sources = pool_emb[~same_as_lfw], pool_sources[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
@@ -245,7 +246,12 @@ def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> 
     )
     distance, match = face_sets.nearest(emb, b_emb)
     strangers_seen = ~np.isin(lfw_labels, known_people) & ~b_missed
-    judge_rates = pair_rates(b_emb[strangers_seen], emb[~missed], sources[rows][~missed], table.thresholds)
+    judge_rates = pair_rates(
+        pairs_below(b_emb[strangers_seen], emb[~missed], table.thresholds),
+        int(strangers_seen.sum()),
+        sources[rows][~missed],
+        table.thresholds,
+    )
     flagged[rows] = distance < threshold
     faces_flagged = flagged.copy()
     labelled = judged & (sources != "utk")  # UTKFace's photos are one person each
@@ -278,20 +284,25 @@ def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> 
     }
 
 
-def pair_rates(queries, pool, sources, thresholds: dict) -> dict:
-    """Per source, the share of (query, pool face) pairs nearer than each threshold of a FAR table: the
-    table's per-pair promise checked on a population it was not calibrated on (LFW half B's strangers
-    against each distractor source)."""
-    below = {s: np.zeros(len(thresholds), np.int64) for s in np.unique(sources)}
+def pairs_below(queries, pool, thresholds: dict) -> np.ndarray:
+    """Per pool face, how many ``queries`` lie nearer than each threshold of a FAR table (pool x thresholds)."""
     limits = np.array(list(thresholds.values()))
+    below = np.zeros((len(pool), len(limits)), np.int64)
     for start in range(0, len(queries), 512):
         d = squared_l2(queries[start : start + 512].astype(np.float32), pool, pairwise=True)
-        for s in below:
-            below[s] += (d[:, sources == s, None] < limits).sum(axis=(0, 1))
-    pairs = {s: len(queries) * int(np.sum(sources == s)) for s in below}
-    return {
-        str(s): {"pairs": pairs[s], **{k: float(n) / pairs[s] for k, n in zip(thresholds, below[s])}} for s in below
-    }
+        below += (d[:, :, None] < limits).sum(axis=0)
+    return below
+
+
+def pair_rates(below: np.ndarray, queries: int, sources, thresholds: dict) -> dict:
+    """Per source, the share of (query, pool face) pairs nearer than each threshold (``pairs_below``'s counts
+    of ``queries`` queries): the table's per-pair promise checked on a population it was not calibrated on
+    (LFW half B's strangers against each distractor source)."""
+    out = {}
+    for s in np.unique(sources):
+        pairs = queries * int(np.sum(sources == s))
+        out[str(s)] = {"pairs": pairs, **{k: float(n) / pairs for k, n in zip(thresholds, below[sources == s].sum(0))}}
+    return out
 
 
 def dir_at(right: np.ndarray, known: np.ndarray, strangers: np.ndarray, rate: float = 0.01) -> float:

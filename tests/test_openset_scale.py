@@ -150,7 +150,7 @@ def test_pair_rates_match_a_brute_force_count_per_source():
     pool = rng.normal(size=(90, 8)).astype(np.float32)
     sources = rng.choice(["utk", "yale", "glint"], size=90)
     thresholds = {"1e-03": 6.0, "1e-04": 9.0}
-    rates = openset_scale.pair_rates(queries, pool, sources, thresholds)
+    rates = openset_scale.pair_rates(openset_scale.pairs_below(queries, pool, thresholds), 700, sources, thresholds)
     d = ((queries[:, None, :] - pool[None, :, :]) ** 2).sum(-1)
     for s in ("utk", "yale", "glint"):
         cols = d[:, sources == s]
