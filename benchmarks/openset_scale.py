@@ -222,6 +222,14 @@ def main() -> None:
         plot(rows, args.plot)
 
 
+def judge_table(lfw: Path, cache: Path, fars) -> tuple:
+    """(the judge's FAR table over the different-identity pairs of LFW half A, a mask of the half-A photos
+    where dlib found no face), the judge seeing each photo through dlib's own pipeline."""
+    paths = face_sets.lfw_photos(lfw, "a")
+    emb, missed = face_sets.judge_own_chips(paths, cache / "lfw-a.judge.npz")
+    return calibrate(emb, np.array([p.parent.name for p in paths]), fars=fars), missed
+
+
 def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> tuple[np.ndarray, dict]:
     """(mask of the pool faces the judge takes for a person of LFW half B, a summary in counts only). Only
     ``JUDGED_SOURCES`` are judged, and only with ``--clean judge``; where a source labels its people
@@ -233,10 +241,9 @@ def judge_lfw_people(args, paths, labels, sources, lfw_labels, known_people) -> 
     judged = np.isin(sources, face_sets.JUDGED_SOURCES)
     if args.clean == "none" or not judged.any():
         return flagged, {"clean": args.clean, "judged": {}}
-    a_paths = face_sets.lfw_photos(args.lfw, "a")
-    a_emb, a_missed = face_sets.judge_own_chips(a_paths, args.cache / "lfw-a.judge.npz")
-    a_labels = np.array([p.parent.name for p in a_paths])
-    table = calibrate(a_emb, a_labels, fars=(1e-4, 10 * args.judge_far, args.judge_far, args.judge_far / 10))
+    table, a_missed = judge_table(
+        args.lfw, args.cache, (1e-4, 10 * args.judge_far, args.judge_far, args.judge_far / 10)
+    )
     threshold = table.thresholds[far_key(args.judge_far)]
     b_emb, b_missed = face_sets.judge_own_chips(face_sets.lfw_photos(args.lfw, "b"), args.cache / "lfw-b.judge.npz")
     b_pairs = pair_distances(b_emb, lfw_labels, keep_share=1e-3)

@@ -157,3 +157,15 @@ def test_pair_rates_match_a_brute_force_count_per_source():
         assert rates[s]["pairs"] == cols.size
         for key, t in thresholds.items():
             assert rates[s][key] == pytest.approx(np.mean(cols < t), abs=1e-9)
+
+
+def test_diagnosis_close_pairs_match_a_brute_force_and_utk_ages_read_the_name():
+    import openset_diagnosis
+
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(600, 5)).astype(np.float32)  # more than one chunk of 512
+    refs = rng.normal(size=(40, 5)).astype(np.float32)
+    pairs = openset_diagnosis.close_pairs(queries, refs, 2.0)
+    d = ((queries[:, None, :] - refs[None, :, :]) ** 2).sum(-1)
+    assert sorted(map(tuple, pairs.tolist())) == sorted(zip(*np.nonzero(d < 2.0)))
+    assert openset_diagnosis.utk_age(Path("utk/photos/26_1_0_20170116.jpg.chip.png")) == 26
