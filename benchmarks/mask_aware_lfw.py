@@ -30,18 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from heldout_masked_lfw import mask_seed, spread
+from heldout_masked_lfw import RENDERERS, draw, spread
 
 import facenet
-from facenet.data.images import load_image
 from facenet.errors import NoFaceError
-from facenet.evaluate import heldout_masks
 from facenet.evaluate.metrics import best_threshold, roc
 from facenet.evaluate.pairs import read_pairs
 from facenet.occluder import AS_MASKED_KINDS, OccluderDetector, masked_looks, to_mask
-from facenet.occlusion import occlude
 
-RENDERERS = {"heldout": heldout_masks.KINDS, "eval": ("mask", "cloth_mask", "n95")}
 MATCHING = {"surgical": "mask", "n95": "n95", "cloth": "cloth_mask", "kn95": "n95"}  # held-out kind -> training look
 
 
@@ -125,16 +121,6 @@ def fold_accuracy(
         scores.append(right / test.sum())
     kinds = {"plain": float(np.mean(thresholds[False])), "as masked": float(np.mean(thresholds[True]))}
     return float(np.mean(scores)), float(np.std(scores)), kinds
-
-
-def draw(renderer: str, kind: str, path: Path, clean_found, seed: int) -> np.ndarray:
-    """The second photo with its mask; NoFaceError where there is no face to draw on."""
-    pixels = load_image(path)
-    if renderer == "heldout":
-        return heldout_masks.mask_photo(pixels, kind, seed=mask_seed(seed, path))
-    if clean_found is None:
-        raise NoFaceError(f"{path}: no face to draw on")
-    return occlude(pixels, clean_found.faces[0].detection.landmarks, kind, mask_seed(seed, path), "eval")
 
 
 def main(argv=None) -> int:
@@ -237,7 +223,9 @@ def main(argv=None) -> int:
                 second, drawn = {}, set()
                 for path in sorted({p.path2 for p in pairs}):
                     try:
-                        photo = draw(renderer, kind, path, clean[path][1], args.seed)
+                        found = clean[path][1]
+                        landmarks = found.faces[0].detection.landmarks if found else None
+                        photo = draw(renderer, kind, path, landmarks, args.seed)
                     except NoFaceError:  # nothing to draw on: the photo stays clean
                         second[path] = clean[path][0]
                         continue

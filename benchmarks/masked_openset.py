@@ -29,7 +29,7 @@ from pathlib import Path
 
 import face_sets
 import numpy as np
-from mask_aware_lfw import draw
+from heldout_masked_lfw import draw
 from openset_scale import best_people, dir_at, poisson_interval
 
 import facenet
@@ -53,11 +53,11 @@ def _embed(job: tuple[str, str, str, int]) -> np.ndarray | None:
     image: object = path
     if renderer != "clean":
         try:
-            clean = _model.find_faces(path) if renderer == "eval" else None
+            landmarks = _model.find_faces(path).faces[0].detection.landmarks if renderer == "eval" else None
         except NoFaceError:
-            clean = None
+            landmarks = None
         try:
-            image = draw(renderer, kind, Path(path), clean, seed)
+            image = draw(renderer, kind, Path(path), landmarks, seed)
         except NoFaceError:
             return np.array([-1.0])
     try:
@@ -67,9 +67,11 @@ def _embed(job: tuple[str, str, str, int]) -> np.ndarray | None:
     return _model.embed_crops([found.faces[0].image])[0]
 
 
-def embeddings(renderer: str, kind: str, paths: list[Path], args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings, found, drawn) of ``paths`` under one mask, cached per mask in ``--cache``."""
-    file = args.cache / f"{renderer}-{kind}-{len(paths)}.pkl"
+def embeddings(
+    renderer: str, kind: str, paths: list[Path], args, name: str = ""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings, found, drawn) of ``paths`` under one mask, cached per mask (and set ``name``) in ``--cache``."""
+    file = args.cache / f"{name}{renderer}-{kind}-{len(paths)}.pkl"
     if file.is_file():
         rows = pickle.loads(file.read_bytes())
     else:
@@ -110,15 +112,18 @@ def masked_probes(renderer, kind, paths, tested, clean, clean_found, args) -> tu
     return emb, found, drawn
 
 
-def identify(emb, found, probes: int, faces, owners, truth, policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def identify(
+    emb, found, probes: int, faces, owners, truth, policy, cohort=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(known probe named right, known probes' best scores, strangers' best scores) against the enrolled
     ``faces``; ``emb`` holds the ``probes`` known probes first, then the strangers. A photo whose face was not
-    found scores infinity: a known probe not identified, a stranger not accepted."""
+    found scores infinity: a known probe not identified, a stranger not accepted. With a ``cohort``, scores
+    are z-scores against each query's distances to it (``openset_scale.best_people``)."""
     known_q, stranger_q = emb[:probes], emb[probes:]
     k_found, s_found = found[:probes], found[probes:]
     none = np.empty((0, faces.shape[1]))
-    kb, ks, _ = best_people(known_q[k_found], faces, owners, none, policy)
-    _, ss, _ = best_people(stranger_q[s_found], faces, owners, none, policy)
+    kb, ks, _ = best_people(known_q[k_found], faces, owners, none, policy, cohort)
+    _, ss, _ = best_people(stranger_q[s_found], faces, owners, none, policy, cohort)
     right = np.zeros(probes, bool)
     right[k_found] = kb == truth[k_found]
     known_score, stranger_score = np.full(probes, np.inf), np.full(len(stranger_q), np.inf)
@@ -133,6 +138,12 @@ def main() -> None:
     ap.add_argument("--policies", default="template,nearest,mean-of-3")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cohort",
+        type=int,
+        default=1000,
+        help="clean photos of LFW half A (never enrolled nor shown) each query's scores are normalised against",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -146,6 +157,10 @@ def main() -> None:
         f"LFW half B: {len(known_people)} people enrolled with {len(faces)} clean photos ({int((~enrolled).sum())} "
         f"without a face found), {len(probes)} known probes, {len(strangers)} strangers; model {info.id}"
     )
+    cohort_paths = face_sets.lfw_photos(args.lfw, "a")
+    cohort_paths = cohort_paths[:: max(1, len(cohort_paths) // args.cohort)][: args.cohort]
+    cohort, cohort_found, _ = embeddings("clean", "none", cohort_paths, args, name="cohort-")
+    cohort = cohort[cohort_found]
     tested = probes + list(strangers)
     rows, clean_dir = [], {}
     for renderer, kind in MASKS:
@@ -178,15 +193,43 @@ def main() -> None:
                 base = clean_dir[policy]
                 row["dir_share_of_clean"] = dir_promise / base["dir"]
                 row["dir_at_measured_1pct_share_of_clean"] = row["dir_at_measured_1pct"] / base["dir_at_measured_1pct"]
+            # Cohort-normalised scores, one threshold for every probe: where 1% of the *clean* strangers pass.
+            # Cohorts: LFW half A's photos, or the enrolled faces themselves (nothing beside the gallery needed)
+            for scoring, against in (("cohort", cohort), ("gallery_cohort", faces)):
+                right, known_score, stranger_score = identify(
+                    emb, found, len(probes), faces, owners, truth, policy, against
+                )
+                clean_row = row if renderer == "clean" else clean_dir[policy]
+                shared = np.quantile(stranger_score, ASKED) if renderer == "clean" else clean_row[scoring]["threshold"]
+                accepted = int(np.sum(stranger_score <= shared))
+                row[scoring] = {
+                    "threshold": float(shared),
+                    "stranger_accepts": accepted,
+                    "stranger_far": accepted / len(strangers),
+                    "stranger_far_95": poisson_interval(accepted, len(strangers)),
+                    "dir": float(np.mean(right & (known_score <= shared))),
+                    "dir_at_measured_1pct": dir_at(right, known_score, stranger_score),
+                }
+                if renderer != "clean":
+                    for key in ("dir", "dir_at_measured_1pct"):
+                        row[scoring][f"{key}_share_of_clean"] = row[scoring][key] / clean_row[scoring][key]
             rows.append(row)
             share = f"  {row['dir_share_of_clean']:.1%} of clean" if "dir_share_of_clean" in row else ""
             print(
                 f"{renderer:>7} {kind:<8} {policy:<9} found {row['probes_found']:.3f}/{row['strangers_found']:.3f}  "
-                f"FAR {row['stranger_far']:.4f} ({accepted}; {row['stranger_far_95'][0]:.4f}-"
+                f"FAR {row['stranger_far']:.4f} ({row['stranger_accepts']}; {row['stranger_far_95'][0]:.4f}-"
                 f"{row['stranger_far_95'][1]:.4f})  DIR {dir_promise:.3f}{share}  "
                 f"DIR@measured 1% {row['dir_at_measured_1pct']:.3f}  rank-1 {row['rank1']:.3f}",
                 flush=True,
             )
+            for scoring in ("cohort", "gallery_cohort"):
+                c = row[scoring]
+                share = f" {c['dir_share_of_clean']:.1%} of clean" if renderer != "clean" else ""
+                print(
+                    f"{'':>26}{scoring}, clean strangers' 1%: FAR {c['stranger_far']:.4f} ({c['stranger_accepts']})  "
+                    f"DIR {c['dir']:.3f}{share}  DIR@measured 1% {c['dir_at_measured_1pct']:.3f}",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps({"model": info.id, "strangers": len(strangers), "rows": rows}, indent=1))
 

@@ -19,7 +19,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from facenet.align.base import check_image
+from facenet.align.base import Detection, check_image
+from facenet.align.crop import select_faces
 from facenet.baselines.dlib_model import load_dlib
 from facenet.errors import FaceNetError, NoFaceError
 
@@ -51,23 +52,25 @@ def _dlib_models():
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(models.pose_predictor_model_location())
 
 
-def find_landmarks(image: np.ndarray) -> np.ndarray:
-    """dlib's 68 landmarks (68, 2; x, y) of the largest face dlib's HOG detector finds in ``image``."""
+def find_landmarks(image: np.ndarray, which: str = "largest") -> np.ndarray:
+    """dlib's 68 landmarks (68, 2; x, y) of the face dlib's HOG detector finds in ``image`` that ``which``
+    ("largest" or "central", ``facenet.align.crop.select_faces``' rules) picks."""
     image = np.ascontiguousarray(check_image(image))
     detector, predictor = _dlib_models()
     faces = list(detector(image, _UPSAMPLE))
     if not faces:
         raise NoFaceError("dlib's HOG detector found no face to draw a held-out mask on")
-    largest = max(faces, key=lambda r: r.width() * r.height())
-    return np.array([(p.x, p.y) for p in predictor(image, largest).parts()], dtype=np.float64)
+    boxes = [Detection((r.left(), r.top(), r.right(), r.bottom()), 0.0, np.zeros((5, 2))) for r in faces]
+    chosen = faces[boxes.index(select_faces(boxes, image.shape, which)[0])]
+    return np.array([(p.x, p.y) for p in predictor(image, chosen).parts()], dtype=np.float64)
 
 
-def mask_photo(image: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
-    """A copy of the H,W,3 uint8 RGB ``image`` with a ``kind`` mask on its largest face (found by dlib).
+def mask_photo(image: np.ndarray, kind: str, seed: int = 0, which: str = "largest") -> np.ndarray:
+    """A copy of the H,W,3 uint8 RGB ``image`` with a ``kind`` mask on its ``which`` face (found by dlib).
 
     Raises ``NoFaceError`` where dlib finds no face."""
     _check_kind(kind)
-    return draw_mask(image, find_landmarks(image), kind, seed)
+    return draw_mask(image, find_landmarks(image, which), kind, seed)
 
 
 def draw_mask(image: np.ndarray, landmarks68: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
