@@ -61,6 +61,20 @@ def test_far_from_the_face_untouched_and_input_kept(faces, kind):
         assert np.array_equal(masked[:, :10], photo[:, :10]) and np.array_equal(masked[:, -10:], photo[:, -10:])
 
 
+def test_which_face_the_mask_goes_on(faces):
+    """Of two faces, "largest" masks the bigger one at the edge and "central" the smaller one in the middle,
+    as ``select_faces`` picks them for the model (the benchmark masks the face the model then compares)."""
+    import cv2
+
+    canvas = np.zeros((450, 900, 3), np.uint8)
+    canvas[:, :450] = cv2.resize(faces[0][0], (450, 450))
+    canvas[100:350, 325:575] = faces[1][0]  # 250 px, centred
+    assert 0 < find_landmarks(canvas, "largest")[:, 0].mean() < 325
+    assert 325 < find_landmarks(canvas, "central")[:, 0].mean() < 575
+    masked = mask_photo(canvas, "surgical", which="central")
+    assert np.array_equal(masked[:, :325], canvas[:, :325]) and not np.array_equal(masked, canvas)
+
+
 def test_unknown_kind_names_the_kinds(faces):
     with pytest.raises(FaceNetError, match="surgical, n95, cloth, kn95"):
         mask_photo(faces[0][0], "bandana")
