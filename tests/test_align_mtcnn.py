@@ -8,6 +8,8 @@ module straight from the installed wheel, and compares boxes, scores and landmar
 """
 
 import logging
+import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -406,3 +408,37 @@ def test_box_iou_against_a_pixel_count():
         assert box_iou(a, b)[0] == pytest.approx(expected)
     assert box_iou([0, 0, 10, 10], [20, 20, 30, 30])[0] == 0.0
     assert box_iou([5, 5, 5, 5], [5, 5, 5, 5])[0] == 0.0
+
+
+def test_yunet_answers_last_where_the_cascade_finds_nothing(monkeypatch, lfw_dir, proposed):
+    """Every cascade empty: YuNet's own faces (its boxes and landmarks) are the answer, none under the minimum
+    face size; with a cascade that finds the face, YuNet's own detections are never the answer."""
+    photo = load_image(lfw_dir / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg")
+    found = proposed.detect(photo)
+    monkeypatch.setattr(proposed, "_cascade", lambda photos, thresholds, from_yunet=False: [[] for _ in photos])
+    own = proposed.proposer.detect(photo)
+    boxes = lambda faces: [d.box for d in faces]  # noqa: E731
+    assert own and boxes(proposed.detect(photo)) == boxes(own)
+    assert found and found[0].score != own[0].score  # found by the cascade: MTCNN's scores, not YuNet's
+    monkeypatch.setattr(proposed.proposer, "detect", lambda image: own + [replace(own[0], box=(0, 0, 10, 40))])
+    assert boxes(proposed.detect(photo)) == boxes(own)  # a 10 px wide face is under the minimum
+
+
+def test_a_face_masked_up_to_the_nose_bridge_is_found(lfw_dir, proposed):
+    """A held-out mask (dlib-placed, to the nose bridge) on an LFW photo where R-Net and O-Net reject the face
+    at every threshold: the last resort finds it, its eyes within a third of their distance of where dlib's
+    68 landmarks put them on the clean photo (the mask moves YuNet's eyes, O-Net's too, by up to a quarter)."""
+    pytest.importorskip("dlib", reason="the held-out renderer needs dlib")
+    from facenet.evaluate.heldout_masks import find_landmarks, mask_photo
+
+    clean = load_image(lfw_dir / "images" / "Benjamin_Netanyahu" / "Benjamin_Netanyahu_0004.jpg")
+    masked = mask_photo(clean, "surgical", seed=zlib.crc32(b"0:Benjamin_Netanyahu_0004.jpg"))
+    photo = mtcnn_module._Pixels(masked)
+    for thresholds in (proposed.thresholds, proposed.retry_thresholds):
+        for from_yunet in (True, False):
+            assert proposed._cascade([photo], thresholds, from_yunet) == [[]]
+    (face,) = proposed.detect(masked)
+    marks = find_landmarks(clean)
+    eyes = np.stack([marks[36:42].mean(axis=0), marks[42:48].mean(axis=0)])
+    error = np.linalg.norm(face.landmarks[:2] - eyes, axis=1).max() / np.linalg.norm(eyes[1] - eyes[0])
+    assert error < 1 / 3, (face.landmarks[:2], eyes)

@@ -28,7 +28,11 @@ One addition: a photo where the standard thresholds find nothing is searched aga
 ones (``retry_thresholds``, 0.5/0.4/0.5). Faces behind masks lose the mouth and nose the
 refinement stages look for: on 1,194 real photos of masked people the retry raised MTCNN's
 detection rate from 79.9% to 87.5% (RESULTS.md); photos where a face is found at the standard
-thresholds are unaffected.
+thresholds are unaffected. And a last resort: where neither finds a face, YuNet's own detections (its
+boxes, scores and 5 landmarks) are the answer. A mask drawn up to the nose bridge leaves R-Net and O-Net
+nothing they know at any threshold, while YuNet still finds the face: on LFW photos with the held-out
+renderer's surgical mask, MTCNN missed 26 of 1,200 and YuNet found 25 of them (RESULTS.md, "Masks the
+project never drew").
 """
 
 from __future__ import annotations
@@ -290,7 +294,7 @@ class MTCNNDetector:
 
     def _detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
         """YuNet's proposals refined (when there is a proposer), then, for the photos still without a face,
-        the P-Net cascade at the standard and at the retry thresholds."""
+        the P-Net cascade at the standard and at the retry thresholds, and last YuNet's own faces."""
         photos = [_Pixels(image) for image in images]
         attempts = [(self.thresholds, True)] if self.proposer else []
         attempts += [(self.thresholds, False)] + ([(self.retry_thresholds, False)] if self.retry_thresholds else [])
@@ -301,6 +305,11 @@ class MTCNNDetector:
                 break
             for i, faces in zip(empty, self._cascade([photos[i] for i in empty], thresholds, from_yunet)):
                 found[i] = faces
+        if self.proposer:  # the last resort (module doc): faces only YuNet sees, with its boxes and landmarks
+            for i in [i for i, faces in enumerate(found) if not faces]:
+                found[i] = [
+                    d for d in self.proposer.detect(photos[i].image) if min(d.width, d.height) >= self.min_face_size
+                ]
         return found
 
     def _cascade(
