@@ -2,19 +2,23 @@
 
 Why: `facenet evaluate --occlude` draws its masks with `facenet.occlusion`, the renderer whose other looks
 training augments with; this measures masks drawn another way (dlib's 68 landmarks, jaw-following
-outlines, other looks), which training never sees.
+outlines, other looks), which training never sees. `--renderer eval` draws the project's own evaluation
+looks instead (placed from the model's landmarks on the clean photo), through the same path.
 
-For each `--kind`, the mask goes on the whole second photo of every pair (dlib finds the face; the largest
-one); photos where dlib finds no face stay clean and are counted apart. Every photo is then scored through
-the public API's whole-photo path (`facenet.load_model()`, `facenet.embed`): a photo where the model finds
-no face answers its pair wrong (masked or clean alike). Reported per kind: 10-fold accuracy (thresholds
-fitted on the other folds' scored pairs, unscored pairs counted wrong), the share of masked photos whose
-face the model found, and dlib's misses; the "none" row is the same pairs clean.
+For each `--kind`, the mask goes on the whole second photo of every pair, on the face `--which` picks
+(largest, the API's default, or central, the one LFW labels: dlib's face for the held-out renderer, the
+model's for the project's); photos with no face to draw on stay clean and are counted apart. Every photo
+is then scored through the public API's whole-photo path (`model.find_faces(photo, which=...)`, then the
+network, as `facenet.verify` does): a photo where the model finds no face answers its pair wrong (masked or
+clean alike). Reported per kind: 10-fold accuracy (thresholds fitted on the other folds' scored pairs,
+unscored pairs counted wrong), the share of masked photos whose face the model found, and the photos left
+clean; the "none" row is the same pairs clean.
 
     PYTHONPATH=src .venv/bin/python benchmarks/heldout_masked_lfw.py --pairs ../shared/data/lfw/pairs.txt \\
         --images ../shared/data/lfw/images              # all 6,000 pairs, every kind
     ... --limit 200                                      # a quick look: 200 pairs spread over the 10 folds
-    ... --dlib                                           # dlib's own pipeline scored beside the model
+    ... --which central                                  # the face LFW labels, in photos of several people
+    ... --renderer eval --dlib                           # the project's looks; dlib's own pipeline beside
 """
 
 from __future__ import annotations
