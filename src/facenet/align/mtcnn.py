@@ -307,9 +307,7 @@ class MTCNNDetector:
                 found[i] = faces
         if self.proposer:  # the last resort (module doc): faces only YuNet sees, with its boxes and landmarks
             for i in [i for i, faces in enumerate(found) if not faces]:
-                found[i] = [
-                    d for d in self.proposer.detect(photos[i].image) if min(d.width, d.height) >= self.min_face_size
-                ]
+                found[i] = [d for d in self._yunet_faces(photos[i]) if min(d.width, d.height) >= self.min_face_size]
         return found
 
     def _cascade(
@@ -318,7 +316,7 @@ class MTCNNDetector:
         """The three stages on several photos (YuNet's proposals instead of P-Net's with ``from_yunet``), then the
         settle passes (``settle``); R-Net and O-Net batch all photos."""
         if from_yunet:
-            boxes = [self._yunet_boxes(photo.image) for photo in photos]
+            boxes = [self._yunet_boxes(photo) for photo in photos]
         else:
             boxes = [self._propose(photo.table, thresholds[0]) for photo in photos]
         answers = self._output(photos, self._refine(photos, boxes, thresholds[1]), thresholds[2])
@@ -364,10 +362,16 @@ class MTCNNDetector:
             side *= self.factor
         return scales
 
-    def _yunet_boxes(self, image: np.ndarray) -> np.ndarray:
+    def _yunet_faces(self, photo: _Pixels) -> list[Detection]:
+        """YuNet's faces in ``photo``, found once: its proposals and the last resort read the same."""
+        if photo.yunet is None:
+            photo.yunet = self.proposer.detect(photo.image)
+        return photo.yunet
+
+    def _yunet_boxes(self, photo: _Pixels) -> np.ndarray:
         """Stage 1 from YuNet: a square (N, 5: x1 y1 x2 y2 score) around each face it finds, sized as
         MTCNN's own refined squares are (``YUNET_SQUARE``)."""
-        found = self.proposer.detect(image)
+        found = self._yunet_faces(photo)
         if not found:
             return np.zeros((0, 5))
         cx, cy = np.array([d.center for d in found]).T
@@ -530,6 +534,7 @@ class _Pixels:
     def __init__(self, image: np.ndarray):
         self.image = image
         self._table = None
+        self.yunet: list[Detection] | None = None  # YuNet's faces, once found (``MTCNNDetector._yunet_faces``)
 
     @property
     def table(self) -> np.ndarray:
