@@ -426,8 +426,9 @@ def test_yunet_answers_last_where_the_cascade_finds_nothing(monkeypatch, lfw_dir
 
 def test_a_face_masked_up_to_the_nose_bridge_is_found(monkeypatch, lfw_dir, proposed):
     """A held-out mask (dlib-placed, to the nose bridge) on an LFW photo where R-Net and O-Net reject the face
-    at every threshold: the last resort finds it (YuNet run once), its eyes within a third of their distance of where dlib's
-    68 landmarks put them on the clean photo (the mask moves YuNet's eyes, O-Net's too, by up to a quarter)."""
+    at every threshold: the last resort finds it (YuNet run once), its eyes within a third of their distance
+    of where dlib's 68 landmarks put them on the clean photo (the mask moves YuNet's eyes, O-Net's too, by up
+    to a quarter)."""
     pytest.importorskip("dlib", reason="the held-out renderer needs dlib")
     from facenet.evaluate.heldout_masks import find_landmarks, mask_photo
 
