@@ -60,3 +60,22 @@ def test_identify_counts_a_photo_without_a_face_as_neither_named_nor_accepted():
     assert np.isinf(known[1]) and np.isinf(strangers[1]) and np.isfinite(known[[0, 2]]).all()
     d = ((emb[3] - faces) ** 2).sum(axis=1)
     assert strangers[0] == pytest.approx(d.min())
+
+
+def test_cohort_scores_are_z_scores_against_the_querys_own_cohort_distances():
+    """masked_openset's cohort-normalised scores, by brute force: the best person's distance, less the mean of
+    the query's distances to the cohort, over their standard deviation; the ranking stays the raw one."""
+    import masked_openset
+
+    rng = np.random.default_rng(3)
+    faces, cohort = rng.normal(size=(6, 4)), rng.normal(size=(50, 4))
+    owners = np.array([0, 0, 1, 1, 2, 2])
+    emb = np.vstack([faces[[1, 2]] + 0.05, rng.normal(size=(3, 4))])  # 2 known probes, then 3 strangers
+    found, truth = np.ones(5, bool), np.array([0, 1])
+    raw = masked_openset.identify(emb, found, 2, faces, owners, truth, "nearest")
+    right, known, strangers = masked_openset.identify(emb, found, 2, faces, owners, truth, "nearest", cohort)
+    assert list(right) == list(raw[0]) == [True, True]
+    for query, score in zip(emb, np.concatenate([known, strangers])):
+        to_cohort = ((query - cohort) ** 2).sum(axis=1)
+        best = ((query - faces) ** 2).sum(axis=1).min()
+        assert score == pytest.approx((best - to_cohort.mean()) / to_cohort.std(), rel=1e-4)
