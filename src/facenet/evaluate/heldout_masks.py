@@ -61,7 +61,8 @@ def find_landmarks(image: np.ndarray, which: str = "largest") -> np.ndarray:
     if not faces:
         raise NoFaceError("dlib's HOG detector found no face to draw a held-out mask on")
     boxes = [Detection((r.left(), r.top(), r.right(), r.bottom()), 0.0, np.zeros((5, 2))) for r in faces]
-    chosen = faces[boxes.index(select_faces(boxes, image.shape, which)[0])]
+    picked = select_faces(boxes, image.shape, which)[0]
+    chosen = next(r for r, box in zip(faces, boxes) if box is picked)  # by identity: boxes hold arrays
     return np.array([(p.x, p.y) for p in predictor(image, chosen).parts()], dtype=np.float64)
 
 
