@@ -36,16 +36,19 @@ import facenet
 from facenet.errors import NoFaceError
 from facenet.evaluate.calibrate import openset_promise
 from facenet.gallery.policy import parse_policy
+from facenet.occluder import mask_sensitivity
 
+UNDRAWN = "undrawn"
 MASKS = (("clean", "none"), ("heldout", "surgical"), ("eval", "mask"))  # the surgical mask of each renderer
 ASKED = 1e-2
 ENROLLED = 5
 _model = None
 
 
-def _embed(job: tuple[str, str, str, int]) -> np.ndarray | None:
-    """The embedding of the face the public path finds in one photo, masked as ``job`` says (None: no face
-    found; a 1-element array: no face to draw the mask on)."""
+def _embed(job: tuple[str, str, str, int]) -> tuple[np.ndarray, float] | str | None:
+    """The embedding of the face the public path finds in one photo, masked as ``job`` says, and that face's
+    mask sensitivity (``facenet.occluder.mask_sensitivity``: what decides whether it is compared as masked);
+    None: no face found; UNDRAWN: no face to draw the mask on."""
     global _model
     if _model is None:
         _model = facenet.load_model()
@@ -59,18 +62,19 @@ def _embed(job: tuple[str, str, str, int]) -> np.ndarray | None:
         try:
             image = draw(renderer, kind, Path(path), landmarks, seed)
         except NoFaceError:
-            return np.array([-1.0])
+            return UNDRAWN
     try:
         found = _model.find_faces(image)
     except NoFaceError:
         return None
-    return _model.embed_crops([found.faces[0].image])[0]
+    crop = found.faces[0].image
+    embedding = _model.embed_crops([crop])
+    return embedding[0], float(mask_sensitivity(_model, [crop], embedding)[0])
 
 
-def embeddings(
-    renderer: str, kind: str, paths: list[Path], args, name: str = ""
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings, found, drawn) of ``paths`` under one mask, cached per mask (and set ``name``) in ``--cache``."""
+def embeddings(renderer: str, kind: str, paths: list[Path], args, name: str = "") -> tuple[np.ndarray, ...]:
+    """(embeddings, found, drawn, mask sensitivity) of ``paths`` under one mask, cached per mask (and set
+    ``name``) in ``--cache``."""
     file = args.cache / f"{name}{renderer}-{kind}-{len(paths)}.pkl"
     if file.is_file():
         rows = pickle.loads(file.read_bytes())
@@ -80,11 +84,12 @@ def embeddings(
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows = list(pool.map(_embed, jobs, chunksize=16))
         file.write_bytes(pickle.dumps(rows))
-    size = next(len(r) for r in rows if r is not None and len(r) > 1)
-    found = np.array([r is not None and len(r) > 1 for r in rows])
-    undrawn = np.array([r is not None and len(r) == 1 for r in rows])
-    emb = np.stack([r if f else np.full(size, np.nan, np.float32) for r, f in zip(rows, found)])
-    return emb, found, ~undrawn
+    size = next(len(r[0]) for r in rows if isinstance(r, tuple))
+    found = np.array([isinstance(r, tuple) for r in rows])
+    drawn = np.array([not isinstance(r, str) for r in rows])
+    emb = np.stack([r[0] if f else np.full(size, np.nan, np.float32) for r, f in zip(rows, found)])
+    sensitivity = np.array([r[1] if f else np.nan for r, f in zip(rows, found)])
+    return emb, found, drawn, sensitivity
 
 
 def split(paths: list[Path]) -> tuple[np.ndarray, list[int], np.ndarray, list[int], np.ndarray, np.ndarray]:
@@ -104,12 +109,13 @@ def split(paths: list[Path]) -> tuple[np.ndarray, list[int], np.ndarray, list[in
     return known_people, enrol, np.array(owners), probes, np.array(truth), strangers
 
 
-def masked_probes(renderer, kind, paths, tested, clean, clean_found, args) -> tuple[np.ndarray, ...]:
-    """(embeddings, found, drawn) of the ``tested`` photos under one mask; a photo the renderer finds no face
-    to draw on stays clean."""
-    emb, found, drawn = embeddings(renderer, kind, [paths[i] for i in tested], args)
-    emb[~drawn], found[~drawn] = clean[tested][~drawn], clean_found[tested][~drawn]
-    return emb, found, drawn
+def masked_probes(renderer, kind, paths, tested, clean_rows, args) -> tuple[np.ndarray, ...]:
+    """(embeddings, found, drawn, mask sensitivity) of the ``tested`` photos under one mask; a photo the renderer
+    finds no face to draw on stays clean (``clean_rows``: what ``embeddings`` gives for the clean photos)."""
+    emb, found, drawn, sensitivity = embeddings(renderer, kind, [paths[i] for i in tested], args)
+    for masked, clean in ((emb, clean_rows[0]), (found, clean_rows[1]), (sensitivity, clean_rows[3])):
+        masked[~drawn] = clean[tested][~drawn]
+    return emb, found, drawn, sensitivity
 
 
 def identify(
@@ -150,7 +156,8 @@ def main() -> None:
     info = facenet.load_model(detect=False).info
     paths = face_sets.lfw_photos(args.lfw, "b")
     known_people, enrol, owners, probes, truth, strangers = split(paths)
-    clean, clean_found, _ = embeddings("clean", "none", paths, args)
+    clean_rows = embeddings("clean", "none", paths, args)
+    clean, clean_found = clean_rows[:2]
     enrolled = clean_found[enrol]
     faces, owners = clean[enrol][enrolled], owners[enrolled]
     print(
@@ -159,12 +166,13 @@ def main() -> None:
     )
     cohort_paths = face_sets.lfw_photos(args.lfw, "a")
     cohort_paths = cohort_paths[:: max(1, len(cohort_paths) // args.cohort)][: args.cohort]
-    cohort, cohort_found, _ = embeddings("clean", "none", cohort_paths, args, name="cohort-")
+    cohort, cohort_found, _, _ = embeddings("clean", "none", cohort_paths, args, name="cohort-")
     cohort = cohort[cohort_found]
     tested = probes + list(strangers)
     rows, clean_dir = [], {}
     for renderer, kind in MASKS:
-        emb, found, drawn = masked_probes(renderer, kind, paths, tested, clean, clean_found, args)
+        emb, found, drawn, sensitivity = masked_probes(renderer, kind, paths, tested, clean_rows, args)
+        covered = sensitivity < info.masked["covered_below"]  # NaN (no face found): not covered
         k_found, s_found = found[: len(probes)], found[len(probes) :]
         for policy in args.policies.split(","):
             comparisons = parse_policy(policy).comparisons(len(known_people), len(faces))
@@ -187,12 +195,27 @@ def main() -> None:
                 "dir_at_measured_1pct": dir_at(right, known_score, stranger_score),
                 "rank1": float(right.mean()),
             }
+            # As facenet compares (issue 24, item 2): a face whose mask sensitivity says masked gets the masked
+            # table's threshold for this gallery, every other face the plain one
+            masked_promise = openset_promise(info, ASKED, comparisons, masked=True)
+            limit = np.where(covered, masked_promise.threshold, promise.threshold)
+            accepted = int(np.sum(stranger_score <= limit[len(probes) :]))
+            row["mask_aware"] = {
+                "threshold": masked_promise.threshold,
+                "probes_compared_as_masked": float(covered[: len(probes)][k_found].mean()),
+                "strangers_compared_as_masked": float(covered[len(probes) :][s_found].mean()),
+                "stranger_accepts": accepted,
+                "stranger_far": accepted / len(strangers),
+                "stranger_far_95": poisson_interval(accepted, len(strangers)),
+                "dir": float(np.mean(right & (known_score <= limit[: len(probes)]))),
+            }
             if renderer == "clean":
                 clean_dir[policy] = row
             else:
                 base = clean_dir[policy]
                 row["dir_share_of_clean"] = dir_promise / base["dir"]
                 row["dir_at_measured_1pct_share_of_clean"] = row["dir_at_measured_1pct"] / base["dir_at_measured_1pct"]
+                row["mask_aware"]["dir_share_of_clean"] = row["mask_aware"]["dir"] / base["mask_aware"]["dir"]
             # Cohort-normalised scores, one threshold for every probe: where 1% of the *clean* strangers pass.
             # Cohorts: LFW half A's photos, or the enrolled faces themselves (nothing beside the gallery needed)
             for scoring, against in (("cohort", cohort), ("gallery_cohort", faces)):
@@ -220,6 +243,15 @@ def main() -> None:
                 f"FAR {row['stranger_far']:.4f} ({row['stranger_accepts']}; {row['stranger_far_95'][0]:.4f}-"
                 f"{row['stranger_far_95'][1]:.4f})  DIR {dir_promise:.3f}{share}  "
                 f"DIR@measured 1% {row['dir_at_measured_1pct']:.3f}  rank-1 {row['rank1']:.3f}",
+                flush=True,
+            )
+            aware = row["mask_aware"]
+            share = f" {aware['dir_share_of_clean']:.1%} of clean" if renderer != "clean" else ""
+            print(
+                f"{'':>26}mask-aware: compared as masked {aware['probes_compared_as_masked']:.3f}/"
+                f"{aware['strangers_compared_as_masked']:.3f}  FAR {aware['stranger_far']:.4f} "
+                f"({aware['stranger_accepts']}; {aware['stranger_far_95'][0]:.4f}-{aware['stranger_far_95'][1]:.4f})  "
+                f"DIR {aware['dir']:.3f}{share}",
                 flush=True,
             )
             for scoring in ("cohort", "gallery_cohort"):

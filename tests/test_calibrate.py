@@ -55,6 +55,33 @@ def test_measured_entries_match_a_brute_force_count(monkeypatch, grouped):
         calibrate(emb[:5], np.zeros(5))
 
 
+def test_pairs_across_two_sets_match_a_brute_force_count(monkeypatch):
+    """Masked against clean (issue 24): every (masked i, clean j) pair with i != j, counted each way round."""
+    monkeypatch.setattr(cal, "BLOCK", 64)  # several tiles, diagonal and not
+    rng = np.random.default_rng(1)
+    clean, labels, groups = _unit(rng, 260), rng.integers(0, 30, 260), rng.integers(0, 2, 260)
+    masked = _unit(rng, 260)
+    impostor, genuine = [], {}
+    for i, j in itertools.product(range(260), repeat=2):
+        if i == j or groups[i] != groups[j]:
+            continue
+        d = float(np.sum((masked[i] - clean[j]) ** 2))
+        if labels[i] == labels[j]:
+            genuine.setdefault((groups[i], labels[i]), []).append(d)
+        else:
+            impostor.append(d)
+    impostor = np.array(impostor)
+    result = calibrate(masked, labels, groups, fars=(1e-1, 1e-2), drop_mislabelled=False, against=clean)
+    assert result.details["impostor_pairs"] == len(impostor)
+    assert result.details["genuine_pairs"] == sum(len(d) for d in genuine.values())
+    for key, threshold in result.thresholds.items():
+        assert np.count_nonzero(impostor < threshold) == int(float(key) * len(impostor))
+        per_person = [np.mean(np.array(d) < threshold) for d in genuine.values()]
+        assert result.details["entries"][key]["tar"] == pytest.approx(np.mean(per_person), abs=1e-4)
+    with pytest.raises(DataError, match="shape"):
+        calibrate(masked, labels, against=clean[:10])
+
+
 def test_the_tail_model_recovers_known_quantiles_of_a_normal_distribution():
     """Distances from N(1.9, 0.2) (the shape of impostor distances): 10M draws measure down to 1e-5 (100 pairs);
     the model, fitted to the smallest 1,000, extrapolates two decades further to within 2x of the true rate."""

@@ -192,6 +192,7 @@ def test_model_people_and_identify_say_what_the_gallery_size_promises(model_file
             "comparisons": 1,
             "met": True,
             "calibrated": True,
+            "compared_as": "plain",
             "note": None,
         }
         assert c.get("/api/model", headers=AUTH).json()["open_set"] == kept
@@ -239,6 +240,34 @@ def test_cluster_matches_direct_clustering(client, embedder):
             got[int(m["filename"][1:-4])] = label
     assert got.tolist() == expected.tolist()
     assert 1 <= len(body["clusters"]) < len(images)
+
+
+def test_masked_faces_get_the_masked_threshold_and_say_so(model_file, tmp_path, monkeypatch):
+    """Issue 24: a face the model calls masked is identified with the masked table's threshold and verified
+    against an unmasked one with the masked threshold; every answer says how it compared."""
+    model, info = load_model_file(model_file)
+    masked = {"covered_below": 0.5, "threshold": 1.9, "far_thresholds": {"1e-02": 1.8, "1e-03": 1.6}}
+    info = dataclasses.replace(info, far_thresholds={"1e-02": 0.5, "1e-03": 0.3}, masked=masked)
+    calibrated = FaceEmbedder(model, info, detector=None)
+    bright = FACES.render(0, 0)
+    dark = (bright * 0.4).astype(np.uint8)  # the stub below calls this one masked
+    cut = 0.7 * bright.mean()
+    covered = lambda embedder, crops, rows: np.array([c.mean() < cut for c in crops])  # noqa: E731
+    monkeypatch.setattr("facenet.serve.engine.lower_face_covered", covered)
+    with started(create_app(calibrated, tmp_path / "g.db", keys=ADMIN, policy="nearest")) as c:
+        assert c.post("/api/people", data={"name": "Ann"}, files={"photos": part(photo(0, 1))}, headers=AUTH).is_success
+        plain = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(bright))}).json()
+        assert plain["threshold"] == 0.5 and plain["faces"][0]["compared_as"] == "plain"
+        assert plain["open_set"]["compared_as"] == "plain"
+        as_masked = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(dark))}).json()
+        assert as_masked["threshold"] == 1.8 and as_masked["faces"][0]["threshold"] == 1.8
+        assert as_masked["faces"][0]["compared_as"] == "masked" and as_masked["open_set"]["compared_as"] == "masked"
+        by_hand = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(dark))}, data={"threshold": "0.2"})
+        assert by_hand.json()["faces"][0]["compared_as"] == "plain" and by_hand.json()["threshold"] == 0.2
+        verified = c.post("/api/verify", files={"a": part(encode(bright)), "b": part(encode(dark))}).json()
+        assert verified["compared_as"] == "masked" and verified["threshold"] == 1.9
+        both = c.post("/api/verify", files={"a": part(encode(dark)), "b": part(encode(dark))}).json()
+        assert both["compared_as"] == "plain" and both["threshold"] == info.threshold
 
 
 class _Boxes:

@@ -28,6 +28,7 @@ class Verification:
     same: bool
     boxes: tuple = ()
     notes: tuple[str, ...] = ()
+    compared_as: str = "plain"  # "masked": one face's lower half covered, the model's masked threshold used
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class Identified:
     @property
     def known(self) -> bool:
         return bool(self.matches)
+
+    @property
+    def compared_as(self) -> str:
+        """ "masked" where the face's lower half is covered and its own threshold was used, else "plain"."""
+        return "masked" if self.open_set is not None and self.open_set.masked else "plain"
 
 
 def load_model(
@@ -101,15 +107,21 @@ def verify(
     threshold: float | None = None,
     which: str | None = None,
 ) -> Verification:
-    """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes.
-    Of a photo with several faces the ``which`` one is compared ("largest", "central"; default: the recipe's)."""
+    """Are ``a`` and ``b`` the same person? Distance below the model's calibrated threshold means yes; where
+    one face is masked and the other is not, below the model's threshold for masked pairs (``compared_as``
+    says which). Of a photo with several faces the ``which`` one is compared ("largest", "central"; default:
+    the recipe's)."""
+    from facenet.occluder import lower_face_covered, pair_threshold
+
     embedder = _resolve(model)
     fa, fb = (embedder.find_faces(photo, which=which).faces[0] for photo in (a, b))
-    ea, eb = embedder.embed_crops([fa.image, fb.image])
-    result = compare(ea, eb, embedder.threshold if threshold is None else threshold)
-    return Verification(
-        result.distance, result.threshold, result.same, (fa.detection.box, fb.detection.box), fa.notes + fb.notes
-    )
+    rows = embedder.embed_crops([fa.image, fb.image])
+    masked = False
+    if threshold is None:
+        threshold, masked = pair_threshold(embedder, lower_face_covered(embedder, [fa.image, fb.image], rows))
+    result = compare(rows[0], rows[1], threshold)
+    boxes, notes = (fa.detection.box, fb.detection.box), fa.notes + fb.notes
+    return Verification(result.distance, result.threshold, result.same, boxes, notes, "masked" if masked else "plain")
 
 
 def identify(
@@ -123,23 +135,27 @@ def identify(
 ) -> list[Identified]:
     """Who is in ``photo``? Every face (``which="all"``; or the "largest" / "central" one), each with up
     to ``top_k`` enrolled people within the open-set threshold that ``far`` (the wanted chance that a
-    stranger is taken for someone; default 1e-2) gives for the gallery's size. Each answer's ``open_set`` says
-    what that size gets (and, with ``met`` False and a ``note``, when the asked rate cannot be kept).
+    stranger is taken for someone; default 1e-2) gives for the gallery's size; a masked face gets the model's
+    masked threshold for that size (``compared_as``). Each answer's ``open_set`` says what that size gets
+    (and, with ``met`` False and a ``note``, when the asked rate cannot be kept).
     ``index`` is how the gallery is searched (``Gallery.open``; "pgvector" for a PostgreSQL gallery searched
     inside the database)."""
-    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
+    from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, face_promises
     from facenet.gallery import Gallery
+    from facenet.occluder import lower_face_covered
     from facenet.paths import gallery_location
 
     embedder = _resolve(model)
     faces = embedder.find_faces(photo, which=which).faces
-    rows = embedder.embed_crops([f.image for f in faces])
+    crops = [f.image for f in faces]
+    rows = embedder.embed_crops(crops)
+    covered = lower_face_covered(embedder, crops, rows)
     with Gallery.open(
         gallery_location(gallery), embedder.name, embedder.embedding_size, create=False, index=index
     ) as g:
-        promise = identification_promise(embedder, g.comparisons(), far or DEFAULT_OPENSET_FAR)
-        matches = g.identify(rows, k=top_k, threshold=promise.threshold)
-    return [Identified(f.detection.box, f.detection.score, m, f.notes, promise) for f, m in zip(faces, matches)]
+        promises = face_promises(embedder, g.comparisons(), covered, far or DEFAULT_OPENSET_FAR)
+        matches = g.identify(rows, k=top_k, threshold=np.array([p.threshold for p in promises]))
+    return [Identified(f.detection.box, f.detection.score, m, f.notes, p) for f, m, p in zip(faces, matches, promises)]
 
 
 def enroll(

@@ -191,3 +191,47 @@ def masked_looks(embedder, face, photo_size: tuple[int, int], kinds: Sequence[st
 
     points = landmarks_in_crop(face.detection, embedder.info.input_size, embedder.recipe, photo_size)
     return [occlude(face.image, points, kind, seed=0, variant="train") for kind in kinds]
+
+
+def mask_sensitivity(embedder, crops: Sequence[np.ndarray], embeddings: np.ndarray | None = None) -> np.ndarray:
+    """How far a mask moves each face: the mean squared L2 between a model-sized crop's embedding and those of
+    the same crop with each of ``AS_MASKED_KINDS`` drawn on it (*training* looks, placed where the model's recipe
+    puts the landmarks). ``embeddings``: the crops' own, where they are already made.
+
+    Why: a face whose lower half is covered already barely moves when it is covered again, a clean face moves
+    far (LFW, the default: median 0.72 clean, 0.13-0.25 under four masks the project never drew). Nothing is
+    trained, so it holds for any model, and it reads the face in front of it, not what a head learnt from its
+    training photos (the head above calls 27% of clean LFW faces "lower"; RESULTS.md, "Occluder detector")."""
+    from facenet.align.crop import template_points
+    from facenet.occlusion import occlude
+
+    crops = list(crops)
+    if not crops:
+        return np.zeros(0)
+    recipe = embedder.recipe
+    points = template_points(embedder.info.input_size, recipe.margin, recipe.template)
+    own = embedder.embed_crops(crops) if embeddings is None else np.asarray(embeddings)
+    looks = [occlude(crop, points, kind, seed=0, variant="train") for crop in crops for kind in AS_MASKED_KINDS]
+    drawn = embedder.embed_crops(looks).reshape(len(crops), len(AS_MASKED_KINDS), -1)
+    return ((drawn - own[:, None, :]) ** 2).sum(-1).mean(1)
+
+
+def lower_face_covered(embedder, crops: Sequence[np.ndarray], embeddings: np.ndarray | None = None) -> np.ndarray:
+    """Per crop, is its lower face covered (a mask of any kind)? ``mask_sensitivity`` under the model's
+    ``masked["covered_below"]``; all False for a model without a masked calibration (it compares every face
+    alike), at no cost."""
+    below = (getattr(embedder.info, "masked", None) or {}).get("covered_below")
+    if below is None:
+        return np.zeros(len(crops), bool)
+    return mask_sensitivity(embedder, crops, embeddings) < below
+
+
+def pair_threshold(embedder, covered: Sequence[bool]) -> tuple[float, bool]:
+    """(threshold, compared as masked) for verifying two faces whose lower halves are ``covered`` or not: the
+    model's masked threshold (``ModelInfo.masked["threshold"]``, at the false-accept rate of its plain one)
+    where exactly one is, its plain threshold otherwise (both masked: alike already; the masked table was
+    calibrated on masked against clean)."""
+    masked = (getattr(embedder.info, "masked", None) or {}).get("threshold")
+    if masked is not None and sum(map(bool, covered)) == 1:
+        return float(masked), True
+    return float(embedder.threshold), False

@@ -365,16 +365,20 @@ def photo_faces(embedder, path, all_faces: bool = False) -> list:
 
 def run_verify(args: argparse.Namespace) -> int:
     from facenet.api import compare
+    from facenet.occluder import lower_face_covered, pair_threshold
 
     embedder = embedder_from_args(args)
     a, b = photo_faces(embedder, args.a)[0], photo_faces(embedder, args.b)[0]
-    ea, eb = embedder.embed_crops([a.crop, b.crop])
-    result = compare(ea, eb, embedder.threshold if args.threshold is None else args.threshold)
+    rows = embedder.embed_crops([a.crop, b.crop])
+    threshold, masked = args.threshold, False
+    if threshold is None:
+        threshold, masked = pair_threshold(embedder, lower_face_covered(embedder, [a.crop, b.crop], rows))
+    result = compare(rows[0], rows[1], threshold)
     print(f"model     {embedder.name}")
     for label, row in (("face A", a), ("face B", b)):
         print(f"{label:<9} {describe_face(row)}")
     print(f"distance  {result.distance:.4f}  (squared L2)")
-    print(f"threshold {result.threshold:.4f}")
+    print(f"threshold {result.threshold:.4f}{'  (compared as masked: one face is masked)' if masked else ''}")
     print("SAME" if result.same else "DIFFERENT")
     for note in a.notes + b.notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -451,11 +455,16 @@ def register(sub) -> None:
         "verify",
         help="are two photos the same person? (exit 0 same, 1 different, 2 error)",
         description="Compare two photos: prints the squared L2 distance, the threshold, and "
-        "SAME or DIFFERENT. Exit code 0 = same, 1 = different, 2 = error.",
+        "SAME or DIFFERENT. Where one face is masked and the other is not, the model's threshold for "
+        "masked pairs is used, and the output says so. Exit code 0 = same, 1 = different, 2 = error.",
     )
     p.add_argument("a", help="first photo")
     p.add_argument("b", help="second photo")
-    p.add_argument("--threshold", type=float, help="squared-L2 threshold (default: the model's calibrated one)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="squared-L2 threshold (default: the model's calibrated one; for masked pairs, theirs)",
+    )
     add_which_option(p, None, every=False)
     add_model_options(p)
     p.set_defaults(func=run_verify)

@@ -44,8 +44,9 @@ def _open_existing(args: argparse.Namespace):
     return _open(args, create=False)
 
 
-def _embed_collection(args: argparse.Namespace, embedder, command: str):
-    """Rows and embeddings of the photos ``args`` names, with the batch report (same policy as ``embed``)."""
+def _embed_collection(args: argparse.Namespace, embedder, command: str, covered: list | None = None):
+    """Rows and embeddings of the photos ``args`` names, with the batch report (same policy as ``embed``);
+    ``covered``, where given, gets each row's ``lower_face_covered``, chunk by chunk (no crop is kept)."""
     from facenet.batch import BatchReport, collect, embed_photos
 
     report = BatchReport(command)
@@ -57,11 +58,22 @@ def _embed_collection(args: argparse.Namespace, embedder, command: str):
         batch_size=args.batch_size,
         workers=args.workers,
     )
+    if covered is not None:
+        chunks = _noting_covered(chunks, embedder, covered)
     rows, emb = collect(chunks, embedder.embedding_size, keep_crop=lambda crop: None)
     report_path = Path(args.skipped_report) if args.skipped_report else None
     if report_path:
         report.write(report_path)
     return rows, emb, report, report_path
+
+
+def _noting_covered(chunks, embedder, covered: list):
+    """``chunks`` as they come, each row's ``lower_face_covered`` appended to ``covered`` on the way."""
+    from facenet.occluder import lower_face_covered
+
+    for chunk, emb in chunks:
+        covered.extend(lower_face_covered(embedder, [r.crop for r in chunk], emb))
+        yield chunk, emb
 
 
 def run_enroll(args: argparse.Namespace) -> int:
@@ -183,36 +195,53 @@ def run_import(args: argparse.Namespace) -> int:
 def run_identify(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise GalleryError("--top-k must be at least 1")
+    import numpy as np
+
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
 
     embedder = embedder_from_args(args)
+    by_hand = args.threshold is not None
+    far = args.far or DEFAULT_OPENSET_FAR
     with _open(args, embedder.name, embedder.embedding_size, create=False, index=args.index) as g:
-        if args.threshold is not None:
-            threshold = args.threshold
-            print(f"# model {embedder.name}, threshold {threshold:.4f} (by hand: no stranger rate)", file=sys.stderr)
+        if by_hand:
+            hand = f"# model {embedder.name}, threshold {args.threshold:.4f} (by hand: no stranger rate)"
+            print(hand, file=sys.stderr)
         else:
-            promise = identification_promise(embedder, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
-            threshold = promise.threshold
-            print(f"# model {embedder.name}, threshold {threshold:.4f}", file=sys.stderr)
-            if promise.calibrated:
-                print(f"# {promise.summary}", file=sys.stderr)
-            if promise.note and args.strict:
-                raise FaceNetError(f"--strict: {promise.note}; {_keep_the_promise(promise)}")
-            if promise.note:
-                print(f"facenet identify: warning: {promise.note}", file=sys.stderr)
-        rows, emb, report, report_path = _embed_collection(args, embedder, "identify")
-        results = g.identify(emb, k=args.top_k, threshold=threshold) if len(emb) else []
-    for row, matches in zip(rows, results):
+            plain = identification_promise(embedder, g.comparisons(), far)
+            print(f"# model {embedder.name}, threshold {plain.threshold:.4f}", file=sys.stderr)
+            _say_the_promise(plain, args.strict)
+        covered: list = []
+        rows, emb, report, report_path = _embed_collection(args, embedder, "identify", None if by_hand else covered)
+        as_masked = np.array(covered, bool) if covered else np.zeros(len(rows), bool)
+        limits = args.threshold if by_hand else np.full(len(rows), plain.threshold)
+        if as_masked.any():  # a masked face gets the masked table's threshold and promise (issue 24)
+            masked = identification_promise(embedder, g.comparisons(), far, masked=True)
+            print(f"# masked faces ({int(as_masked.sum())}): threshold {masked.threshold:.4f}", file=sys.stderr)
+            _say_the_promise(masked, args.strict)
+            limits[as_masked] = masked.threshold
+        results = g.identify(emb, k=args.top_k, threshold=limits) if len(emb) else []
+    for row, matches, masked_face in zip(rows, results, as_masked):
         shown = ", ".join(f"{m.name} {m.distance:.3f}" for m in matches) or "unknown"
         face = (
             "" if row.faces_found < 2 else " [face {}, box {}]".format(row.face, ",".join(f"{v:.0f}" for v in row.box))
         )
+        compared = "  (compared as masked)" if masked_face else ""
         unreliable = "".join(f"  (unreliable: {note})" for note in row.notes)
-        print(f"{row.path}{face}: {shown}{unreliable}")
+        print(f"{row.path}{face}: {shown}{compared}{unreliable}")
     status = report.finish(args.strict, report_path)
     if status:
         return status
     return 0 if all(results) else EXIT_UNIDENTIFIED
+
+
+def _say_the_promise(promise, strict: bool) -> None:
+    """The promise on stderr; where it cannot be kept, a warning, or with ``strict`` an error."""
+    if promise.calibrated:
+        print(f"# {promise.summary}", file=sys.stderr)
+    if promise.note and strict:
+        raise FaceNetError(f"--strict: {promise.note}; {_keep_the_promise(promise)}")
+    if promise.note:
+        print(f"facenet identify: warning: {promise.note}", file=sys.stderr)
 
 
 def _keep_the_promise(promise) -> str:
@@ -331,6 +360,8 @@ def register(sub) -> None:
         "face are skipped and reported. Before the answers, stderr states what the gallery's size "
         "gets with the model's FAR calibration (the chance a stranger is taken for someone enrolled, "
         "the share of enrolled people's photos identified) and warns when --far cannot be kept. "
+        "A masked face is compared with the model's masked FAR table (its own threshold for the "
+        "same --far), marked '(compared as masked)'. "
         "Exit 0 all identified, 1 some unknown, 2 error "
         "(no photo usable, or, with --strict, any skipped or a --far the gallery cannot keep).",
     )

@@ -130,6 +130,7 @@ def calibrate(
     seed: int = 0,
     drop_mislabelled: bool = True,
     bootstrap: int = BOOTSTRAP,
+    against: np.ndarray | None = None,
 ) -> Calibration:
     """Thresholds at each rate of ``fars`` over every different-identity pair of ``embeddings`` (pairs only
     within the same ``groups`` value when given), measured where the data holds ``MIN_MEASURED`` pairs below
@@ -137,16 +138,21 @@ def calibrate(
     ``drop_mislabelled``: faces ``probably_mislabelled`` are left out (how many is recorded), unless more than
     ``MAX_MISLABELLED`` of them are: then it is the model that cannot tell the people apart yet (an early
     training check), not the labels, and every face stays; ``bootstrap``:
-    refits of the tail model for the intervals."""
+    refits of the tail model for the intervals. ``against``: the same faces made differently (row i the same
+    photo, e.g. with a mask drawn on it): then every pair has one face from each set (``pair_distances``), and
+    ``against`` decides which faces are mislabelled."""
     labels = np.asarray(labels)
-    dropped = probably_mislabelled(embeddings, labels, groups) if drop_mislabelled else np.zeros(len(labels), bool)
+    embeddings, against = _as_pairs(embeddings, against)
+    judged = embeddings if against is None else against
+    dropped = probably_mislabelled(judged, labels, groups) if drop_mislabelled else np.zeros(len(labels), bool)
     flagged = int(dropped.sum())
     if flagged > MAX_MISLABELLED * len(labels):  # that many: the model cannot tell these people apart yet
         dropped[:] = False
     if dropped.any():
-        embeddings, labels = np.asarray(embeddings)[~dropped], labels[~dropped]
+        embeddings, labels = embeddings[~dropped], labels[~dropped]
         groups = None if groups is None else np.asarray(groups)[~dropped]
-    scanned = pair_distances(embeddings, labels, groups, keep_share=max(fars))
+        against = None if against is None else against[~dropped]
+    scanned = pair_distances(embeddings, labels, groups, keep_share=max(fars), against=against)
     pairs, smallest = scanned.impostor_count, scanned.smallest
     tail = fit_tail(smallest, pairs, seed, bootstrap) if len(smallest) > MIN_TAIL else None
     smallest_measured = MIN_MEASURED / pairs
@@ -232,24 +238,42 @@ class Pairs:
 
 
 def pair_distances(
-    embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, keep_share: float = 1e-2
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    keep_share: float = 1e-2,
+    against: np.ndarray | None = None,
 ) -> Pairs:
     """Every pair once, only within the same ``groups`` value when given: the different-identity ones counted
-    and the smallest ``keep_share`` of them kept, the same-identity ones all kept."""
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    and the smallest ``keep_share`` of them kept, the same-identity ones all kept. With ``against`` (the same
+    faces made another way, row for row), a pair is ``embeddings[i]`` with ``against[j]``, i != j: each
+    unordered pair of faces counts twice, once each way round."""
+    embeddings, against = _as_pairs(embeddings, against)
     labels = np.asarray(labels)
     parts = _parts(groups, len(labels))
-    pairs = sum(_impostor_pairs(labels[rows]) for rows in parts)
+    ways = 1 if against is None else 2
+    pairs = ways * sum(_impostor_pairs(labels[rows]) for rows in parts)
     if pairs == 0:
         raise DataError("FAR calibration needs faces of at least two different people")
     keep = min(pairs, max(int(keep_share * pairs) + 2, MIN_TAIL + 1))
-    scans = [_scan(embeddings[rows], labels[rows], keep) for rows in parts]
+    scans = [_scan(embeddings[rows], labels[rows], keep, None if against is None else against[rows]) for rows in parts]
     smallest = np.sort(np.concatenate([s for s, _, _ in scans]))[:keep]
     offsets = np.cumsum([0] + [len(np.unique(labels[rows])) for rows in parts])
     genuine = np.concatenate([g for _, g, _ in scans])
     person = np.concatenate([p + offset for (_, _, p), offset in zip(scans, offsets)])
     order = np.argsort(genuine, kind="stable")
     return Pairs(pairs, int(offsets[-1]), smallest, genuine[order], person[order])
+
+
+def _as_pairs(embeddings: np.ndarray, against: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The two sets as float32 arrays, ``against`` (if any) the same faces row for row."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if against is None:
+        return embeddings, None
+    against = np.ascontiguousarray(against, dtype=np.float32)
+    if against.shape != embeddings.shape:
+        raise DataError(f"against has shape {against.shape}, the embeddings {embeddings.shape}: not the same faces")
+    return embeddings, against
 
 
 def _parts(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
@@ -263,22 +287,26 @@ def _impostor_pairs(labels: np.ndarray) -> int:
     return (n * n - int(np.sum(counts.astype(np.int64) ** 2))) // 2
 
 
-def _scan(embeddings: np.ndarray, labels: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scan(
+    embeddings: np.ndarray, labels: np.ndarray, keep: int, against: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(the ``keep`` smallest different-identity distances, every same-identity distance, its person's index
-    in ``np.unique(labels)``), each pair once, from BLOCK x BLOCK tiles of distances: memory stays near
-    ``keep`` + one tile whatever the pairs."""
+    in ``np.unique(labels)``), each pair once (with ``against``: rows of ``embeddings`` against columns of
+    ``against``, every tile), from BLOCK x BLOCK tiles of distances: memory stays near ``keep`` + one tile
+    whatever the pairs."""
     _, codes = np.unique(labels, return_inverse=True)
     smallest, genuine, person = np.empty(0, np.float32), [], []
     cut = np.inf  # once ``keep`` are held, larger distances cannot enter
     n = len(embeddings)
+    columns = embeddings if against is None else against
     for r in range(0, n, BLOCK):
-        for c in range(r, n, BLOCK):
-            d = squared_l2(embeddings[r : r + BLOCK], embeddings[c : c + BLOCK], pairwise=True)
+        for c in range(r if against is None else 0, n, BLOCK):
+            d = squared_l2(embeddings[r : r + BLOCK], columns[c : c + BLOCK], pairwise=True)
             same = codes[r : r + BLOCK, None] == codes[None, c : c + BLOCK]
-            if r == c:  # a diagonal tile: each pair once, never a face with itself
-                upper = np.triu(np.ones(d.shape, bool), k=1)
-                same &= upper
-                impostor = d[~same & upper]
+            if r == c:  # a diagonal tile: never a face with itself; each pair once unless ``against``
+                kept = np.triu(np.ones(d.shape, bool), k=1) if against is None else ~np.eye(*d.shape, dtype=bool)
+                same &= kept
+                impostor = d[~same & kept]
             else:
                 impostor = d[~same]
             genuine.append(d[same])
@@ -315,6 +343,13 @@ def openset_threshold(table: dict[str, float], far: float, comparisons: int) -> 
     return float(np.interp(wanted, logs, values)), True
 
 
+def table_far(table: dict[str, float], threshold: float) -> float:
+    """The per-pair false-accept rate a FAR table gives ``threshold`` (log FAR interpolated between its
+    entries, as ``openset_threshold`` reads it the other way; clipped to the table's range)."""
+    logs, values = _log_table(table)
+    return float(10 ** np.interp(threshold, values, logs))
+
+
 def _log_table(table: dict) -> tuple[np.ndarray, np.ndarray]:
     points = sorted((float(k), v) for k, v in table.items())
     return np.log10([f for f, _ in points]), np.array([v for _, v in points], dtype=np.float64)
@@ -327,7 +362,8 @@ class OpenSetPromise:
     the asked one when ``met``, else the union bound at the strictest calibrated threshold), and the
     share of enrolled people's photos expected to pass it (``expected_tar``; None when the model's
     calibration does not record it). Without a calibration (``calibrated`` False) the rate is unknown:
-    ``expected_far`` is NaN (None in ``as_dict``)."""
+    ``expected_far`` is NaN (None in ``as_dict``). ``masked``: the promise for a masked face against clean
+    enrolments, from the model's masked table (``ModelInfo.masked``)."""
 
     threshold: float
     asked_far: float
@@ -336,6 +372,7 @@ class OpenSetPromise:
     comparisons: int
     met: bool
     calibrated: bool = True
+    masked: bool = False
 
     @property
     def note(self) -> str:
@@ -361,9 +398,10 @@ class OpenSetPromise:
         tar = (
             "" if self.expected_tar is None else f"; enrolled people's photos identified: about {self.expected_tar:.1%}"
         )
+        faces = " for masked faces" if self.masked else ""
         return (
-            f"open set at {self.comparisons:,} comparison(s) per query: strangers taken for someone enrolled: "
-            f"{self.expected_far:.2g} ({asked}){tar}"
+            f"open set at {self.comparisons:,} comparison(s) per query{faces}: strangers taken for someone "
+            f"enrolled: {self.expected_far:.2g} ({asked}){tar}"
         )
 
     def as_dict(self) -> dict:
@@ -375,42 +413,53 @@ class OpenSetPromise:
             "comparisons": self.comparisons,
             "met": self.met,
             "calibrated": self.calibrated,
+            "compared_as": "masked" if self.masked else "plain",
         }
         if self.note:
             out["note"] = self.note
         return out
 
 
-def openset_promise(info, far: float, comparisons: int) -> OpenSetPromise:
+def openset_promise(info, far: float, comparisons: int, masked: bool = False) -> OpenSetPromise:
     """The open-set promise of a model (its ``ModelInfo``, or None for a model without one) for a gallery
-    a stranger is compared ``comparisons`` times with (``Gallery.comparisons``), at stranger rate ``far``."""
+    a stranger is compared ``comparisons`` times with (``Gallery.comparisons``), at stranger rate ``far``;
+    ``masked``: for a masked face, from the model's masked table (the plain one where it has none)."""
+    masked_entry = getattr(info, "masked", None) or {}
+    if masked and masked_entry:
+        return _promise(masked_entry["far_thresholds"], masked_entry.get("far_calibration"), far, comparisons, True)
     table = getattr(info, "far_thresholds", None)
     if not table:
         threshold = float(getattr(info, "threshold", 0.0))
         return OpenSetPromise(threshold, far, math.nan, None, comparisons, False, calibrated=False)
+    return _promise(table, getattr(info, "far_calibration", None), far, comparisons, False)
+
+
+def _promise(table: dict, calibration: dict | None, far: float, comparisons: int, masked: bool) -> OpenSetPromise:
     threshold, met = openset_threshold(table, far, comparisons)
     if met:
         expected = far
     else:  # the strictest calibrated rate, compared with every enrolled face
         strictest = min(float(k) for k in table)
         expected = -math.expm1(max(comparisons, 1) * math.log1p(-strictest))
-    entries = (getattr(info, "far_calibration", None) or {}).get("entries", {})
+    entries = (calibration or {}).get("entries", {})
     tars = {k: e["tar"] for k, e in entries.items() if e.get("tar") is not None and k in table}
     tar = None
     if tars:
         logs, values = _log_table(tars)
         position = math.log10(max(far / max(comparisons, 1), 10 ** logs[0]))
         tar = round(float(np.interp(position, logs, values)), 4)
-    return OpenSetPromise(threshold, far, expected, tar, comparisons, met)
+    return OpenSetPromise(threshold, far, expected, tar, comparisons, met, masked=masked)
 
 
-def identification_promise(embedder, comparisons: int, far: float = DEFAULT_OPENSET_FAR) -> OpenSetPromise:
+def identification_promise(
+    embedder, comparisons: int, far: float = DEFAULT_OPENSET_FAR, masked: bool = False
+) -> OpenSetPromise:
     """``openset_promise`` for an embedder (its ``info``; or a ``ModelInfo`` itself), logging what it cannot
     keep; the open-set threshold of every command, the API and the service, which also put the promise (and its
     ``note``) in their answers. With several photos per person, ``comparisons`` is what a stranger is compared
     with under the gallery's policy (``Gallery.comparisons``)."""
     info = getattr(embedder, "info", None)
-    promise = openset_promise(info if info is not None else embedder, far, comparisons)
+    promise = openset_promise(info if info is not None else embedder, far, comparisons, masked)
     if not promise.calibrated:
         log.info(
             "model %s has no FAR calibration: identification uses the verification threshold, which "
@@ -421,6 +470,19 @@ def identification_promise(embedder, comparisons: int, far: float = DEFAULT_OPEN
     elif not promise.met:
         log.info("%s; using the strictest threshold %.4f", promise.note, promise.threshold)
     return promise
+
+
+def face_promises(embedder, comparisons: int, covered, far: float = DEFAULT_OPENSET_FAR) -> list[OpenSetPromise]:
+    """Each face's ``identification_promise``: the masked one where ``covered`` says its lower half is
+    (``facenet.occluder.lower_face_covered``; a model without a masked table answers with its plain one), the
+    plain one for every other face. Why: a masked face lies farther from everyone, its own enrolment included,
+    so the plain threshold rejects far more masked people than it needs to keep the stranger rate (RESULTS.md,
+    "Masked probes against clean enrolments")."""
+    plain = identification_promise(embedder, comparisons, far)
+    if not np.any(covered):
+        return [plain] * len(covered)
+    masked = identification_promise(embedder, comparisons, far, masked=True)
+    return [masked if c else plain for c in covered]
 
 
 def identification_threshold(embedder, comparisons: int, far: float = DEFAULT_OPENSET_FAR) -> float:

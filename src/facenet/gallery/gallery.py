@@ -259,13 +259,25 @@ class Gallery:
         self.sync()  # counted from the index kept in step, not by a query over every person
         return self.scorer.comparisons(len(self._person_faces), len(self._face_person))
 
-    def identify(self, queries: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
-        """For each query row, up to ``k`` people best-scored first; ``[]`` means unknown (open set)."""
+    def identify(
+        self, queries: np.ndarray, k: int = 5, threshold: float | np.ndarray | None = None
+    ) -> list[list[Match]]:
+        """For each query row, up to ``k`` people best-scored first, strictly closer than ``threshold`` (as
+        verification decides, ``facenet.api.compare``): one for every query, or one each (a masked face has
+        its own); ``[]`` means unknown (open set)."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.embedding_size:
             raise GalleryError(f"queries must be (n, {self.embedding_size}) embeddings, got shape {queries.shape}")
         if self._pgvector is not None:  # pgvector hook: candidates from the database, scored from the store
-            return self._pgvector.identify(queries, k, threshold)
+            results = self._pgvector.identify(queries, k)
+        else:
+            results = self._nearest_people(queries, k)
+        if threshold is None:
+            return results
+        limits = np.broadcast_to(np.asarray(threshold, np.float64), (len(queries),))
+        return [[m for m in r if m.distance < limit] for r, limit in zip(results, limits)]
+
+    def _nearest_people(self, queries: np.ndarray, k: int) -> list[list[Match]]:
         self.sync()
         if not self._person_faces or k < 1:
             return [[] for _ in queries]
@@ -287,8 +299,6 @@ class Gallery:
             ):
                 break
             fetch = min(total, fetch * 4)
-        if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
-            results = [[m for m in r if m.distance < threshold] for r in results]
         return results
 
     def wait_for_change(self, timeout: float) -> bool:

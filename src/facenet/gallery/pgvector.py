@@ -163,7 +163,7 @@ class PgvectorSearch:
                 self._counted = (head, self.scorer.comparisons(people, faces))
         return self._counted[1]
 
-    def identify(self, queries: np.ndarray, k: int, threshold: float | None) -> list[list[Match]]:
+    def identify(self, queries: np.ndarray, k: int) -> list[list[Match]]:
         """See the module docstring; ``queries`` are already checked (n, d) float32 rows."""
         with self.store._read() as cur:
             raw = cur.raw
@@ -192,8 +192,6 @@ class PgvectorSearch:
                     if len(rows) < fetch or (len(result) == k and result[-1].distance <= farthest + _ROUNDING):
                         break
                     fetch *= 4
-                if threshold is not None:  # strictly closer, as verification decides (facenet.api.compare)
-                    result = [m for m in result if m.distance < threshold]
                 results.append(result)
             return results
 

@@ -39,6 +39,10 @@ class ModelInfo:
     recipe: dict = field(default_factory=dict)  # how input crops are made: facenet.align.Recipe fields
     far_thresholds: dict = field(default_factory=dict)  # "1e-03" -> squared L2 at that per-pair FAR (open-set use)
     far_calibration: dict = field(default_factory=dict)  # how that table was made (evaluate.calibrate.Calibration)
+    # masked faces (issue 24; empty: compared like any other): "covered_below" (facenet.occluder.mask_sensitivity
+    # under which a face's lower half is taken as covered), and for a covered face against an uncovered one its
+    # own "threshold" and "far_thresholds" / "far_calibration" (benchmarks/calibrate_masked.py)
+    masked: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -51,6 +55,8 @@ class ModelInfo:
         if info.standardisation not in STANDARDISATIONS:
             raise ModelFileError(f"unknown standardisation {info.standardisation!r} in model file")
         check_thresholds(info.threshold, info.far_thresholds)
+        if info.masked:
+            check_thresholds(info.masked["threshold"], info.masked["far_thresholds"])
         return info
 
     @property
@@ -71,7 +77,8 @@ class ModelInfo:
         changes whenever either does, so two files that answer differently never share an id."""
         if not self.weights_id:
             return ""
-        decided = json.dumps([self.provenance["weights_sha256"], self.threshold, self.far_thresholds], sort_keys=True)
+        decided_by = [self.provenance["weights_sha256"], self.threshold, self.far_thresholds]
+        decided = json.dumps(decided_by + ([self.masked] if self.masked else []), sort_keys=True)
         return hashlib.sha256(decided.encode()).hexdigest()[:16]
 
 

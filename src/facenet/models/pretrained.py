@@ -47,6 +47,7 @@ class Pretrained:
     threshold: float  # squared L2: the mean of the ten per-fold best thresholds on LFW View 2
     far_thresholds: dict  # per-pair FAR -> squared L2 (ModelInfo.far_thresholds)
     far_calibration: dict  # how that table was made (ModelInfo.far_calibration; empty for the LFW-only table)
+    masked: dict  # how masked faces are told and compared (ModelInfo.masked; empty: like any other)
     about: dict  # provenance: what it was trained on ("data"), who trained it, its licence
     file_name: str  # its name in the models folder when it is not the default
 
@@ -63,6 +64,7 @@ DLIB = Pretrained(
     threshold=0.1837,
     far_thresholds={"1e-02": 0.1860, "1e-03": 0.1484, "1e-04": 0.1187, "1e-05": 0.0954},  # every pair of LFW View 2
     far_calibration={},
+    masked={},
     about={
         "data": "~3M faces (FaceScrub, VGG, web photos)",
         "trained_by": "Davis King (dlib)",
@@ -117,6 +119,7 @@ REID = Pretrained(
             "fitted_pairs": 15804,
         },
     },
+    masked={},
     about={
         "data": "unpublished data",
         "trained_by": "Intel (Open Model Zoo face-reidentification-retail-0095)",
@@ -163,6 +166,7 @@ def convert_pretrained(name: str, dst: str | os.PathLike, src: str | os.PathLike
         threshold=pretrained.threshold,
         far_thresholds=dict(pretrained.far_thresholds),
         far_calibration=dict(pretrained.far_calibration),
+        masked=dict(pretrained.masked),
         recipe=dict(pretrained.recipe),
         provenance={**source, "converted_by": "facenet convert", "pretrained": pretrained.name, **pretrained.about},
     )
@@ -239,6 +243,7 @@ def _installed_pretrained(path: Path) -> tuple[str, str] | None:
         and info.recipe == pretrained.recipe
         and info.far_thresholds == pretrained.far_thresholds
         and info.far_calibration == pretrained.far_calibration
+        and info.masked == pretrained.masked
         and all(info.provenance.get(k) == v for k, v in pretrained.about.items())
     )
     if current:

@@ -41,6 +41,8 @@ from facenet.align import Detection, FaceFinder, get_detector, list_detectors, s
 from facenet.distances import squared_l2
 from facenet.embedder import FaceEmbedder
 from facenet.errors import BadImageError, FaceNetError, GalleryError, GalleryUnavailableError, NoFaceError
+from facenet.evaluate.calibrate import face_promises
+from facenet.occluder import lower_face_covered, pair_threshold
 from facenet.serve.schemas import PersonOut
 from facenet.serve.security import Problem
 
@@ -96,6 +98,7 @@ class Analysed:
     faces: list  # list[AlignedFace]
     embeddings: np.ndarray
     report: dict  # a PhotoReport
+    covered: np.ndarray | None = None  # per face, lower_face_covered (where asked: verify and identify)
 
 
 class Engine:
@@ -294,9 +297,9 @@ class Engine:
                 code="too_many_pixels",
             )
 
-    def analyse(self, upload: Upload, deadline: Deadline, which: str | None = None) -> Analysed:
+    def analyse(self, upload: Upload, deadline: Deadline, which: str | None = None, masks: bool = False) -> Analysed:
         """The photo's faces (``which``: "all", "largest", "central"; ``None``: the recipe's), embedded,
-        and a report of every face found. Runs on a pool thread."""
+        and a report of every face found; with ``masks``, which faces are masked. Runs on a pool thread."""
         deadline.check()  # the time it waited for a pool thread counts
         self.check_size(upload)
         finder = self._finders.get()  # as many finders as pool threads: never waits
@@ -319,16 +322,24 @@ class Engine:
                 for d in found.detections
             ],
         }
-        return Analysed(faces, self.embedder.embed_crops([f.image for f in faces]), report)
+        crops = [f.image for f in faces]
+        rows = self.embedder.embed_crops(crops)
+        return Analysed(faces, rows, report, lower_face_covered(self.embedder, crops, rows) if masks else None)
 
     async def analyse_all(
-        self, uploads: list[Upload], deadline: Deadline, which: str | None = None, skip_bad: bool = False
+        self,
+        uploads: list[Upload],
+        deadline: Deadline,
+        which: str | None = None,
+        skip_bad: bool = False,
+        masks: bool = False,
     ) -> list:
-        """Every photo analysed at once in the pool, in upload order. The first photo's error (in upload
-        order, whichever thread met one first) is raised; with ``skip_bad``, a photo that is unreadable
+        """Every photo analysed at once in the pool, in upload order (``analyse``). The first photo's error (in
+        upload order, whichever thread met one first) is raised; with ``skip_bad``, a photo that is unreadable
         or shows no face stays in the list as its error."""
         results = await asyncio.gather(
-            *(self._call(self._pool, self.analyse, u, deadline, which) for u in uploads), return_exceptions=True
+            *(self._call(self._pool, self.analyse, u, deadline, which, masks) for u in uploads),
+            return_exceptions=True,
         )
         skippable = (BadImageError, NoFaceError) if skip_bad else ()
         for result in results:
@@ -341,8 +352,10 @@ class Engine:
     async def verify(
         self, deadline: Deadline, uploads: list[Upload], threshold: float | None, which: str | None
     ) -> dict:
-        a, b = await self.analyse_all(uploads, deadline, which)
-        limit = self.embedder.threshold if threshold is None else threshold
+        a, b = await self.analyse_all(uploads, deadline, which, masks=threshold is None)
+        limit, masked = (
+            (threshold, False) if threshold is not None else pair_threshold(self.embedder, [a.covered[0], b.covered[0]])
+        )
         distance = float(squared_l2(a.embeddings[0], b.embeddings[0]))
         return {
             "distance": distance,
@@ -351,6 +364,7 @@ class Engine:
             "model": self.embedder.name,
             "photos": [a.report, b.report],
             "faces": [_face(a.faces[0]), _face(b.faces[0])],
+            "compared_as": "masked" if masked else "plain",
         }
 
     async def embed_photos(self, deadline: Deadline, uploads: list[Upload]) -> dict:
@@ -368,7 +382,7 @@ class Engine:
         gallery and ``top_k`` past ``READ_MAX_TOP_K`` are allowed; otherwise they are refused with 403."""
         if top_k > READ_MAX_TOP_K and not may_widen:
             raise Problem(403, f"without the admin key, top_k is at most {READ_MAX_TOP_K}", code="search_too_wide")
-        (photo,) = await self.analyse_all([upload], deadline, which)
+        (photo,) = await self.analyse_all([upload], deadline, which, masks=threshold is None)
         return await self._on_worker(deadline, self._identify, photo, top_k, threshold, may_widen)
 
     def _promise(self):
@@ -378,33 +392,38 @@ class Engine:
         return identification_promise(self.embedder, self.gallery.comparisons())
 
     def _identify(self, photo: Analysed, top_k: int, threshold: float | None, may_widen: bool) -> dict:
-        promise = self._promise()
-        open_set = promise.threshold
-        if threshold is not None and threshold > open_set and not may_widen:
-            raise Problem(
-                403,
-                f"without the admin key, the threshold is at most the model's open-set threshold "
-                f"for this gallery, {open_set:.4f}; leave it out to use that",
-                code="search_too_wide",
-            )
-        limit = open_set if threshold is None else threshold
-        answers = self.gallery.identify(photo.embeddings, k=top_k, threshold=limit)
+        if threshold is None:  # each face's own promise: a masked face has the masked table's (issue 24)
+            promises = face_promises(self.embedder, self.gallery.comparisons(), photo.covered)
+            limits = [p.threshold for p in promises]
+        else:
+            open_set = self._promise().threshold
+            if threshold > open_set and not may_widen:
+                raise Problem(
+                    403,
+                    f"without the admin key, the threshold is at most the model's open-set threshold "
+                    f"for this gallery, {open_set:.4f}; leave it out to use that",
+                    code="search_too_wide",
+                )
+            promises, limits = [None] * len(photo.faces), [threshold] * len(photo.faces)
+        answers = self.gallery.identify(photo.embeddings, k=top_k, threshold=np.array(limits))
         faces = [
             {
                 **_face(face),
                 "known": bool(matches),
                 "matches": [{"name": m.name, "distance": m.distance} for m in matches],
+                "threshold": limit,
+                "compared_as": "masked" if face_promise is not None and face_promise.masked else "plain",
             }
-            for face, matches in zip(photo.faces, answers)
+            for face, matches, limit, face_promise in zip(photo.faces, answers, limits, promises)
         ]
         return {
             "known": faces[0]["known"],
             "matches": faces[0]["matches"],
-            "threshold": limit,
+            "threshold": limits[0],
             "model": self.embedder.name,
             "photo": photo.report,
             "faces": faces,
-            "open_set": promise.as_dict() if threshold is None else None,
+            "open_set": promises[0].as_dict() if threshold is None else None,
         }
 
     async def enrol(self, deadline: Deadline, name: str, uploads: list[Upload], merge: bool) -> PersonOut:

@@ -73,6 +73,7 @@ class VerifyResult(BaseModel):
     model: str
     photos: list[PhotoReport]
     faces: list[FaceOut]  # the face compared in each photo: a, then b
+    compared_as: str = "plain"  # "masked": one face masked, the other not; the model's masked threshold used
 
 
 class EmbedResult(BaseModel):
@@ -89,6 +90,7 @@ OPEN_SET_EXAMPLE = {
     "comparisons": 120,
     "met": True,
     "calibrated": True,
+    "compared_as": "plain",
     "note": None,
 }
 
@@ -106,6 +108,7 @@ class OpenSetOut(BaseModel):
     comparisons: int  # single-photo comparisons a stranger's query counts as under the gallery's policy
     met: bool  # false: the asked rate cannot be kept (beyond the model's calibration, or none)
     calibrated: bool  # false: the model has no FAR calibration; the verification threshold is used
+    compared_as: str = "plain"  # "masked": the promise for a masked face, from the model's masked table
     note: str | None = None  # one sentence when met is false
 
 
@@ -117,6 +120,8 @@ class MatchOut(BaseModel):
 class IdentifiedFace(FaceOut):
     known: bool
     matches: list[MatchOut]  # nearest first, within the threshold; empty = unknown
+    threshold: float | None = None  # this face's: a masked face has its own
+    compared_as: str = "plain"  # "masked": the face is masked, so the model's masked threshold was used
 
 
 class IdentifyResult(BaseModel):
@@ -148,8 +153,18 @@ class IdentifyResult(BaseModel):
                             "notes": [],
                             "known": True,
                             "matches": [{"name": "Ann", "distance": 0.0655}],
+                            "threshold": 0.1484,
+                            "compared_as": "plain",
                         },
-                        {"box": BOX_B, "score": 0.9999, "notes": [], "known": False, "matches": []},
+                        {
+                            "box": BOX_B,
+                            "score": 0.9999,
+                            "notes": [],
+                            "known": False,
+                            "matches": [],
+                            "threshold": 0.1484,
+                            "compared_as": "plain",
+                        },
                     ],
                     "open_set": OPEN_SET_EXAMPLE,
                 }
@@ -159,11 +174,11 @@ class IdentifyResult(BaseModel):
 
     known: bool  # faces[0]'s
     matches: list[MatchOut]  # faces[0]'s
-    threshold: float
+    threshold: float  # faces[0]'s
     model: str
     photo: PhotoReport
     faces: list[IdentifiedFace]  # the recipe's choice first, then by detector score
-    open_set: OpenSetOut | None  # what the open-set threshold promises; None when the request set its own threshold
+    open_set: OpenSetOut | None  # faces[0]'s promise; None when the request set its own threshold
 
 
 class ModelOut(BaseModel):
