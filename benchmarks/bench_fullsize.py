@@ -12,6 +12,8 @@ Three pipelines, measured in one run, each in processes of its own (so peak memo
   upsampling: the same work as dlib's pipeline (``min_face`` = 80 px / the photo's shorter side).
 - ``after:NAME`` (``--also-model NAME``): ``after`` with another model, e.g. ``dlib`` (the converted
   dlib network) beside the default.
+- ``masked`` (``--masked``): ``after`` and whether each face is masked (``lower_face_covered``), what
+  ``identify`` and ``verify`` do before choosing a face's threshold.
 
 Photos are made on the fly from LFW (``fullsize_photos.py``: a portrait of one person and a group of
 three, JPEG q90) into a temporary folder and never kept. Each figure is the best of ``--repeats``
@@ -67,8 +69,9 @@ def _dlib_pipeline(upsample: int):
     return run
 
 
-def _facenet_pipeline(smallest_px: int | None = None, model_name: str | None = None):
+def _facenet_pipeline(smallest_px: int | None = None, model_name: str | None = None, masks: bool = False):
     import facenet
+    from facenet.occluder import lower_face_covered
 
     model = facenet.load_model(model_name)
 
@@ -78,8 +81,11 @@ def _facenet_pipeline(smallest_px: int | None = None, model_name: str | None = N
 
             with Image.open(path) as header:
                 model.min_face = min(1.0, smallest_px / min(header.size))
-        found = model.find_faces(path, all_faces=True)
-        return model.embed_crops([f.image for f in found.faces])
+        crops = [f.image for f in model.find_faces(path, all_faces=True).faces]
+        rows = model.embed_crops(crops)
+        if masks:
+            lower_face_covered(model, crops, rows)
+        return rows
 
     return run, model
 
@@ -93,7 +99,9 @@ def worker(args) -> None:
         run = _dlib_pipeline(upsample=1 if args.thumbnails else 0)
     else:
         run, model = _facenet_pipeline(
-            80 if args.pipeline == "after80" else None, args.pipeline.split(":", 1)[1] if ":" in args.pipeline else None
+            80 if args.pipeline == "after80" else None,
+            args.pipeline.split(":", 1)[1] if ":" in args.pipeline else None,
+            masks=args.pipeline == "masked",
         )
     run(str(LFW / PORTRAIT) if LFW.is_dir() else args.photos[0])  # warm-up: lazy loads, ONNX exports
     if args.thumbnails:
@@ -203,6 +211,7 @@ def main(argv=None) -> int:
         "--lfw-rate", type=int, default=0, metavar="N", help="photos/s on N LFW thumbnails, default vs dlib"
     )
     ap.add_argument("--serve", action="store_true", help="the service on 40 MP uploads")
+    ap.add_argument("--masked", action="store_true", help="also 'after' with each face's masked check")
     ap.add_argument(
         "--also-model",
         action="append",
@@ -226,7 +235,7 @@ def main(argv=None) -> int:
         for p in ("dlib", "before", "after", "after80")
         if not (p == "dlib" and args.skip_dlib) and not (p == "before" and not args.before_src)
     ]
-    pipelines += [f"after:{name}" for name in args.also_model]
+    pipelines += [f"after:{name}" for name in args.also_model] + ["masked"] * args.masked
     print(machine_line(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
         photos = make_photos(Path(tmp), args.sizes)
@@ -259,7 +268,7 @@ def _print_photos(table, photos, pipelines) -> None:
     print("\nphoto -> embeddings of every face (seconds, best of the passes; peak MB of the process)")
     header = f"{'photo':<18}{'faces':>6}" + "".join(f"{p + ' s':>10}{p + ' MB':>10}" for p in pipelines)
     ratios = [("after", "dlib"), ("after80", "dlib"), ("after", "before"), ("before", "dlib")]
-    ratios += [("after", p) for p in pipelines if p.startswith("after:")]
+    ratios += [("after", p) for p in pipelines if p.startswith("after:") or p == "masked"] + [("masked", "dlib")]
     ratios = [(a, b) for a, b in ratios if a in pipelines and b in pipelines]
     print(header + "".join(f"{b + '/' + a:>14}" for a, b in ratios))
     for photo in photos:

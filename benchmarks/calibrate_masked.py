@@ -13,7 +13,10 @@ CelebA sample; pairs only within a source, since their people overlap), never on
 - ``threshold``: that table's threshold at the per-pair false-accept rate the plain verification threshold has
   in the plain table, so a masked pair is verified at the rate a clean one is.
 
-Prints the ``masked`` entry for ``facenet/models/pretrained.py`` and writes it with the figures to ``--json``.
+Prints the ``masked`` entry for ``facenet/models/pretrained.py`` and writes it with the figures to ``--json``;
+``--model FILE --write`` calibrates a model of your own (crops cut with its recipe: ``prepare_training_data.py``
+cuts them with the default's) and stores the entry in its file, weights untouched, so that its masked faces are
+compared as masked too.
 
     .venv/bin/python benchmarks/calibrate_masked.py --faces ~/faces/aligned --cache /tmp/openset \\
         --json /tmp/openset/masked.json
@@ -22,6 +25,7 @@ Prints the ``masked`` entry for ``facenet/models/pretrained.py`` and writes it w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import tracemalloc
@@ -45,10 +49,15 @@ def main() -> None:
     ap.add_argument("--faces", type=Path, required=True, help="the aligned folders of scripts/prepare_training_data.py")
     ap.add_argument("--cache", type=Path, required=True, help="folder keeping the embeddings")
     ap.add_argument("--json", type=Path, help="write the masked entry and its figures here")
+    ap.add_argument("--model", help="a model file or shipped name (default: the default model)")
+    ap.add_argument("--write", action="store_true", help="store the entry in --model's file")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.write and not args.model:
+        ap.error("--write needs --model FILE: the shipped default's entry lives in facenet/models/pretrained.py")
     args.cache.mkdir(parents=True, exist_ok=True)
-    embedder = facenet.load_model(detect=False)
+    embedder = facenet.load_model(args.model, detect=False)
+    tag = "reid" if args.model is None else embedder.info.weights_id  # the default: calibrate_default.py's cache
     size, recipe = embedder.info.input_size, embedder.recipe
     points = template_points(size, recipe.margin, recipe.template)  # where the aligned crop put the landmarks
     paths, labels, groups = face_sets.aligned_faces(args.faces, face_sets.CALIBRATION_SOURCES)
@@ -63,8 +72,8 @@ def main() -> None:
             ]
         )
 
-    clean = face_sets.embed_aligned(embedder, paths, args.cache / "aligned.reid.npz")
-    masked = face_sets.embed_cached(paths, args.cache / "aligned-masked.reid.npz", masked_looks)
+    clean = face_sets.embed_aligned(embedder, paths, args.cache / f"aligned.{tag}.npz")
+    masked = face_sets.embed_cached(paths, args.cache / f"aligned-masked.{tag}.npz", masked_looks)
 
     sample = np.sort(np.random.default_rng(args.seed).choice(len(paths), SENSITIVITY_SAMPLE, replace=False))
     crops = [face_sets.read_crop(paths[i], size) for i in sample]
@@ -114,6 +123,14 @@ def main() -> None:
         "far_calibration": d,
     }
     print(json.dumps(masked_entry, indent=4))
+    if args.write:
+        from facenet.embedder import model_file
+        from facenet.models.modelfile import load_model_file, save_model
+
+        path = model_file(args.model)
+        model, info = load_model_file(path)
+        save_model(model, path, dataclasses.replace(info, masked=masked_entry))
+        print(f"masked comparisons written to {path}")
     if args.json:
         figures = {"seconds": seconds, "peak_mib": peak / 2**20, "sensitivity_ms_per_face": per_face_ms}
         args.json.write_text(json.dumps({"masked": masked_entry, **figures}, indent=2))

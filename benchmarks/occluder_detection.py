@@ -1,4 +1,6 @@
-"""The occluder detector (``facenet.occluder``) measured: precision and recall per class.
+"""The occluder detectors (``facenet.occluder``) measured: precision and recall per class of the head (where one
+is trained: ``scripts/train_occluder.py``), and of the rule facenet compares by, ``lower_face_covered`` (the mask
+sensitivity under the model's calibrated cut: "masked" or not).
 
 1. Evaluation looks on LFW: ``--lfw-photos`` LFW photos (a seeded sample), each clean and with every
    occluder of ``facenet.occlusion`` in its *evaluation* variant (the detector is trained on the training
@@ -6,14 +8,16 @@
    N95, scarf, hand ``lower``; sunglasses ``eyes``. The occluder is placed from the landmarks found on
    the clean photo; the face is then found and cut again on the occluded photo, as in use.
 2. Real photos: every face the default model's finder chooses in RWMFD part 1 (real masked photos; every
-   photo holds a masked face: expected ``lower``) against ``--lfw-clean`` clean LFW photos (expected
-   ``none``). Precision of ``lower`` here depends on the mix (counts are printed).
+   photo holds a masked face: expected ``lower``) against ``--lfw-clean`` clean LFW photos and ``--pubfig``
+   clean PubFig83 photos (expected ``none``). Precision of ``lower`` here depends on the mix (counts are
+   printed).
 
 RWMFD part 1: X-zhangyang/Real-World-Masked-Face-Dataset @ b6772855cc581f42b851dc53b78d4ba852cc3860,
 folder RWMFD_part_1 (see benchmarks/masked_detection.py).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/occluder_detection.py \\
-        --lfw ../shared/data/lfw/images --rwmfd ~/rwmfd/RWMFD_part_1 --workers 2 --cache ~/faces/occluder_eval.npz
+        --lfw ../shared/data/lfw/images --rwmfd ~/rwmfd/RWMFD_part_1 \\
+        --pubfig ~/faces-src/Face-Recognition/train --workers 2 --cache ~/faces/occluder_eval.npz
 """
 
 from __future__ import annotations
@@ -29,14 +33,15 @@ SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def _work(job):
-    """Embed the looks of (set, index, path, kinds) items in one process: (set, expected, kind, rows)."""
+    """Embed the looks of (set, index, path, kinds) items in one process: (set, expected, kind, rows, mask
+    sensitivity)."""
     import torch
 
     torch.set_num_threads(1)
     import facenet
     from facenet.data.images import load_image
     from facenet.errors import FaceNetError
-    from facenet.occluder import CLASS_OF_KIND, occluded_crops
+    from facenet.occluder import CLASS_OF_KIND, mask_sensitivity, occluded_crops
 
     model = facenet.load_model()
     finder = model.finder()
@@ -54,7 +59,7 @@ def _work(job):
             expected.append("lower" if name == "rwmfd" else "none" if kind is None else CLASS_OF_KIND[kind])
             crops.append(crop)
     rows = model.embed_crops(crops) if crops else np.zeros((0, model.embedding_size), np.float32)
-    return sets, expected, kinds_out, rows
+    return sets, expected, kinds_out, rows, mask_sensitivity(model, crops, rows)
 
 
 def main(argv=None) -> int:
@@ -66,19 +71,23 @@ def main(argv=None) -> int:
     ap.add_argument("--lfw-photos", type=int, default=300, help="LFW photos given every evaluation look (300)")
     ap.add_argument("--lfw-clean", type=int, default=1000, help="clean LFW photos against RWMFD (1000)")
     ap.add_argument("--rwmfd-limit", type=int, default=None, help="evenly spread subset of RWMFD photos")
+    ap.add_argument("--pubfig", type=Path, default=None, help="PubFig83's train/ folder (clean photos against RWMFD)")
+    ap.add_argument("--pubfig-clean", type=int, default=1000, help="clean PubFig83 photos, evenly spread (1000)")
     ap.add_argument("--workers", type=int, default=1, help="processes (one thread each)")
     ap.add_argument("--cache", type=Path, default=None, help="keep the embedded looks here (.npz) and reuse them")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     import facenet
-    from facenet.occluder import CLASSES
+    from facenet.occluder import CLASSES, NoOccluderDetector, detector_for
 
     model = facenet.load_model(detect=False)
     start = time.perf_counter()
     if args.cache and args.cache.is_file():
         saved = np.load(args.cache)
-        sets, expected, kinds, rows = (saved[k] for k in ("sets", "expected", "kinds", "rows"))
+        sets, expected, kinds, rows, sensitivity = (
+            saved[k] for k in ("sets", "expected", "kinds", "rows", "sensitivity")
+        )
         rw_photos = int(saved["rw_photos"])
     else:
         lfw = sorted(p for p in args.lfw.glob("*/*") if p.suffix.lower() in SUFFIXES)
@@ -92,6 +101,9 @@ def main(argv=None) -> int:
             rw = rw[:: max(1, len(rw) // args.rwmfd_limit)][: args.rwmfd_limit]
         rw_photos = len(rw)
         items += [("rwmfd", i, str(p), [None]) for i, p in enumerate(rw)]
+        pubfig = sorted(p for p in args.pubfig.rglob("*") if p.suffix.lower() in SUFFIXES) if args.pubfig else []
+        pubfig = pubfig[:: max(1, len(pubfig) // args.pubfig_clean)][: args.pubfig_clean]
+        items += [("pubfig-clean", i, str(p), [None]) for i, p in enumerate(pubfig)]
         jobs = [items[w :: args.workers] for w in range(args.workers)]
         if args.workers == 1:
             results = [_work(jobs[0])]
@@ -102,17 +114,46 @@ def main(argv=None) -> int:
                 results = pool.map(_work, jobs)
         sets, expected, kinds = (np.concatenate([np.asarray(r[k], dtype="<U12") for r in results]) for k in range(3))
         rows = np.concatenate([r[3] for r in results])
+        sensitivity = np.concatenate([r[4] for r in results])
         if args.cache:
             args.cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.cache, sets=sets, expected=expected, kinds=kinds, rows=rows, rw_photos=rw_photos)
-    predicted = np.array([c for c, _ in model.occlusion(rows)]) if len(rows) else np.array([], dtype="<U8")
+            np.savez(
+                args.cache,
+                sets=sets,
+                expected=expected,
+                kinds=kinds,
+                rows=rows,
+                sensitivity=sensitivity,
+                rw_photos=rw_photos,
+            )
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_embedding import machine_line
 
     print(machine_line(0))
     print(f"model {model.name}; looks embedded in {time.perf_counter() - start:.0f} s")
-
+    below = model.info.masked["covered_below"]
+    masked = np.where(sensitivity < below, "masked", "not")
+    truth = np.where(expected == "lower", "masked", "not")
+    real = (sets == "rwmfd") | (sets == "lfw-clean") | (sets == "pubfig-clean")
     ev = sets == "lfw-eval"
+    print(f"\nlower_face_covered (mask sensitivity under {below}): the share called masked")
+    for name, selected in [(f"LFW, look {k}", ev & (kinds == k)) for k in ("clean", *KINDS)] + [
+        (name, sets == name) for name in ("rwmfd", "lfw-clean", "pubfig-clean")
+    ]:
+        if selected.any():
+            print(f"  {name:24s} {int(selected.sum()):5d} faces: {100 * (masked[selected] == 'masked').mean():5.1f}%")
+    _table("masked or not, all evaluation looks (scarf and hand count as masked)", truth[ev], masked[ev], ("masked",))
+    for clean_set in ("lfw-clean", "pubfig-clean"):
+        pair = (sets == "rwmfd") | (sets == clean_set)
+        if (sets == clean_set).any():
+            _table(f"masked or not, RWMFD vs {clean_set}", truth[pair], masked[pair], ("masked", "not"))
+    try:
+        head = detector_for(model.name)
+    except NoOccluderDetector as exc:
+        print(f"\nno occluder head: {exc}")
+        return 0
+    predicted = np.array([c for c, _ in head.classify(rows)]) if len(rows) else np.array([], dtype="<U8")
+
     print(f"\n1. Evaluation looks on {args.lfw_photos} LFW photos (faces found after drawing: per look)")
     print(f"{'look':12s} {'expected':>8s} {'faces':>6s} " + " ".join(f"{c:>7s}" for c in CLASSES))
     for kind in ("clean", *KINDS):
@@ -122,7 +163,6 @@ def main(argv=None) -> int:
         print(f"{kind:12s} {str(expected[sel][0]) if n else '-':>8s} {n:6d} {shares}")
     _table("all evaluation looks", expected[ev], predicted[ev], CLASSES)
 
-    real = (sets == "rwmfd") | (sets == "lfw-clean")
     n_rw, n_clean = int((sets == "rwmfd").sum()), int((sets == "lfw-clean").sum())
     print(
         f"\n2. Real photos: RWMFD part 1, a face found in {n_rw} of {rw_photos} photos (expected lower); "
@@ -135,9 +175,7 @@ def main(argv=None) -> int:
             print(f"  {name:10s} {int(sel.sum()):5d} faces: {shares}")
     if real.any():
         _table("RWMFD vs clean LFW", expected[real], predicted[real], CLASSES)
-        from facenet.occluder import detector_for
-
-        p_lower = detector_for(model.name).probabilities(rows)[:, CLASSES.index("lower")]
+        p_lower = head.probabilities(rows)[:, CLASSES.index("lower")]
         masked, clean = p_lower[sets == "rwmfd"], p_lower[sets == "lfw-clean"]
         print("\n'lower' when its probability is at least t (RWMFD recall; clean LFW faces called lower):")
         for t in (0.5, 0.7, 0.8, 0.9, 0.95):

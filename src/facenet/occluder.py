@@ -1,21 +1,25 @@
-"""Is a face occluded, and where? ``none``, ``lower`` (mask, N95, cloth mask, scarf, hand over the mouth)
-or ``eyes`` (sunglasses), from the face's embedding.
+"""Is a face occluded, and where? Two answers:
 
-Why this way: a masked probe should be compared like with like (issue 24), so the first thing to know
-is whether a face is covered. The embedding network already sees the crop, and its 256-D embedding
-says a lot about what covers the face, so a tiny softmax head over it (a few KB, read from beside the
-models' weights) answers at no extra network cost. The head is trained by
-``scripts/train_occluder.py`` on ``facenet.occlusion``'s *training* looks drawn on LFW-free faces and
-measured by ``benchmarks/occluder_detection.py`` on the *evaluation* looks over LFW and on real masked
-photos (RWMFD part 1). A cap's shadow is ``none``: it darkens, it does not cover.
-
-A head only means something for the embeddings it was trained on: each weights file records the id of
-its model (``FaceEmbedder.name``), and any other model gets ``NoOccluderDetector``, never a guess.
+- ``lower_face_covered`` (what facenet compares by, issue 24): is the face masked? A face whose lower half is
+  covered already barely moves when a mask is drawn on it again, a clean face moves far, so the mean distance
+  between a crop's embedding and those of the crop with ``facenet.occlusion``'s training masks drawn on it
+  (``mask_sensitivity``) tells them apart with nothing trained; the cut is calibrated per model on LFW-free
+  faces (``ModelInfo.masked``, ``benchmarks/calibrate_masked.py``). A masked face is then verified and
+  identified with the model's masked thresholds (``pair_threshold``, ``evaluate.calibrate.face_promises``),
+  and every answer says "compared as masked".
+- ``occlusion``: ``none``, ``lower`` (mask, N95, cloth mask, scarf, hand over the mouth) or ``eyes``
+  (sunglasses), from the face's embedding, by a tiny softmax head over it (a few KB, read from beside the
+  models' weights) trained by ``scripts/train_occluder.py`` on ``facenet.occlusion``'s *training* looks drawn
+  on LFW-free faces and measured by ``benchmarks/occluder_detection.py`` on the *evaluation* looks over LFW
+  and on real masked photos (RWMFD part 1). A cap's shadow is ``none``: it darkens, it does not cover. No
+  head ships (it calls 27% of clean LFW faces "lower"); a head only means something for the embeddings it
+  was trained on: each weights file records the id of its model (``FaceEmbedder.name``), and any other
+  model gets ``NoOccluderDetector``, never a guess.
 
 >>> import facenet
 >>> model = facenet.load_model()
 >>> crop = model.find_faces("photo.jpg").faces[0].image
->>> model.occlusion([crop])   # [("lower", 0.97)]
+>>> lower_face_covered(model, [crop])   # array([ True])
 """
 
 from __future__ import annotations
