@@ -69,7 +69,8 @@ function faceItem(face, index) {
   const head = document.createElement("p");
   head.className = "face";
   head.textContent = `Face ${index + 1} at ${x1}, ${y1} (${x2 - x1}×${y2 - y1} px): ` +
-    (face.known ? face.matches[0].name : "unknown — nobody in the gallery is close enough");
+    (face.known ? face.matches[0].name : "unknown — nobody in the gallery is close enough") +
+    (face.compared_as === "masked" ? " (masked: compared with the threshold for masked faces)" : "");
   const matches = document.createElement("ol");
   matches.className = "matches";
   for (const m of face.matches) {
@@ -114,8 +115,9 @@ $("verify-form").addEventListener("submit", (event) => {
       await drawFaces($("verify-canvas-a"), a, r.photos[0]);
       await drawFaces($("verify-canvas-b"), b, r.photos[1]);
       const verdict = r.same ? "SAME person" : "DIFFERENT people";
-      show(out, `${verdict} — distance ${r.distance.toFixed(3)} (threshold ${r.threshold.toFixed(3)}, model ${r.model})`,
-           r.same ? "same" : "different");
+      const masked = r.compared_as === "masked" ? ", compared as masked: one face is masked" : "";
+      show(out, `${verdict} — distance ${r.distance.toFixed(3)} (threshold ${r.threshold.toFixed(3)}${masked}, ` +
+           `model ${r.model})`, r.same ? "same" : "different");
       notes.replaceChildren(...noteItems(r.faces[0].notes, "First photo: "),
                             ...noteItems(r.faces[1].notes, "Second photo: "));
     } catch (err) { show(out, err.message, "error"); }
