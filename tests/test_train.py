@@ -123,10 +123,11 @@ def test_starting_over_an_existing_run_is_refused(tmp_path):
 
 
 # (rtol, atol) of the losses and the final weights; in bf16 they parted by 12% while CpuSyncBatchNorm summed in bf16,
-# and by up to 5.7% since (the last of four losses on an AMD EPYC without native bf16; within 5% on a Xeon)
+# and by up to 5.7% since (the last of four losses on an AMD EPYC without native bf16; within 5% on one Xeon, 8.3% on
+# another, "Intel Xeon Processor @ 2.80GHz", 2026-12-07: the same code at the commit before, so rounding, not a bug)
 @pytest.mark.parametrize(
     "precision, port, loss_tol, weight_tol",
-    [("fp32", 29517, (1e-4, 1e-5), (1e-3, 1e-4)), ("bf16", 29518, (8e-2, 1e-3), (5e-2, 2e-2))],
+    [("fp32", 29517, (1e-4, 1e-5), (1e-3, 1e-4)), ("bf16", 29518, (1.2e-1, 1e-3), (5e-2, 2e-2))],
 )
 def test_two_processes_follow_the_single_process_trajectory(tmp_path, precision, port, loss_tol, weight_tol):
     # SGD: its update is linear in the gradient, so float noise is not amplified as Adam's is near g = 0.

@@ -207,6 +207,7 @@ def mask_sensitivity(embedder, crops: Sequence[np.ndarray], embeddings: np.ndarr
     trained, so it holds for any model, and it reads the face in front of it, not what a head learnt from its
     training photos (the head above calls 27% of clean LFW faces "lower"; RESULTS.md, "Occluder detector")."""
     from facenet.align.crop import template_points
+    from facenet.distances import squared_l2
     from facenet.occlusion import occlude
 
     crops = list(crops)
@@ -217,7 +218,7 @@ def mask_sensitivity(embedder, crops: Sequence[np.ndarray], embeddings: np.ndarr
     own = embedder.embed_crops(crops) if embeddings is None else np.asarray(embeddings)
     looks = [occlude(crop, points, kind, seed=0, variant="train") for crop in crops for kind in AS_MASKED_KINDS]
     drawn = embedder.embed_crops(looks).reshape(len(crops), len(AS_MASKED_KINDS), -1)
-    return ((drawn - own[:, None, :]) ** 2).sum(-1).mean(1)
+    return squared_l2(drawn, own[:, None, :]).mean(1)
 
 
 def lower_face_covered(embedder, crops: Sequence[np.ndarray], embeddings: np.ndarray | None = None) -> np.ndarray:
