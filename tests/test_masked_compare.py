@@ -164,3 +164,6 @@ def test_the_cli_says_which_faces_it_compared_as_masked(default, powell, tmp_pat
     assert "(compared as masked)" in lines[str(tmp_path / "masked.png")]
     assert "masked" not in lines[str(tmp_path / "clean.png")]
     assert "# masked faces (1): threshold" in err and "for masked faces" in err
+    assert main(["gallery", "list", *gallery]) == 0  # the promise for clean faces, then for masked ones
+    promises = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# open set at 2 ")]
+    assert len(promises) == 2 and "for masked faces" in promises[1] and "masked" not in promises[0]

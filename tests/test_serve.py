@@ -196,6 +196,7 @@ def test_model_people_and_identify_say_what_the_gallery_size_promises(model_file
             "note": None,
         }
         assert c.get("/api/model", headers=AUTH).json()["open_set"] == kept
+        assert c.get("/api/model", headers=AUTH).json()["open_set_masked"] is None  # no masked table
         assert c.get("/api/model").json()["open_set"] is None  # no key: how many are enrolled is not told
         assert c.get("/api/people", headers=AUTH).json()["open_set"] == kept
         assert c.post("/api/identify", headers=AUTH, files={"photo": part(photo(0, 0))}).json()["open_set"] == kept
@@ -259,6 +260,10 @@ def test_masked_faces_get_the_masked_threshold_and_say_so(model_file, tmp_path, 
         plain = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(bright))}).json()
         assert plain["threshold"] == 0.5 and plain["faces"][0]["compared_as"] == "plain"
         assert plain["open_set"]["compared_as"] == "plain"
+        model_answer, people = c.get("/api/model", headers=AUTH).json(), c.get("/api/people", headers=AUTH).json()
+        assert model_answer["open_set"]["threshold"] == 0.5 and model_answer["open_set_masked"]["threshold"] == 1.8
+        assert people["open_set_masked"] == model_answer["open_set_masked"]
+        assert people["open_set_masked"]["compared_as"] == "masked"
         as_masked = c.post("/api/identify", headers=AUTH, files={"photo": part(encode(dark))}).json()
         assert as_masked["threshold"] == 1.8 and as_masked["faces"][0]["threshold"] == 1.8
         assert as_masked["faces"][0]["compared_as"] == "masked" and as_masked["open_set"]["compared_as"] == "masked"

@@ -131,9 +131,12 @@ def _open_set_lines(args: argparse.Namespace, g) -> list[str]:
             f"open set: unknown, the gallery holds embeddings of model {g.model_id}, not {info.id}; "
             "pass its --model to see the stranger rate"
         ]
-    promise = identification_promise(info, g.comparisons(), args.far or DEFAULT_OPENSET_FAR)
-    lines = [promise.summary] if promise.calibrated else []
-    return lines + ([f"warning: {promise.note}"] if promise.note else [])
+    lines = []
+    for masked in (False, True) if getattr(info, "masked", None) else (False,):  # masked faces: their own (issue 24)
+        promise = identification_promise(info, g.comparisons(), args.far or DEFAULT_OPENSET_FAR, masked=masked)
+        lines += [promise.summary] if promise.calibrated else []
+        lines += [f"warning: {promise.note}"] if promise.note else []
+    return lines
 
 
 def run_list(args: argparse.Namespace) -> int:

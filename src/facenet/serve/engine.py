@@ -391,6 +391,14 @@ class Engine:
 
         return identification_promise(self.embedder, self.gallery.comparisons())
 
+    def _masked_promise(self) -> dict | None:
+        """The same for masked faces, where the model has a masked table (``ModelInfo.masked``); on the worker."""
+        from facenet.evaluate.calibrate import identification_promise
+
+        if not getattr(getattr(self.embedder, "info", None), "masked", None):
+            return None
+        return identification_promise(self.embedder, self.gallery.comparisons(), masked=True).as_dict()
+
     def _identify(self, photo: Analysed, top_k: int, threshold: float | None, may_widen: bool) -> dict:
         if threshold is None:  # each face's own promise: a masked face has the masked table's (issue 24)
             promises = face_promises(self.embedder, self.gallery.comparisons(), photo.covered)
@@ -453,10 +461,11 @@ class Engine:
         from facenet.embedder import trained_on
 
         info = getattr(self.embedder, "info", None)  # a baseline adapter has no model file
-        promise = None
+        promise = masked = None
         if open_set and self.ready:
             try:
                 promise = (await self._call(self._executor, self._promise)).as_dict()
+                masked = await self._call(self._executor, self._masked_promise)
             except FaceNetError as exc:
                 log.warning("open-set promise unavailable for /api/model: %s", exc)
         return {
@@ -466,6 +475,7 @@ class Engine:
             "threshold": self.embedder.threshold,
             "trained_on": trained_on(info) if info else "see its own documentation",
             "open_set": promise,
+            "open_set_masked": masked,
         }
 
     async def people(self, deadline: Deadline) -> dict:
@@ -477,6 +487,7 @@ class Engine:
             "policy": self.gallery.policy,
             "people": [{"name": p.name, "faces": p.faces, "created": p.created} for p in self.gallery.people()],
             "open_set": self._promise().as_dict(),
+            "open_set_masked": self._masked_promise(),
         }
 
     async def remove(self, deadline: Deadline, name: str) -> dict:

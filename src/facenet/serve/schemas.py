@@ -188,6 +188,7 @@ class ModelOut(BaseModel):
     threshold: float  # squared L2; same person when the distance is below it
     trained_on: str  # from the model file's provenance
     open_set: OpenSetOut | None  # at the gallery's current size; None while the gallery loads or cannot be read
+    open_set_masked: OpenSetOut | None = None  # the same for masked faces; None also for a model without a masked table
 
 
 class PersonOut(BaseModel):
@@ -201,6 +202,7 @@ class PeopleResult(BaseModel):
     policy: str  # how a person with several photos is scored (facenet.gallery.policy)
     people: list[PersonOut]
     open_set: OpenSetOut  # what identification promises at this gallery's size
+    open_set_masked: OpenSetOut | None = None  # the same for masked faces (None: the model has no masked table)
 
 
 class RemoveResult(BaseModel):
