@@ -153,6 +153,11 @@ def test_the_cli_says_which_faces_it_compared_as_masked(default, powell, tmp_pat
         Image.fromarray(pixels).save(tmp_path / f"enrol{n}.png")
     Image.fromarray(masked).save(tmp_path / "masked.png")
     Image.fromarray(clean[2]).save(tmp_path / "clean.png")
+    assert main(["verify", str(tmp_path / "enrol0.png"), str(tmp_path / "masked.png")]) == 0  # the same person
+    out = capsys.readouterr().out
+    assert f"threshold {default.info.masked['threshold']:.4f}  (compared as masked: one face is masked)" in out
+    assert main(["verify", str(tmp_path / "enrol0.png"), str(tmp_path / "clean.png")]) == 0
+    assert "masked" not in capsys.readouterr().out
     gallery = ["--gallery", str(tmp_path / "g.db")]
     enrol = [str(tmp_path / f"enrol{n}.png") for n in range(2)]
     assert main(["gallery", "enroll", "Colin Powell", *enrol, *gallery]) == 0
