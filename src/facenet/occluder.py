@@ -231,7 +231,7 @@ def lower_face_covered(embedder, crops: Sequence[np.ndarray], embeddings: np.nda
     return mask_sensitivity(embedder, crops, embeddings) < below
 
 
-def pair_threshold(embedder, covered: Sequence[bool]) -> tuple[float, bool]:
+def pair_threshold(embedder, covered: Sequence[bool] | np.ndarray) -> tuple[float, bool]:
     """(threshold, compared as masked) for verifying two faces whose lower halves are ``covered`` or not: the
     model's masked threshold (``ModelInfo.masked["threshold"]``, at the false-accept rate of its plain one)
     where exactly one is, its plain threshold otherwise (both masked: alike already; the masked table was
