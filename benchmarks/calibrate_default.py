@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-import tracemalloc
 from pathlib import Path
 
 import face_sets
 import numpy as np
 
 import facenet
-from facenet.evaluate.calibrate import calibrate, pair_distances
+from facenet.evaluate.calibrate import pair_distances
 
 
 def main() -> None:
@@ -44,17 +42,10 @@ def main() -> None:
     labels = np.concatenate([a_labels, labels])
     groups = np.concatenate([np.full(len(a_emb), "lfw-a"), groups])
     sources = ", ".join(f"{g} {np.sum(groups == g)}" for g in ("lfw-a",) + face_sets.CALIBRATION_SOURCES)
-    tracemalloc.start()
-    started = time.perf_counter()
-    result = calibrate(emb, labels, groups, on=f"LFW half A and LFW-free sources, pairs within each ({sources} faces)")
-    seconds, peak = time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    on = f"LFW half A and LFW-free sources, pairs within each ({sources} faces)"
+    result, seconds, peak = face_sets.timed_calibration(emb, labels, groups, on)
+    print(f"embeddings {emb.nbytes / 2**20:.0f} MiB")
     d = result.details
-    print(
-        f"calibrated on {d['faces']:,} faces of {d['people']:,} people: {d['impostor_pairs']:,} different-identity "
-        f"pairs, {d['genuine_pairs']:,} same-identity; {seconds:.0f} s, peak {peak / 2**20:.0f} MiB "
-        f"(embeddings {emb.nbytes / 2**20:.0f} MiB)"
-    )
     lfw = pair_distances(b_emb, b_labels, keep_share=2e-2)
     lfw_pairs = lfw.impostor_count
     print(f"measured on LFW half B: {len(b_emb):,} photos, {lfw_pairs:,} different-identity pairs")
@@ -82,7 +73,7 @@ def main() -> None:
                     "thresholds": result.thresholds,
                     "lfw": check,
                     "seconds": seconds,
-                    "peak_mib": peak / 2**20,
+                    "peak_mib": peak,
                 },
                 indent=1,
             )

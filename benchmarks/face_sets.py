@@ -22,6 +22,8 @@ the repository).
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -181,3 +183,22 @@ def nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 1024) -> tuple[n
         index[start : start + len(d)] = d.argmin(axis=1)
         dist[start : start + len(d)] = d[np.arange(len(d)), index[start : start + len(d)]]
     return dist, index
+
+
+def timed_calibration(embeddings, labels, groups, on: str, against=None):
+    """``facenet.evaluate.calibrate.calibrate`` with its time and peak Python/NumPy memory (tracemalloc), printed:
+    (result, seconds, peak MiB)."""
+    from facenet.evaluate.calibrate import calibrate
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    result = calibrate(embeddings, labels, groups, on=on, against=against)
+    seconds, peak = time.perf_counter() - started, tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    d = result.details
+    pairs = "different-identity pairs" if against is None else "different-identity pairs across the two sets"
+    print(
+        f"calibrated on {d['faces']:,} faces of {d['people']:,} people: {d['impostor_pairs']:,} {pairs}, "
+        f"{d['genuine_pairs']:,} same-identity; {seconds:.0f} s, peak {peak:.0f} MiB"
+    )
+    return result, seconds, peak
