@@ -132,7 +132,7 @@ def test_command_writes_the_timeline_annotated_video_and_snapshots(lfw_dir, gall
     assert data["complete"] and [p["person"] for p in data["people"]] == ["Unknown 1", "Colin_Powell", "Tony_Blair"]
     assert [p["known"] for p in data["people"]] == [False, True, True]
     rows = (out / "timeline.csv").read_text().splitlines()
-    assert rows[0] == "person,start,end,confidence,distance,tracks" and len(rows) == 1 + 4
+    assert rows[0] == "person,start,end,confidence,distance,tracks,compared_as" and len(rows) == 1 + 4
     assert rows[2].startswith("Colin_Powell,0.6,2.8,1.0,")
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == [
         "Colin_Powell.png",
@@ -259,3 +259,31 @@ def test_a_live_source_drops_stale_frames_and_reconnects():
     assert len(FakeCamera.opened) == 2 and frames.reconnects == 1
     assert frames.dropped > 100 and len(seen) < 200  # stale frames dropped, not queued
     assert all(b > a for a, b in zip(seen, seen[1:]))  # always newer frames, in order
+
+
+def test_a_masked_face_is_identified_with_the_masked_threshold(lfw_dir, gallery, model, tmp_path):
+    """Issue 24: a track whose best crops are masked (a mask the project never drew) is compared as masked, with
+    the masked table's threshold for the gallery; a clean track keeps the plain one."""
+    pytest.importorskip("dlib", reason="the held-out mask renderer needs dlib: pip install dlib-bin")
+    from PIL import Image
+
+    import facenet
+    from facenet.data.images import load_image
+    from facenet.evaluate.heldout_masks import mask_photo
+
+    masked_photo = tmp_path / "powell_masked.png"
+    pixels = load_image(photo(lfw_dir, "Colin_Powell", 1))
+    Image.fromarray(mask_photo(pixels, "surgical", seed=1, which="central")).save(masked_photo)
+    actors = [
+        Actor("Colin_Powell", masked_photo, 0.2, 2.5, (0.05, 0.1), (0.3, 0.1)),
+        Actor("Tony_Blair", photo(lfw_dir, "Tony_Blair", 1), 0.2, 2.5, (0.6, 0.5), (0.5, 0.5)),
+    ]
+    write_scene(tmp_path / "masked.mp4", actors, duration=3.0, size=SIZE)
+    run = facenet.video(tmp_path / "masked.mp4", gallery=gallery, model=model, fps=FPS)
+    list(run)
+    timeline = run.timeline()
+    assert run.masked_promise is not None and run.masked_promise.threshold > run.threshold
+    (powell,) = timeline.of("Colin_Powell")
+    (blair,) = timeline.of("Tony_Blair")
+    assert powell.masked and not blair.masked
+    assert powell.as_dict()["compared_as"] == "masked" and blair.as_dict()["compared_as"] == "plain"

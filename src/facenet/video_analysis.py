@@ -38,6 +38,7 @@ import numpy as np
 
 from facenet.distances import squared_l2
 from facenet.errors import FaceNetError, NoFaceError, VideoError
+from facenet.occluder import lower_face_covered
 
 BEST_CROPS = 3  # crops kept (and embedded) per track
 MIN_SIGHTINGS = 2  # a track seen fewer times is a flicker, not a person
@@ -262,7 +263,8 @@ class Track:
     confidence: float = 0.0
     distance: float | None = None
     embedding: np.ndarray | None = None  # mean of the best crops' embeddings, unit
-    best: list = field(default_factory=list)  # [(quality, crop, embedding or None)], best first
+    best: list = field(default_factory=list)  # [(quality, crop, embedding or None, masked or None)], best first
+    masked: bool = False  # most of its best crops are masked: identified with the masked threshold (issue 24)
     identified_at: int = 0  # sightings when last identified
     named: str | None = None  # the timeline's name: ``person``, or the stranger's cluster over the whole video
 
@@ -270,7 +272,7 @@ class Track:
         """Keep the crop if it is among the best; True when the best set changed."""
         if len(self.best) >= BEST_CROPS and q <= self.best[-1][0]:
             return False
-        self.best.append((q, crop, None))
+        self.best.append((q, crop, None, None))
         self.best.sort(key=lambda x: -x[0])
         del self.best[BEST_CROPS:]
         return True
@@ -308,6 +310,7 @@ class Segment:
     confidence: float
     distance: float | None
     tracks: tuple[int, ...]
+    masked: bool = False  # a track of it was compared as masked
 
     def as_dict(self) -> dict:
         return {
@@ -317,6 +320,7 @@ class Segment:
             "confidence": round(self.confidence, 3),
             "distance": None if self.distance is None else round(self.distance, 4),
             "tracks": list(self.tracks),
+            "compared_as": "masked" if self.masked else "plain",
         }
 
 
@@ -358,13 +362,12 @@ class Timeline:
     def csv_text(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["person", "start", "end", "confidence", "distance", "tracks"])
+        writer.writerow(["person", "start", "end", "confidence", "distance", "tracks", "compared_as"])
         for s in self.segments:
             d = s.as_dict()
             distance = "" if d["distance"] is None else d["distance"]
-            writer.writerow(
-                [d["person"], d["start"], d["end"], d["confidence"], distance, ";".join(map(str, d["tracks"]))]
-            )
+            tracks = ";".join(map(str, d["tracks"]))
+            writer.writerow([d["person"], d["start"], d["end"], d["confidence"], distance, tracks, d["compared_as"]])
         return out.getvalue()
 
     def write(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -435,10 +438,13 @@ class VideoAnalysis:
         except BaseException:
             self.frames.close()
             raise
-        self.promise = None
+        self.promise = self.masked_promise = None
         if threshold is None:
             self.promise = identification_promise(embedder, self.gallery.comparisons(), far or DEFAULT_OPENSET_FAR)
             threshold = self.promise.threshold
+            if getattr(embedder.info, "masked", None):  # a masked track has its own threshold (issue 24)
+                comparisons = self.gallery.comparisons()
+                self.masked_promise = identification_promise(embedder, comparisons, far or DEFAULT_OPENSET_FAR, True)
         self.threshold = float(threshold)
         step = 1.0 / min(fps or math.inf, getattr(self.frames, "native_fps", 30.0) or 30.0)
         self.memory = max(2, round(TRACK_MEMORY_S / step))  # sampled frames a track survives unseen
@@ -532,18 +538,26 @@ class VideoAnalysis:
                 yield Event("frame", frame.time, faces=faces)
 
     def _identify(self, track: Track, now: float) -> Event | None:
-        """Embed the track's best crops not yet embedded, and ask the gallery who the mean of them is."""
-        todo = [i for i, (_, _, e) in enumerate(track.best) if e is None]
+        """Embed the track's best crops not yet embedded, and ask the gallery who the mean of them is: with the
+        masked threshold where most of them are masked and the model has one."""
+        todo = [i for i, (_, _, e, _) in enumerate(track.best) if e is None]
         if todo:
-            rows = self.embedder.embed_crops([track.best[i][1] for i in todo])
-            for i, row in zip(todo, rows):
-                q, crop, _ = track.best[i]
-                track.best[i] = (q, crop, row)
-        rows = np.stack([e for _, _, e in track.best])
+            crops = [track.best[i][1] for i in todo]
+            rows = self.embedder.embed_crops(crops)
+            if self.masked_promise is not None:
+                covered = lower_face_covered(self.embedder, crops, rows)
+            else:
+                covered = np.zeros(len(crops), bool)
+            for i, row, masked in zip(todo, rows, covered):
+                q, crop, _, _ = track.best[i]
+                track.best[i] = (q, crop, row, bool(masked))
+        rows = np.stack([e for _, _, e, _ in track.best])
         mean = rows.mean(axis=0)
         mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         track.embedding = mean
-        answers = self.gallery.identify(np.vstack([mean[None], rows]), k=1, threshold=self.threshold)
+        track.masked = 2 * sum(m for _, _, _, m in track.best) > len(track.best)
+        threshold = self.masked_promise.threshold if track.masked and self.masked_promise else self.threshold
+        answers = self.gallery.identify(np.vstack([mean[None], rows]), k=1, threshold=threshold)
         track.identified_at = track.sightings
         before = track.person
         if answers[0]:
@@ -640,6 +654,7 @@ class VideoAnalysis:
                             float(np.average([g.confidence for g in group], weights=weights)),
                             min(distances) if distances else None,
                             tuple(g.id for g in group),
+                            any(g.masked for g in group),
                         )
                     )
                     group = []
