@@ -10,7 +10,8 @@ The loop the rest of the project lacked, built from its parts:
 - **Tracks** come from norfair (BSD-3; Kalman-filtered boxes matched by IoU), not from a hand-written tracker.
 - **Identification** is per track, not per frame: each track keeps its best few crops (size x sharpness x
   detector score), embeds them once and asks the gallery once, with the open-set threshold ``facenet identify``
-  uses; it asks again when the track's evidence has doubled (2, 4, 8... sightings) and when it ends.
+  uses (a track most of whose best crops are masked: the masked one, as ``identify`` gives a masked face); it
+  asks again when the track's evidence has doubled (2, 4, 8... sightings) and when it ends.
 - **Strangers**: tracks nobody in the gallery matches are clustered over the whole video (``facenet.cluster``,
   the model's threshold) into stable "Unknown N" identities, numbered by first appearance.
 
