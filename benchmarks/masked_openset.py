@@ -150,7 +150,7 @@ def verification(emb, found, covered, probes: int, faces, owners, truth, info) -
     genuine &= found[:, None]
     impostor &= found[:, None]
     plain = np.full(len(d), info.threshold)
-    aware = np.where(covered, info.masked["threshold"], info.threshold)
+    aware = np.where(covered, info.masked.get("threshold", info.threshold), info.threshold)
     out = {"same_pairs": int(genuine.sum()), "different_pairs": int(impostor.sum())}
     for name, limit in (("plain", plain), ("mask_aware", aware)):
         below = d < limit[:, None]
@@ -193,7 +193,8 @@ def main() -> None:
     rows, clean_dir = [], {}
     for renderer, kind in MASKS:
         emb, found, drawn, sensitivity = masked_probes(renderer, kind, paths, tested, clean_rows, args)
-        covered = sensitivity < info.masked["covered_below"]  # NaN (no face found): not covered
+        # NaN (no face found): not covered; a model without a masked table compares every face plainly
+        covered = sensitivity < info.masked.get("covered_below", -np.inf)
         k_found, s_found = found[: len(probes)], found[len(probes) :]
         pairs = verification(emb, found, covered, len(probes), faces, owners, truth, info)
         rows.append({"renderer": renderer, "kind": kind, "verification": pairs})
