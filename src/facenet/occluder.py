@@ -225,7 +225,7 @@ def lower_face_covered(embedder, crops: Sequence[np.ndarray], embeddings: np.nda
     """Per crop, is its lower face covered (a mask of any kind)? ``mask_sensitivity`` under the model's
     ``masked["covered_below"]``; all False for a model without a masked calibration (it compares every face
     alike), at no cost."""
-    below = _masked_entry(embedder).get("covered_below")
+    below = masked_entry(embedder).get("covered_below")
     if below is None:
         return np.zeros(len(crops), bool)
     return mask_sensitivity(embedder, crops, embeddings) < below
@@ -236,12 +236,13 @@ def pair_threshold(embedder, covered: Sequence[bool] | np.ndarray) -> tuple[floa
     model's masked threshold (``ModelInfo.masked["threshold"]``, at the false-accept rate of its plain one)
     where exactly one is, its plain threshold otherwise (both masked: alike already; the masked table was
     calibrated on masked against clean)."""
-    masked = _masked_entry(embedder).get("threshold")
+    masked = masked_entry(embedder).get("threshold")
     if masked is not None and sum(map(bool, covered)) == 1:
         return float(masked), True
     return float(embedder.threshold), False
 
 
-def _masked_entry(embedder) -> dict:
-    """The model's ``ModelInfo.masked`` (empty for a model, or a stand-in, without one)."""
-    return getattr(getattr(embedder, "info", None), "masked", None) or {}
+def masked_entry(model) -> dict:
+    """``ModelInfo.masked`` of an embedder or of a ``ModelInfo`` itself: empty for a model (or a stand-in)
+    without one, which compares every face alike."""
+    return getattr(getattr(model, "info", model), "masked", None) or {}

@@ -39,7 +39,7 @@ import numpy as np
 
 from facenet.distances import squared_l2
 from facenet.errors import FaceNetError, NoFaceError, VideoError
-from facenet.occluder import lower_face_covered
+from facenet.occluder import lower_face_covered, masked_entry
 
 BEST_CROPS = 3  # crops kept (and embedded) per track
 MIN_SIGHTINGS = 2  # a track seen fewer times is a flicker, not a person
@@ -443,7 +443,7 @@ class VideoAnalysis:
         if threshold is None:
             self.promise = identification_promise(embedder, self.gallery.comparisons(), far or DEFAULT_OPENSET_FAR)
             threshold = self.promise.threshold
-            if getattr(embedder.info, "masked", None):  # a masked track has its own threshold (issue 24)
+            if masked_entry(embedder):  # a masked track has its own threshold (issue 24)
                 comparisons = self.gallery.comparisons()
                 self.masked_promise = identification_promise(embedder, comparisons, far or DEFAULT_OPENSET_FAR, True)
         self.threshold = float(threshold)

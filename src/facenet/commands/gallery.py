@@ -121,6 +121,7 @@ def _open_set_lines(args: argparse.Namespace, g) -> list[str]:
     """What the gallery's size gets at ``--far`` with the gallery's model: the promise's summary, and its note
     when the asked rate cannot be kept; a line saying why not when the model cannot be read or is another."""
     from facenet.evaluate.calibrate import DEFAULT_OPENSET_FAR, identification_promise
+    from facenet.occluder import masked_entry
 
     try:
         info = _model_info(args)
@@ -132,7 +133,7 @@ def _open_set_lines(args: argparse.Namespace, g) -> list[str]:
             "pass its --model to see the stranger rate"
         ]
     lines = []
-    for masked in (False, True) if getattr(info, "masked", None) else (False,):  # masked faces: their own (issue 24)
+    for masked in (False, True) if masked_entry(info) else (False,):  # masked faces: their own (issue 24)
         promise = identification_promise(info, g.comparisons(), args.far or DEFAULT_OPENSET_FAR, masked=masked)
         lines += [promise.summary] if promise.calibrated else []
         lines += [f"warning: {promise.note}"] if promise.note else []

@@ -424,9 +424,11 @@ def openset_promise(info, far: float, comparisons: int, masked: bool = False) ->
     """The open-set promise of a model (its ``ModelInfo``, or None for a model without one) for a gallery
     a stranger is compared ``comparisons`` times with (``Gallery.comparisons``), at stranger rate ``far``;
     ``masked``: for a masked face, from the model's masked table (the plain one where it has none)."""
-    masked_entry = getattr(info, "masked", None) or {}
-    if masked and masked_entry:
-        return _promise(masked_entry["far_thresholds"], masked_entry.get("far_calibration"), far, comparisons, True)
+    from facenet.occluder import masked_entry
+
+    entry = masked_entry(info)
+    if masked and entry:
+        return _promise(entry["far_thresholds"], entry.get("far_calibration"), far, comparisons, True)
     table = getattr(info, "far_thresholds", None)
     if not table:
         threshold = float(getattr(info, "threshold", 0.0))

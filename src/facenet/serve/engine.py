@@ -42,7 +42,7 @@ from facenet.distances import squared_l2
 from facenet.embedder import FaceEmbedder
 from facenet.errors import BadImageError, FaceNetError, GalleryError, GalleryUnavailableError, NoFaceError
 from facenet.evaluate.calibrate import face_promises
-from facenet.occluder import lower_face_covered, pair_threshold
+from facenet.occluder import lower_face_covered, masked_entry, pair_threshold
 from facenet.serve.schemas import PersonOut
 from facenet.serve.security import Problem
 
@@ -395,7 +395,7 @@ class Engine:
         """The same for masked faces, where the model has a masked table (``ModelInfo.masked``); on the worker."""
         from facenet.evaluate.calibrate import identification_promise
 
-        if not getattr(getattr(self.embedder, "info", None), "masked", None):
+        if not masked_entry(self.embedder):
             return None
         return identification_promise(self.embedder, self.gallery.comparisons(), masked=True).as_dict()
 
