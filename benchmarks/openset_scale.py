@@ -32,7 +32,8 @@ Per gallery size, policy (``facenet.gallery.policy``) and scoring (raw, or cohor
     .venv/bin/python benchmarks/openset_scale.py --faces ~/faces/aligned --lfw ../shared/data/lfw/images \\
         --cache /tmp/openset --json /tmp/openset/scale.json --plot docs/openset_scale.png
     (--clean none: the raw pool; --distractors pubfig83,glint,yale: people named and not in LFW;
-     --distractors utk,yale: sources never calibrated on)
+     --distractors utk,yale: sources never calibrated on; --distractors lfw-a: LFW's half A, the
+     strangers' own population, labelled and disjoint from them)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import numpy as np
 
 import facenet
 from facenet.distances import squared_l2
-from facenet.evaluate.calibrate import calibrate, far_key, openset_promise, pair_distances
+from facenet.evaluate.calibrate import calibrate, far_key, openset_promise, pair_distances, probably_mislabelled
 from facenet.gallery.policy import parse_policy, templates
 
 ASKED = (1e-2, 1e-3)
@@ -55,6 +56,8 @@ ASKED = (1e-2, 1e-3)
 # looser or stricter removes are reported beside it (a 10M-pair calibration may not reach 1e-7).
 JUDGE_FAR = 1e-6
 SIZES = (0, 100, 1_000, 3_000, 10_000, 30_000)
+LFW_A = "lfw-a"  # LFW's half A as distractors (--distractors lfw-a,...)
+ONE_PERSON = Path(__file__).with_name("lfw_one_person.tsv")
 
 
 def poisson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -108,7 +111,7 @@ def main() -> None:
     ap.add_argument(
         "--distractors",
         default=",".join(face_sets.DISTRACTOR_SOURCES + face_sets.CALIBRATION_SOURCES),
-        help="sources of the distractor pool (default: all)",
+        help=f"sources of the distractor pool (default: every aligned source; {LFW_A}: LFW's half A)",
     )
     ap.add_argument(
         "--clean",
@@ -134,13 +137,21 @@ def main() -> None:
         if table.weights_id != info.weights_id:
             raise SystemExit(f"{args.table_from} is another network than the default; its table does not apply")
         info = table
-    _, lfw_labels, lfw_emb = face_sets.lfw_faces(
+    lfw_paths, lfw_labels, lfw_emb = face_sets.lfw_faces(
         args.lfw, face_sets.lfw_embedder(), args.cache / "lfw-b.reid.npz", half="b"
     )
-    pool_paths, pool_labels, pool_sources, overlap = face_sets.faces_not_in_lfw(
-        args.faces, tuple(args.distractors.split(","))
+    sources = args.distractors.split(",")
+    aligned = tuple(s for s in sources if s != LFW_A)
+    pool_paths, pool_labels, pool_sources, overlap = face_sets.faces_not_in_lfw(args.faces, aligned)
+    pool_emb = (
+        face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
+        if pool_paths
+        else np.zeros((0, info.embedding_size), np.float32)
     )
-    pool_emb = face_sets.embed_aligned(embedder, pool_paths, args.cache / "aligned.reid.npz")
+    if LFW_A in sources:
+        pool_paths, pool_labels, pool_sources, pool_emb = with_lfw_half_a(
+            args, pool_paths, pool_labels, pool_sources, pool_emb
+        )
     names, counts = np.unique(lfw_labels, return_counts=True)
     known_people = names[counts >= 6]
     stranger = ~np.isin(lfw_labels, known_people)
@@ -151,10 +162,11 @@ def main() -> None:
         "raw": pair_rates(below, int(stranger.sum()), pool_sources, table),
         "cleaned": pair_rates(below[~same_as_lfw], int(stranger.sum()), pool_sources[~same_as_lfw], table),
     }
-    pool_emb, pool_sources = pool_emb[~same_as_lfw], pool_sources[~same_as_lfw]
+    pool_emb, pool_sources, pool_labels = pool_emb[~same_as_lfw], pool_sources[~same_as_lfw], pool_labels[~same_as_lfw]
     order = np.random.default_rng(0).permutation(len(pool_emb))
     cohort, pool_emb = pool_emb[order[: args.cohort]], pool_emb[order[args.cohort :]]
-    pool_sources = pool_sources[order[args.cohort :]]
+    pool_sources, pool_labels = pool_sources[order[args.cohort :]], pool_labels[order[args.cohort :]]
+    stranger_photos = [p.name for p, s in zip(lfw_paths, stranger) if s]
     sizes = [n for n in SIZES if n < len(pool_emb)] + [len(pool_emb)]
     print(
         f"LFW half B: {len(known_people)} people enrolled, {int(stranger.sum())} stranger photos; distractor pool "
@@ -195,8 +207,13 @@ def main() -> None:
                         for far in ASKED:
                             promise = openset_promise(info, far, comparisons)
                             accepted = int(np.sum(ss <= promise.threshold))
-                            matched = sb[ss <= promise.threshold] - len(known_people)  # < 0: an LFW person
+                            passed = np.flatnonzero(ss <= promise.threshold)
+                            matched = sb[passed] - len(known_people)  # < 0: an LFW person
                             where = np.where(matched < 0, "lfw", pool_sources[np.maximum(matched, 0)])
+                            best = [
+                                known_people[b] if b < len(known_people) else pool_labels[b - len(known_people)]
+                                for b in sb[passed]
+                            ]
                             row["raw"][f"{far:g}"] = {
                                 "stranger_accepts": accepted,
                                 "threshold": promise.threshold,
@@ -209,6 +226,8 @@ def main() -> None:
                                     str(k): int(v) for k, v in zip(*np.unique(where, return_counts=True))
                                 },
                                 "dir": float(np.mean(right & (ks <= promise.threshold))),
+                                # which stranger photo was taken for whom: how LFW's errata were found
+                                "accepted": [[stranger_photos[i], str(name)] for i, name in zip(passed, best)],
                             }
                 rows.append(row)
                 print(summary(row), flush=True)
@@ -220,6 +239,36 @@ def main() -> None:
         )
     if args.plot:
         plot(rows, args.plot)
+
+
+def with_lfw_half_a(args, paths, labels, sources, emb) -> tuple:
+    """The pool with LFW's half A added: the strangers' own population and kind of photo, labelled, and
+    split from half B by name. The FAR table was calibrated on half A's pairs among themselves, never on its
+    pairs with half B. Left out: the faces the calibration left out as filed under another name
+    (``probably_mislabelled``), and every face of a half-A name that ``ONE_PERSON`` pairs with a half-B
+    name (LFW files a few people under two names, and a few photos under the wrong one)."""
+    a_paths, a_labels, a_emb = face_sets.lfw_faces(
+        args.lfw, face_sets.lfw_embedder(), args.cache / "lfw-a.reid.npz", half="a"
+    )
+    mislabelled = probably_mislabelled(a_emb, a_labels)
+    aliases = np.isin(a_labels, [name for pair in one_person() for name in pair])
+    keep = ~mislabelled & ~aliases
+    print(
+        f"LFW half A: {len(a_paths)} photos; left out {int(mislabelled.sum())} probably filed under another "
+        f"name and {int(aliases.sum())} of the people {ONE_PERSON.name} names"
+    )
+    return (
+        paths + [p for p, k in zip(a_paths, keep) if k],
+        np.concatenate([labels, np.char.add(f"{LFW_A}/", a_labels[keep])]),
+        np.concatenate([sources, np.full(int(keep.sum()), LFW_A)]),
+        np.concatenate([emb, a_emb[keep]]),
+    )
+
+
+def one_person() -> list[tuple[str, str]]:
+    """The pairs of LFW names that are one person (or one photo), from ``ONE_PERSON``."""
+    lines = [line.split("\t") for line in ONE_PERSON.read_text().splitlines() if line and not line.startswith("#")]
+    return [(a, b) for a, b, _why in lines]
 
 
 def judge_table(lfw: Path, cache: Path, fars) -> tuple:
