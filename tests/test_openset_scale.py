@@ -169,3 +169,14 @@ def test_diagnosis_close_pairs_match_a_brute_force_and_utk_ages_read_the_name():
     d = ((queries[:, None, :] - refs[None, :, :]) ** 2).sum(-1)
     assert sorted(map(tuple, pairs.tolist())) == sorted(zip(*np.nonzero(d < 2.0)))
     assert openset_diagnosis.utk_age(Path("utk/photos/26_1_0_20170116.jpg.chip.png")) == 26
+
+
+def test_one_person_pairs_each_join_the_two_halves(lfw_dir):
+    """Every pair of benchmarks/lfw_one_person.tsv names two LFW people, one in each half: the file can only
+    take a half-A person out of the pool for being one with a half-B stranger."""
+    pairs = openset_scale.one_person()
+    assert pairs, "lfw_one_person.tsv lists no pairs"
+    for a, b in pairs:
+        assert (lfw_dir / "images" / a).is_dir() and (lfw_dir / "images" / b).is_dir(), (a, b)
+        in_a = face_sets.lfw_calibration_half(np.array([a, b]))
+        assert in_a[0] != in_a[1], f"{a} and {b} are in the same half"
