@@ -79,7 +79,8 @@ def register(subparsers) -> None:
         action="store_true",
         help="store the calibrated thresholds into the model file: the verification threshold (mean "
         "of the per-fold best) and thresholds at fixed FARs over every pair of different people "
-        "among the images (for open-set identification)",
+        "among the images (for open-set identification). Refused, the file untouched, where the best "
+        "threshold is 0 or below (a model that sees the photos all alike)",
     )
     add_model_options(p, model_option=False)
     p.add_argument(
@@ -194,6 +195,7 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
     import numpy as np
 
     from facenet.embedder import model_file
+    from facenet.errors import FaceNetError
     from facenet.evaluate.calibrate import calibrate
     from facenet.models.modelfile import check_thresholds, load_model_file, save_model
 
@@ -205,10 +207,16 @@ def _write_thresholds(args: argparse.Namespace, result) -> None:
     table = calibration.thresholds
     path = model_file(args.model)
     model, info = load_model_file(path)
-    check_thresholds(round(result.threshold, 4), table)  # before the file is touched
+    threshold = round(result.threshold, 4)
+    if threshold <= 0:  # only identical embeddings would match: a model that sees these photos all alike
+        raise FaceNetError(
+            f"the best threshold on these pairs is {threshold:.4f} (AUC {result.metrics.roc.auc:.2f}): the model "
+            f"does not tell same from different people on them, so {path} keeps its thresholds"
+        )
+    check_thresholds(threshold, table)  # before the file is touched
     info = dataclasses.replace(
         info,
-        threshold=round(result.threshold, 4),
+        threshold=threshold,
         far_thresholds=table,
         far_calibration=calibration.details,
         provenance={**info.provenance, "thresholds": f"facenet evaluate on {on}"},
