@@ -54,16 +54,9 @@ def _embed(job: tuple[str, str, str, int]) -> tuple[np.ndarray, float] | str | N
     if _model is None:
         _model = facenet.load_model()
     renderer, kind, path, seed = job
-    image: object = path
-    if renderer != "clean":
-        try:
-            landmarks = _model.find_faces(path).faces[0].detection.landmarks if renderer == "eval" else None
-        except NoFaceError:
-            landmarks = None
-        try:
-            image = draw(renderer, kind, Path(path), landmarks, seed)
-        except NoFaceError:
-            return UNDRAWN
+    image = masked_photo(_model, renderer, kind, path, seed)
+    if image is UNDRAWN:
+        return UNDRAWN
     try:
         found = _model.find_faces(image)
     except NoFaceError:
@@ -71,6 +64,22 @@ def _embed(job: tuple[str, str, str, int]) -> tuple[np.ndarray, float] | str | N
     crop = found.faces[0].image
     embedding = _model.embed_crops([crop])
     return embedding[0], float(mask_sensitivity(_model, [crop], embedding)[0])
+
+
+def masked_photo(model, renderer: str, kind: str, path: str, seed: int) -> object:
+    """The photo at ``path`` as one condition shows it: as it is ("clean"), or with a ``kind`` mask drawn by
+    ``renderer`` (the project's "eval" looks are placed from ``model``'s landmarks on the clean photo);
+    UNDRAWN where there is no face to draw on."""
+    if renderer == "clean":
+        return path
+    try:
+        landmarks = model.find_faces(path).faces[0].detection.landmarks if renderer == "eval" else None
+    except NoFaceError:
+        landmarks = None
+    try:
+        return draw(renderer, kind, Path(path), landmarks, seed)
+    except NoFaceError:
+        return UNDRAWN
 
 
 def embeddings(renderer: str, kind: str, paths: list[Path], args, name: str = "") -> tuple[np.ndarray, ...]:

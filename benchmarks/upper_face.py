@@ -34,8 +34,7 @@ from pathlib import Path
 
 import face_sets
 import numpy as np
-from heldout_masked_lfw import draw
-from masked_openset import split
+from masked_openset import UNDRAWN, masked_photo, split
 from openset_scale import best_people, dir_at
 
 import facenet
@@ -107,23 +106,16 @@ def train(args) -> None:
 
 def _embed(job: tuple[str, str, str, int, str]) -> tuple[np.ndarray, np.ndarray] | str | None:
     """(the default's embedding, the student's of the upper crop) of the face the public path finds in one
-    photo under one condition; None: no face found; "undrawn": no face to draw the mask on."""
+    photo under one condition; None: no face found; UNDRAWN: no face to draw the mask on."""
     global _models
     renderer, kind, path, seed, student = job
     if _models is None:
         default = facenet.load_model()
         _models = (default, facenet.load_model(student, detect=False), cut_row(default))
     default, upper_model, row = _models
-    image: object = path
-    if renderer != "clean":
-        try:
-            landmarks = default.find_faces(path).faces[0].detection.landmarks if renderer == "eval" else None
-        except NoFaceError:
-            landmarks = None
-        try:
-            image = draw(renderer, kind, Path(path), landmarks, seed)
-        except NoFaceError:
-            return "undrawn"
+    image = masked_photo(default, renderer, kind, path, seed)
+    if image is UNDRAWN:
+        return UNDRAWN
     try:
         crop = default.find_faces(image).faces[0].image
     except NoFaceError:
@@ -252,7 +244,7 @@ def scorings(plain: np.ndarray, up: np.ndarray) -> dict:
 def vectors(rows: list, clean: list) -> tuple[dict, np.ndarray]:
     """({scoring: embeddings per photo}, found per photo) of one condition's rows; a photo with no face to
     draw a mask on stays clean (its ``clean`` row)."""
-    got = [clean[i] if r == "undrawn" else r for i, r in enumerate(rows)]
+    got = [clean[i] if r == UNDRAWN else r for i, r in enumerate(rows)]
     found = np.array([isinstance(r, tuple) for r in got])
     size = len(next(r[0] for r in got if isinstance(r, tuple)))
     plain = np.stack([r[0] if f else np.zeros(size, np.float32) for r, f in zip(got, found)])
