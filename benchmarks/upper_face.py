@@ -12,8 +12,8 @@ it (5 clean photos enrolled, ``template``), probes and strangers clean, under th
 and under the project's evaluation look ``mask``; every photo through the public path (``find_faces``).
 For the plain default, the upper-face student on both sides, and both fused (the mean of the two squared
 distances): DIR at a *measured* 1% stranger rate, and at the *asked* 1% with a threshold from a FAR table of
-masked against clean faces (``masked_tables``: LFW's half A, as the default's own table; for the plain default,
-its shipped masked table, as facenet uses it today), with the stranger rate measured there.
+masked against clean faces (``masked_tables``: LFW's half A, training masks drawn on the whole photos; for
+the plain default, its shipped masked table, as facenet uses it today), with the stranger rate measured there.
 The student is trained on faces whose terms forbid shipping weights made from them: a measurement only.
 
     .venv/bin/python benchmarks/upper_face.py train --faces ~/faces/aligned --out /tmp/upper/student.safetensors
@@ -39,7 +39,7 @@ from openset_scale import best_people, dir_at
 
 import facenet
 from facenet.align.crop import template_points
-from facenet.data.images import standardise
+from facenet.data.images import load_image, standardise
 from facenet.embedder import model_file
 from facenet.errors import NoFaceError
 from facenet.evaluate.calibrate import openset_promise, openset_threshold
@@ -198,39 +198,42 @@ def measure(args) -> None:
 
 
 def masked_tables(args, default, student, row: int) -> dict:
-    """FAR tables of a masked face against a clean one for the upper and fused scores, as
-    ``benchmarks/calibrate_masked.py`` makes the default's, on LFW's half A (people never measured on, and
-    never trained on: the default's own table is calibrated on it too), each crop drawn with one of the
-    training masks."""
+    """FAR tables of a masked face against a clean one for the upper and fused scores, on LFW's half A
+    (people never measured on, and never trained on: the default's own table is calibrated on it too). As in
+    the measurement, the mask is drawn on the whole photo (one of the *training* looks, placed from the
+    central face's landmarks) and the face found again through the public path."""
     paths = face_sets.lfw_photos(args.lfw, "a")
-    file = args.cache / f"lfw-a-crops-{len(paths)}.pkl"
+    file = args.cache / f"lfw-a-masked-crops-{len(paths)}.pkl"
     if not file.is_file():
+        jobs = [(str(p), k) for k, p in enumerate(paths)]
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            file.write_bytes(pickle.dumps(list(pool.map(_crop, map(str, paths), chunksize=16))))
+            file.write_bytes(pickle.dumps(list(pool.map(_clean_and_masked, jobs, chunksize=16))))
     got = pickle.loads(file.read_bytes())
     keep = [i for i, c in enumerate(got) if c is not None]
-    crops, labels = np.stack([got[i] for i in keep]), np.array([paths[i].parent.name for i in keep])
-    size, recipe = default.info.input_size, default.recipe
-    points = template_points(size, recipe.margin, recipe.template)
-    kinds = AS_MASKED_KINDS
-    masked = np.stack([occlude(c, points, kinds[k % len(kinds)], seed=k, variant="train") for k, c in enumerate(crops)])
-    clean_v = scorings(default.embed_crops(crops), student.embed_crops(upper(crops, row)))
+    clean, masked = (np.stack([got[i][side] for i in keep]) for side in (0, 1))
+    labels = np.array([paths[i].parent.name for i in keep])
+    clean_v = scorings(default.embed_crops(clean), student.embed_crops(upper(clean, row)))
     masked_v = scorings(default.embed_crops(masked), student.embed_crops(upper(masked, row)))
     tables = {}
     for scoring in ("upper", "fused"):
-        on = f"upper_face {scoring}: LFW half A, {len(crops)} faces"
+        on = f"upper_face {scoring}: LFW half A, {len(keep)} photos masked and clean"
         result, _, _ = face_sets.timed_calibration(masked_v[scoring], labels, None, on, clean_v[scoring])
         tables[scoring] = result.thresholds
     return tables
 
 
-def _crop(path: str) -> np.ndarray | None:
-    """The central face's crop of one LFW photo (as ``facenet evaluate`` takes it); None: no face found."""
+def _clean_and_masked(job: tuple[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the central face's crop, the crop of the face found again once a training mask is drawn on the
+    whole photo) of one LFW photo; None where either face is not found."""
     global _finder
     if _finder is None:
         _finder = facenet.load_model(which="central")
+    path, k = job
     try:
-        return _finder.find_faces(path).faces[0].image
+        face = _finder.find_faces(path).faces[0]
+        kind = AS_MASKED_KINDS[k % len(AS_MASKED_KINDS)]
+        photo = occlude(load_image(path), face.detection.landmarks, kind, seed=k, variant="train")
+        return face.image, _finder.find_faces(photo).faces[0].image
     except NoFaceError:
         return None
 
