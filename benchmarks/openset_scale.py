@@ -206,8 +206,8 @@ def main() -> None:
                         row["margin"] = {"dir_at_measured_1pct": dir_at(right, 2 * ks - k2, 2 * ss - s2)}
                         for far in ASKED:
                             promise = openset_promise(info, far, comparisons)
-                            accepted = int(np.sum(ss <= promise.threshold))
                             passed = np.flatnonzero(ss <= promise.threshold)
+                            accepted = len(passed)
                             matched = sb[passed] - len(known_people)  # < 0: an LFW person
                             where = np.where(matched < 0, "lfw", pool_sources[np.maximum(matched, 0)])
                             best = [

@@ -127,21 +127,23 @@ def measure(args) -> None:
     paths = face_sets.lfw_photos(args.lfw, "b")
     known, enrol, owners, probes, truth, strangers = split(paths)
     args.cache.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for renderer, kind in CONDITIONS:
-        file = args.cache / f"{renderer}-{kind}-{len(paths)}.pkl"
-        if not file.is_file():
-            jobs = [(renderer, kind, str(p), args.seed, str(args.student)) for p in paths]
-            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                file.write_bytes(pickle.dumps(list(pool.map(_embed, jobs, chunksize=16))))
-        rows[renderer] = pickle.loads(file.read_bytes())
-    clean_vectors, _ = vectors(rows["clean"], rows["clean"])
+    rows = {
+        renderer: pooled(
+            args.cache / f"{renderer}-{kind}-{len(paths)}.pkl",
+            _embed,
+            [(renderer, kind, str(p), args.seed, str(args.student)) for p in paths],
+            args.workers,
+        )
+        for renderer, kind in CONDITIONS
+    }
+    per_condition = {renderer: vectors(rows[renderer], rows["clean"]) for renderer, _ in CONDITIONS}
+    clean_vectors = per_condition["clean"][0]
     default = facenet.load_model(detect=False)
     tables = masked_tables(args, default, facenet.load_model(args.student, detect=False), cut_row(default))
     comparisons = parse_policy("template").comparisons(len(known), len(enrol))
     results = []
     for renderer, _ in CONDITIONS:
-        probe_vectors, found = vectors(rows[renderer], rows["clean"])
+        probe_vectors, found = per_condition[renderer]
         for scoring in ("plain", "upper", "fused"):
             faces = clean_vectors[scoring][enrol]  # enrolments are always the clean photos
             none = np.zeros((0, faces.shape[1]), np.float32)
@@ -204,11 +206,7 @@ def masked_tables(args, default, student, row: int) -> dict:
     central face's landmarks) and the face found again through the public path."""
     paths = face_sets.lfw_photos(args.lfw, "a")
     file = args.cache / f"lfw-a-masked-crops-{len(paths)}.pkl"
-    if not file.is_file():
-        jobs = [(str(p), k) for k, p in enumerate(paths)]
-        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            file.write_bytes(pickle.dumps(list(pool.map(_clean_and_masked, jobs, chunksize=16))))
-    got = pickle.loads(file.read_bytes())
+    got = pooled(file, _clean_and_masked, [(str(p), k) for k, p in enumerate(paths)], args.workers)
     keep = [i for i, c in enumerate(got) if c is not None]
     clean, masked = (np.stack([got[i][side] for i in keep]) for side in (0, 1))
     labels = np.array([paths[i].parent.name for i in keep])
@@ -236,6 +234,15 @@ def _clean_and_masked(job: tuple[str, int]) -> tuple[np.ndarray, np.ndarray] | N
         return face.image, _finder.find_faces(photo).faces[0].image
     except NoFaceError:
         return None
+
+
+def pooled(file: Path, work, jobs: list, workers: int) -> list:
+    """``work`` over ``jobs`` in ``workers`` spawned processes (the parent's inference threads must not be
+    forked), kept in ``file`` so a re-run reads them back."""
+    if not file.is_file():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            file.write_bytes(pickle.dumps(list(pool.map(work, jobs, chunksize=16))))
+    return pickle.loads(file.read_bytes())
 
 
 def scorings(plain: np.ndarray, up: np.ndarray) -> dict:
